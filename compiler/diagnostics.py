@@ -1,0 +1,111 @@
+"""Diagnostics: the one error type users see.
+
+Every error that is the user's fault becomes a `Diagnostic` with a file, a span, a code, a
+message and optionally a help line; several are collected into one `CompileError`. Rendering
+follows the language spec:
+
+    lenet.net:7:19: error[E0201]: unknown op `conv2`
+        x = conv2(x, filters=16, kernel=5)
+            ^^^^^
+    help: did you mean `conv2d`?
+
+Error codes (documented in docs/errors.md):
+    E00xx  lexical and syntax errors
+    E01xx  files, imports, definitions
+    E02xx  names, ops, calls and attributes
+    E03xx  types and shapes
+    E04xx  weights and inputs given at run time
+    E05xx  limits (sizes, nesting, lengths)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of a source file; lines and columns count from 1, `end_column` is exclusive."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    message: str
+    span: Span | None = None
+    help: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def render(self, sources: SourceMap | None = None) -> str:
+        where = f"{self.span}: " if self.span else ""
+        lines = [f"{where}error[{self.code}]: {self.message}"]
+        text = sources.line(self.span.file, self.span.line) if (sources and self.span) else None
+        if text is not None and self.span is not None:
+            shown = text.expandtabs(4).rstrip("\n")
+            start = max(self.span.column - 1, 0)
+            if self.span.end_line == self.span.line:
+                width = max(self.span.end_column - self.span.column, 1)
+            else:
+                width = max(len(shown) - start, 1)
+            width = min(width, max(len(shown) - start, 1))
+            lines.append(f"    {shown}")
+            lines.append("    " + " " * start + "^" * width)
+        lines.extend(f"note: {note}" for note in self.notes)
+        if self.help:
+            lines.append(f"help: {self.help}")
+        return "\n".join(lines)
+
+
+@dataclass
+class SourceMap:
+    """The text of every file read in one compilation, so diagnostics can quote lines."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def add(self, file: str, text: str) -> None:
+        self.texts[file] = text
+
+    def line(self, file: str, line: int) -> str | None:
+        text = self.texts.get(file)
+        if text is None:
+            return None
+        lines = text.splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else None
+
+
+class CompileError(Exception):
+    """One or more diagnostics about the user's input (exit code 1)."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic], sources: SourceMap | None = None):
+        self.diagnostics = tuple(diagnostics)
+        self.sources = sources
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        body = "\n\n".join(d.render(self.sources) for d in self.diagnostics)
+        count = len(self.diagnostics)
+        if count > 1:
+            body += f"\n\n{count} errors"
+        return body
+
+
+def error(code: str, message: str, span: Span | None = None, help: str | None = None) -> CompileError:
+    """A `CompileError` holding a single diagnostic (a shorthand for raising)."""
+    return CompileError([Diagnostic(code, message, span, help)])
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """A `help:` line suggesting the closest known name, if any is close."""
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None

@@ -1,0 +1,38 @@
+"""Broadcasting binary arithmetic: `a + b`, `a - b`, `a * b`.
+
+Either operand may be a shape-() tensor, which is how the IR's scalar `constant` nodes
+(`x * 0.5`) enter arithmetic. Both operands must have the same dtype: netc never promotes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from netc.ir import Attrs, TensorType
+from netc.ops.registry import OpDef, broadcast_shapes, per_element_flops, register, same_dtype
+
+
+def _binary_infer(op: str) -> Callable[[Attrs, Sequence[TensorType]], TensorType]:
+    def infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+        a, b = inputs
+        dtype = same_dtype(op, inputs)
+        return TensorType(dtype, broadcast_shapes(op, a, b))
+    return infer
+
+
+for _name, _function, _summary in (
+    ("add", np.add, "a + b, NumPy broadcasting"),
+    ("sub", np.subtract, "a - b, NumPy broadcasting"),
+    ("mul", np.multiply, "a * b, NumPy broadcasting"),
+):
+    register(OpDef(
+        name=_name,
+        infer=_binary_infer(_name),
+        reference=lambda attrs, a, b, function=_function: function(a, b),
+        min_inputs=2,
+        max_inputs=2,
+        flops=per_element_flops(1),
+        summary=_summary,
+    ))

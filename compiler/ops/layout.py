@@ -1,0 +1,164 @@
+"""Ops that move or relabel data: flatten, reshape, transpose, concat, and dropout (identity).
+
+The batch (first) dimension may be named; flatten and reshape keep it as it is, so they never
+need its size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from netc.ir import Attrs, Dim, TensorType, format_shape
+from netc.ops.registry import (
+    AttrSpec,
+    OpDef,
+    ShapeError,
+    register,
+    require_rank,
+    resolve_axis,
+    same_dtype,
+    same_type,
+)
+
+
+def _item_size(op: str, x: TensorType) -> int:
+    """The number of elements in one item (everything after the batch dimension)."""
+    rest = x.shape[1:]
+    if any(isinstance(d, str) for d in rest):
+        raise ShapeError(f"`{op}` needs every dimension after the first known, got "
+                         f"{format_shape(x.shape)}")
+    return math.prod(int(d) for d in rest)
+
+
+def _flatten_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    require_rank("flatten", x, 2)
+    return TensorType(x.dtype, (x.shape[0], _item_size("flatten", x)))
+
+
+register(OpDef(
+    name="flatten",
+    infer=_flatten_infer,
+    reference=lambda attrs, x: x.reshape(x.shape[0], -1),
+    kind="view",
+    summary="[N, ...] to [N, prod(...)]",
+))
+
+
+def _reshape_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    require_rank("reshape", x, 1)
+    dims = tuple(attrs["dims"])
+    size = _item_size("reshape", x)
+    shown = f"{format_shape(x.shape)} to [{x.shape[0]}, {', '.join(str(d) for d in dims)}]"
+    if any(d == 0 or d < -1 for d in dims) or list(dims).count(-1) > 1:
+        raise ShapeError(f"`reshape` dims must be positive, with at most one -1: cannot reshape "
+                         f"{shown}")
+    known = math.prod(d for d in dims if d != -1)
+    if -1 in dims:
+        if size % known:
+            raise ShapeError(f"`reshape` cannot reshape {shown}: {size} elements per item do "
+                             f"not divide by {known}")
+        dims = tuple(size // known if d == -1 else d for d in dims)
+    elif known != size:
+        raise ShapeError(f"`reshape` cannot reshape {shown}: {size} elements per item, "
+                         f"not {known}")
+    return TensorType(x.dtype, (x.shape[0], *dims))
+
+
+def _reshape_normalize(attrs: Attrs, inputs: Sequence[TensorType]) -> Attrs:
+    """The IR keeps the dims as given (-1 included): they read as the user wrote them."""
+    _reshape_infer(attrs, inputs)
+    return attrs.replace(dims=tuple(attrs["dims"]))
+
+
+register(OpDef(
+    name="reshape",
+    attrs=(AttrSpec("dims", "int_list", minimum=-1,
+                    help="the new shape of each item, after the batch; one may be -1"),),
+    infer=_reshape_infer,
+    reference=lambda attrs, x: x.reshape(x.shape[0], *attrs["dims"]),
+    normalize=_reshape_normalize,
+    kind="view",
+    summary="a new shape for each item; the batch dimension is kept",
+))
+
+
+def _transpose_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    perm = tuple(attrs["perm"])
+    if sorted(perm) != list(range(x.rank)):
+        raise ShapeError(f"`transpose` needs a permutation of 0..{x.rank - 1} for "
+                         f"{format_shape(x.shape)}, got {format_shape(perm)}")
+    if perm[0] != 0:
+        raise ShapeError(f"`transpose` must keep dimension 0 (the batch) first, got "
+                         f"{format_shape(perm)} for {format_shape(x.shape)}")
+    return TensorType(x.dtype, tuple(x.shape[axis] for axis in perm))
+
+
+register(OpDef(
+    name="transpose",
+    attrs=(AttrSpec("perm", "int_list", minimum=0,
+                    help="a permutation of all dimensions; 0 stays first"),),
+    infer=_transpose_infer,
+    reference=lambda attrs, x: np.ascontiguousarray(x.transpose(attrs["perm"])),
+    normalize=lambda attrs, inputs: attrs.replace(perm=tuple(attrs["perm"])),
+    kind="layout",
+    summary="permutes the dimensions (output dim i is input dim perm[i])",
+))
+
+
+def _concat_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    dtype = same_dtype("concat", inputs)
+    first = inputs[0]
+    shapes = ", ".join(format_shape(t.shape) for t in inputs)
+    if any(t.rank != first.rank for t in inputs):
+        raise ShapeError(f"`concat` needs inputs of one rank, got {shapes}")
+    axis = resolve_axis("concat", attrs["axis"], first)
+    total: Dim = 0
+    for tensor in inputs:
+        size = tensor.shape[axis]
+        if isinstance(size, str):
+            raise ShapeError(f"`concat` along axis {axis} needs known sizes there, but it is "
+                             f"the named dimension {size}: {shapes}")
+        total = int(total) + size
+        if any(a != b for i, (a, b) in enumerate(zip(tensor.shape, first.shape)) if i != axis):
+            raise ShapeError(f"`concat` along axis {axis} needs the other dimensions equal, "
+                             f"got {shapes}")
+    return TensorType(dtype, (*first.shape[:axis], total, *first.shape[axis + 1:]))
+
+
+def _concat_normalize(attrs: Attrs, inputs: Sequence[TensorType]) -> Attrs:
+    return attrs.replace(axis=resolve_axis("concat", attrs["axis"], inputs[0]))
+
+
+register(OpDef(
+    name="concat",
+    attrs=(AttrSpec("axis", "int", default=1, help="negative counts from the end"),),
+    infer=_concat_infer,
+    reference=lambda attrs, *xs: np.concatenate(xs, axis=attrs["axis"]),
+    min_inputs=2,
+    max_inputs=None,
+    normalize=_concat_normalize,
+    kind="layout",
+    summary="joins the inputs along axis",
+))
+
+
+def _dropout_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    if attrs["p"] > 1:
+        raise ShapeError(f"`dropout` probability must be between 0 and 1, got {attrs['p']}")
+    return same_type(attrs, inputs)
+
+
+register(OpDef(
+    name="dropout",
+    attrs=(AttrSpec("p", "float", default=0.5, minimum=0.0, help="ignored at inference"),),
+    infer=_dropout_infer,
+    reference=lambda attrs, x: x,
+    kind="view",
+    summary="the identity (inference mode)",
+))

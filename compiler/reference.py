@@ -1,0 +1,81 @@
+"""The reference interpreter: the executable meaning of the graph IR, in NumPy.
+
+Every op is computed by its registry entry's `reference` function in float32 and the result is
+rounded to the value's dtype, so an f16 network behaves as if each tensor were stored in f16.
+Every other backend is checked against this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from netc.diagnostics import CompileError, Diagnostic
+from netc.dtypes import round_to
+from netc.ir import Graph, Node, format_shape
+from netc.ops import REGISTRY
+
+
+def bind_batch(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The size of every named dimension, read off the inputs; checks every input's shape."""
+    problems: list[Diagnostic] = []
+    sizes: dict[str, int] = {}
+    for node in graph.inputs:
+        if node.id not in inputs:
+            problems.append(Diagnostic("E0401", f"missing input `{node.id}` of type {node.type}",
+                                       node.span))
+            continue
+        shape = np.shape(inputs[node.id])
+        if len(shape) != node.type.rank:
+            problems.append(Diagnostic(
+                "E0402", f"input `{node.id}` must have shape {format_shape(node.type.shape)}, "
+                f"got {format_shape(shape)}", node.span))
+            continue
+        for declared, actual in zip(node.type.shape, shape):
+            if isinstance(declared, str):
+                bound = sizes.setdefault(declared, actual)
+                if bound != actual or actual < 1:
+                    problems.append(Diagnostic(
+                        "E0402", f"input `{node.id}` has {declared}={actual}, but another input "
+                        f"gives {declared}={bound}" if bound != actual else
+                        f"input `{node.id}` has an empty dimension {declared}", node.span))
+            elif declared != actual:
+                problems.append(Diagnostic(
+                    "E0402", f"input `{node.id}` must have shape {format_shape(node.type.shape)}, "
+                    f"got {format_shape(shape)}", node.span))
+                break
+    unexpected = sorted(set(inputs) - {n.id for n in graph.inputs})
+    for name in unexpected:
+        known = ", ".join(f"`{n.id}`" for n in graph.inputs)
+        problems.append(Diagnostic("E0403", f"unexpected input `{name}`; the network's inputs are "
+                                   f"{known}"))
+    if problems:
+        raise CompileError(problems)
+    return sizes
+
+
+def run_reference(graph: Graph, weights: Mapping[str, np.ndarray],
+                  inputs: Mapping[str, np.ndarray],
+                  observe: Callable[[Node, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
+    """Run `graph` on float32 NumPy arrays; returns every output by name.
+
+    `weights` must hold every parameter (see `netc.weights.check_weights`); `observe`, if
+    given, sees every computed value (used by `netc compare --layers`).
+    """
+    bind_batch(graph, inputs)
+    values: dict[str, np.ndarray] = {}
+    for node in graph.nodes:
+        if node.op == "input":
+            value = round_to(node.type.dtype, inputs[node.id])
+        elif node.op == "param":
+            value = round_to(node.type.dtype, weights[node.id])
+        elif node.op == "constant":
+            value = round_to(node.type.dtype, np.float32(node.attrs["value"]))
+        else:
+            args = [values[i] for i in node.inputs]
+            value = round_to(node.type.dtype, REGISTRY[node.op].reference(node.attrs, *args))
+        values[node.id] = value
+        if observe is not None:
+            observe(node, value)
+    return {name: values[node_id] for name, node_id in graph.outputs}
