@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from netc.backends import Runner, prepare
 from netc.diagnostics import Span
 from netc.ir import Dim, Graph, Node, print_graph
 from netc.ops import REGISTRY, node_flops
-from netc.weights import init_weights
+from netc.weights import init_weights, param_specs
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,12 @@ class Model:
     @property
     def outputs(self) -> list[str]:
         return [name for name, _ in self.graph.outputs]
+
+    def parameter_count(self, trainable_only: bool = False) -> int:
+        """Elements in the weights; PyTorch's count (`trainable_only`) leaves out buffers such
+        as batchnorm's running statistics."""
+        return sum(math.prod(spec.shape) for spec in param_specs(self.graph).values()
+                   if spec.trainable or not trainable_only)
 
     def ir(self) -> str:
         return print_graph(self.graph)

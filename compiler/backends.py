@@ -73,14 +73,19 @@ def _onnx(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str,
                                  "pip install 'netc[onnx]'") from None
     from netc.onnx.export import export_graph
 
+    if any(n.type.dtype == "bf16" for n in graph.inputs):
+        raise BackendUnavailable("the onnx backend cannot feed bf16 inputs: NumPy and "
+                                 "onnxruntime's Python API have no bfloat16 arrays")
     model = export_graph(graph, weights)
     session = onnxruntime.InferenceSession(model.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
     output_names = [name for name, _ in graph.outputs]
+    input_dtypes = {n.id: np.float16 if n.type.dtype == "f16" else np.float32
+                    for n in graph.inputs}
 
     def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         bind_batch(graph, inputs)
-        feeds = {name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()}
+        feeds = {name: np.asarray(value, dtype=input_dtypes[name]) for name, value in inputs.items()}
         results = session.run(output_names, feeds)
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(output_names, results)}
 

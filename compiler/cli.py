@@ -74,11 +74,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         if index == 0:
             print("  ".join("-" * width for width in widths))
     layers = model.layers
-    total_params = graph.param_count()
     total_flops = sum(layer.flops for layer in layers)
+    trainable = model.parameter_count(trainable_only=True)
+    buffers = model.parameter_count() - trainable
+    extra = f" (+ {buffers:,} in running statistics)" if buffers else ""
     print()
-    print(f"{len(layers)} ops, {total_params:,} parameters, {_human(total_flops)}FLOPs per batch "
-          f"item; checked in {elapsed * 1000:.0f} ms")
+    print(f"{len(layers)} ops, {trainable:,} parameters{extra}, {_human(total_flops)}FLOPs per "
+          f"batch item; checked in {elapsed * 1000:.0f} ms")
     return 0
 
 

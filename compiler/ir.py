@@ -150,9 +150,6 @@ class Graph:
                 found[used].append(node)
         return found
 
-    def param_count(self) -> int:
-        return sum(n.type.numel() for n in self.params)
-
     def batch_dims(self) -> tuple[str, ...]:
         names: list[str] = []
         for node in self.inputs:
@@ -207,16 +204,36 @@ def _format_attr(value: Any) -> str:
     return repr(value)
 
 
+def _is_body(value: Any) -> bool:
+    return isinstance(value, tuple) and bool(value) and all(isinstance(v, Node) for v in value)
+
+
+def _format_node(node: Node, indent: str) -> list[str]:
+    """One line for `node`; a node holding a nested body (a fused group, whose body nodes name
+    the group's inputs `$0`, `$1`, ...) is followed by that body, indented, in braces."""
+    bodies = [(k, v) for k, v in node.attrs.items() if _is_body(v)]
+    attrs = ", ".join(f"{k}={_format_attr(v)}" for k, v in node.attrs.items() if not _is_body(v))
+    args = ", ".join(i if i.startswith("$") else f"%{i}" for i in node.inputs)
+    call = node.op + "(" + ", ".join(p for p in (args, attrs) if p) + ")"
+    where = f"  # {node.span}" if node.span else ""
+    layer = f"  [{node.layer}]" if node.layer and node.op != "param" else ""
+    opening = " {" if bodies else ""
+    lines = [f"{indent}%{node.id}: {node.type} = {call}{opening}{layer}{where}"]
+    for name, body in bodies:
+        if len(bodies) > 1:
+            lines.append(f"{indent}    # {name}")
+        for inner in body:
+            lines.extend(_format_node(inner, indent + "    "))
+    if bodies:
+        lines.append(f"{indent}}}")
+    return lines
+
+
 def print_graph(graph: Graph) -> str:
     """A deterministic, readable listing of the graph, one node a line."""
     lines = [f"graph {graph.name} {{"]
     for node in graph.nodes:
-        attrs = ", ".join(f"{k}={_format_attr(v)}" for k, v in node.attrs.items())
-        args = ", ".join(f"%{i}" for i in node.inputs)
-        call = node.op + "(" + ", ".join(p for p in (args, attrs) if p) + ")"
-        where = f"  # {node.span}" if node.span else ""
-        layer = f"  [{node.layer}]" if node.layer and node.op != "param" else ""
-        lines.append(f"  %{node.id}: {node.type} = {call}{layer}{where}")
+        lines.extend(_format_node(node, "  "))
     for name, node_id in graph.outputs:
         lines.append(f"  output {name} = %{node_id}")
     lines.append("}")

@@ -3,6 +3,7 @@
 from netc.ops import (  # noqa: F401  (modules register their ops)
     activations,
     arithmetic,
+    fused,
     layout,
     linear,
     normalization,

@@ -30,7 +30,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _gelu(x: np.ndarray) -> np.ndarray:
     # The exact (erf) form, in float64: NumPy has no vectorised erf, math.erf is exact.
     wide = np.asarray(x, dtype=np.float64)
-    cdf = 0.5 * (1.0 + _erf(wide / math.sqrt(2.0)).astype(np.float64))
+    cdf = 0.5 * (1.0 + np.asarray(_erf(wide / math.sqrt(2.0)), dtype=np.float64))
     return (wide * cdf).astype(np.float32)
 
 
@@ -83,20 +83,20 @@ def _axis_normalize(op: str) -> Callable[[Attrs, Sequence[TensorType]], Attrs]:
     return normalize
 
 
-def _shifted(attrs: Attrs, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x minus its max along the axis (so exp cannot overflow), and the sum of its exps."""
-    shifted = x - x.max(axis=attrs["axis"], keepdims=True)
-    return shifted, np.exp(shifted).sum(axis=attrs["axis"], keepdims=True, dtype=np.float32)
+def _shifted(attrs: Attrs, x: np.ndarray) -> np.ndarray:
+    """x minus its max along the axis, so that exp cannot overflow."""
+    return x - x.max(axis=attrs["axis"], keepdims=True)
 
 
 def _softmax_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
-    shifted, total = _shifted(attrs, x)
-    return np.exp(shifted) / total
+    exps = np.exp(_shifted(attrs, x))
+    return exps / exps.sum(axis=attrs["axis"], keepdims=True, dtype=np.float32)
 
 
 def _log_softmax_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
-    shifted, total = _shifted(attrs, x)
-    return shifted - np.log(total)
+    shifted = _shifted(attrs, x)
+    return shifted - np.log(np.exp(shifted).sum(axis=attrs["axis"], keepdims=True,
+                                                dtype=np.float32))
 
 
 for _name, _reference, _summary in (

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from netc.ir import Attrs, Dim, TensorType, format_shape
+from netc.ir import Attrs, TensorType, format_shape
 from netc.ops.registry import (
     AttrSpec,
     OpDef,
@@ -118,13 +118,13 @@ def _concat_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     if any(t.rank != first.rank for t in inputs):
         raise ShapeError(f"`concat` needs inputs of one rank, got {shapes}")
     axis = resolve_axis("concat", attrs["axis"], first)
-    total: Dim = 0
+    total = 0
     for tensor in inputs:
         size = tensor.shape[axis]
         if isinstance(size, str):
             raise ShapeError(f"`concat` along axis {axis} needs known sizes there, but it is "
                              f"the named dimension {size}: {shapes}")
-        total = int(total) + size
+        total += size
         if any(a != b for i, (a, b) in enumerate(zip(tensor.shape, first.shape)) if i != axis):
             raise ShapeError(f"`concat` along axis {axis} needs the other dimensions equal, "
                              f"got {shapes}")

@@ -82,7 +82,7 @@ def _conv2d_normalize(attrs: Attrs, inputs: Sequence[TensorType]) -> Attrs:
 
 def _conv2d_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     (x,) = inputs
-    window, height, width = spatial_output("conv2d", attrs, inputs)
+    height, width = spatial_output("conv2d", attrs, inputs)
     channels, groups, filters = x.shape[1], attrs["groups"], attrs["filters"]
     if isinstance(channels, str) or channels % groups:
         raise ShapeError(f"`conv2d` with groups={groups} needs input channels divisible by "
@@ -180,7 +180,7 @@ def _matmul_flops(attrs: Attrs, inputs: Sequence[tuple[int, ...]], output: tuple
 register(OpDef(
     name="matmul",
     infer=_matmul_infer,
-    reference=lambda attrs, a, b: np.matmul(a, b),
+    reference=lambda attrs, a, b: np.asarray(np.matmul(a, b)),  # 1-D @ 1-D is a scalar
     min_inputs=2,
     max_inputs=2,
     flops=_matmul_flops,

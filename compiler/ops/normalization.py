@@ -41,8 +41,8 @@ def _batchnorm_params(attrs: Attrs, inputs: Sequence[TensorType]) -> tuple[Param
     channels = (int(inputs[0].shape[1]),)
     return (ParamSpec("weight", channels, ("const", 1.0)),
             ParamSpec("bias", channels, ("const", 0.0)),
-            ParamSpec("running_mean", channels, ("const", 0.0)),
-            ParamSpec("running_var", channels, ("const", 1.0)))
+            ParamSpec("running_mean", channels, ("const", 0.0), trainable=False),
+            ParamSpec("running_var", channels, ("const", 1.0), trainable=False))
 
 
 def _batchnorm_reference(attrs: Attrs, x: np.ndarray, weight: np.ndarray, bias: np.ndarray,

@@ -43,7 +43,7 @@ def _pool_window(op: str, attrs: Attrs) -> Window:
 def _pool_infer(op: str) -> Callable[[Attrs, Sequence[TensorType]], TensorType]:
     def infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
         _pool_window(op, attrs)
-        _, height, width = spatial_output(op, attrs, inputs)
+        height, width = spatial_output(op, attrs, inputs)
         x = inputs[0]
         return TensorType(x.dtype, (x.shape[0], x.shape[1], height, width))
     return infer

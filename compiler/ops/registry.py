@@ -224,12 +224,3 @@ def broadcast_shapes(op: str, first: TensorType, second: TensorType,
     require_batch_first(op, shape, first, second)
     return shape
 
-
-def sample_param(spec: ParamSpec, rng: np.random.Generator) -> np.ndarray:
-    """A float32 array drawn from the parameter's default initialisation."""
-    how, value = spec.init
-    if how == "uniform":
-        return rng.uniform(-value, value, size=spec.shape).astype(np.float32)
-    if how == "const":
-        return np.full(spec.shape, value, dtype=np.float32)
-    raise ValueError(f"parameter {spec.name}: unknown init {how!r}")

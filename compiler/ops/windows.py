@@ -107,8 +107,6 @@ class Window:
             writeable=False)
 
 
-def spatial_output(op: str, attrs: Attrs, inputs: Sequence[TensorType]) -> tuple[Window, int, int]:
-    """The window and output (height, width) of a windowed op on its one NCHW input."""
-    window = Window.from_attrs(op, attrs)
-    height, width = window.output_size(op, inputs[0])
-    return window, height, width
+def spatial_output(op: str, attrs: Attrs, inputs: Sequence[TensorType]) -> tuple[int, int]:
+    """The output (height, width) of a windowed op on its one NCHW input."""
+    return Window.from_attrs(op, attrs).output_size(op, inputs[0])

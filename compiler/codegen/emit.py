@@ -1,0 +1,228 @@
+"""Code generation: a graph becomes one CUDA module and the `LaunchPlan` that runs it.
+
+`generate(graph, tiles)` walks the graph in order and asks the lowering table
+(`netc.codegen.kernels.LOWERINGS`) for each compute node's launches; views get no launch and
+alias their input's buffer. Every distinct kernel specialisation is rendered once into the
+module, in order of first use, after the `.cuh` headers the module needs.
+
+Text in the module that came from the user (node and layer names, file names) appears only in
+comments and `#line` file names, always through `sanitize`. Each kernel is preceded by a
+comment listing the layers that launch it and a `#line` directive mapping its body to the
+`.net` line of its first user, followed by a `#line` back to the module itself, so that compile
+errors in the shared headers still point at the module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import TypeVar
+
+import netc
+from netc.codegen.kernels import (
+    LOWERINGS,
+    CodegenError,
+    KernelLaunch,
+    KernelSpec,
+    fill_constant,
+    tile_kind,
+)
+from netc.codegen.plan import Buffer, BufferRole, Launch, LaunchPlan
+from netc.codegen.render import header, render
+from netc.codegen.tiles import BlockTile, GemmTile, RowTile, Tile, TileError
+from netc.ir import Dim, Graph, Node, verify
+from netc.ops import REGISTRY
+
+HEADER_ORDER = ("common.cuh", "gemm.cuh", "conv2d.cuh", "elementwise.cuh", "pool.cuh",
+                "rowwise.cuh", "concat.cuh")
+"""Every header a module may inline, in an order that satisfies their dependencies."""
+
+LINE_RESET = "//@netc-line-reset@"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.#-]")
+
+TileT = TypeVar("TileT", GemmTile, RowTile, BlockTile)
+
+
+def sanitize(text: str) -> str:
+    """`text` made safe for a C comment or a `#line` file name: only [A-Za-z0-9_.#-] kept."""
+    cleaned = _UNSAFE.sub("", text)
+    assert "*/" not in cleaned and "\n" not in cleaned
+    return cleaned
+
+
+def describe_node(node: Node) -> str:
+    """`dense_0 dense (lenet.net:9)`: a node for a comment, sanitised."""
+    place = f" ({sanitize(PurePath(node.span.file).name)}:{node.span.line})" if node.span else ""
+    return f"{sanitize(node.id)} {node.op}{place}"
+
+
+@dataclass
+class _Lowering:
+    """The state of one `generate` call; implements `kernels.LoweringContext`."""
+
+    graph: Graph
+    tiles: Mapping[str, Tile]
+    buffers: list[Buffer] = field(default_factory=list)
+    by_node: dict[str, str] = field(default_factory=dict)
+    outputs: set[str] = field(default_factory=set)
+
+    def buffer(self, node_id: str) -> str:
+        return self.by_node[node_id]
+
+    def add_buffer(self, node: Node, role: BufferRole, shape: tuple[Dim, ...] | None = None,
+                   alias_of: str | None = None) -> str:
+        name = f"buf{len(self.buffers)}"
+        self.buffers.append(Buffer(name, role, node.type.dtype,
+                                   node.type.shape if shape is None else shape, node.id,
+                                   alias_of))
+        return name
+
+    def scratch(self, owner: Node, shape: tuple[Dim, ...]) -> str:
+        return self.add_buffer(owner, "intermediate", shape)
+
+    def tile(self, node: Node, default: TileT) -> TileT:
+        chosen = self.tiles.get(node.id, default)
+        if not isinstance(chosen, type(default)):
+            raise TileError(f"{node.id} ({node.op}) takes a {type(default).__name__}, "
+                            f"got {chosen}")
+        return chosen.validate()
+
+    def root(self, name: str) -> str:
+        alias = next(b.alias_of for b in self.buffers if b.name == name)
+        return name if alias is None else alias
+
+
+def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPlan:
+    """Lower `graph` to one CUDA module and its launch plan.
+
+    `tiles` overrides the tile configuration of individual nodes, by node id.
+    """
+    verify(graph)
+    tiles = dict(tiles or {})
+    _check_tiles(graph, tiles)
+    batch_dims = graph.batch_dims()
+    if len(batch_dims) > 1:
+        raise CodegenError(f"inputs name {len(batch_dims)} different run-time dimensions "
+                           f"({', '.join(batch_dims)}); netc's kernels take one batch size")
+    state = _Lowering(graph, tiles, outputs={node_id for _, node_id in graph.outputs})
+    launches: list[tuple[Node, KernelLaunch]] = []
+    memory_constants = _constants_in_memory(graph)
+
+    for node in graph.nodes:
+        role: BufferRole
+        if node.op in ("input", "param"):
+            role = "input" if node.op == "input" else "param"
+            state.by_node[node.id] = state.add_buffer(node, role)
+            continue
+        role = "output" if node.id in state.outputs else "intermediate"
+        if node.op == "constant":
+            if node.id in memory_constants:
+                state.by_node[node.id] = state.add_buffer(node, role)
+                launches.append((node, fill_constant(node, state.by_node[node.id])))
+            continue
+        if REGISTRY[node.op].kind == "view":
+            source = state.root(state.buffer(node.inputs[0]))
+            state.by_node[node.id] = state.add_buffer(node, role, alias_of=source)
+            continue
+        lowering = LOWERINGS.get(node.op)
+        if lowering is None:
+            raise CodegenError(f"{node.id}: no CUDA kernel for op `{node.op}`")
+        state.by_node[node.id] = state.add_buffer(node, role)
+        launches.extend((node, launch) for launch in lowering(state, node))
+
+    module = sanitize(graph.name) or "module"
+    kernels = _unique_kernels(launches)
+    source = _render_module(module, graph.name, launches, kernels)
+    return LaunchPlan(
+        network=graph.name,
+        module=module,
+        source=source,
+        batch_dim=batch_dims[0] if batch_dims else None,
+        buffers=tuple(state.buffers),
+        launches=tuple(
+            Launch(kernel=launch.kernel.name, grid=launch.grid, block=(launch.block, 1, 1),
+                   shared_bytes=launch.shared_bytes, args=launch.args, nodes=(node.id,),
+                   source=f"{node.span.file}:{node.span.line}" if node.span else "")
+            for node, launch in launches),
+        outputs=tuple((name, state.buffer(node_id)) for name, node_id in graph.outputs),
+        kernels=tuple(kernels),
+    )
+
+
+def _check_tiles(graph: Graph, tiles: Mapping[str, Tile]) -> None:
+    for node_id, tile in tiles.items():
+        if node_id not in graph or graph[node_id].op not in LOWERINGS:
+            raise TileError(f"a tile for {node_id!r}, which is no node with a kernel")
+        wanted = tile_kind(graph[node_id].op)
+        if not isinstance(tile, wanted):
+            raise TileError(f"{node_id} ({graph[node_id].op}) takes a {wanted.__name__}, "
+                            f"got {tile}")
+        tile.validate()
+
+
+def _constants_in_memory(graph: Graph) -> set[str]:
+    """Constants some consumer reads from memory: all but operands of arithmetic (which pass
+    them as kernel arguments)."""
+    found = {node_id for _, node_id in graph.outputs if graph[node_id].op == "constant"}
+    for node in graph.compute_nodes:
+        if node.op not in ("add", "sub", "mul"):
+            found.update(i for i in node.inputs if graph[i].op == "constant")
+    return found
+
+
+def _unique_kernels(launches: list[tuple[Node, KernelLaunch]]) -> dict[str, KernelSpec]:
+    kernels: dict[str, KernelSpec] = {}
+    for _, launch in launches:
+        spec = kernels.setdefault(launch.kernel.name, launch.kernel)
+        if spec != launch.kernel:
+            raise AssertionError(f"two different kernels named {spec.name}")
+    return kernels
+
+
+def _render_module(module: str, network: str, launches: list[tuple[Node, KernelLaunch]],
+                   kernels: Mapping[str, KernelSpec]) -> str:
+    return render_module(module, network, kernels.values(), [
+        (launch.kernel.name, node) for node, launch in launches])
+
+
+def render_module(module: str, network: str, kernels: Iterable[KernelSpec],
+                  uses: Sequence[tuple[str, Node]]) -> str:
+    """The module's source: headers, then every kernel in `kernels`, each with the comment and
+    `#line` mapping of its `uses` (kernel name, node), which also list the launches."""
+    specs = list(kernels)
+    dtypes = {spec.dtype for spec in specs}
+    needed = {"common.cuh"} | {h for spec in specs for h in spec.headers}
+    rendered = []
+    for spec in specs:
+        users = [node for name, node in uses if name == spec.name]
+        first = next((n for n in users if n.span is not None), None)
+        directive = ""
+        if first is not None and first.span is not None:
+            directive = f'#line {first.span.line} "{sanitize(PurePath(first.span.file).name)}"'
+        rendered.append({
+            "name": spec.name,
+            "users": [describe_node(node) for node in users] or ["(none)"],
+            "line_directive": directive,
+            "text": spec.render().rstrip("\n"),
+        })
+    text = render(
+        "module.jinja",
+        module=sanitize(module),
+        network=sanitize(network),
+        version=netc.__version__,
+        launches=[{"kernel": name, "where": describe_node(node)} for name, node in uses],
+        uses_f16="f16" in dtypes,
+        uses_bf16="bf16" in dtypes,
+        headers=[{"name": name, "text": header(name).rstrip("\n")}
+                 for name in HEADER_ORDER if name in needed],
+        kernels=rendered,
+        line_reset=LINE_RESET,
+    )
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if line == LINE_RESET:
+            # The line after the directive is line index + 2 of the file (1-based).
+            lines[index] = f'#line {index + 2} "{sanitize(module)}.cu"'
+    return "\n".join(lines)

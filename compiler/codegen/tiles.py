@@ -1,0 +1,149 @@
+"""Tile configurations: how a kernel family divides its work among blocks and threads.
+
+A configuration is data (a small frozen dataclass), chosen per IR node: `generate(graph,
+tiles={node_id: GemmTile(...)})` overrides the default, which is what a tiling pass will do.
+Every configuration validates itself against the limits of the GPUs netc targets (sm_80 and
+sm_90): at most 1024 threads a block, whole warps, 48 KiB of (default) shared memory a block,
+and few enough registers a thread that the kernel cannot spill (the register estimate is
+checked against `ptxas -v` by the test suite).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_THREADS = 1024
+WARP = 32
+MAX_SHARED_BYTES = 48 * 1024
+"""The shared memory a block may use without opting in to more (cudaFuncSetAttribute)."""
+REGISTERS_PER_SM = 65536
+MAX_REGISTERS_PER_THREAD = 255
+GEMM_OVERHEAD_REGISTERS = 40
+"""Registers a GEMM thread needs besides its tiles: addresses, indices, loop counters."""
+FLOAT_BYTES = 4
+
+
+class TileError(ValueError):
+    """A tile configuration that cannot run (a bug in whoever chose it, not the user's input)."""
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """The tiles of the GEMM family (dense, matmul, conv2d as an implicit GEMM).
+
+    A block computes a `bm` x `bn` tile of the output, walking the reduction in steps of `bk`;
+    each of its (bm / tm) * (bn / tn) threads holds a `tm` x `tn` tile of accumulators.
+    """
+
+    bm: int = 64
+    bn: int = 64
+    bk: int = 8
+    tm: int = 4
+    tn: int = 4
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    @property
+    def shared_bytes(self) -> int:
+        # A [bk][bm + 1] and B [bk][bn + 1] in float; the +1 avoids bank conflicts.
+        return FLOAT_BYTES * self.bk * (self.bm + 1 + self.bn + 1)
+
+    @property
+    def registers_estimate(self) -> int:
+        return self.tm * self.tn + self.tm + self.tn + GEMM_OVERHEAD_REGISTERS
+
+    @property
+    def suffix(self) -> str:
+        return f"bm{self.bm}_bn{self.bn}_bk{self.bk}_tm{self.tm}_tn{self.tn}"
+
+    def validate(self) -> GemmTile:
+        for field_name in ("bm", "bn", "bk", "tm", "tn"):
+            if getattr(self, field_name) < 1:
+                raise TileError(f"{self}: {field_name} must be positive")
+        if self.bm % self.tm or self.bn % self.tn:
+            raise TileError(f"{self}: tm must divide bm and tn must divide bn")
+        _check_threads(self, self.threads)
+        _check_shared(self, self.shared_bytes)
+        register_limit = min(MAX_REGISTERS_PER_THREAD, REGISTERS_PER_SM // self.threads)
+        if self.registers_estimate > register_limit:
+            raise TileError(
+                f"{self}: about {self.registers_estimate} registers a thread, but "
+                f"{self.threads} threads a block leave {register_limit}; shrink tm * tn")
+        return self
+
+
+@dataclass(frozen=True)
+class RowTile:
+    """The tiles of the row family (softmax, log_softmax, layernorm, global_avgpool).
+
+    `threads_per_row` threads (whole warps) cooperate on a row; a block holds `rows_per_block`
+    rows.
+    """
+
+    threads_per_row: int = 32
+    rows_per_block: int = 8
+
+    @property
+    def threads(self) -> int:
+        return self.threads_per_row * self.rows_per_block
+
+    @property
+    def shared_bytes(self) -> int:
+        # One partial (max, sum) pair of 8 bytes per warp, when a row spans several warps.
+        if self.threads_per_row == WARP:
+            return 0
+        return 8 * self.rows_per_block * (self.threads_per_row // WARP)
+
+    @property
+    def suffix(self) -> str:
+        return f"tpr{self.threads_per_row}_rpb{self.rows_per_block}"
+
+    def validate(self) -> RowTile:
+        if self.threads_per_row < WARP or self.threads_per_row % WARP:
+            raise TileError(f"{self}: threads_per_row must be a positive multiple of {WARP}")
+        if self.rows_per_block < 1:
+            raise TileError(f"{self}: rows_per_block must be positive")
+        _check_threads(self, self.threads)
+        _check_shared(self, self.shared_bytes)
+        return self
+
+
+@dataclass(frozen=True)
+class BlockTile:
+    """The block size of the one-thread-per-element families (elementwise, pool, concat)."""
+
+    threads: int = 256
+
+    @property
+    def suffix(self) -> str:
+        return f"b{self.threads}"
+
+    def validate(self) -> BlockTile:
+        _check_threads(self, self.threads)
+        return self
+
+
+Tile = GemmTile | RowTile | BlockTile
+
+DEFAULT_GEMM = GemmTile()
+DEFAULT_BLOCK = BlockTile()
+LONG_ROW = 1024
+"""Rows at least this long get a block of 256 threads each, shorter ones a warp."""
+
+
+def default_row_tile(length: int) -> RowTile:
+    return RowTile(256, 1) if length >= LONG_ROW else RowTile(32, 8)
+
+
+def _check_threads(tile: Tile, threads: int) -> None:
+    if not WARP <= threads <= MAX_THREADS or threads % WARP:
+        raise TileError(f"{tile}: {threads} threads a block; netc needs whole warps, "
+                        f"at most {MAX_THREADS}")
+
+
+def _check_shared(tile: Tile, shared: int) -> None:
+    if shared > MAX_SHARED_BYTES:
+        raise TileError(f"{tile}: {shared} bytes of shared memory a block, more than "
+                        f"{MAX_SHARED_BYTES}")

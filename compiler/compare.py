@@ -1,0 +1,476 @@
+"""Cross-checking backends: the same inputs through several backends, compared with the first.
+
+    report = compare(graph, weights, inputs, ["reference", "onnx", "cudasim"], layers=True)
+    print(report.format())
+    assert report.agree
+
+Each backend is prepared with `netc.backends.prepare`. A backend this machine cannot run
+(`BackendUnavailable`, or an optional part of netc missing) is reported as skipped with the
+reason; one that raises anything else is reported as failed, and the report then disagrees.
+The baseline is the first backend that runs (normally `reference`, the executable meaning of
+the IR); every other backend's outputs are compared with it.
+
+Agreement is NumPy's `isclose`: |value - baseline| <= atol + rtol * |baseline| (NaN agrees
+only with NaN). The report gives per output the largest absolute difference, the largest
+relative difference |value - baseline| / |baseline| over the elements where |baseline| > atol
+(near zero a relative difference says nothing), and how many elements are beyond tolerance.
+
+With `layers=True` the report also names the first IR node, in graph order, whose value parts
+from the baseline's beyond tolerance, with its layer name and `.net` file:line. The values of
+every node are read per backend by a *layer probe*:
+
+* `reference`: `run_reference(..., observe=...)` sees every node's value;
+* `onnx`: the model from `netc.onnx.export` gets every node's value as an extra graph output
+  (the exporter names each node's value after the node; a node whose value is not in the
+  model is reported as not addressable);
+* `cudasim` and `cuda`: after a run, every buffer of the launch plan is downloaded. Only
+  nodes that own a buffer are seen: a value that a fused kernel keeps in registers is not;
+* any other backend has no per-layer view (the report says so) unless a probe is passed in
+  `layer_probes`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from netc.backends import BackendUnavailable, prepare
+from netc.diagnostics import CompileError
+from netc.ir import SOURCE_OPS, Graph, Node
+from netc.reference import run_reference
+
+DEFAULT_RTOL = 1e-3
+DEFAULT_ATOL = 1e-4
+
+LayerProbe = Callable[[Graph, Mapping[str, np.ndarray], Mapping[str, np.ndarray],
+                       Mapping[str, Any]], dict[str, np.ndarray]]
+"""(graph, weights, inputs, backend options) -> the value of every IR node it can observe,
+by node id. Raises `LayerViewUnavailable` (or `BackendUnavailable`) to say why it cannot."""
+
+
+class LayerViewUnavailable(Exception):
+    """The backend cannot show the values of single layers; the message says why."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One value of a backend against the baseline's."""
+
+    max_abs: float
+    max_rel: float
+    mismatched: int
+    """Elements beyond tolerance."""
+    total: int
+    shape_problem: str | None = None
+
+    @property
+    def agree(self) -> bool:
+        return self.shape_problem is None and self.mismatched == 0
+
+
+def difference(value: np.ndarray, baseline: np.ndarray, rtol: float = DEFAULT_RTOL,
+               atol: float = DEFAULT_ATOL) -> Difference:
+    value = np.asarray(value, dtype=np.float64)
+    baseline = np.asarray(baseline, dtype=np.float64)
+    if value.shape != baseline.shape:
+        return Difference(math.inf, math.inf, max(value.size, baseline.size),
+                          max(value.size, baseline.size),
+                          f"shape {list(value.shape)}, baseline {list(baseline.shape)}")
+    if value.size == 0:
+        return Difference(0.0, 0.0, 0, 0)
+    close = np.isclose(value, baseline, rtol=rtol, atol=atol, equal_nan=True)
+    both_nan = np.isnan(value) & np.isnan(baseline)
+    gap = np.where(both_nan, 0.0, np.abs(value - baseline))
+    gap = np.where(np.isnan(gap), np.inf, gap)
+    significant = np.abs(baseline) > atol
+    relative = gap[significant] / np.abs(baseline[significant])
+    return Difference(float(gap.max()), float(relative.max()) if relative.size else 0.0,
+                      int((~close).sum()), int(value.size))
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first node (in graph order) whose value parts from the baseline's."""
+
+    node: str
+    op: str
+    layer: str | None
+    location: str | None
+    """`file.net:line` of the node in its `.net` source, where known."""
+    difference: Difference
+    compared_before: int
+    """How many earlier nodes were compared and agreed."""
+
+    def describe(self) -> str:
+        name = f"layer `{self.layer}` ({self.op}, node `{self.node}`)" if self.layer else \
+            f"node `{self.node}` ({self.op})"
+        where = f" at {self.location}" if self.location else ""
+        d = self.difference
+        detail = d.shape_problem or (f"{d.mismatched} of {d.total} elements beyond tolerance, "
+                                     f"largest difference {d.max_abs:.3g}")
+        return f"{name}{where}: {detail}"
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    status: str
+    """baseline | ran | skipped | failed"""
+    reason: str = ""
+    outputs: dict[str, Difference] = field(default_factory=dict)
+    divergence: Divergence | None = None
+    layer_note: str = ""
+    """What the per-layer comparison could and could not see."""
+    seconds: float = 0.0
+
+    @property
+    def agree(self) -> bool:
+        return self.status in ("baseline", "skipped") or (
+            self.status == "ran" and all(d.agree for d in self.outputs.values()))
+
+
+@dataclass
+class CompareReport:
+    network: str
+    batch: dict[str, int]
+    rtol: float
+    atol: float
+    results: list[BackendResult]
+    layers: bool
+
+    @property
+    def baseline(self) -> str | None:
+        return next((r.backend for r in self.results if r.status == "baseline"), None)
+
+    @property
+    def agree(self) -> bool:
+        """True when a baseline ran, at least one other backend was compared with it, and
+        every backend that ran agrees (skipped backends are listed, not counted)."""
+        compared = [r for r in self.results if r.status == "ran"]
+        return self.baseline is not None and bool(compared) and \
+            all(r.agree for r in self.results)
+
+    def result(self, backend: str) -> BackendResult:
+        return next(r for r in self.results if r.backend == backend)
+
+    def format(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.batch.items())
+        lines = [f"compare {self.network}" + (f" ({sizes})" if sizes else "")
+                 + f" against {self.baseline or 'nothing (no backend ran)'}; tolerance "
+                 f"rtol {self.rtol:g}, atol {self.atol:g}"]
+        rows = [("backend", "output", "max abs", "max rel", "beyond tol", "result")]
+        for result in self.results:
+            if result.status in ("skipped", "failed"):
+                why = result.reason.splitlines()[0] if result.reason else "no reason given"
+                rows.append((result.backend, "-", "", "", "", f"{result.status}: {why}"))
+                continue
+            for output, diff in result.outputs.items():
+                if result.status == "baseline":
+                    rows.append((result.backend, output, "-", "-", "-", "baseline"))
+                    continue
+                verdict = "agree" if diff.agree else \
+                    f"DIFFER: {diff.shape_problem}" if diff.shape_problem else "DIFFER"
+                rows.append((result.backend, output, f"{diff.max_abs:.3g}",
+                             f"{diff.max_rel:.3g}", f"{diff.mismatched}/{diff.total}", verdict))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for index, row in enumerate(rows):
+            cells = [cell.ljust(width) if i < 2 else cell.rjust(width)
+                     for i, (cell, width) in enumerate(zip(row, widths))]
+            lines.append("  ".join([*cells, row[-1]]).rstrip())
+            if index == 0:
+                lines.append("  ".join("-" * w for w in [*widths, len(row[-1])]))
+        if self.layers:
+            lines.append("")
+            lines.append("per layer:")
+            for result in self.results:
+                if result.status not in ("baseline", "ran"):
+                    continue
+                if result.divergence is not None:
+                    lines.append(f"  {result.backend}: first divergence at "
+                                 f"{result.divergence.describe()}")
+                if result.layer_note:
+                    lines.append(f"  {result.backend}: {result.layer_note}")
+        skipped = sum(r.status == "skipped" for r in self.results)
+        failed = [r.backend for r in self.results if r.status == "failed"]
+        if failed:
+            verdict = f"FAILED to run: {', '.join(failed)}"
+        elif self.baseline is None:
+            verdict = "nothing compared: no backend ran"
+        elif not any(r.status == "ran" for r in self.results):
+            verdict = "nothing compared: only the baseline ran"
+        elif self.agree:
+            verdict = "all backends that ran agree"
+        else:
+            verdict = "DISAGREE: " + ", ".join(r.backend for r in self.results if not r.agree)
+        lines.append("")
+        lines.append(f"result: {verdict}" + (f" ({skipped} skipped)" if skipped else ""))
+        return "\n".join(lines)
+
+
+# Layer probes ------------------------------------------------------------------------------
+
+
+def _reference_layers(graph: Graph, weights: Mapping[str, np.ndarray],
+                      inputs: Mapping[str, np.ndarray],
+                      options: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    values: dict[str, np.ndarray] = {}
+
+    def observe(node: Node, value: np.ndarray) -> None:
+        if node.op not in SOURCE_OPS:
+            values[node.id] = np.array(value, copy=True)
+
+    run_reference(graph, weights, inputs, observe=observe)
+    return values
+
+
+def onnx_value_names(graph: Graph) -> dict[str, str]:
+    """The ONNX name the exporter gives each node's value (its id; an output node's value
+    takes the output's name)."""
+    from netc.onnx import export
+
+    namer = getattr(export, "value_names", None) or getattr(export, "_value_names", None)
+    if namer is not None:
+        return dict(namer(graph))
+    names = {node.id: node.id for node in graph.nodes}
+    names.update({node_id: name for name, node_id in graph.outputs
+                  if graph[node_id].op not in SOURCE_OPS})
+    return names
+
+
+def _onnx_layers(graph: Graph, weights: Mapping[str, np.ndarray],
+                 inputs: Mapping[str, np.ndarray],
+                 options: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailable("the onnx backend needs onnxruntime") from None
+    from onnx import helper
+
+    from netc.onnx.export import export_graph
+
+    model = export_graph(graph, weights)
+    names = onnx_value_names(graph)
+    produced = {output for node in model.graph.node for output in node.output}
+    declared = {output.name for output in model.graph.output}
+    infos = {info.name: info for info in model.graph.value_info}
+    wanted: dict[str, str] = {}
+    for node in graph.compute_nodes:
+        name = names.get(node.id)
+        if name is None or name not in produced:
+            continue
+        wanted[node.id] = name
+        if name not in declared:
+            info = infos.get(name) or helper.make_tensor_value_info(
+                name, model.graph.output[0].type.tensor_type.elem_type, None)
+            model.graph.output.append(info)
+            declared.add(name)
+    session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    feeds = {name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()}
+    order = list(dict.fromkeys(wanted.values()))
+    results = dict(zip(order, session.run(order, feeds)))
+    return {node_id: np.asarray(results[name], dtype=np.float32)
+            for node_id, name in wanted.items()}
+
+
+def _plan_layers(device_factory: Callable[[Mapping[str, Any]], Any]) -> LayerProbe:
+    def probe(graph: Graph, weights: Mapping[str, np.ndarray],
+              inputs: Mapping[str, np.ndarray],
+              options: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        try:
+            from netc.codegen.emit import generate
+            from netc.runtime.executor import PlanRunner, from_storage
+        except ImportError as exc:
+            raise LayerViewUnavailable(f"the launch-plan runtime is not available: {exc}") \
+                from None
+        plan = generate(graph)
+        runner = PlanRunner(plan, device_factory(options), weights)
+        handle = getattr(runner, "_handle", None)
+        if handle is None:
+            runner.close()
+            raise LayerViewUnavailable("this PlanRunner offers no buffer downloads")
+        values: dict[str, np.ndarray] = {}
+        try:
+            runner.run(inputs)
+            batch = next((int(np.shape(inputs[n.id])[0]) for n in graph.inputs
+                          if n.type.shape and isinstance(n.type.shape[0], str)), 1)
+            sizes = plan.sizes(batch)
+            for buffer in plan.buffers:
+                if buffer.role == "param" or buffer.node not in graph:
+                    continue
+                if graph[buffer.node].op in SOURCE_OPS:
+                    continue
+                shape = tuple(sizes[d] if isinstance(d, str) else d for d in buffer.shape)
+                storage = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[buffer.dtype]
+                raw = runner.device.download(handle(buffer.name), storage, shape)
+                values[buffer.node] = from_storage(buffer.dtype, raw)
+        finally:
+            runner.close()
+        return values
+    return probe
+
+
+def _cudasim_device(options: Mapping[str, Any]) -> Any:
+    from netc.runtime.cudasim import CudaSim
+
+    return CudaSim(**{k: options[k] for k in ("schedule", "seed", "workers", "sanitize",
+                                                "check_races") if k in options})
+
+
+def _cuda_device(options: Mapping[str, Any]) -> Any:
+    from netc.runtime.pycuda_device import DeviceUnavailable, PyCudaDevice
+
+    try:
+        return PyCudaDevice()
+    except DeviceUnavailable as exc:
+        raise BackendUnavailable(str(exc)) from None
+
+
+LAYER_PROBES: dict[str, LayerProbe] = {
+    "reference": _reference_layers,
+    "onnx": _onnx_layers,
+    "cudasim": _plan_layers(_cudasim_device),
+    "cuda": _plan_layers(_cuda_device),
+}
+
+
+# Comparing ---------------------------------------------------------------------------------
+
+
+def _location(node: Node) -> str | None:
+    if node.span is None:
+        return None
+    return f"{node.span.file}:{node.span.line}"
+
+
+def _first_divergence(graph: Graph, values: Mapping[str, np.ndarray],
+                      baseline: Mapping[str, np.ndarray], rtol: float,
+                      atol: float) -> tuple[Divergence | None, int, int]:
+    """The first divergent node, how many nodes were compared, and how many could not be."""
+    compared = missing = 0
+    for node in graph.compute_nodes:
+        if node.id not in values or node.id not in baseline:
+            missing += 1
+            continue
+        diff = difference(values[node.id], baseline[node.id], rtol, atol)
+        if not diff.agree:
+            return Divergence(node.id, node.op, node.layer, _location(node), diff,
+                              compared), compared + 1, missing
+        compared += 1
+    return None, compared, missing
+
+
+def _unavailable_reason(exc: BaseException) -> str | None:
+    """Why `exc` means the backend cannot run here, or None if it is a real failure."""
+    if isinstance(exc, BackendUnavailable):
+        return str(exc)
+    if isinstance(exc, ImportError):
+        missing = getattr(exc, "name", None) or str(exc)
+        return f"a component it needs is not installed or not built: {missing}"
+    return None
+
+
+def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+            backends: Sequence[str] = ("reference", "onnx"), *, layers: bool = False,
+            rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+            options: Mapping[str, Mapping[str, Any]] | None = None,
+            layer_probes: Mapping[str, LayerProbe] | None = None) -> CompareReport:
+    """Run `inputs` through every backend in `backends` and compare each with the first that
+    runs. `options[backend]` goes to `netc.backends.prepare`; `layer_probes` adds or replaces
+    per-layer views (see the module docstring). Weights and inputs are checked first: a
+    problem there is a `CompileError`, as for `netc run`."""
+    from netc.reference import bind_batch
+    from netc.weights import check_weights
+
+    if not backends:
+        raise ValueError("compare needs at least one backend")
+    check_weights(graph, weights)
+    batch = bind_batch(graph, inputs)
+    probes = dict(LAYER_PROBES, **(layer_probes or {}))
+    options = options or {}
+    results: list[BackendResult] = []
+    baseline_outputs: dict[str, np.ndarray] | None = None
+    baseline_layers: dict[str, np.ndarray] | None = None
+    baseline_layer_note = ""
+    for backend in backends:
+        backend_options = dict(options.get(backend, {}))
+        started = time.perf_counter()
+        try:
+            run = prepare(backend, graph, weights, **backend_options)
+            outputs = run(inputs)
+        except CompileError:
+            raise
+        except Exception as exc:
+            reason = _unavailable_reason(exc)
+            status = "skipped" if reason is not None else "failed"
+            results.append(BackendResult(backend, status,
+                                         reason or f"{type(exc).__name__}: {exc}",
+                                         seconds=time.perf_counter() - started))
+            continue
+        seconds = time.perf_counter() - started
+        if baseline_outputs is None:
+            baseline_outputs = outputs
+            result = BackendResult(backend, "baseline", seconds=seconds, outputs={
+                name: difference(value, value, rtol, atol) for name, value in outputs.items()})
+            if layers:
+                baseline_layers, baseline_layer_note = _probe(probes, backend, graph, weights,
+                                                              inputs, backend_options)
+                if baseline_layers is None:
+                    result.layer_note = (f"per-layer view not available ({baseline_layer_note}), "
+                                         "so no backend can be compared layer by layer")
+                else:
+                    result.layer_note = (f"baseline for {len(baseline_layers)} of "
+                                         f"{len(graph.compute_nodes)} nodes")
+            results.append(result)
+            continue
+        result = BackendResult(backend, "ran", seconds=seconds)
+        for name, value in baseline_outputs.items():
+            if name not in outputs:
+                result.outputs[name] = Difference(math.inf, math.inf, 0, 0,
+                                                  "missing from this backend's outputs")
+            else:
+                result.outputs[name] = difference(outputs[name], value, rtol, atol)
+        if layers and baseline_layers is not None:
+            values, note = _probe(probes, backend, graph, weights, inputs, backend_options)
+            if values is None:
+                result.layer_note = f"per-layer view not available: {note}"
+            else:
+                divergence, compared, missing = _first_divergence(graph, values,
+                                                                  baseline_layers, rtol, atol)
+                result.divergence = divergence
+                unseen = f"; {missing} nodes not observable here" if missing else ""
+                if divergence is None:
+                    result.layer_note = f"{compared} nodes compared, none diverges{unseen}"
+                    if not result.agree:
+                        result.layer_note += (" (the outputs differ all the same: the "
+                                              "difference arises where no node is observed)")
+                else:
+                    result.layer_note = f"{divergence.compared_before} nodes agree before it{unseen}"
+        results.append(result)
+    return CompareReport(graph.name, batch, rtol, atol, results, layers)
+
+
+def _probe(probes: Mapping[str, LayerProbe], backend: str, graph: Graph,
+           weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+           options: Mapping[str, Any]) -> tuple[dict[str, np.ndarray] | None, str]:
+    probe = probes.get(backend)
+    if probe is None:
+        return None, f"netc has no per-layer view for the `{backend}` backend"
+    try:
+        return probe(graph, weights, inputs, options), ""
+    except (LayerViewUnavailable, BackendUnavailable, ImportError) as exc:
+        return None, str(exc)
+
+
+def random_inputs(graph: Graph, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard-normal inputs for every input of `graph`, with every named dimension `batch`."""
+    rng = np.random.default_rng(seed)
+    sizes = dict.fromkeys(graph.batch_dims(), batch)
+    return {n.id: rng.standard_normal(n.type.concrete(sizes)).astype(np.float32)
+            for n in graph.inputs}
+

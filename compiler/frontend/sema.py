@@ -1,0 +1,1260 @@
+"""Semantic analysis: parsed `.net` files to one verified `ir.Graph`.
+
+Three phases; each reports every independent error it finds and the next runs only if the
+earlier ones found none (a missing file or a misplaced `return` would make later messages
+noise):
+
+1. Loading: the main file and its imports, transitively, relative to the importing file.
+   Cycles, unreadable files and duplicate block names across files are errors.
+2. Structure: per definition, what the grammar allows but the language does not (`return`
+   outside a block, `input` inside `repeat`, a network without outputs, bad block parameters).
+3. Expansion of the chosen network: statements run in order over an environment of values;
+   `repeat` unrolls, block calls expand inline under a layer-name prefix, and every op call is
+   bound against its registry entry (`AttrSpec`s), normalised, shape-checked (`infer`) and
+   given its parameters (`params`). The result is a flat SSA graph in topological order.
+
+Error recovery: an expression whose error was reported evaluates to `POISON`; anything built
+from a poisoned value is poisoned silently, so one mistake gives one diagnostic. Diagnostics
+are de-duplicated, so an error inside a block called eight times is reported once.
+
+Naming (the spec's "Layers and parameters"): a layer is an op with parameters. Its name is
+`name="..."` or `<op>_<k>`, k counting the unnamed layers of that op in the current naming
+scope; a block call opens a scope whose names get the prefix `<block>_<j>.`. IR node ids:
+inputs by name, layers by full layer name, parameters `<layer>.<param>`, every other node
+`<op>#<k>` (a `#` cannot occur in a user name, so ids never clash).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netc.diagnostics import CompileError, Diagnostic, SourceMap, Span, did_you_mean
+from netc.frontend import ast
+from netc.frontend.limits import (
+    INT_LIMIT,
+    MAX_BLOCK_DEPTH,
+    MAX_DIAGNOSTICS,
+    MAX_ELEMENTS,
+    MAX_EVAL_DEPTH,
+    MAX_IMPORT_DEPTH,
+    MAX_NAME_LENGTH,
+    MAX_NODES,
+    MAX_REPEAT,
+    MAX_SOURCE_BYTES,
+    MAX_STATEMENTS,
+)
+from netc.frontend.parser import normalize_newlines, parse_module
+from netc.ir import DTYPES, Attrs, Graph, Node, TensorType, verify
+from netc.ops import REGISTRY, AttrSpec, OpDef, ShapeError
+
+ATTR_TYPES = ("int", "float", "bool")
+"""The types a block's attribute parameters may have."""
+
+ARITHMETIC_OPS = {"+": "add", "-": "sub", "*": "mul"}
+"""The ops the language itself maps operators to."""
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+_KIND_WORDS = {
+    "int": "an int",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "int_pair": "an int or a list [h, w] of two ints",
+    "int_list": "a list of ints",
+    "padding": 'an int, a list [h, w] of two ints, or "same"',
+}
+
+
+# Values -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor value: the IR node that computes it, its type, and who made it (for errors)."""
+
+    node: str
+    type: TensorType
+    origin: str
+
+
+class _Poison:
+    """The value of an expression whose error has been reported."""
+
+    def __repr__(self) -> str:
+        return "POISON"
+
+
+POISON = _Poison()
+
+Value = Tensor | int | float | bool | str | tuple[Any, ...] | _Poison
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def describe(value: object) -> str:
+    """A value in words, for messages: `the int 3`, `a tensor f32[N, 10]`."""
+    if isinstance(value, Tensor):
+        return f"a tensor {value.type}"
+    if isinstance(value, bool):
+        return f"the bool {format_value(value)}"
+    if isinstance(value, int):
+        return f"the int {value}"
+    if isinstance(value, float):
+        return f"the float {value!r}"
+    if isinstance(value, str):
+        return f'the string "{value}"'
+    if isinstance(value, tuple):
+        return f"the list {format_value(value)}"
+    return "an invalid value"
+
+
+def _fits(kind: str, value: Value) -> bool:
+    """Whether a value has a user-level form of an attribute kind (`registry.ATTR_KINDS`)."""
+    if isinstance(value, (Tensor, _Poison)):
+        return False
+    if kind == "int":
+        return _is_int(value)
+    if kind == "float":
+        return _is_number(value)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    pair = isinstance(value, tuple) and len(value) == 2 and all(_is_int(v) for v in value)
+    if kind == "int_pair":
+        return _is_int(value) or pair
+    if kind == "padding":
+        return _is_int(value) or pair or isinstance(value, str)
+    if kind == "int_list":
+        return isinstance(value, tuple) and all(_is_int(v) for v in value)
+    return True  # a kind newer than this front end: the op's normalize checks it
+
+
+def user_callable(opdef: OpDef) -> bool:
+    """Whether `.net` source may call the op: internal ops (the `fused` groups that passes
+    build) are in the registry but are not part of the language."""
+    return not getattr(opdef, "internal", False) and opdef.kind != "fused"
+
+
+def _numel(shape: Iterable[object]) -> int:
+    return math.prod(d for d in shape if isinstance(d, int))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+# Diagnostics ------------------------------------------------------------------------------
+
+
+class _Abort(Exception):
+    """A limit was hit; analysis stops with the diagnostics collected so far plus this one."""
+
+    def __init__(self, diagnostic: Diagnostic):
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
+class Reporter:
+    """Collects diagnostics in discovery order, without duplicates, up to MAX_DIAGNOSTICS."""
+
+    def __init__(self) -> None:
+        self.diagnostics: list[Diagnostic] = []
+        self._seen: set[tuple[str, Span | None, str]] = set()
+
+    def add(self, diagnostic: Diagnostic) -> None:
+        key = (diagnostic.code, diagnostic.span, diagnostic.message)
+        if key in self._seen or len(self.diagnostics) >= MAX_DIAGNOSTICS:
+            return
+        self._seen.add(key)
+        self.diagnostics.append(diagnostic)
+
+    def error(self, code: str, message: str, span: Span | None, help: str | None = None,
+              notes: Sequence[str] = ()) -> None:
+        self.add(Diagnostic(code, message, span, help, tuple(notes)))
+
+    def __len__(self) -> int:
+        return len(self.diagnostics)
+
+    def in_source_order(self, files: Iterable[str]) -> list[Diagnostic]:
+        """The diagnostics by file (in the order files were read), line and column."""
+        rank = {name: index for index, name in enumerate(files)}
+
+        def key(diagnostic: Diagnostic) -> tuple[int, int, int]:
+            span = diagnostic.span
+            if span is None:
+                return (-1, 0, 0)
+            return (rank.get(span.file, len(rank)), span.line, span.column)
+
+        return sorted(self.diagnostics, key=key)
+
+
+# Phase 1: loading files -------------------------------------------------------------------
+
+
+@dataclass
+class BlockInfo:
+    definition: ast.BlockDef
+    source: SourceFile
+
+    @property
+    def name(self) -> str:
+        return self.definition.name.text
+
+    @property
+    def tensor_params(self) -> tuple[ast.TensorParam, ...]:
+        return tuple(p for p in self.definition.params if isinstance(p, ast.TensorParam))
+
+    @property
+    def attr_params(self) -> tuple[ast.AttrParam, ...]:
+        return tuple(p for p in self.definition.params if isinstance(p, ast.AttrParam))
+
+
+@dataclass(eq=False)
+class SourceFile:
+    module: ast.Module
+    directory: Path
+    """Where its imports are looked up."""
+    display_directory: str
+    """How that folder is shown in file names of diagnostics."""
+    imports: list[SourceFile] = field(default_factory=list)
+    blocks: dict[str, BlockInfo] = field(default_factory=dict)
+    """The blocks visible in this file: its own and those of the files it imports."""
+
+    @property
+    def name(self) -> str:
+        return self.module.file
+
+
+def read_source(path: Path, display: str, span: Span | None, reporter: Reporter,
+                sources: SourceMap, imported: bool = False) -> str | None:
+    """The text of a `.net` file, or None after reporting why it cannot be had."""
+    try:
+        with path.open("rb") as stream:
+            # Read one byte past the limit, never the whole file: it may be /dev/zero.
+            data = stream.read(MAX_SOURCE_BYTES + 1)
+    except FileNotFoundError:
+        if imported:
+            _report_missing_import(path, display, span, reporter)
+        else:
+            reporter.error("E0101", f"cannot read `{display}`: no such file", span)
+        return None
+    except IsADirectoryError:
+        reporter.error("E0101", f"cannot read `{display}`: it is a directory", span)
+        return None
+    except OSError as error:
+        reporter.error("E0101", f"cannot read `{display}`: {error.strerror or error}", span)
+        return None
+    if len(data) > MAX_SOURCE_BYTES:
+        reporter.error("E0508", f"`{display}` is larger than {MAX_SOURCE_BYTES:,} bytes; "
+                       f".net files are at most {MAX_SOURCE_BYTES >> 10} KiB", span)
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        sources.add(display, normalize_newlines(data.decode("utf-8", errors="replace")))
+        start = error.start
+        line = data.count(b"\n", 0, start) + 1
+        column = len(data[data.rfind(b"\n", 0, start) + 1:start].decode("utf-8", "replace")) + 1
+        reporter.error(
+            "E0001", f"`{display}` is not UTF-8 text: the byte 0x{data[start]:02X} cannot be "
+            "decoded", Span(display, line, column, line, column + 1),
+            "save the file as UTF-8 (and ASCII outside comments and strings)")
+        return None
+    text = normalize_newlines(text)
+    sources.add(display, text)
+    return text
+
+
+def _report_missing_import(path: Path, display: str, span: Span | None,
+                           reporter: Reporter) -> None:
+    help = None
+    try:
+        nearby = [p.name for p in path.parent.iterdir() if p.suffix == ".net"]
+        help = did_you_mean(path.name, nearby)
+    except OSError:
+        pass
+    reporter.error("E0102", f"cannot find the imported file `{display}`", span,
+                   help or "the path is relative to the file that imports it")
+
+
+class Loader:
+    """Reads the main file and its imports (phase 1), then checks structure (phase 2)."""
+
+    def __init__(self, reporter: Reporter, sources: SourceMap):
+        self.reporter = reporter
+        self.sources = sources
+        self.by_path: dict[Path, SourceFile] = {}
+        self.order: list[SourceFile] = []
+        """Every file, imports before their importers (so duplicates point at the later one)."""
+        self.all_blocks: dict[str, BlockInfo] = {}
+
+    def load(self, text: str, display: str, path: Path | None, directory: Path,
+             display_directory: str) -> SourceFile | None:
+        main = self._parse(text, display, directory, display_directory)
+        if main is None:
+            return None
+        chain: tuple[Path, ...] = ()
+        if path is not None:
+            resolved = path.resolve()
+            self.by_path[resolved] = main
+            chain = (resolved,)
+        self._load_imports(main, chain, {p: display for p in chain})
+        self.order.append(main)
+        self._collect_blocks()
+        for source in self.order:
+            check_structure(source.module, self.reporter)
+        return main
+
+    def _parse(self, text: str, display: str, directory: Path,
+               display_directory: str) -> SourceFile | None:
+        try:
+            module = parse_module(text, display)
+        except CompileError as error:
+            for diagnostic in error.diagnostics:
+                self.reporter.add(diagnostic)
+            return None
+        return SourceFile(module, directory, display_directory)
+
+    def _load_imports(self, importer: SourceFile, chain: tuple[Path, ...],
+                      shown: dict[Path, str]) -> None:
+        for statement in importer.module.imports:
+            target = importer.directory / statement.path
+            display = os.path.normpath(os.path.join(importer.display_directory, statement.path))
+            try:
+                resolved = target.resolve()
+            except (OSError, RuntimeError):
+                resolved = target.absolute()
+            if resolved in chain:
+                cycle = [shown[p] for p in chain[chain.index(resolved):]] + [display]
+                self.reporter.error("E0103", "import cycle: " + " → ".join(f"`{c}`" for c in cycle),
+                                    statement.span, "blocks used by both files can move to a "
+                                    "third file that both import")
+                continue
+            if resolved in self.by_path:
+                importer.imports.append(self.by_path[resolved])
+                continue
+            if len(chain) >= MAX_IMPORT_DEPTH:
+                self.reporter.error("E0506", f"imports nested more than {MAX_IMPORT_DEPTH} deep",
+                                    statement.span)
+                continue
+            text = read_source(target, display, statement.span, self.reporter, self.sources,
+                               imported=True)
+            if text is None:
+                continue
+            source = self._parse(text, display, resolved.parent, os.path.dirname(display))
+            if source is None:
+                continue
+            self.by_path[resolved] = source
+            importer.imports.append(source)
+            self._load_imports(source, (*chain, resolved), {**shown, resolved: display})
+            self.order.append(source)
+
+    def _collect_blocks(self) -> None:
+        for source in self.order:
+            for block in source.module.blocks:
+                name = block.name.text
+                earlier = self.all_blocks.get(name)
+                if earlier is not None:
+                    self.reporter.error(
+                        "E0104", f"block `{name}` is defined twice", block.name.span,
+                        "rename one of them",
+                        [f"the other definition is at {earlier.definition.name.span}"])
+                    continue
+                if name in REGISTRY:
+                    self.reporter.error("E0119", f"block `{name}` has the name of a standard op",
+                                        block.name.span, "rename the block")
+                    continue
+                info = BlockInfo(block, source)
+                self.all_blocks[name] = info
+        for source in self.order:
+            for block in source.module.blocks:
+                own = self.all_blocks.get(block.name.text)
+                if own is not None and own.definition is block:
+                    source.blocks[block.name.text] = own
+            for imported in source.imports:
+                for block in imported.module.blocks:
+                    found = self.all_blocks.get(block.name.text)
+                    if found is not None and found.definition is block:
+                        source.blocks.setdefault(block.name.text, found)
+
+
+# Phase 2: structure -----------------------------------------------------------------------
+
+
+def _walk_statements(body: Sequence[ast.Statement]) -> Iterable[tuple[ast.Statement, int]]:
+    """Every statement with its `repeat` nesting depth (bounded by the scan's MAX_NESTING)."""
+    for statement in body:
+        yield statement, 0
+        if isinstance(statement, ast.RepeatStmt):
+            for inner, depth in _walk_statements(statement.body):
+                yield inner, depth + 1
+
+
+def check_structure(module: ast.Module, reporter: Reporter) -> None:
+    first_definition = next((i for i, item in enumerate(module.items)
+                             if not isinstance(item, ast.ImportStmt)), len(module.items))
+    for item in module.items[first_definition:]:
+        if isinstance(item, ast.ImportStmt):
+            reporter.error("E0108", "imports must come before blocks and networks", item.span,
+                           "move this line to the top of the file")
+    networks: dict[str, ast.NetworkDef] = {}
+    for network in module.networks:
+        earlier = networks.setdefault(network.name.text, network)
+        if earlier is not network:
+            reporter.error("E0105", f"network `{network.name.text}` is defined twice",
+                           network.name.span, "rename one of them",
+                           [f"the other definition is at {earlier.name.span}"])
+        _check_network(network, reporter)
+    for block in module.blocks:
+        _check_block(block, reporter)
+
+
+def _check_network(network: ast.NetworkDef, reporter: Reporter) -> None:
+    outputs = 0
+    for statement, depth in _walk_statements(network.body):
+        if isinstance(statement, ast.ReturnStmt):
+            reporter.error("E0112", "`return` belongs in a block, not a network", statement.span,
+                           "mark the result with `output NAME = ...`")
+        elif isinstance(statement, ast.InputStmt) and depth:
+            reporter.error("E0115", "`input` cannot be inside `repeat`", statement.span,
+                           "declare inputs at the top level of the network")
+        elif isinstance(statement, ast.OutputStmt):
+            if depth:
+                reporter.error("E0116", "`output` cannot be inside `repeat`", statement.span,
+                               "mark outputs at the top level of the network")
+            else:
+                outputs += 1
+    if outputs == 0:
+        reporter.error("E0114", f"network `{network.name.text}` has no output",
+                       network.name.span, "mark a result with `output NAME` or `output NAME = ...`")
+
+
+def _check_block(block: ast.BlockDef, reporter: Reporter) -> None:
+    seen: dict[str, ast.Identifier] = {}
+    typed_seen = False
+    for param in block.params:
+        name = param.name
+        if name.text in seen:
+            reporter.error("E0109", f"parameter `{name.text}` of block `{block.name.text}` is "
+                           "declared twice", name.span)
+        seen.setdefault(name.text, name)
+        if name.text == "name":
+            reporter.error("E0113", "`name` cannot be a block parameter: it is the argument "
+                           "that names a layer or a block call", name.span, "rename the parameter")
+        if isinstance(param, ast.AttrParam):
+            typed_seen = True
+            if param.type.text not in ATTR_TYPES:
+                help = did_you_mean(param.type.text, ATTR_TYPES)
+                if param.type.text in DTYPES:
+                    help = f"tensor parameters have no type: write just `{name.text}`"
+                reporter.error("E0120", f"unknown parameter type `{param.type.text}`; attribute "
+                               "parameters are `int`, `float` or `bool`", param.type.span, help)
+        elif typed_seen:
+            reporter.error("E0110", f"tensor parameter `{name.text}` comes after an attribute "
+                           "parameter", name.span, "list tensor parameters first, as ops take "
+                           "their tensors first")
+    body = block.body
+    returns = 0
+    for statement, depth in _walk_statements(body):
+        if isinstance(statement, ast.ReturnStmt):
+            returns += 1
+            if depth or statement is not body[-1]:
+                reporter.error("E0112", "`return` must be the last statement of a block",
+                               statement.span)
+        elif isinstance(statement, ast.InputStmt):
+            reporter.error("E0115", "`input` belongs in a network; a block takes its tensors as "
+                           "parameters", statement.span,
+                           f"add a parameter: `block {block.name.text}(x, ...)`")
+        elif isinstance(statement, ast.OutputStmt):
+            reporter.error("E0116", "`output` belongs in a network; a block gives its result "
+                           "with `return`", statement.span)
+    if returns == 0:
+        reporter.error("E0111", f"block `{block.name.text}` has no `return`", block.name.span,
+                       "end the block with `return EXPR`")
+
+
+def choose_network(module: ast.Module, wanted: str | None,
+                   reporter: Reporter) -> ast.NetworkDef | None:
+    networks = module.networks
+    if wanted is not None:
+        for network in networks:
+            if network.name.text == wanted:
+                return network
+        names = [n.name.text for n in networks]
+        known = ", ".join(f"`{n}`" for n in names) or "none"
+        reporter.error("E0107", f"no network `{wanted}` in `{module.file}` (it defines {known})",
+                       None, did_you_mean(wanted, names))
+        return None
+    if not networks:
+        line = Span(module.file, 1, 1, 1, 2)
+        reporter.error("E0106", f"`{module.file}` defines no network", line,
+                       "a file compiles to the network in `network NAME { ... }`")
+        return None
+    return networks[-1]
+
+
+# Phase 3: expansion -----------------------------------------------------------------------
+
+
+@dataclass
+class _Scope:
+    """One naming scope: the network, or one call of a block."""
+
+    source: SourceFile
+    prefix: str
+    env: dict[str, Value]
+    layer_counts: Counter[str] = field(default_factory=Counter)
+    block_counts: Counter[str] = field(default_factory=Counter)
+
+
+_FAILED = object()
+"""What `_coerce` returns after reporting a bad attribute value."""
+
+
+class Expander:
+    """Runs one network's statements and builds its graph."""
+
+    def __init__(self, main: SourceFile, all_blocks: dict[str, BlockInfo], reporter: Reporter):
+        self.main = main
+        self.all_blocks = all_blocks
+        self.reporter = reporter
+        self.nodes: list[Node] = []
+        self.node_ids: dict[str, Node] = {}
+        self.layer_spans: dict[str, Span] = {}
+        self.op_counts: Counter[str] = Counter()
+        self.outputs: list[tuple[str, str]] = []
+        self.output_spans: dict[str, Span] = {}
+        self.statements = 0
+        self.depth = 0
+        self.block_stack: list[str] = []
+        self.expanded: set[str] = set()
+        self.notes: tuple[str, ...] = ()
+
+    def error(self, code: str, message: str, span: Span | None, help: str | None = None,
+              notes: Sequence[str] = ()) -> None:
+        # Errors inside a block say which call they happened in: the innermost few calls.
+        calls = self.notes
+        if len(calls) > 4:
+            calls = (*calls[:3], f"... inside {len(calls) - 3} more block calls")
+        self.reporter.error(code, message, span, help, (*notes, *calls))
+
+    # Entry
+
+    def network(self, network: ast.NetworkDef) -> Graph | None:
+        scope = _Scope(self.main, "", {})
+        errors_before = len(self.reporter)
+        try:
+            self._run(network.body, scope)
+        except _Abort as abort:
+            self.reporter.add(abort.diagnostic)
+            return None
+        self._check_unexpanded_blocks()
+        if len(self.reporter) > errors_before:
+            return None
+        graph = Graph(network.name.text, tuple(self.nodes), tuple(self.outputs))
+        verify(graph)  # an IRError here is a bug in netc, never the user's fault
+        return graph
+
+    def _add_node(self, node: Node) -> None:
+        if len(self.nodes) >= MAX_NODES:
+            raise _Abort(Diagnostic(
+                "E0504", f"the network has more than {MAX_NODES:,} nodes once repeats are "
+                "unrolled and blocks expanded", node.span, notes=self.notes))
+        self.nodes.append(node)
+        self.node_ids[node.id] = node
+
+    # Statements
+
+    def _run(self, statements: Sequence[ast.Statement], scope: _Scope) -> None:
+        for statement in statements:
+            self.statements += 1
+            if self.statements > MAX_STATEMENTS:
+                raise _Abort(Diagnostic(
+                    "E0505", f"unrolling runs more than {MAX_STATEMENTS:,} statements",
+                    statement.span, "lower the `repeat` counts", self.notes))
+            if isinstance(statement, ast.AssignStmt):
+                scope.env[statement.target.text] = self._eval(statement.value, scope)
+            elif isinstance(statement, ast.InputStmt):
+                self._input(statement, scope)
+            elif isinstance(statement, ast.OutputStmt):
+                self._output(statement, scope)
+            elif isinstance(statement, ast.RepeatStmt):
+                self._repeat(statement, scope)
+            # A `return` is handled by `_call_block`; phase 2 made sure it is the last statement.
+
+    def _input(self, statement: ast.InputStmt, scope: _Scope) -> None:
+        name = statement.name
+        if name.text in scope.env or name.text in self.node_ids:
+            self.error("E0117", f"`{name.text}` is already defined", name.span,
+                       "give the input another name")
+            return
+        tensor_type = self._tensor_type(statement.type)
+        if tensor_type is None:
+            scope.env[name.text] = POISON
+            return
+        self._add_node(Node(name.text, "input", (), Attrs(), tensor_type, name.span))
+        scope.env[name.text] = Tensor(name.text, tensor_type, f"input `{name.text}` at {name.span}")
+
+    def _tensor_type(self, written: ast.TensorTypeExpr) -> TensorType | None:
+        ok = True
+        dtype = written.dtype.text
+        if dtype not in DTYPES:
+            self.error("E0301", f"unknown dtype `{dtype}`", written.dtype.span,
+                       did_you_mean(dtype, DTYPES) or "the dtypes are f32, f16 and bf16")
+            ok = False
+        shape: list[int | str] = []
+        for index, dim in enumerate(written.dims):
+            if isinstance(dim, ast.NamedDim):
+                if index > 0:
+                    self.error("E0303", f"the named dimension `{dim.name}` must come first: in "
+                               "version 1 only the batch dimension may be named", dim.span,
+                               "give this dimension a size")
+                    ok = False
+                shape.append(dim.name)
+            else:
+                if dim.value < 1:
+                    self.error("E0302", f"dimensions are positive integers, got {dim.value}",
+                               dim.span)
+                    ok = False
+                shape.append(dim.value)
+        if ok and _numel(shape) > MAX_ELEMENTS:
+            self.error("E0507", f"the type {dtype}{_shape(shape)} has more than 2^40 elements",
+                       written.span)
+            ok = False
+        return TensorType(dtype, tuple(shape)) if ok else None
+
+    def _output(self, statement: ast.OutputStmt, scope: _Scope) -> None:
+        name = statement.name
+        if statement.value is not None:
+            value = self._eval(statement.value, scope)
+            scope.env[name.text] = value
+        else:
+            value = self._lookup(ast.NameRef(name.text, name.span), scope)
+        if name.text in self.output_spans:
+            self.error("E0118", f"output `{name.text}` is declared twice", name.span,
+                       notes=[f"the first is at {self.output_spans[name.text]}"])
+            return
+        self.output_spans[name.text] = name.span
+        if value is POISON:
+            return
+        if not isinstance(value, Tensor):
+            self.error("E0214", f"output `{name.text}` must be a tensor, got {describe(value)}",
+                       statement.value.span if statement.value is not None else name.span)
+            return
+        self.outputs.append((name.text, value.node))
+
+    def _repeat(self, statement: ast.RepeatStmt, scope: _Scope) -> None:
+        count = self._eval(statement.count, scope)
+        if count is POISON:
+            return
+        if not _is_int(count) or count < 0:  # type: ignore[operator]
+            self.error("E0220", f"a repeat count is a non-negative int, got {describe(count)}",
+                       statement.count.span)
+            return
+        assert isinstance(count, int)
+        if count > MAX_REPEAT:
+            self.error("E0505", f"repeat count {count:,} is over the limit of {MAX_REPEAT:,}",
+                       statement.count.span)
+            return
+        for _ in range(count):
+            errors_before = len(self.reporter)
+            self._run(statement.body, scope)
+            if len(self.reporter) > errors_before:
+                break  # later rounds would only repeat the same errors
+
+    # Expressions
+
+    def _eval(self, expr: ast.Expr, scope: _Scope) -> Value:
+        self.depth += 1
+        try:
+            if self.depth > MAX_EVAL_DEPTH:
+                self.error("E0502", f"expressions and block calls nested more than "
+                           f"{MAX_EVAL_DEPTH} deep", expr.span,
+                           "split the expression into several statements")
+                return POISON
+            if isinstance(expr, ast.Call):
+                return self._call(expr, scope, None)
+            if isinstance(expr, ast.NameRef):
+                return self._lookup(expr, scope)
+            if isinstance(expr, ast.Pipe):
+                return self._pipe(expr, scope)
+            if isinstance(expr, ast.BinaryOp):
+                return self._binary_chain(expr, scope)
+            if isinstance(expr, (ast.IntLiteral, ast.FloatLiteral, ast.BoolLiteral,
+                                 ast.StringLiteral)):
+                return expr.value
+            if isinstance(expr, ast.ListLiteral):
+                return self._list(expr, scope)
+            if isinstance(expr, ast.Negate):
+                return self._negate(expr, scope)
+            raise TypeError(f"unknown expression {expr!r}")
+        finally:
+            self.depth -= 1
+
+    def _lookup(self, ref: ast.NameRef, scope: _Scope) -> Value:
+        if ref.name in scope.env:
+            return scope.env[ref.name]
+        help = did_you_mean(ref.name, scope.env)
+        if help is None and (ref.name in REGISTRY or ref.name in scope.source.blocks):
+            help = f"`{ref.name}` is an op: call it, `{ref.name}(x)`, or pipe into it, " \
+                   f"`x |> {ref.name}`"
+        self.error("E0202", f"undefined name `{ref.name}`", ref.span, help)
+        scope.env[ref.name] = POISON  # one report per name, not one per use
+        return POISON
+
+    def _list(self, expr: ast.ListLiteral, scope: _Scope) -> Value:
+        items = [self._eval(item, scope) for item in expr.items]
+        if any(item is POISON for item in items):
+            return POISON
+        for item, written in zip(items, expr.items):
+            if isinstance(item, Tensor):
+                self.error("E0213", "a list holds numbers, not tensors", written.span,
+                           "to join tensors use `concat(a, b, axis=...)`")
+                return POISON
+        return tuple(items)
+
+    def _pipe(self, expr: ast.Pipe, scope: _Scope) -> Value:
+        value = self._eval(expr.head, scope)
+        span = expr.head.span
+        for stage in expr.stages:
+            value = self._call(stage, scope, (value, span))
+            span = stage.span
+        return value
+
+    def _negate(self, expr: ast.Negate, scope: _Scope) -> Value:
+        value = self._eval(expr.operand, scope)
+        if value is POISON:
+            return POISON
+        if isinstance(value, Tensor):
+            constant = self._constant(-1.0, value, expr.span)
+            return self._builtin("mul", [value, constant], expr.span, scope)
+        if _is_number(value):
+            return -value  # type: ignore[operator]
+        self.error("E0216", f"`-` needs a number or a tensor, got {describe(value)}",
+                   expr.operand.span)
+        return POISON
+
+    def _binary_chain(self, expr: ast.BinaryOp, scope: _Scope) -> Value:
+        # `a + b + c + ...` leans left: walk its spine with a loop, not recursion.
+        spine: list[ast.BinaryOp] = []
+        node: ast.Expr = expr
+        while isinstance(node, ast.BinaryOp):
+            spine.append(node)
+            node = node.left
+        value = self._eval(node, scope)
+        for operation in reversed(spine):
+            right = self._eval(operation.right, scope)
+            value = self._binary(operation, value, right, scope)
+        return value
+
+    def _binary(self, expr: ast.BinaryOp, left: Value, right: Value, scope: _Scope) -> Value:
+        op = expr.op
+        if left is POISON or right is POISON:
+            return POISON
+        operands = ((left, expr.left), (right, expr.right))
+        if isinstance(left, Tensor) or isinstance(right, Tensor):
+            if op not in ARITHMETIC_OPS:
+                help = ("multiply by the reciprocal instead: `x * 0.5`" if op == "/"
+                        else "`//` divides ints in attribute arithmetic")
+                self.error("E0216", f"`{op}` is not defined on tensors", expr.op_span, help)
+                return POISON
+            for value, written in operands:
+                if not isinstance(value, Tensor) and not _is_number(value):
+                    self.error("E0216", f"`{op}` needs tensors or numbers, got "
+                               f"{describe(value)}", written.span)
+                    return POISON
+            tensor = left if isinstance(left, Tensor) else right
+            assert isinstance(tensor, Tensor)
+            inputs: list[Tensor] = []
+            for value, written in operands:
+                if isinstance(value, Tensor):
+                    inputs.append(value)
+                else:
+                    assert isinstance(value, (int, float))
+                    inputs.append(self._constant(float(value), tensor, written.span))
+            return self._builtin(ARITHMETIC_OPS[op], inputs, expr.span, scope)
+        for value, written in operands:
+            if not _is_number(value):
+                self.error("E0216", f"`{op}` needs numbers or tensors, got {describe(value)}",
+                           written.span)
+                return POISON
+        return self._attribute_arithmetic(expr, left, right)  # type: ignore[arg-type]
+
+    def _attribute_arithmetic(self, expr: ast.BinaryOp, left: float, right: float) -> Value:
+        op = expr.op
+        if op == "/" and _is_int(left) and _is_int(right):
+            self.error("E0215", f"`/` on two ints ({left} / {right}); integer division is `//`",
+                       expr.span, f"write `{left} // {right}`, or make one side a float")
+            return POISON
+        if op in ("/", "//") and right == 0:
+            self.error("E0217", "division by zero", expr.span)
+            return POISON
+        result: float
+        if op == "+":
+            result = left + right
+        elif op == "-":
+            result = left - right
+        elif op == "*":
+            result = left * right
+        elif op == "/":
+            result = left / right
+        else:
+            result = left // right
+        if (_is_int(result) and abs(result) > INT_LIMIT) or not math.isfinite(result):
+            self.error("E0501", f"the result of `{op}` is too large ({_clip_number(result)})",
+                       expr.span, f"integers are at most {INT_LIMIT:,} (2^40)")
+            return POISON
+        return result
+
+    def _constant(self, value: float, like: Tensor, span: Span) -> Tensor:
+        node_id = self._next_id("constant")
+        tensor_type = TensorType(like.type.dtype, ())
+        self._add_node(Node(node_id, "constant", (), Attrs(value=value), tensor_type, span))
+        return Tensor(node_id, tensor_type, f"the number {value!r} at {span}")
+
+    def _next_id(self, op: str) -> str:
+        node_id = f"{op}#{self.op_counts[op]}"
+        self.op_counts[op] += 1
+        return node_id
+
+    # Calls
+
+    def _call(self, call: ast.Call, scope: _Scope, piped: tuple[Value, Span] | None) -> Value:
+        name = call.callee.text
+        block = scope.source.blocks.get(name)
+        opdef = None if block is not None else REGISTRY.get(name)
+        if opdef is not None and not user_callable(opdef):
+            opdef = None
+        if block is None and opdef is None:
+            self._unknown_callee(call, scope)
+        positional: list[tuple[Value, Span]] = [piped] if piped is not None else []
+        keywords: list[tuple[ast.Identifier, Value, Span]] = []
+        ok = True
+        for argument in call.args:
+            if isinstance(argument, ast.Keyword):
+                keywords.append((argument.name, self._eval(argument.value, scope),
+                                 argument.value.span))
+            else:
+                value = self._eval(argument, scope)
+                if keywords and ok:
+                    self.error("E0218", "a positional argument cannot follow keyword arguments",
+                               argument.span, "move it before the `key=value` arguments")
+                    ok = False
+                positional.append((value, argument.span))
+        if not ok:
+            return POISON
+        if block is not None:
+            return self._call_block(block, call, positional, keywords, scope)
+        if opdef is not None:
+            return self._call_op(opdef, call, positional, keywords, scope)
+        return POISON
+
+    def _unknown_callee(self, call: ast.Call, scope: _Scope) -> None:
+        name = call.callee.text
+        known = [n for n, d in REGISTRY.items() if user_callable(d)] + [*scope.source.blocks]
+        help = did_you_mean(name, known)
+        if name in self.all_blocks:
+            where = self.all_blocks[name].source.name
+            help = f"block `{name}` is defined in `{where}`, which this file does not import"
+        elif name in scope.env and help is None:
+            help = f"`{name}` is a value, not an op"
+        self.error("E0201", f"unknown op `{name}`", call.callee.span, help)
+
+    def _split_tensors(self, positional: list[tuple[Value, Span]],
+                       most: int | None) -> int:
+        """How many leading positional arguments are the tensor inputs."""
+        count = 0
+        for value, _ in positional:
+            # A poisoned argument counts as a tensor while tensors are still expected, so a
+            # typo in `dense(x_typo, 8)` does not also complain about the tensor count.
+            if isinstance(value, Tensor) or (value is POISON and (most is None or count < most)):
+                count += 1
+            else:
+                break
+        return count
+
+    def _call_op(self, opdef: OpDef, call: ast.Call, positional: list[tuple[Value, Span]],
+                 keywords: list[tuple[ast.Identifier, Value, Span]], scope: _Scope) -> Value:
+        op = opdef.name
+        count = self._split_tensors(positional, opdef.max_inputs)
+        by_position = [spec for spec in opdef.attrs if spec.positional]
+        if opdef.max_inputs is not None and count > opdef.max_inputs and by_position:
+            # `dense(x, y)`: the extra tensor is in the place of an attribute; say so there.
+            count = opdef.max_inputs
+        tensors, rest = positional[:count], positional[count:]
+        ok = True
+        if opdef.max_inputs is not None and count > opdef.max_inputs:
+            self.error("E0203", f"`{op}` takes {_count(opdef.max_inputs, 'tensor argument')}, "
+                       f"got {count}", positional[opdef.max_inputs][1])
+            ok = False
+        elif count < opdef.min_inputs:
+            if rest:
+                value, span = rest[0]
+                self.error("E0203", f"argument {count + 1} of `{op}` must be a tensor, got "
+                           f"{describe(value)}", span)
+            else:
+                self.error("E0203", f"`{op}` needs {_count(opdef.min_inputs, 'tensor argument')}"
+                           f", got {count}", call.span)
+            ok = False
+            rest = []
+        given: dict[str, tuple[Value, Span]] = {}
+        for index, (value, span) in enumerate(rest):
+            if index >= len(by_position):
+                names = ", ".join(s.name for s in by_position) or "none"
+                self.error("E0208", f"too many arguments: `{op}` takes its tensor input then at "
+                           f"most {len(by_position)} attributes by position ({names})", span)
+                ok = False
+                break
+            given[by_position[index].name] = (value, span)
+        layer_name: str | None = None
+        for key, value, span in keywords:
+            if key.text == "name":
+                if not opdef.has_params:
+                    self.error("E0209", f"`{op}` has no parameters, so it is not a layer and "
+                               "takes no `name`", key.span)
+                    ok = False
+                elif layer_name is not None:
+                    self.error("E0207", f"`name` of `{op}` is given twice", key.span)
+                    ok = False
+                else:
+                    checked = self._layer_name_value(value, span)
+                    ok = ok and checked is not None
+                    layer_name = checked
+                continue
+            spec = opdef.attr(key.text)
+            if spec is None:
+                choices = [s.name for s in opdef.attrs] + (["name"] if opdef.has_params else [])
+                help = did_you_mean(key.text, choices)
+                if help is None:
+                    help = (f"`{op}` takes " + ", ".join(f"`{c}`" for c in choices)
+                            if choices else f"`{op}` takes no attributes")
+                self.error("E0204", f"`{op}` has no attribute `{key.text}`", key.span, help)
+                ok = False
+            elif key.text in given:
+                self.error("E0207", f"attribute `{key.text}` of `{op}` is given twice", key.span)
+                ok = False
+            else:
+                given[key.text] = (value, span)
+        attrs: dict[str, Any] = {}
+        for spec in opdef.attrs:
+            if spec.name in given:
+                value, span = given[spec.name]
+                coerced = self._coerce(f"`{op}`", spec, value, span)
+                if coerced is _FAILED:
+                    ok = False
+                attrs[spec.name] = coerced
+            elif spec.required:
+                if ok:  # after another error in this call, a missing attribute is a cascade
+                    hint = f" ({spec.help})" if spec.help else ""
+                    self.error("E0206", f"`{op}` needs the attribute `{spec.name}`", call.span,
+                               f"add `{spec.name}=...`{hint}")
+                ok = False
+            else:
+                attrs[spec.name] = spec.default
+        if not ok or any(value is POISON for value, _ in tensors):
+            return POISON
+        inputs = [value for value, _ in tensors]
+        assert all(isinstance(value, Tensor) for value in inputs)
+        return self._emit(opdef, inputs, attrs, call.span, scope, layer_name)  # type: ignore[arg-type]
+
+    def _layer_name_value(self, value: Value, span: Span) -> str | None:
+        if value is POISON:
+            return None
+        if not isinstance(value, str):
+            self.error("E0210", f"`name` must be a string, got {describe(value)}", span,
+                       'write it in double quotes: `name="fc1"`')
+            return None
+        if not _NAME.fullmatch(value) or len(value) > MAX_NAME_LENGTH:
+            self.error("E0210", f'"{value}" is not a valid layer name', span,
+                       "use letters, digits and `_`, not starting with a digit, at most "
+                       f"{MAX_NAME_LENGTH} characters")
+            return None
+        return value
+
+    def _coerce(self, owner: str, spec: AttrSpec, value: Value, span: Span) -> Any:
+        """The attribute value in the form the IR keeps, or _FAILED after reporting why not."""
+        if value is POISON:
+            return _FAILED
+        kind = spec.kind
+        result: Any = _FAILED
+        if _fits(kind, value):
+            result = float(value) if kind == "float" else value  # type: ignore[arg-type]
+        if result is _FAILED:
+            help = f"`{spec.name}`: {spec.help}" if spec.help else None
+            self.error("E0205", f"attribute `{spec.name}` of {owner} must be "
+                       f"{_KIND_WORDS.get(kind, kind)}, got {describe(value)}", span, help)
+            return _FAILED
+        choices = spec.choices or (("same",) if kind == "padding" else ())
+        if isinstance(result, str) and choices and result not in choices:
+            listed = ", ".join(f'"{c}"' for c in choices)
+            self.error("E0212", f"attribute `{spec.name}` of {owner} must be one of {listed}, "
+                       f'got "{result}"', span, did_you_mean(result, choices))
+            return _FAILED
+        if spec.minimum is not None and not isinstance(result, str):
+            values = result if isinstance(result, tuple) else (result,)
+            if any(_is_number(v) and v < spec.minimum for v in values):
+                self.error("E0212", f"attribute `{spec.name}` of {owner} must be at least "
+                           f"{spec.minimum}, got {format_value(result)}", span,
+                           f"`{spec.name}`: {spec.help}" if spec.help else None)
+                return _FAILED
+        return result
+
+    def _emit(self, opdef: OpDef, inputs: list[Tensor], given: dict[str, Any], span: Span,
+              scope: _Scope, layer_name: str | None) -> Value:
+        """Normalise, infer and add the node (and its parameters) for one op application."""
+        op = opdef.name
+        types = [t.type for t in inputs]
+        layer = None
+        if opdef.has_params:
+            if layer_name is None:
+                layer_name = f"{op}_{scope.layer_counts[op]}"
+                scope.layer_counts[op] += 1
+            layer = scope.prefix + layer_name
+        try:
+            attrs = opdef.normalize(Attrs(given), types)
+            output = opdef.infer(attrs, types)
+            specs = opdef.params(attrs, types) if layer is not None else ()
+        except ShapeError as problem:
+            self._shape_error(str(problem), inputs, span, layer)
+            return POISON
+        for tensor_type, what in ((output, "its result"),
+                                  *((TensorType(output.dtype, s.shape), f"parameter `{s.name}`")
+                                    for s in specs)):
+            if _numel(tensor_type.shape) > MAX_ELEMENTS:
+                self.error("E0507", f"`{op}` would make a tensor of more than 2^40 elements "
+                           f"({what}: {_shape(tensor_type.shape)})", span)
+                return POISON
+        param_ids: list[str] = []
+        if layer is not None:
+            names = opdef.param_names(attrs)
+            param_ids = [f"{layer}.{name}" for name in names]
+            if not self._claim_layer(layer, param_ids, span):
+                return POISON
+            by_name = {spec.name: spec for spec in specs}
+            dtype = types[0].dtype
+            for name, param_id in zip(names, param_ids):
+                self._add_node(Node(param_id, "param", (), Attrs(),
+                                    TensorType(dtype, by_name[name].shape), span, layer))
+            node_id = layer
+            origin = f"`{layer}` at {span}"
+        else:
+            node_id = self._next_id(op)
+            inside = f" in `{scope.prefix[:-1]}`" if scope.prefix else ""
+            origin = f"`{op}`{inside} at {span}"
+        self._add_node(Node(node_id, op, (*(t.node for t in inputs), *param_ids), attrs, output,
+                            span, layer))
+        return Tensor(node_id, output, origin)
+
+    def _builtin(self, op: str, inputs: list[Tensor], span: Span, scope: _Scope) -> Value:
+        """An op the language itself uses for an operator (never a layer)."""
+        return self._emit(REGISTRY[op], inputs, {}, span, scope, None)
+
+    def _claim_layer(self, layer: str, param_ids: list[str], span: Span) -> bool:
+        if layer in self.layer_spans:
+            self.error("E0211", f"two layers are named `{layer}`", span,
+                       "give one of them another `name=`",
+                       [f"the first is at {self.layer_spans[layer]}"])
+            return False
+        for node_id in (layer, *param_ids):
+            existing = self.node_ids.get(node_id)
+            if existing is not None:
+                what = f"the input `{node_id}`" if existing.op == "input" else f"`{node_id}`"
+                self.error("E0211", f"layer name `{layer}` clashes with {what}", span,
+                           "give the layer another `name=`")
+                return False
+        self.layer_spans[layer] = span
+        return True
+
+    def _shape_error(self, message: str, inputs: list[Tensor], span: Span,
+                     layer: str | None) -> None:
+        notes = [f"in layer `{layer}`"] if layer else []
+        if len(inputs) == 1:
+            notes.append(f"the input {inputs[0].type} comes from {inputs[0].origin}")
+        else:
+            notes.extend(f"input {index}, {tensor.type}, comes from {tensor.origin}"
+                         for index, tensor in enumerate(inputs, 1))
+        self.error("E0304", message, span, notes=notes)
+
+    # Blocks
+
+    def _call_block(self, block: BlockInfo, call: ast.Call,
+                    positional: list[tuple[Value, Span]],
+                    keywords: list[tuple[ast.Identifier, Value, Span]], scope: _Scope) -> Value:
+        name = block.name
+        if name in self.block_stack:
+            cycle = [*self.block_stack[self.block_stack.index(name):], name]
+            self.error("E0121", f"block `{name}` calls itself: "
+                       + " → ".join(f"`{b}`" for b in cycle), call.callee.span,
+                       "blocks cannot be recursive; use `repeat` to apply a block several times")
+            return POISON
+        if len(self.block_stack) >= MAX_BLOCK_DEPTH:
+            self.error("E0506", f"block calls nested more than {MAX_BLOCK_DEPTH} deep",
+                       call.callee.span)
+            return POISON
+        tensor_params, attr_params = block.tensor_params, block.attr_params
+        env: dict[str, Value] = {}
+        ok = True
+        given: dict[str, tuple[Value, Span]] = {}
+        prefix_name: str | None = None
+        by_name = {p.name.text: p for p in attr_params}
+        tensor_names = [p.name.text for p in tensor_params]
+        for key, value, span in keywords:
+            if key.text == "name":
+                checked = self._layer_name_value(value, span)
+                ok = ok and checked is not None
+                prefix_name = checked
+            elif key.text in by_name:
+                if key.text in given:
+                    self.error("E0207", f"argument `{key.text}` of block `{name}` is given twice",
+                               key.span)
+                    ok = False
+                given[key.text] = (value, span)
+            elif key.text in tensor_names:
+                self.error("E0219", f"tensor argument `{key.text}` of block `{name}` is given by "
+                           "keyword; tensors are passed by position", key.span)
+                ok = False
+            else:
+                help = did_you_mean(key.text, [*by_name, "name"])
+                self.error("E0204", f"block `{name}` has no parameter `{key.text}`", key.span,
+                           help)
+                ok = False
+        wanted = len(tensor_params)
+        if len(positional) < wanted and ok:
+            names = ", ".join(f"`{n}`" for n in tensor_names)
+            self.error("E0203", f"block `{name}` needs "
+                       f"{_count(wanted, 'tensor argument')} ({names}), got {len(positional)}",
+                       call.span)
+            ok = False
+        for param, (value, span) in zip(tensor_params, positional):
+            if value is not POISON and not isinstance(value, Tensor):
+                self.error("E0203", f"argument `{param.name.text}` of block `{name}` must be a "
+                           f"tensor, got {describe(value)}", span)
+                ok = False
+            env[param.name.text] = value
+        for index, (value, span) in enumerate(positional[wanted:]):
+            if index >= len(attr_params):
+                self.error("E0208", f"too many arguments: block `{name}` takes "
+                           f"{len(tensor_params) + len(attr_params)}", span)
+                ok = False
+                break
+            if attr_params[index].name.text in given:
+                self.error("E0207", f"argument `{attr_params[index].name.text}` of block "
+                           f"`{name}` is given twice", span)
+                ok = False
+            given[attr_params[index].name.text] = (value, span)
+        for param in attr_params:
+            spec = AttrSpec(param.name.text, param.type.text)
+            if param.name.text in given:
+                value, span = given[param.name.text]
+            elif param.default is not None:
+                # Defaults are constant expressions, evaluated in an empty environment.
+                value = self._eval(param.default, _Scope(block.source, "", {}))
+                span = param.default.span
+            else:
+                if ok:  # after another error in this call, a missing argument is a cascade
+                    self.error("E0206", f"block `{name}` needs the argument "
+                               f"`{param.name.text}`", call.span, f"add `{param.name.text}=...`")
+                ok = False
+                continue
+            coerced = self._coerce(f"block `{name}`", spec, value, span)
+            if coerced is _FAILED:
+                ok = False
+            env[param.name.text] = coerced
+        if not ok or any(v is POISON for v in env.values()):
+            return POISON
+        if prefix_name is None:
+            prefix_name = f"{name}_{scope.block_counts[name]}"
+            scope.block_counts[name] += 1
+        inner = _Scope(block.source, f"{scope.prefix}{prefix_name}.", env)
+        saved_notes = self.notes
+        self.notes = (f"in `{scope.prefix}{prefix_name}`, the call of block `{name}` at "
+                      f"{call.span}", *saved_notes)
+        self.block_stack.append(name)
+        self.expanded.add(name)
+        try:
+            body = block.definition.body
+            self._run(body[:-1], inner)
+            last = body[-1]
+            assert isinstance(last, ast.ReturnStmt)
+            result = self._eval(last.value, inner)
+            if result is not POISON and not isinstance(result, Tensor):
+                self.error("E0214", f"block `{name}` must return a tensor, got "
+                           f"{describe(result)}", last.value.span)
+                result = POISON
+        finally:
+            self.block_stack.pop()
+            self.notes = saved_notes
+        return result
+
+    def _check_unexpanded_blocks(self) -> None:
+        """Blocks the network never called still get their op names checked."""
+        for info in self.all_blocks.values():
+            if info.name in self.expanded:
+                continue
+            for statement, _ in _walk_statements(info.definition.body):
+                expressions: list[ast.Expr] = []
+                if isinstance(statement, (ast.AssignStmt, ast.ReturnStmt)):
+                    expressions.append(statement.value)
+                elif isinstance(statement, ast.RepeatStmt):
+                    expressions.append(statement.count)
+                for expression in expressions:
+                    for sub in ast.subexpressions(expression):
+                        if (isinstance(sub, ast.Call) and sub.callee.text not in info.source.blocks
+                                and not (sub.callee.text in REGISTRY
+                                         and user_callable(REGISTRY[sub.callee.text]))):
+                            self._unknown_callee(sub, _Scope(info.source, "", {}))
+
+
+def _shape(shape: Sequence[object]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _clip_number(value: float) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}…, {len(text)} digits"
+
+
+# The whole pipeline -----------------------------------------------------------------------
+
+
+def compile_source(text: str, display: str, path: Path | None, directory: Path,
+                   display_directory: str, network: str | None, sources: SourceMap) -> Graph:
+    """Parse, load imports, check and expand; raises `CompileError` with every diagnostic."""
+    reporter = Reporter()
+    sources.add(display, normalize_newlines(text))
+    loader = Loader(reporter, sources)
+    main = loader.load(text, display, path, directory, display_directory)
+    chosen = None
+    if main is not None and not reporter.diagnostics:
+        chosen = choose_network(main.module, network, reporter)
+    if main is None or chosen is None or reporter.diagnostics:
+        raise CompileError(reporter.in_source_order(sources.texts), sources)
+    graph = Expander(main, loader.all_blocks, reporter).network(chosen)
+    if graph is None or reporter.diagnostics:
+        raise CompileError(reporter.in_source_order(sources.texts), sources)
+    return graph

@@ -1,0 +1,116 @@
+// ---------------------------------------------------------------------------------------------
+// conv2d.cuh: conv2d (NCHW, any stride, padding, dilation, groups, optional bias) as an
+// implicit GEMM on the tile structure of gemm.cuh.
+//
+// Design note.
+//   For one group g the convolution is a GEMM:
+//     M = out_channels / groups          (m: an output channel of the group)
+//     N = images * out_height * out_width (n: an output pixel of one image)
+//     K = in_channels / groups * kernel_h * kernel_w   (k: (input channel, kh, kw))
+//   A(m, k) is the weight [out_channels, in_channels / groups, kh, kw] read as a row-major
+//   [M, K] matrix; B(k, n) is the im2col view of the input, gathered while staging the tile
+//   (never materialised), zero in the padding. C(m, n) is written straight into NCHW output.
+//   Block:  one BM x BN tile of C (BM output channels x BN output pixels) of one group.
+//   Thread: a TM x TN register tile, as in gemm.cuh; consecutive threads own consecutive
+//           pixels, so the output stores of a warp are consecutive in memory.
+//   Bytes:  each weight is read ceil(N / BN) times, each input element about
+//           kernel_h * kernel_w / (stride_h * stride_w) * ceil(M / BM) times (once per window
+//           that covers it, per channel tile), each output element is written once.
+//
+// Launch: block THREADS; grid.x = ceil(N / BN) (grows with the batch), grid.y = ceil(M / BM),
+// grid.z = groups; shared memory as gemm.cuh.
+// ---------------------------------------------------------------------------------------------
+
+struct NetcConvGeometry {
+    long long in_channels, height, width;          // input, per image
+    long long out_channels, out_height, out_width;  // output, per image
+    int kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w;
+    long long groups;
+};
+
+// B(k, n) of one group: the input element under kernel tap k of output pixel n, or 0 in the
+// padding. A column is one output pixel: where its image starts and where its window's top
+// left corner falls.
+template <typename T>
+struct NetcIm2colSource {
+    static constexpr bool K_CONTIGUOUS = false;  // consecutive n are neighbouring pixels
+    const T* x;  // the group's first input channel of image 0
+    NetcConvGeometry geometry;
+
+    struct Column {
+        const T* image;  // the group's first input channel of the pixel's image
+        int top, left;   // input row and column under kernel tap (0, 0)
+    };
+
+    __device__ __forceinline__ Column column(long long pixel) const
+    {
+        const NetcConvGeometry& g = geometry;
+        const long long pixels = g.out_height * g.out_width;
+        const long long image = pixel / pixels;
+        const int within = static_cast<int>(pixel - image * pixels);
+        const int out_y = within / static_cast<int>(g.out_width);
+        const int out_x = within - out_y * static_cast<int>(g.out_width);
+        return {x + image * g.in_channels * g.height * g.width,
+                out_y * g.stride_h - g.pad_top, out_x * g.stride_w - g.pad_left};
+    }
+
+    __device__ __forceinline__ float at(const Column& column, long long tap) const
+    {
+        const NetcConvGeometry& g = geometry;
+        const int window = g.kernel_h * g.kernel_w;
+        const int channel = static_cast<int>(tap) / window;
+        const int within = static_cast<int>(tap) - channel * window;
+        const int kernel_y = within / g.kernel_w;
+        const int kernel_x = within - kernel_y * g.kernel_w;
+        const int in_y = column.top + kernel_y * g.dilation_h;
+        const int in_x = column.left + kernel_x * g.dilation_w;
+        if (in_y < 0 || in_y >= g.height || in_x < 0 || in_x >= g.width)
+            return 0.0f;
+        return netc_load(column.image + (channel * g.height + in_y) * g.width + in_x);
+    }
+};
+
+// Stores output[image, channel, y, x] = value (+ bias[channel]) for C(m, n) of one group.
+template <typename T, bool HAS_BIAS>
+struct NetcConvStore {
+    T* y;  // the group's first output channel of image 0
+    const T* bias;  // the group's first bias
+    long long out_channels, pixels;
+
+    __device__ __forceinline__ void operator()(long long channel, long long pixel,
+                                               float value) const
+    {
+        if (HAS_BIAS)
+            value += netc_load(bias + channel);
+        const long long image = pixel / pixels;
+        netc_store(y + (image * out_channels + channel) * pixels + pixel % pixels, value);
+    }
+};
+
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool HAS_BIAS>
+__device__ __forceinline__ void netc_conv2d(const T* __restrict__ x, const T* __restrict__ weight,
+                                            const T* __restrict__ bias, T* __restrict__ y,
+                                            long long images, const NetcConvGeometry& geometry)
+{
+    const long long group = blockIdx.z;
+    const long long group_in = geometry.in_channels / geometry.groups;
+    const long long group_out = geometry.out_channels / geometry.groups;
+    const long long pixels = geometry.out_height * geometry.out_width;
+    const long long m = group_out;
+    const long long n = images * pixels;
+    const long long k = group_in * geometry.kernel_h * geometry.kernel_w;
+    const long long m0 = static_cast<long long>(blockIdx.y) * BM;
+    const long long n0 = static_cast<long long>(blockIdx.x) * BN;
+
+    const NetcMatrixSource<T, true> a_source{weight + group * group_out * k, k};
+    const NetcIm2colSource<T> b_source{x + group * group_in * geometry.height * geometry.width,
+                                       geometry};
+
+    NETC_DYNAMIC_SHARED(float, shared);
+    float acc[TM][TN];
+    netc_gemm_mainloop<BM, BN, BK, TM, TN>(a_source, b_source, m0, n0, m, n, k, shared, acc);
+    const NetcConvStore<T, HAS_BIAS> store{y + group * group_out * pixels,
+                                           HAS_BIAS ? bias + group * group_out : bias,
+                                           geometry.out_channels, pixels};
+    netc_gemm_epilogue<BM, BN, TM, TN>(acc, m0, n0, m, n, store);
+}

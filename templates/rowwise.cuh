@@ -1,0 +1,191 @@
+// ---------------------------------------------------------------------------------------------
+// rowwise.cuh: reductions along one axis: softmax, log_softmax, layernorm and the row mean
+// behind global_avgpool.
+//
+// Design note.
+//   A "row" is the `length` elements reduced together. Row r starts at
+//   (r / inner) * length * inner + r % inner and its elements are `inner` apart: softmax over
+//   axis a has inner = the product of the dims after a; layernorm and the row mean have
+//   inner = 1.
+//   Block:  ROWS_PER_BLOCK rows, THREADS_PER_ROW threads each (a warp per row when
+//           THREADS_PER_ROW is 32, a whole block per row for long rows).
+//   Thread: elements lane, lane + THREADS_PER_ROW, ... of its row; it reduces them in
+//           registers, then the row combines its threads with warp shuffles and, when a row
+//           spans several warps, through shared memory (ROWS_PER_BLOCK * THREADS_PER_ROW / 32
+//           partial values). Threads of a row past the last one still take part in the
+//           shuffles and barriers; they only skip loads and stores.
+//   Numerics: softmax keeps a running (max, sum of exp(x - max)) pair per thread and combines
+//           pairs (online softmax), so no exp overflows; layernorm takes the mean first and
+//           then the mean of squared deviations (two passes, no cancellation).
+//   Bytes:  softmax reads each element twice (reduce, write) and writes it once; layernorm
+//           reads it three times (mean, variance, write) and writes once; the row mean reads
+//           each element once and writes one value per row.
+//
+// Launch: block THREADS_PER_ROW * ROWS_PER_BLOCK, grid.x = ceil(rows / ROWS_PER_BLOCK),
+// shared memory ROWS_PER_BLOCK * (THREADS_PER_ROW / 32) * 8 bytes when a row spans warps.
+// ---------------------------------------------------------------------------------------------
+
+struct NetcRows {
+    long long count;   // rows in this launch
+    long long length;  // elements per row
+    long long inner;   // distance between consecutive elements of a row
+
+    __device__ __forceinline__ long long start(long long row) const
+    {
+        return (row / inner) * length * inner + row % inner;
+    }
+};
+
+// The (max, sum of exp(x - max)) pair of online softmax.
+struct NetcMaxSum {
+    float max;
+    float sum;
+};
+
+__device__ __forceinline__ float netc_shuffle_xor(float value, int offset)
+{
+    return __shfl_xor_sync(NETC_FULL_WARP, value, offset);
+}
+
+__device__ __forceinline__ NetcMaxSum netc_shuffle_xor(NetcMaxSum value, int offset)
+{
+    return {__shfl_xor_sync(NETC_FULL_WARP, value.max, offset),
+            __shfl_xor_sync(NETC_FULL_WARP, value.sum, offset)};
+}
+
+struct NetcSum {
+    __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+
+struct NetcCombineMaxSum {
+    __device__ __forceinline__ NetcMaxSum operator()(NetcMaxSum a, NetcMaxSum b) const
+    {
+        const float max = fmaxf(a.max, b.max);
+        if (max == netc_negative_infinity())
+            return {max, 0.0f};  // both empty
+        return {max, a.sum * expf(a.max - max) + b.sum * expf(b.max - max)};
+    }
+};
+
+// The reduction over all THREADS_PER_ROW threads of the calling thread's row, returned to
+// every one of them. `scratch` holds ROWS_PER_BLOCK * THREADS_PER_ROW / 32 values (unused for
+// a warp per row). Every thread of the block must call it.
+template <int THREADS_PER_ROW, class Value, class Combine>
+__device__ __forceinline__ Value netc_row_reduce(Value value, const Combine& combine,
+                                                 Value* scratch)
+{
+    static_assert(THREADS_PER_ROW % 32 == 0, "a row is a whole number of warps");
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1)
+        value = combine(value, netc_shuffle_xor(value, offset));
+    if (THREADS_PER_ROW == 32)
+        return value;
+
+    constexpr int WARPS = THREADS_PER_ROW / 32;
+    Value* row_scratch = scratch + (threadIdx.x / THREADS_PER_ROW) * WARPS;
+    if (threadIdx.x % 32 == 0)
+        row_scratch[(threadIdx.x % THREADS_PER_ROW) / 32] = value;
+    __syncthreads();
+    Value total = row_scratch[0];
+    for (int warp = 1; warp < WARPS; ++warp)
+        total = combine(total, row_scratch[warp]);
+    __syncthreads();  // the scratch is reused by the next reduction
+    return total;
+}
+
+template <int THREADS_PER_ROW, int ROWS_PER_BLOCK>
+struct NetcRowThread {
+    long long row;
+    int lane;  // index of this thread within its row
+    bool active;
+
+    __device__ __forceinline__ NetcRowThread(const NetcRows& rows)
+        : row(static_cast<long long>(blockIdx.x) * ROWS_PER_BLOCK + threadIdx.x / THREADS_PER_ROW),
+          lane(threadIdx.x % THREADS_PER_ROW),
+          active(row < rows.count)
+    {
+    }
+};
+
+template <typename T, int THREADS_PER_ROW, int ROWS_PER_BLOCK, bool LOG>
+__device__ __forceinline__ void netc_softmax_rows(const T* __restrict__ x, T* __restrict__ y,
+                                                  const NetcRows& rows)
+{
+    const NetcRowThread<THREADS_PER_ROW, ROWS_PER_BLOCK> thread(rows);
+    const long long start = thread.active ? rows.start(thread.row) : 0;
+    const long long end = thread.active ? rows.length : 0;
+
+    NetcMaxSum partial{netc_negative_infinity(), 0.0f};
+    for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
+        const float value = netc_load(x + start + j * rows.inner);
+        if (value > partial.max) {
+            partial.sum = partial.sum * expf(partial.max - value) + 1.0f;
+            partial.max = value;
+        } else {
+            partial.sum += expf(value - partial.max);
+        }
+    }
+    NETC_DYNAMIC_SHARED(NetcMaxSum, scratch);
+    const NetcMaxSum total =
+        netc_row_reduce<THREADS_PER_ROW>(partial, NetcCombineMaxSum(), scratch);
+
+    const float log_sum = logf(total.sum);
+    const float inverse_sum = 1.0f / total.sum;
+    for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
+        const long long offset = start + j * rows.inner;
+        const float shifted = netc_load(x + offset) - total.max;
+        netc_store(y + offset, LOG ? shifted - log_sum : expf(shifted) * inverse_sum);
+    }
+}
+
+template <typename T, int THREADS_PER_ROW, int ROWS_PER_BLOCK>
+__device__ __forceinline__ void netc_layernorm_rows(const T* __restrict__ x,
+                                                    const T* __restrict__ weight,
+                                                    const T* __restrict__ bias,
+                                                    T* __restrict__ y, const NetcRows& rows,
+                                                    float epsilon)
+{
+    const NetcRowThread<THREADS_PER_ROW, ROWS_PER_BLOCK> thread(rows);
+    const long long start = thread.active ? rows.start(thread.row) : 0;
+    const long long end = thread.active ? rows.length : 0;
+    NETC_DYNAMIC_SHARED(float, scratch);
+
+    float sum = 0.0f;
+    for (long long j = thread.lane; j < end; j += THREADS_PER_ROW)
+        sum += netc_load(x + start + j * rows.inner);
+    const float mean =
+        netc_row_reduce<THREADS_PER_ROW>(sum, NetcSum(), scratch) / static_cast<float>(rows.length);
+
+    float squares = 0.0f;
+    for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
+        const float deviation = netc_load(x + start + j * rows.inner) - mean;
+        squares += deviation * deviation;
+    }
+    const float variance = netc_row_reduce<THREADS_PER_ROW>(squares, NetcSum(), scratch) /
+                           static_cast<float>(rows.length);
+    const float inverse_std = rsqrtf(variance + epsilon);
+
+    for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
+        const long long offset = start + j * rows.inner;
+        const float normalised = (netc_load(x + offset) - mean) * inverse_std;
+        netc_store(y + offset, normalised * netc_load(weight + j) + netc_load(bias + j));
+    }
+}
+
+// y[row] = the mean of the row (global_avgpool: a row is one channel of one image).
+template <typename T, int THREADS_PER_ROW, int ROWS_PER_BLOCK>
+__device__ __forceinline__ void netc_mean_rows(const T* __restrict__ x, T* __restrict__ y,
+                                               const NetcRows& rows)
+{
+    const NetcRowThread<THREADS_PER_ROW, ROWS_PER_BLOCK> thread(rows);
+    const long long start = thread.active ? rows.start(thread.row) : 0;
+    const long long end = thread.active ? rows.length : 0;
+    NETC_DYNAMIC_SHARED(float, scratch);
+
+    float sum = 0.0f;
+    for (long long j = thread.lane; j < end; j += THREADS_PER_ROW)
+        sum += netc_load(x + start + j * rows.inner);
+    const float total = netc_row_reduce<THREADS_PER_ROW>(sum, NetcSum(), scratch);
+    if (thread.active && thread.lane == 0)
+        netc_store(y + thread.row, total / static_cast<float>(rows.length));
+}

@@ -1,0 +1,288 @@
+"""The CUDA text the code generator writes: templates, names, comments, #line mapping, plans.
+
+Running the kernels is tests/sim's job; these tests read the source and the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import jinja2
+import pytest
+
+from netc.codegen import kernels
+from netc.codegen.emit import describe_node, generate, sanitize
+from netc.codegen.kernels import (
+    ACTIVATIONS,
+    BATCHNORM,
+    COPY,
+    FILL,
+    LOWERINGS,
+    CodegenError,
+    binary,
+)
+from netc.codegen.layout import BatchLinear, broadcast_strides, coalesce, contiguous_strides
+from netc.codegen.render import render, template_names
+from netc.codegen.tiles import BlockTile, GemmTile, RowTile, TileError
+from netc.diagnostics import Span
+from netc.ir import Attrs, Graph, Node, TensorType
+from netc.ops import REGISTRY
+from netc.ops.builder import GraphBuilder
+
+pytestmark = pytest.mark.unit
+
+ROW = RowTile(64, 2)
+BLOCK = BlockTile(128)
+SAMPLE_SPECS = [
+    kernels.gemm_kernel("f32", GemmTile(), b_transposed=True, has_bias=True),
+    kernels.gemm_kernel("f16", GemmTile(32, 32, 8, 4, 4), b_transposed=False, has_bias=False),
+    kernels.conv2d_kernel("bf16", GemmTile(), has_bias=True),
+    kernels.conv2d_kernel("f32", GemmTile(16, 64, 4, 2, 8), has_bias=False),
+    kernels.pool_kernel("f32", BLOCK, is_max=True),
+    kernels.pool_kernel("f16", BLOCK, is_max=False),
+    *(kernels.row_kernel(operation, "f32", ROW) for operation in kernels.ROW_OPERATIONS),
+    kernels.concat_kernel("bf16", BLOCK),
+    *(kernels.elementwise_kernel(function, "f32", rank, BLOCK)
+      for function in (*ACTIVATIONS.values(), BATCHNORM, COPY, FILL, binary("sub", "st"))
+      for rank in (0, 3)),
+]
+
+
+def _mlp(span_file: str = "mlp.net") -> Graph:
+    """x -> dense -> relu -> dense -> flatten, with source spans on every node."""
+    builder = GraphBuilder("mlp")
+    x = builder.input("x", "f32", ("N", 12))
+    h = builder.op("dense", x, units=8, name="hidden")
+    h = builder.op("relu", h)
+    y = builder.op("dense", h, units=8)
+    builder.output("y", builder.op("flatten", y))
+    graph = builder.build()
+    nodes = tuple(dataclasses.replace(node, span=Span(span_file, line, 5, line, 9))
+                  for line, node in enumerate(graph.nodes, start=3))
+    return Graph(graph.name, nodes, graph.outputs)
+
+
+# Templates --------------------------------------------------------------------------------
+
+
+def test_every_template_renders_with_strict_undefined() -> None:
+    rendered = {spec.template for spec in SAMPLE_SPECS}
+    assert rendered | {"module.jinja"} == set(template_names())
+    for spec in SAMPLE_SPECS:
+        text = spec.render()
+        assert f"{spec.name}(" in text
+        assert f"__launch_bounds__({spec.threads})" in text
+        assert "{{" not in text and "{%" not in text
+
+
+def test_a_missing_template_variable_is_an_error() -> None:
+    spec = kernels.pool_kernel("f32", BLOCK, is_max=True)
+    with pytest.raises(jinja2.UndefinedError):
+        render(spec.template, name=spec.name, ctype="float", threads=128)
+
+
+def test_storage_types_follow_the_dtype() -> None:
+    for dtype, ctype in (("f32", "float"), ("f16", "__half"), ("bf16", "__nv_bfloat16")):
+        text = kernels.concat_kernel(dtype, BLOCK).render()
+        assert f"const {ctype}* __restrict__ input" in text
+    half = generate(_graph_of("relu", "f16")).source
+    assert "#define NETC_USES_F16 1" in half and "#define NETC_USES_BF16 0" in half
+
+
+def _graph_of(op: str, dtype: str) -> Graph:
+    builder = GraphBuilder("g")
+    builder.output("y", builder.op(op, builder.input("x", dtype, ("N", 5))))
+    return builder.build()
+
+
+# Kernel names -----------------------------------------------------------------------------
+
+
+def test_kernel_names_spell_out_every_specialisation() -> None:
+    spec = kernels.gemm_kernel("f32", GemmTile(64, 32, 16, 4, 2), b_transposed=True,
+                               has_bias=True)
+    assert spec.name == "netc_gemm_f32_bm64_bn32_bk16_tm4_tn2_nt_bias"
+    assert kernels.row_kernel("softmax", "bf16", RowTile(32, 8)).name == \
+        "netc_softmax_bf16_tpr32_rpb8"
+    assert kernels.elementwise_kernel(binary("sub", "st"), "f16", 0, BlockTile()).name == \
+        "netc_ew_sub_st_f16_r0_b256"
+    names = [spec.name for spec in SAMPLE_SPECS]
+    assert len(set(names)) == len(names)
+    assert all(re.fullmatch(r"netc_[a-z0-9_]+", name) for name in names)
+
+
+def test_identical_specialisations_are_emitted_once() -> None:
+    plan = generate(_mlp())
+    gemm = "netc_gemm_f32_bm64_bn64_bk8_tm4_tn4_nt_bias"
+    assert [launch.kernel for launch in plan.launches] == [
+        gemm, "netc_ew_relu_f32_r0_b256", gemm]
+    assert plan.kernels == (gemm, "netc_ew_relu_f32_r0_b256")
+    assert plan.source.count(f"\n{gemm}(") == 1
+
+
+def test_a_tile_override_makes_its_own_kernel() -> None:
+    graph = _mlp()
+    plan = generate(graph, tiles={"dense_0": GemmTile(32, 32, 8, 4, 4)})
+    assert plan.launches[2].kernel == "netc_gemm_f32_bm32_bn32_bk8_tm4_tn4_nt_bias"
+    assert plan.launches[2].block == (64, 1, 1)
+    assert len(plan.kernels) == 3
+
+
+def test_names_never_come_from_user_text() -> None:
+    plan = generate(_mlp())
+    for name in plan.kernels:
+        assert "hidden" not in name and "mlp" not in name
+    assert all(re.fullmatch(r"buf\d+", buffer.name) for buffer in plan.buffers)
+
+
+# Comments, sanitising and #line -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hostile", [
+    'x*/ #include "evil.h"', "a\n#define X 1", "*/", "**//", "a*\\/b", "naïve ∗/", "",
+])
+def test_sanitize_leaves_only_safe_characters(hostile: str) -> None:
+    cleaned = sanitize(hostile)
+    assert re.fullmatch(r"[A-Za-z0-9_.#-]*", cleaned)
+    assert "*/" not in cleaned
+
+
+def test_user_names_appear_only_sanitised_in_comments() -> None:
+    builder = GraphBuilder('net*/"x')
+    x = builder.input("x", "f32", ("N", 4))
+    builder.output("y", builder.op("dense", x, units=3, name="fc*/ #include <evil>"))
+    plan = generate(builder.build())
+    assert "*/ #include" not in plan.source and "<evil>" not in plan.source
+    assert "fc#includeevil" in plan.source
+    assert plan.module == "netx"
+
+
+def test_line_directives_map_kernels_to_the_net_file_and_back() -> None:
+    plan = generate(_mlp("models/mlp.net"))
+    lines = plan.source.split("\n")
+    directives = [(number, line) for number, line in enumerate(lines, start=1)
+                  if line.startswith("#line")]
+    assert directives, "no #line directives"
+    # Each kernel: a #line to its first user in the .net file, then one back to the module
+    # naming the line that follows it.
+    to_net = [line for _, line in directives if line.endswith('"mlp.net"')]
+    back = [(number, line) for number, line in directives if line.endswith('"mlp.cu"')]
+    assert to_net == ['#line 6 "mlp.net"', '#line 7 "mlp.net"']  # hidden dense, relu
+    assert len(back) == len(to_net)
+    for number, line in back:
+        assert line == f'#line {number + 1} "mlp.cu"'
+
+
+def test_a_shared_kernel_lists_every_user() -> None:
+    plan = generate(_mlp())
+    gemm = "netc_gemm_f32_bm64_bn64_bk8_tm4_tn4_nt_bias"
+    header = plan.source[plan.source.index(f"// {gemm}\n"):]
+    used_by = header.split("\n")[1]
+    assert used_by == "// used by: hidden dense (mlp.net:6), dense_0 dense (mlp.net:10)"
+    for index, launch in enumerate(plan.launches):
+        assert re.search(rf"//\s+{index}  {launch.kernel}  <- ", plan.source)
+
+
+# Plans ------------------------------------------------------------------------------------
+
+
+def test_views_alias_buffers_and_launch_nothing() -> None:
+    plan = generate(_mlp())
+    assert len(plan.launches) == 3
+    output = plan.buffer(dict(plan.outputs)["y"])
+    assert output.role == "output" and output.alias_of is not None
+    assert plan.buffer(output.alias_of).role == "intermediate"
+    json.loads(plan.to_json())
+
+
+def test_launch_geometry_follows_the_batch() -> None:
+    plan = generate(_mlp())
+    dense = plan.launches[0]
+    assert dense.grid_size(1) == (1, 1, 1)
+    assert dense.grid_size(65) == (2, 1, 1)  # 65 rows in 64-row tiles
+    assert dense.shared_bytes == GemmTile().shared_bytes
+    assert [arg.kind for arg in dense.args[:5]] == ["buffer"] * 4 + ["batch"]
+
+
+def test_every_op_has_a_kernel_or_is_a_view() -> None:
+    for name, opdef in REGISTRY.items():
+        if name == "fused":
+            continue
+        assert opdef.kind == "view" or name in LOWERINGS, name
+
+
+def test_constants_are_kernel_arguments() -> None:
+    builder = GraphBuilder("c")
+    x = builder.input("x", "f32", ("N", 4))
+    y = builder.op("sub", builder.constant(0.5), x)
+    builder.output("y", builder.op("mul", y, builder.constant(2.0)))
+    plan = generate(builder.build())
+    assert [launch.kernel for launch in plan.launches] == [
+        "netc_ew_sub_st_f32_r0_b256", "netc_ew_mul_ts_f32_r0_b256"]
+    assert plan.launches[0].args[-1].value == 0.5
+    assert all(buffer.node != "const_1" for buffer in plan.buffers)
+
+
+# Tiles ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tile, problem", [
+    (GemmTile(64, 64, 8, 3, 4), "divide"),
+    (GemmTile(16, 16, 8, 4, 4), "threads"),
+    (GemmTile(256, 256, 8, 4, 4), "threads"),
+    (GemmTile(128, 128, 64, 8, 8), "shared memory"),
+    (GemmTile(128, 128, 8, 16, 16), "registers"),
+    (RowTile(48, 2), "multiple of 32"),
+    (RowTile(1024, 2), "threads"),
+    (BlockTile(100), "threads"),
+])
+def test_invalid_tiles_are_rejected(tile: GemmTile | RowTile | BlockTile, problem: str) -> None:
+    with pytest.raises(TileError, match=problem):
+        tile.validate()
+
+
+def test_tile_overrides_are_checked() -> None:
+    graph = _mlp()
+    with pytest.raises(TileError, match="GemmTile"):
+        generate(graph, tiles={"dense_0": RowTile()})
+    with pytest.raises(TileError, match="no node"):
+        generate(graph, tiles={"nonexistent": GemmTile()})
+
+
+def test_two_batch_names_are_refused() -> None:
+    builder = GraphBuilder("two")
+    a = builder.input("a", "f32", ("N", 4))
+    b = builder.input("b", "f32", ("M", 4))
+    builder.output("y", builder.op("relu", a))
+    builder.output("z", builder.op("relu", b))
+    with pytest.raises(CodegenError, match="one batch size"):
+        generate(builder.build())
+
+
+# Layout helpers ---------------------------------------------------------------------------
+
+
+def test_batch_linear_sizes() -> None:
+    assert BatchLinear.of(("N", 3, 4)) == BatchLinear(12, 0)
+    assert BatchLinear.of((3, 4)) == BatchLinear(0, 12)
+    assert BatchLinear.of(()) == BatchLinear(0, 1)
+    assert BatchLinear(5, 0).grid(2).size(3) == 8
+
+
+def test_coalesce_merges_dims_walked_alike() -> None:
+    shape = ("N", 3, 4, 5)
+    view = coalesce(shape, [contiguous_strides(shape), broadcast_strides((4, 5), shape)])
+    assert view.sizes == (None, 20)
+    assert view.strides == ((20, 1), (0, 1))
+    assert coalesce(shape, [contiguous_strides(shape)]).contiguous
+    transposed = coalesce((2, 5, 3), [(15, 1, 5)])  # [2, 3, 5] transposed to [2, 5, 3]
+    assert transposed.rank == 3 and not transposed.contiguous
+    assert coalesce((1, 1), [(0, 0)]).contiguous
+
+
+def test_node_ids_reach_comments_only_through_sanitize() -> None:
+    node = Node("evil*/ x", "relu", (), Attrs(), TensorType("f32", (1,)),
+                span=Span('dir/"a*/b.net', 7, 1, 7, 2))
+    assert describe_node(node) == "evilx relu (b.net:7)"

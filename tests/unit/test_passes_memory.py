@@ -1,0 +1,139 @@
+"""Memory planning: the arena planner's property and its use on the graph IR."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netc.ir import Graph
+from netc.ops.builder import GraphBuilder
+from netc.passes import run_pipeline
+from netc.passes.plan_memory import (
+    ALIGNMENT,
+    BufferLife,
+    MemoryPlan,
+    Placement,
+    graph_buffers,
+    plan_arena,
+    plan_graph_memory,
+    verify_plan,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@st.composite
+def buffer_lists(draw: st.DrawFn) -> list[BufferLife]:
+    """Buffers over up to 30 kernels; each may name earlier buffers as in-place candidates."""
+    count = draw(st.integers(0, 30))
+    buffers: list[BufferLife] = []
+    for index in range(count):
+        start = draw(st.integers(0, 30))
+        end = start + draw(st.integers(0, 8))
+        size = draw(st.sampled_from((1, 4, 100, 256, 257, 1000, 4096, 65536)))
+        earlier = [b.name for b in buffers]
+        candidates = tuple(draw(st.lists(st.sampled_from(earlier), max_size=2, unique=True))
+                           if earlier else ())
+        buffers.append(BufferLife(f"b{index}", size, start, end, candidates))
+    return buffers
+
+
+@given(buffer_lists())
+def test_no_two_live_buffers_overlap(buffers: list[BufferLife]) -> None:
+    plan = plan_arena(buffers)
+    verify_plan(plan, buffers)
+    assert plan.total_bytes == sum(b.size for b in buffers)
+    # One arena never needs more than separate allocations (rounded up to the alignment).
+    assert plan.arena_bytes <= sum(-(-b.size // ALIGNMENT) * ALIGNMENT for b in buffers)
+    for placed in plan.placements:
+        if placed.shares is not None:  # in place only where the input dies at this kernel
+            assert plan.placement(placed.shares).end == placed.start
+
+
+def test_disjoint_lifetimes_reuse_memory_and_in_place_shares() -> None:
+    buffers = [BufferLife("a", 1000, 0, 1), BufferLife("b", 1000, 1, 2),
+               BufferLife("c", 1000, 2, 3), BufferLife("d", 1000, 3, 4, inplace=("c",))]
+    plan = plan_arena(buffers)
+    verify_plan(plan, buffers)
+    assert plan.placement("c").offset == plan.placement("a").offset  # a died before c
+    assert plan.placement("d").shares == "c"
+    assert plan.arena_bytes == 2 * 1024
+    assert plan.total_bytes == 4000
+
+
+def test_in_place_refused_when_the_input_lives_on() -> None:
+    buffers = [BufferLife("a", 512, 0, 3), BufferLife("b", 512, 1, 2, inplace=("a",))]
+    plan = plan_arena(buffers)
+    assert plan.placement("b").shares is None
+    assert plan.placement("a").offset != plan.placement("b").offset
+
+
+def test_best_fit_takes_the_smallest_gap() -> None:
+    # Live throughout: big1 at 0, small at 4096, big2 after; gaps open when fillers die.
+    buffers = [BufferLife("long", 4096, 0, 9), BufferLife("filler", 1024, 0, 1),
+               BufferLife("tail", 256, 0, 9), BufferLife("later", 1024, 2, 3)]
+    plan = plan_arena(buffers)
+    verify_plan(plan, buffers)
+    assert plan.placement("later").offset == plan.placement("filler").offset
+
+
+def test_verify_plan_catches_an_overlap() -> None:
+    bad = MemoryPlan((Placement("a", 0, 512, 0, 2), Placement("b", 256, 512, 1, 3)), 1024, 1024)
+    with pytest.raises(ValueError, match="overlap while both are live"):
+        verify_plan(bad)
+
+
+def _residual_graph(skip_one: bool = True) -> Graph:
+    """conv+relu (y1), conv+relu (y2), relu(conv(y2) + residual) * 2 |> sigmoid, pooled; the
+    residual is y1 (read by no other later kernel) or y2 (which the last conv also reads)."""
+    builder = GraphBuilder("block")
+    x = builder.input("x", "f32", ("N", 8, 8, 8))
+    y1 = builder.op("relu", builder.op("conv2d", x, filters=8, kernel=3, padding=1))
+    y2 = builder.op("relu", builder.op("conv2d", y1, filters=8, kernel=3, padding=1))
+    z = builder.op("conv2d", y2, filters=8, kernel=3, padding=1)
+    a = builder.op("relu", builder.op("add", z, y1 if skip_one else y2))
+    b = builder.op("sigmoid", builder.op("mul", a, builder.constant(2.0)))
+    builder.output("out", builder.op("global_avgpool", b))
+    return builder.build()
+
+
+def test_graph_buffers_lifetimes_and_in_place_candidates() -> None:
+    graph = _residual_graph()
+    buffers = {b.name: b for b in graph_buffers(graph, batch=2)}
+    kernels = [n.id for n in graph.compute_nodes]
+    conv = kernels[0]
+    assert buffers[conv].size == 2 * 8 * 8 * 8 * 4  # batch 2, f32
+    y1, z, add = kernels[1], kernels[4], kernels[5]
+    assert buffers[y1].end == kernels.index(add)  # the residual keeps it alive
+    assert buffers[add].inplace == (z, y1)  # both operands are read elementwise
+    assert kernels[-1] not in buffers  # the output has a buffer of its own
+
+
+@pytest.mark.parametrize("skip_one", [True, False])
+def test_o2_plan_puts_residual_epilogues_in_place(skip_one: bool) -> None:
+    optimized = run_pipeline(_residual_graph(skip_one), 2, verify=True)
+    plan = optimized.memory_plan
+    assert plan is not None and plan.batch == 1
+    verify_plan(plan, graph_buffers(optimized.graph, 1))
+    assert "at batch 1" in plan.summary()
+    # The third kernel (conv + add + relu + mul + sigmoid) reads its residual elementwise in
+    # its epilogue: when that residual is y1, which dies there, the output takes it over. When
+    # it is y2, the conv reads it too (whole windows), so it must not be overwritten.
+    assert [p.shares for p in plan.placements] == [None, None, ("fused_0" if skip_one else None)]
+    # Either way two buffers' worth: in place, or in the storage of y1, dead by then.
+    assert plan.arena_bytes == 2 * 8 * 8 * 8 * 4 and plan.total_bytes == 3 * 8 * 8 * 8 * 4
+
+
+def test_views_alias_their_input() -> None:
+    builder = GraphBuilder("views")
+    x = builder.input("x", "f32", ("N", 4, 2, 2))
+    y = builder.op("relu", x)
+    flat = builder.op("flatten", y)
+    builder.output("out", builder.op("dense", flat, units=3))
+    graph = builder.build()
+    buffers = {b.name: b for b in graph_buffers(graph)}
+    assert set(buffers) == {y}  # no buffer for the view
+    assert buffers[y].end == 1  # read through the view by the dense kernel
+    plan = plan_graph_memory(graph, batch=4)
+    assert plan.total_bytes == 4 * 16 * 4
