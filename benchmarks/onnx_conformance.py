@@ -109,9 +109,9 @@ def load_cases(op_types: Sequence[str] | None = None) -> list[Case]:
     """The node tests of the importer's supported op types (the first data set of each)."""
     from onnx.backend.test.loader import load_model_tests
 
-    from netc.onnx.importer import SUPPORTED_OPS
+    from netc.onnx.importer import HELPER_OPS, SUPPORTED_OPS
 
-    wanted = set(op_types or SUPPORTED_OPS) - {"Erf", "Sum", "Div", "Cast", "CastLike"}  # helpers
+    wanted = set(op_types or SUPPORTED_OPS) - set(HELPER_OPS)
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         tests = load_model_tests(kind="node")
@@ -226,6 +226,18 @@ def _short(reason: str, limit: int = 240) -> str:
     return reason if len(reason) <= limit else reason[:limit - 3] + "..."
 
 
+def _gist(reason: str) -> str:
+    """A diagnostic without what varies between tests (node names, shapes, values)."""
+    reason = re.sub(r"^(\[E\d+\]) [A-Za-z]+ node (`[^`]*`|#\d+ \(unnamed\)): ", r"\1 ", reason)
+    reason = re.sub(r"graph input `[^`]*`", "graph input", reason)
+    reason = re.sub(r"\[[-\d, N]*\]", "[...]", reason)
+    reason = re.sub(r"\(top, left, bottom, right\) = \([\d, ]*\)", "(...)", reason)
+    reason = re.sub(r"element type [A-Z0-9]+", "an integer or bool element type", reason)
+    reason = re.sub(r"(axis|perm|approximate)=\S+", r"\1=...", reason)
+    reason = re.sub(r"f32\[[^\]]*\]", "f32[...]", reason)
+    return reason
+
+
 def render_markdown(report: Report) -> str:
     lines = [
         "# ONNX conformance of `netc import`",
@@ -274,6 +286,15 @@ def render_markdown(report: Report) -> str:
     for o in failures:
         known = f" (known issue: {KNOWN_ISSUES[o.case]})" if o.case in KNOWN_ISSUES else ""
         lines.append(f"* `{o.case}` ({o.status}){known}: {_short(o.reason, 400)}")
+    lines += ["", "## Why tests were rejected, by op", "",
+              "The first diagnostic of each rejected test, grouped (node names and shapes "
+              "left out).", "", "| op | tests | first diagnostic |", "| --- | ---: | --- |"]
+    groups: Counter[tuple[str, str]] = Counter()
+    for o in report.outcomes:
+        if o.status == "rejected":
+            groups[(o.op, _gist(o.reason.split("; [")[0]))] += 1
+    for (op, gist), count in sorted(groups.items(), key=lambda item: (item[0][0], -item[1])):
+        lines.append(f"| {op} | {count} | {_short(gist)} |")
     lines += ["", "## Rejected tests and why", "",
               "The first diagnostic of each (a rejected model lists every problem at once).", "",
               "| test | op | reason |", "| --- | --- | --- |"]

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 ARTIFACT_FORMAT = 1
 MARKER = "plan.json"
+MARKERS = (MARKER, "netc.json")
 
 
 class ArtifactError(CompileError):
@@ -198,7 +199,7 @@ def _check_destination(out_dir: Path) -> bool:
     if not out_dir.is_dir():
         raise ArtifactError(f"output path `{out_dir}` exists and is not a directory",
                             help="choose another output directory")
-    if any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
+    if any(out_dir.iterdir()) and not any((out_dir / marker).is_file() for marker in MARKERS):
         raise ArtifactError(
             f"output directory `{out_dir}` is not empty and is not a netc artifact "
             f"(it has no {MARKER}); refusing to replace it",
@@ -245,14 +246,24 @@ def write_artifacts(plan: LaunchPlan, binary: DeviceBinary | None, out_dir: Path
     A previous artifact in `out_dir` is replaced only once the new one is complete; a non-empty
     directory without `plan.json` raises `ArtifactError`. Returns the directory written.
     """
+    return write_directory(out_dir, _artifact_files(plan, binary, report_text, extra or {}))
+
+
+def write_directory(out_dir: Path | str, files: Mapping[str, bytes]) -> Path:
+    """Write `files` as the directory `out_dir`, all of them or none (see the module docstring).
+
+    `files` must include a marker (`plan.json`, or `netc.json` for artifacts without a launch
+    plan) so that a later run recognises the directory as netc's and may replace it.
+    """
+    if not any(marker in files for marker in MARKERS):
+        raise ValueError("an artifact directory needs one of " + ", ".join(MARKERS))
     out_dir = Path(out_dir).absolute()
-    files = _artifact_files(plan, binary, report_text, extra or {})
     replacing = _check_destination(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         for name, data in files.items():
-            _write_file(staging / name, data)
+            _write_file(staging / _check_name(name), data)
         staging.chmod(0o755)
         _fsync_directory(staging)
         if not replacing:

@@ -7,8 +7,10 @@ netc (a bug: one line says so; NETC_DEBUG=1 shows the traceback).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -122,13 +124,6 @@ def _read_inputs(graph: Graph, specs: Sequence[str]) -> dict[str, np.ndarray]:
     return inputs
 
 
-def random_inputs(graph: Graph, batch: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    sizes = dict.fromkeys(graph.batch_dims(), batch)
-    return {n.id: rng.standard_normal(n.type.concrete(sizes)).astype(np.float32)
-            for n in graph.inputs}
-
-
 def _weights_for(graph: Graph, args: argparse.Namespace) -> dict[str, np.ndarray]:
     from netc.weights import init_weights, load_weights
 
@@ -143,6 +138,8 @@ def _inputs_for(graph: Graph, args: argparse.Namespace) -> dict[str, np.ndarray]
         if args.input:
             raise CompileError([Diagnostic("E0406", "give either --input or --random-input, "
                                            "not both")])
+        from netc.reference import random_inputs
+
         return random_inputs(graph, args.batch, args.seed)
     if not args.input:
         names = ", ".join(f"{n.id}: {n.type}" for n in graph.inputs)
@@ -185,6 +182,122 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_npz(outputs, args.output)
         print(f"wrote {', '.join(outputs)} to {args.output}")
     return 0
+
+
+# netc compile ---------------------------------------------------------------------------
+
+
+def _archs(text: str) -> tuple[str, ...]:
+    archs = tuple(part.strip() for part in text.split(",") if part.strip())
+    for arch in archs:
+        if not arch.startswith("sm_") or not arch[3:].isdigit():
+            raise argparse.ArgumentTypeError(f"`{arch}` is not an architecture like sm_90")
+    if not archs:
+        raise argparse.ArgumentTypeError("give at least one architecture, e.g. sm_90")
+    return archs
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    graph = _load(args)
+    out_dir = Path(args.output or Path("build") / graph.name)
+    if args.target == "cuda":
+        written = _compile_cuda(graph, args, out_dir)
+    else:
+        written = _compile_onnx(graph, args, out_dir)
+    print(f"wrote {written}")
+    return 0
+
+
+def _compile_cuda(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path:
+    from netc.artifacts import format_report, write_artifacts
+    from netc.codegen.device_compile import compile_module
+    from netc.codegen.emit import generate
+
+    started = time.perf_counter()
+    plan = generate(graph)
+    _progress(f"generated {len(plan.kernels)} kernels, {len(plan.launches)} launches "
+              f"({(time.perf_counter() - started) * 1000:.0f} ms)")
+    started = time.perf_counter()
+    _progress(f"compiling for {', '.join(args.arch)} ({args.compiler})...")
+    binary = compile_module(plan.source, plan.module, archs=args.arch, compiler=args.compiler)
+    _progress(f"compiled in {time.perf_counter() - started:.2f} s")
+    report = format_report(plan, binary)
+    written = write_artifacts(plan, binary, out_dir, report)
+    print(report)
+    return written
+
+
+def _compile_onnx(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path:
+    from netc.artifacts import write_directory
+    from netc.onnx.export import export_graph, save_model
+    from netc.weights import check_weights
+
+    weights = _weights_for(graph, args)
+    check_weights(graph, weights, source=args.weights or "weights")
+    model = export_graph(graph, weights)
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx_path = Path(scratch) / f"{graph.name}.onnx"
+        save_model(model, onnx_path)
+        if args.target == "tensorrt":
+            summary = _build_tensorrt(onnx_path, args)
+            # The build ran in a scratch folder that becomes out_dir: name the final place.
+            print(summary.replace(str(onnx_path.parent), str(out_dir.absolute())))
+        files = {path.name: path.read_bytes() for path in sorted(Path(scratch).iterdir())}
+    manifest = {"format": 1, "target": args.target, "network": graph.name, "files": sorted(files)}
+    files["netc.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
+    return write_directory(out_dir, files)
+
+
+def _build_tensorrt(onnx_path: Path, args: argparse.Namespace) -> str:
+    from netc.onnx.tensorrt import build_engine
+    from netc.runtime.cache import cache_root
+
+    build = build_engine(onnx_path, onnx_path.parent, fp16=args.fp16, int8=args.int8,
+                         calibration_dir=args.calibration_data, batch=args.batch_range,
+                         timing_cache=cache_root() / "tensorrt.timing-cache", log=_progress)
+    return build.summary()
+
+
+def _batch_range(text: str) -> tuple[int, int, int]:
+    try:
+        low, opt, high = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected MIN:OPT:MAX, e.g. 1:8:32") from None
+    if not 1 <= low <= opt <= high:
+        raise argparse.ArgumentTypeError("need 1 <= MIN <= OPT <= MAX")
+    return (low, opt, high)
+
+
+# netc import / netc compare -------------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from netc.onnx.importer import import_onnx
+
+    if not Path(args.onnx).is_file():
+        raise CompileError([Diagnostic("E0601", f"ONNX file `{args.onnx}` does not exist")])
+    imported = import_onnx(args.onnx)
+    net_path, weights_path = imported.write(args.output, args.weights_out)
+    for note in imported.notes:
+        _progress(f"note: {note}")
+    print(f"wrote network `{imported.network}` to {net_path} and its weights to {weights_path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from netc.compare import compare
+
+    graph = _load(args)
+    weights = _weights_for(graph, args)
+    inputs = _inputs_for(graph, args)
+    backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    report = compare(graph, weights, inputs, backends, layers=args.layers,
+                     rtol=args.rtol, atol=args.atol)
+    print(report.format())
+    return 0 if report.agree else 3
+
+
+# the parser -----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +349,66 @@ def build_parser() -> argparse.ArgumentParser:
                           "when a GPU is present, else cudasim")
     run.add_argument("-o", "--output", metavar="OUT.npz", help="write every output here")
     run.set_defaults(handler=cmd_run)
+
+    compile_ = sub("compile", "Compile a model: CUDA kernels (source, PTX and a cubin per GPU "
+                   "architecture, launch plan, report), an ONNX model, or a TensorRT engine.",
+                   "netc compile examples/lenet5.net -o build/lenet5 --arch sm_80,sm_90\n"
+                   "  netc compile examples/lenet5.net --target onnx --weights w.safetensors "
+                   "-o build/lenet5-onnx")
+    compile_.add_argument("-o", "--output", metavar="DIR",
+                          help="artifact directory, written atomically (default: build/NETWORK)")
+    compile_.add_argument("--target", choices=("cuda", "onnx", "tensorrt"), default="cuda",
+                          help="what to produce (default: cuda)")
+    compile_.add_argument("--arch", type=_archs, default=("sm_80", "sm_90"), metavar="ARCH,...",
+                          help="GPU architectures for --target cuda (default: sm_80,sm_90)")
+    compile_.add_argument("--compiler", choices=("auto", "nvrtc", "nvcc"), default="auto",
+                          help="device compiler: NVRTC from pip, or the toolkit's nvcc "
+                               "(default: auto, NVRTC when it loads)")
+    compile_.add_argument("--weights", metavar="WEIGHTS",
+                          help="weights for --target onnx/tensorrt (default: fresh, from --seed)")
+    compile_.add_argument("--seed", type=int, default=0, help="seed for fresh weights")
+    compile_.add_argument("--fp16", action="store_true", help="TensorRT: allow fp16 kernels")
+    compile_.add_argument("--int8", action="store_true",
+                          help="TensorRT: allow int8 kernels (needs --calibration-data)")
+    compile_.add_argument("--calibration-data", metavar="DIR",
+                          help="TensorRT int8: a folder of .npy sample inputs")
+    compile_.add_argument("--batch", dest="batch_range", type=_batch_range, default=(1, 1, 1),
+                          metavar="MIN:OPT:MAX", help="TensorRT: batch sizes of the optimization "
+                          "profile (default 1:1:1)")
+    compile_.set_defaults(handler=cmd_compile)
+
+    import_ = commands.add_parser(
+        "import", formatter_class=_formatter,
+        help="Turn an ONNX model into a readable .net file and a weights file.",
+        description="Turn an ONNX model made of ops netc supports into a readable .net file and "
+                    "its weights. Every unsupported op or attribute is listed in one error.",
+        epilog="example:\n  netc import resnet18.onnx -o resnet18.net "
+               "--weights-out resnet18.safetensors")
+    import_.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX model")
+    import_.add_argument("-o", "--output", required=True, metavar="MODEL.net",
+                         help="the .net file to write")
+    import_.add_argument("--weights-out", metavar="WEIGHTS",
+                         help="weights file to write (default: MODEL.safetensors)")
+    import_.set_defaults(handler=cmd_import)
+
+    compare = sub("compare", "Run the same inputs through several backends and report, per "
+                  "output, the largest absolute and relative differences; with --layers, the "
+                  "first layer where they part. Exits 3 when they disagree.",
+                  "netc compare examples/lenet5.net --weights w.safetensors --random-input "
+                  "--backends reference,cudasim,onnx --layers")
+    compare.add_argument("--backends", default="reference,cudasim,onnx",
+                         help="comma-separated; the first is the baseline "
+                              "(default: reference,cudasim,onnx)")
+    compare.add_argument("--layers", action="store_true",
+                         help="also find the first layer where a backend parts from the baseline")
+    compare.add_argument("--weights", metavar="WEIGHTS", help="weights (default: fresh, from --seed)")
+    compare.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    compare.add_argument("--random-input", action="store_true")
+    compare.add_argument("--batch", type=_positive, default=2)
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (1e-3)")
+    compare.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
+    compare.set_defaults(handler=cmd_compare)
     return parser
 
 

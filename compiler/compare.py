@@ -166,7 +166,8 @@ class CompareReport:
         rows = [("backend", "output", "max abs", "max rel", "beyond tol", "result")]
         for result in self.results:
             if result.status in ("skipped", "failed"):
-                why = result.reason.splitlines()[0] if result.reason else "no reason given"
+                why = " ".join(result.reason.split()) or "no reason given"
+                why = why if len(why) <= 200 else why[:197] + "..."
                 rows.append((result.backend, "-", "", "", "", f"{result.status}: {why}"))
                 continue
             for output, diff in result.outputs.items():
@@ -403,8 +404,13 @@ def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str
         try:
             run = prepare(backend, graph, weights, **backend_options)
             outputs = run(inputs)
-        except CompileError:
-            raise
+        except CompileError as exc:
+            if any(d.code == "E0420" for d in exc.diagnostics):
+                raise  # an unknown backend name: the user's mistake, not the backend's
+            # Weights and inputs were checked above: this is the backend's own refusal.
+            results.append(BackendResult(backend, "failed", exc.render(),
+                                         seconds=time.perf_counter() - started))
+            continue
         except Exception as exc:
             reason = _unavailable_reason(exc)
             status = "skipped" if reason is not None else "failed"
@@ -465,12 +471,3 @@ def _probe(probes: Mapping[str, LayerProbe], backend: str, graph: Graph,
         return probe(graph, weights, inputs, options), ""
     except (LayerViewUnavailable, BackendUnavailable, ImportError) as exc:
         return None, str(exc)
-
-
-def random_inputs(graph: Graph, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """Standard-normal inputs for every input of `graph`, with every named dimension `batch`."""
-    rng = np.random.default_rng(seed)
-    sizes = dict.fromkeys(graph.batch_dims(), batch)
-    return {n.id: rng.standard_normal(n.type.concrete(sizes)).astype(np.float32)
-            for n in graph.inputs}
-

@@ -79,3 +79,11 @@ def run_reference(graph: Graph, weights: Mapping[str, np.ndarray],
         if observe is not None:
             observe(node, value)
     return {name: values[node_id] for name, node_id in graph.outputs}
+
+
+def random_inputs(graph: Graph, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard-normal float32 inputs for every input of `graph`, every named dimension `batch`."""
+    rng = np.random.default_rng(seed)
+    sizes = dict.fromkeys(graph.batch_dims(), batch)
+    return {n.id: rng.standard_normal(n.type.concrete(sizes)).astype(np.float32)
+            for n in graph.inputs}

@@ -215,7 +215,7 @@ def _element_dtype(code: str | None) -> np.dtype[Any]:
 
 def _format_element(code: str | None, raw: bytes) -> str:
     dt = _element_dtype(code)
-    if dt.kind == "V":
+    if dt.kind == "V" or len(raw) < dt.itemsize:
         return raw.hex()
     value = np.frombuffer(raw, dtype=dt)[0]
     if code == "bf16":
@@ -752,9 +752,10 @@ def _race_message(kernel: str, ptr_args: list[tuple[int, int, int, str | None]],
     else:
         where = f"byte {byte} of its buffer (before the argument's offset)"
         va, vb = str(int(a[byte])), str(int(b[byte]))
+    ctype = _code_cname("ptr<" + (code or "void") + ">")
     return (
         f"race detected in kernel {kernel}: results differ between schedules {sched_a} and "
-        f"{sched_b}: argument {arg} ({_code_cname(code) if code else 'pointer'}*) first differs "
+        f"{sched_b}: argument {arg} ({ctype}) first differs "
         f"at {where}: {va} ({sched_a}) vs {vb} ({sched_b}). Threads communicate without a "
         "barrier (missing __syncthreads()/__syncwarp()?) or depend on the order of atomics."
     )
@@ -773,7 +774,9 @@ class _ChildBackend:
 
     def __init__(self, cxx: str) -> None:
         libasan = _asan_runtime(cxx)
-        self._stderr = tempfile.TemporaryFile(prefix="netc-cudasim-asan-")
+        # The child's stderr (AddressSanitizer's output if it dies); lives as long as
+        # the backend and is closed in close().
+        self._stderr = tempfile.TemporaryFile(prefix="netc-cudasim-asan-")  # noqa: SIM115
         c_read, p_write = os.pipe()
         p_read, c_write = os.pipe()
         env = dict(os.environ)
@@ -984,14 +987,17 @@ class CudaModule:
 
 
 def _dims(what: str, kernel: str, value: int | Sequence[int], limits: tuple[int, int, int]) -> tuple[int, int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        dims = [int(value)]
+    if isinstance(value, (int, np.integer)):
+        items: list[object] = [value]
+    elif isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
+        items = list(value)
     else:
-        try:
-            dims = [int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else -1
-                    for v in value]
-        except TypeError:
-            raise SimulatorError(f"kernel {kernel}: {what} must be an int or a tuple of 1-3 ints") from None
+        raise SimulatorError(f"kernel {kernel}: {what} must be an int or a tuple of 1-3 ints, got {value!r}")
+    dims: list[int] = []
+    for v in items:
+        if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
+            raise SimulatorError(f"kernel {kernel}: {what} must hold integers, got {value!r}")
+        dims.append(int(v))
     if not 1 <= len(dims) <= 3:
         raise SimulatorError(f"kernel {kernel}: {what} must have 1 to 3 dimensions, got {value!r}")
     dims += [1] * (3 - len(dims))
@@ -1188,6 +1194,15 @@ class CudaSim:
              name: str = "module") -> CudaModule:
         """Compile ``source`` (cached) and load it; ``kernels`` are the names to launch."""
         self._check_open()
+        try:
+            return self._load(source, kernels, options, name)
+        except (cache.CacheError, OSError) as exc:
+            raise SimulatorError(f"cannot build module {name!r}: {exc}") from None
+
+    def _load(self, source: str, kernels: Sequence[str], options: Sequence[str],
+              name: str) -> CudaModule:
+        if not isinstance(source, str):
+            raise SimulatorError(f"load() needs the CUDA source as a str, got {type(source).__name__}")
         if isinstance(kernels, str):
             kernels = [kernels]
         kernels = list(kernels)
@@ -1238,7 +1253,10 @@ class CudaSim:
             built.append(True)
 
         so_path = cache.cached_build("cudasim", key_parts, build, ".so", root=self._cache_dir)
-        layout = _shared_layout(so_path, kernels, dyn_names)
+        try:
+            layout = _shared_layout(so_path, kernels, dyn_names)
+        except (OSError, ValueError, struct.error) as exc:
+            raise SimulatorError(f"cannot read the compiled module {so_path}: {exc}") from None
         mid, sigs, asan = self._backend.load(str(so_path), kernels, layout.anchors, layout.ranges)
         if asan != self.sanitize:
             raise SimulatorError(f"module {so_path} has the wrong sanitizer setting")
@@ -1314,6 +1332,8 @@ class CudaSim:
         self._check_open()
         buf = self._own(buf, "upload")
         arr = np.ascontiguousarray(array)
+        if arr.dtype.hasobject:
+            raise SimulatorError("upload: the array holds Python objects, not numbers")
         if arr.nbytes > buf.nbytes:
             raise SimulatorError(f"upload: {arr.nbytes} bytes do not fit in a {buf.nbytes}-byte buffer")
         self._backend.upload(buf._id, buf.offset, arr.reshape(-1).view(np.uint8))

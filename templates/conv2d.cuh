@@ -25,7 +25,33 @@ struct NetcConvGeometry {
     long long in_channels, height, width;          // input, per image
     long long out_channels, out_height, out_width;  // output, per image
     int kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w;
-    long long groups;
+    int groups;
+};
+
+// Splits output pixels n (counted over all images) into (image, pixel within the image)
+// without a 64-bit division per element (a slow subroutine call that also made the kernel
+// spill): the block's first pixel n0 is split once, and every pixel the block touches lies
+// less than BN past it. A plane of one image holds fewer than 2^31 - BN pixels.
+struct NetcPixelCursor {
+    long long first;        // n0
+    long long first_image;  // n0's image
+    int first_within;       // n0's pixel within its image
+    int pixels;             // out_height * out_width
+
+    __device__ __forceinline__ NetcPixelCursor(long long n0, long long pixels_per_image)
+        : first(n0), first_image(n0 / pixels_per_image),
+          first_within(static_cast<int>(n0 - first_image * pixels_per_image)),
+          pixels(static_cast<int>(pixels_per_image))
+    {
+    }
+
+    __device__ __forceinline__ void locate(long long pixel, long long& image, int& within) const
+    {
+        const int offset = first_within + static_cast<int>(pixel - first);
+        const int images_on = offset / pixels;
+        image = first_image + images_on;
+        within = offset - images_on * pixels;
+    }
 };
 
 // B(k, n) of one group: the input element under kernel tap k of output pixel n, or 0 in the
@@ -36,6 +62,7 @@ struct NetcIm2colSource {
     static constexpr bool K_CONTIGUOUS = false;  // consecutive n are neighbouring pixels
     const T* x;  // the group's first input channel of image 0
     NetcConvGeometry geometry;
+    NetcPixelCursor cursor;
 
     struct Column {
         const T* image;  // the group's first input channel of the pixel's image
@@ -45,9 +72,9 @@ struct NetcIm2colSource {
     __device__ __forceinline__ Column column(long long pixel) const
     {
         const NetcConvGeometry& g = geometry;
-        const long long pixels = g.out_height * g.out_width;
-        const long long image = pixel / pixels;
-        const int within = static_cast<int>(pixel - image * pixels);
+        long long image;
+        int within;
+        cursor.locate(pixel, image, within);
         const int out_y = within / static_cast<int>(g.out_width);
         const int out_x = within - out_y * static_cast<int>(g.out_width);
         return {x + image * g.in_channels * g.height * g.width,
@@ -75,15 +102,18 @@ template <typename T, bool HAS_BIAS>
 struct NetcConvStore {
     T* y;  // the group's first output channel of image 0
     const T* bias;  // the group's first bias
-    long long out_channels, pixels;
+    long long out_channels;
+    NetcPixelCursor cursor;
 
     __device__ __forceinline__ void operator()(long long channel, long long pixel,
                                                float value) const
     {
         if (HAS_BIAS)
             value += netc_load(bias + channel);
-        const long long image = pixel / pixels;
-        netc_store(y + (image * out_channels + channel) * pixels + pixel % pixels, value);
+        long long image;
+        int within;
+        cursor.locate(pixel, image, within);
+        netc_store(y + (image * out_channels + channel) * cursor.pixels + within, value);
     }
 };
 
@@ -92,25 +122,27 @@ __device__ __forceinline__ void netc_conv2d(const T* __restrict__ x, const T* __
                                             const T* __restrict__ bias, T* __restrict__ y,
                                             long long images, const NetcConvGeometry& geometry)
 {
-    const long long group = blockIdx.z;
-    const long long group_in = geometry.in_channels / geometry.groups;
-    const long long group_out = geometry.out_channels / geometry.groups;
+    const int group = blockIdx.z;
+    const int group_in = static_cast<int>(geometry.in_channels) / geometry.groups;
+    const int group_out = static_cast<int>(geometry.out_channels) / geometry.groups;
     const long long pixels = geometry.out_height * geometry.out_width;
     const long long m = group_out;
     const long long n = images * pixels;
-    const long long k = group_in * geometry.kernel_h * geometry.kernel_w;
+    const long long k = static_cast<long long>(group_in) * geometry.kernel_h * geometry.kernel_w;
     const long long m0 = static_cast<long long>(blockIdx.y) * BM;
     const long long n0 = static_cast<long long>(blockIdx.x) * BN;
+    const NetcPixelCursor cursor(n0, pixels);
 
     const NetcMatrixSource<T, true> a_source{weight + group * group_out * k, k};
-    const NetcIm2colSource<T> b_source{x + group * group_in * geometry.height * geometry.width,
-                                       geometry};
+    const NetcIm2colSource<T> b_source{
+        x + static_cast<long long>(group) * group_in * geometry.height * geometry.width,
+        geometry, cursor};
 
     NETC_DYNAMIC_SHARED(float, shared);
     float acc[TM][TN];
     netc_gemm_mainloop<BM, BN, BK, TM, TN>(a_source, b_source, m0, n0, m, n, k, shared, acc);
     const NetcConvStore<T, HAS_BIAS> store{y + group * group_out * pixels,
                                            HAS_BIAS ? bias + group * group_out : bias,
-                                           geometry.out_channels, pixels};
+                                           geometry.out_channels, cursor};
     netc_gemm_epilogue<BM, BN, TM, TN>(acc, m0, n0, m, n, store);
 }

@@ -79,11 +79,20 @@ __device__ __forceinline__ void netc_gemm_stage(float* tile, const Source& sourc
     constexpr int K_LANES = K_FAST ? FAST : THREADS / FAST;
     const int x_lane = K_FAST ? threadIdx.x / FAST : threadIdx.x % FAST;
     const int k_lane = K_FAST ? threadIdx.x % FAST : threadIdx.x / FAST;
-    for (int x = x_lane; x < EXTENT; x += X_LANES) {
+    // Fixed trip counts, so that the compiler unrolls both loops.
+#pragma unroll
+    for (int x_step = 0; x_step < EXTENT; x_step += X_LANES) {
+        const int x = x_step + x_lane;
+        if (EXTENT % X_LANES != 0 && x >= EXTENT)
+            break;
         const long long global_x = x0 + x;
         const bool inside = global_x < x_end;
         const typename Source::Column column = source.column(inside ? global_x : x0);
-        for (int kk = k_lane; kk < BK; kk += K_LANES) {
+#pragma unroll
+        for (int k_step = 0; k_step < BK; k_step += K_LANES) {
+            const int kk = k_step + k_lane;
+            if (BK % K_LANES != 0 && kk >= BK)
+                break;
             const long long global_k = k0 + kk;
             tile[kk * PITCH + x] =
                 (inside && global_k < k_end) ? source.at(column, global_k) : 0.0f;

@@ -161,7 +161,12 @@ def user_callable(opdef: OpDef) -> bool:
 
 
 def _numel(shape: Iterable[object]) -> int:
-    return math.prod(d for d in shape if isinstance(d, int))
+    """Elements of a shape, counting a named dimension as 1."""
+    count = 1
+    for dim in shape:
+        if type(dim) is int:
+            count *= dim
+    return count
 
 
 def _count(number: int, noun: str) -> str:
@@ -681,11 +686,32 @@ class Expander:
             self.error("E0505", f"repeat count {count:,} is over the limit of {MAX_REPEAT:,}",
                        statement.count.span)
             return
-        for _ in range(count):
+        for round_number in range(count):
             errors_before = len(self.reporter)
+            nodes_before, statements_before = len(self.nodes), self.statements
             self._run(statement.body, scope)
             if len(self.reporter) > errors_before:
                 break  # later rounds would only repeat the same errors
+            if round_number == 0 and count > 1:
+                # Every round makes the same nodes, so the first tells whether all of them fit:
+                # refuse a repeat that would pass a limit now, not after minutes of unrolling.
+                self._check_rounds(statement, count, len(self.nodes) - nodes_before,
+                                   self.statements - statements_before)
+
+    def _check_rounds(self, statement: ast.RepeatStmt, count: int, nodes: int,
+                      statements: int) -> None:
+        remaining = count - 1
+        if len(self.nodes) + nodes * remaining > MAX_NODES:
+            raise _Abort(Diagnostic(
+                "E0504", f"this repeat makes {nodes:,} nodes a round, {nodes * count:,} in all: "
+                f"the network would have more than {MAX_NODES:,} nodes", statement.count.span,
+                "lower the count", self.notes))
+        if self.statements + statements * remaining > MAX_STATEMENTS:
+            raise _Abort(Diagnostic(
+                "E0505", f"this repeat runs {statements:,} statements a round, "
+                f"{statements * count:,} in all: unrolling would run more than "
+                f"{MAX_STATEMENTS:,} statements", statement.count.span, "lower the count",
+                self.notes))
 
     # Expressions
 
@@ -1042,12 +1068,11 @@ class Expander:
         except ShapeError as problem:
             self._shape_error(str(problem), inputs, span, layer)
             return POISON
-        for tensor_type, what in ((output, "its result"),
-                                  *((TensorType(output.dtype, s.shape), f"parameter `{s.name}`")
-                                    for s in specs)):
-            if _numel(tensor_type.shape) > MAX_ELEMENTS:
+        for shape, what in ((output.shape, "its result"),
+                            *((s.shape, f"parameter `{s.name}`") for s in specs)):
+            if _numel(shape) > MAX_ELEMENTS:
                 self.error("E0507", f"`{op}` would make a tensor of more than 2^40 elements "
-                           f"({what}: {_shape(tensor_type.shape)})", span)
+                           f"({what}: {_shape(shape)})", span)
                 return POISON
         param_ids: list[str] = []
         if layer is not None:

@@ -63,14 +63,20 @@ E_MODEL = "E0609"
 
 SUPPORTED_OPS = (
     "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Concat", "Constant", "Conv",
-    "Div", "Dropout", "Erf", "Flatten", "Gelu", "Gemm", "GlobalAveragePool", "Identity",
-    "LayerNormalization", "LeakyRelu", "LogSoftmax", "MatMul", "MaxPool", "Mul", "Relu",
-    "Reshape", "Sigmoid", "Softmax", "Sub", "Sum", "Tanh", "Transpose",
+    "Div", "Dropout", "Erf", "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool",
+    "Identity", "LayerNormalization", "LeakyRelu", "LogSoftmax", "MatMul", "MaxPool", "Mul",
+    "Relu", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Squeeze", "Sub", "Sum", "Swish",
+    "Tanh", "Transpose", "Unsqueeze",
 )
 """Op types of the default ONNX domain that import. Beyond the main list: Erf only inside the
 GELU pattern, Div only by a constant scalar, Sum as repeated Add, Cast/CastLike only to the
-tensor's own type (or of constants). Any op whose inputs are all constants is evaluated at
-import time, whatever its type."""
+tensor's own type (or of constants), Swish with alpha=1 (SiLU), and Shape, Gather, Unsqueeze,
+Squeeze and Slice only on shapes (a Reshape target that keeps a dynamic batch). Any op whose
+inputs are all constants is evaluated at import time, whatever its type."""
+
+HELPER_OPS = ("Erf", "Sum", "Div", "Cast", "CastLike", "Shape", "Gather", "Unsqueeze",
+              "Squeeze", "Slice")
+"""Supported only in the roles above (patterns, constants, shapes), not as tensor ops."""
 
 PARAMETER_OPERANDS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2),
@@ -325,9 +331,26 @@ class _Problems:
         self.found.append(Diagnostic(code, f"{self.label}: {message}", help=help))
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """An int64 vector (or scalar) computed from tensor shapes by Shape, Gather, Concat, ...:
+    each entry an int or the batch name. Exporters build a Reshape's target this way to keep
+    the batch dynamic (`x.view(x.size(0), -1)`); fully known ones become constants."""
+
+    entries: tuple[int | str, ...]
+    scalar: bool = False
+
+    def value(self) -> _Shape | np.ndarray:
+        if any(isinstance(e, str) for e in self.entries):
+            return self
+        array = np.array(self.entries, dtype=np.int64)
+        return array.reshape(()) if self.scalar else array
+
+
 _POISON = object()
 Value = Any
-"""str: an IR value id; np.ndarray: a constant known at import time; _POISON: unimportable."""
+"""str: an IR value id; np.ndarray: a constant known at import time; _Shape: a shape vector
+holding the batch; _POISON: unimportable."""
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -435,6 +458,12 @@ class _Importer:
                          f"of shape {format_shape(value.shape)}; `.net` has no constant tensors",
                          help="only scalar constants (numbers) and layer parameters are expressible")
             return None
+        if isinstance(value, _Shape):
+            problems.add(E_NOT_EXPRESSIBLE,
+                         f"the {what} (operand {position}, `{node.input[position]}`) is computed "
+                         "from the run-time batch size; `.net` uses it only as a Reshape target "
+                         "that keeps the batch")
+            return None
         return str(value)
 
     def constant(self, node: onnx.NodeProto, position: int, problems: _Problems, what: str,
@@ -521,9 +550,10 @@ class _Importer:
         if self.problems:
             raise CompileError(self.problems)
         graph = self.builder.build()
-        comments = [f"imported from {self.source} by `netc import` "
-                    f"(ONNX opset {self.opset}, producer "
-                    f"{self.model.producer_name or 'unknown'} {self.model.producer_version})".rstrip()]
+        producer = " ".join(p for p in (self.model.producer_name, self.model.producer_version)
+                            if p) or "unknown"
+        comments = [f"imported from {self.source} by `netc import` (ONNX opset {self.opset}, "
+                    f"producer {producer})"]
         comments.extend(self.notes)
         text = render_net(graph, self.proposed_names, comments)
         return ImportedModel(text, dict(self.weights), graph, self.network, dict(self.input_ids),
@@ -615,8 +645,6 @@ class _Importer:
         return tuple(shape)
 
     def fold_constants(self) -> None:
-        from onnx.reference import ReferenceEvaluator
-
         for index, node in enumerate(self.nodes):
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 try:
@@ -634,30 +662,37 @@ class _Importer:
                 self.values[node.output[0]] = self.values[node.input[0]].astype(target)
                 self.consumed.add(index)
                 continue
-            names = [n for n in node.input if n]
-            if (not names or node.domain not in ("", "ai.onnx")
-                    or node.op_type in _NONDETERMINISTIC
-                    or not all(isinstance(self.values.get(n), np.ndarray) for n in names)
-                    or any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
-                           for a in node.attribute)):
-                continue
-            try:
-                evaluator = ReferenceEvaluator(node, opsets={"": self.opset})
-                feeds = {n: self.values[n] for n in names}
-                results: list[Any] = list(evaluator.run(None, feeds))
-            except Exception:  # leave it to translation, which reports it
-                continue
-            if any(np.asarray(r).size > _FOLD_LIMIT for r in results):
-                continue
-            for name, result in zip(node.output, results):
-                if name:
-                    self.values[name] = np.asarray(result)
-            # A weight that the exporter transposed or cast keeps its name for the layer.
-            sources = [self.origin.get(n, n) for n in names
-                       if np.asarray(self.values[n]).size == np.asarray(results[0]).size]
-            if len(node.output) == 1 and len(sources) == 1:
-                self.origin[node.output[0]] = sources[0]
-            self.consumed.add(index)
+            if self.fold(node):
+                self.consumed.add(index)
+
+    def fold(self, node: onnx.NodeProto) -> bool:
+        """Evaluate `node` now if all its inputs are constants; whether it was."""
+        from onnx.reference import ReferenceEvaluator
+
+        names = [n for n in node.input if n]
+        if (not names or node.domain not in ("", "ai.onnx")
+                or node.op_type in _NONDETERMINISTIC
+                or not all(isinstance(self.values.get(n), np.ndarray) for n in names)
+                or any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+                       for a in node.attribute)):
+            return False
+        try:
+            evaluator = ReferenceEvaluator(node, opsets={"": self.opset})
+            feeds = {n: self.values[n] for n in names}
+            results: list[Any] = list(evaluator.run(None, feeds))
+        except Exception:  # leave it to translation, which reports it
+            return False
+        if any(np.asarray(r).size > _FOLD_LIMIT for r in results):
+            return False
+        for name, result in zip(node.output, results):
+            if name:
+                self.values[name] = np.asarray(result)
+        # A weight that the exporter transposed or cast keeps its name for the layer.
+        sources = [self.origin.get(n, n) for n in names
+                   if np.asarray(self.values[n]).size == np.asarray(results[0]).size]
+        if len(node.output) == 1 and len(sources) == 1:
+            self.origin[node.output[0]] = sources[0]
+        return True
 
     # Patterns -----------------------------------------------------------------------------
 
@@ -688,6 +723,38 @@ class _Importer:
         for index, node in enumerate(self.nodes):
             if node.op_type == "Erf" and index not in self.consumed:
                 self.match_gelu(index)
+            elif node.op_type == "Sigmoid" and index not in self.consumed:
+                self.match_silu(index)
+
+    def replace_with(self, op: str, x: str, matched: set[int], last: int) -> None:
+        """Translate the nodes `matched` as one `op` applied to `x`, at the last of them."""
+        final = max(matched)
+        self.consumed.update(matched - {final})
+        output = self.nodes[last].output[0]
+
+        def emit() -> None:
+            problems = _Problems(f"{op} pattern ending at {self.label(final)}")
+            value = self.values.get(x, _POISON)
+            try:
+                if not isinstance(value, str):
+                    raise _Poisoned
+                self.bind(output, self.apply(problems, op, value))
+            except _Poisoned:
+                self.values[output] = _POISON
+            self.problems.extend(problems.found)
+
+        self.patterns[final] = emit
+
+    def match_silu(self, sigmoid_index: int) -> None:
+        """x * sigmoid(x), as exporters write SiLU (Swish)."""
+        sigmoid = self.nodes[sigmoid_index]
+        x = sigmoid.input[0]
+        user = self.only_user(sigmoid.output[0])
+        if user is None or self.nodes[user].op_type != "Mul" or \
+                self.other_operand(user, sigmoid.output[0]) != x or \
+                isinstance(self.values.get(x), np.ndarray):
+            return
+        self.replace_with("silu", x, {sigmoid_index, user}, user)
 
     def match_gelu(self, erf_index: int) -> None:
         """0.5 * x * (1 + erf(x / sqrt 2)), in the orders exporters write it."""
@@ -746,22 +813,7 @@ class _Importer:
             last = first
         if isinstance(self.values.get(x), np.ndarray):
             return  # all constant: folded already
-        final = max(matched)
-        self.consumed.update(matched - {final})
-        output = self.nodes[last].output[0]
-
-        def emit() -> None:
-            problems = _Problems(f"GELU pattern ending at {self.label(final)}")
-            value = self.values.get(x, _POISON)
-            try:
-                if not isinstance(value, str):
-                    raise _Poisoned
-                self.bind(output, self.apply(problems, "gelu", value))
-            except _Poisoned:
-                self.values[output] = _POISON
-            self.problems.extend(problems.found)
-
-        self.patterns[final] = emit
+        self.replace_with("gelu", x, matched, last)
 
     # Translation --------------------------------------------------------------------------
 
@@ -775,8 +827,24 @@ class _Importer:
             self.patterns[index]()
             return
         problems = _Problems(self.label(index))
-        handler = _HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        if handler is None:
+        default_domain = node.domain in ("", "ai.onnx")
+        operands = [self.values.get(name) for name in node.input if name]
+        if default_domain and self.fold(node):
+            return  # its inputs became constants during translation (shape arithmetic)
+        handler = _HANDLERS.get(node.op_type) if default_domain else None
+        if default_domain and (node.op_type == "Shape" or (
+                node.op_type in _SHAPE_HANDLERS and any(isinstance(v, _Shape)
+                                                        for v in operands))):
+            handler = _SHAPE_HANDLERS[node.op_type]
+        elif handler is not None and node.op_type != "Reshape" and \
+                any(isinstance(v, _Shape) for v in operands):
+            problems.add(E_NOT_EXPRESSIBLE, "computes with the run-time batch size (from a "
+                         "`Shape` node); `.net` uses the batch only as a Reshape target that "
+                         "keeps it")
+            handler = None
+        if handler is None and problems.found:
+            pass
+        elif handler is None:
             domain = f" (domain `{node.domain}`)" if node.domain not in ("", "ai.onnx") else ""
             problems.add(E_UNSUPPORTED_OP, f"op `{node.op_type}`{domain} has no `.net` "
                          "equivalent" + (" outside the GELU pattern" if node.op_type == "Erf"
@@ -868,6 +936,18 @@ def _leaky_relu(importer: _Importer, index: int, node: onnx.NodeProto,
     if x is None:
         return {}
     return {node.output[0]: importer.apply(problems, "leaky_relu", x, alpha=alpha)}
+
+
+@_handles("Swish")
+def _swish(importer: _Importer, index: int, node: onnx.NodeProto,
+           problems: _Problems) -> dict[str, Value]:
+    alpha = float(_attributes(node).get("alpha", 1.0))
+    if alpha != 1.0:
+        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"alpha={alpha}: `.net`'s silu is x * sigmoid(x)")
+    x = importer.tensor(node, 0, problems)
+    if x is None or problems.found:
+        return {}
+    return {node.output[0]: importer.apply(problems, "silu", x)}
 
 
 @_handles("Gelu")
@@ -1161,12 +1241,12 @@ def _matmul(importer: _Importer, index: int, node: onnx.NodeProto,
     return {}
 
 
-def _spatial(importer: _Importer, node: onnx.NodeProto, problems: _Problems, x: str,
-             kernel: Sequence[int], dilation: Sequence[int], pool: bool
+def _spatial(node: onnx.NodeProto, problems: _Problems, spatial: Sequence[Dim] | None,
+             kernel: Sequence[int], dilation: Sequence[int]
              ) -> tuple[tuple[int, int], tuple[int, int, int, int]] | None:
-    """Strides and explicit (top, left, bottom, right) pads from the ONNX attributes."""
+    """Strides and explicit (top, left, bottom, right) pads from the ONNX attributes; SAME
+    padding needs the input's (height, width) in `spatial` (None: unknown, not checked)."""
     attrs = _attributes(node)
-    shape = importer.type_of(x).shape
     strides = tuple(attrs.get("strides", (1, 1)))
     pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
     auto_pad = _decode(attrs.get("auto_pad", "NOTSET"))
@@ -1175,8 +1255,10 @@ def _spatial(importer: _Importer, node: onnx.NodeProto, problems: _Problems, x: 
                      "are not those of a 2-D window")
         return None
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if spatial is None:
+            return None
         totals = []
-        for size, k, s, d in zip(shape[2:], kernel, strides, dilation):
+        for size, k, s, d in zip(spatial, kernel, strides, dilation):
             out = -(-int(size) // s)
             totals.append(max((out - 1) * s + d * (k - 1) + 1 - int(size), 0))
         if auto_pad == "SAME_UPPER":
@@ -1193,6 +1275,19 @@ def _spatial(importer: _Importer, node: onnx.NodeProto, problems: _Problems, x: 
     return (int(strides[0]), int(strides[1])), (top, left, bottom, right)
 
 
+def _windowed_input(importer: _Importer, node: onnx.NodeProto, problems: _Problems,
+                    what: str) -> tuple[str | None, tuple[Dim, ...] | None, bool]:
+    """(x, its (height, width), whether it is poisoned): attribute checks go on for a
+    poisoned input, so that every problem of the node is reported."""
+    try:
+        x = importer.tensor(node, 0, problems)
+    except _Poisoned:
+        return None, None, True
+    if x is None or not _require_4d(importer, x, problems, what):
+        return None, None, False
+    return x, importer.type_of(x).shape[2:], False
+
+
 def _require_4d(importer: _Importer, x: str, problems: _Problems, what: str) -> bool:
     shape = importer.type_of(x).shape
     if len(shape) != 4:
@@ -1206,12 +1301,14 @@ def _require_4d(importer: _Importer, x: str, problems: _Problems, what: str) -> 
 def _conv(importer: _Importer, index: int, node: onnx.NodeProto,
           problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
-    x = importer.tensor(node, 0, problems)
     weight = importer.constant(node, 1, problems, "weight W")
     bias = importer.constant(node, 2, problems, "bias B", required=False)
-    if x is None or weight is None or problems.found:
+    x, spatial, poisoned = _windowed_input(importer, node, problems, "convolutions")
+    if weight is None:
         return {}
-    if not _require_4d(importer, x, problems, "convolutions") or weight.ndim != 4:
+    if weight.ndim != 4:
+        problems.add(E_SHAPE, f"W has shape {format_shape(weight.shape)}; `.net` has only "
+                     "2-D convolutions")
         return {}
     kernel = tuple(int(k) for k in attrs.get("kernel_shape", weight.shape[2:]))
     if kernel != tuple(weight.shape[2:]):
@@ -1219,13 +1316,12 @@ def _conv(importer: _Importer, index: int, node: onnx.NodeProto,
                      f"{format_shape(weight.shape)}")
         return {}
     dilation = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
-    window = _spatial(importer, node, problems, x, kernel, dilation, pool=False)
+    window = _spatial(node, problems, spatial, kernel, dilation)
     if window is None:
         return {}
     stride, (top, left, bottom, right) = window
-    if (top, left) == (bottom, right):
-        padding: Any = (top, left)
-    else:
+    padding: Any = (top, left)
+    if (top, left) != (bottom, right):
         same = Window.from_attrs("conv2d", Attrs(kernel=kernel, stride=stride,
                                                  dilation=dilation, padding="same")) \
             if stride == (1, 1) else None
@@ -1236,6 +1332,10 @@ def _conv(importer: _Importer, index: int, node: onnx.NodeProto,
                          "padding, and PyTorch's \"same\" for stride 1)")
             return {}
         padding = "same"
+    if poisoned:
+        raise _Poisoned
+    if x is None or problems.found:
+        return {}
     filters = weight.shape[0]
     output = node.output[0]
     following = _following_bias(importer, output, filters, conv=True)
@@ -1262,17 +1362,16 @@ def _pool(importer: _Importer, index: int, node: onnx.NodeProto,
                      "no dilation")
     if node.op_type == "MaxPool":
         _no_extra_outputs(node, problems, ["Indices"])
-    if "kernel_shape" not in attrs:
-        problems.add(E_MODEL, "has no kernel_shape")
-    x = importer.tensor(node, 0, problems)
-    if x is None or problems.found or not _require_4d(importer, x, problems, "pooling"):
-        return {}
-    kernel = tuple(int(k) for k in attrs["kernel_shape"])
+    kernel = tuple(int(k) for k in attrs.get("kernel_shape", ()))
     if len(kernel) != 2:
         problems.add(E_UNSUPPORTED_ATTRIBUTE, f"kernel_shape {list(kernel)} is not 2-D")
+    x, spatial, poisoned = _windowed_input(importer, node, problems, "pooling")
+    if problems.found:
         return {}
-    window = _spatial(importer, node, problems, x, kernel, (1, 1), pool=True)
+    window = _spatial(node, problems, spatial, kernel, (1, 1))
     if window is None:
+        if poisoned:
+            raise _Poisoned
         return {}
     stride, (top, left, bottom, right) = window
     if (top, left) != (bottom, right):
@@ -1284,16 +1383,17 @@ def _pool(importer: _Importer, index: int, node: onnx.NodeProto,
     if node.op_type == "AveragePool" and attrs.get("count_include_pad", 0) and (top or left):
         problems.add(E_UNSUPPORTED_ATTRIBUTE, "count_include_pad=1 with padding: `.net`'s "
                      "avgpool2d counts only the real elements of a window")
-    if attrs.get("ceil_mode", 0):
-        shape = importer.type_of(x).shape
-        for size, k, s, before, after in zip(shape[2:], kernel, stride, (top, left),
+    if attrs.get("ceil_mode", 0) and spatial is not None:
+        for size, k, s, before, after in zip(spatial, kernel, stride, (top, left),
                                              (bottom, right)):
             span = int(size) + before + after - k
             if span >= 0 and span % s != 0 and -(-span // s) * s < int(size) + before:
                 problems.add(E_UNSUPPORTED_ATTRIBUTE, "ceil_mode=1 gives a larger output here "
                              "than the floor rule of `.net` pools")
                 break
-    if problems.found:
+    if poisoned:
+        raise _Poisoned
+    if x is None or problems.found:
         return {}
     return {node.output[0]: importer.apply(problems, op, x, kernel=kernel, stride=stride,
                                            padding=(top, left))}
@@ -1415,15 +1515,22 @@ def _softmax(importer: _Importer, index: int, node: onnx.NodeProto,
 @_handles("Flatten")
 def _flatten(importer: _Importer, index: int, node: onnx.NodeProto,
              problems: _Problems) -> dict[str, Value]:
+    axis = int(_attributes(node).get("axis", 1))
+
+    def reject(rank: int | None) -> dict[str, Value]:
+        on = f" on a rank-{rank} input" if rank is not None else ""
+        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"axis={axis}{on}: `.net` flatten keeps the "
+                     "batch and flattens the rest (axis=1 only)")
+        return {}
+
+    if axis == 0 or axis > 1:
+        reject(None)  # known without the input's rank, so reported even after an error
     x = importer.tensor(node, 0, problems)
-    if x is None:
+    if x is None or problems.found:
         return {}
     rank = importer.type_of(x).rank
-    axis = int(_attributes(node).get("axis", 1))
     if (axis + rank if axis < 0 else axis) != 1:
-        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"axis={axis} on a rank-{rank} input: `.net` "
-                     "flatten keeps the batch and flattens the rest (axis=1 only)")
-        return {}
+        return reject(rank)
     return {node.output[0]: importer.apply(problems, "flatten", x)}
 
 
@@ -1433,8 +1540,18 @@ def _reshape(importer: _Importer, index: int, node: onnx.NodeProto,
     attrs = _attributes(node)
     x = importer.tensor(node, 0, problems)
     target: np.ndarray | None
+    batch_kept_by_shape = False
     if importer.opset < 5:
         target = np.asarray(attrs.get("shape", ()), dtype=np.int64)
+    elif isinstance(shape_target := importer.operand(node, 1), _Shape):
+        # A target computed from the run-time shape: the batch entry copies the batch.
+        entries = shape_target.entries
+        if any(isinstance(e, str) for e in entries[1:]) or not isinstance(entries[0], str):
+            problems.add(E_NOT_EXPRESSIBLE, "reshapes to a run-time shape that moves the batch "
+                         "dimension")
+            return {}
+        target = np.array([0, *entries[1:]], dtype=np.int64)
+        batch_kept_by_shape = True
     else:
         found = importer.constant(node, 1, problems, "shape")
         target = None if found is None else np.asarray(found, dtype=np.int64).reshape(-1)
@@ -1442,6 +1559,8 @@ def _reshape(importer: _Importer, index: int, node: onnx.NodeProto,
         return {}
     shape = importer.type_of(x).shape
     dims = [int(d) for d in target]
+    if batch_kept_by_shape and attrs.get("allowzero", 0):
+        attrs = {**attrs, "allowzero": 0}  # the 0 standing for the batch is ours
     if attrs.get("allowzero", 0) and 0 in dims:
         problems.add(E_UNSUPPORTED_ATTRIBUTE, "allowzero=1 with a 0 in the shape makes an "
                      "empty tensor")
@@ -1482,14 +1601,21 @@ def _reshape(importer: _Importer, index: int, node: onnx.NodeProto,
 @_handles("Transpose")
 def _transpose(importer: _Importer, index: int, node: onnx.NodeProto,
                problems: _Problems) -> dict[str, Value]:
-    x = importer.tensor(node, 0, problems)
-    if x is None:
-        return {}
-    rank = importer.type_of(x).rank
-    perm = tuple(int(p) for p in _attributes(node).get("perm", range(rank - 1, -1, -1)))
-    if not perm or perm[0] != 0:
+    attrs = _attributes(node)
+
+    def reject(perm: Sequence[int]) -> None:
         problems.add(E_NOT_EXPRESSIBLE, f"perm={list(perm)} moves the batch dimension; `.net` "
                      "transpose keeps dimension 0 first")
+
+    if "perm" in attrs and (not attrs["perm"] or attrs["perm"][0] != 0):
+        reject(attrs["perm"])  # known without the input, so reported even after an error
+    x = importer.tensor(node, 0, problems)
+    if x is None or problems.found:
+        return {}
+    rank = importer.type_of(x).rank
+    perm = tuple(int(p) for p in attrs.get("perm", range(rank - 1, -1, -1)))
+    if not perm or perm[0] != 0:
+        reject(perm)
         return {}
     return {node.output[0]: importer.apply(problems, "transpose", x, perm=perm)}
 
@@ -1507,6 +1633,106 @@ def _concat(importer: _Importer, index: int, node: onnx.NodeProto,
         return {node.output[0]: tensors[0]}
     return {node.output[0]: importer.apply(problems, "concat", *tensors,
                                            axis=int(attrs.get("axis", 1)))}
+
+
+# Shape arithmetic -------------------------------------------------------------------------
+# Exporters that keep the batch dynamic compute a Reshape's target from `Shape(x)`; these
+# handlers follow such int vectors with the batch as a name, so the Reshape can keep it.
+
+_SHAPE_HANDLERS: dict[str, Handler] = {}
+
+
+def _shape_handles(*op_types: str) -> Callable[[Handler], Handler]:
+    def register(function: Handler) -> Handler:
+        for op_type in op_types:
+            _SHAPE_HANDLERS[op_type] = function
+        return function
+    return register
+
+
+def _entries(value: Any, problems: _Problems) -> tuple[tuple[int | str, ...], bool]:
+    """A shape operand as (entries, whether it is a scalar)."""
+    if isinstance(value, _Shape):
+        return value.entries, value.scalar
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iu" and value.ndim <= 1:
+        return tuple(int(v) for v in value.reshape(-1)), value.ndim == 0
+    problems.add(E_NOT_EXPRESSIBLE, "mixes the run-time shape with a tensor")
+    raise _Poisoned
+
+
+@_shape_handles("Shape")
+def _shape(importer: _Importer, index: int, node: onnx.NodeProto,
+           problems: _Problems) -> dict[str, Value]:
+    x = importer.tensor(node, 0, problems)
+    if x is None:
+        return {}
+    attrs = _attributes(node)
+    shape = importer.type_of(x).shape
+    start, end = int(attrs.get("start", 0)), attrs.get("end")
+    entries = shape[start:int(end)] if end is not None else shape[start:]
+    return {node.output[0]: _Shape(tuple(entries)).value()}
+
+
+@_shape_handles("Gather")
+def _gather(importer: _Importer, index: int, node: onnx.NodeProto,
+            problems: _Problems) -> dict[str, Value]:
+    entries, _ = _entries(importer.operand(node, 0), problems)
+    indices = importer.operand(node, 1)
+    if int(_attributes(node).get("axis", 0)) != 0 or not isinstance(indices, np.ndarray) or \
+            indices.ndim > 1:
+        problems.add(E_NOT_EXPRESSIBLE, "only gathers constant positions of a shape")
+        return {}
+    picked = tuple(entries[int(i)] for i in indices.reshape(-1))
+    return {node.output[0]: _Shape(picked, scalar=indices.ndim == 0).value()}
+
+
+@_shape_handles("Unsqueeze", "Squeeze")
+def _reshape_shape(importer: _Importer, index: int, node: onnx.NodeProto,
+                   problems: _Problems) -> dict[str, Value]:
+    entries, scalar = _entries(importer.operand(node, 0), problems)
+    if node.op_type == "Unsqueeze":
+        if not scalar:
+            problems.add(E_NOT_EXPRESSIBLE, "only unsqueezes a scalar taken from a shape")
+            return {}
+        return {node.output[0]: _Shape(entries).value()}
+    if len(entries) != 1:
+        problems.add(E_NOT_EXPRESSIBLE, "only squeezes a one-element shape")
+        return {}
+    return {node.output[0]: _Shape(entries, scalar=True).value()}
+
+
+@_shape_handles("Concat")
+def _concat_shapes(importer: _Importer, index: int, node: onnx.NodeProto,
+                   problems: _Problems) -> dict[str, Value]:
+    joined: list[int | str] = []
+    for position in range(len(node.input)):
+        entries, _ = _entries(importer.operand(node, position), problems)
+        joined.extend(entries)
+    return {node.output[0]: _Shape(tuple(joined)).value()}
+
+
+@_shape_handles("Slice")
+def _slice_shape(importer: _Importer, index: int, node: onnx.NodeProto,
+                 problems: _Problems) -> dict[str, Value]:
+    entries, _ = _entries(importer.operand(node, 0), problems)
+    bounds = [importer.operand(node, i) for i in range(1, 5)]
+    if not all(b is None or isinstance(b, np.ndarray) for b in bounds):
+        problems.add(E_NOT_EXPRESSIBLE, "only slices a shape at constant positions")
+        return {}
+    starts, ends, _, steps = (None if b is None else int(np.asarray(b).reshape(-1)[0])
+                              for b in bounds)
+    return {node.output[0]: _Shape(entries[slice(starts, ends, steps)]).value()}
+
+
+@_shape_handles("Cast", "Identity")
+def _cast_shape(importer: _Importer, index: int, node: onnx.NodeProto,
+                problems: _Problems) -> dict[str, Value]:
+    value = importer.operand(node, 0)
+    if node.op_type == "Cast" and int(_attributes(node).get("to", 0)) not in (
+            TensorProto.INT64, TensorProto.INT32):
+        problems.add(E_NOT_EXPRESSIBLE, "casts the run-time shape to a non-integer type")
+        return {}
+    return {node.output[0]: value}
 
 
 # Entry point ------------------------------------------------------------------------------

@@ -442,19 +442,23 @@ def build_engine(onnx_path: onnx.ModelProto | str | os.PathLike[str],
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     profile = builder.create_optimization_profile()
+    dynamic = False
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
         shape = tuple(tensor.shape)
         if shape and shape[0] == -1:
+            dynamic = True
             profile.set_shape(tensor.name, (low, *shape[1:]), (opt, *shape[1:]),
                               (high, *shape[1:]))
-    config.add_optimization_profile(profile)
+    if dynamic:  # a network of fixed shapes takes no profile
+        config.add_optimization_profile(profile)
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     if int8:
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = _make_calibrator(trt, batches, opt, calibration_cache)
-        config.set_calibration_profile(profile)
+        if dynamic:
+            config.set_calibration_profile(profile)
     cache.parent.mkdir(parents=True, exist_ok=True)
     timing = config.create_timing_cache(cache.read_bytes() if cache.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)

@@ -21,6 +21,7 @@ See `docs/passes.md` for the rules that decide what is fused.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from netc.dtypes import round_to
 from netc.ir import Attrs, Node, TensorType
 from netc.ops.registry import REGISTRY, OpDef, ShapeError, register
 
+T = TypeVar("T")
 FUSED_KINDS = ("conv_epilogue", "gemm_epilogue", "pool_epilogue", "reduction", "elementwise")
 
 
@@ -36,7 +38,7 @@ def input_position(ref: str) -> int | None:
     return int(ref[1:]) if ref.startswith("$") else None
 
 
-def _resolve(ref: str, inputs: Sequence[object], values: dict[str, object], owner: str) -> object:
+def _resolve(ref: str, inputs: Sequence[T], values: dict[str, T], owner: str) -> T:
     position = input_position(ref)
     if position is None:
         if ref not in values:
@@ -56,42 +58,44 @@ def body_of(attrs: Attrs) -> tuple[Node, ...]:
     return tuple(body)
 
 
-def _infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
-    types: dict[str, object] = {}
+def _body_types(attrs: Attrs, inputs: Sequence[TensorType]) -> dict[str, TensorType]:
+    """Every body node's type inferred from the group's input types."""
+    types: dict[str, TensorType] = {}
     for node in body_of(attrs):
         if node.op == "fused" or node.op not in REGISTRY:
             raise ShapeError(f"fused body node {node.id} has op {node.op!r}, which cannot be "
                              "inside a fused group")
         args = [_resolve(ref, inputs, types, node.id) for ref in node.inputs]
-        inferred = REGISTRY[node.op].infer_all(node.attrs, args)  # type: ignore[arg-type]
-        if inferred != node.type:
+        types[node.id] = REGISTRY[node.op].infer_all(node.attrs, args)
+    return types
+
+
+def _infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    types = _body_types(attrs, inputs)
+    for node in body_of(attrs):
+        if types[node.id] != node.type:
             raise ShapeError(f"fused body node {node.id} ({node.op}) has type {node.type} but "
-                             f"its inputs give {inferred}")
-        types[node.id] = inferred
+                             f"its inputs give {types[node.id]}")
     return body_of(attrs)[-1].type
 
 
 def _reference(attrs: Attrs, *arrays: np.ndarray) -> np.ndarray:
-    values: dict[str, object] = {}
+    values: dict[str, np.ndarray] = {}
     for node in body_of(attrs):
         args = [_resolve(ref, arrays, values, node.id) for ref in node.inputs]
         values[node.id] = round_to(node.type.dtype, REGISTRY[node.op].reference(node.attrs, *args))
-    return values[body_of(attrs)[-1].id]  # type: ignore[return-value]
+    return values[body_of(attrs)[-1].id]
 
 
 def _flops(attrs: Attrs, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
     # Concrete input shapes give concrete body shapes; the dtype does not change a FLOP count.
     concrete = [TensorType("f32", shape) for shape in inputs]
-    types: dict[str, object] = {}
+    types = _body_types(attrs, concrete)
     total = 0
     for node in body_of(attrs):
-        args: list[TensorType] = [_resolve(ref, concrete, types, node.id)  # type: ignore[misc]
-                                  for ref in node.inputs]
-        opdef = REGISTRY[node.op]
-        result = opdef.infer_all(node.attrs, args)
-        total += opdef.flops(node.attrs, [t.shape for t in args],  # type: ignore[misc]
-                             result.shape)  # type: ignore[arg-type]
-        types[node.id] = result
+        shapes = [_resolve(ref, concrete, types, node.id).shape for ref in node.inputs]
+        total += REGISTRY[node.op].flops(node.attrs, shapes,
+                                         types[node.id].shape)
     return total
 
 

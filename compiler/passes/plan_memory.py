@@ -20,8 +20,8 @@ Sizes depend on the batch; the plan is made at one batch size (default 1, stated
 report). A larger batch scales every batch-dependent buffer alike, so the same plan scaled is
 valid, but the arena is recomputed for each batch the runtime uses.
 
-As a pass: fires always (it does not change the graph; the plan goes to `context.memory_plan`
-and into the `--dump-ir` file). Needs `fuse_elementwise`, so that it plans the final kernels.
+As a pass: Fires on every graph (it does not change the graph; the plan goes to
+`context.memory_plan` and into the `--dump-ir` file). Needs `fuse_elementwise`, so that it plans the final kernels.
 Guarantees after: no two buffers live at the same kernel overlap in the arena, except an
 in-place pair at the one kernel where the input dies and the output is born.
 """

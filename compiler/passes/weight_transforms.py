@@ -15,7 +15,7 @@ user's original weights file and derives the folded tensors from it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class WeightTransform:
     """A key of `RULES`."""
     inputs: tuple[str, ...]
     """Names of the tensors the rule reads, in the rule's argument order."""
-    attrs: Attrs = Attrs()
+    attrs: Attrs = field(default_factory=Attrs)
 
     def __str__(self) -> str:
         attrs = "".join(f", {k}={v!r}" for k, v in self.attrs.items())

@@ -48,6 +48,18 @@
 //        float* smem = reinterpret_cast<float*>(smem_raw)
 //    This header defines NETC_CUDASIM (1) so that code can `#ifdef` on it.
 //
+// Layout of this file
+//  * Everything up to the "Runtime implementation" section is what kernel code sees:
+//    CUDA's qualifiers, types, built-in variables and device functions (inline), the
+//    runtime's data structures, and the templates that deduce a kernel's signature and
+//    launch it.
+//  * The runtime itself (fibers, scheduler, worker pool, module exports) is compiled
+//    only with -DCUDASIM_IMPLEMENTATION: the driver builds it once into a cached object
+//    file that every module links, so a module compiles only its own kernels.
+//  * The fiber context switch is a few lines of x86-64 assembly (callee-saved
+//    registers + stack pointer); elsewhere, or with -DCUDASIM_USE_UCONTEXT, it falls
+//    back to ucontext (swapcontext: correct but ~30x slower, a syscall per switch).
+//
 // Not supported (see docs/simulator.md): texture/surface objects, cooperative groups,
 // wmma/mma, inline PTX, __constant__ upload from the host, dynamic parallelism,
 // clusters / distributed shared memory, cuda::pipeline / memcpy_async, and threads of
@@ -353,14 +365,25 @@ struct Context {
 #endif
 };
 
-struct Fiber {
+// A fiber stack and the context saved on it.  Stacks are lent to threads: a thread
+// takes one when it first runs and gives it back when it exits, so a kernel that
+// never synchronises runs all threads of a block on one cache-hot stack, and only
+// threads suspended at a barrier or warp operation hold a stack of their own.
+struct Stack {
     Context ctx;
-    Worker* worker;
     char* map_base;  // mmap'ed region: guard page + stack
     size_t map_size;
-    char* stack_lo;
-    size_t stack_size;
+    char* lo;
+    size_t size;
     void* asan_fake;
+    Stack* next_free;
+    bool dirty;  // abandoned mid-kernel: AddressSanitizer's shadow needs clearing
+};
+
+// One GPU thread of the block being run.
+struct Fiber {
+    Worker* worker;
+    Stack* stack;  // from its first resume until it exits
     uint3 tid;
     unsigned linear;
     int state;
@@ -402,15 +425,16 @@ struct Job {
 
 struct Worker {
     Context sched;
+    Fiber** fiber_slot;  // &t_fiber of this OS thread (saves a TLS lookup per switch)
     const void* sched_stack_lo;
     size_t sched_stack_size;
     void* sched_asan_fake;
-    Fiber** fibers;
-    unsigned nfibers, fibers_cap;
+    Fiber* threads;   // kMaxBlockThreads entries
+    unsigned* order;  // kMaxBlockThreads entries (shuffled schedule)
+    Stack** stacks;   // every stack this worker made (to free them)
+    unsigned nstacks, stacks_cap;
+    Stack* free_stacks;
     size_t stack_size;
-    bool dirty;  // a fiber was abandoned mid-kernel: reset all before reuse
-    unsigned* order;
-    unsigned order_cap;
     char* dyn_shared;
     bool tls_checked, tls_ok;
     // Current block.
@@ -471,16 +495,21 @@ CUDASIM_EXPORT void cudasim_shutdown(void);
 // ---------------------------------------------------------------------------------
 namespace cudasim {
 namespace detail {
-static inline const uint3& cur_thread_idx() { return t_fiber->tid; }
-static inline const uint3& cur_block_idx() { return t_worker->block_idx; }
-static inline const dim3& cur_block_dim() { return t_worker->block_dim; }
-static inline const dim3& cur_grid_dim() { return t_worker->grid_dim; }
+// The accessors return pointers that are constant for the whole execution of a kernel
+// by one thread (a fiber never migrates to another worker thread), so they are
+// `const` functions: the compiler calls each once per kernel invocation and hoists it
+// out of loops, instead of calling __tls_get_addr again after every store that might
+// alias the worker's state.  (Returning a struct by value would defeat the hoisting.)
+__attribute__((const, noinline, unused)) static const uint3* cur_thread_idx() noexcept { return &t_fiber->tid; }
+__attribute__((const, noinline, unused)) static const uint3* cur_block_idx() noexcept { return &t_worker->block_idx; }
+__attribute__((const, noinline, unused)) static const dim3* cur_block_dim() noexcept { return &t_worker->block_dim; }
+__attribute__((const, noinline, unused)) static const dim3* cur_grid_dim() noexcept { return &t_worker->grid_dim; }
 }  // namespace detail
 }  // namespace cudasim
-#define threadIdx (::cudasim::detail::cur_thread_idx())
-#define blockIdx (::cudasim::detail::cur_block_idx())
-#define blockDim (::cudasim::detail::cur_block_dim())
-#define gridDim (::cudasim::detail::cur_grid_dim())
+#define threadIdx (*::cudasim::detail::cur_thread_idx())
+#define blockIdx (*::cudasim::detail::cur_block_idx())
+#define blockDim (*::cudasim::detail::cur_block_dim())
+#define gridDim (*::cudasim::detail::cur_grid_dim())
 
 // ---------------------------------------------------------------------------------
 // Synchronisation.  The call site (file:line, honouring #line directives) is
@@ -488,9 +517,6 @@ static inline const dim3& cur_grid_dim() { return t_worker->grid_dim; }
 // ---------------------------------------------------------------------------------
 namespace cudasim {
 namespace detail {
-
-
-
 template <class T>
 static inline unsigned long long to_bits(T v) {
     static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value,
@@ -606,7 +632,7 @@ static inline unsigned __activemask() {
     const unsigned warp = f->linear >> 5;
     unsigned m = 0;
     for (unsigned l = 0; l < 32; ++l) {
-        if (((w->warp_present[warp] >> l) & 1u) && w->fibers[warp * 32 + l]->state != F_EXITED) m |= 1u << l;
+        if (((w->warp_present[warp] >> l) & 1u) && w->threads[warp * 32 + l].state != F_EXITED) m |= 1u << l;
     }
     return m;
 }
@@ -1095,23 +1121,148 @@ static inline void ctx_switch(Context* from, Context* to) {
 #endif
 }
 
-// Scheduler -> fiber.
-static inline void resume(Worker* w, Fiber* f) {
-    t_fiber = f;
+static void fiber_main(void*);
+#if defined(CUDASIM_UCONTEXT)
+static void fiber_entry_uc(unsigned hi, unsigned lo) {
+    fiber_main(reinterpret_cast<void*>(((uintptr_t)hi << 32) | (uintptr_t)lo));
+}
+#endif
+
+// Prepares a stack to start thread `f` at fiber_main.
+static void stack_reset(Stack* s, Fiber* f) {
+#if defined(CUDASIM_ASAN)
+    // Frames abandoned mid-kernel leave poisoned redzones behind on the stack.
+    if (s->dirty) __asan_unpoison_memory_region(s->lo, s->size);
+#endif
+    s->dirty = false;
+    s->asan_fake = nullptr;
+#if defined(CUDASIM_UCONTEXT)
+    getcontext(&s->ctx.uc);
+    s->ctx.uc.uc_stack.ss_sp = s->lo;
+    s->ctx.uc.uc_stack.ss_size = s->size;
+    s->ctx.uc.uc_link = nullptr;
+    const uintptr_t p = reinterpret_cast<uintptr_t>(f);
+    makecontext(&s->ctx.uc, (void (*)())fiber_entry_uc, 2, (unsigned)(p >> 32),
+                (unsigned)(p & 0xffffffffu));
+#else
+    // Initial frame consumed by cudasim_swap_context: r15 r14 r13 r12 rbx rbp ret.
+    // top - 72 makes rsp 16-byte aligned when the trampoline is entered, so the
+    // call into fiber_main sees the ABI's alignment.
+    char* top = s->lo + s->size;
+    void** sp = reinterpret_cast<void**>(top - 72);
+    sp[0] = nullptr;                                             // r15
+    sp[1] = nullptr;                                             // r14
+    sp[2] = static_cast<void*>(f);                               // r13: argument
+    sp[3] = reinterpret_cast<void*>(&fiber_main);                // r12: entry
+    sp[4] = nullptr;                                             // rbx
+    sp[5] = nullptr;                                             // rbp (ends backtraces)
+    sp[6] = reinterpret_cast<void*>(&cudasim_fiber_trampoline);  // return address
+    s->ctx.sp = sp;
+#endif
+}
+
+static Stack* stack_create(size_t size) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size = (size + page - 1) / page * page;
+    const size_t map_size = size + page;
+    void* m = mmap(nullptr, map_size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (m == MAP_FAILED) return nullptr;
+    // Guard page: a stack overflow faults instead of silently corrupting a neighbour.
+    mprotect(m, page, PROT_NONE);
+    Stack* s = static_cast<Stack*>(calloc(1, sizeof(Stack)));
+    if (s == nullptr) {
+        munmap(m, map_size);
+        return nullptr;
+    }
+    s->map_base = static_cast<char*>(m);
+    s->map_size = map_size;
+    s->lo = s->map_base + page;
+    s->size = size;
+    return s;
+}
+
+static void worker_release_stacks(Worker* w) {
+    for (unsigned i = 0; i < w->nstacks; ++i) {
+        munmap(w->stacks[i]->map_base, w->stacks[i]->map_size);
+        free(w->stacks[i]);
+    }
+    w->nstacks = 0;
+    w->free_stacks = nullptr;
+}
+
+static Stack* take_stack(Worker* w) {
+    Stack* s = w->free_stacks;
+    if (s != nullptr) {
+        w->free_stacks = s->next_free;
+        return s;
+    }
+    if (w->nstacks == w->stacks_cap) {
+        const unsigned cap = w->stacks_cap ? 2 * w->stacks_cap : 64;
+        Stack** grown = static_cast<Stack**>(realloc(w->stacks, cap * sizeof(Stack*)));
+        if (grown == nullptr) return nullptr;
+        w->stacks = grown;
+        w->stacks_cap = cap;
+    }
+    s = stack_create(w->stack_size);
+    if (s != nullptr) w->stacks[w->nstacks++] = s;
+    return s;
+}
+
+static inline void give_stack(Worker* w, Fiber* f) {
+    f->stack->next_free = w->free_stacks;
+    w->free_stacks = f->stack;
+    f->stack = nullptr;
+}
+
+// Scheduler -> fiber, until the fiber waits or finishes.  False: out of memory.
+static inline bool resume(Worker* w, Fiber* f) {
+    if (f->stack == nullptr) {
+        Stack* s = take_stack(w);
+        if (s == nullptr) return false;
+        stack_reset(s, f);
+        f->stack = s;
+    }
+    Stack* s = f->stack;
+    *w->fiber_slot = f;
     ++w->switches;
-    asan_start_switch(&w->sched_asan_fake, f->stack_lo, f->stack_size);
-    ctx_switch(&w->sched, &f->ctx);
+    asan_start_switch(&w->sched_asan_fake, s->lo, s->size);
+    ctx_switch(&w->sched, &s->ctx);
     asan_finish_switch(w->sched_asan_fake, nullptr, nullptr);
-    t_fiber = nullptr;
+    *w->fiber_slot = nullptr;
+    if (f->state == F_EXITED) give_stack(w, f);
+    return true;
 }
 
 // Fiber -> scheduler; returns when the scheduler resumes this fiber.
 static inline void yield_to_scheduler(Fiber* f) {
     Worker* w = f->worker;
+    Stack* s = f->stack;
     ++w->switches;
-    asan_start_switch(&f->asan_fake, w->sched_stack_lo, w->sched_stack_size);
-    ctx_switch(&f->ctx, &w->sched);
-    asan_finish_switch(f->asan_fake, &w->sched_stack_lo, &w->sched_stack_size);
+    asan_start_switch(&s->asan_fake, w->sched_stack_lo, w->sched_stack_size);
+    ctx_switch(&s->ctx, &w->sched);
+    asan_finish_switch(s->asan_fake, &w->sched_stack_lo, &w->sched_stack_size);
+}
+
+// Fiber -> scheduler for good (the thread exited or failed): this context is never
+// resumed; the scheduler gives its stack to the next thread.
+__attribute__((noreturn)) static void leave_fiber(Fiber* f) {
+    Worker* w = f->worker;
+    ++w->switches;
+    asan_start_switch(nullptr, w->sched_stack_lo, w->sched_stack_size);
+    ctx_switch(&f->stack->ctx, &w->sched);
+    abort();  // never resumed
+}
+
+// After a failed block: threads stopped mid-kernel give their stacks back (dirty).
+static void reclaim_stacks(Worker* w, unsigned n) {
+    for (unsigned i = 0; i < n; ++i) {
+        Fiber* f = &w->threads[i];
+        if (f->stack != nullptr) {
+            f->stack->dirty = true;
+            give_stack(w, f);
+        }
+    }
 }
 
 // Stops the calling fiber for good and fails its block (kernel bugs detected from
@@ -1140,107 +1291,31 @@ void fiber_fail(const char* fmt, ...) {
         va_end(ap);
     }
     f->state = F_ABORTED;
-    w->dirty = true;
-    yield_to_scheduler(f);
-    abort();  // never resumed
+    leave_fiber(f);
 }
 
 static void fiber_main(void* arg) {
     Fiber* f = static_cast<Fiber*>(arg);
     Worker* w = f->worker;
-    // First entry: learn the bounds of the scheduler's stack for later switches back.
+    // Learn the bounds of the scheduler's stack for the switches back.
     asan_finish_switch(nullptr, &w->sched_stack_lo, &w->sched_stack_size);
-    for (;;) {
-        // One iteration per block this fiber takes part in.
-        // The C++ runtime's exception-handling state is per OS thread, i.e. shared by
-        // all fibers of a worker: leave the catch block before failing (fiber_fail
-        // never returns).
-        char what[256];
-        bool threw = false;
-        try {
-            w->job->entry(w->job->ctx);
-        } catch (const std::exception& e) {
-            threw = true;
-            snprintf(what, sizeof what, ": %s", e.what());
-        } catch (...) {
-            threw = true;
-            what[0] = 0;
-        }
-        if (threw) fiber_fail("C++ exception escaped the kernel%s", what);
-        f->state = F_EXITED;
-        yield_to_scheduler(f);
+    // The C++ runtime's exception-handling state is per OS thread, i.e. shared by all
+    // fibers of a worker: leave the catch block before failing (fiber_fail never
+    // returns).
+    char what[256];
+    bool threw = false;
+    try {
+        w->job->entry(w->job->ctx);
+    } catch (const std::exception& e) {
+        threw = true;
+        snprintf(what, sizeof what, ": %s", e.what());
+    } catch (...) {
+        threw = true;
+        what[0] = 0;
     }
-}
-
-#if defined(CUDASIM_UCONTEXT)
-static void fiber_entry_uc(unsigned hi, unsigned lo) {
-    fiber_main(reinterpret_cast<void*>(((uintptr_t)hi << 32) | (uintptr_t)lo));
-}
-#endif
-
-static void fiber_reset(Fiber* f) {
-#if defined(CUDASIM_ASAN)
-    // Frames abandoned mid-kernel leave poisoned redzones behind on the stack.
-    __asan_unpoison_memory_region(f->stack_lo, f->stack_size);
-#endif
-#if defined(CUDASIM_UCONTEXT)
-    getcontext(&f->ctx.uc);
-    f->ctx.uc.uc_stack.ss_sp = f->stack_lo;
-    f->ctx.uc.uc_stack.ss_size = f->stack_size;
-    f->ctx.uc.uc_link = nullptr;
-    const uintptr_t p = reinterpret_cast<uintptr_t>(f);
-    makecontext(&f->ctx.uc, (void (*)())fiber_entry_uc, 2, (unsigned)(p >> 32),
-                (unsigned)(p & 0xffffffffu));
-#else
-    // Initial frame consumed by cudasim_swap_context: r15 r14 r13 r12 rbx rbp ret.
-    // top - 72 makes rsp 16-byte aligned when the trampoline is entered, so the
-    // call into fiber_main sees the ABI's alignment.
-    char* top = f->stack_lo + f->stack_size;
-    void** sp = reinterpret_cast<void**>(top - 72);
-    sp[0] = nullptr;                                               // r15
-    sp[1] = nullptr;                                               // r14
-    sp[2] = static_cast<void*>(f);                                 // r13: argument
-    sp[3] = reinterpret_cast<void*>(&fiber_main);                  // r12: entry
-    sp[4] = nullptr;                                               // rbx
-    sp[5] = nullptr;                                               // rbp (ends backtraces)
-    sp[6] = reinterpret_cast<void*>(&cudasim_fiber_trampoline);    // return address
-    f->ctx.sp = sp;
-#endif
+    if (threw) fiber_fail("C++ exception escaped the kernel%s", what);
     f->state = F_EXITED;
-    f->asan_fake = nullptr;
-}
-
-static Fiber* fiber_create(Worker* w, size_t stack_size) {
-    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    stack_size = (stack_size + page - 1) / page * page;
-    const size_t map_size = stack_size + page;
-    void* m = mmap(nullptr, map_size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    if (m == MAP_FAILED) return nullptr;
-    // Guard page: a stack overflow faults instead of silently corrupting a neighbour.
-    mprotect(m, page, PROT_NONE);
-    Fiber* f = static_cast<Fiber*>(calloc(1, sizeof(Fiber)));
-    if (f == nullptr) {
-        munmap(m, map_size);
-        return nullptr;
-    }
-    f->worker = w;
-    f->map_base = static_cast<char*>(m);
-    f->map_size = map_size;
-    f->stack_lo = f->map_base + page;
-    f->stack_size = stack_size;
-    fiber_reset(f);
-    return f;
-}
-
-static void fiber_destroy(Fiber* f) {
-    munmap(f->map_base, f->map_size);
-    free(f);
-}
-
-static void worker_release_fibers(Worker* w) {
-    for (unsigned i = 0; i < w->nfibers; ++i) fiber_destroy(w->fibers[i]);
-    w->nfibers = 0;
+    leave_fiber(f);
 }
 
 // Owns the per-OS-thread Worker; destroyed when the thread exits.
@@ -1248,8 +1323,9 @@ struct WorkerHolder {
     Worker* w = nullptr;
     ~WorkerHolder() {
         if (w == nullptr) return;
-        worker_release_fibers(w);
-        free(w->fibers);
+        worker_release_stacks(w);
+        free(w->stacks);
+        free(w->threads);
         free(w->order);
         if (w->dyn_shared) munmap(w->dyn_shared, kDynSharedReserve);
         free(w);
@@ -1263,42 +1339,26 @@ static Worker* get_worker() {
     if (t_worker != nullptr) return t_worker;
     Worker* w = static_cast<Worker*>(calloc(1, sizeof(Worker)));
     if (w == nullptr) return nullptr;
+    w->threads = static_cast<Fiber*>(calloc(kMaxBlockThreads, sizeof(Fiber)));
+    w->order = static_cast<unsigned*>(calloc(kMaxBlockThreads, sizeof(unsigned)));
+    if (w->threads == nullptr || w->order == nullptr) {
+        free(w->threads);
+        free(w->order);
+        free(w);
+        return nullptr;
+    }
+    w->fiber_slot = &t_fiber;
     t_worker_holder.w = w;
     t_worker = w;
     return w;
 }
 
-// Makes sure the worker has `n` fibers of the requested stack size and a dynamic
-// shared memory region.  Returns false (with a message) when memory runs out.
-static bool worker_prepare(Worker* w, unsigned n, size_t stack_size, char* err, size_t errlen) {
-    if (w->stack_size != stack_size) {
-        worker_release_fibers(w);
+// Stack size for this launch and the dynamic shared memory region.  Returns false
+// (with a message) when memory runs out.
+static bool worker_prepare(Worker* w, size_t stack_size, char* err, size_t errlen) {
+    if (w->stack_size != stack_size) {  // no stack is in use between launches
+        worker_release_stacks(w);
         w->stack_size = stack_size;
-    }
-    if (w->fibers_cap < n) {
-        Fiber** nf = static_cast<Fiber**>(realloc(w->fibers, n * sizeof(Fiber*)));
-        unsigned* no = static_cast<unsigned*>(realloc(w->order, n * sizeof(unsigned)));
-        if (nf) w->fibers = nf;
-        if (no) w->order = no;
-        if (!nf || !no) {
-            snprintf(err, errlen, "out of memory allocating %u fibers", n);
-            return false;
-        }
-        w->fibers_cap = n;
-        w->order_cap = n;
-    }
-    while (w->nfibers < n) {
-        Fiber* f = fiber_create(w, stack_size);
-        if (f == nullptr) {
-            snprintf(err, errlen, "cannot allocate fiber stacks (%u threads x %zu KiB)", n,
-                     stack_size >> 10);
-            return false;
-        }
-        w->fibers[w->nfibers++] = f;
-    }
-    if (w->dirty) {
-        for (unsigned i = 0; i < w->nfibers; ++i) fiber_reset(w->fibers[i]);
-        w->dirty = false;
     }
     if (w->dyn_shared == nullptr) {
         void* m = mmap(nullptr, kDynSharedReserve, PROT_READ | PROT_WRITE,
@@ -1357,27 +1417,27 @@ static bool same_site(const Fiber* a, const Fiber* b) {
 // same barrier (release it) or the block is stuck -- describe who waits where.
 static bool block_quiescent(Worker* w, bool* done) {
     const unsigned n = w->nthreads;
-    Fiber** fs = w->fibers;
+    Fiber* fs = w->threads;
     unsigned exited = 0, barrier = 0;
     for (unsigned i = 0; i < n; ++i) {
-        exited += fs[i]->state == F_EXITED;
-        barrier += fs[i]->state == F_BARRIER;
+        exited += fs[i].state == F_EXITED;
+        barrier += fs[i].state == F_BARRIER;
     }
     if (exited == n) { *done = true; return true; }
     *done = false;
     if (barrier == n) {
         bool same = true;
-        for (unsigned i = 1; i < n && same; ++i) same = same_site(fs[0], fs[i]);
+        for (unsigned i = 1; i < n && same; ++i) same = same_site(&fs[0], &fs[i]);
         if (same) {
             int count = 0;
-            for (unsigned i = 0; i < n; ++i) count += fs[i]->pred != 0;
-            switch (fs[0]->kind) {
+            for (unsigned i = 0; i < n; ++i) count += fs[i].pred != 0;
+            switch (fs[0].kind) {
                 case BAR_COUNT: w->bar_result = count; break;
                 case BAR_AND: w->bar_result = count == (int)n; break;
                 case BAR_OR: w->bar_result = count != 0; break;
                 default: w->bar_result = 0;
             }
-            for (unsigned i = 0; i < n; ++i) fs[i]->state = F_READY;
+            for (unsigned i = 0; i < n; ++i) fs[i].state = F_READY;
             return true;
         }
     }
@@ -1395,12 +1455,12 @@ static bool block_quiescent(Worker* w, bool* done) {
             if (seen[i]) continue;
             memset(in_set, 0, n);
             for (unsigned j = i; j < n; ++j) {
-                if (!seen[j] && same_site(fs[i], fs[j])) { in_set[j] = 1; seen[j] = 1; }
+                if (!seen[j] && same_site(&fs[i], &fs[j])) { in_set[j] = 1; seen[j] = 1; }
             }
             if (groups == 6) { m.add("; ..."); break; }
             if (groups++) m.add("; ");
             add_thread_set(m, w, in_set);
-            const Fiber* f = fs[i];
+            const Fiber* f = &fs[i];
             if (f->state == F_EXITED) {
                 m.add(" exited");
             } else if (f->state == F_BARRIER) {
@@ -1461,7 +1521,7 @@ static bool run_block(Worker* w, Job* job, unsigned long long lin) {
     w->fail_title = nullptr;
     w->fail_msg[0] = 0;
     poison_shared(w, job);
-    for (unsigned i = 0; i < n; ++i) w->fibers[i]->state = F_READY;
+    for (unsigned i = 0; i < n; ++i) w->threads[i].state = F_READY;
     for (unsigned wi = 0; wi < (n + 31) / 32; ++wi) {
         const unsigned lanes = n - wi * 32 >= 32 ? 32 : n - wi * 32;
         w->warp_arrived[wi] = 0;
@@ -1475,15 +1535,26 @@ static bool run_block(Worker* w, Job* job, unsigned long long lin) {
             unsigned i = job->schedule == SCHED_IN_ORDER ? k
                        : job->schedule == SCHED_REVERSED ? n - 1 - k
                                                          : w->order[k];
-            Fiber* f = w->fibers[i];
+            Fiber* f = &w->threads[i];
             if (f->state != F_READY) continue;
-            resume(w, f);
+            if (!resume(w, f)) {
+                w->failed = true;
+                snprintf(w->fail_msg, sizeof w->fail_msg,
+                         "thread (%u,%u,%u): cannot allocate a fiber stack (%zu KiB)", f->tid.x,
+                         f->tid.y, f->tid.z, w->stack_size >> 10);
+            }
             ran = true;
-            if (w->failed) return false;
+            if (w->failed) {
+                reclaim_stacks(w, n);
+                return false;
+            }
         }
         if (ran) continue;
         bool done = false;
-        if (!block_quiescent(w, &done)) return false;
+        if (!block_quiescent(w, &done)) {
+            reclaim_stacks(w, n);
+            return false;
+        }
         if (done) return true;
     }
 }
@@ -1507,7 +1578,7 @@ static void job_fail(Job* job, Worker* w) {
 static void run_worker(Job* job) {
     Worker* w = get_worker();
     char local_err[256];
-    if (w == nullptr || !worker_prepare(w, job->nthreads, job->stack_size, local_err, sizeof local_err)) {
+    if (w == nullptr || !worker_prepare(w, job->stack_size, local_err, sizeof local_err)) {
         pthread_mutex_lock(&job->err_mu);
         if (!job->failed) {
             job->failed = 1;
@@ -1523,7 +1594,9 @@ static void run_worker(Job* job) {
     w->grid_dim = job->grid;
     w->nthreads = job->nthreads;
     for (unsigned i = 0; i < job->nthreads; ++i) {
-        Fiber* f = w->fibers[i];
+        Fiber* f = &w->threads[i];
+        f->worker = w;
+        f->stack = nullptr;
         f->linear = i;
         f->tid = make_uint3(i % job->block.x, (i / job->block.x) % job->block.y,
                             i / (job->block.x * job->block.y));
@@ -1536,8 +1609,6 @@ static void run_worker(Job* job) {
                                      : job->schedule == SCHED_REVERSED ? job->nblocks - 1 - k
                                                                        : job->block_order[k];
         if (!run_block(w, job, lin)) {
-            // Some fibers stopped mid-kernel: their stacks get reset before reuse.
-            w->dirty = true;
             job_fail(job, w);
             break;
         }
@@ -1777,13 +1848,13 @@ int block_barrier(int kind, int pred, const char* file, int line) {
 }
 
 static void warp_complete(Worker* w, unsigned warp, unsigned eff, int kind) {
-    Fiber** lanes = &w->fibers[warp * 32];
+    Fiber* lanes = &w->threads[warp * 32];
     unsigned long long acc = 0;
     unsigned ballot = 0;
     bool first = true;
     for (unsigned l = 0; l < 32; ++l) {
         if (!((eff >> l) & 1u)) continue;
-        const unsigned long long v = lanes[l]->wval;
+        const unsigned long long v = lanes[l].wval;
         if (v) ballot |= 1u << l;
         switch (kind) {
             case W_ADD: acc = first ? v : (unsigned)(acc + v); break;
@@ -1800,13 +1871,13 @@ static void warp_complete(Worker* w, unsigned warp, unsigned eff, int kind) {
     }
     for (unsigned l = 0; l < 32; ++l) {
         if (!((eff >> l) & 1u)) continue;
-        Fiber* f = lanes[l];
+        Fiber* f = &lanes[l];
         switch (kind) {
             case W_SHFL: {
                 // An out-of-range source was mapped to the lane itself at the call; a
                 // source that is not taking part yields the lane's own value.
                 const int s = f->wsrc;
-                f->wres = ((eff >> s) & 1u) ? lanes[s]->wval : f->wval;
+                f->wres = ((eff >> s) & 1u) ? lanes[s].wval : f->wval;
                 break;
             }
             case W_BALLOT: f->wres = ballot; break;
@@ -1817,7 +1888,7 @@ static void warp_complete(Worker* w, unsigned warp, unsigned eff, int kind) {
             case W_MATCH_ANY: {
                 unsigned m = 0;
                 for (unsigned k = 0; k < 32; ++k) {
-                    if (((eff >> k) & 1u) && lanes[k]->wval == f->wval) m |= 1u << k;
+                    if (((eff >> k) & 1u) && lanes[k].wval == f->wval) m |= 1u << k;
                 }
                 f->wres = m;
                 break;
@@ -1830,11 +1901,11 @@ static void warp_complete(Worker* w, unsigned warp, unsigned eff, int kind) {
         if (kind == W_MATCH_ALL) {
             bool eq = true;
             for (unsigned k = 0; k < 32; ++k) {
-                if (((eff >> k) & 1u) && lanes[k]->wval != lanes[l]->wval) eq = false;
+                if (((eff >> k) & 1u) && lanes[k].wval != lanes[l].wval) eq = false;
             }
-            lanes[l]->wres = eq ? eff : 0;
+            lanes[l].wres = eq ? eff : 0;
         }
-        lanes[l]->state = F_READY;
+        lanes[l].state = F_READY;
     }
     w->warp_arrived[warp] &= ~eff;
 }
@@ -1863,14 +1934,14 @@ unsigned long long warp_op(int kind, const char* op, unsigned mask, unsigned lon
     f->line = line;
     w->warp_arrived[warp] |= 1u << lane;
     if ((w->warp_arrived[warp] & eff) == eff) {
-        Fiber** lanes = &w->fibers[warp * 32];
+        Fiber* lanes = &w->threads[warp * 32];
         bool agree = true;
         for (unsigned l = 0; l < 32 && agree; ++l) {
-            if (((eff >> l) & 1u) && lanes[l]->wmask != mask) agree = false;
+            if (((eff >> l) & 1u) && lanes[l].wmask != mask) agree = false;
         }
         if (agree) {
             for (unsigned l = 0; l < 32; ++l) {
-                const Fiber* g = lanes[l];
+                const Fiber* g = &lanes[l];
                 if (((eff >> l) & 1u) && g->kind != kind) {
                     fiber_fail("lanes of warp %u disagree: lane %u is in %s at %s:%d while lane %u is in %s at %s:%d",
                                warp, lane, op, file, line, l, g->op, g->file, g->line);

@@ -82,13 +82,66 @@ __global__ void checks_assert(const int* v) {
 __global__ void say_hello(int value) {
     if (threadIdx.x == 0 && blockIdx.x == 1) printf("hello from the simulator %d\n", value);
 }
+
+namespace ops {
+template <typename T>
+__global__ void scale(T* y, T a, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = y[i] * a;
+}
+}  // namespace ops
+
+__global__ void block_votes(const int* x, int* out) {
+    const int v = x[blockIdx.x * blockDim.x + threadIdx.x];
+    const int count = __syncthreads_count(v > 0);
+    const int all = __syncthreads_and(v > -10);
+    const int any = __syncthreads_or(v > 8);
+    if (threadIdx.x == 0) { out[3 * blockIdx.x] = count; out[3 * blockIdx.x + 1] = all; out[3 * blockIdx.x + 2] = any; }
+}
+
+// CUDA's sizes and alignments (checked at compile time).
+static_assert(sizeof(float4) == 16 && alignof(float4) == 16, "float4");
+static_assert(sizeof(float2) == 8 && alignof(float2) == 8, "float2");
+static_assert(sizeof(float3) == 12 && alignof(float3) == 4, "float3");
+static_assert(sizeof(int4) == 16 && alignof(int4) == 16, "int4");
+static_assert(sizeof(double2) == 16 && alignof(double2) == 16, "double2");
+static_assert(sizeof(short4) == 8 && alignof(short4) == 8, "short4");
+static_assert(sizeof(uchar4) == 4 && alignof(uchar4) == 4, "uchar4");
+static_assert(sizeof(__half) == 2 && sizeof(__nv_bfloat16) == 2 && alignof(__half2) == 4, "half");
+static_assert(warpSize == 32, "warpSize");
+
+__global__ void math_check(const float* x, float* out) {
+    const float a = x[0], b = x[1], c = x[2];
+    out[0] = a * b + c;  // -ffp-contract=off: rounded product, then the sum
+    out[1] = fmaf(a, b, c);
+    out[2] = rsqrtf(x[3]);
+    out[3] = __expf(x[4]) + expf(x[4]);
+    out[4] = __fdividef(x[5], x[6]);
+    out[5] = max(x[5], x[6]) + min(x[5], x[6]);
+    out[6] = (float)(max(3, 7) + min(-2LL, 5LL));
+    out[7] = __ldg(&x[7]);
+    out[8] = erff(x[8]) + tanhf(x[8]);
+    out[9] = INFINITY == CUDART_INF_F ? 1.0f : 0.0f;
+    out[10] = __int_as_float(__float_as_int(x[7])) + (float)__popc(0xF0F0u) + (float)__clz(1);
+}
+
+// 32 KiB of locals per thread, alive across a barrier: each fiber has its own stack.
+__global__ void big_frames(float* out) {
+    float local[8192];
+    for (int i = 0; i < 8192; ++i) local[i] = (float)(i % 7) * threadIdx.x;
+    __syncthreads();
+    float s = 0.0f;
+    for (int i = 0; i < 8192; ++i) s += local[i];
+    out[threadIdx.x] = s;
+}
 """
 
 
 @pytest.fixture(scope="module")
 def basic(sim: CudaSim):
     return sim.load(BASIC_SRC, ["vadd", "where_am_i", "many_types", "no_args", "checks_assert",
-                                "say_hello"], name="basic")
+                                "say_hello", "ops::scale<float>", "ops::scale<double>",
+                                "block_votes", "big_frames", "math_check"], name="basic")
 
 
 @pytest.mark.parametrize("n", [1, 31, 33, 127, 129, 1000])
@@ -140,6 +193,44 @@ def test_scalar_and_struct_arguments(sim: CudaSim, basic) -> None:
               1.0, float(np.float16(0.333)), 1.5, 0.75, -3]
     np.testing.assert_array_equal(got, np.array(expect, dtype=np.float64))
     basic.launch("no_args", grid=(2, 2), block=(2, 2, 2))
+
+
+def test_template_kernels_by_name(sim: CudaSim, basic) -> None:
+    assert [p.code for p in basic.signature("ops::scale<double>")] == ["ptr<f64>", "f64", "i32"]
+    y = upload(sim, np.arange(10, dtype=np.float32))
+    basic.launch("ops::scale<float>", grid=1, block=16, args=[y, np.float32(1.5), 10])
+    np.testing.assert_array_equal(sim.download(y, np.float32, 10), np.arange(10, dtype=np.float32) * 1.5)
+
+
+def test_block_wide_votes(sim: CudaSim, basic) -> None:
+    x = np.random.default_rng(10).integers(-9, 10, (3, 96)).astype(np.int32)
+    x[1] = 5  # all positive, none above 8
+    out = sim.alloc(4 * 9)
+    basic.launch("block_votes", grid=3, block=96, args=[upload(sim, x), out])
+    got = sim.download(out, np.int32, (3, 3))
+    for b in range(3):
+        assert tuple(got[b]) == ((x[b] > 0).sum(), int((x[b] > -10).all()), int((x[b] > 8).any()))
+
+
+def test_large_stack_frames(sim: CudaSim, basic) -> None:
+    out = nan_buffer(sim, 256)
+    basic.launch("big_frames", grid=2, block=256, args=[out])
+    per_thread = sum(float(i % 7) for i in range(8192))
+    np.testing.assert_array_equal(sim.download(out, np.float32, 256), per_thread * np.arange(256, dtype=np.float32))
+
+
+def test_math_is_ieee_without_contraction(sim: CudaSim, basic) -> None:
+    e = np.float32(2.0**-12)
+    x = np.array([1 + e, 1 + e, -(1 + 2 * e), 4.0, 0.5, 3.0, 7.0, -1.25, 0.3], np.float32)
+    out = nan_buffer(sim, 11)
+    basic.launch("math_check", grid=1, block=1, args=[upload(sim, x), out])
+    got = sim.download(out, np.float32, 11)
+    assert got[0] == x[0] * x[1] + x[2] == 0.0  # numpy does not fuse either
+    assert got[1] == np.float32(2.0**-24)  # the fused result keeps the product's low bit
+    assert got[2] == 0.5 and abs(got[3] - 2 * np.exp(0.5)) < 1e-6
+    assert got[4] == np.float32(3.0) / np.float32(7.0) and got[5] == 10.0 and got[6] == 5.0
+    assert got[7] == -1.25 and got[9] == 1.0 and got[10] == -1.25 + 8 + 31
+    assert abs(got[8] - (np.tanh(0.3) + 0.32862675945912745)) < 1e-6
 
 
 def test_wrong_arguments_are_clear_errors(sim: CudaSim, basic) -> None:
@@ -618,9 +709,12 @@ __global__ void read_past_end(const float* x, float* y, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = x[i + 1];  // BUG: reads x[n]
 }
+__global__ void wild_write(float* y, long long address) {
+    *reinterpret_cast<volatile float*>(address) = y[0];  // BUG: a garbage pointer
+}
 """
 BUG_KERNELS = ["reverse_racy", "reverse_ok", "divergent_barrier", "two_barriers",
-               "lane_exits_before_shuffle", "write_past_end", "read_past_end"]
+               "lane_exits_before_shuffle", "write_past_end", "read_past_end", "wild_write"]
 
 
 def test_missing_syncthreads_found_by_check_races(cache_dir: str) -> None:
@@ -680,6 +774,22 @@ def test_out_of_bounds_found_by_sanitize(cache_dir: str) -> None:
             mod.launch("read_past_end", grid=4, block=32, args=[x, y, n])
         # The launch ran to completion and the buffers live on in the sanitizer process.
         np.testing.assert_array_equal(s.download(y, np.float32, n - 1), np.arange(1, n, dtype=np.float32))
+
+
+def test_sanitizer_process_crash_is_an_error_not_a_hang(cache_dir: str) -> None:
+    s = CudaSim(sanitize=True, cache_dir=cache_dir)
+    try:
+        mod = s.load(BUGS_SRC, BUG_KERNELS, name="bugs")
+        y = s.alloc(16)
+        with pytest.raises(SimulatorError) as info:
+            mod.launch("wild_write", grid=1, block=1, args=[y, 0x10])
+        msg = str(info.value)
+        assert "the sanitizer process died" in msg and "during launch of kernel wild_write" in msg
+        assert "SEGV on unknown address" in msg
+        with pytest.raises(SimulatorError, match="create a new CudaSim"):
+            s.alloc(4)
+    finally:
+        s.close()
 
 
 def test_correct_kernels_pass_check_races_and_sanitize(cache_dir: str) -> None:

@@ -18,11 +18,12 @@ GEMM_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4), GemmTile(48, 24, 5, 3, 3),
 """Square and oblong tiles, powers of two and not (48 x 24 with bk 5), small and large
 register tiles."""
 CONV_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4), GemmTile(48, 24, 5, 3, 3))
-ROW_TILES = (RowTile(32, 8), RowTile(32, 1), RowTile(64, 2), RowTile(96, 1), RowTile(256, 1))
-"""A warp per row (8 or 1 a block), and rows over 2, 3 and 8 warps."""
+ROW_TILES = (RowTile(32, 8), RowTile(64, 2), RowTile(96, 1), RowTile(256, 1))
+"""A warp per row, and rows over 2, 3 and 8 warps."""
 BLOCK_TILES = (BlockTile(256), BlockTile(96))
 LOW_PRECISION = ("f16", "bf16")
 LOW_PRECISION_GEMM_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4))
+LOW_PRECISION_CONV_TILES = (GemmTile(),)
 LOW_PRECISION_ROW_TILES = (RowTile(32, 8), RowTile(256, 1))
 MAX_ELEMENTWISE_RANK = 5
 
@@ -32,7 +33,7 @@ def _elementwise_ranks() -> list[tuple[kernels.Elementwise, range]]:
     functions: list[tuple[kernels.Elementwise, range]] = [
         (function, range(1)) for function in ACTIVATIONS.values()]
     for op in BINARY_OPERATORS:
-        functions.append((kernels.binary(op, "tt"), range(MAX_ELEMENTWISE_RANK)))
+        functions.append((kernels.binary(op, "tt"), range(MAX_ELEMENTWISE_RANK + 1)))
         # A scalar constant operand leaves one tensor, read at the output's index.
         functions += [(kernels.binary(op, operands), range(1)) for operands in ("ts", "st", "ss")]
     functions += [(BATCHNORM, range(4)), (COPY, range(MAX_ELEMENTWISE_RANK + 1)),
@@ -48,7 +49,7 @@ def catalog() -> dict[str, KernelSpec]:
         for tile in LOW_PRECISION_GEMM_TILES if low else GEMM_TILES:
             specs += [kernels.gemm_kernel(dtype, tile, b_transposed=transposed, has_bias=bias)
                       for transposed in (True, False) for bias in (True, False)]
-        for tile in LOW_PRECISION_GEMM_TILES if low else CONV_TILES:
+        for tile in LOW_PRECISION_CONV_TILES if low else CONV_TILES:
             specs += [kernels.conv2d_kernel(dtype, tile, has_bias=bias) for bias in (True, False)]
         for tile in LOW_PRECISION_ROW_TILES if low else ROW_TILES:
             specs += [kernels.row_kernel(op, dtype, tile) for op in kernels.ROW_OPERATIONS]

@@ -37,6 +37,14 @@ def after(graph: Graph, level: int, *more: Pass) -> Graph:
     return result
 
 
+def apply(graph: Graph, *passes: Pass) -> Graph:
+    """`graph` after `passes` in order (requirements not checked: the graph given is taken to
+    satisfy them), verified after each."""
+    for item in passes:
+        graph, _ = run_one(graph, item)
+    return graph
+
+
 def nth(graph: Graph, op: str, index: int = 0) -> str:
     """The id of the `index`-th node with `op` (in graph order), fused bodies excluded."""
     return [n.id for n in graph.nodes if n.op == op][index]

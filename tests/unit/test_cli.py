@@ -105,3 +105,70 @@ def test_internal_error_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     monkeypatch.setattr(netc.cli, "cmd_check", broken)
     assert netc.cli.main(["check", str(EXAMPLES / "mlp.net")]) == 2
     assert "bug in netc" in capsys.readouterr().err
+
+
+def test_compile_cuda_writes_a_complete_artifact(tmp_path: Path) -> None:
+    out = tmp_path / "lenet"
+    result = netc("compile", str(EXAMPLES / "lenet5.net"), "-o", str(out), "--arch", "sm_90")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["lenet5.cu", "lenet5.sm_90.cubin", "lenet5.sm_90.ptx", "plan.json",
+                     "report.txt"]
+    assert (out / "lenet5.sm_90.cubin").read_bytes()[:4] == b"\x7fELF"
+    assert "compiling for sm_90" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["lenet"], "no staging directory left behind"
+
+
+def test_compile_refuses_to_clobber_a_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("precious")
+    result = netc("compile", str(EXAMPLES / "mlp.net"), "-o", str(tmp_path), "--arch", "sm_90")
+    assert result.returncode == 1
+    assert "error[E0430]" in result.stderr
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_onnx_export_then_import_round_trips(tmp_path: Path) -> None:
+    weights = tmp_path / "w.safetensors"
+    assert netc("init", str(EXAMPLES / "lenet5.net"), "-o", str(weights)).returncode == 0
+    exported = netc("compile", str(EXAMPLES / "lenet5.net"), "--target", "onnx", "--weights",
+                    str(weights), "-o", str(tmp_path / "onnx"))
+    assert exported.returncode == 0, exported.stderr
+    imported = netc("import", str(tmp_path / "onnx" / "lenet5.onnx"), "-o",
+                    str(tmp_path / "back.net"), "--weights-out", str(tmp_path / "back.safetensors"))
+    assert imported.returncode == 0, imported.stderr
+    image = np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "image.npy", image)
+    outputs = []
+    for model, w in (("lenet5.net", weights), ("back.net", tmp_path / "back.safetensors")):
+        path = EXAMPLES / model if model == "lenet5.net" else tmp_path / model
+        out = tmp_path / f"{model}.npz"
+        result = netc("run", str(path), "--weights", str(w), "--input",
+                      f"image={tmp_path / 'image.npy'}", "--backend", "reference", "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        with np.load(out) as saved:
+            outputs.append(saved["logits"])
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_compare_reports_agreement() -> None:
+    result = netc("compare", str(EXAMPLES / "mlp.net"), "--random-input",
+                  "--backends", "reference,onnx")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "agree" in result.stdout
+
+
+def test_tensorrt_target_says_plainly_that_no_engine_was_built(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here; the fallback is not taken")
+    except ImportError:
+        pass
+    out = tmp_path / "trt"
+    result = netc("compile", str(EXAMPLES / "mlp.net"), "--target", "tensorrt", "--batch",
+                  "1:4:16", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "no TensorRT engine was built" in result.stdout
+    assert str(out) in result.stdout
+    script = (out / "trtexec.sh").read_text()
+    assert "--optShapes=pixels:4x784" in script and "--onnx=mlp.onnx" in script

@@ -12,6 +12,7 @@ Three kinds of check:
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from hypothesis import HealthCheck, given, settings
 from onnx import TensorProto, helper, numpy_helper
 
 import netc
@@ -30,6 +32,9 @@ from netc.onnx.export import export_graph
 from netc.onnx.importer import ImportedModel, NameTable, format_number, import_onnx
 from netc.reference import run_reference
 from netc.weights import load_weights
+
+from .netgen import networks, random_weights
+from .netgen import random_inputs as netgen_inputs
 
 pytestmark = pytest.mark.unit
 
@@ -125,7 +130,7 @@ def conformance() -> Any:
 
 
 def test_node_tests_import_correctly_or_are_rejected_clearly(conformance: Any) -> None:
-    module, report = conformance
+    _, report = conformance
     assert len(report.outcomes) > 200
     unexpected = report.unexpected()
     assert not unexpected, "\n".join(f"{o.case} ({o.status}): {o.reason}" for o in unexpected)
@@ -324,7 +329,22 @@ def _two_outputs_fixed_batch() -> onnx.ModelProto:
                   [_const("shape", [2, 4, 3], np.int64)])
 
 
+def _dynamic_view() -> onnx.ModelProto:
+    """PyTorch's `x.view(x.size(0), x.size(1), -1)` with a dynamic batch."""
+    ints = [_const("zero", 0, np.int64), _const("one", 1, np.int64),
+            _const("axes", [0], np.int64), _const("minus1", [-1], np.int64)]
+    return _model([helper.make_node("Shape", ["x"], ["s"]),
+                   helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+                   helper.make_node("Unsqueeze", ["n", "axes"], ["nu"]),
+                   helper.make_node("Gather", ["s", "one"], ["c"], axis=0),
+                   helper.make_node("Unsqueeze", ["c", "axes"], ["cu"]),
+                   helper.make_node("Concat", ["nu", "cu", "minus1"], ["target"], axis=0),
+                   helper.make_node("Reshape", ["x", "target"], ["y"])],
+                  {"x": ["batch", 3, 4, 5]}, ["y"], ints, opset=13)
+
+
 CASES: dict[str, Callable[[], onnx.ModelProto]] = {
+    "reshape_dynamic_batch_from_shape": _dynamic_view,
     "gemm_dense_transB_alpha_beta": _gemm_dense,
     "gemm_dense_row_bias": _gemm_plain_row_bias,
     "gemm_two_tensors": _gemm_two_tensors,
@@ -445,19 +465,21 @@ def test_every_problem_is_listed_in_one_error() -> None:
          helper.make_node("Conv", ["e", "w"], ["c"], name="conv_asym", strides=[2, 2],
                           pads=[0, 0, 1, 1]),
          helper.make_node("Relu", ["c"], ["r"], name="after_conv"),  # depends on a failure
+         helper.make_node("Transpose", ["r"], ["rt"], name="transpose_after", perm=[1, 0, 2, 3]),
          helper.make_node("Gemm", ["v", "wg"], ["g"], name="gemm_t", transA=1),
          helper.make_node("Add", ["v", "table"], ["t"], name="add_table"),
          helper.make_node("Conv", ["x", "w_runtime"], ["c2"], name="conv_runtime_weight"),
          helper.make_node("Softmax", ["i"], ["s"], name="softmax_int"),
          helper.make_node("MaxPool", ["x"], ["p", "idx"], name="pool_idx", kernel_shape=[2, 2])],
         {"x": ["N", 2, 6, 6], "v": ["N", 4], "w_runtime": [3, 2, 3, 3]},
-        ["r", "g", "t", "c2", "s", "p", "idx"],
+        ["rt", "g", "t", "c2", "s", "p", "idx"],
         [_random("w", [3, 2, 3, 3]), _random("wg", [4, 5]), _random("table", [5, 4])])
     model.graph.input.append(helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 3]))
     problems = _diagnostics(model)
     text = "\n".join(f"{code} {message}" for code, message in problems)
     expected = [
         ("E0601", "Exp node `exp1`"),
+        ("E0607", "Transpose node `transpose_after`"),
         ("E0602", "Conv node `conv_asym`"),
         ("E0602", "Gemm node `gemm_t`"),
         ("E0606", "Add node `add_table`"),
@@ -485,6 +507,13 @@ def test_shapes_outside_the_language_are_rejected() -> None:
     assert _diagnostics(tanh_gelu)[0][0] == "E0602"
     reshape_batch = _reshape([6, -1])()
     assert _diagnostics(reshape_batch)[0][0] == "E0607"
+    batch_arithmetic = _model(
+        [helper.make_node("Shape", ["x"], ["s"]),
+         helper.make_node("Mul", ["s", "two"], ["twice"]),
+         helper.make_node("Reshape", ["x", "twice"], ["y"])],
+        {"x": ["N", 4]}, ["y"], [_const("two", 2, np.int64)])
+    codes = _diagnostics(batch_arithmetic)
+    assert codes[0][0] == "E0607" and "run-time batch size" in codes[0][1]
 
 
 def test_write_and_read_back(tmp_path: Path) -> None:
@@ -543,3 +572,32 @@ def test_exported_examples_import_back(example: str) -> None:
                           {imported.inputs[name]: value for name, value in inputs.items()})
     for name, value in original.items():
         np.testing.assert_allclose(again[imported.outputs[name]], value, rtol=1e-5, atol=1e-6)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(networks(max_statements=20))
+def test_random_networks_survive_export_and_import(source: str) -> None:
+    """Property: a `.net` network exported to ONNX and imported back computes the same."""
+    graph = load_string(source, filename="random.net")
+    weights = random_weights(graph, seed=0)
+    imported = import_onnx(export_graph(graph, weights))
+    again = load_string(imported.text, filename="imported.net")
+    inputs = netgen_inputs(graph, batch=2, seed=1)
+    expected = run_reference(graph, weights, inputs)
+    actual = run_reference(again, imported.weights,
+                           {imported.inputs[name]: value for name, value in inputs.items()})
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[imported.outputs[name]], value, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{name}\n{source}\n{imported.text}")
+
+
+def test_every_import_and_tensorrt_code_is_documented() -> None:
+    used: set[str] = set()
+    for source in ("importer.py", "tensorrt.py"):
+        used.update(re.findall(r'"(E06\d\d)"', (ROOT / "compiler" / "onnx" / source).read_text()))
+    assert len(used) >= 13
+    guide = (ROOT / "docs" / "onnx.md").read_text()
+    errors = (ROOT / "docs" / "errors.md").read_text()
+    for code in sorted(used):
+        assert f"| {code} |" in guide, code
+        assert f"\n## {code}\n" in errors, code

@@ -17,7 +17,7 @@ from netc.passes.structural import assert_structurally_equal
 from netc.reference import run_reference
 
 from .netgen import random_inputs, random_weights
-from .passes_testing import after, expected_fusion, net, nth, run_one
+from .passes_testing import after, apply, expected_fusion, net, nth, run_one
 
 pytestmark = pytest.mark.unit
 
@@ -69,7 +69,7 @@ def test_downsampling_block_fuses_the_shortcut_add_into_one_conv() -> None:
 def test_epilogue_stops_where_a_value_is_used_outside_the_group() -> None:
     before = after(net("y = dense(flatten(x), 8) |> relu\noutput a = sigmoid(y)\n"
                        "output b = y * 2.0"), 1)
-    result = after(before, 0, *FUSION)
+    result = apply(before, *FUSION)
     dense, relu = nth(before, "dense"), nth(before, "relu")
     # relu's value is needed by two kernels: it is written once, not recomputed in each.
     assert_structurally_equal(result, expected_fusion(before, [
@@ -90,7 +90,7 @@ def test_no_fusion_that_would_recompute_a_broadcast_value() -> None:
     # and the conv cannot take the multiply, which depends on the conv through the pool.
     before = after(net("y = conv2d(x, 4, kernel=1)\n"
                        "output o = y * sigmoid(global_avgpool(y))"), 1)
-    result = after(before, 0, *FUSION)
+    result = apply(before, *FUSION)
     pool = nth(before, "global_avgpool")
     assert_structurally_equal(result, expected_fusion(before, [
         ("reduction", [pool, nth(before, "sigmoid")], pool)]))
@@ -99,7 +99,7 @@ def test_no_fusion_that_would_recompute_a_broadcast_value() -> None:
 def test_reduction_prologue_and_epilogue() -> None:
     before = after(net("output y = softmax(tanh(x) * 2.0 + x) |> relu",
                        inputs="x: f32[N, 16]"), 1)
-    result = after(before, 0, *FUSION)
+    result = apply(before, *FUSION)
     softmax = nth(before, "softmax")
     assert_structurally_equal(result, expected_fusion(before, [
         ("reduction", [nth(before, "tanh"), nth(before, "mul"), nth(before, "add"), softmax,
@@ -108,11 +108,11 @@ def test_reduction_prologue_and_epilogue() -> None:
 
 def test_no_prologue_for_rows_longer_than_the_limit() -> None:
     long_rows = after(net("output y = softmax(tanh(x))", inputs=f"x: f32[N, {ROW_LIMIT + 1}]"), 1)
-    assert after(long_rows, 0, *FUSION) is long_rows
+    assert apply(long_rows, *FUSION) is long_rows
     # global_avgpool reads each element once, whatever the size: the prologue always pays.
     pooled = after(net("output y = global_avgpool(relu(x))", inputs="x: f32[N, 2, 80, 80]"), 1)
     pool = nth(pooled, "global_avgpool")
-    assert_structurally_equal(after(pooled, 0, *FUSION), expected_fusion(pooled, [
+    assert_structurally_equal(apply(pooled, *FUSION), expected_fusion(pooled, [
         ("reduction", [nth(pooled, "relu"), pool], pool)]))
 
 
@@ -145,7 +145,7 @@ def test_unfolded_batchnorm_fuses_as_a_pointwise_op() -> None:
 
 def test_fusion_passes_change_nothing_without_pointwise_ops() -> None:
     before = after(net("output y = maxpool2d(conv2d(x, 4, kernel=3), 2)"), 1)
-    assert after(before, 0, *FUSION) is before
+    assert apply(before, *FUSION) is before
 
 
 # The fused op -----------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_fusion_passes_change_nothing_without_pointwise_ops() -> None:
 def _fused_block() -> tuple[Graph, Graph]:
     before = after(net("y = conv2d(x, 8, kernel=3, padding=1) |> batchnorm\n"
                        "output o = silu(y + 1.0) * y"), 1)
-    return before, after(before, 0, *FUSION)
+    return before, apply(before, *FUSION)
 
 
 def test_fused_reference_is_the_unfused_computation() -> None:
@@ -194,7 +194,7 @@ def test_printer_shows_fused_bodies() -> None:
     text = print_graph(fused)
     assert 'fused(%x, %conv2d_0.weight@folded, %conv2d_0.bias@folded' in text
     assert 'kind="conv_epilogue") {  [conv2d_0]' in text
-    assert "        %conv2d_0: f32[N, 8, 6, 6] = conv2d($0, $1, $2" in text
+    assert "\n      %conv2d_0: f32[N, 8, 6, 6] = conv2d($0, $1, $2" in text
     assert text.count("\n  }\n") == 1
 
 

@@ -70,12 +70,17 @@ def test_in_place_refused_when_the_input_lives_on() -> None:
 
 
 def test_best_fit_takes_the_smallest_gap() -> None:
-    # Live throughout: big1 at 0, small at 4096, big2 after; gaps open when fillers die.
-    buffers = [BufferLife("long", 4096, 0, 9), BufferLife("filler", 1024, 0, 1),
-               BufferLife("tail", 256, 0, 9), BufferLife("later", 1024, 2, 3)]
+    # While a, c and e live on, b and d die, leaving gaps of 4096 bytes (at 0) and 1024 bytes
+    # (at 7168). A later 1024-byte buffer goes into the smaller gap, where first fit would
+    # have taken the larger one.
+    buffers = [BufferLife("b", 4096, 0, 1), BufferLife("a", 2048, 0, 9),
+               BufferLife("c", 1024, 0, 9), BufferLife("d", 1024, 0, 1),
+               BufferLife("e", 1024, 0, 9), BufferLife("later", 1024, 2, 3)]
     plan = plan_arena(buffers)
     verify_plan(plan, buffers)
-    assert plan.placement("later").offset == plan.placement("filler").offset
+    assert [plan.placement(n).offset for n in "bacde"] == [0, 4096, 6144, 7168, 8192]
+    assert plan.placement("later").offset == 7168
+    assert plan.arena_bytes == 9216
 
 
 def test_verify_plan_catches_an_overlap() -> None:

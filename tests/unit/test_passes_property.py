@@ -20,9 +20,10 @@ from hypothesis import given, settings
 from netc.frontend import load_file, load_string
 from netc.ir import Graph
 from netc.passes import run_pipeline
-from netc.reference import run_reference
-from .netgen import networks, random_inputs, random_weights
 from netc.passes.plan_memory import verify_plan
+from netc.reference import run_reference
+
+from .netgen import networks, random_inputs, random_weights
 
 pytestmark = pytest.mark.unit
 
@@ -67,8 +68,8 @@ def save_regression(text: str) -> Path:
 def test_optimised_random_networks_match_the_reference() -> None:
     failing: list[str] = []
 
-    # At least 60 examples even in the quick `ci` profile: this is the passes' main safety net.
-    @settings(max_examples=max(60, settings.default.max_examples))
+    # At least 100 examples even in the quick `ci` profile: the passes' main safety net.
+    @settings(max_examples=max(100, settings().max_examples))
     @given(text=networks())
     def optimised_matches(text: str) -> None:
         try:
@@ -94,6 +95,7 @@ def test_regression(path: Path) -> None:
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize("example", ["mlp.net", "lenet5.net", "vgg.net", "transformer.net"])
+@pytest.mark.parametrize("example", ["mlp.net", "lenet5.net", "vgg.net", "transformer.net",
+                                     "resnet18.net"])
 def test_examples_keep_their_meaning(example: str) -> None:
     check_network(load_file(EXAMPLES / example))
