@@ -52,19 +52,33 @@ class Diagnostic:
         lines = [f"{where}error[{self.code}]: {self.message}"]
         text = sources.line(self.span.file, self.span.line) if (sources and self.span) else None
         if text is not None and self.span is not None:
-            shown = text.expandtabs(4).rstrip("\n")
-            start = max(self.span.column - 1, 0)
-            if self.span.end_line == self.span.line:
-                width = max(self.span.end_column - self.span.column, 1)
-            else:
-                width = max(len(shown) - start, 1)
-            width = min(width, max(len(shown) - start, 1))
-            lines.append(f"    {shown}")
-            lines.append("    " + " " * start + "^" * width)
+            lines.extend(_quote(text, self.span))
         lines.extend(f"note: {note}" for note in self.notes)
         if self.help:
             lines.append(f"help: {self.help}")
         return "\n".join(lines)
+
+
+QUOTE_WIDTH = 100
+"""Quoted source lines are clipped to about this many characters around the span."""
+
+
+def _quote(text: str, span: Span) -> list[str]:
+    """The source line and a caret line under the span; tabs expanded, long lines clipped."""
+    raw = text.rstrip("\r\n")
+    start = len(raw[: max(span.column - 1, 0)].expandtabs(4))
+    end_column = span.end_column if span.end_line == span.line else len(raw) + 1
+    end = len(raw[: max(end_column - 1, 0)].expandtabs(4))
+    shown = raw.expandtabs(4)
+    end = min(max(end, start + 1), max(len(shown), start + 1))
+    if len(shown) > QUOTE_WIDTH:
+        left = max(0, min(start - QUOTE_WIDTH // 3, len(shown) - QUOTE_WIDTH))
+        right = left + QUOTE_WIDTH
+        prefix = "..." if left else ""
+        suffix = "..." if right < len(shown) else ""
+        shown = prefix + shown[left:right] + suffix
+        start, end = start - left + len(prefix), min(end, right) - left + len(prefix)
+    return [f"    {shown}", "    " + " " * start + "^" * max(end - start, 1)]
 
 
 @dataclass

@@ -68,7 +68,7 @@ _BUFFER_ALIGN = 256  # cudaMalloc's alignment
 _POISON = 0xFF  # fresh buffers: NaN as float, -1 as int
 
 # Launch configuration array layout (CFG_* in cudasim.h).
-_CFG_SCHEDULE, _CFG_SEED, _CFG_WORKERS = 7, 8, 9
+_CFG_SCHEDULE, _CFG_WORKERS = 7, 9
 _CFG_LEN = 12
 
 _BASE_FLAGS = (
@@ -307,7 +307,9 @@ def _blank_non_code(src: str) -> str:
     return "".join(out)
 
 
-_FUNC_HEADER = re.compile(r"\)[\s\w:<>*&,\[\]]*$")
+# A brace opens a function body when the text before it ends with the parameter list,
+# possibly followed by qualifiers, attributes' names or a trailing return type.
+_FUNC_HEADER = re.compile(r"\)[\s\w:<>*&,\[\]\->]*$")
 _CLASS_HEADER = re.compile(r"\b(struct|class|union|enum)\b")
 
 

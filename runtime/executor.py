@@ -197,13 +197,17 @@ class PlanRunner:
             self._module.launch(launch.kernel, grid=grid, block=launch.block,
                                 shared_bytes=launch.shared_bytes,
                                 args=[self._arg(arg, batch) for arg in launch.args])
-        results = {}
-        for name, buffer_name in self.plan.outputs:
-            buffer = self._buffers[buffer_name]
-            raw = self.device.download(self._handle(buffer_name), _STORAGE[buffer.dtype],
-                                       _shape(buffer, sizes))
-            results[name] = from_storage(buffer.dtype, raw)
-        return results
+        return {name: self.buffer_value(buffer) for name, buffer in self.plan.outputs}
+
+    def buffer_value(self, name: str) -> np.ndarray:
+        """What buffer `name` holds after the last run, as float32 (outputs, and intermediates
+        for layer-by-layer comparisons)."""
+        if self._batch is None:
+            raise RuntimeError("the plan has not run yet")
+        buffer = self._buffers[name]
+        raw = self.device.download(self._handle(name), _STORAGE[buffer.dtype],
+                                   _shape(buffer, self.plan.sizes(self._batch)))
+        return from_storage(buffer.dtype, raw)
 
     def _free_activations(self) -> None:
         for handle in self._activations.values():

@@ -9,7 +9,8 @@
 //     K = in_channels / groups * kernel_h * kernel_w   (k: (input channel, kh, kw))
 //   A(m, k) is the weight [out_channels, in_channels / groups, kh, kw] read as a row-major
 //   [M, K] matrix; B(k, n) is the im2col view of the input, gathered while staging the tile
-//   (never materialised), zero in the padding. C(m, n) is written straight into NCHW output.
+//   (never materialised), zero in the padding. C(m, n) plus the bias goes through the
+//   epilogue (fused pointwise ops, or none) straight into the NCHW output.
 //   Block:  one BM x BN tile of C (BM output channels x BN output pixels) of one group.
 //   Thread: a TM x TN register tile, as in gemm.cuh; consecutive threads own consecutive
 //           pixels, so the output stores of a warp are consecutive in memory.
@@ -97,13 +98,16 @@ struct NetcIm2colSource {
     }
 };
 
-// Stores output[image, channel, y, x] = value (+ bias[channel]) for C(m, n) of one group.
-template <typename T, bool HAS_BIAS>
+// Stores output[image, channel, y, x] = epilogue(value + bias[channel], offset) for C(m, n) of
+// one group; `offset` is the element's offset in the whole output.
+template <typename T, bool HAS_BIAS, class Epilogue>
 struct NetcConvStore {
-    T* y;  // the group's first output channel of image 0
+    T* y;
     const T* bias;  // the group's first bias
     long long out_channels;
+    long long first_channel;  // the group's first output channel
     NetcPixelCursor cursor;
+    Epilogue epilogue;
 
     __device__ __forceinline__ void operator()(long long channel, long long pixel,
                                                float value) const
@@ -113,14 +117,17 @@ struct NetcConvStore {
         long long image;
         int within;
         cursor.locate(pixel, image, within);
-        netc_store(y + (image * out_channels + channel) * cursor.pixels + within, value);
+        const long long offset =
+            (image * out_channels + first_channel + channel) * cursor.pixels + within;
+        netc_store(y + offset, epilogue(value, offset));
     }
 };
 
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool HAS_BIAS>
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool HAS_BIAS, class Epilogue>
 __device__ __forceinline__ void netc_conv2d(const T* __restrict__ x, const T* __restrict__ weight,
                                             const T* __restrict__ bias, T* __restrict__ y,
-                                            long long images, const NetcConvGeometry& geometry)
+                                            long long images, const NetcConvGeometry& geometry,
+                                            const Epilogue& epilogue)
 {
     const int group = blockIdx.z;
     const int group_in = static_cast<int>(geometry.in_channels) / geometry.groups;
@@ -141,8 +148,8 @@ __device__ __forceinline__ void netc_conv2d(const T* __restrict__ x, const T* __
     NETC_DYNAMIC_SHARED(float, shared);
     float acc[TM][TN];
     netc_gemm_mainloop<BM, BN, BK, TM, TN>(a_source, b_source, m0, n0, m, n, k, shared, acc);
-    const NetcConvStore<T, HAS_BIAS> store{y + group * group_out * pixels,
-                                           HAS_BIAS ? bias + group * group_out : bias,
-                                           geometry.out_channels, cursor};
+    const NetcConvStore<T, HAS_BIAS, Epilogue> store{
+        y, HAS_BIAS ? bias + group * group_out : bias, geometry.out_channels,
+        static_cast<long long>(group) * group_out, cursor, epilogue};
     netc_gemm_epilogue<BM, BN, TM, TN>(acc, m0, n0, m, n, store);
 }

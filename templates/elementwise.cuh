@@ -2,7 +2,9 @@
 // elementwise.cuh: out[i] = f(in0[...], in1[...], ..., p0, p1, ...) for every element i of a
 // contiguous output: activations, broadcasting add/sub/mul (a shape-() constant operand is a
 // float argument p), inference batchnorm (the per-channel parameters broadcast over N, H, W),
-// transpose (one input read through permuted strides) and broadcast expansion.
+// fused chains of these, transpose (one input read through permuted strides) and broadcast
+// expansion. The same pointwise functors (pointwise.jinja) are the epilogues of the other
+// families and the prologues of the row-wise ones.
 //
 // Design note.
 //   Thread: one output element. With RANK 0 every input has the output's shape and is read at
@@ -13,7 +15,7 @@
 //           whenever the innermost dim has stride 1.
 //   Bytes:  each output element is written once; each input element is read once per output
 //           element that uses it (once unless it broadcasts; repeats hit the cache).
-//   f:      generated from the IR op (never from user text) by netc.codegen.kernels, in float.
+//   f:      generated from the IR (never from user text) by netc.codegen.pointwise, in float.
 //
 // Launch: block BLOCK, grid.x = ceil(total / BLOCK).
 // ---------------------------------------------------------------------------------------------
@@ -41,4 +43,14 @@ __device__ __forceinline__ void netc_broadcast_offsets(long long index,
 #pragma unroll
     for (int i = 0; i < INPUTS; ++i)
         offsets[i] += index * strides[i][0];
+}
+
+// out[i] = producer(-, i) for i < total, one element a thread.
+template <typename T, class Producer>
+__device__ __forceinline__ void netc_elementwise(T* __restrict__ out, long long total,
+                                                 const Producer& producer)
+{
+    const long long index = netc_global_thread_index();
+    if (index < total)
+        netc_store(out + index, producer(0.0f, index));
 }

@@ -167,18 +167,23 @@ __device__ __forceinline__ void netc_gemm_epilogue(const float (&acc)[TM][TN], l
     }
 }
 
-// Stores C[m, n] = value (+ bias[n]) into a row-major [M, N] matrix.
-template <typename T, bool HAS_BIAS>
+// Stores C[m, n] = epilogue(value + bias[n], offset) into a row-major [M, N] matrix; the
+// epilogue (a pointwise functor, identity when nothing is fused) sees the element's offset in
+// the contiguous output.
+template <typename T, bool HAS_BIAS, class Epilogue>
 struct NetcRowMajorStore {
     T* c;
     const T* bias;
     long long n;
+    long long first;  // offset of this matrix in the output
+    Epilogue epilogue;
 
     __device__ __forceinline__ void operator()(long long row, long long col, float value) const
     {
         if (HAS_BIAS)
             value += netc_load(bias + col);
-        netc_store(c + row * n + col, value);
+        const long long offset = first + row * n + col;
+        netc_store(c + offset, epilogue(value, offset));
     }
 };
 
@@ -186,17 +191,18 @@ struct NetcRowMajorStore {
 // and `matmul` (B is [K, N]). The batch of matrices is indexed outer * inner_count + inner;
 // each operand's matrix starts at outer * outer_stride + inner * inner_stride (a stride of 0
 // broadcasts), which covers NumPy's batch broadcasting after netc merges the batch dims.
-// C is contiguous [matrices, M, N].
+// C is contiguous [matrices, M, N]; `epilogue` is applied to every element before it is stored.
 //
 // Launch: block THREADS; grid.x = ceil(M / BM) * matrices (the batch of matrices and the row
 // tiles share x, because either may grow with the run-time batch), grid.y = ceil(N / BN).
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool B_TRANSPOSED, bool HAS_BIAS>
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool B_TRANSPOSED, bool HAS_BIAS,
+          class Epilogue>
 __device__ __forceinline__ void netc_gemm(const T* __restrict__ a, const T* __restrict__ b,
                                           const T* __restrict__ bias, T* __restrict__ c,
                                           long long m, long long n, long long k,
                                           long long inner_count, long long a_outer_stride,
                                           long long a_inner_stride, long long b_outer_stride,
-                                          long long b_inner_stride)
+                                          long long b_inner_stride, const Epilogue& epilogue)
 {
     // The tile and matrix counts are below grid.x's limit of 2^31 - 1, so 32-bit division
     // does (64-bit division is a slow subroutine call).
@@ -215,6 +221,7 @@ __device__ __forceinline__ void netc_gemm(const T* __restrict__ a, const T* __re
     NETC_DYNAMIC_SHARED(float, shared);
     float acc[TM][TN];
     netc_gemm_mainloop<BM, BN, BK, TM, TN>(a_source, b_source, m0, n0, m, n, k, shared, acc);
-    const NetcRowMajorStore<T, HAS_BIAS> store{c + static_cast<long long>(matrix) * m * n, bias, n};
+    const NetcRowMajorStore<T, HAS_BIAS, Epilogue> store{
+        c, bias, n, static_cast<long long>(matrix) * m * n, epilogue};
     netc_gemm_epilogue<BM, BN, TM, TN>(acc, m0, n0, m, n, store);
 }

@@ -6,6 +6,7 @@
 //           and skips taps in the padding: padding never wins a max, and an average divides by
 //           the number of real elements in the window (count_include_pad=False). PyTorch keeps
 //           padding at most half the kernel, so every window holds a real element.
+//           The result goes through the epilogue (fused pointwise ops, or none).
 //   Block:  BLOCK consecutive output elements (a row of output pixels of one channel is
 //           contiguous, so a warp reads neighbouring windows).
 //   Bytes:  each input element is read about kernel_h * kernel_w / (stride_h * stride_w)
@@ -20,9 +21,10 @@ struct NetcPoolGeometry {
     int kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
 };
 
-template <typename T, bool IS_MAX>
+template <typename T, bool IS_MAX, class Epilogue>
 __device__ __forceinline__ void netc_pool2d(const T* __restrict__ x, T* __restrict__ y,
-                                            long long total, const NetcPoolGeometry& g)
+                                            long long total, const NetcPoolGeometry& g,
+                                            const Epilogue& epilogue)
 {
     const long long index = netc_global_thread_index();
     if (index >= total)  // total = images * channels * out_height * out_width
@@ -49,5 +51,5 @@ __device__ __forceinline__ void netc_pool2d(const T* __restrict__ x, T* __restri
             ++count;
         }
     }
-    netc_store(y + index, IS_MAX ? result : result / static_cast<float>(count));
+    netc_store(y + index, epilogue(IS_MAX ? result : result / static_cast<float>(count), index));
 }

@@ -17,6 +17,9 @@
 //   Numerics: softmax keeps a running (max, sum of exp(x - max)) pair per thread and combines
 //           pairs (online softmax), so no exp overflows; layernorm takes the mean first and
 //           then the mean of squared deviations (two passes, no cancellation).
+//   Fusion: every element is read through `load`, a pointwise functor: the plain input, or a
+//           fused prologue computing it from other inputs (recomputed on each pass); results
+//           go through `epilogue` (fused pointwise ops, or none) before they are stored.
 //   Bytes:  softmax reads each element twice (reduce, write) and writes it once; layernorm
 //           reads it three times (mean, variance, write) and writes once; the row mean reads
 //           each element once and writes one value per row.
@@ -107,9 +110,10 @@ struct NetcRowThread {
     }
 };
 
-template <typename T, int THREADS_PER_ROW, int ROWS_PER_BLOCK, bool LOG>
-__device__ __forceinline__ void netc_softmax_rows(const T* __restrict__ x, T* __restrict__ y,
-                                                  const NetcRows& rows)
+template <typename T, int THREADS_PER_ROW, int ROWS_PER_BLOCK, bool LOG, class Load,
+          class Epilogue>
+__device__ __forceinline__ void netc_softmax_rows(const Load& load, T* __restrict__ y,
+                                                  const NetcRows& rows, const Epilogue& epilogue)
 {
     const NetcRowThread<THREADS_PER_ROW, ROWS_PER_BLOCK> thread(rows);
     const long long start = thread.active ? rows.start(thread.row) : 0;
@@ -117,7 +121,7 @@ __device__ __forceinline__ void netc_softmax_rows(const T* __restrict__ x, T* __
 
     NetcMaxSum partial{netc_negative_infinity(), 0.0f};
     for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
-        const float value = netc_load(x + start + j * rows.inner);
+        const float value = load(0.0f, start + j * rows.inner);
         if (value > partial.max) {
             partial.sum = partial.sum * expf(partial.max - value) + 1.0f;
             partial.max = value;
@@ -133,17 +137,18 @@ __device__ __forceinline__ void netc_softmax_rows(const T* __restrict__ x, T* __
     const float inverse_sum = 1.0f / total.sum;
     for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
         const long long offset = start + j * rows.inner;
-        const float shifted = netc_load(x + offset) - total.max;
-        netc_store(y + offset, LOG ? shifted - log_sum : expf(shifted) * inverse_sum);
+        const float shifted = load(0.0f, offset) - total.max;
+        netc_store(y + offset,
+                   epilogue(LOG ? shifted - log_sum : expf(shifted) * inverse_sum, offset));
     }
 }
 
-template <typename T, int THREADS_PER_ROW, int ROWS_PER_BLOCK>
-__device__ __forceinline__ void netc_layernorm_rows(const T* __restrict__ x,
+template <typename T, int THREADS_PER_ROW, int ROWS_PER_BLOCK, class Load, class Epilogue>
+__device__ __forceinline__ void netc_layernorm_rows(const Load& load,
                                                     const T* __restrict__ weight,
                                                     const T* __restrict__ bias,
                                                     T* __restrict__ y, const NetcRows& rows,
-                                                    float epsilon)
+                                                    float epsilon, const Epilogue& epilogue)
 {
     const NetcRowThread<THREADS_PER_ROW, ROWS_PER_BLOCK> thread(rows);
     const long long start = thread.active ? rows.start(thread.row) : 0;
@@ -152,13 +157,13 @@ __device__ __forceinline__ void netc_layernorm_rows(const T* __restrict__ x,
 
     float sum = 0.0f;
     for (long long j = thread.lane; j < end; j += THREADS_PER_ROW)
-        sum += netc_load(x + start + j * rows.inner);
+        sum += load(0.0f, start + j * rows.inner);
     const float mean =
         netc_row_reduce<THREADS_PER_ROW>(sum, NetcSum(), scratch) / static_cast<float>(rows.length);
 
     float squares = 0.0f;
     for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
-        const float deviation = netc_load(x + start + j * rows.inner) - mean;
+        const float deviation = load(0.0f, start + j * rows.inner) - mean;
         squares += deviation * deviation;
     }
     const float variance = netc_row_reduce<THREADS_PER_ROW>(squares, NetcSum(), scratch) /
@@ -167,15 +172,16 @@ __device__ __forceinline__ void netc_layernorm_rows(const T* __restrict__ x,
 
     for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
         const long long offset = start + j * rows.inner;
-        const float normalised = (netc_load(x + offset) - mean) * inverse_std;
-        netc_store(y + offset, normalised * netc_load(weight + j) + netc_load(bias + j));
+        const float normalised = (load(0.0f, offset) - mean) * inverse_std;
+        netc_store(y + offset,
+                   epilogue(normalised * netc_load(weight + j) + netc_load(bias + j), offset));
     }
 }
 
 // y[row] = the mean of the row (global_avgpool: a row is one channel of one image).
-template <typename T, int THREADS_PER_ROW, int ROWS_PER_BLOCK>
-__device__ __forceinline__ void netc_mean_rows(const T* __restrict__ x, T* __restrict__ y,
-                                               const NetcRows& rows)
+template <typename T, int THREADS_PER_ROW, int ROWS_PER_BLOCK, class Load, class Epilogue>
+__device__ __forceinline__ void netc_mean_rows(const Load& load, T* __restrict__ y,
+                                               const NetcRows& rows, const Epilogue& epilogue)
 {
     const NetcRowThread<THREADS_PER_ROW, ROWS_PER_BLOCK> thread(rows);
     const long long start = thread.active ? rows.start(thread.row) : 0;
@@ -184,8 +190,9 @@ __device__ __forceinline__ void netc_mean_rows(const T* __restrict__ x, T* __res
 
     float sum = 0.0f;
     for (long long j = thread.lane; j < end; j += THREADS_PER_ROW)
-        sum += netc_load(x + start + j * rows.inner);
+        sum += load(0.0f, start + j * rows.inner);
     const float total = netc_row_reduce<THREADS_PER_ROW>(sum, NetcSum(), scratch);
     if (thread.active && thread.lane == 0)
-        netc_store(y + thread.row, total / static_cast<float>(rows.length));
+        netc_store(y + thread.row,
+                   epilogue(total / static_cast<float>(rows.length), thread.row));
 }

@@ -18,32 +18,32 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import TypeVar
 
 import netc
 from netc.codegen.kernels import (
     LOWERINGS,
+    NO_FUSION,
     CodegenError,
     KernelLaunch,
     KernelSpec,
+    TileT,
     fill_constant,
     tile_kind,
 )
 from netc.codegen.plan import Buffer, BufferRole, Launch, LaunchPlan
+from netc.codegen.pointwise import POINTWISE_OPS
 from netc.codegen.render import header, render
-from netc.codegen.tiles import BlockTile, GemmTile, RowTile, Tile, TileError
-from netc.ir import Dim, Graph, Node, verify
+from netc.codegen.tiles import Tile, TileError
+from netc.ir import Dim, Graph, Node, TensorType, verify
 from netc.ops import REGISTRY
+from netc.ops.fused import body_of
 
-HEADER_ORDER = ("common.cuh", "gemm.cuh", "conv2d.cuh", "elementwise.cuh", "pool.cuh",
+HEADER_ORDER = ("common.cuh", "elementwise.cuh", "gemm.cuh", "conv2d.cuh", "pool.cuh",
                 "rowwise.cuh", "concat.cuh")
 """Every header a module may inline, in an order that satisfies their dependencies."""
 
 LINE_RESET = "//@netc-line-reset@"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.#-]")
-
-TileT = TypeVar("TileT", GemmTile, RowTile, BlockTile)
-
 
 def sanitize(text: str) -> str:
     """`text` made safe for a C comment or a `#line` file name: only [A-Za-z0-9_.#-] kept."""
@@ -53,9 +53,13 @@ def sanitize(text: str) -> str:
 
 
 def describe_node(node: Node) -> str:
-    """`dense_0 dense (lenet.net:9)`: a node for a comment, sanitised."""
+    """`dense_0 dense (lenet.net:9)`, `fused_0 conv2d+relu (...)`: a node for a comment,
+    sanitised."""
     place = f" ({sanitize(PurePath(node.span.file).name)}:{node.span.line})" if node.span else ""
-    return f"{sanitize(node.id)} {node.op}{place}"
+    what = node.op
+    if node.op == "fused":
+        what = "+".join(member.op for member in body_of(node.attrs))
+    return f"{sanitize(node.id)} {what}{place}"
 
 
 @dataclass
@@ -70,6 +74,9 @@ class _Lowering:
 
     def buffer(self, node_id: str) -> str:
         return self.by_node[node_id]
+
+    def type_of(self, value: str) -> TensorType:
+        return self.graph[value].type
 
     def add_buffer(self, node: Node, role: BufferRole, shape: tuple[Dim, ...] | None = None,
                    alias_of: str | None = None) -> str:
@@ -94,11 +101,29 @@ class _Lowering:
         return name if alias is None else alias
 
 
-def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPlan:
-    """Lower `graph` to one CUDA module and its launch plan.
+@dataclass(frozen=True)
+class Lowered:
+    """A graph lowered to launches, before the module is rendered."""
 
-    `tiles` overrides the tile configuration of individual nodes, by node id.
-    """
+    graph: Graph
+    batch_dims: tuple[str, ...]
+    buffers: tuple[Buffer, ...]
+    buffer_of: Mapping[str, str]
+    launches: tuple[tuple[Node, KernelLaunch], ...]
+
+    @property
+    def kernels(self) -> dict[str, KernelSpec]:
+        """Every distinct kernel, in order of first use."""
+        kernels: dict[str, KernelSpec] = {}
+        for _, launch in self.launches:
+            spec = kernels.setdefault(launch.kernel.name, launch.kernel)
+            if spec != launch.kernel:
+                raise AssertionError(f"two different kernels named {spec.name}")
+        return kernels
+
+
+def lower(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> Lowered:
+    """Buffers and launches for `graph`; `tiles` overrides tile configurations by node id."""
     verify(graph)
     tiles = dict(tiles or {})
     _check_tiles(graph, tiles)
@@ -130,32 +155,48 @@ def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPla
         if lowering is None:
             raise CodegenError(f"{node.id}: no CUDA kernel for op `{node.op}`")
         state.by_node[node.id] = state.add_buffer(node, role)
-        launches.extend((node, launch) for launch in lowering(state, node))
+        launches.extend((node, launch) for launch in lowering(state, node, NO_FUSION))
+    return Lowered(graph, batch_dims, tuple(state.buffers), state.by_node, tuple(launches))
 
+
+def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPlan:
+    """Lower `graph` to one CUDA module and its launch plan.
+
+    `tiles` overrides the tile configuration of individual nodes, by node id.
+    """
+    lowered = lower(graph, tiles)
     module = sanitize(graph.name) or "module"
-    kernels = _unique_kernels(launches)
-    source = _render_module(module, graph.name, launches, kernels)
+    kernels = lowered.kernels
+    source = render_module(module, graph.name, kernels.values(),
+                           [(launch.kernel.name, node) for node, launch in lowered.launches])
     return LaunchPlan(
         network=graph.name,
         module=module,
         source=source,
-        batch_dim=batch_dims[0] if batch_dims else None,
-        buffers=tuple(state.buffers),
+        batch_dim=lowered.batch_dims[0] if lowered.batch_dims else None,
+        buffers=lowered.buffers,
         launches=tuple(
             Launch(kernel=launch.kernel.name, grid=launch.grid, block=(launch.block, 1, 1),
-                   shared_bytes=launch.shared_bytes, args=launch.args, nodes=(node.id,),
+                   shared_bytes=launch.shared_bytes, args=launch.args, nodes=_computed(node),
                    source=f"{node.span.file}:{node.span.line}" if node.span else "")
-            for node, launch in launches),
-        outputs=tuple((name, state.buffer(node_id)) for name, node_id in graph.outputs),
+            for node, launch in lowered.launches),
+        outputs=tuple((name, lowered.buffer_of[node_id]) for name, node_id in graph.outputs),
         kernels=tuple(kernels),
     )
+
+
+def _computed(node: Node) -> tuple[str, ...]:
+    """The IR nodes a launch for `node` computes: a fused node's members, or the node."""
+    if node.op == "fused":
+        return tuple(member.id for member in body_of(node.attrs))
+    return (node.id,)
 
 
 def _check_tiles(graph: Graph, tiles: Mapping[str, Tile]) -> None:
     for node_id, tile in tiles.items():
         if node_id not in graph or graph[node_id].op not in LOWERINGS:
             raise TileError(f"a tile for {node_id!r}, which is no node with a kernel")
-        wanted = tile_kind(graph[node_id].op)
+        wanted = tile_kind(graph[node_id])
         if not isinstance(tile, wanted):
             raise TileError(f"{node_id} ({graph[node_id].op}) takes a {wanted.__name__}, "
                             f"got {tile}")
@@ -163,28 +204,21 @@ def _check_tiles(graph: Graph, tiles: Mapping[str, Tile]) -> None:
 
 
 def _constants_in_memory(graph: Graph) -> set[str]:
-    """Constants some consumer reads from memory: all but operands of arithmetic (which pass
-    them as kernel arguments)."""
+    """Constants some kernel reads from memory. Pointwise ops (alone or fused) take them as
+    float arguments; any other consumer, or an output, needs them in a buffer."""
     found = {node_id for _, node_id in graph.outputs if graph[node_id].op == "constant"}
     for node in graph.compute_nodes:
-        if node.op not in ("add", "sub", "mul"):
-            found.update(i for i in node.inputs if graph[i].op == "constant")
+        if node.op in POINTWISE_OPS:
+            continue
+        if node.op == "fused":
+            tensor_refs = {ref for member in body_of(node.attrs)
+                           if member.op not in POINTWISE_OPS for ref in member.inputs}
+            used = [value for position, value in enumerate(node.inputs)
+                    if f"${position}" in tensor_refs]
+        else:
+            used = list(node.inputs)
+        found.update(value for value in used if graph[value].op == "constant")
     return found
-
-
-def _unique_kernels(launches: list[tuple[Node, KernelLaunch]]) -> dict[str, KernelSpec]:
-    kernels: dict[str, KernelSpec] = {}
-    for _, launch in launches:
-        spec = kernels.setdefault(launch.kernel.name, launch.kernel)
-        if spec != launch.kernel:
-            raise AssertionError(f"two different kernels named {spec.name}")
-    return kernels
-
-
-def _render_module(module: str, network: str, launches: list[tuple[Node, KernelLaunch]],
-                   kernels: Mapping[str, KernelSpec]) -> str:
-    return render_module(module, network, kernels.values(), [
-        (launch.kernel.name, node) for node, launch in launches])
 
 
 def render_module(module: str, network: str, kernels: Iterable[KernelSpec],

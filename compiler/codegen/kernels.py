@@ -2,26 +2,33 @@
 
 A *family* is a `.cuh` header (the kernel's logic) and a thin `.jinja` entry point. A
 `KernelSpec` is one specialisation of a family: its name spells out every specialisation
-parameter (dtype, tiles, flags), so two launches with the same name share one kernel, and a
-name never comes from user text. A `KernelLaunch` is a spec with the launch geometry and
-arguments of one IR node.
+parameter (dtype, tiles, flags, the code of fused pointwise functors), so two launches with the
+same name share one kernel, and a name never comes from user text. A `KernelLaunch` is a spec
+with the launch geometry and arguments of one IR node.
 
-`LOWERINGS` maps every non-view op of the registry to the function that lowers it; views
-(reshape, flatten, dropout: `OpDef.kind == "view"`) launch nothing, they alias their input's
-buffer. Kernel arguments follow one rule: pointers first (inputs, then output, in the entry
-point's order), then the run-time batch, then sizes, a size that may grow with the batch as
-the pair (per_batch, fixed), then float constants.
+`LOWERINGS` maps every op that computes to the function lowering one node of it, given the
+pointwise ops fused around it (`Fusion`: a prologue computing a reduction's input, an epilogue
+applied to every result). Views (reshape, flatten, dropout: `OpDef.kind == "view"`) launch
+nothing; they alias their input's buffer. A `fused` node lowers its anchor with the rest of its
+body as prologue and epilogue, or, for a group of pointwise ops, as one elementwise kernel.
+
+Kernel arguments follow one rule: pointers of the family's own data first, then the run-time
+batch, then sizes (a size that may grow with the batch as the pair (per_batch, fixed)) and
+float attributes, then the arguments of the pointwise functors (prologue, then epilogue).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from netc.codegen import pointwise
 from netc.codegen.layout import BatchLinear, broadcast_strides, coalesce, contiguous_strides
 from netc.codegen.plan import Arg, GridDim
+from netc.codegen.pointwise import IDENTITY, Pointwise, PointwiseCode
 from netc.codegen.render import render
 from netc.codegen.tiles import (
     DEFAULT_BLOCK,
@@ -32,7 +39,8 @@ from netc.codegen.tiles import (
     Tile,
     default_row_tile,
 )
-from netc.ir import Dim, Graph, Node
+from netc.ir import Dim, Graph, Node, TensorType
+from netc.ops.fused import body_of, input_position
 from netc.ops.windows import Window
 
 CTYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
@@ -62,40 +70,58 @@ class KernelSpec:
                       threads=self.threads, **dict(self.context))
 
 
-def gemm_kernel(dtype: str, tile: GemmTile, *, b_transposed: bool, has_bias: bool) -> KernelSpec:
+def _fused_suffix(prologue: PointwiseCode | None, epilogue: PointwiseCode) -> str:
+    suffix = f"_pro_{prologue.tag}" if prologue is not None else ""
+    return suffix + (f"_ep_{epilogue.tag}" if epilogue != IDENTITY.code else "")
+
+
+def gemm_kernel(dtype: str, tile: GemmTile, *, b_transposed: bool, has_bias: bool,
+                epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
     tile.validate()
     layout = "nt" if b_transposed else "nn"
     return KernelSpec(
-        f"netc_gemm_{dtype}_{tile.suffix}_{layout}{'_bias' if has_bias else ''}",
-        "gemm.jinja", ("gemm.cuh",), dtype, tile.threads,
-        (("tile", tile), ("b_transposed", b_transposed), ("has_bias", has_bias)))
+        f"netc_gemm_{dtype}_{tile.suffix}_{layout}{'_bias' if has_bias else ''}"
+        f"{_fused_suffix(None, epilogue)}",
+        "gemm.jinja", ("elementwise.cuh", "gemm.cuh"), dtype, tile.threads,
+        (("tile", tile), ("b_transposed", b_transposed), ("has_bias", has_bias),
+         ("epilogue", epilogue)))
 
 
-def conv2d_kernel(dtype: str, tile: GemmTile, *, has_bias: bool) -> KernelSpec:
+def conv2d_kernel(dtype: str, tile: GemmTile, *, has_bias: bool,
+                  epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
     tile.validate()
     return KernelSpec(
-        f"netc_conv2d_{dtype}_{tile.suffix}{'_bias' if has_bias else ''}",
-        "conv2d.jinja", ("gemm.cuh", "conv2d.cuh"), dtype, tile.threads,
-        (("tile", tile), ("has_bias", has_bias)))
+        f"netc_conv2d_{dtype}_{tile.suffix}{'_bias' if has_bias else ''}"
+        f"{_fused_suffix(None, epilogue)}",
+        "conv2d.jinja", ("elementwise.cuh", "gemm.cuh", "conv2d.cuh"), dtype, tile.threads,
+        (("tile", tile), ("has_bias", has_bias), ("epilogue", epilogue)))
 
 
-def pool_kernel(dtype: str, tile: BlockTile, *, is_max: bool) -> KernelSpec:
+def pool_kernel(dtype: str, tile: BlockTile, *, is_max: bool,
+                epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
     tile.validate()
     kind = "maxpool2d" if is_max else "avgpool2d"
-    return KernelSpec(f"netc_{kind}_{dtype}_{tile.suffix}", "pool.jinja", ("pool.cuh",), dtype,
-                      tile.threads, (("is_max", is_max),))
+    return KernelSpec(f"netc_{kind}_{dtype}_{tile.suffix}{_fused_suffix(None, epilogue)}",
+                      "pool.jinja", ("elementwise.cuh", "pool.cuh"), dtype, tile.threads,
+                      (("is_max", is_max), ("epilogue", epilogue)))
 
 
 ROW_OPERATIONS = ("softmax", "log_softmax", "layernorm", "mean")
+PLAIN_LOAD = pointwise.gather((1,), "", (1,)).code
+"""The prologue of an unfused reduction: its input, read as it is."""
 
 
-def row_kernel(operation: str, dtype: str, tile: RowTile) -> KernelSpec:
+def row_kernel(operation: str, dtype: str, tile: RowTile, *,
+               prologue: PointwiseCode = PLAIN_LOAD,
+               epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
     if operation not in ROW_OPERATIONS:
         raise ValueError(f"unknown row operation {operation!r}")
     tile.validate()
-    return KernelSpec(f"netc_{operation}_{dtype}_{tile.suffix}", "rowwise.jinja",
-                      ("rowwise.cuh",), dtype, tile.threads,
-                      (("operation", operation), ("tile", tile)))
+    fused = _fused_suffix(prologue if prologue != PLAIN_LOAD else None, epilogue)
+    return KernelSpec(f"netc_{operation}_{dtype}_{tile.suffix}{fused}", "rowwise.jinja",
+                      ("elementwise.cuh", "rowwise.cuh"), dtype, tile.threads,
+                      (("operation", operation), ("tile", tile), ("prologue", prologue),
+                       ("epilogue", epilogue)))
 
 
 def concat_kernel(dtype: str, tile: BlockTile) -> KernelSpec:
@@ -104,58 +130,10 @@ def concat_kernel(dtype: str, tile: BlockTile) -> KernelSpec:
                       dtype, tile.threads)
 
 
-@dataclass(frozen=True)
-class Elementwise:
-    """f of an elementwise kernel: a float expression of inputs x0, x1, ... and float
-    arguments p0, p1, ... `key` names it in kernel names and determines `expression`."""
-
-    key: str
-    expression: str
-    inputs: int
-    params: int
-
-
-def elementwise_kernel(function: Elementwise, dtype: str, rank: int,
-                       tile: BlockTile) -> KernelSpec:
+def elementwise_kernel(function: PointwiseCode, dtype: str, tile: BlockTile) -> KernelSpec:
     tile.validate()
-    return KernelSpec(
-        f"netc_ew_{function.key}_{dtype}_r{rank}_{tile.suffix}", "elementwise.jinja",
-        ("elementwise.cuh",), dtype, tile.threads,
-        (("expression", function.expression), ("inputs", function.inputs),
-         ("params", function.params), ("rank", rank)))
-
-
-# The elementwise functions, generated from the IR op (never from user text). ------------------
-
-ACTIVATIONS: dict[str, Elementwise] = {
-    "relu": Elementwise("relu", "fmaxf(x0, 0.0f)", 1, 0),
-    "sigmoid": Elementwise("sigmoid", "1.0f / (1.0f + expf(-x0))", 1, 0),
-    "tanh": Elementwise("tanh", "tanhf(x0)", 1, 0),
-    "gelu": Elementwise("gelu", "0.5f * x0 * (1.0f + erff(x0 * 0.70710678118654752f))", 1, 0),
-    "silu": Elementwise("silu", "x0 / (1.0f + expf(-x0))", 1, 0),
-    "leaky_relu": Elementwise("leaky_relu", "(x0 >= 0.0f ? x0 : x0 * p0)", 1, 1),
-}
-ACTIVATION_ATTRS: dict[str, tuple[str, ...]] = {"leaky_relu": ("alpha",)}
-"""The attributes an activation passes as p0, p1, ..."""
-
-BINARY_OPERATORS = {"add": "+", "sub": "-", "mul": "*"}
-
-# Inputs: x, weight, bias, running_mean, running_var (the IR's order); p0 = eps.
-BATCHNORM = Elementwise("batchnorm", "(x0 - x3) * rsqrtf(x4 + p0) * x1 + x2", 5, 1)
-COPY = Elementwise("copy", "x0", 1, 0)
-FILL = Elementwise("fill", "p0", 0, 1)
-
-
-def binary(op: str, operands: str) -> Elementwise:
-    """`a op b` where `operands` says, for a and b in turn, whether it is a tensor ("t", read
-    as the next x) or a scalar constant ("s", the next p)."""
-    names = []
-    counts = {"t": 0, "s": 0}
-    for kind in operands:
-        names.append(("x" if kind == "t" else "p") + str(counts[kind]))
-        counts[kind] += 1
-    return Elementwise(f"{op}_{operands}", f"{names[0]} {BINARY_OPERATORS[op]} {names[1]}",
-                       counts["t"], counts["s"])
+    return KernelSpec(f"netc_ew_{dtype}_{function.tag}_{tile.suffix}", "elementwise.jinja",
+                      ("elementwise.cuh",), dtype, tile.threads, (("function", function),))
 
 
 # Lowering ----------------------------------------------------------------------------------
@@ -170,16 +148,32 @@ class KernelLaunch:
     args: tuple[Arg, ...]
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """Pointwise ops fused around a node's kernel."""
+
+    prologue: Pointwise | None = None
+    """Computes the node's first input element by element (reductions only)."""
+    epilogue: Pointwise = IDENTITY
+    """Applied to every element of the node's result before it is stored."""
+
+
+NO_FUSION = Fusion()
 TileT = TypeVar("TileT", GemmTile, RowTile, BlockTile)
 
 
 class LoweringContext(Protocol):
     """What a lowering function may ask of the code generator."""
 
-    graph: Graph
+    @property
+    def graph(self) -> Graph: ...
 
-    def buffer(self, node_id: str) -> str:
-        """The buffer holding the value of node `node_id`."""
+    def buffer(self, value: str) -> str:
+        """The buffer holding value `value` (a node id)."""
+        ...
+
+    def type_of(self, value: str) -> TensorType:
+        """The type of value `value` (a node id, or a body node of the fused node lowered)."""
         ...
 
     def scratch(self, owner: Node, shape: tuple[Dim, ...]) -> str:
@@ -191,8 +185,7 @@ class LoweringContext(Protocol):
         ...
 
 
-
-Lowering = Callable[[LoweringContext, Node], list[KernelLaunch]]
+Lowering = Callable[[LoweringContext, Node, Fusion], list[KernelLaunch]]
 ONE = GridDim(0, 1, 1)
 BATCH = Arg("batch")
 
@@ -201,7 +194,7 @@ def _buffer(name: str) -> Arg:
     return Arg("buffer", buffer=name)
 
 
-def _ints(*values: int) -> tuple[Arg, ...]:
+def _ints(*values: Dim) -> tuple[Arg, ...]:
     return tuple(Arg("int", value=int(v)) for v in values)
 
 
@@ -212,82 +205,55 @@ def _fixed_grid(count: int, what: str) -> GridDim:
     return GridDim(0, count, 1)
 
 
-def elementwise_launch(node: Node, function: Elementwise, tile: BlockTile, out: str,
-                       out_shape: tuple[Dim, ...], inputs: Sequence[tuple[str, Sequence[int]]],
-                       params: Sequence[float]) -> KernelLaunch:
-    """out[i] = function(inputs read through their strides over `out_shape`, params)."""
-    assert len(inputs) == function.inputs and len(params) == function.params
-    view = coalesce(out_shape, [strides for _, strides in inputs])
-    rank = 0 if view.contiguous else view.rank
+def _no_prologue(node: Node, fusion: Fusion) -> Pointwise:
+    if fusion.prologue is not None:
+        raise CodegenError(f"{node.id}: `{node.op}` takes no fused prologue")
+    return fusion.epilogue
+
+
+def elementwise_launch(node: Node, function: Pointwise, tile: BlockTile, out: str,
+                       out_shape: tuple[Dim, ...]) -> KernelLaunch:
+    """out[i] = function(i) for every element of `out_shape`."""
     total = BatchLinear.of(out_shape)
-    args: list[Arg] = [_buffer(out), *(_buffer(name) for name, _ in inputs), BATCH,
-                       *total.args()]
-    if rank:
-        args += _ints(*(size or 0 for size in view.sizes[1:]))
-        args += _ints(*(stride for strides in view.strides for stride in strides))
-    args += [Arg("float", value=float(p)) for p in params]
-    return KernelLaunch(elementwise_kernel(function, node.type.dtype, rank, tile),
-                        (total.grid(tile.threads), ONE, ONE), tile.threads, 0, tuple(args))
+    args = (_buffer(out), BATCH, *total.args(), *function.args)
+    return KernelLaunch(elementwise_kernel(function.code, node.type.dtype, tile),
+                        (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)
 
 
-def _lower_activation(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
-    shape = node.type.shape
+def _standalone(node: Node) -> Node:
+    """`node` as the body of a group of one: its inputs become $0, $1, ..."""
+    return dataclasses.replace(node, inputs=tuple(f"${i}" for i in range(len(node.inputs))))
+
+
+def _lower_pointwise(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    _no_prologue(node, fusion)
+    function = pointwise.build([_standalone(node)], [ctx.graph[i] for i in node.inputs],
+                               ctx.buffer, node.type.shape)
+    return [elementwise_launch(node, function, ctx.tile(node, DEFAULT_BLOCK),
+                               ctx.buffer(node.id), node.type.shape)]
+
+
+def _lower_transpose(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    if fusion != NO_FUSION:
+        raise CodegenError(f"{node.id}: transpose takes no fused ops")
     (x,) = node.inputs
-    params = [float(node.attrs[name]) for name in ACTIVATION_ATTRS.get(node.op, ())]
-    return [elementwise_launch(node, ACTIVATIONS[node.op], ctx.tile(node, DEFAULT_BLOCK),
-                               ctx.buffer(node.id), shape,
-                               [(ctx.buffer(x), contiguous_strides(shape))], params)]
-
-
-def _lower_binary(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
-    out_shape = node.type.shape
-    operands = ""
-    tensors: list[tuple[str, Sequence[int]]] = []
-    scalars: list[float] = []
-    for input_id in node.inputs:
-        source = ctx.graph[input_id]
-        if source.op == "constant":
-            operands += "s"
-            scalars.append(float(source.attrs["value"]))
-        else:
-            operands += "t"
-            tensors.append((ctx.buffer(input_id),
-                            broadcast_strides(source.type.shape, out_shape)))
-    return [elementwise_launch(node, binary(node.op, operands), ctx.tile(node, DEFAULT_BLOCK),
-                               ctx.buffer(node.id), out_shape, tensors, scalars)]
-
-
-def _lower_batchnorm(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
-    shape = node.type.shape
-    channels = shape[1]
-    # Viewed as [N, C, rest]: x is contiguous, the four [C] parameters repeat over N and rest.
-    rest = math.prod(int(d) for d in shape[2:])
-    view = (shape[0], channels, rest)
-    x_strides = contiguous_strides(view)
-    inputs = [(ctx.buffer(node.inputs[0]), x_strides)]
-    inputs += [(ctx.buffer(param), (0, 1, 0)) for param in node.inputs[1:]]
-    return [elementwise_launch(node, BATCHNORM, ctx.tile(node, DEFAULT_BLOCK),
-                               ctx.buffer(node.id), view, inputs, [node.attrs["eps"]])]
-
-
-def _lower_transpose(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
-    (x,) = node.inputs
-    in_strides = contiguous_strides(ctx.graph[x].type.shape)
-    strides = [in_strides[axis] for axis in node.attrs["perm"]]
-    return [elementwise_launch(node, COPY, ctx.tile(node, DEFAULT_BLOCK), ctx.buffer(node.id),
-                               node.type.shape, [(ctx.buffer(x), strides)], [])]
+    in_strides = contiguous_strides(ctx.type_of(x).shape)
+    function = pointwise.gather(node.type.shape, ctx.buffer(x),
+                                [in_strides[axis] for axis in node.attrs["perm"]])
+    return [elementwise_launch(node, function, ctx.tile(node, DEFAULT_BLOCK),
+                               ctx.buffer(node.id), node.type.shape)]
 
 
 def fill_constant(node: Node, out: str) -> KernelLaunch:
     """Writes a scalar `constant` node into a buffer, for a consumer that reads memory (the
-    arithmetic ops take constants as kernel arguments instead)."""
-    return elementwise_launch(node, FILL, DEFAULT_BLOCK, out, node.type.shape, [],
-                              [node.attrs["value"]])
+    pointwise ops take constants as kernel arguments instead)."""
+    return elementwise_launch(node, pointwise.fill(node.attrs["value"]), DEFAULT_BLOCK, out,
+                              node.type.shape)
 
 
-def _gemm_launch(ctx: LoweringContext, node: Node, *, a: str, b: str, bias: str | None,
-                 m: BatchLinear, n: int, k: BatchLinear, count: BatchLinear, inner_count: int,
-                 a_strides: tuple[int, int], b_strides: tuple[int, int],
+def _gemm_launch(ctx: LoweringContext, node: Node, epilogue: Pointwise, *, a: str, b: str,
+                 bias: str | None, m: BatchLinear, n: int, k: BatchLinear, count: BatchLinear,
+                 inner_count: int, a_strides: tuple[int, int], b_strides: tuple[int, int],
                  b_transposed: bool) -> KernelLaunch:
     """C [count, M, N] = A [.., M, K] . B [.., K, N] (or B^T for a [N, K] B) (+ bias[n]).
 
@@ -301,25 +267,26 @@ def _gemm_launch(ctx: LoweringContext, node: Node, *, a: str, b: str, bias: str 
     grid_y = _fixed_grid(-(-n // tile.bn), node.id)
     pointers = [_buffer(a), _buffer(b)] + ([_buffer(bias)] if bias else [])
     args = (*pointers, _buffer(ctx.buffer(node.id)), BATCH, *m.args(), *_ints(n), *k.args(),
-            *_ints(inner_count, *a_strides, *b_strides))
+            *_ints(inner_count, *a_strides, *b_strides), *epilogue.args)
     spec = gemm_kernel(node.type.dtype, tile, b_transposed=b_transposed,
-                       has_bias=bias is not None)
+                       has_bias=bias is not None, epilogue=epilogue.code)
     return KernelLaunch(spec, (grid_x, grid_y, ONE), tile.threads, tile.shared_bytes, args)
 
 
-def _lower_dense(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
+def _lower_dense(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     x, weight, *bias = node.inputs
-    x_shape = ctx.graph[x].type.shape
+    x_shape = ctx.type_of(x).shape
     return [_gemm_launch(
-        ctx, node, a=ctx.buffer(x), b=ctx.buffer(weight),
+        ctx, node, _no_prologue(node, fusion), a=ctx.buffer(x), b=ctx.buffer(weight),
         bias=ctx.buffer(bias[0]) if bias else None, m=BatchLinear.of(x_shape[:-1]),
         n=node.attrs["units"], k=BatchLinear.of(x_shape[-1:]), count=BatchLinear(0, 1),
         inner_count=1, a_strides=(0, 0), b_strides=(0, 0), b_transposed=True)]
 
 
-def _lower_matmul(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
+def _lower_matmul(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    epilogue = _no_prologue(node, fusion)
     launches: list[KernelLaunch] = []
-    a_type, b_type = (ctx.graph[i].type for i in node.inputs)
+    a_type, b_type = (ctx.type_of(i) for i in node.inputs)
     # NumPy's rules: a vector is a one-row (first) or one-column (second) matrix; dropping that
     # dim from the result changes nothing in memory.
     a_shape = a_type.shape if a_type.rank > 1 else (1, *a_type.shape)
@@ -344,24 +311,26 @@ def _lower_matmul(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
                 continue
             copy = ctx.scratch(node, expanded)
             launches.append(elementwise_launch(
-                node, COPY, DEFAULT_BLOCK, copy, expanded,
-                [(buffer, broadcast_strides(shape, expanded))], []))
+                node, pointwise.gather(expanded, buffer, broadcast_strides(shape, expanded)),
+                DEFAULT_BLOCK, copy, expanded))
             operands[position] = (copy, expanded)
         view = coalesce(batch_shape, [batch_strides(shape) for _, shape in operands])
     inner_count = int(view.sizes[1] or 0) if view.rank == 2 else 1
     a_strides, b_strides = (
         (strides[0], strides[1] if view.rank == 2 else 0) for strides in view.strides)
     launches.append(_gemm_launch(
-        ctx, node, a=operands[0][0], b=operands[1][0], bias=None, m=BatchLinear.of(a_shape[-2:-1]),
-        n=int(b_shape[-1]), k=BatchLinear.of(a_shape[-1:]), count=BatchLinear.of(batch_shape),
-        inner_count=inner_count, a_strides=a_strides, b_strides=b_strides, b_transposed=False))
+        ctx, node, epilogue, a=operands[0][0], b=operands[1][0], bias=None,
+        m=BatchLinear.of(a_shape[-2:-1]), n=int(b_shape[-1]), k=BatchLinear.of(a_shape[-1:]),
+        count=BatchLinear.of(batch_shape), inner_count=inner_count, a_strides=a_strides,
+        b_strides=b_strides, b_transposed=False))
     return launches
 
 
-def _lower_conv2d(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
+def _lower_conv2d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    epilogue = _no_prologue(node, fusion)
     x, weight, *bias = node.inputs
     tile = ctx.tile(node, DEFAULT_GEMM)
-    images, channels, height, width = ctx.graph[x].type.shape
+    images, channels, height, width = ctx.type_of(x).shape
     _, filters, out_height, out_width = node.type.shape
     window = Window.from_attrs("conv2d", node.attrs)
     groups = node.attrs["groups"]
@@ -375,60 +344,70 @@ def _lower_conv2d(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
     args = (*pointers, _buffer(ctx.buffer(node.id)), BATCH, *images_size.args(),
             *_ints(channels, height, width, filters, out_height, out_width, *window.kernel,
                    *window.stride, window.padding[0], window.padding[1], *window.dilation,
-                   groups))
-    spec = conv2d_kernel(node.type.dtype, tile, has_bias=bool(bias))
+                   groups), *epilogue.args)
+    spec = conv2d_kernel(node.type.dtype, tile, has_bias=bool(bias), epilogue=epilogue.code)
     return [KernelLaunch(spec, grid, tile.threads, tile.shared_bytes, args)]
 
 
-def _lower_pool(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
+def _lower_pool(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    epilogue = _no_prologue(node, fusion)
     (x,) = node.inputs
     tile = ctx.tile(node, DEFAULT_BLOCK)
-    _, channels, height, width = ctx.graph[x].type.shape
+    _, channels, height, width = ctx.type_of(x).shape
     out_height, out_width = node.type.shape[2:]
     window = Window.from_attrs(node.op, node.attrs)
     total = BatchLinear.of(node.type.shape)
     args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(node.id)), BATCH, *total.args(),
             *_ints(channels, height, width, out_height, out_width, *window.kernel,
-                   *window.stride, window.padding[0], window.padding[1]))
-    spec = pool_kernel(node.type.dtype, tile, is_max=node.op == "maxpool2d")
+                   *window.stride, window.padding[0], window.padding[1]), *epilogue.args)
+    spec = pool_kernel(node.type.dtype, tile, is_max=node.op == "maxpool2d",
+                       epilogue=epilogue.code)
     return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
 
 
-def _row_launch(ctx: LoweringContext, node: Node, operation: str, shape: tuple[Dim, ...],
-                axis: int, extra_inputs: Sequence[str] = (),
-                params: Sequence[float] = ()) -> KernelLaunch:
+def _row_launch(ctx: LoweringContext, node: Node, fusion: Fusion, operation: str,
+                shape: tuple[Dim, ...], axis: int, pointers: Sequence[str] = (),
+                floats: Sequence[float] = ()) -> KernelLaunch:
     """Reduces the first input, viewed as `shape`, along `axis`: one row per position of the
-    other dims."""
+    other dims. `pointers` and `floats` are the operation's own parameters."""
     length = BatchLinear.of(shape[axis:axis + 1])
     rows = BatchLinear.of(shape[:axis] + shape[axis + 1:])
     inner = math.prod(int(d) for d in shape[axis + 1:])
     # A row as long as the batch is taken as long.
     tile = ctx.tile(node, default_row_tile(1 << 30 if length.batched else length.fixed))
-    pointers = [_buffer(ctx.buffer(i)) for i in (node.inputs[0], *extra_inputs)]
-    args = (*pointers, _buffer(ctx.buffer(node.id)), BATCH, *rows.args(), *length.args(),
-            *_ints(inner), *(Arg("float", value=float(p)) for p in params))
-    spec = row_kernel(operation, node.type.dtype, tile)
+    prologue = fusion.prologue or pointwise.gather(shape, ctx.buffer(node.inputs[0]),
+                                                   contiguous_strides(shape))
+    args = (_buffer(ctx.buffer(node.id)), *(_buffer(ctx.buffer(p)) for p in pointers), BATCH,
+            *rows.args(), *length.args(), *_ints(inner),
+            *(Arg("float", value=float(f)) for f in floats), *prologue.args,
+            *fusion.epilogue.args)
+    spec = row_kernel(operation, node.type.dtype, tile, prologue=prologue.code,
+                      epilogue=fusion.epilogue.code)
     return KernelLaunch(spec, (rows.grid(tile.rows_per_block), ONE, ONE), tile.threads,
                         tile.shared_bytes, args)
 
 
-def _lower_softmax(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
-    return [_row_launch(ctx, node, node.op, node.type.shape, node.attrs["axis"])]
+def _lower_softmax(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    return [_row_launch(ctx, node, fusion, node.op, node.type.shape, node.attrs["axis"])]
 
 
-def _lower_layernorm(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
+def _lower_layernorm(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     _, weight, bias = node.inputs
-    return [_row_launch(ctx, node, "layernorm", node.type.shape, node.type.rank - 1,
+    return [_row_launch(ctx, node, fusion, "layernorm", node.type.shape, node.type.rank - 1,
                         (weight, bias), (node.attrs["eps"],))]
 
 
-def _lower_global_avgpool(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
+def _lower_global_avgpool(ctx: LoweringContext, node: Node,
+                          fusion: Fusion) -> list[KernelLaunch]:
     # A row is one channel of one image: [N, C, H, W] viewed as [N, C, H * W].
-    images, channels, height, width = ctx.graph[node.inputs[0]].type.shape
-    return [_row_launch(ctx, node, "mean", (images, channels, int(height) * int(width)), 2)]
+    images, channels, height, width = ctx.type_of(node.inputs[0]).shape
+    return [_row_launch(ctx, node, fusion, "mean",
+                        (images, channels, int(height) * int(width)), 2)]
 
 
-def _lower_concat(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
+def _lower_concat(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    if fusion != NO_FUSION:
+        raise CodegenError(f"{node.id}: concat takes no fused ops")
     axis = node.attrs["axis"]
     tile = ctx.tile(node, DEFAULT_BLOCK)
     out_shape = node.type.shape
@@ -437,7 +416,7 @@ def _lower_concat(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
     launches = []
     offset = 0
     for input_id in node.inputs:
-        shape = ctx.graph[input_id].type.shape
+        shape = ctx.type_of(input_id).shape
         total = BatchLinear.of(shape)
         chunk = int(shape[axis]) * inner
         args = (_buffer(ctx.buffer(input_id)), _buffer(ctx.buffer(node.id)), BATCH,
@@ -447,6 +426,65 @@ def _lower_concat(ctx: LoweringContext, node: Node) -> list[KernelLaunch]:
                                      args))
         offset += chunk
     return launches
+
+
+def _lower_fused(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    """A fused group: its anchor's kernel with the members before the anchor as prologue and
+    those after it as epilogue; a group of pointwise ops as one elementwise kernel."""
+    if fusion != NO_FUSION:
+        raise CodegenError(f"{node.id}: a fused node inside a fused node")
+    body = body_of(node.attrs)
+    inputs = [ctx.graph[i] for i in node.inputs]
+    if node.attrs["kind"] == "elementwise":
+        function = pointwise.build(body, inputs, ctx.buffer, node.type.shape)
+        return [elementwise_launch(node, function, ctx.tile(node, DEFAULT_BLOCK),
+                                   ctx.buffer(node.id), node.type.shape)]
+    position = next(i for i, member in enumerate(body) if member.id == node.attrs["anchor"])
+    anchor, before, after = body[position], body[:position], body[position + 1:]
+    lowering = LOWERINGS.get(anchor.op)
+    if lowering is None or anchor.op == "fused":
+        raise CodegenError(f"{node.id}: no kernel for a fused group anchored at `{anchor.op}`")
+    epilogue = (pointwise.build(after, inputs, ctx.buffer, node.type.shape, seed=anchor.id)
+                if after else IDENTITY)
+    prologue = None
+    if before:
+        if anchor.inputs[0] != before[-1].id or any(
+                input_position(ref) is None for ref in anchor.inputs[1:]):
+            raise CodegenError(f"{node.id}: a prologue must compute exactly the first input "
+                               f"of `{anchor.op}`")
+        prologue = pointwise.build(before, inputs, ctx.buffer, before[-1].type.shape)
+    # The anchor as a graph node: it computes the fused node's value from graph values (and,
+    # with a prologue, from the prologue's result, which lives only in registers).
+    resolved = dataclasses.replace(anchor, id=node.id, inputs=tuple(
+        ref if (k := input_position(ref)) is None else node.inputs[k] for ref in anchor.inputs))
+    return lowering(_BodyContext(ctx, {member.id: member.type for member in before}), resolved,
+                    Fusion(prologue, epilogue))
+
+
+@dataclass
+class _BodyContext:
+    """A context that also knows the types of a fused node's prologue members."""
+
+    outer: LoweringContext
+    body_types: dict[str, TensorType]
+
+    @property
+    def graph(self) -> Graph:
+        return self.outer.graph
+
+    def buffer(self, value: str) -> str:
+        if value in self.body_types:
+            raise CodegenError(f"{value} is computed in registers by a fused prologue")
+        return self.outer.buffer(value)
+
+    def type_of(self, value: str) -> TensorType:
+        return self.body_types[value] if value in self.body_types else self.outer.type_of(value)
+
+    def scratch(self, owner: Node, shape: tuple[Dim, ...]) -> str:
+        return self.outer.scratch(owner, shape)
+
+    def tile(self, node: Node, default: TileT) -> TileT:
+        return self.outer.tile(node, default)
 
 
 LOWERINGS: dict[str, Lowering] = {
@@ -459,19 +497,22 @@ LOWERINGS: dict[str, Lowering] = {
     "softmax": _lower_softmax,
     "log_softmax": _lower_softmax,
     "layernorm": _lower_layernorm,
-    "batchnorm": _lower_batchnorm,
-    **dict.fromkeys(ACTIVATIONS, _lower_activation),
-    **dict.fromkeys(BINARY_OPERATORS, _lower_binary),
+    **dict.fromkeys(pointwise.POINTWISE_OPS, _lower_pointwise),
     "transpose": _lower_transpose,
     "concat": _lower_concat,
+    "fused": _lower_fused,
 }
 """Every op that computes (all but views) -> the function that lowers one node of it."""
 
+_TILE_KINDS: dict[str, type[Tile]] = {
+    **dict.fromkeys(("dense", "matmul", "conv2d"), GemmTile),
+    **dict.fromkeys(("softmax", "log_softmax", "layernorm", "global_avgpool"), RowTile),
+}
 
-def tile_kind(op: str) -> type[Tile]:
-    """The tile configuration type an op's kernels take (for validating overrides)."""
-    if op in ("dense", "matmul", "conv2d"):
-        return GemmTile
-    if op in ("softmax", "log_softmax", "layernorm", "global_avgpool"):
-        return RowTile
-    return BlockTile
+
+def tile_kind(node: Node) -> type[Tile]:
+    """The tile configuration type a node's kernel takes (for validating overrides)."""
+    op = node.op
+    if op == "fused" and node.attrs["kind"] != "elementwise":
+        op = next(member.op for member in body_of(node.attrs) if member.id == node.attrs["anchor"])
+    return _TILE_KINDS.get(op, BlockTile)

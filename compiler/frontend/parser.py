@@ -12,8 +12,9 @@ Three steps, each turning bad input into diagnostics rather than exceptions:
    rule without a handler is refused when the parser is built, and again at run time by
    `__default__`; errors raised in a handler reach the caller unwrapped.
 
-The Lark tables are cached per user, written atomically, keyed by the grammar's hash and the
-Lark and Python versions, so a warm start costs a file read instead of ~70 ms of table building.
+The Lark tables are cached in netc's per-user cache, written atomically, keyed by the grammar's
+hash and the Lark and Python versions, so a warm start reads a file instead of spending ~70 ms
+(more on a slow machine) building tables.
 """
 
 from __future__ import annotations
@@ -69,20 +70,24 @@ def _grammar_text() -> str:
 
 
 def _cache_file(grammar: str) -> Path | None:
-    """Where this grammar's tables are cached for this user, or None if there is nowhere."""
+    """Where this grammar's tables are cached for this user, or None if there is nowhere.
+
+    The folder is netc's per-user cache (`netc.runtime.cache.cache_root`: $NETC_CACHE_DIR,
+    else $XDG_CACHE_HOME/netc, else ~/.cache/netc); NETC_NO_CACHE=1 turns the cache off.
+    """
     if os.environ.get("NETC_NO_CACHE"):
         return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = Path(base) / "netc"
-    key = hashlib.sha256(
-        f"{grammar}\0{sorted(_LARK_OPTIONS.items())}\0{lark.__version__}".encode()
-    ).hexdigest()[:20]
+    from netc.runtime.cache import CacheError, cache_root
+
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError:
+        folder = cache_root()
+    except (CacheError, OSError):
         return None
     if not os.access(folder, os.W_OK):
         return None
+    key = hashlib.sha256(
+        f"{grammar}\0{sorted(_LARK_OPTIONS.items())}\0{lark.__version__}".encode()
+    ).hexdigest()[:20]
     return folder / f"grammar-{key}-py{sys.version_info[0]}{sys.version_info[1]}.lark"
 
 

@@ -26,6 +26,7 @@ inputs by name, layers by full layer name, parameters `<layer>.<param>`, every o
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -230,11 +231,11 @@ class BlockInfo:
     def name(self) -> str:
         return self.definition.name.text
 
-    @property
+    @functools.cached_property
     def tensor_params(self) -> tuple[ast.TensorParam, ...]:
         return tuple(p for p in self.definition.params if isinstance(p, ast.TensorParam))
 
-    @property
+    @functools.cached_property
     def attr_params(self) -> tuple[ast.AttrParam, ...]:
         return tuple(p for p in self.definition.params if isinstance(p, ast.AttrParam))
 
@@ -533,8 +534,8 @@ class _Scope:
     source: SourceFile
     prefix: str
     env: dict[str, Value]
-    layer_counts: Counter[str] = field(default_factory=Counter)
-    block_counts: Counter[str] = field(default_factory=Counter)
+    layer_counts: dict[str, int] = field(default_factory=dict)
+    block_counts: dict[str, int] = field(default_factory=dict)
 
 
 _FAILED = object()
@@ -558,15 +559,24 @@ class Expander:
         self.depth = 0
         self.block_stack: list[str] = []
         self.expanded: set[str] = set()
-        self.notes: tuple[str, ...] = ()
+        # The ops source may call, and each one's attributes by position (looked up per call).
+        self.ops = {name: opdef for name, opdef in REGISTRY.items() if user_callable(opdef)}
+        self.by_position = {name: [spec for spec in opdef.attrs if spec.positional]
+                            for name, opdef in self.ops.items()}
+        self.calls: tuple[tuple[str, str, Span], ...] = ()
+        """The block calls being expanded, innermost first: (prefixed name, block, call span)."""
 
     def error(self, code: str, message: str, span: Span | None, help: str | None = None,
               notes: Sequence[str] = ()) -> None:
-        # Errors inside a block say which call they happened in: the innermost few calls.
-        calls = self.notes
-        if len(calls) > 4:
-            calls = (*calls[:3], f"... inside {len(calls) - 3} more block calls")
-        self.reporter.error(code, message, span, help, (*notes, *calls))
+        self.reporter.error(code, message, span, help, (*notes, *self._call_notes()))
+
+    def _call_notes(self) -> tuple[str, ...]:
+        """Errors inside a block say which call they happened in: the innermost few calls."""
+        notes = tuple(f"in `{where}`, the call of block `{block}` at {span}"
+                      for where, block, span in self.calls[:4])
+        if len(self.calls) > 4:
+            notes = (*notes[:3], f"... inside {len(self.calls) - 3} more block calls")
+        return notes
 
     # Entry
 
@@ -589,7 +599,7 @@ class Expander:
         if len(self.nodes) >= MAX_NODES:
             raise _Abort(Diagnostic(
                 "E0504", f"the network has more than {MAX_NODES:,} nodes once repeats are "
-                "unrolled and blocks expanded", node.span, notes=self.notes))
+                "unrolled and blocks expanded", node.span, notes=self._call_notes()))
         self.nodes.append(node)
         self.node_ids[node.id] = node
 
@@ -601,7 +611,7 @@ class Expander:
             if self.statements > MAX_STATEMENTS:
                 raise _Abort(Diagnostic(
                     "E0505", f"unrolling runs more than {MAX_STATEMENTS:,} statements",
-                    statement.span, "lower the `repeat` counts", self.notes))
+                    statement.span, "lower the `repeat` counts", self._call_notes()))
             if isinstance(statement, ast.AssignStmt):
                 scope.env[statement.target.text] = self._eval(statement.value, scope)
             elif isinstance(statement, ast.InputStmt):
@@ -705,13 +715,13 @@ class Expander:
             raise _Abort(Diagnostic(
                 "E0504", f"this repeat makes {nodes:,} nodes a round, {nodes * count:,} in all: "
                 f"the network would have more than {MAX_NODES:,} nodes", statement.count.span,
-                "lower the count", self.notes))
+                "lower the count", self._call_notes()))
         if self.statements + statements * remaining > MAX_STATEMENTS:
             raise _Abort(Diagnostic(
                 "E0505", f"this repeat runs {statements:,} statements a round, "
                 f"{statements * count:,} in all: unrolling would run more than "
                 f"{MAX_STATEMENTS:,} statements", statement.count.span, "lower the count",
-                self.notes))
+                self._call_notes()))
 
     # Expressions
 
@@ -873,9 +883,7 @@ class Expander:
     def _call(self, call: ast.Call, scope: _Scope, piped: tuple[Value, Span] | None) -> Value:
         name = call.callee.text
         block = scope.source.blocks.get(name)
-        opdef = None if block is not None else REGISTRY.get(name)
-        if opdef is not None and not user_callable(opdef):
-            opdef = None
+        opdef = None if block is not None else self.ops.get(name)
         if block is None and opdef is None:
             self._unknown_callee(call, scope)
         positional: list[tuple[Value, Span]] = [piped] if piped is not None else []
@@ -902,7 +910,7 @@ class Expander:
 
     def _unknown_callee(self, call: ast.Call, scope: _Scope) -> None:
         name = call.callee.text
-        known = [n for n, d in REGISTRY.items() if user_callable(d)] + [*scope.source.blocks]
+        known = [*self.ops, *scope.source.blocks]
         help = did_you_mean(name, known)
         if name in self.all_blocks:
             where = self.all_blocks[name].source.name
@@ -928,7 +936,7 @@ class Expander:
                  keywords: list[tuple[ast.Identifier, Value, Span]], scope: _Scope) -> Value:
         op = opdef.name
         count = self._split_tensors(positional, opdef.max_inputs)
-        by_position = [spec for spec in opdef.attrs if spec.positional]
+        by_position = self.by_position[op]
         if opdef.max_inputs is not None and count > opdef.max_inputs and by_position:
             # `dense(x, y)`: the extra tensor is in the place of an attribute; say so there.
             count = opdef.max_inputs
@@ -1058,8 +1066,9 @@ class Expander:
         layer = None
         if opdef.has_params:
             if layer_name is None:
-                layer_name = f"{op}_{scope.layer_counts[op]}"
-                scope.layer_counts[op] += 1
+                index = scope.layer_counts.get(op, 0)
+                scope.layer_counts[op] = index + 1
+                layer_name = f"{op}_{index}"
             layer = scope.prefix + layer_name
         try:
             attrs = opdef.normalize(Attrs(given), types)
@@ -1213,12 +1222,12 @@ class Expander:
         if not ok or any(v is POISON for v in env.values()):
             return POISON
         if prefix_name is None:
-            prefix_name = f"{name}_{scope.block_counts[name]}"
-            scope.block_counts[name] += 1
+            index = scope.block_counts.get(name, 0)
+            scope.block_counts[name] = index + 1
+            prefix_name = f"{name}_{index}"
         inner = _Scope(block.source, f"{scope.prefix}{prefix_name}.", env)
-        saved_notes = self.notes
-        self.notes = (f"in `{scope.prefix}{prefix_name}`, the call of block `{name}` at "
-                      f"{call.span}", *saved_notes)
+        saved_calls = self.calls
+        self.calls = ((f"{scope.prefix}{prefix_name}", name, call.span), *saved_calls)
         self.block_stack.append(name)
         self.expanded.add(name)
         try:
@@ -1233,7 +1242,7 @@ class Expander:
                 result = POISON
         finally:
             self.block_stack.pop()
-            self.notes = saved_notes
+            self.calls = saved_calls
         return result
 
     def _check_unexpanded_blocks(self) -> None:
@@ -1250,8 +1259,7 @@ class Expander:
                 for expression in expressions:
                     for sub in ast.subexpressions(expression):
                         if (isinstance(sub, ast.Call) and sub.callee.text not in info.source.blocks
-                                and not (sub.callee.text in REGISTRY
-                                         and user_callable(REGISTRY[sub.callee.text]))):
+                                and sub.callee.text not in self.ops):
                             self._unknown_callee(sub, _Scope(info.source, "", {}))
 
 

@@ -4,9 +4,12 @@
 // netc generates with g++ (-std=c++17), force-including this header
 // (`-include cudasim.h`), and runs the kernels on the CPU:
 //
-//  * every GPU thread of a block is a fiber (its own stack, 128 KiB by default);
-//    fibers switch only at __syncthreads() and at warp-synchronous operations
-//    (__syncwarp, __shfl*_sync, __ballot/__any/__all_sync, __match_*, __reduce_*);
+//  * every GPU thread of a block is a fiber; fibers switch only at __syncthreads()
+//    and at warp-synchronous operations (__syncwarp, __shfl*_sync,
+//    __ballot/__any/__all_sync, __match_*, __reduce_*).  A thread holds a stack
+//    (128 KiB by default, with a guard page) from its first run until it exits, and
+//    the stack then serves the next thread: kernels without barriers run a whole
+//    block on one cache-hot stack;
 //  * a block runs on one OS worker thread from start to end; the blocks of a grid are
 //    handed out to `workers` OS threads (the calling thread is worker 0);
 //  * the fibers of a block are resumed in the launch's schedule order (in order,
@@ -71,8 +74,10 @@
 #define NETC_CUDASIM 1
 #define CUDASIM_ABI_VERSION 1
 
-// Every standard header this file needs comes first: some libstdc++ headers spell
-// `__attribute__((__noinline__))`, which the CUDA qualifier macros below would break.
+// Every standard header this file needs comes first.  <memory> is included although
+// the runtime does not need it: libstdc++'s shared_ptr_base.h spells
+// `__attribute__((__noinline__))`, which the CUDA `__noinline__` macro below would
+// break if kernel code included <memory> (or <algorithm>, ...) after this header.
 #include <cassert>
 #include <cfloat>
 #include <climits>
@@ -85,6 +90,7 @@
 #include <cstring>
 #include <exception>
 #include <math.h>
+#include <memory>
 #include <new>
 #include <tuple>
 #include <type_traits>
@@ -1063,7 +1069,7 @@ __asm__(
     "    ret\n"
     ".size cudasim_swap_context, .-cudasim_swap_context\n"
     // A new fiber's first switch "returns" here with r12 = entry function and
-    // r13 = its argument (see fiber_reset); the entry never returns.
+    // r13 = its argument (see stack_reset); the entry never returns.
     ".p2align 4\n"
     ".globl cudasim_fiber_trampoline\n"
     ".hidden cudasim_fiber_trampoline\n"
@@ -1655,7 +1661,19 @@ static void* pool_thread_main(void* p) {
     return nullptr;
 }
 
+// After fork() only the forking thread exists in the child: forget the pool (its
+// threads are gone; a new one starts on demand) and the launch lock's state.
+static void pool_after_fork_in_child() {
+    g_pool = nullptr;
+    g_launch_mu = PTHREAD_MUTEX_INITIALIZER;
+}
+
 static bool pool_ensure(int helpers, char* err, size_t errlen) {
+    static bool atfork_registered = false;
+    if (!atfork_registered) {
+        pthread_atfork(nullptr, nullptr, pool_after_fork_in_child);
+        atfork_registered = true;
+    }
     if (g_pool == nullptr) {
         g_pool = static_cast<Pool*>(calloc(1, sizeof(Pool)));
         if (g_pool == nullptr) { snprintf(err, errlen, "out of memory"); return false; }

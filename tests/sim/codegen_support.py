@@ -50,14 +50,15 @@ def assert_close(name: str, actual: np.ndarray, expected: np.ndarray, rtol: floa
         f"{name}: shape {actual.shape}, expected {expected.shape}")
     bad = ~np.isclose(actual, expected, rtol=rtol, atol=atol, equal_nan=False)
     if bad.any():
-        difference = np.abs(actual.astype(np.float64) - expected)
-        worst = np.unravel_index(np.nanargmax(np.where(np.isnan(difference), np.inf,
-                                                        difference)), actual.shape)
+        excess = np.abs(actual.astype(np.float64) - expected) - (atol + rtol * np.abs(expected))
+        worst = np.unravel_index(np.argmax(np.where(np.isnan(excess), np.inf, excess)),
+                                 actual.shape)
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {actual.size} elements differ "
-            f"({int(np.isnan(actual).sum())} NaN, i.e. never written); largest difference "
-            f"{difference[worst]:.3g} at {tuple(int(i) for i in worst)}: got {actual[worst]!r}, "
-            f"expected {expected[worst]!r} (rtol {rtol}, atol {atol})")
+            f"({int(np.isnan(actual).sum())} NaN, i.e. never written); the worst, at "
+            f"{tuple(int(i) for i in worst)}: got {actual[worst]!r}, expected "
+            f"{expected[worst]!r}, difference {abs(float(actual[worst]) - expected[worst]):.3g} "
+            f"(rtol {rtol}, atol {atol}); largest magnitude {float(np.abs(expected).max()):.3g}")
 
 
 def check_graph(graph: Graph, tiles: Mapping[str, Tile] | None = None, *, batch: int = 2,

@@ -44,11 +44,15 @@ def parallel(op: str, inputs: Mapping[str, tuple[str, Sequence[Dim]]],
 
 def random_weights(graph: Graph, rng: np.random.Generator, *,
                    shared: bool = False) -> dict[str, np.ndarray]:
-    """Every parameter drawn from U(-1, 1), variances from U(0.5, 1.5). `shared`: parameters
-    of the same name and shape in different layers get the same values (for `parallel`)."""
+    """Random parameters at PyTorch's scales, so activations stay of order one through a deep
+    network: U(-b, b) where PyTorch draws from it; around 1 (0.5 to 1.5) where it starts at 1
+    (batchnorm's weight and variance); U(-1, 1) where it starts at 0. `shared`: parameters of
+    the same name and shape in different layers get the same values (for `parallel`)."""
     weights = {}
     for name, spec in param_specs(graph).items():
-        low, high = (0.5, 1.5) if spec.name == "running_var" else (-1.0, 1.0)
+        kind, value = spec.init
+        low, high = ((-value, value) if kind == "uniform" else
+                     (0.5, 1.5) if value == 1.0 else (-1.0, 1.0))
         weights[name] = rng.uniform(low, high, size=spec.shape).astype(np.float32)
     if not shared:
         return weights

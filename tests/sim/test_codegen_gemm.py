@@ -72,8 +72,8 @@ def test_matmul_expands_broadcast_operands_past_two_batch_levels() -> None:
     graph, _ = parallel("matmul", {"a": ("f32", (2, 1, 3, 5, 4)), "b": ("f32", (1, 2, 1, 4, 6))},
                         [None])
     plan = generate(graph)
-    assert [launch.kernel.split("_f32")[0] for launch in plan.launches] == [
-        "netc_ew_copy", "netc_ew_copy", "netc_gemm"]
+    assert [launch.kernel.split("_r")[0] for launch in plan.launches] == [
+        "netc_ew_f32_copy", "netc_ew_f32_copy", "netc_gemm_f32_bm64_bn64_bk8_tm4_tn4_nn"]
     check_graph(graph)
 
 

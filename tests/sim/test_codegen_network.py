@@ -9,68 +9,50 @@ import numpy as np
 import pytest
 
 from netc.codegen.emit import generate
+from netc.codegen.plan import LaunchPlan
 from netc.frontend import load_string
+from netc.ir import Graph
+from netc.passes import run_pipeline
 from netc.reference import run_reference
 from netc.runtime.executor import PlanInputError, PlanRunner, run_plan
 from tests.sim.codegen_support import TOLERANCE, assert_close, check_graph, simulator
 from tests.sim.graph_builder import random_inputs, random_weights
+from tests.sim.networks import LENET, NETWORKS, RESNET, network
+from tests.sim.variants import catalog
 
 pytestmark = pytest.mark.sim
 
-LENET = """
-# lenet.net: LeNet-5 for 28x28 grayscale digits
-network lenet5 {
-    input image: f32[N, 1, 28, 28]
-
-    x = conv2d(image, filters=6, kernel=5, padding=2) |> relu |> maxpool2d(2)
-    x = conv2d(x, filters=16, kernel=5) |> relu |> maxpool2d(2)
-    x = flatten(x)
-    x = dense(x, 120) |> relu
-    x = dense(x, 84) |> relu
-    output logits = dense(x, 10)
-}
-"""
-
-RESNET_BLOCKS = """
-block basic(x, filters: int) {
-    y = conv2d(x, filters, kernel=3, padding=1, bias=false) |> batchnorm |> relu
-    y = conv2d(y, filters, kernel=3, padding=1, bias=false) |> batchnorm
-    return relu(y + x)
-}
-
-block down(x, filters: int) {
-    y = conv2d(x, filters, kernel=3, stride=2, padding=1, bias=false) |> batchnorm |> relu
-    y = conv2d(y, filters, kernel=3, padding=1, bias=false) |> batchnorm
-    s = conv2d(x, filters, kernel=1, stride=2, bias=false) |> batchnorm
-    return relu(y + s)
-}
-
-network tiny_resnet {
-    input image: DTYPE[N, 3, 15, 15]
-    x = conv2d(image, 8, kernel=3, stride=2, padding=1, bias=false) |> batchnorm |> relu
-    x = maxpool2d(x, 3, stride=2, padding=1)
-    x = basic(x, 8)
-    x = down(x, 16)
-    x = global_avgpool(x) |> flatten
-    h = dense(x, 12) |> gelu |> dropout(0.1)
-    a = transpose(reshape(h, [3, 4]), [0, 2, 1])
-    output scores = softmax(matmul(a, reshape(h, [3, 4])) * 0.5, axis=1)
-    output logits = layernorm(dense(x, 10)) |> log_softmax
-}
-"""
-
-
-def _check_network(source: str, filename: str, batch: int) -> None:
-    check_graph(load_string(source, filename=filename), batch=batch)
-
-
 def test_lenet5_matches_the_reference_interpreter() -> None:
-    _check_network(LENET, "lenet.net", batch=3)
+    check_graph(network(LENET), batch=3)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
 def test_a_residual_network_matches_the_reference_interpreter(dtype: str) -> None:
-    _check_network(RESNET_BLOCKS.replace("DTYPE", dtype), "tiny_resnet.net", batch=2)
+    check_graph(network(RESNET, dtype), batch=2)
+
+
+@pytest.mark.parametrize("source, dtype", NETWORKS, ids=["lenet", "resnet", "resnet-bf16",
+                                                         "fusions"])
+def test_optimised_networks_with_fused_kernels_match_the_unoptimised_reference(
+        source: str, dtype: str) -> None:
+    """-O2 folds batchnorms and fuses pointwise ops into conv, GEMM, pool and reduction
+    kernels (epilogues and prologues) and into elementwise groups; the kernels must compute
+    what the original graph means."""
+    original = network(source, dtype)
+    rng = np.random.default_rng(5)
+    weights = random_weights(original, rng)
+    inputs = random_inputs(original, 3, rng)
+    optimized = run_pipeline(original, 2, weights, verify=True)
+    assert optimized.weights is not None
+    plan = generate(optimized.graph)
+    assert set(plan.kernels) <= set(catalog())
+    assert any("_ep_" in kernel for kernel in plan.kernels)
+    actual = run_plan(plan, simulator(), optimized.weights, inputs)
+    for name, value in run_reference(original, weights, inputs).items():
+        # Fused kernels keep intermediates in float registers, where the reference rounds
+        # each op's result to the dtype: bf16 gets a little more room.
+        rtol, atol = TOLERANCE[dtype]
+        assert_close(name, actual[name], value, 2 * rtol, 2 * atol)
 
 
 def test_lenet5_plan_maps_launches_to_source_lines() -> None:
@@ -80,8 +62,8 @@ def test_lenet5_plan_maps_launches_to_source_lines() -> None:
     assert '#line 6 "lenet.net"' in plan.source
 
 
-def _lenet():
-    graph = load_string(LENET, filename="lenet.net")
+def _lenet() -> tuple[Graph, LaunchPlan, dict[str, np.ndarray]]:
+    graph = network(LENET)
     return graph, generate(graph), random_weights(graph, np.random.default_rng(1))
 
 
@@ -117,3 +99,22 @@ def test_bad_inputs_and_weights_are_reported() -> None:
                  good)
     with pytest.raises(PlanInputError, match=r"weight `dense_2\.bias` must have shape"):
         run_plan(plan, simulator(), {**weights, "dense_2.bias": np.zeros(3, np.float32)}, good)
+
+
+def test_intermediate_buffers_can_be_read_after_a_run() -> None:
+    graph, plan, weights = _lenet()
+    inputs = random_inputs(graph, 2, np.random.default_rng(6))
+    seen: dict[str, np.ndarray] = {}
+    run_reference(graph, weights, inputs, observe=lambda node, value: seen.setdefault(node.id,
+                                                                                      value))
+    with PlanRunner(plan, simulator(), weights) as runner:
+        with pytest.raises(RuntimeError, match="not run"):
+            runner.buffer_value(plan.buffers[-1].name)
+        runner.run(inputs)
+        checked = 0
+        for buffer in plan.buffers:
+            if buffer.role == "intermediate":
+                assert_close(buffer.node, runner.buffer_value(buffer.name), seen[buffer.node],
+                             *TOLERANCE["f32"])
+                checked += 1
+    assert checked >= 8

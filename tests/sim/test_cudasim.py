@@ -47,6 +47,15 @@ def nan_buffer(sim: CudaSim, n: int, dtype=np.float32):
 # ----------------------------------------------------------------------------------
 
 BASIC_SRC = r"""
+// Headers CUDA code commonly includes; <memory> after cudasim.h used to clash with the
+// __noinline__ macro.
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <memory>
+#include <algorithm>
+
+__noinline__ __device__ float keep(float v) { return v; }
+
 __global__ void vadd(const float* __restrict__ a, const float* __restrict__ b, float* c, int n) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
         c[i] = a[i] + b[i];
@@ -119,7 +128,7 @@ __global__ void math_check(const float* x, float* out) {
     out[4] = __fdividef(x[5], x[6]);
     out[5] = max(x[5], x[6]) + min(x[5], x[6]);
     out[6] = (float)(max(3, 7) + min(-2LL, 5LL));
-    out[7] = __ldg(&x[7]);
+    out[7] = keep(__ldg(&x[7]));
     out[8] = erff(x[8]) + tanhf(x[8]);
     out[9] = INFINITY == CUDART_INF_F ? 1.0f : 0.0f;
     out[10] = __int_as_float(__float_as_int(x[7])) + (float)__popc(0xF0F0u) + (float)__clz(1);
@@ -427,6 +436,10 @@ def test_dynamic_shared_reductions(sim: CudaSim, shared) -> None:
 
 
 def test_shared_memory_is_poisoned_at_block_start(sim: CudaSim, shared) -> None:
+    # Static __shared__ variables are found per kernel; the namespace-scope
+    # `extern __shared__` pointer (g_dyn) is not shared memory and is never poisoned.
+    assert shared.static_shared_bytes("read_uninitialised") == 256
+    assert shared.static_shared_bytes("reverse_block") == 0
     out = sim.alloc(6 * 128 * 4)
     shared.launch("read_uninitialised", grid=6, block=64, shared_bytes=64 * 4, args=[out])
     assert (sim.download(out, np.uint32, 6 * 128) == 0xFFFFFFFF).all()
@@ -456,6 +469,21 @@ def test_rewrite_keeps_lines_and_scopes() -> None:
     assert "static thread_local float* top = ::cudasim::dynamic_shared<float>();" in out
     assert "  unsigned char* raw = ::cudasim::dynamic_shared<unsigned char>();\n\n" in out
     assert "in_comment[];" in out and "int str[];" in out
+    # Function bodies are told from namespaces, extern "C" blocks, classes and initialisers.
+    src = (
+        'namespace a { extern "C" {\n'
+        "__device__ auto f(int x) -> float* { extern __shared__ float s1[]; return s1; }\n"
+        "struct S { __device__ void m() const { extern __shared__ int s2[]; } };\n"
+        "}\n"
+        "extern __shared__ double s3[];\n"
+        "int table[] = {1, 2};\n"
+        "template <typename T> __global__ void k(T* p) { extern __shared__ T s4[]; }\n"
+        "}\n"
+    )
+    out, names = rewrite_dynamic_shared(src)
+    assert names == ["s3"]
+    for decl in ("float* s1 = ", "int* s2 = ", "static thread_local double* s3 = ", "T* s4 = ::cudasim::dynamic_shared<T>();"):
+        assert decl in out
 
 
 # ----------------------------------------------------------------------------------
@@ -709,12 +737,19 @@ __global__ void read_past_end(const float* x, float* y, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = x[i + 1];  // BUG: reads x[n]
 }
+__global__ void dyn_shared_overflow(float* y) {
+    extern __shared__ float s[];
+    s[threadIdx.x] = 1.0f;  // BUG: launched with fewer than blockDim.x floats
+    __syncthreads();
+    y[threadIdx.x] = s[threadIdx.x];
+}
 __global__ void wild_write(float* y, long long address) {
     *reinterpret_cast<volatile float*>(address) = y[0];  // BUG: a garbage pointer
 }
 """
 BUG_KERNELS = ["reverse_racy", "reverse_ok", "divergent_barrier", "two_barriers",
-               "lane_exits_before_shuffle", "write_past_end", "read_past_end", "wild_write"]
+               "lane_exits_before_shuffle", "write_past_end", "read_past_end", "wild_write",
+               "dyn_shared_overflow"]
 
 
 def test_missing_syncthreads_found_by_check_races(cache_dir: str) -> None:
@@ -774,6 +809,10 @@ def test_out_of_bounds_found_by_sanitize(cache_dir: str) -> None:
             mod.launch("read_past_end", grid=4, block=32, args=[x, y, n])
         # The launch ran to completion and the buffers live on in the sanitizer process.
         np.testing.assert_array_equal(s.download(y, np.float32, n - 1), np.arange(1, n, dtype=np.float32))
+        # Dynamic shared memory past the launch's shared_bytes is poisoned too.
+        mod.launch("dyn_shared_overflow", grid=2, block=32, shared_bytes=32 * 4, args=[y])
+        with pytest.raises(SimulatorError, match=r"(?s)kernel dyn_shared_overflow block \([01],0,0\) thread \(16,0,0\).*WRITE of size 4"):
+            mod.launch("dyn_shared_overflow", grid=2, block=32, shared_bytes=16 * 4, args=[y])
 
 
 def test_sanitizer_process_crash_is_an_error_not_a_hang(cache_dir: str) -> None:

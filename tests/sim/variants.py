@@ -7,11 +7,17 @@ with nvcc, so "every variant the tests run compiles without spills" holds by con
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cache
 
-from netc.codegen import kernels
-from netc.codegen.kernels import ACTIVATIONS, BATCHNORM, BINARY_OPERATORS, COPY, FILL, KernelSpec
+from netc.codegen import kernels, pointwise
+from netc.codegen.emit import lower
+from netc.codegen.kernels import KernelSpec
+from netc.codegen.pointwise import PointwiseCode
 from netc.codegen.tiles import BlockTile, GemmTile, RowTile
+from netc.ir import Attrs, Node, TensorType
+from netc.ops import REGISTRY
+from tests.sim.networks import NETWORKS, network
 
 GEMM_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4), GemmTile(48, 24, 5, 3, 3),
               GemmTile(128, 32, 16, 8, 2))
@@ -28,17 +34,35 @@ LOW_PRECISION_ROW_TILES = (RowTile(32, 8), RowTile(256, 1))
 MAX_ELEMENTWISE_RANK = 5
 
 
-def _elementwise_ranks() -> list[tuple[kernels.Elementwise, range]]:
-    """Each elementwise function with the ranks (after merging dims) it can be launched at."""
-    functions: list[tuple[kernels.Elementwise, range]] = [
-        (function, range(1)) for function in ACTIVATIONS.values()]
-    for op in BINARY_OPERATORS:
-        functions.append((kernels.binary(op, "tt"), range(MAX_ELEMENTWISE_RANK + 1)))
-        # A scalar constant operand leaves one tensor, read at the output's index.
-        functions += [(kernels.binary(op, operands), range(1)) for operands in ("ts", "st", "ss")]
-    functions += [(BATCHNORM, range(4)), (COPY, range(MAX_ELEMENTWISE_RANK + 1)),
-                  (FILL, range(1))]
-    return functions
+def standalone(op: str, operands: str = "") -> PointwiseCode:
+    """The code of `op` alone, its tensor operands read ("t") or scalar constants ("s")."""
+    opdef = REGISTRY[op]
+    operands = operands or "t" * (5 if op == "batchnorm" else opdef.min_inputs)
+    shape = (2, 3)
+    inputs = [Node(f"i{k}", "input" if kind == "t" else "constant", (),
+                   Attrs() if kind == "t" else Attrs(value=0.5),
+                   TensorType("f32", shape if kind == "t" else ()))
+              for k, kind in enumerate(operands)]
+    attrs = Attrs({spec.name: spec.default for spec in opdef.attrs})
+    body = [Node("n", op, tuple(f"${k}" for k in range(len(operands))), attrs,
+                 TensorType("f32", shape))]
+    return pointwise.build(body, inputs, lambda value: value, shape).code
+
+
+def _pointwise_variants() -> list[tuple[PointwiseCode, range]]:
+    """Each single-op code with the ranks (after merging dims) it can be launched at."""
+    any_rank = range(MAX_ELEMENTWISE_RANK + 1)
+    # Activations read one input of the output's shape; a scalar constant operand leaves at
+    # most one tensor, of the output's shape.
+    variants = [(standalone(op), range(1)) for op in
+                ("relu", "sigmoid", "tanh", "gelu", "silu", "leaky_relu")]
+    for op in ("add", "sub", "mul"):
+        variants.append((standalone(op, "tt"), any_rank))
+        variants += [(standalone(op, operands), range(1)) for operands in ("ts", "st", "ss")]
+    copy = pointwise.gather((2,), "", (1,)).code
+    variants += [(standalone("batchnorm"), range(1, 4)), (copy, any_rank),
+                 (pointwise.fill(0.0).code, range(1))]
+    return variants
 
 
 @cache
@@ -56,6 +80,10 @@ def catalog() -> dict[str, KernelSpec]:
         for block in BLOCK_TILES[:1] if low else BLOCK_TILES:
             specs += [kernels.pool_kernel(dtype, block, is_max=is_max) for is_max in (True, False)]
             specs.append(kernels.concat_kernel(dtype, block))
-            specs += [kernels.elementwise_kernel(function, dtype, rank, block)
-                      for function, ranks in _elementwise_ranks() for rank in ranks]
+            specs += [kernels.elementwise_kernel(dataclasses.replace(code, rank=rank), dtype,
+                                                 block)
+                      for code, ranks in _pointwise_variants() for rank in ranks]
+    for source, dtype in NETWORKS:
+        for level in (0, 2):
+            specs += lower(network(source, dtype, level)).kernels.values()
     return {spec.name: spec for spec in specs}

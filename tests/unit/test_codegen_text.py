@@ -12,17 +12,9 @@ import re
 import jinja2
 import pytest
 
-from netc.codegen import kernels
+from netc.codegen import kernels, pointwise
 from netc.codegen.emit import describe_node, generate, sanitize
-from netc.codegen.kernels import (
-    ACTIVATIONS,
-    BATCHNORM,
-    COPY,
-    FILL,
-    LOWERINGS,
-    CodegenError,
-    binary,
-)
+from netc.codegen.kernels import LOWERINGS, CodegenError
 from netc.codegen.layout import BatchLinear, broadcast_strides, coalesce, contiguous_strides
 from netc.codegen.render import render, template_names
 from netc.codegen.tiles import BlockTile, GemmTile, RowTile, TileError
@@ -30,23 +22,29 @@ from netc.diagnostics import Span
 from netc.ir import Attrs, Graph, Node, TensorType
 from netc.ops import REGISTRY
 from netc.ops.builder import GraphBuilder
+from tests.sim.variants import standalone
 
 pytestmark = pytest.mark.unit
 
 ROW = RowTile(64, 2)
 BLOCK = BlockTile(128)
+RELU = standalone("relu")
+EPILOGUE = dataclasses.replace(standalone("sub", "tt"), rank=2, labelled=False)
 SAMPLE_SPECS = [
     kernels.gemm_kernel("f32", GemmTile(), b_transposed=True, has_bias=True),
-    kernels.gemm_kernel("f16", GemmTile(32, 32, 8, 4, 4), b_transposed=False, has_bias=False),
+    kernels.gemm_kernel("f16", GemmTile(32, 32, 8, 4, 4), b_transposed=False, has_bias=False,
+                        epilogue=EPILOGUE),
     kernels.conv2d_kernel("bf16", GemmTile(), has_bias=True),
-    kernels.conv2d_kernel("f32", GemmTile(16, 64, 4, 2, 8), has_bias=False),
+    kernels.conv2d_kernel("f32", GemmTile(16, 64, 4, 2, 8), has_bias=False, epilogue=RELU),
     kernels.pool_kernel("f32", BLOCK, is_max=True),
-    kernels.pool_kernel("f16", BLOCK, is_max=False),
+    kernels.pool_kernel("f16", BLOCK, is_max=False, epilogue=EPILOGUE),
     *(kernels.row_kernel(operation, "f32", ROW) for operation in kernels.ROW_OPERATIONS),
+    kernels.row_kernel("softmax", "f32", ROW, prologue=EPILOGUE, epilogue=RELU),
     kernels.concat_kernel("bf16", BLOCK),
-    *(kernels.elementwise_kernel(function, "f32", rank, BLOCK)
-      for function in (*ACTIVATIONS.values(), BATCHNORM, COPY, FILL, binary("sub", "st"))
-      for rank in (0, 3)),
+    *(kernels.elementwise_kernel(dataclasses.replace(standalone(op), rank=rank), "f32", BLOCK)
+      for op in ("relu", "leaky_relu", "batchnorm", "add") for rank in (0, 3)),
+    kernels.elementwise_kernel(pointwise.fill(1.0).code, "f16", BLOCK),
+    kernels.elementwise_kernel(standalone("sub", "st"), "f32", BLOCK),
 ]
 
 
@@ -69,12 +67,14 @@ def _mlp(span_file: str = "mlp.net") -> Graph:
 
 def test_every_template_renders_with_strict_undefined() -> None:
     rendered = {spec.template for spec in SAMPLE_SPECS}
-    assert rendered | {"module.jinja"} == set(template_names())
+    # module.jinja renders in every generate() below; pointwise.jinja holds macros the kernel
+    # templates import.
+    assert rendered | {"module.jinja", "pointwise.jinja"} == set(template_names())
     for spec in SAMPLE_SPECS:
         text = spec.render()
         assert f"{spec.name}(" in text
         assert f"__launch_bounds__({spec.threads})" in text
-        assert "{{" not in text and "{%" not in text
+        assert not re.search(r"\{\{ | \}\}|\{%|%\}|\{#", text), "Jinja left in the output"
 
 
 def test_a_missing_template_variable_is_an_error() -> None:
@@ -97,6 +97,45 @@ def _graph_of(op: str, dtype: str) -> Graph:
     return builder.build()
 
 
+# Pointwise code ---------------------------------------------------------------------------
+
+
+def test_pointwise_chains_become_statements_over_netc_names() -> None:
+    shape = ("N", 3, 4)
+    inputs = [Node("skip", "input", (), Attrs(), TensorType("f32", shape)),
+              Node("half", "constant", (), Attrs(value=0.5), TensorType("f32", ())),
+              Node("scale", "input", (), Attrs(), TensorType("f32", (4,)))]
+    body = [Node("a", "add", ("conv", "$0"), Attrs(), TensorType("f32", shape)),
+            Node("b", "leaky_relu", ("a",), Attrs(alpha=0.2), TensorType("f32", shape)),
+            Node("c", "mul", ("b", "$2"), Attrs(), TensorType("f32", shape)),
+            Node("d", "sub", ("$1", "c"), Attrs(), TensorType("f32", shape))]
+    function = pointwise.build(body, inputs, lambda value: f"buf_{value}", shape, seed="conv")
+    assert function.code.statements == (
+        "const float v0 = value + x0;",
+        "const float v1 = (v0 >= 0.0f ? v0 : v0 * p0);",
+        "const float v2 = v1 * x1;",
+        "const float v3 = p1 - v2;")
+    assert function.code.result == "v3" and function.code.rank == 2
+    assert [arg.buffer for arg in function.args[:2]] == ["buf_skip", "buf_scale"]
+    # sizes of the merged dims [N * 3, 4], then strides of skip and of scale, then floats
+    assert [arg.value for arg in function.args[2:]] == [4, 4, 1, 0, 1, 0.2, 0.5]
+
+
+def test_batchnorm_parameters_repeat_along_all_but_the_channel_dim() -> None:
+    code = standalone("batchnorm")
+    assert code.statements == ("const float v0 = (x0 - x3) * rsqrtf(x4 + p0) * x1 + x2;",)
+    shape = ("N", 3, 2, 2)
+    inputs = [Node(f"i{k}", "input", (), Attrs(),
+                   TensorType("f32", shape if k == 0 else (3,))) for k in range(5)]
+    node = Node("bn", "batchnorm", tuple(f"${k}" for k in range(5)), Attrs(eps=1e-5),
+                TensorType("f32", shape))
+    function = pointwise.build([node], inputs, str, shape)
+    values = [arg.value for arg in function.args[5:]]
+    # [N, 3, 2 * 2]: sizes of dims 1 and 2, x's strides, each parameter's, then eps
+    assert function.code.rank == 3
+    assert values == [3, 4, 12, 4, 1] + [0, 1, 0] * 4 + [1e-5]
+
+
 # Kernel names -----------------------------------------------------------------------------
 
 
@@ -106,8 +145,11 @@ def test_kernel_names_spell_out_every_specialisation() -> None:
     assert spec.name == "netc_gemm_f32_bm64_bn32_bk16_tm4_tn2_nt_bias"
     assert kernels.row_kernel("softmax", "bf16", RowTile(32, 8)).name == \
         "netc_softmax_bf16_tpr32_rpb8"
-    assert kernels.elementwise_kernel(binary("sub", "st"), "f16", 0, BlockTile()).name == \
-        "netc_ew_sub_st_f16_r0_b256"
+    assert kernels.elementwise_kernel(standalone("sub", "st"), "f16", BlockTile()).name == \
+        "netc_ew_f16_sub_st_r0_b256"
+    assert re.fullmatch(r"netc_conv2d_f32_bm64_bn64_bk8_tm4_tn4_ep_sub_tt_r2_[0-9a-f]{8}",
+                        kernels.conv2d_kernel("f32", GemmTile(), has_bias=False,
+                                              epilogue=EPILOGUE).name)
     names = [spec.name for spec in SAMPLE_SPECS]
     assert len(set(names)) == len(names)
     assert all(re.fullmatch(r"netc_[a-z0-9_]+", name) for name in names)
@@ -117,8 +159,8 @@ def test_identical_specialisations_are_emitted_once() -> None:
     plan = generate(_mlp())
     gemm = "netc_gemm_f32_bm64_bn64_bk8_tm4_tn4_nt_bias"
     assert [launch.kernel for launch in plan.launches] == [
-        gemm, "netc_ew_relu_f32_r0_b256", gemm]
-    assert plan.kernels == (gemm, "netc_ew_relu_f32_r0_b256")
+        gemm, "netc_ew_f32_relu_r0_b256", gemm]
+    assert plan.kernels == (gemm, "netc_ew_f32_relu_r0_b256")
     assert plan.source.count(f"\n{gemm}(") == 1
 
 
@@ -208,9 +250,9 @@ def test_launch_geometry_follows_the_batch() -> None:
 
 def test_every_op_has_a_kernel_or_is_a_view() -> None:
     for name, opdef in REGISTRY.items():
-        if name == "fused":
-            continue
         assert opdef.kind == "view" or name in LOWERINGS, name
+    assert set(pointwise.POINTWISE_OPS) == {
+        name for name, opdef in REGISTRY.items() if opdef.kind == "elementwise"} | {"batchnorm"}
 
 
 def test_constants_are_kernel_arguments() -> None:
@@ -220,7 +262,7 @@ def test_constants_are_kernel_arguments() -> None:
     builder.output("y", builder.op("mul", y, builder.constant(2.0)))
     plan = generate(builder.build())
     assert [launch.kernel for launch in plan.launches] == [
-        "netc_ew_sub_st_f32_r0_b256", "netc_ew_mul_ts_f32_r0_b256"]
+        "netc_ew_f32_sub_st_r0_b256", "netc_ew_f32_mul_ts_r0_b256"]
     assert plan.launches[0].args[-1].value == 0.5
     assert all(buffer.node != "const_1" for buffer in plan.buffers)
 

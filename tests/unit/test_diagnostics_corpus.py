@@ -71,25 +71,26 @@ def test_the_corpus_covers_every_error_code() -> None:
 
 
 def test_every_code_is_documented() -> None:
-    documented = set(re.findall(r"^## (E0\d{3})", (ROOT / "docs" / "errors.md").read_text("utf-8"),
-                                re.MULTILINE))
+    text = (ROOT / "docs" / "errors.md").read_text("utf-8")
+    documented = set(re.findall(r"^## (E0\d{3})", text, re.MULTILINE))
     assert frontend_codes() <= documented, sorted(frontend_codes() - documented)
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_corpus_file_in_process(path: Path) -> None:
     expected = expectation(path)
-    started = time.perf_counter()
+    # CPU time of this thread: other jobs on a busy machine do not count against the front end.
+    started = time.thread_time()
     with pytest.raises(CompileError) as caught:
         load_file(path)
-    elapsed = time.perf_counter() - started
+    elapsed = time.thread_time() - started
     first = caught.value.diagnostics[0]
     assert first.span is not None
     got = (first.code, os.path.relpath(first.span.file, CORPUS), first.span.line,
            first.span.column)
     assert got == (expected.code, expected.file, expected.line, expected.column), \
         caught.value.render()
-    assert elapsed < 1.0, f"{path.name} took {elapsed:.2f} s"
+    assert elapsed < 1.0, f"{path.name} took {elapsed:.2f} s of CPU time"
     rendered = caught.value.render()
     assert f"error[{expected.code}]" in rendered
 

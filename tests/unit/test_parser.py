@@ -398,6 +398,7 @@ def test_keywords_are_reserved_whatever_the_parser_state() -> None:
 
 def test_grammar_cache_is_per_user_atomic_and_survives_corruption(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NETC_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("NETC_NO_CACHE", raising=False)
     parser_module.lark_parser.cache_clear()
@@ -415,7 +416,7 @@ def test_grammar_cache_is_per_user_atomic_and_survives_corruption(
 
 
 def test_grammar_cache_can_be_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("NETC_CACHE_DIR", str(tmp_path / "netc"))
     monkeypatch.setenv("NETC_NO_CACHE", "1")
     parser_module.lark_parser.cache_clear()
     try:
@@ -429,7 +430,7 @@ def test_unwritable_cache_folder_is_skipped(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    monkeypatch.setenv("NETC_CACHE_DIR", str(blocked))
     monkeypatch.delenv("NETC_NO_CACHE", raising=False)
     parser_module.lark_parser.cache_clear()
     try:

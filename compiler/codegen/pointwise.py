@@ -1,0 +1,177 @@
+"""Pointwise code: chains of elementwise ops as CUDA statements, generated from the IR.
+
+Every pointwise computation netc emits goes through here: a single activation or arithmetic op,
+an inference batchnorm, a fused group of them (`fused` kind `elementwise`), the epilogue of a
+GEMM, conv or pool kernel, and the prologue and epilogue of a row-wise reduction. Each becomes a
+*functor* (`templates/pointwise.jinja`): `float operator()(float value, long long index)`
+computes the chain for output element `index`, where `value` is what the host kernel computed
+there (the anchor's result, for an epilogue; unused otherwise).
+
+The expressions come from the op table below, keyed by the IR op and filled in with netc-made
+variable names: x0, x1, ... (inputs loaded at `index`), p0, p1, ... (float arguments: scalar
+`constant` nodes and attributes such as leaky_relu's alpha or batchnorm's eps), v0, v1, ...
+(earlier members), `value`. No user text reaches them.
+
+A functor's *code* (statements, counts of loads and floats, rank) is part of the kernel's
+specialisation and names it; its *arguments* (input buffers, the merged dims' sizes and each
+input's strides, the float values) are run-time kernel arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from netc.codegen.layout import broadcast_strides, coalesce
+from netc.codegen.plan import Arg
+from netc.ir import Dim, Node
+
+EXPRESSIONS: dict[str, str] = {
+    "relu": "fmaxf({0}, 0.0f)",
+    "sigmoid": "1.0f / (1.0f + expf(-{0}))",
+    "tanh": "tanhf({0})",
+    "gelu": "0.5f * {0} * (1.0f + erff({0} * 0.70710678118654752f))",
+    "silu": "{0} / (1.0f + expf(-{0}))",
+    "leaky_relu": "({0} >= 0.0f ? {0} : {0} * {1})",
+    "add": "{0} + {1}",
+    "sub": "{0} - {1}",
+    "mul": "{0} * {1}",
+    # x, weight, bias, running_mean, running_var, eps
+    "batchnorm": "({0} - {3}) * rsqrtf({4} + {5}) * {1} + {2}",
+}
+"""Each pointwise op as a float expression of its operands: tensor operands in IR order, then
+its float attributes (`ATTRIBUTES`)."""
+
+ATTRIBUTES: dict[str, tuple[str, ...]] = {"leaky_relu": ("alpha",), "batchnorm": ("eps",)}
+
+POINTWISE_OPS = frozenset(EXPRESSIONS)
+
+
+@dataclass(frozen=True)
+class PointwiseCode:
+    """The specialisation of a pointwise functor: what the generated C++ depends on."""
+
+    label: str
+    """The ops, for kernel names (`relu`, `sub_st`, `add_relu`)."""
+    statements: tuple[str, ...]
+    result: str
+    loads: int
+    floats: int
+    rank: int
+    """Dims of the merged output view; 0: every input is read at the output's own index."""
+    labelled: bool = True
+    """Whether `label` and `rank` determine the code (one op, no value passed in)."""
+
+    @property
+    def tag(self) -> str:
+        """The code's part of a kernel name: `label` and rank, and a digest of the statements
+        when those do not determine them (chains, epilogues)."""
+        if self.labelled:
+            return f"{self.label}_r{self.rank}"
+        text = "\n".join((*self.statements, self.result, str(self.loads), str(self.floats)))
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        return f"{self.label}_r{self.rank}_{digest}"
+
+
+@dataclass(frozen=True)
+class Pointwise:
+    """A pointwise functor of one launch: its code and its run-time arguments."""
+
+    code: PointwiseCode
+    args: tuple[Arg, ...]
+    """Input buffers, sizes of merged dims 1.., each input's strides, float values."""
+
+
+IDENTITY = Pointwise(PointwiseCode("identity", (), "value", 0, 0, 0), ())
+"""The epilogue that stores what the kernel computed."""
+
+
+def _label(body: Sequence[Node], operand_kinds: Sequence[str]) -> str:
+    if len(body) == 1 and body[0].op in ("add", "sub", "mul"):
+        return f"{body[0].op}_{''.join(operand_kinds)}"
+    ops = [node.op for node in body]
+    return "_".join(ops[:3] + (["etc"] if len(ops) > 3 else []))
+
+
+def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], str],
+          out_shape: tuple[Dim, ...], seed: str | None = None) -> Pointwise:
+    """The functor computing `body` (pointwise nodes in order; the last is the result) for
+    each element of `out_shape`.
+
+    A body node's inputs name earlier body nodes, `seed` (the value the host kernel passes in),
+    or `$k`: `inputs[k]`, which is read from `buffer(inputs[k].id)` broadcast to `out_shape`
+    (a scalar `constant` becomes a float argument instead). A batchnorm's [C] parameters repeat
+    along every dim but dim 1.
+    """
+    names: dict[str, str] = {} if seed is None else {seed: "value"}
+    loads: dict[tuple[int, str], str] = {}
+    load_strides: list[tuple[int, ...]] = []
+    load_buffers: list[str] = []
+    floats: list[float] = []
+    statements: list[str] = []
+    kinds: list[str] = []
+
+    def operand(ref: str, as_channel: bool) -> str:
+        if ref in names:
+            kinds.append("t")
+            return names[ref]
+        if not ref.startswith("$"):
+            raise ValueError(f"pointwise operand {ref!r} is neither a body node nor an input")
+        source = inputs[int(ref[1:])]
+        if source.op == "constant":
+            kinds.append("s")
+            floats.append(float(source.attrs["value"]))
+            return f"p{len(floats) - 1}"
+        kinds.append("t")
+        key = (int(ref[1:]), "channel" if as_channel else "broadcast")
+        if key not in loads:
+            loads[key] = f"x{len(loads)}"
+            load_buffers.append(buffer(source.id))
+            load_strides.append(_channel_strides(out_shape) if as_channel
+                                else broadcast_strides(source.type.shape, out_shape))
+        return loads[key]
+
+    for index, node in enumerate(body):
+        if node.op not in POINTWISE_OPS:
+            raise ValueError(f"{node.id}: `{node.op}` is not a pointwise op")
+        operands = [operand(ref, node.op == "batchnorm" and position > 0)
+                    for position, ref in enumerate(node.inputs)]
+        for attr in ATTRIBUTES.get(node.op, ()):
+            floats.append(float(node.attrs[attr]))
+            operands.append(f"p{len(floats) - 1}")
+        names[node.id] = f"v{index}"
+        statements.append(f"const float v{index} = {EXPRESSIONS[node.op].format(*operands)};")
+
+    view = coalesce(out_shape, load_strides)
+    rank = 0 if view.contiguous else view.rank
+    args: list[Arg] = [Arg("buffer", buffer=name) for name in load_buffers]
+    if rank:
+        args += [Arg("int", value=size or 0) for size in view.sizes[1:]]
+        args += [Arg("int", value=stride) for strides in view.strides for stride in strides]
+    args += [Arg("float", value=value) for value in floats]
+    code = PointwiseCode(_label(body, kinds), tuple(statements), names[body[-1].id],
+                         len(load_buffers), len(floats), rank,
+                         labelled=len(body) == 1 and seed is None)
+    return Pointwise(code, tuple(args))
+
+
+def gather(out_shape: tuple[Dim, ...], buffer: str, strides: Sequence[int]) -> Pointwise:
+    """The functor reading `buffer` through `strides` (a transpose, a broadcast expansion)."""
+    view = coalesce(out_shape, [strides])
+    rank = 0 if view.contiguous else view.rank
+    args: list[Arg] = [Arg("buffer", buffer=buffer)]
+    if rank:
+        args += [Arg("int", value=size or 0) for size in view.sizes[1:]]
+        args += [Arg("int", value=stride) for stride in view.strides[0]]
+    return Pointwise(PointwiseCode("copy", (), "x0", 1, 0, rank), tuple(args))
+
+
+def fill(value: float) -> Pointwise:
+    """The functor giving `value` everywhere (a constant some kernel reads from memory)."""
+    return Pointwise(PointwiseCode("fill", (), "p0", 0, 1, 0), (Arg("float", value=value),))
+
+
+def _channel_strides(out_shape: tuple[Dim, ...]) -> tuple[int, ...]:
+    """A [C] tensor repeated along every dim of [N, C, ...] but dim 1."""
+    return tuple(1 if axis == 1 else 0 for axis in range(len(out_shape)))
