@@ -297,6 +297,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if report.agree else 3
 
 
+# netc graph -----------------------------------------------------------------------------
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from netc.graphviz import format_for, write_graph
+    from netc.passes.pipeline import run_pipeline
+
+    graph = _load(args)
+    if args.stage == "optimized":
+        graph = run_pipeline(graph, args.level).graph
+    written = format_for(args.output, args.format)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_graph(graph, output, written)
+    print(f"wrote the {args.stage} graph of {graph.name} ({written}) to {output}")
+    return 0
+
+
 # the parser -----------------------------------------------------------------------------
 
 
@@ -376,6 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar="MIN:OPT:MAX", help="TensorRT: batch sizes of the optimization "
                           "profile (default 1:1:1)")
     compile_.set_defaults(handler=cmd_compile)
+
+    graph = sub("graph", "Draw the network before or after optimisation: SVG (needs Graphviz's "
+                "`dot`), DOT, or Mermaid (no dependency); fused groups are drawn as clusters.",
+                "netc graph examples/resnet18.net --stage optimized -o resnet18.svg")
+    graph.add_argument("--stage", choices=("source", "optimized"), default="source",
+                       help="the graph as written (default) or after the -O pipeline")
+    graph.add_argument("-O", dest="level", type=int, choices=(0, 1, 2), default=2,
+                       help="optimisation level for --stage optimized (default 2)")
+    graph.add_argument("--format", choices=("svg", "dot", "mermaid"),
+                       help="default: from the file name (.svg, .dot/.gv, .mmd/.mermaid)")
+    graph.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
+    graph.set_defaults(handler=cmd_graph)
 
     import_ = commands.add_parser(
         "import", formatter_class=_formatter,

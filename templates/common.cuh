@@ -1,9 +1,9 @@
 // ---------------------------------------------------------------------------------------------
 // common.cuh: what every netc kernel shares.
 //
-// Element types: tensors are stored as float, __half or __nv_bfloat16 (the IR dtype decides);
-// kernels compute and accumulate in float. `netc_load` / `netc_store` are the only places a
-// stored value is converted, so a kernel never hard-codes its storage type.
+// Element types: tensors are stored as float, netc_f16 or netc_bf16 (IEEE half and bfloat16; the
+// IR dtype decides); kernels compute and accumulate in float. `netc_load` / `netc_store` are the
+// only places a stored value is converted, so a kernel never hard-codes its storage type.
 //
 // Sizes: a size that may depend on the run-time batch reaches a kernel as the pair
 // (per_batch, fixed) and is `per_batch * batch + fixed`, the same rule as the launch plan's
@@ -17,21 +17,13 @@
 // This file is inlined at the top of each generated module (NVRTC has no include path).
 // ---------------------------------------------------------------------------------------------
 
-#ifndef NETC_CUDASIM
-#if NETC_USES_F16
-#include <cuda_fp16.h>
-#endif
-#if NETC_USES_BF16
-#include <cuda_bf16.h>
-#endif
-#define NETC_DYNAMIC_SHARED(type, name)                                    \
-    extern __shared__ __align__(16) unsigned char name##_raw[];            \
-    type* name = reinterpret_cast<type*>(name##_raw)
-#endif
-
 #define NETC_FULL_WARP 0xffffffffu
 
-// Conversions between the storage type and float ------------------------------------------
+// Storage types and their conversions ---------------------------------------------------------
+//
+// netc_f16 and netc_bf16 hold IEEE half and bfloat16 bits. The simulator supplies __half and
+// __nv_bfloat16; on a GPU they are 16-bit structs converted with PTX `cvt` (sm_80 and later
+// have both), so the module includes no CUDA header and NVRTC compiles it with no include path.
 
 __device__ __forceinline__ float netc_to_float(float value) { return value; }
 
@@ -41,26 +33,66 @@ __device__ __forceinline__ T netc_from_float(float value);
 template <>
 __device__ __forceinline__ float netc_from_float<float>(float value) { return value; }
 
-#if NETC_USES_F16
-__device__ __forceinline__ float netc_to_float(__half value) { return __half2float(value); }
+#ifdef NETC_CUDASIM
+typedef __half netc_f16;
+typedef __nv_bfloat16 netc_bf16;
 
-template <>
-__device__ __forceinline__ __half netc_from_float<__half>(float value)
-{
-    return __float2half_rn(value);
-}
-#endif
-
-#if NETC_USES_BF16
-__device__ __forceinline__ float netc_to_float(__nv_bfloat16 value)
+__device__ __forceinline__ float netc_to_float(netc_f16 value) { return __half2float(value); }
+__device__ __forceinline__ float netc_to_float(netc_bf16 value)
 {
     return __bfloat162float(value);
 }
 
 template <>
-__device__ __forceinline__ __nv_bfloat16 netc_from_float<__nv_bfloat16>(float value)
+__device__ __forceinline__ netc_f16 netc_from_float<netc_f16>(float value)
+{
+    return __float2half_rn(value);
+}
+
+template <>
+__device__ __forceinline__ netc_bf16 netc_from_float<netc_bf16>(float value)
 {
     return __float2bfloat16_rn(value);
+}
+#else
+#define NETC_DYNAMIC_SHARED(type, name)                                    \
+    extern __shared__ __align__(16) unsigned char name##_raw[];            \
+    type* name = reinterpret_cast<type*>(name##_raw)
+
+struct __align__(2) netc_f16 {
+    unsigned short bits;
+};
+
+struct __align__(2) netc_bf16 {
+    unsigned short bits;
+};
+
+__device__ __forceinline__ float netc_to_float(netc_f16 value)
+{
+    float result;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(result) : "h"(value.bits));
+    return result;
+}
+
+__device__ __forceinline__ float netc_to_float(netc_bf16 value)
+{
+    return __int_as_float(static_cast<int>(value.bits) << 16);  // exact
+}
+
+template <>
+__device__ __forceinline__ netc_f16 netc_from_float<netc_f16>(float value)
+{
+    netc_f16 result;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(result.bits) : "f"(value));
+    return result;
+}
+
+template <>
+__device__ __forceinline__ netc_bf16 netc_from_float<netc_bf16>(float value)
+{
+    netc_bf16 result;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(result.bits) : "f"(value));
+    return result;
 }
 #endif
 

@@ -34,8 +34,18 @@ __device__ __forceinline__ void netc_broadcast_offsets(long long index,
         offsets[i] = 0;
 #pragma unroll
     for (int d = RANK - 1; d > 0; --d) {
-        const long long coordinate = index % sizes[d];
-        index /= sizes[d];
+        long long coordinate;
+        if (((index | sizes[d]) >> 31) == 0) {
+            // Both fit in 31 bits, as they nearly always do: divide in 32 bits (64-bit division
+            // is a subroutine call, slow and, in a GEMM or row kernel, a cause of spills).
+            const unsigned quotient =
+                static_cast<unsigned>(index) / static_cast<unsigned>(sizes[d]);
+            coordinate = index - static_cast<long long>(quotient) * sizes[d];
+            index = quotient;
+        } else {
+            coordinate = index % sizes[d];
+            index /= sizes[d];
+        }
 #pragma unroll
         for (int i = 0; i < INPUTS; ++i)
             offsets[i] += coordinate * strides[i][d];

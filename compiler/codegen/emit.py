@@ -226,7 +226,6 @@ def render_module(module: str, network: str, kernels: Iterable[KernelSpec],
     """The module's source: headers, then every kernel in `kernels`, each with the comment and
     `#line` mapping of its `uses` (kernel name, node), which also list the launches."""
     specs = list(kernels)
-    dtypes = {spec.dtype for spec in specs}
     needed = {"common.cuh"} | {h for spec in specs for h in spec.headers}
     rendered = []
     for spec in specs:
@@ -247,8 +246,6 @@ def render_module(module: str, network: str, kernels: Iterable[KernelSpec],
         network=sanitize(network),
         version=netc.__version__,
         launches=[{"kernel": name, "where": describe_node(node)} for name, node in uses],
-        uses_f16="f16" in dtypes,
-        uses_bf16="bf16" in dtypes,
         headers=[{"name": name, "text": header(name).rstrip("\n")}
                  for name in HEADER_ORDER if name in needed],
         kernels=rendered,

@@ -43,7 +43,8 @@ from netc.ir import Dim, Graph, Node, TensorType
 from netc.ops.fused import body_of, input_position
 from netc.ops.windows import Window
 
-CTYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
+CTYPES = {"f32": "float", "f16": "netc_f16", "bf16": "netc_bf16"}
+"""Storage types by IR dtype (common.cuh defines the 16-bit ones)."""
 MAX_GRID_YZ = 65535
 
 

@@ -136,9 +136,11 @@ def plan_arena(buffers: Sequence[BufferLife], alignment: int = ALIGNMENT,
         storage = None
         for candidate in buffer.inplace:
             found = storage_of.get(candidate)
+            # The candidate is the storage's latest tenant, born before this buffer and dying
+            # at the kernel that writes it (nothing else in the storage lives on).
             if (found is not None and found.members[-1].name == candidate
-                    and found.end == buffer.start and found.members[-1].end == buffer.start
-                    and found.size >= buffer.size and candidate != buffer.name):
+                    and found.members[-1].start < buffer.start == found.members[-1].end
+                    and found.end == buffer.start and found.size >= buffer.size):
                 storage = found
                 shares[buffer.name] = candidate
                 break
@@ -196,7 +198,8 @@ def verify_plan(plan: MemoryPlan, buffers: Sequence[BufferLife] | None = None) -
             raise ValueError(f"{placed.name} ends past the arena")
         if placed.shares is not None:
             earlier = by_name[placed.shares]
-            if earlier.end != placed.start or earlier.offset != placed.offset:
+            if (earlier.end != placed.start or earlier.start >= placed.start
+                    or earlier.offset != placed.offset):
                 raise ValueError(f"{placed.name} took over {earlier.name} in place, but "
                                  f"{earlier.name} lives over kernels {earlier.start}.."
                                  f"{earlier.end} and {placed.name} is born at {placed.start}")

@@ -73,6 +73,8 @@ network fusions {
     output dense = layernorm(d - 0.5) * 2.0
     output attention = log_softmax(matmul(x, transpose(x, [0, 1, 3, 2])) * 0.25, axis=2) + 1.0
     output mixed = batchnorm(x - gate) |> relu
+    output squeezed = global_avgpool(relu(x) * gate + 0.5)
+    output normed = layernorm(sigmoid(x) + row)
 }
 """
 

@@ -1,4 +1,5 @@
-"""Every kernel variant the tests run compiles with nvcc for sm_80 and sm_90 without spilling.
+"""Every kernel variant the tests run compiles with nvcc for sm_80 and sm_90 without spilling,
+and modules compile with NVRTC as they are.
 
 One module holds the whole catalog (tests/sim/variants.py; the sim tests refuse kernels
 outside it), compiled once per architecture, both at the same time. `ptxas -v` reports each
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from netc.codegen.emit import render_module
+from netc.codegen.emit import generate, render_module
+from tests.sim.networks import RESNET, network
 from tests.sim.variants import catalog
 
 pytestmark = [pytest.mark.sim, pytest.mark.skipif(shutil.which("nvcc") is None,
@@ -59,3 +61,15 @@ def test_every_kernel_variant_compiles_without_spills(arch: str,
 def test_the_catalog_covers_every_family() -> None:
     families = {Path(spec.template).stem for spec in catalog().values()}
     assert families == {"gemm", "conv2d", "pool", "rowwise", "concat", "elementwise"}
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_modules_compile_with_nvrtc_and_no_include_path(dtype: str) -> None:
+    """A module is self-contained: NVRTC, which has no include path by default, builds it."""
+    from netc.codegen.device_compile import compile_module, nvrtc_status
+
+    if nvrtc_status()[0] is None:
+        pytest.skip(f"NVRTC is not available: {nvrtc_status()[1]}")
+    plan = generate(network(RESNET, dtype, 2))
+    binary = compile_module(plan.source, plan.module, archs=ARCHS, compiler="nvrtc")
+    assert sorted(target.arch for target in binary.targets) == list(ARCHS)

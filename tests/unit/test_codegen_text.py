@@ -84,11 +84,12 @@ def test_a_missing_template_variable_is_an_error() -> None:
 
 
 def test_storage_types_follow_the_dtype() -> None:
-    for dtype, ctype in (("f32", "float"), ("f16", "__half"), ("bf16", "__nv_bfloat16")):
+    for dtype, ctype in (("f32", "float"), ("f16", "netc_f16"), ("bf16", "netc_bf16")):
         text = kernels.concat_kernel(dtype, BLOCK).render()
         assert f"const {ctype}* __restrict__ input" in text
     half = generate(_graph_of("relu", "f16")).source
-    assert "#define NETC_USES_F16 1" in half and "#define NETC_USES_BF16 0" in half
+    assert "netc_ew_f16_relu_r0_b256(netc_f16* __restrict__ out" in half
+    assert "#include" not in half, "a module needs no header (NVRTC has no include path)"
 
 
 def _graph_of(op: str, dtype: str) -> Graph:
@@ -291,6 +292,20 @@ def test_tile_overrides_are_checked() -> None:
         generate(graph, tiles={"dense_0": RowTile()})
     with pytest.raises(TileError, match="no node"):
         generate(graph, tiles={"nonexistent": GemmTile()})
+
+
+def test_fused_nodes_take_the_tiles_of_their_anchor() -> None:
+    from netc.passes import run_pipeline
+
+    graph = run_pipeline(_mlp(), 2).graph
+    fused = [node for node in graph.nodes if node.op == "fused"]
+    assert fused, "the pipeline fuses dense |> relu"
+    plan = generate(graph, tiles={fused[0].id: GemmTile(32, 32, 8, 4, 4)})
+    kernel = plan.launches[0].kernel
+    assert kernel.startswith("netc_gemm_f32_bm32_bn32_bk8_tm4_tn4_nt_bias_ep_relu_r0_")
+    assert plan.launches[0].nodes == tuple(member.id for member in fused[0].attrs["body"])
+    with pytest.raises(TileError, match="GemmTile"):
+        generate(graph, tiles={fused[0].id: BlockTile()})
 
 
 def test_two_batch_names_are_refused() -> None:

@@ -69,6 +69,17 @@ def test_in_place_refused_when_the_input_lives_on() -> None:
     assert plan.placement("a").offset != plan.placement("b").offset
 
 
+def test_in_place_needs_an_input_born_earlier() -> None:
+    # Found by the property above: b took over a (both born and dead at kernel 0), then c took
+    # over b, so a and c, both live at kernel 0, shared bytes. An input is written by an
+    # earlier kernel than the output that takes it over.
+    buffers = [BufferLife("a", 1, 0, 0), BufferLife("b", 1, 0, 0, inplace=("a",)),
+               BufferLife("c", 1, 0, 0, inplace=("b",))]
+    plan = plan_arena(buffers)
+    verify_plan(plan, buffers)
+    assert [p.shares for p in plan.placements] == [None, None, None]
+
+
 def test_best_fit_takes_the_smallest_gap() -> None:
     # While a, c and e live on, b and d die, leaving gaps of 4096 bytes (at 0) and 1024 bytes
     # (at 7168). A later 1024-byte buffer goes into the smaller gap, where first fit would

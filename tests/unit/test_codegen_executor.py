@@ -1,0 +1,158 @@
+"""The plan executor against a recording fake device: storage formats, aliasing, poisoning,
+argument marshalling and grid sizes. Running real kernels is tests/sim's job."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from netc.codegen.emit import generate
+from netc.codegen.plan import LaunchPlan
+from netc.dtypes import bf16_bits_to_f32, f32_to_bf16_bits
+from netc.ir import Graph
+from netc.ops.builder import GraphBuilder
+from netc.runtime.executor import (
+    PlanInputError,
+    PlanRunner,
+    check_grid,
+    from_storage,
+    run_plan,
+    to_storage,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class FakeModule:
+    def __init__(self, device: FakeDevice):
+        self.device = device
+
+    def launch(self, name: str, grid: Sequence[int], block: Sequence[int], shared_bytes: int,
+               args: Sequence[Any]) -> None:
+        self.device.launches.append((name, tuple(grid), tuple(block), shared_bytes, list(args)))
+
+
+class FakeDevice:
+    """Memory is a dict of byte arrays; launches are recorded, not run."""
+
+    def __init__(self) -> None:
+        self.memory: dict[int, bytearray] = {}
+        self.launches: list[tuple[str, tuple[int, ...], tuple[int, ...], int, list[Any]]] = []
+        self.loaded: list[tuple[str, list[str], str]] = []
+
+    def alloc(self, nbytes: int) -> int:
+        handle = len(self.memory) + 1
+        self.memory[handle] = bytearray(nbytes)
+        return handle
+
+    def upload(self, buf: int, array: np.ndarray) -> None:
+        data = np.ascontiguousarray(array).tobytes()
+        assert len(data) <= len(self.memory[buf])
+        self.memory[buf][:len(data)] = data
+
+    def download(self, buf: int, dtype: Any, shape: Sequence[int]) -> np.ndarray:
+        count = int(np.prod(shape))
+        return np.frombuffer(bytes(self.memory[buf]), dtype=dtype, count=count).reshape(shape)
+
+    def free(self, buf: int) -> None:
+        del self.memory[buf]
+
+    def load(self, source: str, kernels: Sequence[str], options: Sequence[str] = (),
+             name: str = "module") -> FakeModule:
+        self.loaded.append((source, list(kernels), name))
+        return FakeModule(self)
+
+
+def _plan(dtype: str = "f32") -> tuple[Graph, LaunchPlan, dict[str, np.ndarray]]:
+    builder = GraphBuilder("fake")
+    x = builder.input("x", dtype, ("N", 2, 3))
+    h = builder.op("dense", x, units=4)
+    builder.output("flat", builder.op("flatten", h))
+    builder.output("act", builder.op("relu", h))
+    graph = builder.build()
+    weights = {"dense_0.weight": np.arange(12, dtype=np.float32).reshape(4, 3),
+               "dense_0.bias": np.ones(4, dtype=np.float32)}
+    return graph, generate(graph), weights
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_storage_round_trips_through_the_dtype(dtype: str) -> None:
+    values = np.array([1.0, -2.5, 3.140625, 49152.0], dtype=np.float32)  # exact in all three
+    stored = to_storage(dtype, values)
+    assert stored.dtype == {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[dtype]
+    np.testing.assert_array_equal(from_storage(dtype, stored), values)
+    if dtype == "bf16":
+        np.testing.assert_array_equal(bf16_bits_to_f32(f32_to_bf16_bits(values)), values)
+
+
+def test_a_run_uploads_poisons_launches_and_downloads() -> None:
+    _, plan, weights = _plan()
+    device = FakeDevice()
+    x = np.random.default_rng(0).standard_normal((3, 2, 3)).astype(np.float32)
+    outputs = run_plan(plan, device, weights, {"x": x})
+    assert device.loaded == [(plan.source, list(plan.kernels), "fake")]
+    (gemm, relu) = device.launches
+    assert gemm[0] == plan.launches[0].kernel and relu[0] == plan.launches[1].kernel
+    assert gemm[1] == plan.launches[0].grid_size(3) and gemm[3] == plan.launches[0].shared_bytes
+    batch_position = [arg.kind for arg in plan.launches[0].args].index("batch")
+    assert gemm[4][batch_position] == 3
+    # Nothing ran, so every output still holds the poison.
+    assert outputs["flat"].shape == (3, 8) and np.isnan(outputs["flat"]).all()
+    assert np.isnan(outputs["act"]).all()
+    assert device.memory == {}, "run_plan frees every buffer"
+
+
+def test_views_share_their_root_buffer() -> None:
+    _, plan, weights = _plan()
+    device = FakeDevice()
+    with PlanRunner(plan, device, weights) as runner:
+        runner.run({"x": np.zeros((2, 2, 3), np.float32)})
+        flat = plan.buffer(dict(plan.outputs)["flat"])
+        assert flat.alias_of is not None
+        assert runner._handle(flat.name) == runner._handle(flat.alias_of)
+        gemm_output = plan.launches[0].args[3].buffer
+        assert gemm_output == flat.alias_of
+
+
+def test_without_poison_outputs_keep_what_memory_held() -> None:
+    _, plan, weights = _plan()
+    outputs = run_plan(plan, FakeDevice(), weights, {"x": np.zeros((1, 2, 3), np.float32)},
+                       poison=False)
+    assert not np.isnan(outputs["act"]).any()
+
+
+def test_weights_are_uploaded_once_in_their_dtype() -> None:
+    _, plan, weights = _plan("bf16")
+    device = FakeDevice()
+    with PlanRunner(plan, device, weights) as runner:
+        param = next(b for b in plan.buffers if b.node == "dense_0.weight")
+        stored = device.download(runner._handle(param.name), np.uint16, (4, 3))
+        np.testing.assert_array_equal(bf16_bits_to_f32(stored), weights["dense_0.weight"])
+        allocated = len(device.memory)
+        for batch in (2, 2, 5):
+            runner.run({"x": np.zeros((batch, 2, 3), np.float32)})
+        # Activations are reallocated for a new batch size only; weights never.
+        assert runner._handle(param.name) in device.memory
+    assert device.memory == {} and allocated == 2
+
+
+def test_inputs_must_agree_on_the_batch() -> None:
+    builder = GraphBuilder("two")
+    a = builder.input("a", "f32", ("N", 2))
+    b = builder.input("b", "f32", ("N", 2))
+    builder.output("y", builder.op("add", a, b))
+    plan = generate(builder.build())
+    with pytest.raises(PlanInputError, match="another input gives 3"):
+        run_plan(plan, FakeDevice(), {}, {"a": np.zeros((3, 2), np.float32),
+                                          "b": np.zeros((4, 2), np.float32)})
+
+
+def test_grids_beyond_cuda_limits_are_refused() -> None:
+    check_grid("k", (2**31 - 1, 65535, 65535))
+    with pytest.raises(PlanInputError, match="smaller batch"):
+        check_grid("k", (2**31, 1, 1))
+    with pytest.raises(PlanInputError):
+        check_grid("k", (1, 65536, 1))
