@@ -285,31 +285,21 @@ def _plan_layers(device_factory: Callable[[Mapping[str, Any]], Any]) -> LayerPro
               options: Mapping[str, Any]) -> dict[str, np.ndarray]:
         try:
             from netc.codegen.emit import generate
-            from netc.runtime.executor import PlanRunner, from_storage
+            from netc.runtime.executor import PlanRunner
         except ImportError as exc:
             raise LayerViewUnavailable(f"the launch-plan runtime is not available: {exc}") \
                 from None
         plan = generate(graph)
         runner = PlanRunner(plan, device_factory(options), weights)
-        handle = getattr(runner, "_handle", None)
-        if handle is None:
-            runner.close()
-            raise LayerViewUnavailable("this PlanRunner offers no buffer downloads")
         values: dict[str, np.ndarray] = {}
         try:
             runner.run(inputs)
-            batch = next((int(np.shape(inputs[n.id])[0]) for n in graph.inputs
-                          if n.type.shape and isinstance(n.type.shape[0], str)), 1)
-            sizes = plan.sizes(batch)
             for buffer in plan.buffers:
                 if buffer.role == "param" or buffer.node not in graph:
                     continue
                 if graph[buffer.node].op in SOURCE_OPS:
                     continue
-                shape = tuple(sizes[d] if isinstance(d, str) else d for d in buffer.shape)
-                storage = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[buffer.dtype]
-                raw = runner.device.download(handle(buffer.name), storage, shape)
-                values[buffer.node] = from_storage(buffer.dtype, raw)
+                values[buffer.node] = runner.buffer_value(buffer.name)
         finally:
             runner.close()
         return values

@@ -63,7 +63,7 @@ def test_check_reports_every_problem_at_once() -> None:
 def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.npz"
     np.savez(path, x=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(CompileError, match="E0415|cannot read"):
+    with pytest.raises(CompileError, match=r"E0415|cannot read"):
         load_weights(path)
 
 
