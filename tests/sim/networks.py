@@ -8,35 +8,11 @@ from functools import cache
 from netc.frontend import load_string
 from netc.ir import Graph
 from netc.passes import run_pipeline
+from tests.examples import LENET5, RESNET_BLOCKS
 
-LENET = """
-# lenet.net: LeNet-5 for 28x28 grayscale digits
-network lenet5 {
-    input image: f32[N, 1, 28, 28]
+LENET = LENET5
 
-    x = conv2d(image, filters=6, kernel=5, padding=2) |> relu |> maxpool2d(2)
-    x = conv2d(x, filters=16, kernel=5) |> relu |> maxpool2d(2)
-    x = flatten(x)
-    x = dense(x, 120) |> relu
-    x = dense(x, 84) |> relu
-    output logits = dense(x, 10)
-}
-"""
-
-RESNET = """
-block basic(x, filters: int) {
-    y = conv2d(x, filters, kernel=3, padding=1, bias=false) |> batchnorm |> relu
-    y = conv2d(y, filters, kernel=3, padding=1, bias=false) |> batchnorm
-    return relu(y + x)
-}
-
-block down(x, filters: int) {
-    y = conv2d(x, filters, kernel=3, stride=2, padding=1, bias=false) |> batchnorm |> relu
-    y = conv2d(y, filters, kernel=3, padding=1, bias=false) |> batchnorm
-    s = conv2d(x, filters, kernel=1, stride=2, bias=false) |> batchnorm
-    return relu(y + s)
-}
-
+RESNET = RESNET_BLOCKS + """
 network tiny_resnet {
     input image: DTYPE[N, 3, 15, 15]
     x = conv2d(image, 8, kernel=3, stride=2, padding=1, bias=false) |> batchnorm |> relu

@@ -58,8 +58,8 @@ def test_optimised_networks_with_fused_kernels_match_the_unoptimised_reference(
 def test_lenet5_plan_maps_launches_to_source_lines() -> None:
     plan = generate(load_string(LENET, filename="models/lenet.net"))
     assert [launch.source for launch in plan.launches[:3]] == [
-        "models/lenet.net:6", "models/lenet.net:6", "models/lenet.net:6"]
-    assert '#line 6 "lenet.net"' in plan.source
+        "models/lenet.net:5", "models/lenet.net:5", "models/lenet.net:5"]
+    assert '#line 5 "lenet.net"' in plan.source
 
 
 def _lenet() -> tuple[Graph, LaunchPlan, dict[str, np.ndarray]]:

@@ -50,33 +50,8 @@ def fuzz(examples: int) -> settings:
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.function_scoped_fixture])
 
-# The spec's examples, so the fuzzer has seeds even where examples/ is missing.
+# Besides examples/*.net: a smaller ResNet-18 (fast to check) with tensor arithmetic.
 SPEC_SEEDS = {
-    "lenet.net": """\
-network lenet5 {
-    input image: f32[N, 1, 28, 28]
-    x = conv2d(image, filters=6, kernel=5, padding=2) |> relu |> maxpool2d(2)
-    x = conv2d(x, filters=16, kernel=5) |> relu |> maxpool2d(2)
-    x = flatten(x)
-    x = dense(x, 120) |> relu
-    x = dense(x, 84) |> relu
-    output logits = dense(x, 10)
-}
-""",
-    "resnet_blocks.net": """\
-block basic(x, filters: int) {
-    y = conv2d(x, filters, kernel=3, padding=1, bias=false) |> batchnorm |> relu
-    y = conv2d(y, filters, kernel=3, padding=1, bias=false) |> batchnorm
-    return relu(y + x)
-}
-
-block down(x, filters: int) {
-    y = conv2d(x, filters, kernel=3, stride=2, padding=1, bias=false) |> batchnorm |> relu
-    y = conv2d(y, filters, kernel=3, padding=1, bias=false) |> batchnorm
-    s = conv2d(x, filters, kernel=1, stride=2, bias=false) |> batchnorm
-    return relu(y + s)
-}
-""",
     "resnet18.net": """\
 import "resnet_blocks.net"
 

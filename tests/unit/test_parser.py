@@ -12,22 +12,11 @@ from netc.diagnostics import CompileError
 from netc.frontend import ast, parse
 from netc.frontend import parser as parser_module
 from netc.frontend.limits import MAX_NESTING
+from tests.examples import LENET5
 
 pytestmark = pytest.mark.unit
 
-LENET = """\
-# lenet.net: LeNet-5 for 28x28 grayscale digits
-network lenet5 {
-    input image: f32[N, 1, 28, 28]
-
-    x = conv2d(image, filters=6, kernel=5, padding=2) |> relu |> maxpool2d(2)
-    x = conv2d(x, filters=16, kernel=5) |> relu |> maxpool2d(2)
-    x = flatten(x)
-    x = dense(x, 120) |> relu
-    x = dense(x, 84) |> relu
-    output logits = dense(x, 10)
-}
-"""
+LENET = LENET5
 
 BLOCKS = """\
 block basic(x, filters: int) {

@@ -12,42 +12,12 @@ from netc.diagnostics import CompileError, Diagnostic
 from netc.frontend import list_networks, load_file, load_string
 from netc.ir import Graph, Node, TensorType, verify
 from netc.ops import REGISTRY
+from tests.examples import RESNET18, RESNET_BLOCKS
 
 pytestmark = pytest.mark.unit
 
-BLOCKS = """\
-block basic(x, filters: int) {
-    y = conv2d(x, filters, kernel=3, padding=1, bias=false) |> batchnorm |> relu
-    y = conv2d(y, filters, kernel=3, padding=1, bias=false) |> batchnorm
-    return relu(y + x)
-}
+BLOCKS = RESNET_BLOCKS
 
-block down(x, filters: int) {
-    y = conv2d(x, filters, kernel=3, stride=2, padding=1, bias=false) |> batchnorm |> relu
-    y = conv2d(y, filters, kernel=3, padding=1, bias=false) |> batchnorm
-    s = conv2d(x, filters, kernel=1, stride=2, bias=false) |> batchnorm
-    return relu(y + s)
-}
-"""
-
-RESNET18 = """\
-import "resnet_blocks.net"
-
-network resnet18 {
-    input image: f32[N, 3, 224, 224]
-    x = conv2d(image, 64, kernel=7, stride=2, padding=3, bias=false) |> batchnorm |> relu
-    x = maxpool2d(x, 3, stride=2, padding=1)
-    repeat 2 { x = basic(x, 64) }
-    x = down(x, 128)
-    x = basic(x, 128)
-    x = down(x, 256)
-    x = basic(x, 256)
-    x = down(x, 512)
-    x = basic(x, 512)
-    x = global_avgpool(x) |> flatten
-    output logits = dense(x, 1000)
-}
-"""
 
 
 def compile_text(body: str, header: str = "input x: f32[N, 8]", prelude: str = "") -> Graph:
