@@ -105,6 +105,13 @@ def format_report(plan: LaunchPlan, binary: DeviceBinary | None) -> str:
     total = sum(b.nbytes(sizes) for b in owned)
     lines.append(f"{len(plan.buffers)} buffers ({len(owned)} with storage, "
                  f"{_bytes(total)} at batch 1); {batch_note}")
+    intermediates = plan.intermediate_bytes(1)
+    if intermediates:
+        in_place = sum(1 for b in plan.arena_buffers if b.in_place_of is not None)
+        lines.append(f"arena {_bytes(plan.arena_bytes(1))} at batch 1 for "
+                     f"{len(plan.arena_buffers)} intermediates totalling "
+                     f"{_bytes(intermediates)} ({plan.arena_bytes(1) / intermediates:.0%}), "
+                     f"{in_place} in place; static bytes moved {_bytes(plan.bytes_moved(1))}")
 
     if binary is not None:
         lines += ["", f"kernels (a/b: the value for {archs} where they differ)"]

@@ -6,6 +6,9 @@ and then called on inputs any number of times:
     run = prepare("cudasim", graph, weights)
     outputs = run({"image": batch})
 
+The plan backends (cudasim, cuda) take the option `tiles` ({node id: tile}, as
+`netc.codegen.emit.generate` takes them); by default they use `netc.codegen.tiling.choose_tiles`.
+
 Imports of optional components (the simulator, PyCUDA, onnxruntime, TensorRT) happen inside
 the backend that needs them, so `netc` imports without them.
 """
@@ -34,11 +37,22 @@ def _reference(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping
     return lambda inputs: run_reference(graph, weights, inputs)
 
 
-def _plan_runner(graph: Graph, weights: Mapping[str, np.ndarray], device: Any) -> Runner:
+def plan_tiles_option(graph: Graph, options: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The tiles a plan backend generates with: `options["tiles"]` (by node id, as `generate`
+    takes them), else the tiling heuristic's (and `NETC_TUNING_DB`'s) choice."""
+    from netc.codegen.tiling import choose_tiles
+
+    tiles = options.get("tiles")
+    return choose_tiles(graph) if tiles is None else tiles
+
+
+def _plan_runner(graph: Graph, weights: Mapping[str, np.ndarray], device: Any,
+                 options: Mapping[str, Any]) -> Runner:
     from netc.codegen.emit import generate
     from netc.runtime.executor import PlanRunner
 
-    runner = PlanRunner(generate(graph), device, weights)
+    runner = PlanRunner(generate(graph, tiles=plan_tiles_option(graph, options)), device,
+                        weights)
 
     def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         bind_batch(graph, inputs)
@@ -52,7 +66,7 @@ def _cudasim(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[s
 
     simulator_options = {k: options[k] for k in ("schedule", "seed", "workers", "sanitize",
                                                  "check_races") if k in options}
-    return _plan_runner(graph, weights, CudaSim(**simulator_options))
+    return _plan_runner(graph, weights, CudaSim(**simulator_options), options)
 
 
 def _cuda(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:
@@ -62,7 +76,7 @@ def _cuda(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str,
         device = PyCudaDevice()
     except DeviceUnavailable as exc:
         raise BackendUnavailable(str(exc)) from None
-    return _plan_runner(graph, weights, device)
+    return _plan_runner(graph, weights, device, options)
 
 
 def _onnx(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:

@@ -15,11 +15,18 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from netc.codegen.targets import ARCHS, DEFAULT_ARCH
 from netc.diagnostics import CompileError, Diagnostic
 from netc.ir import Graph, format_shape
+
+if TYPE_CHECKING:
+    from netc.codegen.tiles import GemmTile
+    from netc.codegen.tiling import TileChoice
+    from netc.passes.pipeline import Optimized
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -34,6 +41,40 @@ def _load(args: argparse.Namespace) -> Graph:
     from netc.frontend import load_file
 
     return load_file(args.model, getattr(args, "network", None))
+
+
+def _optimize(graph: Graph, args: argparse.Namespace, level: int | None = None,
+              batch: int = 1) -> Optimized:
+    """`graph` through the `-O` pipeline (writing `--dump-ir DIR` when asked); one line of
+    progress on stderr."""
+    from netc.passes.pipeline import run_pipeline
+
+    optimized = run_pipeline(graph, args.level if level is None else level,
+                             dump_dir=getattr(args, "dump_ir", None), batch=batch)
+    _progress(optimized.log().splitlines()[0])
+    if getattr(args, "dump_ir", None):
+        _progress(f"wrote the IR after each pass to {args.dump_ir}")
+    return optimized
+
+
+def _tile_overrides(args: argparse.Namespace) -> dict[str, GemmTile]:
+    from netc.codegen.tiling import parse_tile_overrides
+
+    return parse_tile_overrides(getattr(args, "tile", None) or [])
+
+
+def _tile_choices(graph: Graph, args: argparse.Namespace, arch: str,
+                  batch: int = 1) -> list[TileChoice]:
+    from netc.codegen.tiling import plan_tiles
+
+    return plan_tiles(graph, arch, _tile_overrides(args), batch=batch,
+                      tuning_db=getattr(args, "tuning_db", None))
+
+
+def _batch_of(graph: Graph, inputs: dict[str, np.ndarray]) -> int:
+    from netc.reference import bind_batch
+
+    return next(iter(bind_batch(graph, inputs).values()), 1)
 
 
 def _human(count: float) -> str:
@@ -53,8 +94,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     graph = _load(args)
     elapsed = time.perf_counter() - started
+    # The source graph is what `check` is about; -O (or --dump-ir) runs the pipeline as well.
+    optimized = None
+    if args.level is not None or args.dump_ir:
+        optimized = _optimize(graph, args, 2 if args.level is None else args.level)
     if args.print_ir:
-        print(print_graph(graph))
+        print(print_graph(optimized.graph if optimized and args.level is not None else graph))
         return 0
     model = Model(graph)
     rows = [("layer", "op", "output", "params", "FLOPs", "source")]
@@ -83,6 +128,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print()
     print(f"{len(layers)} ops, {trainable:,} parameters{extra}, {_human(total_flops)}FLOPs per "
           f"batch item; checked in {elapsed * 1000:.0f} ms")
+    if optimized is not None:
+        print()
+        print(optimized.log())
     return 0
 
 
@@ -169,8 +217,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend, note = default_backend()
         if note:
             _progress(note)
+    options: dict[str, object] = {}
+    run_graph, run_weights = graph, weights
+    if backend in ("cudasim", "cuda"):
+        batch = _batch_of(graph, inputs)
+        optimized = _optimize(graph, args, batch=batch)
+        run_graph, run_weights = optimized.graph, optimized.weights_for(weights)
+        options["tiles"] = {choice.node: choice.tile for choice in
+                            _tile_choices(run_graph, args, DEFAULT_ARCH, batch)}
+    elif args.dump_ir:
+        _optimize(graph, args)
     started = time.perf_counter()
-    run = prepare(backend, graph, weights)
+    run = prepare(backend, run_graph, run_weights, **options)
     outputs = run(inputs)
     elapsed = time.perf_counter() - started
     print(f"{graph.name} on {backend} ({elapsed:.2f} s):")
@@ -208,21 +266,41 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _newest(archs: Sequence[str]) -> str:
+    return max(archs, key=lambda arch: int(arch[3:]))
+
+
 def _compile_cuda(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path:
     from netc.artifacts import format_report, write_artifacts
     from netc.codegen.device_compile import compile_module
     from netc.codegen.emit import generate
+    from netc.codegen.tiling import format_tile_table
 
+    optimized = _optimize(graph, args)
+    # One module serves every --arch; its tiles are chosen for the newest of them.
+    tile_arch = _newest(args.arch)
+    choices = _tile_choices(optimized.graph, args, tile_arch)
     started = time.perf_counter()
-    plan = generate(graph)
+    plan = generate(optimized.graph, tiles={choice.node: choice.tile for choice in choices})
     _progress(f"generated {len(plan.kernels)} kernels, {len(plan.launches)} launches "
               f"({(time.perf_counter() - started) * 1000:.0f} ms)")
     started = time.perf_counter()
     _progress(f"compiling for {', '.join(args.arch)} ({args.compiler})...")
     binary = compile_module(plan.source, plan.module, archs=args.arch, compiler=args.compiler)
     _progress(f"compiled in {time.perf_counter() - started:.2f} s")
-    report = format_report(plan, binary)
-    written = write_artifacts(plan, binary, out_dir, report)
+    report = (format_report(plan, binary) + f"\ntiles (chosen for {tile_arch}, batch 1)\n"
+              + format_tile_table(choices) + "\n")
+    optimization = {
+        "level": optimized.level,
+        "tile_arch": tile_arch,
+        "tiles": [choice.to_json() for choice in choices],
+        # The plan's parameters that the source network lacks, and how to derive them from
+        # the original weights file (netc.passes.weight_transforms.RULES).
+        "weight_transforms": [{"output": t.output, "rule": t.rule, "inputs": list(t.inputs),
+                               "attrs": dict(t.attrs)} for t in optimized.transforms],
+    }
+    extra = {"optimization.json": (json.dumps(optimization, indent=2) + "\n").encode()}
+    written = write_artifacts(plan, binary, out_dir, report, extra)
     print(report)
     return written
 
@@ -231,6 +309,9 @@ def _compile_onnx(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path
     from netc.artifacts import write_directory
     from netc.onnx.export import export_graph, save_model
     from netc.weights import check_weights
+
+    if args.dump_ir:
+        _optimize(graph, args)  # only for the dump: ONNX and TensorRT get the source graph
 
     weights = _weights_for(graph, args)
     check_weights(graph, weights, source=args.weights or "weights")
@@ -291,10 +372,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     weights = _weights_for(graph, args)
     inputs = _inputs_for(graph, args)
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    optimized = _optimize(graph, args, batch=_batch_of(graph, inputs))
+    tiles = {choice.node: choice.tile for choice in
+             _tile_choices(optimized.graph, args, DEFAULT_ARCH, _batch_of(graph, inputs))}
     report = compare(graph, weights, inputs, backends, layers=args.layers,
-                     rtol=args.rtol, atol=args.atol)
+                     rtol=args.rtol, atol=args.atol, optimized=optimized,
+                     options={backend: {"tiles": tiles} for backend in ("cudasim", "cuda")})
     print(report.format())
     return 0 if report.agree else 3
+
+
+# netc explain ---------------------------------------------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from netc.explain import explain
+
+    graph = _load(args)
+    if args.dump_ir:
+        _optimize(graph, args, batch=args.batch)
+    report = explain(graph, args.level, args.arch, batch=args.batch,
+                     overrides=_tile_overrides(args), tuning_db=args.tuning_db)
+    sys.stdout.write(report.to_json() if args.json else report.format())
+    return 0
 
 
 # netc graph -----------------------------------------------------------------------------
@@ -318,6 +418,30 @@ def cmd_graph(args: argparse.Namespace) -> int:
 # the parser -----------------------------------------------------------------------------
 
 
+def _add_optimization(command: argparse.ArgumentParser, default: int | None = 2,
+                      what: str = "") -> None:
+    default_text = (f"default {default}" if default is not None else
+                    "default: show the source graph; with -O, the graph after that level")
+    command.add_argument("-O", dest="level", type=int, choices=(0, 1, 2), default=default,
+                         help="optimisation level: 0 the unfused plan (every op its own "
+                              "kernel), 1 folding and cleanup, 2 also fusion and memory "
+                              f"planning ({default_text}){what}")
+    command.add_argument("--dump-ir", metavar="DIR",
+                         help="write the IR before the first pass and after each pass to "
+                              "DIR/NN_<pass>.txt (00_input.txt, 01_remove_dropout.txt, ...)")
+
+
+def _add_tiling(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--tile", action="append", default=[], metavar="LAYER=TILE",
+                         help="override the tile of a dense/matmul/conv2d layer (repeatable), "
+                              "e.g. basic_0.conv2d_1=bm32,bn32,bk8,tm4,tn4; `all=...` sets "
+                              "every one; unnamed fields keep bm64,bn64,bk8,tm4,tn4")
+    command.add_argument("--tuning-db", metavar="FILE",
+                         help="a JSON tuning database whose entries (op, M, N, K, arch -> "
+                              "tile) override the tiling heuristic (default: $NETC_TUNING_DB)")
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="netc", formatter_class=_formatter,
@@ -338,8 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     check = sub("check", "Parse and type-check a model; print its layers with output shapes, "
-                "parameter counts and FLOPs.", "netc check examples/resnet18.net")
-    check.add_argument("--print-ir", action="store_true", help="print the graph IR instead")
+                "parameter counts and FLOPs.", "netc check examples/resnet18.net\n"
+                "  netc check examples/resnet18.net -O2 --print-ir --dump-ir ir/")
+    check.add_argument("--print-ir", action="store_true",
+                       help="print the graph IR instead (the optimised IR when -O is given)")
+    _add_optimization(check, None, "; with -O the pass log follows the table")
     check.set_defaults(handler=cmd_check)
 
     init = sub("init", "Write freshly initialised weights (PyTorch's default initialisation).",
@@ -352,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub("run", "Run a model on inputs and write every output to an .npz file.",
               "netc run examples/lenet5.net --weights lenet5.safetensors "
               "--input image=digits.npy -o out.npz\n"
-              "  netc run examples/lenet5.net --random-input --batch 4 --backend reference")
+              "  netc run examples/lenet5.net --random-input --batch 4 --backend reference\n"
+              "  netc run examples/resnet18.net --random-input --backend cudasim -O1 "
+              "--tile all=bm32,bn32")
     run.add_argument("--weights", metavar="WEIGHTS",
                      help="weights file (.safetensors or .npz); default: fresh weights from --seed")
     run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
@@ -366,11 +495,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "cuda (PyCUDA on a GPU), onnx (onnxruntime), tensorrt; default: cuda "
                           "when a GPU is present, else cudasim")
     run.add_argument("-o", "--output", metavar="OUT.npz", help="write every output here")
+    _add_optimization(run, 2, "; cudasim and cuda run the optimised plan, the other backends "
+                      "the source graph")
+    _add_tiling(run)
     run.set_defaults(handler=cmd_run)
 
     compile_ = sub("compile", "Compile a model: CUDA kernels (source, PTX and a cubin per GPU "
                    "architecture, launch plan, report), an ONNX model, or a TensorRT engine.",
                    "netc compile examples/lenet5.net -o build/lenet5 --arch sm_80,sm_90\n"
+                   "  netc compile examples/resnet18.net -O2 --tile basic_0.conv2d_1="
+                   "bm64,bn64,bk8,tm4,tn4 --dump-ir ir/\n"
                    "  netc compile examples/lenet5.net --target onnx --weights w.safetensors "
                    "-o build/lenet5-onnx")
     compile_.add_argument("-o", "--output", metavar="DIR",
@@ -378,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--target", choices=("cuda", "onnx", "tensorrt"), default="cuda",
                           help="what to produce (default: cuda)")
     compile_.add_argument("--arch", type=_archs, default=("sm_80", "sm_90"), metavar="ARCH,...",
-                          help="GPU architectures for --target cuda (default: sm_80,sm_90)")
+                          help="GPU architectures for --target cuda (default: sm_80,sm_90); "
+                               "tiles are chosen for the newest")
     compile_.add_argument("--compiler", choices=("auto", "nvrtc", "nvcc"), default="auto",
                           help="device compiler: NVRTC from pip, or the toolkit's nvcc "
                                "(default: auto, NVRTC when it loads)")
@@ -393,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--batch", dest="batch_range", type=_batch_range, default=(1, 1, 1),
                           metavar="MIN:OPT:MAX", help="TensorRT: batch sizes of the optimization "
                           "profile (default 1:1:1)")
+    _add_optimization(compile_, 2, "; for --target cuda (ONNX and TensorRT get the source "
+                      "graph)")
+    _add_tiling(compile_)
     compile_.set_defaults(handler=cmd_compile)
 
     graph = sub("graph", "Draw the network before or after optimisation: SVG (needs Graphviz's "
@@ -438,7 +576,28 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (1e-3)")
     compare.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
+    _add_optimization(compare, 2, "; cudasim and cuda run the optimised plan, the reference "
+                      "and onnx the source graph")
+    _add_tiling(compare)
     compare.set_defaults(handler=cmd_compare)
+
+    explain = sub("explain", "Explain how a model compiles: for every source layer (file:line) "
+                  "the kernel it landed in and what it was fused with, or why not; per kernel "
+                  "tiles, FLOPs, bytes moved, arithmetic intensity and roofline time on the "
+                  "GPU of --arch; totals for launches, bytes, memory and predicted time.",
+                  "netc explain examples/resnet18.net\n"
+                  "  netc explain examples/resnet18.net -O0 --arch sm_80 --json > o0.json")
+    explain.add_argument("--arch", choices=tuple(ARCHS), default=DEFAULT_ARCH,
+                         help="the GPU to tile for and predict on: sm_90 an H100 SXM (66.9 "
+                              "TFLOP/s fp32, 3.35 TB/s), sm_80 an A100 SXM (19.5 TFLOP/s, "
+                              "2.04 TB/s) (default sm_90)")
+    explain.add_argument("--json", action="store_true",
+                         help="print the same as JSON, totals at the top level")
+    explain.add_argument("--batch", type=_positive, default=1,
+                         help="batch size for shapes, bytes and times (default 1)")
+    _add_optimization(explain, 2)
+    _add_tiling(explain)
+    explain.set_defaults(handler=cmd_explain)
     return parser
 
 
@@ -462,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        _tile_overrides(args)  # a malformed --tile fails before any work is done
         return int(args.handler(args))
     except CompileError as exc:
         print(exc.render(), file=sys.stderr)

@@ -25,6 +25,10 @@ every node are read per backend by a *layer probe*:
   model is reported as not addressable);
 * `cudasim` and `cuda`: after a run, every buffer of the launch plan is downloaded. Only
   nodes that own a buffer are seen: a value that a fused kernel keeps in registers is not;
+* with `optimized=` (what `netc compare -O1/-O2` passes), cudasim and cuda run the optimised
+  graph; `source_values` maps each value they observe back to the source node it equals (a
+  fused kernel's value is its last member's, a conv with a folded batchnorm holds the
+  batchnorm's), so the first divergence is still named in the source's terms;
 * any other backend has no per-layer view (the report says so) unless a probe is passed in
   `layer_probes`.
 """
@@ -35,14 +39,18 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from netc.backends import BackendUnavailable, prepare
 from netc.diagnostics import CompileError
 from netc.ir import SOURCE_OPS, Graph, Node
+from netc.ops.fused import body_of
 from netc.reference import run_reference
+
+if TYPE_CHECKING:
+    from netc.passes.pipeline import Optimized
 
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-4
@@ -289,8 +297,10 @@ def _plan_layers(device_factory: Callable[[Mapping[str, Any]], Any]) -> LayerPro
         except ImportError as exc:
             raise LayerViewUnavailable(f"the launch-plan runtime is not available: {exc}") \
                 from None
-        plan = generate(graph)
-        runner = PlanRunner(plan, device_factory(options), weights)
+        from netc.backends import plan_tiles_option
+
+        plan = generate(graph, tiles=plan_tiles_option(graph, options))
+        runner = PlanRunner(plan, device_factory(options), weights, reuse_memory=False)
         values: dict[str, np.ndarray] = {}
         try:
             runner.run(inputs)
@@ -366,15 +376,53 @@ def _unavailable_reason(exc: BaseException) -> str | None:
     return None
 
 
+PLAN_BACKENDS = ("cudasim", "cuda")
+"""The backends that run netc's own launch plan, and so the optimised graph when given one."""
+
+
+def source_values(optimized: Optimized, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Values observed on `optimized.graph` (by its node ids), keyed instead by the source node
+    whose value each one is: a fused node's value is its last member's; a node that absorbed
+    others (a conv with a folded batchnorm) holds the value of the last of them, in source
+    order, of its own type."""
+    source = optimized.source
+    position = {node.id: index for index, node in enumerate(source.nodes)}
+    holders: dict[str, list[str]] = {}
+    for node in source.compute_nodes:
+        current: str | None = node.id
+        for _ in range(len(optimized.lineage) + 1):
+            if current is None or current not in optimized.lineage:
+                break
+            current = optimized.lineage[current]
+        if current is not None:
+            holders.setdefault(current, []).append(node.id)
+    found: dict[str, np.ndarray] = {}
+    for node_id, value in values.items():
+        if node_id not in optimized.graph:
+            continue
+        node = optimized.graph[node_id]
+        last = body_of(node.attrs)[-1].id if node.op == "fused" else node_id
+        same = [s for s in holders.get(last, []) if source[s].type == node.type]
+        if last in source and source[last].type == node.type:
+            same.append(last)
+        if same:
+            found[max(same, key=position.__getitem__)] = value
+    return found
+
+
 def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
             backends: Sequence[str] = ("reference", "onnx"), *, layers: bool = False,
             rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
             options: Mapping[str, Mapping[str, Any]] | None = None,
-            layer_probes: Mapping[str, LayerProbe] | None = None) -> CompareReport:
+            layer_probes: Mapping[str, LayerProbe] | None = None,
+            optimized: Optimized | None = None) -> CompareReport:
     """Run `inputs` through every backend in `backends` and compare each with the first that
     runs. `options[backend]` goes to `netc.backends.prepare`; `layer_probes` adds or replaces
-    per-layer views (see the module docstring). Weights and inputs are checked first: a
-    problem there is a `CompileError`, as for `netc run`."""
+    per-layer views (see the module docstring). With `optimized` (`graph` through
+    `run_pipeline`), the plan backends (cudasim, cuda) run the optimised graph with weights
+    derived from `weights`, and their per-layer values are mapped back to the source nodes
+    they equal; the others run `graph`. Weights and inputs are checked first: a problem there
+    is a `CompileError`, as for `netc run`."""
     from netc.reference import bind_batch
     from netc.weights import check_weights
 
@@ -391,8 +439,11 @@ def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str
     for backend in backends:
         backend_options = dict(options.get(backend, {}))
         started = time.perf_counter()
+        run_graph, run_weights = graph, weights
         try:
-            run = prepare(backend, graph, weights, **backend_options)
+            if optimized is not None and backend in PLAN_BACKENDS:
+                run_graph, run_weights = optimized.graph, optimized.weights_for(weights)
+            run = prepare(backend, run_graph, run_weights, **backend_options)
             outputs = run(inputs)
         except CompileError as exc:
             if any(d.code == "E0420" for d in exc.diagnostics):
@@ -414,8 +465,12 @@ def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str
             result = BackendResult(backend, "baseline", seconds=seconds, outputs={
                 name: difference(value, value, rtol, atol) for name, value in outputs.items()})
             if layers:
-                baseline_layers, baseline_layer_note = _probe(probes, backend, graph, weights,
-                                                              inputs, backend_options)
+                baseline_layers, baseline_layer_note = _probe(probes, backend, run_graph,
+                                                              run_weights, inputs,
+                                                              backend_options)
+                if baseline_layers is not None and run_graph is not graph and \
+                        optimized is not None:
+                    baseline_layers = source_values(optimized, baseline_layers)
                 if baseline_layers is None:
                     result.layer_note = (f"per-layer view not available ({baseline_layer_note}), "
                                          "so no backend can be compared layer by layer")
@@ -432,7 +487,10 @@ def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str
             else:
                 result.outputs[name] = difference(outputs[name], value, rtol, atol)
         if layers and baseline_layers is not None:
-            values, note = _probe(probes, backend, graph, weights, inputs, backend_options)
+            values, note = _probe(probes, backend, run_graph, run_weights, inputs,
+                                  backend_options)
+            if values is not None and run_graph is not graph and optimized is not None:
+                values = source_values(optimized, values)
             if values is None:
                 result.layer_note = f"per-layer view not available: {note}"
             else:

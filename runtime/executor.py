@@ -8,12 +8,23 @@
 
 A device is anything with the simulator's interface (`Device` below): `alloc`, `upload`,
 `download`, `free`, and `load` returning a module whose `launch(name, grid, block,
-shared_bytes, args)` runs one kernel. Host arrays are float32 for every dtype; they are stored
-on the device in the buffer's dtype (f16 as IEEE half, bf16 as the top 16 bits of a float32,
-rounded to nearest even) and converted back to float32 on download.
+shared_bytes, args)` runs one kernel; and a way to address part of an allocation, either the
+device's `view(buffer, offset, nbytes)` (PyCUDA) or the buffer's own `view(offset, nbytes)`
+(the simulator). Host arrays are float32 for every dtype; they are stored on the device in the
+buffer's dtype (f16 as IEEE half, bf16 as the top 16 bits of a float32, rounded to nearest
+even) and converted back to float32 on download.
 
-Before a run, every output and intermediate buffer is filled with NaN (`poison=True`), so an
-element a kernel forgets to write shows up in the result instead of passing by luck.
+Intermediates live in one arena per batch size, each at the offset the plan gives it
+(`Buffer.arena_offset`), so buffers whose lifetimes do not overlap share memory
+(`reuse_memory=False` allocates each on its own instead, for reading every intermediate after a
+run).
+
+With `poison=True` (the default) every output and intermediate is filled with NaN, so an
+element a kernel forgets to write shows up in the result instead of passing by luck. Outputs
+(and separately allocated intermediates) are poisoned before the run; an arena buffer just
+before the launch that writes it, since memory it shares held an earlier buffer's good values
+during the same run. A buffer written in place over its input is not poisoned: an element the
+kernel skipped would still hold the input's value, which only `reuse_memory=False` exposes.
 """
 
 from __future__ import annotations
@@ -47,6 +58,9 @@ class Device(Protocol):
     def download(self, buf: Any, dtype: Any, shape: Sequence[int]) -> np.ndarray: ...
 
     def free(self, buf: Any) -> None: ...
+
+    # Optional: `view(buf, offset, nbytes)`, a handle to bytes [offset, offset + nbytes) of
+    # `buf`; without it the executor calls `buf.view(offset, nbytes)`.
 
     def load(self, source: str, kernels: Sequence[str], options: Sequence[str] = (),
              name: str = "module") -> Module: ...
@@ -119,21 +133,42 @@ def check_grid(kernel: str, grid: Sequence[int]) -> None:
                              f"({MAX_GRID_X}, {MAX_GRID_YZ}, {MAX_GRID_YZ}); use a smaller batch")
 
 
+def view(device: Device, buffer: Any, offset: int, nbytes: int) -> Any:
+    """A handle to bytes [offset, offset + nbytes) of `buffer` (see the module docstring)."""
+    make = getattr(device, "view", None)
+    if make is not None:
+        return make(buffer, offset, nbytes)
+    return buffer.view(offset, nbytes)
+
+
 class PlanRunner:
     """A plan loaded on a device with its weights uploaded; `run` executes it on inputs.
 
-    Activation buffers are kept between runs of the same batch size. `close()` (or a `with`
-    block) frees everything.
+    Activation buffers (the arena, inputs, outputs) are kept between runs of the same batch
+    size. `reuse_memory=False` gives every intermediate its own allocation instead of a place
+    in the arena, so that `buffer_value` can read any of them after a run. `close()` (or a
+    `with` block) frees everything.
     """
 
-    def __init__(self, plan: LaunchPlan, device: Device, weights: Mapping[str, np.ndarray]):
+    def __init__(self, plan: LaunchPlan, device: Device, weights: Mapping[str, np.ndarray], *,
+                 reuse_memory: bool = True):
         self.plan = plan
         self.device = device
+        self.reuse_memory = reuse_memory
         self._buffers = {buffer.name: buffer for buffer in plan.buffers}
         self._module = device.load(plan.source, kernels=list(plan.kernels), name=plan.module)
         self._params: dict[str, Any] = {}
         self._activations: dict[str, Any] = {}
+        """Every non-view, non-param buffer's handle: an allocation or a view of the arena."""
+        self._owned: list[Any] = []
+        """What `_free_activations` frees: the arena and the buffers allocated on their own."""
+        self._arena: Any = None
         self._batch: int | None = None
+        self._births: dict[int, list[Buffer]] = {}
+        """Arena buffers by the launch that writes them first (in-place ones left out)."""
+        for buffer in plan.arena_buffers:
+            if buffer.live is not None and buffer.in_place_of is None:
+                self._births.setdefault(buffer.live[0], []).append(buffer)
         try:
             self._upload_weights(weights)
         except BaseException:
@@ -154,14 +189,28 @@ class PlanRunner:
             self._params[buffer.name] = handle
             self.device.upload(handle, to_storage(buffer.dtype, array))
 
+    def _in_arena(self, buffer: Buffer) -> bool:
+        return self.reuse_memory and buffer.arena_offset is not None
+
     def _allocate(self, batch: int) -> None:
         if self._batch == batch:
             return
         self._free_activations()
         sizes = self.plan.sizes(batch)
+        if self.reuse_memory and self.plan.arena_buffers:
+            self._arena = self.device.alloc(max(self.plan.arena_bytes(batch), 1))
+            self._owned.append(self._arena)
         for buffer in self.plan.buffers:
-            if buffer.role != "param" and buffer.alias_of is None:
-                self._activations[buffer.name] = self.device.alloc(max(buffer.nbytes(sizes), 1))
+            if buffer.role == "param" or buffer.alias_of is not None:
+                continue
+            if self._in_arena(buffer):
+                assert buffer.arena_offset is not None
+                handle = view(self.device, self._arena, buffer.arena_offset.at(batch),
+                              buffer.nbytes(sizes))
+            else:
+                handle = self.device.alloc(max(buffer.nbytes(sizes), 1))
+                self._owned.append(handle)
+            self._activations[buffer.name] = handle
         self._batch = batch
 
     def _handle(self, name: str) -> Any:
@@ -189,9 +238,13 @@ class PlanRunner:
             if buffer.role == "input":
                 self.device.upload(self._activations[buffer.name],
                                    to_storage(buffer.dtype, inputs[buffer.node]))
-            elif poison and buffer.role in ("output", "intermediate"):
+            elif (poison and buffer.role in ("output", "intermediate")
+                  and not self._in_arena(buffer)):
                 self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))
-        for launch in self.plan.launches:
+        for index, launch in enumerate(self.plan.launches):
+            if poison and self._arena is not None:
+                for buffer in self._births.get(index, ()):
+                    self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))
             grid = launch.grid_size(batch)
             check_grid(launch.kernel, grid)
             self._module.launch(launch.kernel, grid=grid, block=launch.block,
@@ -201,18 +254,31 @@ class PlanRunner:
 
     def buffer_value(self, name: str) -> np.ndarray:
         """What buffer `name` holds after the last run, as float32 (outputs, and intermediates
-        for layer-by-layer comparisons)."""
+        for layer-by-layer comparisons).
+
+        In the arena an intermediate keeps its value only until a later launch reuses its
+        memory, so reading one that dies before the last launch raises: construct the runner
+        with `reuse_memory=False` to read intermediates."""
         if self._batch is None:
             raise RuntimeError("the plan has not run yet")
         buffer = self._buffers[name]
+        root = self._buffers[buffer.alias_of or name]
+        if (self._in_arena(root) and root.live is not None
+                and root.live[1] < len(self.plan.launches) - 1):
+            raise RuntimeError(
+                f"buffer {name} ({buffer.node}) shares arena memory with later buffers, so its "
+                f"value is gone after the run; use PlanRunner(..., reuse_memory=False) to read "
+                f"intermediates")
         raw = self.device.download(self._handle(name), _STORAGE[buffer.dtype],
                                    _shape(buffer, self.plan.sizes(self._batch)))
         return from_storage(buffer.dtype, raw)
 
     def _free_activations(self) -> None:
-        for handle in self._activations.values():
+        for handle in self._owned:
             self.device.free(handle)
+        self._owned.clear()
         self._activations.clear()
+        self._arena = None
         self._batch = None
 
     def close(self) -> None:
@@ -229,8 +295,9 @@ class PlanRunner:
 
 
 def run_plan(plan: LaunchPlan, device: Device, weights: Mapping[str, np.ndarray],
-             inputs: Mapping[str, np.ndarray], *, poison: bool = True) -> dict[str, np.ndarray]:
+             inputs: Mapping[str, np.ndarray], *, poison: bool = True,
+             reuse_memory: bool = True) -> dict[str, np.ndarray]:
     """Load `plan` on `device`, upload `weights` and `inputs`, run every launch in order and
     return the outputs by name as float32."""
-    with PlanRunner(plan, device, weights) as runner:
+    with PlanRunner(plan, device, weights, reuse_memory=reuse_memory) as runner:
         return runner.run(inputs, poison=poison)

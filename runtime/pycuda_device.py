@@ -4,6 +4,7 @@
     module = device.load(plan.source, plan.kernels, name=plan.module)      # compiles for it
     module = device.load_binary(binary, plan.kernels, signatures_from_plan(plan))
     buffer = device.alloc(nbytes); device.upload(buffer, array)
+    part = device.view(buffer, offset, nbytes)      # bytes of it, e.g. a buffer in the arena
     module.launch("dense_0", grid, block, shared_bytes, [buffer, ..., batch, 0.5])
     result = device.download(buffer, np.float32, shape)
 
@@ -185,6 +186,20 @@ def _coerce(code: str, value: Any) -> int | float:
     return float(value)
 
 
+@dataclass(frozen=True)
+class DeviceView:
+    """Bytes [offset, offset + nbytes) of a device allocation, by address: the executor's
+    arena buffers. It converts to its device address like a `DeviceAllocation`, so it goes
+    wherever one goes (a kernel's pointer argument, a copy); it owns nothing and is never
+    freed (the allocation it points into is)."""
+
+    address: int
+    nbytes: int
+
+    def __int__(self) -> int:
+        return self.address
+
+
 # Choosing an image --------------------------------------------------------------------------
 
 
@@ -281,6 +296,11 @@ class PyCudaModule:
                                *values, shared_size=int(shared_bytes))
 
 
+def _pointer(buf: Any) -> Any:
+    """What PyCUDA's copies take: an allocation as it is, a view as its address."""
+    return int(buf) if isinstance(buf, DeviceView) else buf
+
+
 class PyCudaDevice:
     """A CUDA GPU through PyCUDA, in device `index`'s primary context."""
 
@@ -313,16 +333,26 @@ class PyCudaDevice:
     def alloc(self, nbytes: int) -> Any:
         return self._driver.mem_alloc(max(int(nbytes), 1))
 
+    def view(self, buf: Any, offset: int, nbytes: int) -> DeviceView:
+        """Bytes [offset, offset + nbytes) of allocation (or view) `buf`: pointer arithmetic,
+        since PyCUDA has no sub-allocation object. The caller keeps `buf` alive."""
+        size = buf.nbytes if isinstance(buf, DeviceView) else None
+        if offset < 0 or nbytes < 0 or (size is not None and offset + nbytes > size):
+            raise ValueError(f"view [{offset}, {offset + nbytes}) outside a {size}-byte buffer")
+        return DeviceView(int(buf) + int(offset), int(nbytes))
+
     def upload(self, buf: Any, array: np.ndarray) -> None:
-        self._driver.memcpy_htod(buf, np.ascontiguousarray(array))
+        self._driver.memcpy_htod(_pointer(buf), np.ascontiguousarray(array))
 
     def download(self, buf: Any, dtype: Any, shape: Sequence[int]) -> np.ndarray:
         result = np.empty(tuple(shape), dtype=dtype)
         if result.size:
-            self._driver.memcpy_dtoh(result, buf)
+            self._driver.memcpy_dtoh(result, _pointer(buf))
         return result
 
     def free(self, buf: Any) -> None:
+        if isinstance(buf, DeviceView):
+            raise ValueError("free: pass the allocation from alloc(), not a view of it")
         buf.free()
 
     def synchronize(self) -> None:

@@ -3,7 +3,8 @@
 `generate(graph, tiles)` walks the graph in order and asks the lowering table
 (`netc.codegen.kernels.LOWERINGS`) for each compute node's launches; views get no launch and
 alias their input's buffer. Every distinct kernel specialisation is rendered once into the
-module, in order of first use, after the `.cuh` headers the module needs.
+module, in order of first use, after the `.cuh` headers the module needs. Intermediates are
+then placed in one arena by their lifetimes over the launches (`netc.codegen.arena`).
 
 Text in the module that came from the user (node and layer names, file names) appears only in
 comments and `#line` file names, always through `sanitize`. Each kernel is preceded by a
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import netc
+from netc.codegen.arena import plan_launch_arena
 from netc.codegen.kernels import (
     LOWERINGS,
     NO_FUSION,
@@ -169,12 +171,14 @@ def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPla
     kernels = lowered.kernels
     source = render_module(module, graph.name, kernels.values(),
                            [(launch.kernel.name, node) for node, launch in lowered.launches])
+    arena = plan_launch_arena(lowered.buffers, [launch for _, launch in lowered.launches],
+                              [lowered.buffer_of[node_id] for _, node_id in graph.outputs])
     return LaunchPlan(
         network=graph.name,
         module=module,
         source=source,
         batch_dim=lowered.batch_dims[0] if lowered.batch_dims else None,
-        buffers=lowered.buffers,
+        buffers=arena.buffers,
         launches=tuple(
             Launch(kernel=launch.kernel.name, grid=launch.grid, block=(launch.block, 1, 1),
                    shared_bytes=launch.shared_bytes, args=launch.args, nodes=_computed(node),
@@ -182,6 +186,7 @@ def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPla
             for node, launch in lowered.launches),
         outputs=tuple((name, lowered.buffer_of[node_id]) for name, node_id in graph.outputs),
         kernels=tuple(kernels),
+        arena_size=arena.size,
     )
 
 

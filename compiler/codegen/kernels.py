@@ -147,6 +147,13 @@ class KernelLaunch:
     block: int
     shared_bytes: int
     args: tuple[Arg, ...]
+    in_place: tuple[tuple[str, str], ...] = ()
+    """(output, input) buffer pairs: the output may overwrite the input's storage, since the
+    kernel reads that input only at the element it is writing, in the thread that writes it,
+    before it writes. Only the elementwise family names any: GEMM, conv, pool, row-wise and
+    concat kernels read their main inputs at other elements. (A residual read only by a fused
+    epilogue would qualify by the same argument, since each epilogue loads and stores its
+    element in one thread; it is not offered yet.)"""
 
 
 @dataclass(frozen=True)
@@ -217,8 +224,11 @@ def elementwise_launch(node: Node, function: Pointwise, tile: BlockTile, out: st
     """out[i] = function(i) for every element of `out_shape`."""
     total = BatchLinear.of(out_shape)
     args = (_buffer(out), BATCH, *total.args(), *function.args)
+    # Thread i loads every input element it needs, then stores out[i] once: an input read at
+    # i alone may be the output's own storage.
     return KernelLaunch(elementwise_kernel(function.code, node.type.dtype, tile),
-                        (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)
+                        (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args,
+                        in_place=tuple((out, read) for read in function.own_index_buffers))
 
 
 def _standalone(node: Node) -> Node:

@@ -7,6 +7,10 @@ directory's `plan.json`) reads this and nothing else.
 
 The batch is a run-time value: buffer shapes may name it, and a grid dimension is
 `ceil((per_batch * batch + constant) / divisor)`, so one plan serves every batch size.
+
+Intermediates share one arena (`arena_bytes(batch)` bytes, allocated once per batch size) in
+which each has an offset `per_batch * batch + fixed` (`Buffer.arena_offset`); code generation
+plans it (`netc.codegen.emit`, the rule is in `docs/kernels.md`, "The arena").
 """
 
 from __future__ import annotations
@@ -15,11 +19,25 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from netc.ir import DTYPE_BYTES, Dim
 
+if TYPE_CHECKING:
+    from netc.passes.plan_memory import MemoryPlan
+
 BufferRole = Literal["input", "output", "param", "intermediate"]
+
+
+@dataclass(frozen=True)
+class BatchBytes:
+    """A byte count or offset that grows with the batch: `per_batch * batch + fixed`."""
+
+    per_batch: int = 0
+    fixed: int = 0
+
+    def at(self, batch: int) -> int:
+        return self.per_batch * batch + self.fixed
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,20 @@ class Buffer:
     """The IR node whose value it holds (an input name, a param name, an output's node)."""
     alias_of: str | None = None
     """A view (reshape, flatten, dropout) shares the storage of this buffer."""
+    arena_offset: BatchBytes | None = None
+    """Where an intermediate with storage of its own lives in the arena; None for every other
+    buffer (inputs, outputs and params are allocated one by one, a view follows `alias_of`)."""
+    live: tuple[int, int] | None = None
+    """The first and last launch (indices into `LaunchPlan.launches`) that use an arena
+    buffer, directly or through a view; an output's view keeps it live to the last launch."""
+    in_place_of: str | None = None
+    """The arena buffer whose storage this one takes over in place: an input of the launch
+    that writes this one, read only at the element being written, dying at that launch."""
+
+    @property
+    def batched(self) -> bool:
+        """Whether its size grows with the batch (a shape names the batch at most once)."""
+        return any(isinstance(d, str) for d in self.shape)
 
     def numel(self, sizes: Mapping[str, int]) -> int:
         return math.prod(sizes[d] if isinstance(d, str) else d for d in self.shape)
@@ -91,12 +123,62 @@ class LaunchPlan:
     """(output name, buffer name)."""
     kernels: tuple[str, ...] = field(default=())
     """Every kernel function name defined in `source`, each once."""
+    arena_size: BatchBytes = field(default=BatchBytes())
+    """The arena's size: batch-scaled intermediates first, fixed-size ones after them."""
 
     def buffer(self, name: str) -> Buffer:
         return next(b for b in self.buffers if b.name == name)
 
     def sizes(self, batch: int) -> dict[str, int]:
         return {self.batch_dim: batch} if self.batch_dim else {}
+
+    @property
+    def arena_buffers(self) -> tuple[Buffer, ...]:
+        """The buffers placed in the arena: every intermediate with storage of its own."""
+        return tuple(b for b in self.buffers if b.arena_offset is not None)
+
+    def arena_bytes(self, batch: int) -> int:
+        """Bytes of the one allocation that holds every intermediate at `batch`."""
+        return self.arena_size.at(batch)
+
+    def intermediate_bytes(self, batch: int) -> int:
+        """The sum of every intermediate's size at `batch`: what allocating each on its own
+        would take (before alignment), the figure the arena is measured against."""
+        sizes = self.sizes(batch)
+        return sum(b.nbytes(sizes) for b in self.buffers
+                   if b.role == "intermediate" and b.alias_of is None)
+
+    def launch_bytes(self, index: int, batch: int) -> int:
+        """Static bytes launch `index` moves at `batch`: each distinct buffer it is passed,
+        read or written, counted once at its full size (`bytes_moved` explains the model)."""
+        sizes = self.sizes(batch)
+        names = dict.fromkeys(arg.buffer for arg in self.launches[index].args
+                              if arg.kind == "buffer" and arg.buffer is not None)
+        return sum(self.buffer(name).nbytes(sizes) for name in names)
+
+    def bytes_moved(self, batch: int) -> int:
+        """Static global-memory traffic of the whole plan at `batch`: for every launch, the
+        size of each distinct buffer it takes (inputs, params, intermediates and outputs),
+        read or written once. It ignores caches and re-reads (a conv reads its input about
+        kh*kw/stride^2 times, mostly from cache) and counts a concat's output in full for each
+        of its per-input launches; it measures what fusion saves, not time."""
+        return sum(self.launch_bytes(index, batch) for index in range(len(self.launches)))
+
+    def memory_plan(self, batch: int) -> MemoryPlan:
+        """The arena at `batch` as a `netc.passes.plan_memory.MemoryPlan` (placements in bytes
+        at that batch, lifetimes in launches), for `verify_plan` and `describe()`."""
+        from netc.passes.plan_memory import ALIGNMENT, MemoryPlan, Placement
+
+        sizes = self.sizes(batch)
+        placements = []
+        for buffer in self.arena_buffers:
+            assert buffer.arena_offset is not None and buffer.live is not None
+            placements.append(Placement(buffer.name, buffer.arena_offset.at(batch),
+                                        buffer.nbytes(sizes), buffer.live[0], buffer.live[1],
+                                        buffer.in_place_of))
+        return MemoryPlan(tuple(placements), self.arena_bytes(batch),
+                          sum(p.size for p in placements), ALIGNMENT,
+                          batch if self.batch_dim else None)
 
     def to_json(self) -> str:
         """The plan without its source, as written to `plan.json`."""

@@ -23,7 +23,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from netc.codegen.layout import broadcast_strides, coalesce
+from netc.codegen.layout import broadcast_strides, coalesce, contiguous_strides
 from netc.codegen.plan import Arg
 from netc.ir import Dim, Node
 
@@ -81,6 +81,17 @@ class Pointwise:
     code: PointwiseCode
     args: tuple[Arg, ...]
     """Input buffers, sizes of merged dims 1.., each input's strides, float values."""
+    same_index: tuple[bool, ...] = ()
+    """Per input buffer (the first `code.loads` args): whether it is read only at the index of
+    the output element computed, so that an elementwise kernel may write over it."""
+
+    @property
+    def own_index_buffers(self) -> tuple[str, ...]:
+        """Buffers read only at the output element's own index, by every load of them."""
+        loaded = [arg.buffer for arg in self.args[:self.code.loads]]
+        other = {b for b, same in zip(loaded, self.same_index) if not same}
+        return tuple(dict.fromkeys(b for b, same in zip(loaded, self.same_index)
+                                   if same and b is not None and b not in other))
 
 
 IDENTITY = Pointwise(PointwiseCode("identity", (), "value", 0, 0, 0), ())
@@ -153,7 +164,14 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
     code = PointwiseCode(_label(body, kinds), tuple(statements), names[body[-1].id],
                          len(load_buffers), len(floats), rank,
                          labelled=len(body) == 1 and seed is None)
-    return Pointwise(code, tuple(args))
+    return Pointwise(code, tuple(args), _same_index(out_shape, load_strides))
+
+
+def _same_index(out_shape: tuple[Dim, ...],
+                strides: Sequence[Sequence[int]]) -> tuple[bool, ...]:
+    """For each load, whether its strides are the contiguous output's own."""
+    own = tuple(contiguous_strides(out_shape))
+    return tuple(tuple(s) == own for s in strides)
 
 
 def gather(out_shape: tuple[Dim, ...], buffer: str, strides: Sequence[int]) -> Pointwise:
@@ -164,7 +182,8 @@ def gather(out_shape: tuple[Dim, ...], buffer: str, strides: Sequence[int]) -> P
     if rank:
         args += [Arg("int", value=size or 0) for size in view.sizes[1:]]
         args += [Arg("int", value=stride) for stride in view.strides[0]]
-    return Pointwise(PointwiseCode("copy", (), "x0", 1, 0, rank), tuple(args))
+    return Pointwise(PointwiseCode("copy", (), "x0", 1, 0, rank), tuple(args),
+                     _same_index(out_shape, [strides]))
 
 
 def fill(value: float) -> Pointwise:

@@ -44,6 +44,9 @@ def _reduced_input(node: Node) -> str | None:
     position = input_position(anchor.inputs[0])
     if anchor.op not in REDUCTIONS or position is None:
         return None  # already has a prologue
+    readers = [inner for inner in node.attrs["body"] if anchor.inputs[0] in inner.inputs]
+    if readers != [anchor] or node.inputs.count(node.inputs[position]) != 1:
+        return None  # the epilogue reads the reduced value too: a prologue would hide it
     return node.inputs[position]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,29 +18,8 @@ from netc.runtime.pycuda_device import PyCudaDevice
 
 pytestmark = pytest.mark.gpu
 
-# Design note: one thread per element for `vector_add`; `block_sum` reduces 256 elements per
-# block in shared memory and writes one partial sum per block. Indices are 64-bit.
-MODULE = r"""
-extern "C" __global__ void vector_add(const float* __restrict__ a, const float* __restrict__ b,
-                                      float* __restrict__ out, long long n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = a[i] + b[i];
-}
-
-extern "C" __global__ void __launch_bounds__(256) block_sum(const float* __restrict__ x,
-                                                            float* __restrict__ partial,
-                                                            long long n) {
-    __shared__ float tile[256];
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    tile[threadIdx.x] = i < n ? x[i] : 0.0f;
-    __syncthreads();
-    for (unsigned stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) tile[threadIdx.x] += tile[threadIdx.x + stride];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[blockIdx.x] = tile[0];
-}
-
+# The unit tests' module (vector_add, block_sum; see its design note) plus an in-place scale.
+MODULE = (Path(__file__).resolve().parents[1] / "unit" / "data" / "vectors.cu").read_text() + r"""
 extern "C" __global__ void scale(float* x, float factor, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] *= factor;

@@ -107,7 +107,7 @@ def test_intermediate_buffers_can_be_read_after_a_run() -> None:
     seen: dict[str, np.ndarray] = {}
     run_reference(graph, weights, inputs, observe=lambda node, value: seen.setdefault(node.id,
                                                                                       value))
-    with PlanRunner(plan, simulator(), weights) as runner:
+    with PlanRunner(plan, simulator(), weights, reuse_memory=False) as runner:
         with pytest.raises(RuntimeError, match="not run"):
             runner.buffer_value(plan.buffers[-1].name)
         runner.run(inputs)

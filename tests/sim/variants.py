@@ -15,6 +15,7 @@ from netc.codegen.emit import lower
 from netc.codegen.kernels import KernelSpec
 from netc.codegen.pointwise import PointwiseCode
 from netc.codegen.tiles import BlockTile, GemmTile, RowTile
+from netc.codegen.tiling import CANDIDATES, choose_tiles
 from netc.ir import Attrs, Node, TensorType
 from netc.ops import REGISTRY
 from tests.sim.networks import NETWORKS, network
@@ -27,6 +28,9 @@ CONV_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4), GemmTile(48, 24, 5, 3, 3))
 ROW_TILES = (RowTile(32, 8), RowTile(64, 2), RowTile(96, 1), RowTile(256, 1))
 """A warp per row, and rows over 2, 3 and 8 warps."""
 BLOCK_TILES = (BlockTile(256), BlockTile(96))
+TILING_TILES = tuple(tile for tile in CANDIDATES.values() if tile not in GEMM_TILES)
+"""Every other tile the tiling heuristic may choose, for GEMMs and convs in every dtype
+(tests/sim/test_tile_invariance.py runs each on ragged shapes)."""
 LOW_PRECISION = ("f16", "bf16")
 LOW_PRECISION_GEMM_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4))
 LOW_PRECISION_CONV_TILES = (GemmTile(),)
@@ -75,6 +79,13 @@ def catalog() -> dict[str, KernelSpec]:
                       for transposed in (True, False) for bias in (True, False)]
         for tile in LOW_PRECISION_CONV_TILES if low else CONV_TILES:
             specs += [kernels.conv2d_kernel(dtype, tile, has_bias=bias) for bias in (True, False)]
+        for tile in TILING_TILES:
+            # In 16 bits, the dense and conv forms (both with a bias) stand for the family.
+            flags = [(True, True)] if low else [(t, b) for t in (True, False) for b in (True, False)]
+            specs += [kernels.gemm_kernel(dtype, tile, b_transposed=transposed, has_bias=bias)
+                      for transposed, bias in flags]
+            specs += [kernels.conv2d_kernel(dtype, tile, has_bias=bias)
+                      for bias in ((True,) if low else (True, False))]
         for tile in LOW_PRECISION_ROW_TILES if low else ROW_TILES:
             specs += [kernels.row_kernel(op, dtype, tile) for op in kernels.ROW_OPERATIONS]
         for block in BLOCK_TILES[:1] if low else BLOCK_TILES:
@@ -85,5 +96,8 @@ def catalog() -> dict[str, KernelSpec]:
                       for code, ranks in _pointwise_variants() for rank in ranks]
     for source, dtype in NETWORKS:
         for level in (0, 2):
-            specs += lower(network(source, dtype, level)).kernels.values()
+            graph = network(source, dtype, level)
+            specs += lower(graph).kernels.values()
+            # What the plan backends (cudasim, cuda) generate: the tiling heuristic's tiles.
+            specs += lower(graph, choose_tiles(graph)).kernels.values()
     return {spec.name: spec for spec in specs}

@@ -4,6 +4,7 @@ argument marshalling and grid sizes. Running real kernels is tests/sim's job."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,13 @@ class FakeModule:
         self.device.launches.append((name, tuple(grid), tuple(block), shared_bytes, list(args)))
 
 
+@dataclass(frozen=True)
+class FakeView:
+    handle: int
+    offset: int
+    nbytes: int
+
+
 class FakeDevice:
     """Memory is a dict of byte arrays; launches are recorded, not run."""
 
@@ -42,22 +50,37 @@ class FakeDevice:
         self.memory: dict[int, bytearray] = {}
         self.launches: list[tuple[str, tuple[int, ...], tuple[int, ...], int, list[Any]]] = []
         self.loaded: list[tuple[str, list[str], str]] = []
+        self.next_handle = 1
 
     def alloc(self, nbytes: int) -> int:
-        handle = len(self.memory) + 1
+        handle = self.next_handle
+        self.next_handle += 1
         self.memory[handle] = bytearray(nbytes)
         return handle
 
-    def upload(self, buf: int, array: np.ndarray) -> None:
-        data = np.ascontiguousarray(array).tobytes()
-        assert len(data) <= len(self.memory[buf])
-        self.memory[buf][:len(data)] = data
+    def view(self, buf: int, offset: int, nbytes: int) -> FakeView:
+        assert offset + nbytes <= len(self.memory[buf])
+        return FakeView(buf, offset, nbytes)
 
-    def download(self, buf: int, dtype: Any, shape: Sequence[int]) -> np.ndarray:
+    def _bytes(self, buf: int | FakeView) -> tuple[bytearray, int, int]:
+        if isinstance(buf, FakeView):
+            return self.memory[buf.handle], buf.offset, buf.nbytes
+        return self.memory[buf], 0, len(self.memory[buf])
+
+    def upload(self, buf: int | FakeView, array: np.ndarray) -> None:
+        memory, offset, size = self._bytes(buf)
+        data = np.ascontiguousarray(array).tobytes()
+        assert len(data) <= size
+        memory[offset:offset + len(data)] = data
+
+    def download(self, buf: int | FakeView, dtype: Any, shape: Sequence[int]) -> np.ndarray:
+        memory, offset, _ = self._bytes(buf)
         count = int(np.prod(shape))
-        return np.frombuffer(bytes(self.memory[buf]), dtype=dtype, count=count).reshape(shape)
+        return np.frombuffer(bytes(memory), dtype=dtype, count=count,
+                             offset=offset).reshape(shape)
 
     def free(self, buf: int) -> None:
+        assert not isinstance(buf, FakeView), "views are never freed"
         del self.memory[buf]
 
     def load(self, source: str, kernels: Sequence[str], options: Sequence[str] = (),

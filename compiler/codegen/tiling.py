@@ -1,0 +1,477 @@
+"""Tiling: the tile configuration of every GEMM and convolution kernel, from its shape and the
+target GPU's limits.
+
+`choose_tiles(graph, arch)` returns `{node id: GemmTile}` for every `dense`, `matmul` and
+`conv2d`, alone or as the anchor of a fused node (keyed by the fused node's id, which is the id
+`generate(graph, tiles)` looks up). `plan_tiles` returns the same choices with the GEMM shape
+and the reason for each, for the tables of `netc compile` and `netc explain`.
+
+Every kernel of the GEMM family computes C[M x N] = A[M x K] . B[K x N] for `count`
+independent matrices, one BM x BN tile a block:
+
+| op | M | N | K | count |
+| --- | --- | --- | --- | --- |
+| dense | rows of x (the batch, times any middle dims) | units | in features | 1 |
+| matmul | rows of a | columns of b | inner dim | the batch of matrices |
+| conv2d | out channels / groups | images x out pixels | in channels / groups x kh x kw | groups |
+
+The heuristic (sizes taken at `batch`, default 1, for a size that grows with the batch):
+
+1. **Shape class.** `narrow_m` when M <= 16 (dense at batch 1, depthwise and grouped convs),
+   else `narrow_n` when N <= 16 (classifier heads), else `tall` (M >= N) or `wide` (M < N).
+2. **Candidates.** `TILE_TABLE[(family, class, arch)]` lists candidate names in order of
+   preference, largest tiles first (more reuse of each staged element); the tiles themselves
+   are `CANDIDATES`, a fixed table that the tests compile (ptxas, no spills) and run on the
+   simulator (`tests/sim/test_tile_invariance.py`). All have 256 threads: ptxas trades a few
+   bytes of spills for occupancy in smaller blocks with fused epilogues (`__launch_bounds__`
+   without a minimum of blocks), which these shapes avoid on sm_80 and sm_90. An architecture
+   without entries of its own uses sm_90's lists.
+3. **Limits.** A candidate must fit the architecture (`netc.codegen.targets`): whole warps, at
+   most `max_threads_per_block` threads, at most 48 KiB of shared memory a block, and a
+   register estimate (tm·tn + tm + tn + 40) within both 255 and the register file divided by
+   the block's threads.
+4. **Ragged edges.** A candidate whose blocks would spend more than half their area outside C
+   is dropped, unless every candidate would; then those covering the most are kept.
+5. **Fill the GPU.** The first remaining candidate giving at least one block per SM (132 on
+   H100, 108 on A100) is taken; when none does, the one giving the most blocks.
+
+K-tile: 8 for the square tiles (a k-step stages 8·(BM+BN) floats, enough per barrier); 16 for
+the narrow ones, which stage fewer elements a step. Stages: 1 (the kernel stages a k-step,
+synchronises, multiplies; no software pipelining yet).
+
+The choice is data, for measured tuning later: a tuning database (`NETC_TUNING_DB` or
+`--tuning-db FILE`, a JSON file of entries keyed by op, M, N, K and arch) overrides the
+heuristic for the shapes it lists, and `--tile LAYER=bm64,bn64,bk8,tm4,tn4` (or `all=...`)
+overrides both, for experiments. See `docs/kernels.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from netc.codegen.targets import ARCHS, DEFAULT_ARCH, GpuArch, planning_arch
+from netc.codegen.tiles import GemmTile, TileError
+from netc.diagnostics import CompileError, Diagnostic, error
+from netc.ir import Graph, Node, TensorType
+from netc.ops.fused import body_of, input_position
+
+GEMM_OPS = ("dense", "matmul", "conv2d")
+TUNING_DB_ENV = "NETC_TUNING_DB"
+TUNING_DB_FORMAT = 1
+NARROW = 16
+"""M or N at most this takes a narrow tile."""
+MIN_COVERAGE = 0.5
+"""The least fraction of a candidate's computed area that must be real output."""
+
+CANDIDATES: dict[str, GemmTile] = {
+    "large": GemmTile(128, 64, 8, 8, 4),
+    "wide": GemmTile(64, 128, 8, 4, 8),
+    "medium": GemmTile(64, 64, 8, 4, 4),
+    "small": GemmTile(32, 32, 8, 2, 2),
+    "narrow_m": GemmTile(16, 64, 16, 2, 2),
+    "narrow_m_small": GemmTile(16, 32, 16, 1, 2),
+    "narrow_n": GemmTile(64, 16, 16, 2, 2),
+    "narrow_n_small": GemmTile(32, 16, 16, 2, 1),
+}
+"""Every tile the heuristic may choose, by name."""
+
+_PREFERENCES: dict[str, tuple[str, ...]] = {
+    "tall": ("large", "medium", "small"),
+    "wide": ("wide", "medium", "small"),
+    "narrow_m": ("narrow_m", "narrow_m_small"),
+    "narrow_n": ("narrow_n", "narrow_n_small"),
+}
+TILE_TABLE: dict[tuple[str, str, str], tuple[str, ...]] = {
+    (family, shape_class, arch): names
+    for family in ("gemm", "conv2d") for arch in ARCHS
+    for shape_class, names in _PREFERENCES.items()
+}
+"""(family, shape class, arch) -> candidate names, preferred first. The same lists serve
+every family and architecture today; measured tuning may give each its own."""
+
+
+class TileSpecError(ValueError):
+    """A `--tile` value that is not of the form bm64,bn64,bk8,tm4,tn4."""
+
+
+# Shapes ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """The GEMM a kernel computes, at a concrete batch."""
+
+    op: str
+    m: int
+    n: int
+    k: int
+    count: int = 1
+    """Independent matrices: matmul's batch, conv2d's groups."""
+
+    def blocks(self, tile: GemmTile) -> int:
+        return -(-self.m // tile.bm) * -(-self.n // tile.bn) * self.count
+
+    def coverage(self, tile: GemmTile) -> float:
+        """The fraction of the blocks' tiles that is real output (ragged edges waste the rest)."""
+        covered = -(-self.m // tile.bm) * tile.bm * -(-self.n // tile.bn) * tile.bn
+        return self.m * self.n / covered if covered else 1.0
+
+    @property
+    def shape_class(self) -> str:
+        if self.m <= NARROW and self.m <= self.n:
+            return "narrow_m"
+        if self.n <= NARROW:
+            return "narrow_n"
+        return "tall" if self.m >= self.n else "wide"
+
+    @property
+    def family(self) -> str:
+        return "conv2d" if self.op == "conv2d" else "gemm"
+
+    def __str__(self) -> str:
+        count = f" x{self.count}" if self.count > 1 else ""
+        return f"{self.m}x{self.n}x{self.k}{count}"
+
+
+def anchor(graph: Graph, node: Node) -> tuple[Node, list[TensorType]] | None:
+    """The node that shapes `node`'s kernel (itself, or a fused node's anchor) with its input
+    types; None for a group of pointwise ops alone."""
+    if node.op != "fused":
+        return node, [graph[value].type for value in node.inputs]
+    if node.attrs["kind"] == "elementwise":
+        return None
+    body = body_of(node.attrs)
+    member = next(b for b in body if b.id == node.attrs["anchor"])
+    types = {b.id: b.type for b in body}
+
+    def type_of(ref: str) -> TensorType:
+        position = input_position(ref)
+        return types[ref] if position is None else graph[node.inputs[position]].type
+
+    return member, [type_of(ref) for ref in member.inputs]
+
+
+def gemm_shape(graph: Graph, node: Node, batch: int = 1) -> GemmShape | None:
+    """The GEMM `node`'s kernel computes, with every named dimension set to `batch`; None for a
+    node outside the GEMM family."""
+    found = anchor(graph, node)
+    if found is None or found[0].op not in GEMM_OPS:
+        return None
+    member, inputs = found
+    sizes = dict.fromkeys(graph.batch_dims(), batch)
+    shapes = [t.concrete(sizes) for t in inputs]
+    out = member.type.concrete(sizes)
+    if member.op == "dense":
+        x = shapes[0]
+        return GemmShape("dense", math.prod(x[:-1]), int(member.attrs["units"]), x[-1])
+    if member.op == "matmul":
+        a, b = shapes[0], shapes[1]
+        a2 = a if len(a) > 1 else (1, *a)
+        b2 = b if len(b) > 1 else (*b, 1)
+        matrices = out[:len(out) - (len(a) > 1) - (len(b) > 1)]
+        return GemmShape("matmul", a2[-2], b2[-1], a2[-1], math.prod(matrices))
+    images, channels = shapes[0][0], shapes[0][1]
+    groups = int(member.attrs["groups"])
+    kernel_h, kernel_w = member.attrs["kernel"]
+    return GemmShape("conv2d", out[1] // groups, images * out[2] * out[3],
+                     channels // groups * kernel_h * kernel_w, groups)
+
+
+# Limits and the heuristic --------------------------------------------------------------------
+
+
+def misfit(tile: GemmTile, arch: GpuArch) -> str | None:
+    """Why `tile` cannot run on `arch` (None: it can)."""
+    try:
+        tile.validate()
+    except TileError as exc:
+        return str(exc)
+    if tile.threads > arch.max_threads_per_block:
+        return f"{tile.threads} threads a block, {arch.name} allows {arch.max_threads_per_block}"
+    if tile.shared_bytes > arch.shared_bytes_per_block:
+        return (f"{tile.shared_bytes} bytes of shared memory a block, {arch.name} allows "
+                f"{arch.shared_bytes_per_block}")
+    registers = min(arch.max_registers_per_thread, arch.registers_per_sm // tile.threads)
+    if tile.registers_estimate > registers:
+        return (f"about {tile.registers_estimate} registers a thread, {tile.threads} threads "
+                f"leave {registers} on {arch.name}")
+    return None
+
+
+def tile_text(tile: GemmTile) -> str:
+    """`bm64,bn64,bk8,tm4,tn4`: the form `--tile` takes."""
+    return ",".join(f"{f.name}{getattr(tile, f.name)}" for f in fields(tile))
+
+
+def heuristic_tile(shape: GemmShape, arch: str | GpuArch = DEFAULT_ARCH) -> tuple[GemmTile, str]:
+    """The heuristic's tile for `shape` on `arch`, and why (see the module docstring)."""
+    target = arch if isinstance(arch, GpuArch) else planning_arch(arch)
+    names = TILE_TABLE.get((shape.family, shape.shape_class, target.name)) or \
+        TILE_TABLE[(shape.family, shape.shape_class, DEFAULT_ARCH)]
+    fitting = [name for name in names if misfit(CANDIDATES[name], target) is None]
+    if not fitting:
+        raise TileError(f"no candidate tile for {shape.op} {shape} fits {target.name}")
+    kept = [n for n in fitting if shape.coverage(CANDIDATES[n]) >= MIN_COVERAGE]
+    if not kept:
+        best = max(shape.coverage(CANDIDATES[n]) for n in fitting)
+        kept = [n for n in fitting if shape.coverage(CANDIDATES[n]) >= best - 1e-12]
+    for name in kept:
+        blocks = shape.blocks(CANDIDATES[name])
+        if blocks >= target.sms:
+            return CANDIDATES[name], (f"{shape.shape_class}: {name}, {blocks} blocks fill "
+                                      f"{target.sms} SMs")
+    name = max(kept, key=lambda n: shape.blocks(CANDIDATES[n]))
+    return CANDIDATES[name], (f"{shape.shape_class}: {name}, the most blocks, "
+                              f"{shape.blocks(CANDIDATES[name])} for {target.sms} SMs")
+
+
+# The tuning database ---------------------------------------------------------------------
+
+
+TuningKey = tuple[str, int, int, int, str]
+"""(op, M, N, K, arch)."""
+
+
+@dataclass(frozen=True)
+class TuningDb:
+    """Measured (or hand-picked) tiles by GEMM shape and architecture, from a JSON file:
+
+        {"format": 1, "entries": [
+          {"op": "conv2d", "m": 64, "n": 3136, "k": 576, "arch": "sm_90",
+           "tile": {"bm": 64, "bn": 64, "bk": 8, "tm": 4, "tn": 4}, "note": "12.1 us"}]}
+    """
+
+    path: str
+    entries: Mapping[TuningKey, GemmTile]
+
+    def lookup(self, shape: GemmShape, arch: str) -> GemmTile | None:
+        return self.entries.get((shape.op, shape.m, shape.n, shape.k, arch))
+
+
+def load_tuning_db(path: str | Path) -> TuningDb:
+    """Reads a tuning database; any problem is a `CompileError` (E0442) naming the entry."""
+    where = str(path)
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error("E0442", f"tuning database `{where}` does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error("E0442", f"cannot read tuning database `{where}`: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != TUNING_DB_FORMAT or \
+            not isinstance(document.get("entries"), list):
+        raise error("E0442", f"tuning database `{where}` is not a netc tuning database",
+                    help=f'expected {{"format": {TUNING_DB_FORMAT}, "entries": [...]}}')
+    entries: dict[TuningKey, GemmTile] = {}
+    for index, entry in enumerate(document["entries"]):
+        try:
+            key = (str(entry["op"]), int(entry["m"]), int(entry["n"]), int(entry["k"]),
+                   str(entry["arch"]))
+            tile = GemmTile(**{name: int(value) for name, value in entry["tile"].items()})
+            tile.validate()
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise error("E0442", f"tuning database `{where}`, entry {index}: {exc}",
+                        help='an entry is {"op": "conv2d", "m": 64, "n": 3136, "k": 576, '
+                             '"arch": "sm_90", "tile": {"bm": 64, "bn": 64, "bk": 8, '
+                             '"tm": 4, "tn": 4}}') from None
+        if key[0] not in GEMM_OPS:
+            raise error("E0442", f"tuning database `{where}`, entry {index}: op `{key[0]}` is "
+                        f"not one of {', '.join(GEMM_OPS)}")
+        entries[key] = tile
+    return TuningDb(where, entries)
+
+
+def _tuning_db(tuning_db: TuningDb | str | Path | None) -> TuningDb | None:
+    if isinstance(tuning_db, TuningDb):
+        return tuning_db
+    path = tuning_db if tuning_db is not None else os.environ.get(TUNING_DB_ENV) or None
+    return load_tuning_db(path) if path is not None else None
+
+
+# --tile ------------------------------------------------------------------------------------
+
+
+def parse_tile(text: str) -> GemmTile:
+    """`bm64,bn64,bk8,tm4,tn4` (any of the five, in any order; the others take GemmTile's
+    defaults) as a tile. Validity against a GPU is checked when it is applied."""
+    values: dict[str, int] = {}
+    names = [f.name for f in fields(GemmTile)]
+    for part in (p.strip() for p in text.split(",")):
+        name = next((n for n in names if part.startswith(n)), None)
+        digits = part[len(name):] if name else ""
+        if name is None or not digits.isdigit():
+            raise TileSpecError(f"`{part}` in `{text}` is not one of {', '.join(names)} followed "
+                                f"by a number (e.g. bm64)")
+        if name in values:
+            raise TileSpecError(f"`{name}` appears twice in `{text}`")
+        values[name] = int(digits)
+    return GemmTile(**values)
+
+
+def parse_tile_overrides(specs: Sequence[str]) -> dict[str, GemmTile]:
+    """`--tile` values (`LAYER=bm64,bn64,bk8,tm4,tn4`, or `all=...`) by layer name; errors are
+    one `CompileError` (E0440) listing every bad value."""
+    overrides: dict[str, GemmTile] = {}
+    problems = []
+    for spec in specs:
+        layer, sep, text = spec.partition("=")
+        if not sep or not layer.strip() or not text.strip():
+            problems.append(f"--tile `{spec}` is not of the form LAYER=bm64,bn64,bk8,tm4,tn4")
+            continue
+        try:
+            overrides[layer.strip()] = parse_tile(text.strip())
+        except TileSpecError as exc:
+            problems.append(f"--tile `{spec}`: {exc}")
+    if problems:
+        raise CompileError([Diagnostic("E0440", problem, help="e.g. --tile "
+                                       "basic_0.conv2d_1=bm32,bn32,bk8,tm4,tn4 or --tile "
+                                       "all=bm64,bn64") for problem in problems])
+    return overrides
+
+
+def _names(graph: Graph, node: Node) -> set[str]:
+    found = anchor(graph, node)
+    names = {node.id}
+    if found is not None:
+        names |= {found[0].id} | ({found[0].layer} if found[0].layer else set())
+    return names
+
+
+def resolve_overrides(graph: Graph, overrides: Mapping[str, GemmTile]) -> dict[str, GemmTile]:
+    """Tile overrides by layer name (`basic_0.conv2d_1`), node id or `all`, as tiles by the id
+    `generate` looks up; an unknown or non-GEMM name is a `CompileError` (E0441)."""
+    kernels = [node for node in graph.compute_nodes if gemm_shape(graph, node) is not None]
+    resolved: dict[str, GemmTile] = {}
+    if "all" in overrides:
+        resolved.update(dict.fromkeys((node.id for node in kernels), overrides["all"]))
+    for name, tile in overrides.items():
+        if name == "all":
+            continue
+        node = next((n for n in kernels if name in _names(graph, n)), None)
+        if node is None:
+            raise error("E0441", _no_gemm_layer(graph, name),
+                        help="layers with GEMM tiles here: " + _listing(graph, kernels))
+        resolved[node.id] = tile
+    return resolved
+
+
+def _no_gemm_layer(graph: Graph, name: str) -> str:
+    for node in graph.compute_nodes:
+        members = body_of(node.attrs) if node.op == "fused" else (node,)
+        for member in members:
+            if name in (member.id, member.layer):
+                if node.op == "fused" and member.id != node.attrs["anchor"]:
+                    found = anchor(graph, node)
+                    head = found[0] if found is not None else node
+                    if head.op in GEMM_OPS:
+                        return (f"--tile: layer `{name}` is fused into the kernel of "
+                                f"`{head.layer or head.id}`; give the tile for that layer")
+                    return (f"--tile: layer `{name}` is fused into a {head.op} kernel, which "
+                            "takes no GEMM tile")
+                return f"--tile: layer `{name}` is a {member.op}; tiles apply to dense, " \
+                       f"matmul and conv2d layers"
+    return f"--tile: no layer `{name}` in the optimised network"
+
+
+def _listing(graph: Graph, kernels: Sequence[Node]) -> str:
+    names = [_layer_name(graph, node) for node in kernels]
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return shown or "none"
+
+
+def _layer_name(graph: Graph, node: Node) -> str:
+    found = anchor(graph, node)
+    member = found[0] if found is not None else node
+    return member.layer or member.id
+
+
+# Choosing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TileChoice:
+    node: str
+    """The id `generate(graph, tiles)` looks the tile up by (a fused node's own id)."""
+    layer: str
+    """The anchor's layer name (`basic_0.conv2d_1`), or its node id."""
+    shape: GemmShape
+    tile: GemmTile
+    source: str
+    """heuristic | tuning-db | --tile"""
+    why: str
+
+    @property
+    def blocks(self) -> int:
+        return self.shape.blocks(self.tile)
+
+    def to_json(self) -> dict[str, object]:
+        return {"node": self.node, "layer": self.layer, "op": self.shape.op, "m": self.shape.m,
+                "n": self.shape.n, "k": self.shape.k, "count": self.shape.count,
+                "tile": tile_text(self.tile), "stages": 1, "blocks": self.blocks,
+                "source": self.source, "why": self.why}
+
+
+def plan_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
+               overrides: Mapping[str, GemmTile] | None = None, *, batch: int = 1,
+               tuning_db: TuningDb | str | Path | None = None) -> list[TileChoice]:
+    """The tile of every GEMM and convolution kernel of `graph`, in graph order, with why.
+
+    `overrides` (by layer name, node id or `all`) win over `tuning_db` (default: the file
+    named by `NETC_TUNING_DB`, if set), which wins over the heuristic. Every tile is checked
+    against `arch`'s limits; an override that breaks them is a `CompileError` (E0441)."""
+    target = planning_arch(arch)
+    database = _tuning_db(tuning_db)
+    forced = resolve_overrides(graph, overrides or {})
+    choices = []
+    for node in graph.compute_nodes:
+        shape = gemm_shape(graph, node, batch)
+        if shape is None:
+            continue
+        layer = _layer_name(graph, node)
+        stored = database.lookup(shape, arch) if database is not None else None
+        if node.id in forced:
+            tile, source, why = forced[node.id], "--tile", "given with --tile"
+        elif stored is not None and database is not None:
+            tile, source, why = stored, "tuning-db", f"entry in {Path(database.path).name}"
+        else:
+            tile, why = heuristic_tile(shape, target)
+            source = "heuristic"
+        problem = misfit(tile, target)
+        if problem is not None:
+            raise error("E0441", f"tile {tile_text(tile)} for layer `{layer}` ({source}) "
+                        f"cannot run: {problem}",
+                        help="threads = (bm/tm)*(bn/tn) must be whole warps, at most "
+                             f"{target.max_threads_per_block}; shared memory "
+                             "4*bk*(bm+bn+2) bytes at most "
+                             f"{target.shared_bytes_per_block}")
+        choices.append(TileChoice(node.id, layer, shape, tile, source, why))
+    return choices
+
+
+def choose_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
+                 overrides: Mapping[str, GemmTile] | None = None, *, batch: int = 1,
+                 tuning_db: TuningDb | str | Path | None = None) -> dict[str, GemmTile]:
+    """`{node id: GemmTile}` for every GEMM and convolution kernel of `graph`: what
+    `generate(graph, tiles=...)` takes. See `plan_tiles`."""
+    return {choice.node: choice.tile
+            for choice in plan_tiles(graph, arch, overrides, batch=batch, tuning_db=tuning_db)}
+
+
+def format_tile_table(choices: Sequence[TileChoice]) -> str:
+    """The table of tile choices for reports: layer, op, M/N/K, tile, blocks, why."""
+    rows = [("layer", "op", "M x N x K", "tile (stages 1)", "blocks", "why")]
+    rows += [(c.layer, c.shape.op, str(c.shape), tile_text(c.tile), str(c.blocks),
+              c.why if c.source == "heuristic" else f"{c.source}: {c.why}") for c in choices]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [cell.rjust(w) if i == 4 else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  " + "  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines) if choices else "  (no GEMM or convolution kernels)"

@@ -1,0 +1,417 @@
+"""`netc explain`: where every source layer ended up, and what each kernel costs on a GPU.
+
+    from netc.explain import explain
+    report = explain(graph, level=2, arch="sm_90", batch=1)
+    print(report.format())          # text tables
+    data = report.to_json()         # the same as a JSON string
+
+The network goes through the `-O` pipeline, the tiling heuristic and code generation, exactly as
+`netc compile` would take it, and then:
+
+* **Layers.** For every compute node of the source (its layer name, or its node id for an op
+  without parameters, and its `file:line`): the kernel that computes it (`Optimized.kernel_of`
+  through the pipeline's lineage), what it was fused with, or why it was not — folded into a
+  conv's weights, removed as the identity, merged with an equal computation, dead code, a view
+  (no kernel), `-O0`/`-O1` (fusion off), or the fusion rule that kept it apart at `-O2` (its
+  value is used by several ops, its user is not pointwise or has another shape, ...).
+* **Kernels.** For every kernel (a compute node of the optimised graph that launches
+  something; a `matmul` that first expands a broadcast operand and a `concat` launch more than
+  once): its kernel functions, tile, GEMM shape, FLOPs (the registry's count; a fused node's is
+  its members'), bytes moved (every buffer argument of every launch read or written once: the
+  compulsory traffic, not the re-reads that tiles cost), arithmetic intensity (FLOPs a byte)
+  and the roofline time `max(FLOPs / peak FLOP/s, bytes / peak bandwidth)`.
+* **Totals.** Launches, FLOPs, bytes moved, the arena (intermediates placed by lifetime),
+  the sum of every intermediate's size, peak memory (inputs, parameters and outputs plus the
+  arena) and the predicted time: the sum of the kernels' roofline times (no launch overhead).
+
+Peaks come from the architecture (`netc.codegen.targets`): sm_90 is an H100 SXM (66.9 TFLOP/s
+fp32, 3.35 TB/s), sm_80 an A100 SXM (19.5 TFLOP/s, 2.04 TB/s); `peaks=` overrides them.
+Sizes are taken at `batch` (default 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any
+
+from netc.codegen.emit import generate
+from netc.codegen.plan import Launch, LaunchPlan
+from netc.codegen.targets import DEFAULT_ARCH, Peaks, planning_arch
+from netc.codegen.tiles import GemmTile
+from netc.codegen.tiling import TileChoice, TuningDb, format_tile_table, plan_tiles, tile_text
+from netc.ir import SOURCE_OPS, Graph, Node
+from netc.ops import REGISTRY, node_flops
+from netc.ops.fused import body_of
+from netc.passes.fusion import is_pointwise, kernel_kind
+from netc.passes.pipeline import Optimized, run_pipeline
+
+TOTALS = ("launches", "bytes_moved", "arena_bytes", "intermediate_bytes", "flops",
+          "predicted_time_s", "peak_memory_bytes")
+"""The totals `to_json` puts at the top level of its document."""
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One compute node of the source network and where it went."""
+
+    layer: str
+    """Its layer name (`basic_0.conv2d_1`), or its node id (`relu#3`)."""
+    node: str
+    op: str
+    location: str
+    """`file.net:line`, or "" for a node without a source position."""
+    kernel: int | None
+    """1-based index into `Explanation.kernels`; None when no kernel computes it."""
+    fused_with: tuple[str, ...]
+    """The other layers computed by the same kernel."""
+    note: str
+    """How it was fused, or why not."""
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    """One kernel of the optimised network: a compute node that launches something."""
+
+    index: int
+    node: str
+    """The node of the optimised graph (`fused_3`, `dense_0`)."""
+    what: str
+    """`conv2d+add+relu`, `softmax`."""
+    layers: tuple[str, ...]
+    location: str
+    functions: tuple[str, ...]
+    """The kernel functions it launches, in order (one per launch)."""
+    tile: str
+    """`bm64,bn64,bk8,tm4,tn4` for the GEMM family, else the block size (`256 threads`)."""
+    gemm: str
+    """The GEMM shape `MxNxK`, or "" outside the GEMM family."""
+    flops: int
+    bytes_moved: int
+    seconds: float
+    """Roofline time."""
+    bound: str
+    """compute | memory"""
+
+    @property
+    def launches(self) -> int:
+        return len(self.functions)
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes_moved if self.bytes_moved else 0.0
+
+
+@dataclass(frozen=True)
+class Explanation:
+    network: str
+    level: int
+    arch: str
+    peaks: Peaks
+    batch: int
+    layers: tuple[LayerRow, ...]
+    kernels: tuple[KernelRow, ...]
+    tiles: tuple[TileChoice, ...]
+    launches: int
+    flops: int
+    bytes_moved: int
+    arena_bytes: int
+    intermediate_bytes: int
+    peak_memory_bytes: int
+    predicted_time_s: float
+    pipeline_log: str
+
+    def totals(self) -> dict[str, int | float]:
+        return {name: getattr(self, name) for name in TOTALS}
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "network": self.network, "level": self.level, "arch": self.arch, "batch": self.batch,
+            "gpu": {"name": self.peaks.gpu, "flops_per_second": self.peaks.flops_per_second,
+                    "bytes_per_second": self.peaks.bytes_per_second},
+            **self.totals(),
+            "kernels_count": len(self.kernels),
+            "layers": [{"layer": r.layer, "node": r.node, "op": r.op, "location": r.location,
+                        "kernel": r.kernel, "fused_with": list(r.fused_with), "note": r.note}
+                       for r in self.layers],
+            "kernels": [{"index": k.index, "node": k.node, "what": k.what,
+                         "layers": list(k.layers), "location": k.location,
+                         "functions": list(k.functions), "launches": k.launches,
+                         "tile": k.tile, "gemm": k.gemm, "flops": k.flops,
+                         "bytes_moved": k.bytes_moved, "intensity": k.intensity,
+                         "roofline_s": k.seconds, "bound": k.bound} for k in self.kernels],
+            "tiles": [choice.to_json() for choice in self.tiles],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_data(), indent=2) + "\n"
+
+    def format(self) -> str:
+        p = self.peaks
+        lines = [f"{self.network} at -O{self.level} for {self.arch} ({p.gpu}: "
+                 f"{p.flops_per_second / 1e12:.1f} TFLOP/s fp32, "
+                 f"{p.bytes_per_second / 1e12:.2f} TB/s), batch {self.batch}", ""]
+        lines.append("layers, in source order")
+        rows: list[tuple[str, ...]] = [("layer", "op", "source", "kernel", "with",
+                                        "how, or why not fused")]
+        for r in self.layers:
+            kernel = f"#{r.kernel}" if r.kernel is not None else "-"
+            rows.append((r.layer, r.op, r.location or "-", kernel,
+                         ", ".join(r.fused_with) or "-", r.note))
+        lines += _table(rows, right={3})
+        lines += ["", "kernels, in launch order (roofline: max(FLOPs / peak, bytes / bandwidth))"]
+        rows = [("#", "node", "computes", "launches", "tile", "M x N x K", "FLOPs", "bytes",
+                 "FLOP/B", "roofline", "bound")]
+        for k in self.kernels:
+            rows.append((str(k.index), k.node, k.what, str(k.launches), k.tile or "-",
+                         k.gemm or "-", _si(k.flops), _si(k.bytes_moved, "B"),
+                         f"{k.intensity:.1f}", _seconds(k.seconds), k.bound))
+        lines += _table(rows, right={0, 3, 6, 7, 8, 9})
+        lines += ["", "tiles of the GEMM and convolution kernels", format_tile_table(self.tiles)]
+        lines += ["", "totals",
+                  f"  launches            {self.launches} ({len(self.kernels)} kernels)",
+                  f"  FLOPs               {_si(self.flops)}",
+                  f"  bytes moved         {_si(self.bytes_moved, 'B')}",
+                  f"  arena               {_si(self.arena_bytes, 'B')} (intermediates placed "
+                  f"by lifetime)",
+                  f"  intermediates       {_si(self.intermediate_bytes, 'B')} (their sum)",
+                  f"  peak memory         {_si(self.peak_memory_bytes, 'B')} (inputs, "
+                  f"parameters, outputs and the arena)",
+                  f"  predicted time      {_seconds(self.predicted_time_s)} (sum of the "
+                  f"kernels' roofline times, no launch overhead)"]
+        return "\n".join(lines) + "\n"
+
+
+def _table(rows: Sequence[tuple[str, ...]], right: set[int]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [cell.rjust(w) if i in right else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  " + "  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _si(value: float, unit: str = "") -> str:
+    for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {prefix}{unit}".rstrip()
+    return f"{value:.0f} {unit}".rstrip()
+
+
+def _seconds(value: float) -> str:
+    if value >= 1e-3:
+        return f"{value * 1e3:.3f} ms"
+    if value >= 1e-6:
+        return f"{value * 1e6:.2f} us"
+    return f"{value * 1e9:.1f} ns"
+
+
+def _where(node: Node) -> str:
+    return f"{PurePath(node.span.file).name}:{node.span.line}" if node.span else ""
+
+
+def _name(node: Node) -> str:
+    return node.layer or node.id
+
+
+def _members(node: Node) -> tuple[Node, ...]:
+    return body_of(node.attrs) if node.op == "fused" else (node,)
+
+
+def _what(node: Node) -> str:
+    return "+".join(member.op for member in _members(node))
+
+
+# Cost accounting ---------------------------------------------------------------------------
+
+
+def launch_bytes(plan: LaunchPlan, launch: Launch, sizes: Mapping[str, int]) -> int:
+    """Bytes a launch moves when each distinct buffer argument is read or written once."""
+    names = dict.fromkeys(arg.buffer for arg in launch.args
+                          if arg.kind == "buffer" and arg.buffer is not None)
+    return sum(plan.buffer(name).nbytes(sizes) for name in names)
+
+
+def _storage_bytes(plan: LaunchPlan, sizes: Mapping[str, int], roles: set[str]) -> int:
+    return sum(b.nbytes(sizes) for b in plan.buffers if b.alias_of is None and b.role in roles)
+
+
+# Why a layer is where it is ------------------------------------------------------------------
+
+
+def _why_alone(graph: Graph, node: Node) -> str:
+    """Why a node the -O2 pipeline left as its own kernel was not fused."""
+    users = graph.users()[node.id]
+    outputs = {value for _, value in graph.outputs}
+    anchors = kernel_kind(node) is not None
+    if node.op in ("transpose", "concat"):
+        return f"not fused: `{node.op}` is a layout kernel, which fusion does not take (yet)"
+    if not anchors and not is_pointwise(node):
+        return f"not fused: `{node.op}` is not pointwise and anchors no fused kernel"
+    if len(users) > 1:
+        return f"not fused: its output is used by {len(users)} ops"
+    if node.id in outputs and users:
+        return "not fused: it is a network output that another op also reads"
+    if not users:
+        return ("not fused: nothing follows it (a network output)" if anchors else
+                "not fused: a network output with no pointwise neighbour of its shape")
+    user = users[0]
+    if user.op == "fused":
+        readers = [m for m in body_of(user.attrs) if any(
+            ref.startswith("$") and user.inputs[int(ref[1:])] == node.id for ref in m.inputs)]
+        taken = next((m for m in readers if is_pointwise(m)), None)
+        anchor = next(m for m in body_of(user.attrs) if m.id == user.attrs["anchor"])
+        if taken is not None and anchor.id != taken.id:
+            return (f"not fused: the {user.attrs['kind'].replace('_', ' ')} kernel of "
+                    f"`{_name(anchor)}` took its user `{_name(taken)}` first (anchors take "
+                    "pointwise ops in graph order)")
+    if REGISTRY[user.op].kind == "view":
+        return (f"not fused: its only user `{_name(user)}` is a {user.op}, and fusion does not "
+                "cross views (yet)")
+    if not is_pointwise(user):
+        return f"not fused: its only user `{_name(user)}` ({_what(user)}) is not pointwise"
+    if user.type != node.type:
+        return (f"not fused: its user `{_name(user)}` has type {user.type}, not {node.type} "
+                "(a broadcast value would be recomputed)")
+    return "not fused: one value leaves a group, and no group may depend on itself"
+
+
+def _moved_note(source: Graph, optimized: Optimized, node: Node) -> tuple[str | None, str]:
+    """(the node it moved into, a note) for a source node the pipeline removed."""
+    target = optimized.lineage.get(node.id)
+    if target is None:
+        return None, "removed: no output needs it (dead code)"
+    name = f"`{_name(source[target])}`" if target in source else f"`{target}`"
+    if node.op == "batchnorm":
+        return target, f"folded into the weights of {name}"
+    if node.op == "dropout":
+        return None, f"removed: dropout is the identity at inference; its users read {name}"
+    if REGISTRY[node.op].kind == "view":
+        return None, f"view merged into {name}"
+    if target in node.inputs:
+        return None, f"removed: an arithmetic identity; its users read {name}"
+    return target, f"merged with the equal computation {name}"
+
+
+def _layer_rows(source: Graph, optimized: Optimized,
+                kernel_index: Mapping[str, int]) -> list[LayerRow]:
+    graph = optimized.graph
+    placed: list[tuple[Node, int | None, str]] = []
+    for node in source.compute_nodes:
+        kernel_id = optimized.kernel_of(node.id)
+        kernel = graph[kernel_id] if kernel_id is not None else None
+        inside = kernel is not None and node.id in {m.id for m in _members(kernel)}
+        note = ""
+        if not inside:
+            moved, note = _moved_note(source, optimized, node)
+            if moved is None:
+                placed.append((node, None, note))
+                continue
+        if kernel is None or kernel.id not in kernel_index:
+            placed.append((node, None, note or ("a view: no kernel, its buffer aliases its "
+                                                "input's" if REGISTRY[node.op].kind == "view"
+                                                else "no kernel")))
+            continue
+        if not note:
+            note = _kernel_note(graph, kernel, node, optimized.level)
+        placed.append((node, kernel_index[kernel.id], note))
+    together: dict[int, list[str]] = {}
+    for node, index, _ in placed:
+        if index is not None:
+            together.setdefault(index, []).append(_name(node))
+    return [LayerRow(_name(node), node.id, node.op, _where(node), index,
+                     tuple(n for n in together.get(index, []) if n != _name(node))
+                     if index is not None else (), note)
+            for node, index, note in placed]
+
+
+def _kernel_note(graph: Graph, kernel: Node, node: Node, level: int) -> str:
+    """How `node` (a member of `kernel`, or `kernel` itself) came to be computed there."""
+    if kernel.op == "fused":
+        kind = kernel.attrs["kind"]
+        if kind == "elementwise":
+            return "fused into an elementwise kernel"
+        anchor = next(m for m in _members(kernel) if m.id == kernel.attrs["anchor"])
+        what = kind.replace("_", " ")
+        if node.id == anchor.id:
+            return f"anchors a {what} kernel"
+        return f"fused into the {what} kernel of `{_name(anchor)}`"
+    if level < 2:
+        return f"-O{level}: fusion off"
+    return _why_alone(graph, kernel)
+
+
+# The explanation ---------------------------------------------------------------------------
+
+
+def explain(graph: Graph, level: int = 2, arch: str = DEFAULT_ARCH, peaks: Peaks | None = None,
+            *, batch: int = 1, overrides: Mapping[str, GemmTile] | None = None,
+            tuning_db: TuningDb | str | Path | None = None) -> Explanation:
+    """Optimise `graph` at `level`, tile it for `arch`, generate its kernels and account for
+    every layer and kernel (see the module docstring). `overrides` are `--tile` values by
+    layer name; `tuning_db` as for `netc.codegen.tiling.plan_tiles`."""
+    target = planning_arch(arch)
+    peaks = peaks or target.peaks
+    optimized = run_pipeline(graph, level, batch=batch)
+    choices = plan_tiles(optimized.graph, arch, overrides, batch=batch, tuning_db=tuning_db)
+    plan = generate(optimized.graph, tiles={c.node: c.tile for c in choices})
+    sizes = plan.sizes(batch)
+    kernels = _kernel_rows(optimized.graph, plan, choices, sizes, batch, peaks)
+    kernel_index = {row.node: row.index for row in kernels}
+    intermediates = _storage_bytes(plan, sizes, {"intermediate"})
+    arena = _arena_bytes(plan, optimized, batch)
+    resident = _storage_bytes(plan, sizes, {"input", "param", "output"})
+    return Explanation(
+        network=graph.name, level=level, arch=arch, peaks=peaks, batch=batch,
+        layers=tuple(_layer_rows(graph, optimized, kernel_index)), kernels=tuple(kernels),
+        tiles=tuple(choices), launches=len(plan.launches),
+        flops=sum(k.flops for k in kernels), bytes_moved=sum(k.bytes_moved for k in kernels),
+        arena_bytes=arena, intermediate_bytes=intermediates,
+        peak_memory_bytes=resident + arena,
+        predicted_time_s=math.fsum(k.seconds for k in kernels), pipeline_log=optimized.log())
+
+
+def _arena_bytes(plan: LaunchPlan, optimized: Optimized, batch: int) -> int:
+    from netc.passes.plan_memory import plan_graph_memory
+
+    memory = optimized.memory_plan if optimized.memory_plan is not None and \
+        optimized.memory_plan.batch in (batch, None) else \
+        plan_graph_memory(optimized.graph, batch)
+    return memory.arena_bytes
+
+
+def _kernel_rows(graph: Graph, plan: LaunchPlan, choices: Sequence[TileChoice],
+                 sizes: Mapping[str, int], batch: int, peaks: Peaks) -> list[KernelRow]:
+    owner: dict[str, str] = {}
+    for node in graph.nodes:
+        for member in _members(node):
+            owner[member.id] = node.id
+    grouped: dict[str, list[Launch]] = {}
+    for launch in plan.launches:
+        grouped.setdefault(owner[launch.nodes[0]], []).append(launch)
+    tiles = {choice.node: choice for choice in choices}
+    rows = []
+    for index, (node_id, launches) in enumerate(grouped.items(), 1):
+        node = graph[node_id]
+        flops = 0 if node.op in SOURCE_OPS else node_flops(
+            node, [graph[value].type for value in node.inputs], sizes)
+        moved = sum(launch_bytes(plan, launch, sizes) for launch in launches)
+        seconds = peaks.roofline_seconds(flops, moved)
+        bound = "compute" if flops / peaks.flops_per_second >= \
+            moved / peaks.bytes_per_second else "memory"
+        choice = tiles.get(node_id)
+        tile = (tile_text(choice.tile) if choice is not None
+                else f"{launches[-1].block[0]} threads")
+        members = _members(node)
+        rows.append(KernelRow(
+            index, node_id, "fill" if node.op == "constant" else _what(node),
+            tuple(dict.fromkeys(_name(m) for m in members)), _where(node),
+            tuple(launch.kernel for launch in launches), tile,
+            str(choice.shape) if choice is not None else "", flops, moved, seconds, bound))
+    return rows

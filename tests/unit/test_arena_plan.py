@@ -1,0 +1,311 @@
+"""The launch plan's arena (netc.codegen.arena): lifetimes over launches, in place only where an
+elementwise kernel allows it, offsets that scale with the batch, and the plan's byte counts.
+
+The property test checks generated plans of random networks with its own overlap check and its
+own liveness walk, not only with the planner's `verify_plan`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+
+from netc.codegen.arena import plan_launch_arena
+from netc.codegen.emit import generate
+from netc.codegen.kernels import KernelLaunch, KernelSpec
+from netc.codegen.plan import Arg, BatchBytes, Buffer, GridDim, LaunchPlan
+from netc.frontend import load_string
+from netc.ir import Graph
+from netc.ops.builder import GraphBuilder
+from netc.passes import run_pipeline
+from netc.passes.plan_memory import ALIGNMENT, verify_plan
+from tests.unit.netgen import networks
+
+pytestmark = pytest.mark.unit
+
+
+def _chain(*ops: str, shape: tuple[str | int, ...] = ("N", 3, 5)) -> Graph:
+    builder = GraphBuilder("chain")
+    value = builder.input("x", "f32", shape)
+    for op in ops:
+        value = builder.op(op, value)
+    builder.output("y", value)
+    return builder.build()
+
+
+def _arena(plan: LaunchPlan) -> dict[str, Buffer]:
+    return {b.node: b for b in plan.arena_buffers}
+
+
+def test_an_elementwise_chain_runs_in_place_in_one_slot() -> None:
+    plan = generate(_chain("relu", "sigmoid", "tanh", "gelu"))
+    relu, sigmoid, tanh = plan.arena_buffers  # gelu's result is the output
+    assert (relu.live, sigmoid.live, tanh.live) == ((0, 1), (1, 2), (2, 3))
+    assert sigmoid.in_place_of == relu.name and tanh.in_place_of == sigmoid.name
+    assert relu.arena_offset == sigmoid.arena_offset == tanh.arena_offset == BatchBytes(0, 0)
+    # 15 floats an item, rounded up to the alignment, scaled by the batch.
+    assert plan.arena_size == BatchBytes(ALIGNMENT, 0)
+    assert plan.arena_bytes(5) == 5 * ALIGNMENT
+    assert plan.intermediate_bytes(5) == 3 * 5 * 15 * 4
+
+
+def test_kernels_that_read_other_elements_never_write_in_place() -> None:
+    source = """
+network mixed {
+    input x: f32[N, 4, 8, 8]
+    a = conv2d(x, 4, kernel=3, padding=1)
+    b = maxpool2d(a, 3, stride=1, padding=1)
+    c = softmax(b, axis=-1)
+    d = transpose(c, [0, 1, 3, 2])
+    e = concat(d, d, axis=1)
+    f = global_avgpool(e) |> flatten
+    output y = dense(f, 8)
+}
+"""
+    plan = generate(load_string(source, filename="mixed.net"))
+    assert len(plan.arena_buffers) == 6
+    assert all(b.in_place_of is None for b in plan.arena_buffers)
+    verify_plan(plan.memory_plan(3))
+
+
+def test_an_input_that_lives_on_is_not_overwritten() -> None:
+    source = """
+network fork {
+    input x: f32[N, 6]
+    a = relu(x)
+    b = sigmoid(a)
+    output y = b + a
+}
+"""
+    plan = generate(load_string(source, filename="fork.net"))
+    arena = _arena(plan)
+    assert arena["sigmoid#0"].in_place_of is None  # a is read again by the add
+    assert arena["sigmoid#0"].arena_offset != arena["relu#0"].arena_offset
+
+
+def test_an_output_viewed_from_an_intermediate_lives_to_the_end() -> None:
+    source = """
+network viewed {
+    input x: f32[N, 2, 3]
+    h = dense(x, 4)
+    output flat = flatten(h)
+    g = relu(h) * 2.0
+    output act = sigmoid(g) + 1.0
+}
+"""
+    plan = generate(load_string(source, filename="viewed.net"))
+    dense = _arena(plan)["dense_0"]
+    assert dense.live == (0, len(plan.launches) - 1)
+    assert all(b.in_place_of != dense.name for b in plan.arena_buffers)
+    flat = plan.buffer(dict(plan.outputs)["flat"])
+    assert flat.alias_of == dense.name and flat.arena_offset is None
+
+
+def test_in_place_through_a_view() -> None:
+    # The relu reads the conv's output through a flatten: same elements, same order.
+    source = """
+network through {
+    input x: f32[N, 2, 4, 4]
+    c = conv2d(x, 3, kernel=3, padding=1)
+    output y = dense(relu(flatten(c)), 5)
+}
+"""
+    plan = generate(run_pipeline(load_string(source, filename="through.net"), 2).graph)
+    arena = {b.name: b for b in plan.arena_buffers}
+    taken = [b for b in arena.values() if b.in_place_of is not None]
+    assert len(taken) == 1 and arena[taken[0].in_place_of].node.startswith("conv2d")
+
+
+def _spec(name: str) -> KernelSpec:
+    return KernelSpec(name, "elementwise.jinja", (), "f32", 256)
+
+
+def _launch(*buffers: str, in_place: tuple[tuple[str, str], ...] = ()) -> KernelLaunch:
+    one = GridDim()
+    return KernelLaunch(_spec("k"), (one, one, one), 256, 0,
+                        tuple(Arg("buffer", buffer=b) for b in buffers), in_place)
+
+
+def test_an_input_also_read_through_another_view_is_not_taken_over() -> None:
+    buffers = (
+        Buffer("x", "input", "f32", ("N", 8), "x"),
+        Buffer("a", "intermediate", "f32", ("N", 8), "a"),
+        Buffer("v", "intermediate", "f32", ("N", 2, 4), "v", alias_of="a"),
+        Buffer("b", "intermediate", "f32", ("N", 8), "b"),
+        Buffer("y", "output", "f32", ("N", 8), "y"),
+    )
+    offered = (("b", "a"),)
+    # b = f(a, v): the launch reads a in place but v (the same storage) some other way.
+    arena = plan_launch_arena(buffers, [_launch("a", "x"), _launch("b", "a", "v",
+                                        in_place=offered), _launch("y", "b")], ["y"])
+    assert {b.name: b.in_place_of for b in arena.buffers}["b"] is None
+    # Offered for both, the storage may be taken over.
+    arena = plan_launch_arena(buffers, [_launch("a", "x"), _launch(
+        "b", "a", "v", in_place=(("b", "a"), ("b", "v"))), _launch("y", "b")], ["y"])
+    assert {b.name: b.in_place_of for b in arena.buffers}["b"] == "a"
+
+
+def test_fixed_size_intermediates_go_after_the_batched_region() -> None:
+    buffers = (
+        Buffer("x", "input", "f32", ("N", 100), "x"),
+        Buffer("c", "intermediate", "f32", (10,), "c"),
+        Buffer("a", "intermediate", "f32", ("N", 100), "a"),
+        Buffer("y", "output", "f32", ("N", 100), "y"),
+    )
+    arena = plan_launch_arena(buffers, [_launch("c"), _launch("a", "x", "c"),
+                                        _launch("y", "a")], ["y"])
+    placed = {b.name: b for b in arena.buffers}
+    assert placed["a"].arena_offset == BatchBytes(0, 0)
+    assert placed["c"].arena_offset == BatchBytes(512, 0)  # 400 bytes an item, aligned
+    assert arena.size == BatchBytes(512, 256)
+
+
+def test_a_network_without_a_batch_has_only_a_fixed_region() -> None:
+    plan = generate(_chain("relu", "relu", shape=(4, 4)))
+    assert plan.batch_dim is None and plan.arena_size == BatchBytes(0, 256)
+    assert plan.memory_plan(1).batch is None
+
+
+def test_bytes_moved_counts_each_buffer_argument_once_per_launch() -> None:
+    plan = generate(_chain("relu", "sigmoid"))
+    # relu reads x and writes its result; sigmoid reads that and writes y: 4 tensors.
+    assert plan.bytes_moved(2) == 4 * 2 * 15 * 4
+    assert plan.launch_bytes(0, 1) == 2 * 15 * 4
+
+
+def test_plan_json_carries_offsets() -> None:
+    plan = generate(_chain("relu", "sigmoid", "tanh"))
+    document = json.loads(plan.to_json())
+    assert document["arena_size"] == {"per_batch": ALIGNMENT, "fixed": 0}
+    placed = [b for b in document["buffers"] if b["arena_offset"] is not None]
+    assert placed and all(b["role"] == "intermediate" and b["live"] for b in placed)
+    assert placed[1]["in_place_of"] == placed[0]["name"]
+
+
+def test_resnet18_meets_the_launch_and_arena_targets() -> None:
+    from pathlib import Path
+
+    from netc.frontend import load_file
+
+    graph = load_file(Path(__file__).resolve().parents[2] / "examples" / "resnet18.net")
+    plan = generate(run_pipeline(graph, 2).graph)
+    assert len(plan.launches) <= 24
+    assert plan.arena_bytes(1) <= plan.intermediate_bytes(1) / 2
+    verify_plan(plan.memory_plan(1))
+
+
+# The property ----------------------------------------------------------------------------------
+
+
+def _expected_lifetimes(plan: LaunchPlan) -> dict[str, tuple[int, int]]:
+    """First and last use of each storage, walked here independently of netc.codegen.arena."""
+    root = {b.name: b.alias_of or b.name for b in plan.buffers}
+    uses: dict[str, list[int]] = {}
+    for index, launch in enumerate(plan.launches):
+        for arg in launch.args:
+            if arg.buffer is not None:
+                uses.setdefault(root[arg.buffer], []).append(index)
+    for _, name in plan.outputs:
+        uses.setdefault(root[name], []).append(len(plan.launches) - 1)
+    return {name: (min(found), max(found)) for name, found in uses.items()}
+
+
+def _check_arena(plan: LaunchPlan, batch: int) -> None:
+    sizes = plan.sizes(batch)
+    arena = plan.arena_buffers
+    expected = _expected_lifetimes(plan)
+    assert {b.name for b in arena} == {
+        b.name for b in plan.buffers if b.role == "intermediate" and b.alias_of is None}
+    for buffer in arena:
+        assert buffer.live == expected[buffer.name], buffer
+    placed = []
+    for buffer in arena:
+        assert buffer.arena_offset is not None and buffer.live is not None
+        start = buffer.arena_offset.at(batch)
+        assert start % ALIGNMENT == 0
+        assert start + buffer.nbytes(sizes) <= plan.arena_bytes(batch)
+        placed.append((buffer, start, start + buffer.nbytes(sizes)))
+    for index, (first, first_low, first_high) in enumerate(placed):
+        for second, second_low, second_high in placed[index + 1:]:
+            assert first.live is not None and second.live is not None
+            both_live = first.live[0] <= second.live[1] and second.live[0] <= first.live[1]
+            bytes_shared = first_low < second_high and second_low < first_high
+            handover = (second.in_place_of == first.name and first.live[1] == second.live[0]) \
+                or (first.in_place_of == second.name and second.live[1] == first.live[0])
+            assert not (both_live and bytes_shared and not handover), (
+                f"{first.name} {first.live} [{first_low}, {first_high}) and {second.name} "
+                f"{second.live} [{second_low}, {second_high}) overlap at batch {batch}")
+    by_name = {b.name: b for b in plan.buffers}
+    for buffer in arena:
+        if buffer.in_place_of is None:
+            continue
+        assert buffer.live is not None
+        taken = by_name[buffer.in_place_of]
+        launch = plan.launches[buffer.live[0]]
+        # Only an elementwise kernel, writing this buffer, over an input dying right there.
+        assert launch.kernel.startswith("netc_ew_"), launch.kernel
+        assert taken.live is not None and taken.live[1] == buffer.live[0] > taken.live[0]
+        assert taken.dtype == buffer.dtype and taken.nbytes(sizes) >= buffer.nbytes(sizes)
+        assert taken.arena_offset == buffer.arena_offset
+        assert buffer.name == launch.args[0].buffer
+    verify_plan(plan.memory_plan(batch))
+
+
+@settings(max_examples=max(100, settings().max_examples))
+@given(text=networks())
+def test_live_intermediates_never_share_arena_bytes(text: str) -> None:
+    graph = load_string(text, filename="random.net")
+    for level in (0, 2):
+        plan = generate(run_pipeline(graph, level).graph)
+        for batch in (1, 5):
+            _check_arena(plan, batch)
+
+
+# PyCUDA views: pointer arithmetic, checked without a GPU --------------------------------------
+
+
+class _Allocation:
+    """Like pycuda.driver.DeviceAllocation: converts to its device address."""
+
+    def __init__(self, address: int):
+        self.address = address
+
+    def __int__(self) -> int:
+        return self.address
+
+
+class _Driver:
+    def __init__(self) -> None:
+        self.copies: list[tuple[str, object]] = []
+
+    def memcpy_htod(self, destination: object, array: object) -> None:
+        self.copies.append(("htod", destination))
+
+    def memcpy_dtoh(self, array: object, source: object) -> None:
+        self.copies.append(("dtoh", source))
+
+
+def test_a_pycuda_view_is_an_address_inside_its_allocation() -> None:
+    import numpy as np
+
+    from netc.runtime.pycuda_device import DeviceView, PyCudaDevice, _signature_from_values
+
+    device = PyCudaDevice.__new__(PyCudaDevice)  # no GPU: only the memory methods
+    driver = _Driver()
+    device._driver = driver
+    arena = _Allocation(0x7F0000000000)
+    part = device.view(arena, 512, 256)
+    assert part == DeviceView(0x7F0000000200, 256) and int(part) == 0x7F0000000200
+    assert int(device.view(part, 256, 0)) == 0x7F0000000300
+    with pytest.raises(ValueError, match="outside"):
+        device.view(part, 128, 256)
+    device.upload(part, np.zeros(4, np.float32))
+    device.download(part, np.float32, (4,))
+    device.upload(arena, np.zeros(4, np.float32))
+    assert driver.copies == [("htod", 0x7F0000000200), ("dtoh", 0x7F0000000200),
+                             ("htod", arena)]
+    with pytest.raises(ValueError, match="not a view"):
+        device.free(part)
+    # Without a plan's signatures, a view is a pointer argument ("P"), not an integer.
+    assert _signature_from_values("k", ["u64", "u64"], [part, 3]) == "Pq"
