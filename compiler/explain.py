@@ -18,10 +18,12 @@ The network goes through the `-O` pipeline, the tiling heuristic and code genera
   something; a `matmul` that first expands a broadcast operand and a `concat` launch more than
   once): its kernel functions, tile, GEMM shape, FLOPs (the registry's count; a fused node's is
   its members'), bytes moved (every buffer argument of every launch read or written once: the
-  compulsory traffic, not the re-reads that tiles cost), arithmetic intensity (FLOPs a byte)
+  compulsory traffic, not the re-reads that tiles cost: `LaunchPlan.launch_bytes`), arithmetic
+  intensity (FLOPs a byte)
   and the roofline time `max(FLOPs / peak FLOP/s, bytes / peak bandwidth)`.
-* **Totals.** Launches, FLOPs, bytes moved, the arena (intermediates placed by lifetime),
-  the sum of every intermediate's size, peak memory (inputs, parameters and outputs plus the
+* **Totals.** Launches, FLOPs, bytes moved, the arena (`LaunchPlan.arena_bytes`: the
+  intermediates placed by lifetime over the launches, as the executor allocates them), the sum
+  of every intermediate's size (`LaunchPlan.intermediate_bytes`), peak memory (inputs, parameters and outputs plus the
   arena) and the predicted time: the sum of the kernels' roofline times (no launch overhead).
 
 Peaks come from the architecture (`netc.codegen.targets`): sm_90 is an H100 SXM (66.9 TFLOP/s
@@ -39,7 +41,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from netc.codegen.emit import generate
-from netc.codegen.plan import Launch, LaunchPlan
+from netc.codegen.plan import LaunchPlan
 from netc.codegen.targets import DEFAULT_ARCH, Peaks, planning_arch
 from netc.codegen.tiles import GemmTile
 from netc.codegen.tiling import TileChoice, TuningDb, format_tile_table, plan_tiles, tile_text
@@ -231,13 +233,6 @@ def _what(node: Node) -> str:
 # Cost accounting ---------------------------------------------------------------------------
 
 
-def launch_bytes(plan: LaunchPlan, launch: Launch, sizes: Mapping[str, int]) -> int:
-    """Bytes a launch moves when each distinct buffer argument is read or written once."""
-    names = dict.fromkeys(arg.buffer for arg in launch.args
-                          if arg.kind == "buffer" and arg.buffer is not None)
-    return sum(plan.buffer(name).nbytes(sizes) for name in names)
-
-
 def _storage_bytes(plan: LaunchPlan, sizes: Mapping[str, int], roles: set[str]) -> int:
     return sum(b.nbytes(sizes) for b in plan.buffers if b.alias_of is None and b.role in roles)
 
@@ -282,20 +277,31 @@ def _why_alone(graph: Graph, node: Node) -> str:
     return "not fused: one value leaves a group, and no group may depend on itself"
 
 
+def _resolved(optimized: Optimized, node_id: str) -> str | None:
+    """Where the value of source node `node_id` went: itself, or what the lineage leads to."""
+    current: str | None = node_id
+    for _ in range(len(optimized.lineage) + 1):
+        if current is None or current not in optimized.lineage:
+            return current
+        current = optimized.lineage[current]
+    return current
+
+
 def _moved_note(source: Graph, optimized: Optimized, node: Node) -> tuple[str | None, str]:
     """(the node it moved into, a note) for a source node the pipeline removed."""
     target = optimized.lineage.get(node.id)
+    view = REGISTRY[node.op].kind == "view"
     if target is None:
-        return None, "removed: no output needs it (dead code)"
+        return None, ("removed: a view no kernel reads any more (a chain of views merged, or "
+                      "dead code)" if view else "removed: no output needs it (dead code)")
     name = f"`{_name(source[target])}`" if target in source else f"`{target}`"
     if node.op == "batchnorm":
         return target, f"folded into the weights of {name}"
     if node.op == "dropout":
         return None, f"removed: dropout is the identity at inference; its users read {name}"
-    if REGISTRY[node.op].kind == "view":
-        return None, f"view merged into {name}"
-    if target in node.inputs:
-        return None, f"removed: an arithmetic identity; its users read {name}"
+    if target in {_resolved(optimized, value) for value in node.inputs}:
+        what = "an identity view" if view else "an arithmetic identity"
+        return None, f"removed: {what}; its users read {name}"
     return target, f"merged with the equal computation {name}"
 
 
@@ -361,12 +367,11 @@ def explain(graph: Graph, level: int = 2, arch: str = DEFAULT_ARCH, peaks: Peaks
     optimized = run_pipeline(graph, level, batch=batch)
     choices = plan_tiles(optimized.graph, arch, overrides, batch=batch, tuning_db=tuning_db)
     plan = generate(optimized.graph, tiles={c.node: c.tile for c in choices})
-    sizes = plan.sizes(batch)
-    kernels = _kernel_rows(optimized.graph, plan, choices, sizes, batch, peaks)
+    kernels = _kernel_rows(optimized.graph, plan, choices, batch, peaks)
     kernel_index = {row.node: row.index for row in kernels}
-    intermediates = _storage_bytes(plan, sizes, {"intermediate"})
-    arena = _arena_bytes(plan, optimized, batch)
-    resident = _storage_bytes(plan, sizes, {"input", "param", "output"})
+    intermediates = plan.intermediate_bytes(batch)
+    arena = plan.arena_bytes(batch)
+    resident = _storage_bytes(plan, plan.sizes(batch), {"input", "param", "output"})
     return Explanation(
         network=graph.name, level=level, arch=arch, peaks=peaks, batch=batch,
         layers=tuple(_layer_rows(graph, optimized, kernel_index)), kernels=tuple(kernels),
@@ -377,31 +382,24 @@ def explain(graph: Graph, level: int = 2, arch: str = DEFAULT_ARCH, peaks: Peaks
         predicted_time_s=math.fsum(k.seconds for k in kernels), pipeline_log=optimized.log())
 
 
-def _arena_bytes(plan: LaunchPlan, optimized: Optimized, batch: int) -> int:
-    from netc.passes.plan_memory import plan_graph_memory
-
-    memory = optimized.memory_plan if optimized.memory_plan is not None and \
-        optimized.memory_plan.batch in (batch, None) else \
-        plan_graph_memory(optimized.graph, batch)
-    return memory.arena_bytes
-
-
-def _kernel_rows(graph: Graph, plan: LaunchPlan, choices: Sequence[TileChoice],
-                 sizes: Mapping[str, int], batch: int, peaks: Peaks) -> list[KernelRow]:
+def _kernel_rows(graph: Graph, plan: LaunchPlan, choices: Sequence[TileChoice], batch: int,
+                 peaks: Peaks) -> list[KernelRow]:
     owner: dict[str, str] = {}
     for node in graph.nodes:
         for member in _members(node):
             owner[member.id] = node.id
-    grouped: dict[str, list[Launch]] = {}
-    for launch in plan.launches:
-        grouped.setdefault(owner[launch.nodes[0]], []).append(launch)
+    grouped: dict[str, list[int]] = {}
+    for position, launch in enumerate(plan.launches):
+        grouped.setdefault(owner[launch.nodes[0]], []).append(position)
     tiles = {choice.node: choice for choice in choices}
+    sizes = plan.sizes(batch)
     rows = []
-    for index, (node_id, launches) in enumerate(grouped.items(), 1):
+    for index, (node_id, positions) in enumerate(grouped.items(), 1):
         node = graph[node_id]
+        launches = [plan.launches[position] for position in positions]
         flops = 0 if node.op in SOURCE_OPS else node_flops(
             node, [graph[value].type for value in node.inputs], sizes)
-        moved = sum(launch_bytes(plan, launch, sizes) for launch in launches)
+        moved = sum(plan.launch_bytes(position, batch) for position in positions)
         seconds = peaks.roofline_seconds(flops, moved)
         bound = "compute" if flops / peaks.flops_per_second >= \
             moved / peaks.bytes_per_second else "memory"

@@ -11,8 +11,10 @@ GEMMs are FMA loops), and HBM bandwidth:
 | sm_90 | H100 SXM | 132 | 66.9 TFLOP/s | 3.35 TB/s |
 
 An architecture netc has no record for (`sm_86`, `sm_89`) is planned as the newest known one not
-newer than it (`planning_arch`), since the limits that matter here (threads, registers, 48 KiB
-a block) are the same from sm_80 on.
+newer than it, and an older one (`sm_75`) as sm_80 (`planning_arch`): the limits that matter
+here (1024 threads, 64K registers, 48 KiB of shared memory a block) are the same on all of them.
+Only tiling uses such a stand-in; `netc explain --arch` takes the known names alone, since its
+peaks would be another GPU's.
 """
 
 from __future__ import annotations
@@ -75,16 +77,16 @@ def _number(arch: str) -> int | None:
 
 
 def planning_arch(arch: str) -> GpuArch:
-    """The record to plan `arch` with: its own, else the newest known one not newer than it.
-    Raises a `CompileError` (E0443) for a name that is no architecture or is older than
-    every known one."""
+    """The record to plan `arch` with: its own, else the newest known one not newer than it,
+    else (an older GPU, whose per-block limits are the same) the oldest known one. Raises a
+    `CompileError` (E0443) for a name that is no architecture."""
     if arch in ARCHS:
         return ARCHS[arch]
     number = _number(arch)
-    older = sorted((n, name) for name in ARCHS if (n := _number(name)) is not None
-                   and number is not None and n <= number)
-    if not older:
+    if number is None:
         raise CompileError([Diagnostic(
-            "E0443", f"netc has no limits or peaks for `{arch}`",
+            "E0443", f"`{arch}` is not a GPU architecture like sm_90",
             help="known architectures: " + ", ".join(ARCHS))])
-    return ARCHS[older[-1][1]]
+    known = sorted((n, name) for name in ARCHS if (n := _number(name)) is not None)
+    older = [name for n, name in known if n <= number]
+    return ARCHS[older[-1] if older else known[0][1]]

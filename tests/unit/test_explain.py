@@ -1,0 +1,157 @@
+"""`netc.explain`: every source layer accounted for, kernel costs, totals, text and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from netc.codegen.emit import generate
+from netc.codegen.targets import A100, H100
+from netc.explain import TOTALS, Explanation, explain
+from netc.frontend import load_file, load_string
+from netc.ir import Graph
+from netc.ops import REGISTRY
+
+pytestmark = pytest.mark.unit
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+REQUIRED = ("launches", "bytes_moved", "arena_bytes", "intermediate_bytes", "flops",
+            "predicted_time_s")
+
+
+@cache
+def resnet18() -> Graph:
+    return load_file(EXAMPLES / "resnet18.net")
+
+
+@cache
+def resnet18_at(level: int) -> Explanation:
+    return explain(resnet18(), level)
+
+
+def test_resnet18_at_o2_has_at_most_24_launches() -> None:
+    report = resnet18_at(2)
+    assert report.launches <= 24
+    assert report.launches == sum(k.launches for k in report.kernels)
+
+
+def test_resnet18_at_o0_launches_every_op_unfused() -> None:
+    graph = resnet18()
+    report = resnet18_at(0)
+    unfused = [n for n in graph.compute_nodes if REGISTRY[n.op].kind != "view"]
+    assert report.launches == len(unfused) == len(generate(graph).launches) == 68
+    assert all(row.note == "-O0: fusion off" for row in report.layers if row.kernel is not None)
+    assert all(not row.fused_with for row in report.layers)
+
+
+def test_every_source_layer_is_listed_with_its_file_and_line() -> None:
+    graph = resnet18()
+    for level in (0, 1, 2):
+        report = resnet18_at(level)
+        assert [row.node for row in report.layers] == [n.id for n in graph.compute_nodes]
+        for row in report.layers:
+            assert row.location.startswith(("resnet18.net:", "resnet_blocks.net:")), row
+            assert row.note
+            assert row.kernel is not None or row.op == "flatten", row
+
+
+def test_resnet18_notes_say_how_each_layer_was_fused_or_why_not() -> None:
+    rows = {row.layer: row for row in resnet18_at(2).layers}
+    assert rows["conv2d_0"].note == "anchors a conv epilogue kernel"
+    assert rows["conv2d_0"].fused_with == ("batchnorm_0", "relu#0")
+    assert rows["batchnorm_0"].note == "folded into the weights of `conv2d_0`"
+    assert rows["relu#0"].note == "fused into the conv epilogue kernel of `conv2d_0`"
+    assert rows["relu#0"].kernel == rows["conv2d_0"].kernel == 1
+    assert rows["maxpool2d#0"].note == "not fused: its output is used by 2 ops"
+    assert "took its user `add#2` first" in rows["down_0.conv2d_2"].note
+    assert "fusion does not cross views" in rows["global_avgpool#0"].note
+    assert rows["flatten#0"].kernel is None and "view" in rows["flatten#0"].note
+    o1 = {row.layer: row for row in resnet18_at(1).layers}
+    assert o1["relu#0"].note == "-O1: fusion off"
+    assert o1["batchnorm_0"].note == "folded into the weights of `conv2d_0`"
+
+
+def test_notes_for_removed_and_shared_values() -> None:
+    graph = load_string("""
+network t {
+    input x: f32[N, 8]
+    h = dense(x, 8) |> dropout(0.5)
+    a = h * 1.0
+    output y = relu(a)
+    output s = softmax(a, axis=1)
+    output z = sigmoid(x) + tanh(x)
+    unused = gelu(x)
+}
+""", filename="t.net")
+    rows = {row.node: row for row in explain(graph, 2).layers}
+    assert "dropout is the identity" in rows["dropout#0"].note
+    assert rows["mul#0"].note == "removed: an arithmetic identity; its users read `dense_0`"
+    assert rows["gelu#0"].note == "removed: no output needs it (dead code)"
+    assert rows["gelu#0"].kernel is None
+    assert rows["dense_0"].note == "not fused: its output is used by 2 ops"
+    assert rows["relu#0"].note.startswith("not fused: a network output")
+    assert rows["add#0"].note == "fused into an elementwise kernel"
+    assert rows["add#0"].fused_with == ("sigmoid#0", "tanh#0")
+    assert all(row.location.startswith("t.net:") for row in rows.values())
+
+
+def test_kernel_costs_follow_the_roofline() -> None:
+    report = resnet18_at(2)
+    for kernel in report.kernels:
+        assert kernel.flops >= 0 and kernel.bytes_moved > 0
+        expected = max(kernel.flops / H100.flops_per_second,
+                       kernel.bytes_moved / H100.bytes_per_second)
+        assert kernel.seconds == pytest.approx(expected)
+        assert kernel.bound == ("compute" if kernel.flops / H100.flops_per_second
+                                >= kernel.bytes_moved / H100.bytes_per_second else "memory")
+    assert report.predicted_time_s == pytest.approx(math.fsum(k.seconds for k in report.kernels))
+    assert report.flops == sum(k.flops for k in report.kernels)
+    convs = [k for k in report.kernels if k.what.startswith("conv2d")]
+    assert len(convs) == 20 and all(k.tile.startswith("bm") and k.gemm for k in convs)
+    # Fusion saves traffic and time; folding and fusion keep the arithmetic nearly the same.
+    unfused = resnet18_at(0)
+    assert report.bytes_moved < unfused.bytes_moved
+    assert report.predicted_time_s < unfused.predicted_time_s
+    assert report.flops == pytest.approx(unfused.flops, rel=1e-2)
+    assert report.intermediate_bytes < unfused.intermediate_bytes
+    assert 0 < report.arena_bytes <= report.intermediate_bytes
+    assert report.peak_memory_bytes > 11_000_000 * 4  # the parameters alone
+
+
+def test_the_arch_chooses_the_peaks_and_the_tiles() -> None:
+    report = explain(resnet18(), 2, "sm_80")
+    assert report.peaks == A100
+    assert report.predicted_time_s > resnet18_at(2).predicted_time_s
+    assert "A100 SXM: 19.5 TFLOP/s fp32, 2.04 TB/s" in report.format()
+    assert all("108 SMs" in c.why for c in report.tiles)
+
+
+def test_text_report() -> None:
+    text = resnet18_at(2).format()
+    assert text.startswith("resnet18 at -O2 for sm_90 (H100 SXM: 66.9 TFLOP/s fp32, 3.35 TB/s)")
+    for heading in ("layers, in source order", "kernels, in launch order",
+                    "tiles of the GEMM and convolution kernels", "totals"):
+        assert heading in text
+    assert "resnet_blocks.net:4" in text and "basic_0.conv2d_1" in text
+    assert "launches            23 (23 kernels)" in text
+    assert "predicted time" in text and "peak memory" in text
+
+
+def test_json_report_has_the_totals_at_the_top_level() -> None:
+    data = json.loads(resnet18_at(2).to_json())
+    for name in (*REQUIRED, *TOTALS):
+        assert isinstance(data[name], int | float), name
+    assert data["launches"] == 23 and data["level"] == 2 and data["arch"] == "sm_90"
+    assert data["gpu"] == {"name": "H100 SXM", "flops_per_second": 66.9e12,
+                           "bytes_per_second": 3.35e12}
+    assert len(data["layers"]) == len(resnet18().compute_nodes)
+    assert data["layers"][0] == {"layer": "conv2d_0", "node": "conv2d_0", "op": "conv2d",
+                                 "location": "resnet18.net:6", "kernel": 1,
+                                 "fused_with": ["batchnorm_0", "relu#0"],
+                                 "note": "anchors a conv epilogue kernel"}
+    assert data["bytes_moved"] == sum(k["bytes_moved"] for k in data["kernels"])
+    assert {t["layer"] for t in data["tiles"]} >= {"conv2d_0", "dense_0"}
