@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netc.diagnostics import CompileError, Diagnostic
+from netc.text import format_table
 
 if TYPE_CHECKING:
     from netc.codegen.device_compile import DeviceBinary, KernelResources
@@ -58,18 +59,6 @@ def _bytes(count: int) -> str:
         if count >= size:
             return f"{count / size:.1f} {unit}"
     return f"{count} B"
-
-
-def _table(rows: list[tuple[str, ...]], right: set[int]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [cell.rjust(w) if i in right else cell.ljust(w)
-                 for i, (cell, w) in enumerate(zip(row, widths))]
-        lines.append("  " + "  ".join(cells).rstrip())
-        if index == 0:
-            lines.append("  " + "  ".join("-" * w for w in widths))
-    return lines
 
 
 def _per_arch(binary: DeviceBinary | None, kernel: str, value: Any) -> str:
@@ -128,7 +117,7 @@ def format_report(plan: LaunchPlan, binary: DeviceBinary | None) -> str:
                 _per_arch(binary, kernel, lambda u: u.constant_total_bytes),
                 _per_arch(binary, kernel, lambda u: u.barriers),
             ))
-        lines += _table(rows, right=set(range(1, 8)))
+        lines += format_table(rows, right=set(range(1, 8)), indent="  ")
         spilling = sorted({u.kernel for t in binary.targets for u in t.resources if u.spills})
         if spilling:
             lines.append(f"  warning: {', '.join(spilling)} spill registers to local memory")
@@ -146,7 +135,7 @@ def format_report(plan: LaunchPlan, binary: DeviceBinary | None) -> str:
             _per_arch(binary, launch.kernel, lambda u: u.spill_store_bytes + u.spill_load_bytes),
             launch.source or "-",
         ))
-    lines += _table(rows, right={0, 4, 5, 6})
+    lines += format_table(rows, right={0, 4, 5, 6}, indent="  ")
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from netc.codegen.targets import ARCHS, DEFAULT_ARCH
 from netc.diagnostics import CompileError, Diagnostic
 from netc.ir import Graph, format_shape
+from netc.text import format_table
 
 if TYPE_CHECKING:
     from netc.codegen.tiles import GemmTile
@@ -107,19 +108,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         where = f"{Path(layer.span.file).name}:{layer.span.line}" if layer.span else ""
         rows.append((layer.name, layer.op, f"{layer.dtype}{format_shape(layer.shape)}",
                      f"{layer.params:,}" if layer.params else "-", _human(layer.flops), where))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print(f"network {graph.name}")
     for name, (dtype, shape) in model.inputs.items():
         print(f"  input  {name}: {dtype}{format_shape(shape)}")
     for name, node_id in graph.outputs:
         print(f"  output {name}: {graph[node_id].type}")
     print()
-    for index, row in enumerate(rows):
-        cells = [cell.ljust(width) if i < 3 or i == 5 else cell.rjust(width)
-                 for i, (cell, width) in enumerate(zip(row, widths))]
-        print("  ".join(cells).rstrip())
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
+    print("\n".join(format_table(rows, right={3, 4})))
     layers = model.layers
     total_flops = sum(layer.flops for layer in layers)
     trainable = model.parameter_count(trainable_only=True)

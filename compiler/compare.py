@@ -48,6 +48,7 @@ from netc.diagnostics import CompileError
 from netc.ir import SOURCE_OPS, Graph, Node
 from netc.ops.fused import body_of
 from netc.reference import run_reference
+from netc.text import format_table
 
 if TYPE_CHECKING:
     from netc.passes.pipeline import Optimized
@@ -186,13 +187,7 @@ class CompareReport:
                     f"DIFFER: {diff.shape_problem}" if diff.shape_problem else "DIFFER"
                 rows.append((result.backend, output, f"{diff.max_abs:.3g}",
                              f"{diff.max_rel:.3g}", f"{diff.mismatched}/{diff.total}", verdict))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-        for index, row in enumerate(rows):
-            cells = [cell.ljust(width) if i < 2 else cell.rjust(width)
-                     for i, (cell, width) in enumerate(zip(row, widths))]
-            lines.append("  ".join([*cells, row[-1]]).rstrip())
-            if index == 0:
-                lines.append("  ".join("-" * w for w in [*widths, len(row[-1])]))
+        lines += format_table(rows, right=range(2, len(rows[0]) - 1))
         if self.layers:
             lines.append("")
             lines.append("per layer:")

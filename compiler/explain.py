@@ -50,6 +50,7 @@ from netc.ops import REGISTRY, node_flops
 from netc.ops.fused import body_of
 from netc.passes.fusion import is_pointwise, kernel_kind
 from netc.passes.pipeline import Optimized, run_pipeline
+from netc.text import format_table
 
 TOTALS = ("launches", "bytes_moved", "arena_bytes", "intermediate_bytes", "flops",
           "predicted_time_s", "peak_memory_bytes")
@@ -163,7 +164,7 @@ class Explanation:
             kernel = f"#{r.kernel}" if r.kernel is not None else "-"
             rows.append((r.layer, r.op, r.location or "-", kernel,
                          ", ".join(r.fused_with) or "-", r.note))
-        lines += _table(rows, right={3})
+        lines += format_table(rows, right={3}, indent="  ")
         lines += ["", "kernels, in launch order (roofline: max(FLOPs / peak, bytes / bandwidth))"]
         rows = [("#", "node", "computes", "launches", "tile", "M x N x K", "FLOPs", "bytes",
                  "FLOP/B", "roofline", "bound")]
@@ -171,7 +172,7 @@ class Explanation:
             rows.append((str(k.index), k.node, k.what, str(k.launches), k.tile or "-",
                          k.gemm or "-", _si(k.flops), _si(k.bytes_moved, "B"),
                          f"{k.intensity:.1f}", _seconds(k.seconds), k.bound))
-        lines += _table(rows, right={0, 3, 6, 7, 8, 9})
+        lines += format_table(rows, right={0, 3, 6, 7, 8, 9}, indent="  ")
         lines += ["", "tiles of the GEMM and convolution kernels", format_tile_table(self.tiles)]
         lines += ["", "totals",
                   f"  launches            {self.launches} ({len(self.kernels)} kernels)",
@@ -185,18 +186,6 @@ class Explanation:
                   f"  predicted time      {_seconds(self.predicted_time_s)} (sum of the "
                   f"kernels' roofline times, no launch overhead)"]
         return "\n".join(lines) + "\n"
-
-
-def _table(rows: Sequence[tuple[str, ...]], right: set[int]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [cell.rjust(w) if i in right else cell.ljust(w)
-                 for i, (cell, w) in enumerate(zip(row, widths))]
-        lines.append("  " + "  ".join(cells).rstrip())
-        if index == 0:
-            lines.append("  " + "  ".join("-" * w for w in widths))
-    return lines
 
 
 def _si(value: float, unit: str = "") -> str:

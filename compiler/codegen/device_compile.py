@@ -62,6 +62,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from netc.text import format_table
+
 Compiler = Literal["auto", "nvrtc", "nvcc"]
 COMPILERS: tuple[str, ...] = ("auto", "nvrtc", "nvcc")
 DEFAULT_ARCHS: tuple[str, ...] = ("sm_80", "sm_90")
@@ -794,10 +796,7 @@ def format_resources(binary: DeviceBinary) -> str:
                          str(usage.shared_static_bytes), str(usage.stack_frame_bytes),
                          str(usage.spill_store_bytes), str(usage.spill_load_bytes),
                          str(usage.constant_total_bytes)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-                     for row in rows)
+    return "\n".join(format_table(rows, right=range(2, len(rows[0])), rule=False))
 
 
 def _benchmark(source: str, name: str, archs: tuple[str, ...], compiler: str,

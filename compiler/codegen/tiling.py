@@ -59,6 +59,7 @@ from netc.codegen.tiles import GemmTile, TileError
 from netc.diagnostics import CompileError, Diagnostic, error
 from netc.ir import Graph, Node, TensorType
 from netc.ops.fused import body_of, input_position
+from netc.text import format_table
 
 GEMM_OPS = ("dense", "matmul", "conv2d")
 TUNING_DB_ENV = "NETC_TUNING_DB"
@@ -466,12 +467,5 @@ def format_tile_table(choices: Sequence[TileChoice]) -> str:
     rows = [("layer", "op", "M x N x K", "tile (stages 1)", "blocks", "why")]
     rows += [(c.layer, c.shape.op, str(c.shape), tile_text(c.tile), str(c.blocks),
               c.why if c.source == "heuristic" else f"{c.source}: {c.why}") for c in choices]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [cell.rjust(w) if i == 4 else cell.ljust(w)
-                 for i, (cell, w) in enumerate(zip(row, widths))]
-        lines.append("  " + "  ".join(cells).rstrip())
-        if index == 0:
-            lines.append("  " + "  ".join("-" * w for w in widths))
+    lines = format_table(rows, right={4}, indent="  ")
     return "\n".join(lines) if choices else "  (no GEMM or convolution kernels)"
