@@ -14,8 +14,9 @@ Error codes (documented in docs/errors.md):
     E01xx  files, imports, definitions
     E02xx  names, ops, calls and attributes
     E03xx  types and shapes
-    E04xx  weights and inputs given at run time
+    E04xx  weights, inputs, output paths, backends and tiles given on the command line
     E05xx  limits (sizes, nesting, lengths)
+    E06xx  ONNX import and TensorRT builds
 """
 
 from __future__ import annotations

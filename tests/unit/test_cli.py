@@ -172,3 +172,13 @@ def test_tensorrt_target_says_plainly_that_no_engine_was_built(tmp_path: Path) -
     assert str(out) in result.stdout
     script = (out / "trtexec.sh").read_text()
     assert "--optShapes=pixels:4x784" in script and "--onnx=mlp.onnx" in script
+
+
+def test_graph_draws_fused_groups_as_clusters(tmp_path: Path) -> None:
+    out = tmp_path / "resnet.mmd"
+    result = netc("graph", str(EXAMPLES / "resnet18.net"), "--stage", "optimized", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    # 17 of the 20 convolutions take a pointwise epilogue; the 3 shortcut convs stand alone.
+    assert text.count("subgraph") == 17
+    assert "basic_0.conv2d_1" in text and "-->" in text
