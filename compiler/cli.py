@@ -477,14 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
               "  netc run examples/lenet5.net --random-input --batch 4 --backend reference\n"
               "  netc run examples/resnet18.net --random-input --backend cudasim -O1 "
               "--tile all=bm32,bn32")
-    run.add_argument("--weights", metavar="WEIGHTS",
-                     help="weights file (.safetensors or .npz); default: fresh weights from --seed")
-    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                     help="an input array (repeat for several inputs)")
-    run.add_argument("--random-input", action="store_true",
-                     help="draw standard-normal inputs instead of reading files")
-    run.add_argument("--batch", type=_positive, default=1, help="batch size for --random-input")
-    run.add_argument("--seed", type=int, default=0, help="seed for random inputs and weights")
+    _add_inputs(run, default_batch=1)
     run.add_argument("--backend", choices=("reference", "cudasim", "cuda", "onnx", "tensorrt"),
                      help="reference (NumPy), cudasim (the generated CUDA on the CPU simulator), "
                           "cuda (PyCUDA on a GPU), onnx (onnxruntime), tensorrt; default: cuda "
@@ -564,11 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: reference,cudasim,onnx)")
     compare.add_argument("--layers", action="store_true",
                          help="also find the first layer where a backend parts from the baseline")
-    compare.add_argument("--weights", metavar="WEIGHTS", help="weights (default: fresh, from --seed)")
-    compare.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
-    compare.add_argument("--random-input", action="store_true")
-    compare.add_argument("--batch", type=_positive, default=2)
-    compare.add_argument("--seed", type=int, default=0)
+    _add_inputs(compare, default_batch=2)
     compare.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (1e-3)")
     compare.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
     _add_optimization(compare, 2, "; cudasim and cuda run the optimised plan, the reference "
@@ -594,6 +583,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tiling(explain)
     explain.set_defaults(handler=cmd_explain)
     return parser
+
+
+def _add_inputs(command: argparse.ArgumentParser, default_batch: int) -> None:
+    """The weights and inputs options that `run` and `compare` share."""
+    command.add_argument("--weights", metavar="WEIGHTS",
+                         help="weights file (.safetensors or .npz); default: fresh weights from "
+                              "--seed")
+    command.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                         help="an input array (repeat for several inputs)")
+    command.add_argument("--random-input", action="store_true",
+                         help="draw standard-normal inputs instead of reading files")
+    command.add_argument("--batch", type=_positive, default=default_batch,
+                         help=f"batch size for --random-input (default {default_batch})")
+    command.add_argument("--seed", type=int, default=0,
+                         help="seed for random inputs and weights (default 0)")
 
 
 def _positive(text: str) -> int:
