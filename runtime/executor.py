@@ -156,7 +156,9 @@ class PlanRunner:
         self.device = device
         self.reuse_memory = reuse_memory
         self._buffers = {buffer.name: buffer for buffer in plan.buffers}
-        self._module = device.load(plan.source, kernels=list(plan.kernels), name=plan.module)
+        # A network of views alone (`output y = flatten(x)`) has no kernel to load.
+        self._module = device.load(plan.source, kernels=list(plan.kernels), name=plan.module) \
+            if plan.kernels else None
         self._params: dict[str, Any] = {}
         self._activations: dict[str, Any] = {}
         """Every non-view, non-param buffer's handle: an allocation or a view of the arena."""
@@ -242,6 +244,7 @@ class PlanRunner:
                   and not self._in_arena(buffer)):
                 self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))
         for index, launch in enumerate(self.plan.launches):
+            assert self._module is not None, "a plan with launches has kernels"
             if poison and self._arena is not None:
                 for buffer in self._births.get(index, ()):
                     self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from netc.codegen.emit import generate
 from netc.frontend import load_string
 from netc.passes import run_pipeline
-from netc.reference import run_reference
+from netc.reference import random_inputs, run_reference
 from netc.runtime.cudasim import CudaSim
 from netc.runtime.executor import run_plan
-from tests.unit.netgen import networks, random_inputs, random_weights
+from tests.unit.netgen import networks, random_weights
 from tests.unit.test_passes_property import assert_close, rounding_noise
 
 pytestmark = pytest.mark.sim
@@ -36,6 +36,7 @@ def simulator() -> CudaSim:
 @settings(max_examples=max(6, settings().max_examples // 20), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(text=networks(max_statements=12))
+@example(text="network views { input x: f32[N, 2, 3]\n output y = flatten(x) }")  # no kernel
 def test_optimised_plan_in_the_simulator_matches_the_unoptimised_reference(
         text: str, simulator: CudaSim) -> None:
     graph = load_string(text, filename="random.net")
