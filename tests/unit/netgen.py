@@ -219,8 +219,3 @@ def random_weights(graph: Graph, seed: int) -> dict[str, np.ndarray]:
     return weights
 
 
-def random_inputs(graph: Graph, batch: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    sizes = dict.fromkeys(graph.batch_dims(), batch)
-    return {n.id: rng.standard_normal(n.type.concrete(sizes)).astype(np.float32)
-            for n in graph.inputs}

@@ -16,6 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import netc
 from netc.onnx.export import export_graph
+from netc.reference import random_inputs
+from tests.examples import weights_with_statistics
 
 pytestmark = pytest.mark.unit
 
@@ -23,12 +25,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CASES = {  # example file: batch size used
     "mlp.net": 3, "lenet5.net": 2, "resnet18.net": 1, "vgg.net": 2, "transformer.net": 2,
 }
-
-
-def _inputs(model: netc.Model, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal([batch if isinstance(d, str) else d for d in shape])
-            .astype(np.float32) for name, (_, shape) in model.inputs.items()}
 
 
 def _run_onnx(model_proto: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -46,15 +42,8 @@ def _assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: f
 @pytest.mark.parametrize("example", sorted(CASES))
 def test_example_matches_onnxruntime(example: str) -> None:
     model = netc.load(EXAMPLES / example)
-    # Random running statistics so that batchnorm does more than scale by ~1.
-    weights = model.init_weights(seed=1)
-    rng = np.random.default_rng(2)
-    for name in weights:
-        if name.endswith("running_mean"):
-            weights[name] = rng.normal(0, 0.1, weights[name].shape).astype(np.float32)
-        elif name.endswith("running_var"):
-            weights[name] = rng.uniform(0.5, 1.5, weights[name].shape).astype(np.float32)
-    inputs = _inputs(model, CASES[example])
+    weights = weights_with_statistics(model, seed=1)
+    inputs = random_inputs(model.graph, CASES[example])
     ours = model.run(inputs, weights)
     theirs = _run_onnx(export_graph(model.graph, weights), inputs)
     for (name, value), other in zip(ours.items(), theirs, strict=True):
@@ -86,7 +75,7 @@ def test_mlp_matches_hand_written_onnx() -> None:
         helper.make_node("Gemm", ["a2", "head.weight", "head.bias"], ["logits"], transB=1),
     ]
     proto = _hand_written(nodes, weights, "pixels", ["N", 784], "logits")
-    inputs = _inputs(model, 4)
+    inputs = random_inputs(model.graph, 4)
     _assert_close(model.run(inputs, weights)["logits"], _run_onnx(proto, inputs)[0], 1e-4, 1e-5)
 
 
@@ -110,5 +99,5 @@ def test_lenet5_matches_hand_written_onnx() -> None:
         helper.make_node("Gemm", ["a2", "dense_2.weight", "dense_2.bias"], ["logits"], transB=1),
     ]
     proto = _hand_written(nodes, weights, "image", ["N", 1, 28, 28], "logits")
-    inputs = _inputs(model, 3)
+    inputs = random_inputs(model.graph, 3)
     _assert_close(model.run(inputs, weights)["logits"], _run_onnx(proto, inputs)[0], 1e-4, 1e-5)

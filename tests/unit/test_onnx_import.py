@@ -30,11 +30,11 @@ from netc.diagnostics import CompileError
 from netc.frontend import load_file, load_string
 from netc.onnx.export import export_graph
 from netc.onnx.importer import ImportedModel, NameTable, format_number, import_onnx
-from netc.reference import run_reference
+from netc.reference import random_inputs, run_reference
 from netc.weights import load_weights
+from tests.examples import weights_with_statistics
 
 from .netgen import networks, random_weights
-from .netgen import random_inputs as netgen_inputs
 
 pytestmark = pytest.mark.unit
 
@@ -551,22 +551,14 @@ EXAMPLE_BATCH = {"mlp.net": 3, "lenet5.net": 2, "transformer.net": 2, "vgg.net":
 @pytest.mark.parametrize("example", sorted(EXAMPLE_BATCH))
 def test_exported_examples_import_back(example: str) -> None:
     model = netc.load(EXAMPLES / example)
-    weights = model.init_weights(seed=3)
-    rng = np.random.default_rng(4)
-    for name in weights:
-        if name.endswith("running_var"):
-            weights[name] = rng.uniform(0.5, 1.5, weights[name].shape).astype(np.float32)
-        elif name.endswith("running_mean"):
-            weights[name] = rng.normal(0, 0.1, weights[name].shape).astype(np.float32)
+    weights = weights_with_statistics(model, seed=3)
     imported = import_onnx(export_graph(model.graph, weights))
     graph = load_string(imported.text, filename=example)
     # Block prefixes (`basic_0.conv2d_0`) cannot be layer names, so their dots become `_`.
     renamed = {name.rsplit(".", 1)[0].replace(".", "_") + "." + name.rsplit(".", 1)[1]
                for name in weights}
     assert set(imported.weights) == renamed
-    inputs = {name: rng.standard_normal([EXAMPLE_BATCH[example] if isinstance(d, str) else d
-                                         for d in shape]).astype(np.float32)
-              for name, (_, shape) in model.inputs.items()}
+    inputs = random_inputs(model.graph, EXAMPLE_BATCH[example], seed=4)
     original = model.run(inputs, weights)
     again = run_reference(graph, imported.weights,
                           {imported.inputs[name]: value for name, value in inputs.items()})
@@ -582,7 +574,7 @@ def test_random_networks_survive_export_and_import(source: str) -> None:
     weights = random_weights(graph, seed=0)
     imported = import_onnx(export_graph(graph, weights))
     again = load_string(imported.text, filename="imported.net")
-    inputs = netgen_inputs(graph, batch=2, seed=1)
+    inputs = random_inputs(graph, batch=2, seed=1)
     expected = run_reference(graph, weights, inputs)
     actual = run_reference(again, imported.weights,
                            {imported.inputs[name]: value for name, value in inputs.items()})

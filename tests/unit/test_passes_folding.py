@@ -15,9 +15,9 @@ from netc.passes.fold_constants import FOLD_CONSTANTS
 from netc.passes.remove_dropout import REMOVE_DROPOUT
 from netc.passes.simplify_views import SIMPLIFY_VIEWS
 from netc.passes.structural import assert_structurally_equal, structural_diff
-from netc.reference import run_reference
+from netc.reference import random_inputs, run_reference
 
-from .netgen import random_inputs, random_weights
+from .netgen import random_weights
 from .passes_testing import net, nth, run_one
 
 pytestmark = pytest.mark.unit

@@ -14,9 +14,9 @@ from netc.passes.fuse_epilogues import FUSE_EPILOGUES
 from netc.passes.fuse_reduction_prologues import FUSE_REDUCTION_PROLOGUES
 from netc.passes.fusion import ROW_LIMIT
 from netc.passes.structural import assert_structurally_equal
-from netc.reference import run_reference
+from netc.reference import random_inputs, run_reference
 
-from .netgen import random_inputs, random_weights
+from .netgen import random_weights
 from .passes_testing import after, apply, expected_fusion, net, nth, run_one
 
 pytestmark = pytest.mark.unit

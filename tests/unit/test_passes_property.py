@@ -21,9 +21,9 @@ from netc.frontend import load_file, load_string
 from netc.ir import Graph
 from netc.passes import run_pipeline
 from netc.passes.plan_memory import verify_plan
-from netc.reference import run_reference
+from netc.reference import random_inputs, run_reference
 
-from .netgen import networks, random_inputs, random_weights
+from .netgen import networks, random_weights
 
 pytestmark = pytest.mark.unit
 
