@@ -1,0 +1,171 @@
+"""The memory planner at its boundaries: lifetimes that touch, buffers that end at the arena's
+last byte, and each in-place guard tested alone.
+
+Issue 13's mutation run found that `verify_plan` was never shown two buffers where one dies at
+the kernel the other is born at, nor one ending past the arena, and that the planner's size
+guard and the graph's type guard on in-place reuse covered for each other, so either could be
+deleted. Each test below fails if one of those comparisons is shifted by one or dropped.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from netc.ir import Graph
+from netc.ops.builder import GraphBuilder
+from netc.passes.plan_memory import (
+    BufferLife,
+    MemoryPlan,
+    Placement,
+    graph_buffers,
+    plan_arena,
+    plan_graph_memory,
+    verify_plan,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _plan(*placements: Placement, arena: int = 4096) -> MemoryPlan:
+    return MemoryPlan(tuple(placements), arena, sum(p.size for p in placements))
+
+
+# verify_plan -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_buffer_born_where_another_dies_may_not_share_its_bytes(reverse: bool) -> None:
+    # Both are live at kernel 2 (one's last read, the other's write): without an in-place
+    # agreement the write would clobber the read.
+    pair = [Placement("a", 0, 512, 0, 2), Placement("b", 0, 512, 2, 4)]
+    with pytest.raises(ValueError, match="overlap while both are live"):
+        verify_plan(_plan(*(pair[::-1] if reverse else pair)))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_same_pair_in_place_is_allowed(reverse: bool) -> None:
+    pair = [Placement("a", 0, 512, 0, 2), Placement("b", 0, 512, 2, 4, shares="a")]
+    verify_plan(_plan(*(pair[::-1] if reverse else pair)))
+    buffers = [BufferLife("a", 512, 0, 2), BufferLife("b", 512, 2, 4, inplace=("a",))]
+    verify_plan(_plan(*pair), buffers)
+
+
+def test_buffers_one_kernel_apart_may_share_bytes() -> None:
+    verify_plan(_plan(Placement("a", 0, 512, 0, 1), Placement("b", 0, 512, 2, 4)))
+    verify_plan(_plan(Placement("b", 0, 512, 2, 4), Placement("a", 0, 512, 0, 1)))
+
+
+def test_adjacent_byte_ranges_do_not_overlap() -> None:
+    # Live at the same kernels, but b starts at a's first byte past its end.
+    verify_plan(_plan(Placement("a", 0, 512, 0, 4), Placement("b", 512, 512, 0, 4)))
+    with pytest.raises(ValueError, match="overlap while both are live"):
+        verify_plan(_plan(Placement("a", 0, 513, 0, 4), Placement("b", 512, 512, 0, 4)))
+
+
+def test_a_buffer_may_end_at_the_arena_end_but_not_past_it() -> None:
+    verify_plan(_plan(Placement("a", 0, 256, 0, 1), Placement("b", 256, 768, 0, 1), arena=1024))
+    with pytest.raises(ValueError, match="b ends past the arena"):
+        verify_plan(_plan(Placement("a", 0, 256, 0, 1), Placement("b", 256, 769, 0, 1),
+                          arena=1024))
+    with pytest.raises(ValueError, match="ends past the arena"):
+        verify_plan(_plan(Placement("a", 0, 1024, 0, 1), arena=1023))
+
+
+def test_offsets_must_be_aligned() -> None:
+    with pytest.raises(ValueError, match="not aligned"):
+        verify_plan(_plan(Placement("a", 128, 64, 0, 1)))
+    verify_plan(_plan(Placement("a", 256, 64, 0, 1)))
+
+
+@pytest.mark.parametrize(("earlier", "later"), [
+    (Placement("a", 0, 512, 0, 3), Placement("b", 0, 512, 2, 4, shares="a")),  # a lives on
+    (Placement("a", 0, 512, 2, 2), Placement("b", 0, 512, 2, 4, shares="a")),  # born together
+    (Placement("a", 512, 512, 0, 2), Placement("b", 0, 512, 2, 4, shares="a")),  # elsewhere
+])
+def test_an_in_place_claim_is_checked(earlier: Placement, later: Placement) -> None:
+    with pytest.raises(ValueError, match="took over a in place"):
+        verify_plan(_plan(earlier, later))
+
+
+def test_the_plan_must_match_the_buffers() -> None:
+    plan = _plan(Placement("a", 0, 512, 0, 2), Placement("b", 0, 512, 2, 4, shares="a"))
+    with pytest.raises(ValueError, match="b took over a in place, which it may not"):
+        verify_plan(plan, [BufferLife("a", 512, 0, 2), BufferLife("b", 512, 2, 4)])
+    with pytest.raises(ValueError, match="planned as size 512"):
+        verify_plan(plan, [BufferLife("a", 512, 0, 2), BufferLife("b", 1024, 2, 4, ("a",))])
+    with pytest.raises(ValueError, match="planned as size 512"):
+        verify_plan(plan, [BufferLife("a", 512, 0, 3), BufferLife("b", 512, 2, 4, ("a",))])
+    with pytest.raises(ValueError, match="name different buffers"):
+        verify_plan(plan, [BufferLife("a", 512, 0, 2)])
+
+
+# plan_arena's in-place guards, each alone ---------------------------------------------------
+
+@pytest.mark.parametrize(("input_size", "output_size", "shared"), [
+    (1024, 2048, False),  # the input is too small to hold the output
+    (1024, 1025, False),
+    (1024, 1024, True),
+    (2048, 1024, True),
+])
+def test_in_place_needs_an_input_at_least_as_large(input_size: int, output_size: int,
+                                                   shared: bool) -> None:
+    buffers = [BufferLife("a", input_size, 0, 1), BufferLife("b", output_size, 1, 2, ("a",))]
+    plan = plan_arena(buffers)
+    verify_plan(plan, buffers)
+    assert (plan.placement("b").shares == "a") is shared
+    if not shared:
+        assert plan.placement("a").offset != plan.placement("b").offset
+
+
+def test_in_place_input_must_die_exactly_where_the_output_is_born() -> None:
+    dies_before = [BufferLife("a", 512, 0, 1), BufferLife("b", 512, 2, 3, ("a",))]
+    assert plan_arena(dies_before).placement("b").shares is None
+    dies_at = [BufferLife("a", 512, 0, 2), BufferLife("b", 512, 2, 3, ("a",))]
+    assert plan_arena(dies_at).placement("b").shares == "a"
+
+
+# The graph IR: the type guard alone, and outputs that are views --------------------------------
+
+def _broadcast_graph() -> Graph:
+    """y = sigmoid(x + relu(w)) with w a fixed [1, 4] input and x a batched [N, 4] one: at
+    batch 1 relu(w) has exactly the bytes of the sum, but not its type."""
+    builder = GraphBuilder("broadcast")
+    x = builder.input("x", "f32", ("N", 4))
+    w = builder.input("w", "f32", (1, 4))
+    total = builder.op("add", x, builder.op("relu", w))
+    builder.output("y", builder.op("sigmoid", total))
+    return builder.build()
+
+
+def test_in_place_needs_the_same_type_not_only_the_same_bytes() -> None:
+    graph = _broadcast_graph()
+    relu, add, _ = (n.id for n in graph.compute_nodes)
+    buffers = {b.name: b for b in graph_buffers(graph, batch=1)}
+    assert buffers[relu].size == buffers[add].size  # the size guard would let it through
+    assert buffers[add].inplace == ()  # [1, 4] is not [N, 4]: it would not scale with N
+    plan = plan_graph_memory(graph, batch=1)
+    verify_plan(plan, list(buffers.values()))
+    assert plan.placement(add).shares is None
+
+
+def _viewed_output_graph() -> Graph:
+    """a = relu(x) is both an output (through a flatten) and read by the sigmoid, which could
+    otherwise take it over in place."""
+    builder = GraphBuilder("viewed")
+    x = builder.input("x", "f32", ("N", 4, 2, 2))
+    a = builder.op("relu", x)
+    builder.output("flat", builder.op("flatten", a))
+    b = builder.op("sigmoid", a)
+    builder.output("y", builder.op("mul", b, builder.constant(2.0)))
+    return builder.build()
+
+
+def test_an_output_that_is_a_view_pins_its_intermediate() -> None:
+    graph = _viewed_output_graph()
+    relu, sigmoid, _ = (n.id for n in graph.compute_nodes if n.op != "flatten")
+    buffers = {b.name: b for b in graph_buffers(graph, batch=2)}
+    assert relu not in buffers  # the output's storage, not the arena's
+    assert set(buffers) == {sigmoid}
+    assert buffers[sigmoid].inplace == ()  # overwriting relu would corrupt the output
+    plan = plan_graph_memory(graph, batch=2)
+    assert [p.name for p in plan.placements] == [sigmoid]
+    assert plan.total_bytes == 2 * 16 * 4
