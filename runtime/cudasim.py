@@ -531,18 +531,27 @@ def _header_text() -> str:
         raise SimulatorError(f"simulator header missing: {HEADER_PATH}: {exc}") from None
 
 
-def _stub_include_dir(root: Path) -> Path:
-    directory = root / "cudasim-include-v1"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _stub_include_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    directory = cache.private_subdirectory("cudasim-include-v1", cache_dir)
     for header in _STUB_HEADERS:
-        path = directory / header
-        if not path.exists():
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{header}.")
-            with os.fdopen(fd, "w") as f:
-                f.write(f"// {header}: stub for netc's CPU simulator; cudasim.h "
-                        "(force-included) provides the CUDA API.\n#pragma once\n")
-            os.replace(tmp, path)
+        text = (f"// {header}: stub for netc's CPU simulator; cudasim.h "
+                "(force-included) provides the CUDA API.\n#pragma once\n").encode()
+        _write_if_different(directory / header, text)
     return directory
+
+
+def _write_if_different(path: Path, data: bytes) -> None:
+    """Make `path` (in a private cache directory) hold exactly `data`, mode 0600.
+
+    Whatever is there is compiled, so it is compared byte for byte, not trusted by name."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if f.read(len(data) + 1) == data:
+                return
+    except OSError:
+        pass
+    cache.write_private_file(path, data)
 
 
 _KERNEL_NAME_RE = re.compile(r"^[A-Za-z_][\w:<>, *&]*$")
@@ -1221,20 +1230,14 @@ class CudaSim:
         header = _header_text()
         flags = self.compile_flags()
         version = _compiler_version(self.cxx)
-        root = cache.cache_root(self._cache_dir)
-        include_dir = _stub_include_dir(root)
+        include_dir = _stub_include_dir(self._cache_dir)
         key_parts = [_DRIVER_VERSION, unit, "\0".join(flags), "\0".join(options), self.cxx,
                      version, header]
         key = cache.cache_key("cudasim", key_parts)
         safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40] or "module"
-        src_dir = root / "cudasim-src"
-        src_dir.mkdir(mode=0o700, exist_ok=True)
+        src_dir = cache.private_subdirectory("cudasim-src", self._cache_dir)
         src_path = src_dir / f"{key[:24]}-{safe_name}.cu"
-        if not src_path.exists() or src_path.read_text(encoding="utf-8", errors="replace") != unit:
-            fd, tmp = tempfile.mkstemp(dir=src_dir, prefix=".src.")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(unit)
-            os.replace(tmp, src_path)
+        _write_if_different(src_path, unit.encode("utf-8"))
         built: list[bool] = []
 
         def build(out: Path) -> None:
@@ -1292,12 +1295,7 @@ class CudaSim:
         .gch cannot be built at all, the plain header is used."""
         key_parts = [_DRIVER_VERSION, "\0".join(flags), self.cxx, version, header]
         copy = cache.entry_path("cudasim-pch", key_parts, ".h", root=self._cache_dir)
-        copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not copy.exists() or copy.read_text(encoding="utf-8", errors="replace") != header:
-            fd, tmp = tempfile.mkstemp(dir=copy.parent, prefix=".hdr.")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(header)
-            os.replace(tmp, copy)
+        _write_if_different(copy, header.encode("utf-8"))
 
         def build(out: Path) -> None:
             cmd = [self.cxx, *flags, "-x", "c++-header", str(copy), "-o", str(out)]

@@ -632,7 +632,7 @@ def _cached_entry(key_parts: Sequence[str], build: Callable[[], bytes],
     `netc.runtime.cache` verifies each entry against a size-and-SHA-256 sidecar and rebuilds
     one that fails; `force` discards an entry that verifies but that `_decode_entry` rejects.
     """
-    from netc.runtime.cache import cached_build, entry_path
+    from netc.runtime.cache import cached_build, entry_path, read_verified
 
     if force:
         with contextlib.suppress(FileNotFoundError):
@@ -642,7 +642,9 @@ def _cached_entry(key_parts: Sequence[str], build: Callable[[], bytes],
         path.write_bytes(build())
 
     path = cached_build(CACHE_KIND, key_parts, write, ".json")
-    return path, path.read_bytes()
+    # Read and check the hash in one go, so the bytes used are the bytes verified; an entry
+    # that changed in between is returned empty, which `_decode_entry` rejects (a rebuild).
+    return path, read_verified(path) or b""
 
 
 def _cache_key_parts(source: str, name: str, arch: str, options: Sequence[str],
@@ -655,16 +657,14 @@ def _cache_key_parts(source: str, name: str, arch: str, options: Sequence[str],
 
 
 def _failure_directory() -> Path:
-    from netc.runtime.cache import CacheError, cache_root
+    from netc.runtime.cache import CacheError, private_subdirectory, trusted_root
 
     try:
-        directory = cache_root() / "failed"
-        directory.mkdir(exist_ok=True, mode=0o700)
-        return directory
+        return private_subdirectory("failed", trusted_root())
     except (CacheError, OSError):
-        directory = Path(tempfile.gettempdir()) / f"netc-failed-{os.getuid()}"
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return directory
+        # Not a fixed name in the shared temporary folder, which another user could create
+        # first; a fresh directory per failure outlives the process so the file can be read.
+        return Path(tempfile.mkdtemp(prefix="netc-failed-"))
 
 
 def _write_failed_source(source: str, name: str) -> Path:

@@ -12,25 +12,20 @@ Three steps, each turning bad input into diagnostics rather than exceptions:
    rule without a handler is refused when the parser is built, and again at run time by
    `__default__`; errors raised in a handler reach the caller unwrapped.
 
-The Lark tables are cached in netc's per-user cache, written atomically, keyed by the grammar's
-hash and the Lark and Python versions, so a warm start reads a file instead of spending ~70 ms
-(more on a slow machine) building tables.
+The LALR tables are built from the grammar in every process and never cached on disk: Lark's
+cache is a pickle, and a pickle read from a directory another user can write runs their code
+(issue 9). Building the tables takes about 40 ms (reading Lark's pickle took 5 ms); a whole
+`netc check examples/resnet18.net` takes about 400 ms either way, within the noise.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import re
-import sys
-import tempfile
 import unicodedata
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
-import lark
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
@@ -69,50 +64,8 @@ def _grammar_text() -> str:
     return resources.files("netc.grammar").joinpath("netc.lark").read_text(encoding="utf-8")
 
 
-def _cache_file(grammar: str) -> Path | None:
-    """Where this grammar's tables are cached for this user, or None if there is nowhere.
-
-    The folder is netc's per-user cache (`netc.runtime.cache.cache_root`: $NETC_CACHE_DIR,
-    else $XDG_CACHE_HOME/netc, else ~/.cache/netc); NETC_NO_CACHE=1 turns the cache off.
-    """
-    if os.environ.get("NETC_NO_CACHE"):
-        return None
-    from netc.runtime.cache import CacheError, cache_root
-
-    try:
-        folder = cache_root()
-    except (CacheError, OSError):
-        return None
-    if not os.access(folder, os.W_OK):
-        return None
-    key = hashlib.sha256(
-        f"{grammar}\0{sorted(_LARK_OPTIONS.items())}\0{lark.__version__}".encode()
-    ).hexdigest()[:20]
-    return folder / f"grammar-{key}-py{sys.version_info[0]}{sys.version_info[1]}.lark"
-
-
 def _build_lark() -> Lark:
-    grammar = _grammar_text()
-    cache = _cache_file(grammar)
-    if cache is not None and cache.is_file():
-        try:
-            with cache.open("rb") as stream:
-                return Lark.load(stream)
-        except Exception:  # a stale or torn cache file: rebuild it below
-            pass
-    parser = Lark(grammar, **_LARK_OPTIONS)
-    if cache is not None:
-        # Write to a temporary file and rename, so a concurrent reader never sees half a file.
-        temporary = None
-        try:
-            with tempfile.NamedTemporaryFile("wb", dir=cache.parent, delete=False,
-                                             prefix=".tmp-") as temporary:
-                parser.save(temporary)
-            os.replace(temporary.name, cache)
-        except OSError:
-            if temporary is not None:
-                Path(temporary.name).unlink(missing_ok=True)
-    return parser
+    return Lark(_grammar_text(), **_LARK_OPTIONS)
 
 
 @functools.lru_cache(maxsize=1)
