@@ -215,6 +215,26 @@ def _default_form(kind: str, default: Any) -> Any:
 
 _INFIX = {"add": "+", "sub": "-", "mul": "*"}
 
+COMMENT_FIELD_LIMIT = 80
+"""Characters of one piece of file text (a producer name, a node name) quoted in a comment."""
+
+COMMENT_LIMIT = 400
+"""Characters of one comment line."""
+
+
+def comment_text(text: str, limit: int = COMMENT_LIMIT) -> str:
+    """`text` made safe for a `#` comment: printable ASCII only, on one line, at most `limit`.
+
+    ONNX metadata is file text: a newline in `producer_name` would end the comment and start
+    statements of the attacker's choosing (issue 9), and control or bidirectional characters
+    are an error (E0003) or hide what the line says. Anything else than printable ASCII is
+    written as a visible Python-style escape (`\\n`, `\\u202e`), so the reader sees it and
+    nothing can act on it.
+    """
+    escaped = "".join(char if " " <= char <= "~" else
+                      char.encode("unicode_escape").decode("ascii") for char in text)
+    return escaped if len(escaped) <= limit else escaped[:limit - 3] + "..."
+
 
 def render_net(graph: Graph, names: Mapping[str, str] | None = None,
                comments: Sequence[str] = ()) -> str:
@@ -244,7 +264,7 @@ def render_net(graph: Graph, names: Mapping[str, str] | None = None,
         return variables[value_id]
 
     lines = [f"network {graph.name} {{"]
-    lines.extend(f"    # {comment}" for comment in comments)
+    lines.extend(f"    # {comment_text(comment)}" for comment in comments)
     for node in graph.inputs:
         lines.append(f"    input {variables[node.id]}: {node.type}")
     for node in graph.compute_nodes:
@@ -550,14 +570,16 @@ class _Importer:
         if self.problems:
             raise CompileError(self.problems)
         graph = self.builder.build()
-        producer = " ".join(p for p in (self.model.producer_name, self.model.producer_version)
-                            if p) or "unknown"
-        comments = [f"imported from {self.source} by `netc import` (ONNX opset {self.opset}, "
-                    f"producer {producer})"]
-        comments.extend(self.notes)
+        producer = " ".join(comment_text(p, COMMENT_FIELD_LIMIT) for p in
+                            (self.model.producer_name, self.model.producer_version) if p) or "unknown"
+        comments = [f"imported from {comment_text(self.source, COMMENT_FIELD_LIMIT)} by `netc "
+                    f"import` (ONNX opset {self.opset}, producer {producer})"]
+        # Notes quote input, initializer and node names: file text, shown and written escaped.
+        notes = tuple(comment_text(note) for note in self.notes)
+        comments.extend(notes)
         text = render_net(graph, self.proposed_names, comments)
         return ImportedModel(text, dict(self.weights), graph, self.network, dict(self.input_ids),
-                             output_map, tuple(self.notes))
+                             output_map, notes)
 
     def check_model(self) -> None:
         if not self.graph.output:
