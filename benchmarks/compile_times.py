@@ -26,13 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 STEP = r"""
 import json, sys, time
 from netc.frontend import load_file
-from netc.passes.pipeline import run_pipeline
-from netc.codegen.emit import generate
+from netc.driver import CompileOptions, build_binary, compile_graph
 model, step, level = sys.argv[1], sys.argv[2], int(sys.argv[3])
 times = {}
 t = time.perf_counter(); graph = load_file(model); times["front end"] = time.perf_counter() - t
-t = time.perf_counter(); optimized = run_pipeline(graph, level); times["passes"] = time.perf_counter() - t
-t = time.perf_counter(); plan = generate(optimized.graph); times["codegen"] = time.perf_counter() - t
+compiled = compile_graph(graph, CompileOptions(level=level)); plan = compiled.plan
+times["passes"] = compiled.seconds["passes"]
+times["codegen"] = compiled.seconds["tiling"] + compiled.seconds["codegen"]
 times["launches"] = len(plan.launches)
 if step.startswith("device:"):
     from netc.codegen.device_compile import compile_module
@@ -47,9 +47,10 @@ elif step == "sim":
     from netc.runtime.executor import PlanRunner
     from netc.reference import random_inputs
     from netc.weights import init_weights
-    weights = optimized.weights_for(init_weights(graph, 0))
+    weights = compiled.weights_for(init_weights(graph, 0))
     t = time.perf_counter()
-    runner = PlanRunner(plan, CudaSim(), weights)
+    sim = CudaSim()
+    runner = PlanRunner(plan, sim, weights, build_binary(plan, sim))
     runner.run(random_inputs(graph, 1, 0))
     times["sim compile+first run"] = time.perf_counter() - t
     t = time.perf_counter(); runner.run(random_inputs(graph, 1, 1)); times["sim run, batch 1"] = time.perf_counter() - t

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/passes_targets.py [--repeat 5] [--device-repeat 1] [--write]
 
-For each network at -O0, -O1 and -O2 it prints, from the launch plan `generate` makes:
+For each network at -O0, -O1 and -O2 it prints, from the launch plan the compile driver makes:
   launches        kernel launches per forward pass
   bytes moved     `LaunchPlan.bytes_moved(batch)`: per launch, every buffer argument (inputs,
                   parameters, intermediates, outputs) read or written once, at batches 1 and 8
@@ -39,10 +39,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from netc.codegen.emit import generate
 from netc.codegen.plan import LaunchPlan
+from netc.driver import CompileOptions, compile_graph
 from netc.frontend import load_file
-from netc.passes import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = {"ResNet-18": ROOT / "examples" / "resnet18.net",
@@ -68,7 +67,7 @@ def _mib(count: int) -> str:
 
 def _compile_once(path: Path, level: int) -> tuple[LaunchPlan, float]:
     started = time.perf_counter()
-    plan = generate(run_pipeline(load_file(path), level).graph)
+    plan = compile_graph(load_file(path), CompileOptions(level=level)).plan
     return plan, time.perf_counter() - started
 
 

@@ -6,8 +6,11 @@ and then called on inputs any number of times:
     run = prepare("cudasim", graph, weights)
     outputs = run({"image": batch})
 
-The plan backends (cudasim, cuda) take the option `tiles` ({node id: tile}, as
-`netc.codegen.emit.generate` takes them); by default they use `netc.codegen.tiling.choose_tiles`.
+The plan backends (cudasim, cuda) compile `graph` through the compile driver
+(`netc.driver.compile_graph`): at `-O2` by default, as `netc run` does; the options `level`,
+`tiles` (overrides by layer name) or a whole `compile_options` change that, and `compiled`
+passes a plan compiled already. Their weights are the source network's; the folded ones are
+derived from them.
 
 Imports of optional components (the simulator, PyCUDA, onnxruntime, TensorRT) happen inside
 the backend that needs them, so `netc` imports without them.
@@ -27,6 +30,8 @@ from netc.weights import check_weights
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 BACKENDS = ("reference", "cudasim", "cuda", "onnx", "tensorrt")
+PLAN_BACKENDS = ("cudasim", "cuda")
+"""The backends that run netc's own launch plan (compiled by the driver)."""
 
 
 class BackendUnavailable(Exception):
@@ -37,46 +42,66 @@ def _reference(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping
     return lambda inputs: run_reference(graph, weights, inputs)
 
 
-def plan_tiles_option(graph: Graph, options: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The tiles a plan backend generates with: `options["tiles"]` (by node id, as `generate`
-    takes them), else the tiling heuristic's (and `NETC_TUNING_DB`'s) choice."""
-    from netc.codegen.tiling import choose_tiles
-
-    tiles = options.get("tiles")
-    return choose_tiles(graph) if tiles is None else tiles
+SIMULATOR_OPTIONS = ("schedule", "seed", "workers", "sanitize", "check_races")
+"""The backend options that configure the CPU simulator (`netc.runtime.cudasim.CudaSim`)."""
 
 
-def _plan_runner(graph: Graph, weights: Mapping[str, np.ndarray], device: Any,
-                 options: Mapping[str, Any]) -> Runner:
-    from netc.codegen.emit import generate
-    from netc.runtime.executor import PlanRunner
+def compile_options(options: Mapping[str, Any]) -> Any:
+    """The driver's `CompileOptions` from a plan backend's options: `compile_options` itself,
+    or `level` (default 2, as `netc run`) and `tiles` (tile overrides by layer name, node id
+    or `all`)."""
+    from netc.driver import CompileOptions
 
-    runner = PlanRunner(generate(graph, tiles=plan_tiles_option(graph, options)), device,
-                        weights)
-
-    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        bind_batch(graph, inputs)
-        return runner.run(inputs)
-
-    return run
+    given = options.get("compile_options")
+    if given is not None:
+        return given
+    return CompileOptions(level=options.get("level", 2),
+                          tile_overrides=dict(options.get("tiles") or {}))
 
 
-def _cudasim(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:
+def simulator(options: Mapping[str, Any]) -> Any:
     from netc.runtime.cudasim import CudaSim
 
-    simulator_options = {k: options[k] for k in ("schedule", "seed", "workers", "sanitize",
-                                                 "check_races") if k in options}
-    return _plan_runner(graph, weights, CudaSim(**simulator_options), options)
+    return CudaSim(**{k: options[k] for k in SIMULATOR_OPTIONS if k in options})
 
 
-def _cuda(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:
+def gpu(options: Mapping[str, Any]) -> Any:
     from netc.runtime.pycuda_device import DeviceUnavailable, PyCudaDevice
 
     try:
-        device = PyCudaDevice()
+        return PyCudaDevice()
     except DeviceUnavailable as exc:
         raise BackendUnavailable(str(exc)) from None
-    return _plan_runner(graph, weights, device, options)
+
+
+class PlanBackend:
+    """A network compiled by the driver and loaded on a device (the simulator or a GPU): call
+    it on inputs. `runner` is the loaded plan (for reading intermediates after a run when
+    prepared with `reuse_memory=False`), `compiled` how it was compiled."""
+
+    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], device: Any,
+                 options: Mapping[str, Any]):
+        from netc.driver import build_binary, compile_graph
+        from netc.runtime.executor import PlanRunner
+
+        self.compiled = options.get("compiled") or compile_graph(graph, compile_options(options))
+        # `prepare` checked the weights against the source network already.
+        self.runner = PlanRunner(self.compiled.plan, device,
+                                 self.compiled.optimized.derive_weights(weights),
+                                 build_binary(self.compiled.plan, device),
+                                 reuse_memory=options.get("reuse_memory", True))
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes = bind_batch(self.compiled.source, inputs)
+        return self.runner.run(inputs, batch=next(iter(sizes.values()), 1))
+
+
+def _cudasim(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:
+    return PlanBackend(graph, weights, simulator(options), options)
+
+
+def _cuda(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:
+    return PlanBackend(graph, weights, gpu(options), options)
 
 
 def _onnx(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:
@@ -143,3 +168,38 @@ def default_backend() -> tuple[str, str | None]:
         return "cuda", None
     return "cudasim", ("note: no CUDA GPU with PyCUDA found; running the generated kernels on "
                        "the CPU CUDA simulator (--backend cudasim)")
+
+
+def prepare_artifact(artifact: Any, backend: str, weights: Mapping[str, np.ndarray] | None = None,
+                     **options: Any) -> Runner:
+    """A callable running a compiled artifact (`netc.artifacts.load_artifact`) on `cudasim` or
+    `cuda`: its own binaries, nothing compiled. `weights`: the source network's, to derive the
+    plan's parameters from (default: the weights the artifact holds)."""
+    import tempfile
+    from pathlib import Path
+
+    from netc.runtime.executor import PlanInputError, PlanRunner, bind_batch
+
+    if backend not in PLAN_BACKENDS:
+        raise CompileError([Diagnostic("E0420", f"an artifact runs on the `cudasim` or `cuda` "
+                                       f"backend, not `{backend}`",
+                                       help="run the .net file for the other backends")])
+    params = artifact.weights_for(weights)
+    if backend == "cudasim":
+        device = simulator(options)
+        with tempfile.TemporaryDirectory(prefix="netc-artifact-") as private:
+            binary = artifact.simulator_binary(Path(private))
+            runner = PlanRunner(artifact.plan, device, params, binary)
+    else:
+        if artifact.binary is None:
+            raise BackendUnavailable(f"the artifact `{artifact.path}` holds no cubins")
+        runner = PlanRunner(artifact.plan, gpu(options), params, artifact.binary)
+
+    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            batch = bind_batch(artifact.plan, inputs)
+        except PlanInputError as exc:
+            raise CompileError([Diagnostic("E0402", str(exc))]) from None
+        return runner.run(inputs, batch=batch)
+
+    return run

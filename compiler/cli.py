@@ -7,6 +7,7 @@ netc (a bug: one line says so; NETC_DEBUG=1 shows the traceback).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,8 +26,9 @@ from netc.ir import Graph, format_shape
 from netc.text import format_table
 
 if TYPE_CHECKING:
+    from netc.codegen.plan import LaunchPlan
     from netc.codegen.tiles import GemmTile
-    from netc.codegen.tiling import TileChoice
+    from netc.driver import CompileOptions
     from netc.passes.pipeline import Optimized
 
 
@@ -46,8 +48,8 @@ def _load(args: argparse.Namespace) -> Graph:
 
 def _optimize(graph: Graph, args: argparse.Namespace, level: int | None = None,
               batch: int = 1) -> Optimized:
-    """`graph` through the `-O` pipeline (writing `--dump-ir DIR` when asked); one line of
-    progress on stderr."""
+    """`graph` through the `-O` pipeline alone, for commands that show the optimised graph
+    without generating code (`check -O`, `graph`); one line of progress on stderr."""
     from netc.passes.pipeline import run_pipeline
 
     optimized = run_pipeline(graph, args.level if level is None else level,
@@ -64,18 +66,14 @@ def _tile_overrides(args: argparse.Namespace) -> dict[str, GemmTile]:
     return parse_tile_overrides(getattr(args, "tile", None) or [])
 
 
-def _tile_choices(graph: Graph, args: argparse.Namespace, arch: str,
-                  batch: int = 1) -> list[TileChoice]:
-    from netc.codegen.tiling import plan_tiles
+def _compile_options(args: argparse.Namespace, arch: str = DEFAULT_ARCH) -> CompileOptions:
+    """The compile driver's options from the command line (`-O`, `--tile`, `--tuning-db`,
+    `--dump-ir`); tiles are chosen for `arch` at batch 1, whatever the inputs' batch."""
+    from netc.driver import CompileOptions
 
-    return plan_tiles(graph, arch, _tile_overrides(args), batch=batch,
-                      tuning_db=getattr(args, "tuning_db", None))
-
-
-def _batch_of(graph: Graph, inputs: dict[str, np.ndarray]) -> int:
-    from netc.reference import bind_batch
-
-    return next(iter(bind_batch(graph, inputs).values()), 1)
+    return CompileOptions(level=args.level, arch=arch, tile_overrides=_tile_overrides(args),
+                          tuning_db=getattr(args, "tuning_db", None),
+                          dump_ir=getattr(args, "dump_ir", None))
 
 
 def _human(count: float) -> str:
@@ -147,7 +145,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 # netc run -------------------------------------------------------------------------------
 
 
-def _read_inputs(graph: Graph, specs: Sequence[str]) -> dict[str, np.ndarray]:
+def _read_inputs(specs: Sequence[str]) -> dict[str, np.ndarray]:
     inputs: dict[str, np.ndarray] = {}
     problems: list[Diagnostic] = []
     for spec in specs:
@@ -189,7 +187,7 @@ def _inputs_for(graph: Graph, args: argparse.Namespace) -> dict[str, np.ndarray]
         raise CompileError([Diagnostic(
             "E0401", f"no inputs given; the network takes {names}",
             help="pass --input NAME=FILE.npy for each input, or --random-input [--batch B]")])
-    return _read_inputs(graph, args.input)
+    return _read_inputs(args.input)
 
 
 def _summary(name: str, value: np.ndarray) -> str:
@@ -200,40 +198,111 @@ def _summary(name: str, value: np.ndarray) -> str:
     return f"  {name}: {format_shape(value.shape)}  {stats}" + (f"  ({bad} non-finite)" if bad else "")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from netc.backends import default_backend, prepare
-    from netc.weights import write_npz
+def _backend(args: argparse.Namespace) -> str:
+    from netc.backends import default_backend
 
+    if args.backend is not None:
+        return str(args.backend)
+    backend, note = default_backend()
+    if note:
+        _progress(note)
+    return backend
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """`-o` must be an `.npz` file that is none of the command's inputs (checked before any
+    work is done)."""
+    if not args.output:
+        return
+    if not args.output.endswith(".npz"):
+        raise CompileError([Diagnostic("E0407", f"output file `{args.output}` must end in .npz")])
+    output = Path(args.output)
+    given = [args.model, args.weights or "", *(spec.partition("=")[2] for spec in args.input)]
+    for path in given:
+        if path and _same_file(Path(path), output):
+            raise CompileError([Diagnostic(
+                "E0432", f"output file `{args.output}` is also one of this command's inputs "
+                f"(`{path}`); writing it would destroy that input",
+                help="choose another output file")])
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return first.exists() and second.exists() and os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from netc.backends import PLAN_BACKENDS, prepare
+
+    _check_output(args)
+    if Path(args.model).is_dir():
+        return _run_artifact(args)
     graph = _load(args)
     weights = _weights_for(graph, args)
     inputs = _inputs_for(graph, args)
-    backend = args.backend
-    if backend is None:
-        backend, note = default_backend()
-        if note:
-            _progress(note)
+    backend = _backend(args)
     options: dict[str, object] = {}
-    run_graph, run_weights = graph, weights
-    if backend in ("cudasim", "cuda"):
-        batch = _batch_of(graph, inputs)
-        optimized = _optimize(graph, args, batch=batch)
-        run_graph, run_weights = optimized.graph, optimized.weights_for(weights)
-        options["tiles"] = {choice.node: choice.tile for choice in
-                            _tile_choices(run_graph, args, DEFAULT_ARCH, batch)}
+    if backend in PLAN_BACKENDS:
+        from netc.driver import compile_graph
+
+        options["compiled"] = compile_graph(graph, _compile_options(args), progress=_progress)
     elif args.dump_ir:
         _optimize(graph, args)
     started = time.perf_counter()
-    run = prepare(backend, run_graph, run_weights, **options)
+    run = prepare(backend, graph, weights, **options)
     outputs = run(inputs)
-    elapsed = time.perf_counter() - started
-    print(f"{graph.name} on {backend} ({elapsed:.2f} s):")
+    _report_outputs(graph.name, backend, time.perf_counter() - started, outputs, args)
+    return 0
+
+
+def _report_outputs(network: str, backend: str, elapsed: float,
+                    outputs: dict[str, np.ndarray], args: argparse.Namespace) -> None:
+    from netc.weights import write_npz
+
+    print(f"{network} on {backend} ({elapsed:.2f} s):")
     for name, value in outputs.items():
         print(_summary(name, value))
     if args.output:
-        if not args.output.endswith(".npz"):
-            raise CompileError([Diagnostic("E0407", f"output file `{args.output}` must end in .npz")])
         write_npz(outputs, args.output)
         print(f"wrote {', '.join(outputs)} to {args.output}")
+
+
+def _run_artifact(args: argparse.Namespace) -> int:
+    """`netc run DIR`: a compiled artifact, on its own binaries and weights."""
+    from netc.artifacts import load_artifact
+    from netc.backends import prepare_artifact
+
+    artifact = load_artifact(args.model)
+    weights = None
+    if args.weights:
+        from netc.weights import load_weights
+
+        weights = load_weights(args.weights)
+    if args.random_input and args.input:
+        raise CompileError([Diagnostic("E0406", "give either --input or --random-input, "
+                                       "not both")])
+    declared = [b for b in artifact.plan.buffers if b.role == "input"]
+    if args.random_input:
+        rng = np.random.default_rng(args.seed)
+        sizes = artifact.plan.sizes(args.batch)
+        inputs = {b.node: rng.standard_normal(
+            [sizes[d] if isinstance(d, str) else d for d in b.shape]).astype(np.float32)
+            for b in declared}
+    elif args.input:
+        inputs = _read_inputs(args.input)
+    else:
+        names = ", ".join(f"{b.node}: {b.dtype}[{', '.join(map(str, b.shape))}]"
+                          for b in declared)
+        raise CompileError([Diagnostic(
+            "E0401", f"no inputs given; the network takes {names}",
+            help="pass --input NAME=FILE.npy for each input, or --random-input [--batch B]")])
+    backend = _backend(args)
+    started = time.perf_counter()
+    run = prepare_artifact(artifact, backend, weights)
+    outputs = run(inputs)
+    _report_outputs(artifact.network, backend, time.perf_counter() - started, outputs, args)
     return 0
 
 
@@ -251,8 +320,20 @@ def _archs(text: str) -> tuple[str, ...]:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from netc.artifacts import check_destination
+
+    if args.output:
+        check_destination(args.output)  # before any work is done
     graph = _load(args)
     out_dir = Path(args.output or Path("build") / graph.name)
+    check_destination(out_dir)
+    for path in (args.model, args.weights):
+        if path and Path(path).exists() and Path(out_dir).exists() and \
+                Path(out_dir).resolve() in Path(path).resolve().parents:
+            raise CompileError([Diagnostic(
+                "E0432", f"output directory `{out_dir}` holds `{path}`, an input of this "
+                "command; replacing the directory would delete it",
+                help="choose another output directory")])
     if args.target == "cuda":
         written = _compile_cuda(graph, args, out_dir)
     else:
@@ -266,38 +347,74 @@ def _newest(archs: Sequence[str]) -> str:
 
 
 def _compile_cuda(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path:
-    from netc.artifacts import format_report, write_artifacts
+    from netc.artifacts import OPTIMIZATION, WEIGHTS, format_report, write_artifacts
     from netc.codegen.device_compile import compile_module
-    from netc.codegen.emit import generate
     from netc.codegen.tiling import format_tile_table
+    from netc.driver import compile_graph
 
-    optimized = _optimize(graph, args)
+    weights = None
+    if args.weights:
+        from netc.weights import check_weights, load_weights
+
+        weights = load_weights(args.weights)
+        check_weights(graph, weights, source=args.weights)
     # One module serves every --arch; its tiles are chosen for the newest of them.
     tile_arch = _newest(args.arch)
-    choices = _tile_choices(optimized.graph, args, tile_arch)
-    started = time.perf_counter()
-    plan = generate(optimized.graph, tiles={choice.node: choice.tile for choice in choices})
-    _progress(f"generated {len(plan.kernels)} kernels, {len(plan.launches)} launches "
-              f"({(time.perf_counter() - started) * 1000:.0f} ms)")
+    options = _compile_options(args, tile_arch)
+    compiled = compile_graph(graph, options, progress=_progress)
+    plan = compiled.plan
     started = time.perf_counter()
     _progress(f"compiling for {', '.join(args.arch)} ({args.compiler})...")
     binary = compile_module(plan.source, plan.module, archs=args.arch, compiler=args.compiler)
     _progress(f"compiled in {time.perf_counter() - started:.2f} s")
     report = (format_report(plan, binary) + f"\ntiles (chosen for {tile_arch}, batch 1)\n"
-              + format_tile_table(choices) + "\n")
+              + format_tile_table(compiled.tiles) + "\n")
+    optimized = compiled.optimized
     optimization = {
         "level": optimized.level,
         "tile_arch": tile_arch,
-        "tiles": [choice.to_json() for choice in choices],
+        "tiles": [choice.to_json() for choice in compiled.tiles],
         # The plan's parameters that the source network lacks, and how to derive them from
         # the original weights file (netc.passes.weight_transforms.RULES).
         "weight_transforms": [{"output": t.output, "rule": t.rule, "inputs": list(t.inputs),
                                "attrs": dict(t.attrs)} for t in optimized.transforms],
     }
-    extra = {"optimization.json": (json.dumps(optimization, indent=2) + "\n").encode()}
-    written = write_artifacts(plan, binary, out_dir, report, extra)
+    extra = {OPTIMIZATION: (json.dumps(optimization, indent=2) + "\n").encode()}
+    if weights is not None:
+        from netc.weights import weights_bytes
+
+        extra[WEIGHTS] = weights_bytes(compiled.optimized.derive_weights(weights))
+    simulator, library = _simulator_build(plan)
+    if library is not None:
+        extra[Path(simulator["file"]).name] = library
+    info = {"source": {"file": Path(args.model).name,
+                       "sha256": hashlib.sha256(Path(args.model).read_bytes()).hexdigest()},
+            "options": {**options.to_json(), "archs": list(args.arch),
+                        "compiler": binary.compiler},
+            "simulator": simulator if library is not None else None}
+    written = write_artifacts(plan, binary, out_dir, report, extra, info)
     print(report)
     return written
+
+
+def _simulator_build(plan: LaunchPlan) -> tuple[dict[str, Any], bytes | None]:
+    """The CPU simulator's build of the plan's module for this machine, for the artifact
+    (its record for the manifest, and the library's bytes); none without a C++ compiler."""
+    import platform
+
+    from netc.runtime.cudasim import CudaSim, SimulatorError
+
+    if not plan.kernels:
+        return {}, None
+    try:
+        with CudaSim() as simulator:
+            binary = simulator.build(plan.source, plan.kernels, name=plan.module)
+            library = Path(binary.path).read_bytes()
+    except SimulatorError as exc:
+        _progress(f"note: the artifact holds no build for the CPU simulator: {exc}")
+        return {}, None
+    return {**binary.to_json(), "file": f"{plan.module}.cudasim.so",
+            "machine": platform.machine(), "system": platform.system()}, library
 
 
 def _compile_onnx(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path:
@@ -319,9 +436,7 @@ def _compile_onnx(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path
             # The build ran in a scratch folder that becomes out_dir: name the final place.
             print(summary.replace(str(onnx_path.parent), str(out_dir.absolute())))
         files = {path.name: path.read_bytes() for path in sorted(Path(scratch).iterdir())}
-    manifest = {"format": 1, "target": args.target, "network": graph.name, "files": sorted(files)}
-    files["netc.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
-    return write_directory(out_dir, files)
+    return write_directory(out_dir, files, {"target": args.target, "network": graph.name})
 
 
 def _build_tensorrt(onnx_path: Path, args: argparse.Namespace) -> str:
@@ -367,12 +482,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     weights = _weights_for(graph, args)
     inputs = _inputs_for(graph, args)
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
-    optimized = _optimize(graph, args, batch=_batch_of(graph, inputs))
-    tiles = {choice.node: choice.tile for choice in
-             _tile_choices(optimized.graph, args, DEFAULT_ARCH, _batch_of(graph, inputs))}
     report = compare(graph, weights, inputs, backends, layers=args.layers,
-                     rtol=args.rtol, atol=args.atol, optimized=optimized,
-                     options={backend: {"tiles": tiles} for backend in ("cudasim", "cuda")})
+                     rtol=args.rtol, atol=args.atol, compile_options=_compile_options(args))
     print(report.format())
     return 0 if report.agree else 3
 
@@ -451,7 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     def sub(name: str, summary: str, example: str) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=summary, description=summary,
                                       epilog="example:\n  " + example, formatter_class=_formatter)
-        command.add_argument("model", metavar="MODEL", help="the .net file")
+        command.add_argument("model", metavar="MODEL",
+                             help="the .net file" + (", or a directory `netc compile` wrote"
+                                                     if name == "run" else ""))
         command.add_argument("--network", metavar="NAME",
                              help="which network of the file (default: the only or the last one)")
         return command
@@ -476,7 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
               "--input image=digits.npy -o out.npz\n"
               "  netc run examples/lenet5.net --random-input --batch 4 --backend reference\n"
               "  netc run examples/resnet18.net --random-input --backend cudasim -O1 "
-              "--tile all=bm32,bn32")
+              "--tile all=bm32,bn32\n"
+              "  netc run build/lenet5 --input image=digits.npy   (what `netc compile` wrote; "
+              "nothing is compiled)")
     _add_inputs(run, default_batch=1)
     run.add_argument("--backend", choices=("reference", "cudasim", "cuda", "onnx", "tensorrt"),
                      help="reference (NumPy), cudasim (the generated CUDA on the CPU simulator), "

@@ -23,12 +23,12 @@ every node are read per backend by a *layer probe*:
 * `onnx`: the model from `netc.onnx.export` gets every node's value as an extra graph output
   (the exporter names each node's value after the node; a node whose value is not in the
   model is reported as not addressable);
-* `cudasim` and `cuda`: after a run, every buffer of the launch plan is downloaded. Only
-  nodes that own a buffer are seen: a value that a fused kernel keeps in registers is not;
-* with `optimized=` (what `netc compare -O1/-O2` passes), cudasim and cuda run the optimised
-  graph; `source_values` maps each value they observe back to the source node it equals (a
-  fused kernel's value is its last member's, a conv with a folded batchnorm holds the
-  batchnorm's), so the first divergence is still named in the source's terms;
+* `cudasim` and `cuda`: they run the plan the compile driver makes (`-O2` unless
+  `compile_options` says otherwise), once, with every intermediate in a buffer of its own, and
+  every buffer is read back after that run. Only nodes that own a buffer are seen: a value
+  that a fused kernel keeps in registers is not. `source_values` maps each value back to the
+  source node it equals (a fused kernel's value is its last member's, a conv with a folded
+  batchnorm holds the batchnorm's), so the first divergence is named in the source's terms;
 * any other backend has no per-layer view (the report says so) unless a probe is passed in
   `layer_probes`.
 """
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from netc.backends import BackendUnavailable, prepare
+from netc.backends import PLAN_BACKENDS, BackendUnavailable, PlanBackend, prepare
 from netc.diagnostics import CompileError
 from netc.ir import SOURCE_OPS, Graph, Node
 from netc.ops.fused import body_of
@@ -51,6 +51,7 @@ from netc.reference import run_reference
 from netc.text import format_table
 
 if TYPE_CHECKING:
+    from netc.driver import Compiled, CompileOptions
     from netc.passes.pipeline import Optimized
 
 DEFAULT_RTOL = 1e-3
@@ -282,57 +283,26 @@ def _onnx_layers(graph: Graph, weights: Mapping[str, np.ndarray],
             for node_id, name in wanted.items()}
 
 
-def _plan_layers(device_factory: Callable[[Mapping[str, Any]], Any]) -> LayerProbe:
-    def probe(graph: Graph, weights: Mapping[str, np.ndarray],
-              inputs: Mapping[str, np.ndarray],
-              options: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        try:
-            from netc.codegen.emit import generate
-            from netc.runtime.executor import PlanRunner
-        except ImportError as exc:
-            raise LayerViewUnavailable(f"the launch-plan runtime is not available: {exc}") \
-                from None
-        from netc.backends import plan_tiles_option
-
-        plan = generate(graph, tiles=plan_tiles_option(graph, options))
-        runner = PlanRunner(plan, device_factory(options), weights, reuse_memory=False)
-        values: dict[str, np.ndarray] = {}
-        try:
-            runner.run(inputs)
-            for buffer in plan.buffers:
-                if buffer.role == "param" or buffer.node not in graph:
-                    continue
-                if graph[buffer.node].op in SOURCE_OPS:
-                    continue
-                values[buffer.node] = runner.buffer_value(buffer.name)
-        finally:
-            runner.close()
-        return values
-    return probe
-
-
-def _cudasim_device(options: Mapping[str, Any]) -> Any:
-    from netc.runtime.cudasim import CudaSim
-
-    return CudaSim(**{k: options[k] for k in ("schedule", "seed", "workers", "sanitize",
-                                                "check_races") if k in options})
-
-
-def _cuda_device(options: Mapping[str, Any]) -> Any:
-    from netc.runtime.pycuda_device import DeviceUnavailable, PyCudaDevice
-
-    try:
-        return PyCudaDevice()
-    except DeviceUnavailable as exc:
-        raise BackendUnavailable(str(exc)) from None
+def plan_values(run: PlanBackend) -> dict[str, np.ndarray]:
+    """Every value a plan backend's last run left in a buffer of its own, by node id of the
+    optimised graph (it must have been prepared with `reuse_memory=False`)."""
+    graph = run.compiled.graph
+    values: dict[str, np.ndarray] = {}
+    for buffer in run.compiled.plan.buffers:
+        if buffer.role == "param" or buffer.node not in graph:
+            continue
+        if graph[buffer.node].op in SOURCE_OPS:
+            continue
+        values[buffer.node] = run.runner.buffer_value(buffer.name)
+    return values
 
 
 LAYER_PROBES: dict[str, LayerProbe] = {
     "reference": _reference_layers,
     "onnx": _onnx_layers,
-    "cudasim": _plan_layers(_cudasim_device),
-    "cuda": _plan_layers(_cuda_device),
 }
+"""Per-layer views of the backends that run the source graph. The plan backends (cudasim,
+cuda) need no probe: their run itself is read back (`plan_values`)."""
 
 
 # Comparing ---------------------------------------------------------------------------------
@@ -371,8 +341,6 @@ def _unavailable_reason(exc: BaseException) -> str | None:
     return None
 
 
-PLAN_BACKENDS = ("cudasim", "cuda")
-"""The backends that run netc's own launch plan, and so the optimised graph when given one."""
 
 
 def source_values(optimized: Optimized, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -410,14 +378,14 @@ def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str
             rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
             options: Mapping[str, Mapping[str, Any]] | None = None,
             layer_probes: Mapping[str, LayerProbe] | None = None,
-            optimized: Optimized | None = None) -> CompareReport:
+            compile_options: CompileOptions | None = None) -> CompareReport:
     """Run `inputs` through every backend in `backends` and compare each with the first that
     runs. `options[backend]` goes to `netc.backends.prepare`; `layer_probes` adds or replaces
-    per-layer views (see the module docstring). With `optimized` (`graph` through
-    `run_pipeline`), the plan backends (cudasim, cuda) run the optimised graph with weights
-    derived from `weights`, and their per-layer values are mapped back to the source nodes
-    they equal; the others run `graph`. Weights and inputs are checked first: a problem there
-    is a `CompileError`, as for `netc run`."""
+    per-layer views (see the module docstring). The plan backends (cudasim, cuda) run the plan
+    the compile driver makes with `compile_options` (default `-O2`, as `netc run`), compiled
+    once for all of them; their per-layer values are mapped back to the source nodes they
+    equal. Weights and inputs are checked first: a problem there is a `CompileError`, as for
+    `netc run`."""
     from netc.reference import bind_batch
     from netc.weights import check_weights
 
@@ -427,18 +395,22 @@ def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str
     batch = bind_batch(graph, inputs)
     probes = dict(LAYER_PROBES, **(layer_probes or {}))
     options = options or {}
+    compiled: Compiled | None = None
     results: list[BackendResult] = []
     baseline_outputs: dict[str, np.ndarray] | None = None
     baseline_layers: dict[str, np.ndarray] | None = None
-    baseline_layer_note = ""
     for backend in backends:
         backend_options = dict(options.get(backend, {}))
         started = time.perf_counter()
-        run_graph, run_weights = graph, weights
         try:
-            if optimized is not None and backend in PLAN_BACKENDS:
-                run_graph, run_weights = optimized.graph, optimized.weights_for(weights)
-            run = prepare(backend, run_graph, run_weights, **backend_options)
+            if backend in PLAN_BACKENDS:
+                if compiled is None:
+                    from netc.driver import compile_graph
+
+                    compiled = compile_graph(graph, compile_options)
+                backend_options.setdefault("compiled", compiled)
+                backend_options.setdefault("reuse_memory", not layers)
+            run = prepare(backend, graph, weights, **backend_options)
             outputs = run(inputs)
         except CompileError as exc:
             if any(d.code == "E0420" for d in exc.diagnostics):
@@ -460,14 +432,10 @@ def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str
             result = BackendResult(backend, "baseline", seconds=seconds, outputs={
                 name: difference(value, value, rtol, atol) for name, value in outputs.items()})
             if layers:
-                baseline_layers, baseline_layer_note = _probe(probes, backend, run_graph,
-                                                              run_weights, inputs,
-                                                              backend_options)
-                if baseline_layers is not None and run_graph is not graph and \
-                        optimized is not None:
-                    baseline_layers = source_values(optimized, baseline_layers)
+                baseline_layers, note = _probe(probes, backend, run, graph, weights, inputs,
+                                               backend_options)
                 if baseline_layers is None:
-                    result.layer_note = (f"per-layer view not available ({baseline_layer_note}), "
+                    result.layer_note = (f"per-layer view not available ({note}), "
                                          "so no backend can be compared layer by layer")
                 else:
                     result.layer_note = (f"baseline for {len(baseline_layers)} of "
@@ -482,10 +450,7 @@ def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str
             else:
                 result.outputs[name] = difference(outputs[name], value, rtol, atol)
         if layers and baseline_layers is not None:
-            values, note = _probe(probes, backend, run_graph, run_weights, inputs,
-                                  backend_options)
-            if values is not None and run_graph is not graph and optimized is not None:
-                values = source_values(optimized, values)
+            values, note = _probe(probes, backend, run, graph, weights, inputs, backend_options)
             if values is None:
                 result.layer_note = f"per-layer view not available: {note}"
             else:
@@ -504,13 +469,16 @@ def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str
     return CompareReport(graph.name, batch, rtol, atol, results, layers)
 
 
-def _probe(probes: Mapping[str, LayerProbe], backend: str, graph: Graph,
+def _probe(probes: Mapping[str, LayerProbe], backend: str, run: Any, graph: Graph,
            weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
            options: Mapping[str, Any]) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The value of every source node `backend` lets us see, by source node id."""
     probe = probes.get(backend)
-    if probe is None:
-        return None, f"netc has no per-layer view for the `{backend}` backend"
     try:
-        return probe(graph, weights, inputs, options), ""
+        if probe is not None:
+            return probe(graph, weights, inputs, options), ""
+        if isinstance(run, PlanBackend):
+            return source_values(run.compiled.optimized, plan_values(run)), ""
     except (LayerViewUnavailable, BackendUnavailable, ImportError) as exc:
         return None, str(exc)
+    return None, f"netc has no per-layer view for the `{backend}` backend"

@@ -40,16 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from netc.codegen.emit import generate
 from netc.codegen.plan import LaunchPlan
 from netc.codegen.targets import DEFAULT_ARCH, Peaks, planning_arch
 from netc.codegen.tiles import GemmTile
-from netc.codegen.tiling import TileChoice, TuningDb, format_tile_table, plan_tiles, tile_text
+from netc.codegen.tiling import TileChoice, TuningDb, format_tile_table, tile_text
 from netc.ir import SOURCE_OPS, Graph, Node
 from netc.ops import REGISTRY, node_flops
 from netc.ops.fused import body_of
 from netc.passes.fusion import is_pointwise, kernel_kind
-from netc.passes.pipeline import Optimized, run_pipeline
+from netc.passes.pipeline import Optimized
 from netc.text import format_table
 
 TOTALS = ("launches", "bytes_moved", "arena_bytes", "intermediate_bytes", "flops",
@@ -351,11 +350,14 @@ def explain(graph: Graph, level: int = 2, arch: str = DEFAULT_ARCH, peaks: Peaks
     """Optimise `graph` at `level`, tile it for `arch`, generate its kernels and account for
     every layer and kernel (see the module docstring). `overrides` are `--tile` values by
     layer name; `tuning_db` as for `netc.codegen.tiling.plan_tiles`."""
+    from netc.driver import CompileOptions, compile_graph
+
     target = planning_arch(arch)
     peaks = peaks or target.peaks
-    optimized = run_pipeline(graph, level, batch=batch)
-    choices = plan_tiles(optimized.graph, arch, overrides, batch=batch, tuning_db=tuning_db)
-    plan = generate(optimized.graph, tiles={c.node: c.tile for c in choices})
+    compiled = compile_graph(graph, CompileOptions(
+        level=level, arch=arch, batch=batch, tile_overrides=dict(overrides or {}),
+        tuning_db=tuning_db))
+    optimized, choices, plan = compiled.optimized, compiled.tiles, compiled.plan
     kernels = _kernel_rows(optimized.graph, plan, choices, batch, peaks)
     kernel_index = {row.node: row.index for row in kernels}
     intermediates = plan.intermediate_bytes(batch)

@@ -98,6 +98,13 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
         save_file(arrays, str(temp))
 
 
+def weights_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
+    """The safetensors file `save_weights` would write, as bytes (float32 tensors)."""
+    from safetensors.numpy import save
+
+    return bytes(save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}))
+
+
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside `path` that replaces it only if the block succeeds."""

@@ -51,6 +51,7 @@ __all__ = [
     "CudaSim",
     "DeviceBuffer",
     "ParamType",
+    "SimBinary",
     "SimulatorError",
     "parse_signature",
     "rewrite_dynamic_shared",
@@ -1109,6 +1110,42 @@ def _short_repr(a: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
+@functools.cache
+def driver_id() -> str:
+    """This simulator's identity for a compiled module: the driver version and a digest of
+    cudasim.h (whose runtime half is linked into every module)."""
+    import hashlib
+
+    return f"{_DRIVER_VERSION}+{hashlib.sha256(_header_text().encode()).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class SimBinary:
+    """A module compiled for the simulator: a shared library and what loading it needs."""
+
+    name: str
+    path: str
+    """The shared library (in the compile cache, or an artifact's copy of it)."""
+    kernels: tuple[str, ...]
+    dynamic_shared: tuple[str, ...]
+    """The `extern __shared__` arrays the source rewrite found (their storage is per block)."""
+    sanitize: bool
+    driver: str
+    """The simulator it was built for (`driver_id()`: its version and header digest)."""
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """What an artifact records beside the library's bytes (the path is not kept)."""
+        return {"name": self.name, "kernels": list(self.kernels),
+                "dynamic_shared": list(self.dynamic_shared), "sanitize": self.sanitize,
+                "driver": self.driver}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: str) -> SimBinary:
+        return cls(str(data["name"]), path, tuple(data["kernels"]),
+                   tuple(data["dynamic_shared"]), bool(data["sanitize"]), str(data["driver"]))
+
+
 class CudaSim:
     """The CPU CUDA simulator.
 
@@ -1203,15 +1240,51 @@ class CudaSim:
 
     def load(self, source: str, kernels: Sequence[str], *, options: Sequence[str] = (),
              name: str = "module") -> CudaModule:
-        """Compile ``source`` (cached) and load it; ``kernels`` are the names to launch."""
+        """Compile ``source`` (cached) and load it; ``kernels`` are the names to launch.
+        The same as ``load_binary(build(...))``."""
+        return self.load_binary(self.build(source, kernels, options=options, name=name))
+
+    def build(self, source: str, kernels: Sequence[str], *, options: Sequence[str] = (),
+              name: str = "module") -> SimBinary:
+        """Compile ``source`` into a shared library for this simulator (cached): the
+        simulator's counterpart of a cubin. Nothing is loaded."""
         self._check_open()
         try:
-            return self._load(source, kernels, options, name)
+            return self._build(source, kernels, options, name)
         except (cache.CacheError, OSError) as exc:
             raise SimulatorError(f"cannot build module {name!r}: {exc}") from None
 
-    def _load(self, source: str, kernels: Sequence[str], options: Sequence[str],
-              name: str) -> CudaModule:
+    def load_binary(self, binary: SimBinary, kernels: Sequence[str] | None = None) -> CudaModule:
+        """Load a module that ``build`` made (now or earlier: an artifact keeps its library);
+        compiles nothing. ``kernels`` must be among the binary's (default: all of them)."""
+        self._check_open()
+        names = list(binary.kernels if kernels is None else kernels)
+        unknown = [k for k in names if k not in binary.kernels]
+        if unknown:
+            raise SimulatorError(f"module {binary.name!r} has no kernel {unknown[0]!r}")
+        if binary.sanitize != self.sanitize:
+            raise SimulatorError(
+                f"module {binary.name!r} was built {'with' if binary.sanitize else 'without'} "
+                f"the address sanitizer; this simulator runs "
+                f"{'with' if self.sanitize else 'without'} it")
+        if binary.driver != driver_id():
+            raise SimulatorError(f"module {binary.name!r} was built for simulator "
+                                 f"{binary.driver}, this is {driver_id()}")
+        so_path = Path(binary.path)
+        try:
+            layout = _shared_layout(so_path, list(binary.kernels), binary.dynamic_shared)
+        except (OSError, ValueError, struct.error) as exc:
+            raise SimulatorError(f"cannot read the compiled module {so_path}: {exc}") from None
+        mid, sigs, asan = self._backend.load(str(so_path), list(binary.kernels), layout.anchors,
+                                             layout.ranges)
+        if asan != self.sanitize:
+            raise SimulatorError(f"module {so_path} has the wrong sanitizer setting")
+        signatures = [parse_signature(s) for s in sigs]
+        return CudaModule(self, binary.name, so_path, list(binary.kernels), mid, signatures,
+                          layout, binary.cached)
+
+    def _build(self, source: str, kernels: Sequence[str], options: Sequence[str],
+               name: str) -> SimBinary:
         if not isinstance(source, str):
             raise SimulatorError(f"load() needs the CUDA source as a str, got {type(source).__name__}")
         if isinstance(kernels, str):
@@ -1258,15 +1331,8 @@ class CudaSim:
             built.append(True)
 
         so_path = cache.cached_build("cudasim", key_parts, build, ".so", root=self._cache_dir)
-        try:
-            layout = _shared_layout(so_path, kernels, dyn_names)
-        except (OSError, ValueError, struct.error) as exc:
-            raise SimulatorError(f"cannot read the compiled module {so_path}: {exc}") from None
-        mid, sigs, asan = self._backend.load(str(so_path), kernels, layout.anchors, layout.ranges)
-        if asan != self.sanitize:
-            raise SimulatorError(f"module {so_path} has the wrong sanitizer setting")
-        signatures = [parse_signature(s) for s in sigs]
-        return CudaModule(self, name, so_path, kernels, mid, signatures, layout, not built)
+        return SimBinary(name, str(so_path), tuple(kernels), tuple(dyn_names), self.sanitize,
+                         driver_id(), cached=not built)
 
     def _runtime_object(self, flags: list[str], version: str, header: str) -> Path:
         """The runtime half of cudasim.h (-DCUDASIM_IMPLEMENTATION), compiled once per

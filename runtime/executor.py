@@ -1,13 +1,15 @@
 """Runs a `LaunchPlan` on a device: the CPU simulator, or a GPU through PyCUDA.
 
-    outputs = run_plan(plan, CudaSim(), weights, {"image": batch})
-
-    runner = PlanRunner(plan, device, weights)   # compiles the module, uploads weights once
+    runner = PlanRunner(plan, device, weights, binary)   # loads the module, uploads weights
     for batch in batches:
         outputs = runner.run({"image": batch})
 
+The executor compiles nothing: `binary` is the plan's module already built for `device` (a
+`DeviceBinary` of cubins and PTX for a GPU, a `SimBinary` for the simulator), made by the
+compile driver (`netc.driver.build_binary`) or read from an artifact directory.
+
 A device is anything with the simulator's interface (`Device` below): `alloc`, `upload`,
-`download`, `free`, and `load` returning a module whose `launch(name, grid, block,
+`download`, `free`, and `load_binary` returning a module whose `launch(name, grid, block,
 shared_bytes, args)` runs one kernel; and a way to address part of an allocation, either the
 device's `view(buffer, offset, nbytes)` (PyCUDA) or the buffer's own `view(offset, nbytes)`
 (the simulator). Host arrays are float32 for every dtype; they are stored on the device in the
@@ -62,8 +64,7 @@ class Device(Protocol):
     # Optional: `view(buf, offset, nbytes)`, a handle to bytes [offset, offset + nbytes) of
     # `buf`; without it the executor calls `buf.view(offset, nbytes)`.
 
-    def load(self, source: str, kernels: Sequence[str], options: Sequence[str] = (),
-             name: str = "module") -> Module: ...
+    def load_binary(self, binary: Any, kernels: Sequence[str]) -> Module: ...
 
 
 class PlanInputError(ValueError):
@@ -150,15 +151,19 @@ class PlanRunner:
     `with` block) frees everything.
     """
 
-    def __init__(self, plan: LaunchPlan, device: Device, weights: Mapping[str, np.ndarray], *,
-                 reuse_memory: bool = True):
+    def __init__(self, plan: LaunchPlan, device: Device, weights: Mapping[str, np.ndarray],
+                 binary: Any = None, *, reuse_memory: bool = True):
         self.plan = plan
         self.device = device
         self.reuse_memory = reuse_memory
         self._buffers = {buffer.name: buffer for buffer in plan.buffers}
         # A network of views alone (`output y = flatten(x)`) has no kernel to load.
-        self._module = device.load(plan.source, kernels=list(plan.kernels), name=plan.module) \
-            if plan.kernels else None
+        self._module: Module | None = None
+        if plan.kernels:
+            if binary is None:
+                raise ValueError(f"plan {plan.module!r} has kernels: give its compiled module "
+                                 "(netc.driver.build_binary) to run it")
+            self._module = device.load_binary(binary, list(plan.kernels))
         self._params: dict[str, Any] = {}
         self._activations: dict[str, Any] = {}
         """Every non-view, non-param buffer's handle: an allocation or a view of the arena."""
@@ -229,9 +234,12 @@ class PlanRunner:
             return int(arg.value or 0)
         return float(arg.value or 0.0)
 
-    def run(self, inputs: Mapping[str, np.ndarray], *, poison: bool = True) -> dict[str, np.ndarray]:
-        """Run the plan; returns every output by name, as float32."""
-        batch = bind_batch(self.plan, inputs)
+    def run(self, inputs: Mapping[str, np.ndarray], *, poison: bool = True,
+            batch: int | None = None) -> dict[str, np.ndarray]:
+        """Run the plan; returns every output by name, as float32. `batch`: the caller has
+        checked the inputs against the network already and read the batch off them."""
+        if batch is None:
+            batch = bind_batch(self.plan, inputs)
         sizes = self.plan.sizes(batch)
         self._allocate(batch)
         for buffer in self.plan.buffers:
@@ -298,9 +306,9 @@ class PlanRunner:
 
 
 def run_plan(plan: LaunchPlan, device: Device, weights: Mapping[str, np.ndarray],
-             inputs: Mapping[str, np.ndarray], *, poison: bool = True,
+             inputs: Mapping[str, np.ndarray], binary: Any = None, *, poison: bool = True,
              reuse_memory: bool = True) -> dict[str, np.ndarray]:
-    """Load `plan` on `device`, upload `weights` and `inputs`, run every launch in order and
-    return the outputs by name as float32."""
-    with PlanRunner(plan, device, weights, reuse_memory=reuse_memory) as runner:
+    """Load `plan`'s compiled module (`binary`) on `device`, upload `weights` and `inputs`,
+    run every launch in order and return the outputs by name as float32."""
+    with PlanRunner(plan, device, weights, binary, reuse_memory=reuse_memory) as runner:
         return runner.run(inputs, poison=poison)

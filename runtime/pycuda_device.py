@@ -1,7 +1,6 @@
 """The GPU device: netc's device interface over PyCUDA (`pycuda.driver`).
 
     device = PyCudaDevice()                            # device 0, its primary context
-    module = device.load(plan.source, plan.kernels, name=plan.module)      # compiles for it
     module = device.load_binary(binary, plan.kernels, signatures_from_plan(plan))
     buffer = device.alloc(nbytes); device.upload(buffer, array)
     part = device.view(buffer, offset, nbytes)      # bytes of it, e.g. a buffer in the arena
@@ -9,20 +8,20 @@
     result = device.download(buffer, np.float32, shape)
 
 The executor (`netc.runtime.executor`) drives any device with this interface; this one runs the
-kernels on a real GPU. Which image a module runs from, for a device of compute capability X.Y:
+kernels on a real GPU. It compiles nothing: the compile driver (`netc.driver.build_binary`) or
+an artifact directory gives it the module's binary. Which image a module runs from, for a device of compute capability X.Y:
 
 1. the cubin for sm_XY (or sm_XYa), if the binary has one;
 2. else a cubin of the same major version and a lower minor one (sm_80 code runs on an sm_86),
    never an arch-specific one (`sm_90a`);
-3. (`load` only) else compile the source for sm_XY on the spot;
-4. else the PTX of the highest architecture not above X.Y, JIT-compiled by the driver. The driver
+3. else the PTX of the highest architecture not above X.Y, JIT-compiled by the driver. The driver
    must be at least as new as the compiler that wrote the PTX (NVRTC 13.5 writes PTX ISA 9.5).
 
 Launches are prepared (`Function.prepare` / `prepared_call`). Each kernel's argument format is
 derived from the launch plan's `Arg` kinds (`signatures_from_plan`: buffer -> "P", batch and
 int -> "q" (int64), float -> "f") and checked against the kernel's parameter list in the PTX, so a
 plan that does not match its kernel fails loudly instead of passing misaligned arguments. Given
-no plan (the executor calls `load` with none), the format is the PTX's parameter list, each
+no signatures, the format is the PTX's parameter list, each
 8-byte parameter taking "q" for a Python integer and "P" for a device allocation. A launch asking for more
 than 48 KiB of dynamic shared memory first raises the kernel's limit
 (`MAX_DYNAMIC_SHARED_SIZE_BYTES`, through `Function.set_attribute` where PyCUDA has it).
@@ -359,27 +358,6 @@ class PyCudaDevice:
         self._driver.Context.synchronize()
 
     # modules
-
-    def load(self, source: str, kernels: Iterable[str], options: Sequence[str] = (),
-             name: str = "module", signatures: Mapping[str, str] | None = None) -> PyCudaModule:
-        """Compile `source` for this device's architecture (cached) and load it.
-
-        A GPU newer than the compiler knows gets the PTX of the newest architecture the
-        compiler supports below it, which the driver JIT-compiles.
-        """
-        from netc.codegen.device_compile import arch_number, compile_module, supported_archs
-
-        arch = self.arch
-        supported = supported_archs(self.compiler)
-        if arch not in supported:
-            older = [a for a in supported if a[-1].isdigit() and arch_number(a) < arch_number(arch)]
-            if not older:
-                raise DeviceUnavailable(f"the CUDA compiler cannot build for {arch} or any older "
-                                        f"architecture (it supports {', '.join(supported)})")
-            arch = max(older, key=arch_number)
-        binary = compile_module(source, name, archs=(arch,), compiler=self.compiler,
-                                options=(*self.options, *options))
-        return self.load_binary(binary, kernels, signatures)
 
     def load_binary(self, binary: DeviceBinary, kernels: Iterable[str],
                     signatures: Mapping[str, str] | None = None) -> PyCudaModule:

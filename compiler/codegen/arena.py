@@ -7,12 +7,13 @@ base; inputs, outputs and parameters are allocated one by one). Liveness is laun
   that takes it, directly or through a view;
 - a buffer that an output is a view of lives to the last launch, so the output survives;
 - a launch may write its output over an input that dies there when its kernel reads that input
-  only at the element it writes (`KernelLaunch.in_place`, offered by elementwise kernels only);
-  the input must be an arena buffer that no argument of the launch reads any other way.
+  only at the element it writes (`KernelLaunch.in_place`: the inputs of an elementwise kernel,
+  and the residuals a fused epilogue reads); the input must be an arena buffer that no
+  argument of the launch reads any other way.
 
-The planner is `netc.passes.plan_memory.plan_arena` (best fit by decreasing size, 256-byte
-alignment), the same one the `plan_memory` pass runs over the IR; `verify_plan` checks each
-result before it goes into the plan.
+The planner is `netc.memory.plan_arena` (best fit by decreasing size, 256-byte alignment);
+`verify_plan` checks each result before it goes into the plan. This is the only memory plan:
+what `netc explain`, `--dump-ir` (`NN_memory_plan.txt`) and the executor show and use.
 
 The batch is a run-time value, and a shape names it at most once, as its first dim, so every
 size is `per_item * batch` or fixed. Batched intermediates are planned once, in bytes per batch
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 from netc.codegen.kernels import KernelLaunch
 from netc.codegen.plan import BatchBytes, Buffer
-from netc.passes.plan_memory import ALIGNMENT, BufferLife, MemoryPlan, plan_arena, verify_plan
+from netc.memory import ALIGNMENT, BufferLife, MemoryPlan, plan_arena, verify_plan
 
 
 @dataclass(frozen=True)

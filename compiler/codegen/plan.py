@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from netc.ir import DTYPE_BYTES, Dim
 
 if TYPE_CHECKING:
-    from netc.passes.plan_memory import MemoryPlan
+    from netc.memory import MemoryPlan
 
 BufferRole = Literal["input", "output", "param", "intermediate"]
 
@@ -165,9 +165,9 @@ class LaunchPlan:
         return sum(self.launch_bytes(index, batch) for index in range(len(self.launches)))
 
     def memory_plan(self, batch: int) -> MemoryPlan:
-        """The arena at `batch` as a `netc.passes.plan_memory.MemoryPlan` (placements in bytes
+        """The arena at `batch` as a `netc.memory.MemoryPlan` (placements in bytes
         at that batch, lifetimes in launches), for `verify_plan` and `describe()`."""
-        from netc.passes.plan_memory import ALIGNMENT, MemoryPlan, Placement
+        from netc.memory import ALIGNMENT, MemoryPlan, Placement
 
         sizes = self.sizes(batch)
         placements = []
@@ -185,3 +185,70 @@ class LaunchPlan:
         data: dict[str, Any] = asdict(self)
         del data["source"]
         return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str) -> LaunchPlan:
+        """The plan `to_json` wrote (parsed), with its module's `source`. Raises `ValueError`
+        (or `KeyError`/`TypeError`) naming what is malformed; never a half-built plan."""
+        def dim(value: Any) -> Dim:
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise ValueError(f"bad dimension {value!r}")
+            return value
+
+        def buffer(item: Mapping[str, Any]) -> Buffer:
+            if item["role"] not in ("input", "output", "param", "intermediate"):
+                raise ValueError(f"bad buffer role {item['role']!r}")
+            if item["dtype"] not in DTYPE_BYTES:
+                raise ValueError(f"bad buffer dtype {item['dtype']!r}")
+            offset = item.get("arena_offset")
+            live = item.get("live")
+            return Buffer(str(item["name"]), item["role"], str(item["dtype"]),
+                          tuple(dim(d) for d in item["shape"]), str(item["node"]),
+                          item.get("alias_of"),
+                          None if offset is None else BatchBytes(int(offset["per_batch"]),
+                                                                 int(offset["fixed"])),
+                          None if live is None else (int(live[0]), int(live[1])),
+                          item.get("in_place_of"))
+
+        def arg(item: Mapping[str, Any]) -> Arg:
+            if item["kind"] not in ("buffer", "batch", "int", "float"):
+                raise ValueError(f"bad argument kind {item['kind']!r}")
+            return Arg(item["kind"], item.get("buffer"), item.get("value"))
+
+        def launch(item: Mapping[str, Any]) -> Launch:
+            x, y, z = (GridDim(int(g["per_batch"]), int(g["constant"]), int(g["divisor"]))
+                       for g in item["grid"])
+            bx, by, bz = (int(b) for b in item["block"])
+            return Launch(str(item["kernel"]), (x, y, z), (bx, by, bz),
+                          int(item["shared_bytes"]), tuple(arg(a) for a in item["args"]),
+                          tuple(str(n) for n in item["nodes"]), str(item.get("source", "")))
+
+        buffers = tuple(buffer(b) for b in data["buffers"])
+        plan = cls(network=str(data["network"]), module=str(data["module"]), source=source,
+                   batch_dim=data["batch_dim"], buffers=buffers,
+                   launches=tuple(launch(item) for item in data["launches"]),
+                   outputs=tuple((str(name), str(buf)) for name, buf in data["outputs"]),
+                   kernels=tuple(str(k) for k in data["kernels"]),
+                   arena_size=BatchBytes(int(data["arena_size"]["per_batch"]),
+                                         int(data["arena_size"]["fixed"])))
+        plan.check()
+        return plan
+
+    def check(self) -> None:
+        """Every name the plan uses is defined: buffers, aliases, kernels, outputs."""
+        names = {b.name for b in self.buffers}
+        if len(names) != len(self.buffers):
+            raise ValueError("two buffers share a name")
+        for b in self.buffers:
+            for other in (b.alias_of, b.in_place_of):
+                if other is not None and other not in names:
+                    raise ValueError(f"buffer {b.name} refers to unknown buffer {other}")
+        for index, launch in enumerate(self.launches):
+            if launch.kernel not in self.kernels:
+                raise ValueError(f"launch {index} runs unknown kernel {launch.kernel}")
+            for a in launch.args:
+                if a.kind == "buffer" and a.buffer not in names:
+                    raise ValueError(f"launch {index} takes unknown buffer {a.buffer}")
+        for name, buf in self.outputs:
+            if buf not in names:
+                raise ValueError(f"output {name} is unknown buffer {buf}")

@@ -11,15 +11,12 @@ One pass per module, named by what it does; `pipeline.PIPELINE` is the one order
 
 from netc.passes.pass_manager import Pass, PassContext, PassRecord, PipelineError, run_passes
 from netc.passes.pipeline import LEVELS, PIPELINE, PIPELINES, Optimized, run_pipeline
-from netc.passes.plan_memory import BufferLife, MemoryPlan, plan_arena, plan_graph_memory
 from netc.passes.weight_transforms import WeightTransform, apply_weight_transforms
 
 __all__ = [
     "LEVELS",
     "PIPELINE",
     "PIPELINES",
-    "BufferLife",
-    "MemoryPlan",
     "Optimized",
     "Pass",
     "PassContext",
@@ -27,8 +24,6 @@ __all__ = [
     "PipelineError",
     "WeightTransform",
     "apply_weight_transforms",
-    "plan_arena",
-    "plan_graph_memory",
     "run_passes",
     "run_pipeline",
 ]

@@ -18,13 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from netc.ir import Graph, print_graph, verify
 from netc.passes.weight_transforms import WeightTransform
-
-if TYPE_CHECKING:
-    from netc.passes.plan_memory import MemoryPlan
 
 
 class PipelineError(Exception):
@@ -36,17 +32,16 @@ class PassContext:
     """What passes share besides the graph; one context lives through one pipeline run."""
 
     batch: int = 1
-    """The batch size (every named dimension) at which sizes are computed (memory planning)."""
+    """The batch size (every named dimension) at which sizes are computed."""
     transforms: list[WeightTransform] = field(default_factory=list)
     lineage: dict[str, str | None] = field(default_factory=dict)
     """A removed node id -> the id of the node that now computes its value (None: the value
     is no longer computed at all, e.g. dead code). Fused groups keep their members' ids in
     their bodies, so they need no entry."""
-    memory_plan: MemoryPlan | None = None
     messages: list[str] = field(default_factory=list)
     """What the running pass reported; the manager collects and clears it after each pass."""
     dump_notes: list[str] = field(default_factory=list)
-    """Extra lines for the running pass's `--dump-ir` file (e.g. the memory plan)."""
+    """Extra lines for the running pass's `--dump-ir` file."""
 
     def report(self, message: str) -> None:
         self.messages.append(message)

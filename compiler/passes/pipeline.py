@@ -1,7 +1,8 @@
 """The optimisation pipeline: one ordered list of passes, each with the lowest level it runs at.
 
 -O0 is the unfused plan: the graph as the front end made it, every op its own kernel. -O1 adds
-folding and cleanup; -O2 adds fusion and memory planning. `run_pipeline` runs the passes of a
+folding and cleanup; -O2 adds fusion. (Memory is planned once, over the launches code
+generation makes: `netc.codegen.arena`.) `run_pipeline` runs the passes of a
 level (requirements between passes are checked first), optionally verifying the IR after each
 and writing it to `--dump-ir DIR` as `NN_<pass>.txt`.
 """
@@ -24,7 +25,6 @@ from netc.passes.fuse_elementwise import FUSE_ELEMENTWISE
 from netc.passes.fuse_epilogues import FUSE_EPILOGUES
 from netc.passes.fuse_reduction_prologues import FUSE_REDUCTION_PROLOGUES
 from netc.passes.pass_manager import Pass, PassContext, PassRecord, check_requirements, run_passes
-from netc.passes.plan_memory import PLAN_MEMORY, MemoryPlan
 from netc.passes.remove_dropout import REMOVE_DROPOUT
 from netc.passes.simplify_views import SIMPLIFY_VIEWS
 from netc.passes.weight_transforms import WeightTransform, apply_weight_transforms
@@ -39,7 +39,6 @@ PIPELINE: tuple[tuple[int, Pass], ...] = (
     (2, FUSE_EPILOGUES),                   # pointwise chains after conv/GEMM/pool/reduction
     (2, FUSE_REDUCTION_PROLOGUES),         # pointwise chains feeding only a softmax/layernorm/gap
     (2, FUSE_ELEMENTWISE),                 # what is left: pointwise groups as one kernel each
-    (2, PLAN_MEMORY),                      # arena offsets for the final kernels' intermediates
 )
 LEVELS = (0, 1, 2)
 PIPELINES: dict[int, tuple[Pass, ...]] = {
@@ -60,7 +59,6 @@ class Optimized:
     """How the parameters of `graph` that the source lacks derive from the source's."""
     records: tuple[PassRecord, ...]
     lineage: Mapping[str, str | None]
-    memory_plan: MemoryPlan | None
     weights: dict[str, np.ndarray] | None
     """`graph`'s parameters, when the pipeline was given the source's weights."""
     seconds: float
@@ -71,6 +69,10 @@ class Optimized:
         from netc.weights import check_weights
 
         check_weights(self.source, weights)
+        return self.derive_weights(weights)
+
+    def derive_weights(self, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`weights_for` without checking `weights` (for a caller that has checked them)."""
         derived = apply_weight_transforms(self.transforms, weights)
         return {node.id: derived[node.id] for node in self.graph.params}
 
@@ -101,7 +103,8 @@ class Optimized:
 def run_pipeline(graph: Graph, level: int, weights: Mapping[str, np.ndarray] | None = None, *,
                  dump_dir: str | Path | None = None, verify: bool = False,
                  batch: int = 1) -> Optimized:
-    """Optimise `graph` at `level` (0, 1 or 2). `batch` sizes the memory plan; `verify` runs
+    """Optimise `graph` at `level` (0, 1 or 2). `batch` is the size passes assume for named
+    dimensions; `verify` runs
     the IR verifier before and after every pass; `dump_dir` receives the IR after each."""
     if level not in PIPELINES:
         raise ValueError(f"optimisation level must be one of {LEVELS}, got {level}")
@@ -111,9 +114,9 @@ def run_pipeline(graph: Graph, level: int, weights: Mapping[str, np.ndarray] | N
                                  verify_each=verify)
     seconds = time.perf_counter() - started
     optimized = Optimized(graph, result, level, tuple(context.transforms), tuple(records),
-                          dict(context.lineage), context.memory_plan, None, seconds)
+                          dict(context.lineage), None, seconds)
     if weights is None:
         return optimized
     return Optimized(graph, result, level, optimized.transforms, optimized.records,
-                     optimized.lineage, optimized.memory_plan, optimized.weights_for(weights),
+                     optimized.lineage, optimized.weights_for(weights),
                      seconds)

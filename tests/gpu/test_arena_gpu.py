@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from netc.codegen.emit import generate
+from netc.driver import build_binary
 from netc.frontend import load_string
 from netc.passes import run_pipeline
 from netc.reference import run_reference
@@ -27,7 +28,7 @@ def test_a_small_resnet_runs_from_the_arena_on_the_gpu(level: int) -> None:
     assert optimized.weights is not None
     plan = generate(optimized.graph)
     assert any(b.in_place_of is not None for b in plan.arena_buffers)
-    with PyCudaDevice() as device, PlanRunner(plan, device, optimized.weights) as runner:
+    with PyCudaDevice() as device, PlanRunner(plan, device, optimized.weights, build_binary(plan, device)) as runner:
         for batch in (1, 3):
             inputs = random_inputs(graph, batch, rng)
             actual = runner.run(inputs)

@@ -72,8 +72,9 @@ def _run_module(device: PyCudaDevice, module, n: int, seed: int) -> None:
 
 
 @pytest.mark.parametrize("n", [1, 1000, 1 << 20])
-def test_load_compiles_for_the_device(device: PyCudaDevice, n: int) -> None:
-    module = device.load(MODULE, KERNELS, name="vectors")
+def test_a_binary_for_the_device_arch_runs(device: PyCudaDevice, n: int) -> None:
+    binary = compile_module(MODULE, "vectors", (device.arch,), generated=False)
+    module = device.load_binary(binary, KERNELS)
     _run_module(device, module, n, seed=n)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from netc.codegen.emit import generate
 from netc.codegen.plan import LaunchPlan
+from netc.driver import build_binary
 from netc.frontend import load_file, load_string
 from netc.ir import Graph
 from netc.passes import run_pipeline
@@ -64,7 +65,7 @@ def _check(graph: Graph, level: int, batches: tuple[int, ...] = (1, 3)) -> Launc
     assert optimized.weights is not None
     plan = generate(optimized.graph)
     assert plan.arena_buffers, "nothing in the arena"
-    with PlanRunner(plan, simulator(), optimized.weights) as runner:
+    with PlanRunner(plan, simulator(), optimized.weights, build_binary(plan, simulator())) as runner:
         for batch in batches:
             inputs = random_inputs(graph, batch, rng)
             actual = runner.run(inputs)
@@ -101,11 +102,11 @@ def test_without_reuse_every_intermediate_can_be_read_back() -> None:
                   observe=lambda node, value: seen.setdefault(node.id, value))
     plan = generate(graph)
     early = next(b for b in plan.arena_buffers if b.live and b.live[1] < len(plan.launches) - 1)
-    with PlanRunner(plan, simulator(), weights) as runner:
+    with PlanRunner(plan, simulator(), weights, build_binary(plan, simulator())) as runner:
         runner.run(inputs)
         with pytest.raises(RuntimeError, match="reuse_memory=False"):
             runner.buffer_value(early.name)
-    with PlanRunner(plan, simulator(), weights, reuse_memory=False) as runner:
+    with PlanRunner(plan, simulator(), weights, build_binary(plan, simulator()), reuse_memory=False) as runner:
         runner.run(inputs)
         for buffer in plan.arena_buffers:
             assert_close(buffer.node, runner.buffer_value(buffer.name), seen[buffer.node],
@@ -147,6 +148,6 @@ def test_arena_buffers_are_poisoned_when_they_are_born() -> None:
     assert written in {arg.buffer for arg in plan.launches[reader].args}
     broken = dataclasses.replace(plan, launches=plan.launches[:dropped]
                                  + plan.launches[dropped + 1:])
-    with PlanRunner(broken, _ZeroFilled(), optimized.weights) as runner:
+    with PlanRunner(broken, _ZeroFilled(), optimized.weights, build_binary(broken, _ZeroFilled())) as runner:
         assert np.isfinite(runner.run(inputs, poison=False)["pooled"]).all()
         assert np.isnan(runner.run(inputs)["pooled"]).all()

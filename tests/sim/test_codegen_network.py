@@ -10,11 +10,12 @@ import pytest
 
 from netc.codegen.emit import generate
 from netc.codegen.plan import LaunchPlan
+from netc.driver import build_binary, run_plan
 from netc.frontend import load_string
 from netc.ir import Graph
 from netc.passes import run_pipeline
 from netc.reference import run_reference
-from netc.runtime.executor import PlanInputError, PlanRunner, run_plan
+from netc.runtime.executor import PlanInputError, PlanRunner
 from tests.sim.codegen_support import TOLERANCE, assert_close, check_graph, simulator
 from tests.sim.graph_builder import random_inputs, random_weights
 from tests.sim.networks import LENET, NETWORKS, RESNET, network
@@ -70,7 +71,7 @@ def _lenet() -> tuple[Graph, LaunchPlan, dict[str, np.ndarray]]:
 def test_a_runner_uploads_weights_once_and_serves_any_batch() -> None:
     graph, plan, weights = _lenet()
     rng = np.random.default_rng(2)
-    with PlanRunner(plan, simulator(), weights) as runner:
+    with PlanRunner(plan, simulator(), weights, build_binary(plan, simulator())) as runner:
         for batch in (1, 4, 1):
             inputs = random_inputs(graph, batch, rng)
             actual = runner.run(inputs)
@@ -107,7 +108,7 @@ def test_intermediate_buffers_can_be_read_after_a_run() -> None:
     seen: dict[str, np.ndarray] = {}
     run_reference(graph, weights, inputs, observe=lambda node, value: seen.setdefault(node.id,
                                                                                       value))
-    with PlanRunner(plan, simulator(), weights, reuse_memory=False) as runner:
+    with PlanRunner(plan, simulator(), weights, build_binary(plan, simulator()), reuse_memory=False) as runner:
         with pytest.raises(RuntimeError, match="not run"):
             runner.buffer_value(plan.buffers[-1].name)
         runner.run(inputs)

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 
 from netc.codegen.emit import generate
+from netc.driver import run_plan
 from netc.frontend import load_string
 from netc.passes import run_pipeline
 from netc.reference import random_inputs, run_reference
 from netc.runtime.cudasim import CudaSim
-from netc.runtime.executor import run_plan
 from tests.unit.netgen import networks, random_weights
 from tests.unit.test_passes_property import assert_close, rounding_noise
 

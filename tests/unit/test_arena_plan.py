@@ -19,7 +19,7 @@ from netc.frontend import load_string
 from netc.ir import Graph
 from netc.ops.builder import GraphBuilder
 from netc.passes import run_pipeline
-from netc.passes.plan_memory import ALIGNMENT, verify_plan
+from netc.memory import ALIGNMENT, verify_plan
 from tests.unit.netgen import networks
 
 pytestmark = pytest.mark.unit

@@ -112,8 +112,9 @@ def test_compile_cuda_writes_a_complete_artifact(tmp_path: Path) -> None:
     result = netc("compile", str(EXAMPLES / "lenet5.net"), "-o", str(out), "--arch", "sm_90")
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["lenet5.cu", "lenet5.sm_90.cubin", "lenet5.sm_90.ptx",
-                     "optimization.json", "plan.json", "report.txt"]
+    assert names == ["lenet5.cu", "lenet5.cudasim.so", "lenet5.sm_90.cubin",
+                     "lenet5.sm_90.ptx", "netc.json", "optimization.json", "plan.json",
+                     "report.txt"]
     assert (out / "lenet5.sm_90.cubin").read_bytes()[:4] == b"\x7fELF"
     assert "compiling for sm_90" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["lenet"], "no staging directory left behind"

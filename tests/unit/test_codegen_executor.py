@@ -49,7 +49,7 @@ class FakeDevice:
     def __init__(self) -> None:
         self.memory: dict[int, bytearray] = {}
         self.launches: list[tuple[str, tuple[int, ...], tuple[int, ...], int, list[Any]]] = []
-        self.loaded: list[tuple[str, list[str], str]] = []
+        self.loaded: list[tuple[Any, list[str]]] = []
         self.next_handle = 1
 
     def alloc(self, nbytes: int) -> int:
@@ -83,10 +83,13 @@ class FakeDevice:
         assert not isinstance(buf, FakeView), "views are never freed"
         del self.memory[buf]
 
-    def load(self, source: str, kernels: Sequence[str], options: Sequence[str] = (),
-             name: str = "module") -> FakeModule:
-        self.loaded.append((source, list(kernels), name))
+    def load_binary(self, binary: Any, kernels: Sequence[str]) -> FakeModule:
+        self.loaded.append((binary, list(kernels)))
         return FakeModule(self)
+
+
+BINARY = "the module's binary"
+"""What the fake device is given to load: the executor passes it through untouched."""
 
 
 def _plan(dtype: str = "f32") -> tuple[Graph, LaunchPlan, dict[str, np.ndarray]]:
@@ -115,8 +118,8 @@ def test_a_run_uploads_poisons_launches_and_downloads() -> None:
     _, plan, weights = _plan()
     device = FakeDevice()
     x = np.random.default_rng(0).standard_normal((3, 2, 3)).astype(np.float32)
-    outputs = run_plan(plan, device, weights, {"x": x})
-    assert device.loaded == [(plan.source, list(plan.kernels), "fake")]
+    outputs = run_plan(plan, device, weights, {"x": x}, BINARY)
+    assert device.loaded == [(BINARY, list(plan.kernels))]
     (gemm, relu) = device.launches
     assert gemm[0] == plan.launches[0].kernel and relu[0] == plan.launches[1].kernel
     assert gemm[1] == plan.launches[0].grid_size(3) and gemm[3] == plan.launches[0].shared_bytes
@@ -131,7 +134,7 @@ def test_a_run_uploads_poisons_launches_and_downloads() -> None:
 def test_views_share_their_root_buffer() -> None:
     _, plan, weights = _plan()
     device = FakeDevice()
-    with PlanRunner(plan, device, weights) as runner:
+    with PlanRunner(plan, device, weights, BINARY) as runner:
         runner.run({"x": np.zeros((2, 2, 3), np.float32)})
         flat = plan.buffer(dict(plan.outputs)["flat"])
         assert flat.alias_of is not None
@@ -143,14 +146,14 @@ def test_views_share_their_root_buffer() -> None:
 def test_without_poison_outputs_keep_what_memory_held() -> None:
     _, plan, weights = _plan()
     outputs = run_plan(plan, FakeDevice(), weights, {"x": np.zeros((1, 2, 3), np.float32)},
-                       poison=False)
+                       BINARY, poison=False)
     assert not np.isnan(outputs["act"]).any()
 
 
 def test_weights_are_uploaded_once_in_their_dtype() -> None:
     _, plan, weights = _plan("bf16")
     device = FakeDevice()
-    with PlanRunner(plan, device, weights) as runner:
+    with PlanRunner(plan, device, weights, BINARY) as runner:
         param = next(b for b in plan.buffers if b.node == "dense_0.weight")
         stored = device.download(runner._handle(param.name), np.uint16, (4, 3))
         np.testing.assert_array_equal(bf16_bits_to_f32(stored), weights["dense_0.weight"])
@@ -170,7 +173,7 @@ def test_inputs_must_agree_on_the_batch() -> None:
     plan = generate(builder.build())
     with pytest.raises(PlanInputError, match="another input gives 3"):
         run_plan(plan, FakeDevice(), {}, {"a": np.zeros((3, 2), np.float32),
-                                          "b": np.zeros((4, 2), np.float32)})
+                                          "b": np.zeros((4, 2), np.float32)}, BINARY)
 
 
 def test_grids_beyond_cuda_limits_are_refused() -> None:

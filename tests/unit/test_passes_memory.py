@@ -1,4 +1,5 @@
-"""Memory planning: the arena planner's property and its use on the graph IR."""
+"""Memory planning: the arena planner's property, and the one plan that runs (the launch
+plan's arena, from the compile driver)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from netc.codegen.plan import LaunchPlan
+from netc.driver import CompileOptions, compile_graph
 from netc.ir import Graph
+from netc.memory import ALIGNMENT, BufferLife, MemoryPlan, Placement, plan_arena, verify_plan
 from netc.ops.builder import GraphBuilder
-from netc.passes import run_pipeline
-from netc.passes.plan_memory import (
-    ALIGNMENT,
-    BufferLife,
-    MemoryPlan,
-    Placement,
-    graph_buffers,
-    plan_arena,
-    plan_graph_memory,
-    verify_plan,
-)
 
 pytestmark = pytest.mark.unit
 
@@ -114,31 +107,45 @@ def _residual_graph(skip_one: bool = True) -> Graph:
     return builder.build()
 
 
-def test_graph_buffers_lifetimes_and_in_place_candidates() -> None:
+def _plan(graph: Graph, level: int = 2) -> LaunchPlan:
+    return compile_graph(graph, CompileOptions(level=level, verify=True)).plan
+
+
+def _arena(plan: LaunchPlan) -> dict[str, tuple[str, tuple[int, int] | None, str | None]]:
+    """Arena buffers by the IR node whose value they hold: (buffer, lifetime, in place of)."""
+    return {b.node: (b.name, b.live, b.in_place_of) for b in plan.arena_buffers}
+
+
+def test_unfused_lifetimes_and_elementwise_in_place() -> None:
     graph = _residual_graph()
-    buffers = {b.name: b for b in graph_buffers(graph, batch=2)}
+    plan = _plan(graph, level=0)
+    verify_plan(plan.memory_plan(2))
+    arena = _arena(plan)
     kernels = [n.id for n in graph.compute_nodes]
-    conv = kernels[0]
-    assert buffers[conv].size == 2 * 8 * 8 * 8 * 4  # batch 2, f32
     y1, z, add = kernels[1], kernels[4], kernels[5]
-    assert buffers[y1].end == kernels.index(add)  # the residual keeps it alive
-    assert buffers[add].inplace == (z, y1)  # both operands are read elementwise
-    assert kernels[-1] not in buffers  # the output has a buffer of its own
+    launch_of = {node: index for index, launch in enumerate(plan.launches)
+                 for node in launch.nodes}
+    assert arena[y1][1] == (launch_of[y1], launch_of[add])  # the residual keeps it alive
+    # The add reads both operands elementwise; z dies there and is the larger claim first.
+    assert arena[add][2] in (arena[z][0], arena[y1][0])
+    assert kernels[-1] not in arena  # the output has a buffer of its own
 
 
 @pytest.mark.parametrize("skip_one", [True, False])
 def test_o2_plan_puts_residual_epilogues_in_place(skip_one: bool) -> None:
-    optimized = run_pipeline(_residual_graph(skip_one), 2, verify=True)
-    plan = optimized.memory_plan
-    assert plan is not None and plan.batch == 1
-    verify_plan(plan, graph_buffers(optimized.graph, 1))
-    assert "at batch 1" in plan.summary()
+    graph = _residual_graph(skip_one)
+    plan = _plan(graph)
+    memory = plan.memory_plan(1)
+    verify_plan(memory)
+    assert "at batch 1" in memory.summary()
     # The third kernel (conv + add + relu + mul + sigmoid) reads its residual elementwise in
     # its epilogue: when that residual is y1, which dies there, the output takes it over. When
     # it is y2, the conv reads it too (whole windows), so it must not be overwritten.
-    assert [p.shares for p in plan.placements] == [None, None, ("fused_0" if skip_one else None)]
+    names = [b.name for b in plan.arena_buffers]
+    shares = [b.in_place_of for b in plan.arena_buffers]
+    assert shares == [None, None, (names[0] if skip_one else None)]
     # Either way two buffers' worth: in place, or in the storage of y1, dead by then.
-    assert plan.arena_bytes == 2 * 8 * 8 * 8 * 4 and plan.total_bytes == 3 * 8 * 8 * 8 * 4
+    assert memory.arena_bytes == 2 * 8 * 8 * 8 * 4 and memory.total_bytes == 3 * 8 * 8 * 8 * 4
 
 
 def test_views_alias_their_input() -> None:
@@ -147,9 +154,8 @@ def test_views_alias_their_input() -> None:
     y = builder.op("relu", x)
     flat = builder.op("flatten", y)
     builder.output("out", builder.op("dense", flat, units=3))
-    graph = builder.build()
-    buffers = {b.name: b for b in graph_buffers(graph)}
-    assert set(buffers) == {y}  # no buffer for the view
-    assert buffers[y].end == 1  # read through the view by the dense kernel
-    plan = plan_graph_memory(graph, batch=4)
-    assert plan.total_bytes == 4 * 16 * 4
+    plan = _plan(builder.build(), level=0)
+    arena = _arena(plan)
+    assert set(arena) == {y}  # no buffer for the view
+    assert arena[y][1] == (0, 1)  # read through the view by the dense kernel
+    assert plan.memory_plan(4).total_bytes == 4 * 16 * 4

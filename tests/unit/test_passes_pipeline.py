@@ -21,7 +21,8 @@ from netc.passes import (
     run_pipeline,
 )
 from netc.passes.fuse_elementwise import FUSE_ELEMENTWISE
-from netc.passes.plan_memory import verify_plan
+from netc.codegen.emit import generate
+from netc.memory import verify_plan
 from netc.passes.remove_dropout import REMOVE_DROPOUT
 
 from .netgen import random_weights
@@ -38,7 +39,7 @@ def test_levels() -> None:
     assert names[1] == ["remove_dropout", "simplify_views", "fold_constants", "fold_batchnorm",
                         "eliminate_common_subexpressions", "eliminate_dead_code"]
     assert names[2] == names[1] + ["fuse_epilogues", "fuse_reduction_prologues",
-                                   "fuse_elementwise", "plan_memory"]
+                                   "fuse_elementwise"]
     assert [lowest for lowest, _ in PIPELINE] == sorted(lowest for lowest, _ in PIPELINE)
 
 
@@ -102,9 +103,8 @@ def test_dump_ir_writes_each_pass(tmp_path: Path) -> None:
     assert files == ["00_input.txt"] + [f"{i:02d}_{p.name}.txt"
                                         for i, p in enumerate(PIPELINES[2], start=1)]
     assert (tmp_path / "00_input.txt").read_text() == print_graph(graph) + "\n"
-    final = (tmp_path / "10_plan_memory.txt").read_text()
+    final = (tmp_path / "09_fuse_elementwise.txt").read_text()
     assert final.startswith(print_graph(optimized.graph) + "\n")
-    assert "# memory plan: arena" in final
     assert "fused(" in (tmp_path / "07_fuse_epilogues.txt").read_text()
     assert "batchnorm(" not in (tmp_path / "04_fold_batchnorm.txt").read_text()
 
@@ -116,7 +116,6 @@ def test_log_says_what_each_pass_did() -> None:
     assert "remove_dropout: removed 1 dropout" in log
     assert "fold_batchnorm: folded 1 batchnorm into conv2d" in log
     assert "fold_constants: no change" in log
-    assert "plan_memory: arena 0 B for 0 intermediates" in log
 
 
 def test_resnet18() -> None:
@@ -130,8 +129,8 @@ def test_resnet18() -> None:
                if n.op == "fused" and n.attrs["kind"] == "conv_epilogue") == 17
     assert len(optimized.transforms) == 40
     assert "folded 20 batchnorms into conv2d" in optimized.log()
-    plan = optimized.memory_plan
-    assert plan is not None and plan.batch == 1
+    plan = generate(optimized.graph).memory_plan(1)
+    assert plan.batch == 1
     verify_plan(plan)
     assert plan.arena_bytes < plan.total_bytes / 2
     # Every source layer and op maps to the kernel that computes it.

@@ -1,29 +1,18 @@
-"""plan_memory: place every intermediate buffer in one arena, reusing memory by lifetime.
+"""The arena planner: one allocation for many buffers, reusing memory by lifetime.
 
-Kernels run in graph order: every compute node except a view (flatten, reshape, dropout) is one
-kernel, a fused node included. A view's buffer aliases its input's, so a value stays live until
-the last kernel that reads it directly or through views. Network inputs, parameters and outputs
-(and values that an output is a view of) have buffers of their own; everything else is an
-intermediate and lives in the arena.
+It works on any list of `BufferLife`s (size in bytes, first and last kernel index, in-place
+candidates); code generation plans the launch plan's intermediates with it
+(`netc.codegen.arena`), and that plan is the one that runs and the one every report shows:
 
-The planner (`plan_arena`) works on any list of `BufferLife`s (size in bytes, first and last
-kernel index, in-place candidates), so code generation can plan its launch list the same way:
-
-1. In place: a buffer may take over the storage of an input of the kernel that writes it when
-   that input dies at that kernel and the kernel reads it elementwise (element i only to write
-   element i): a pointwise op, or a fused group where only pointwise epilogue ops read it.
+1. In place: a buffer may take over the storage of a candidate (an input of the kernel that
+   writes it, which that kernel reads only at the element it writes) when the candidate dies
+   at that kernel, was born earlier, and is at least as large.
 2. Placement: storages by decreasing size (ties: earlier first), each at the best-fitting gap
    (the smallest one it fits) among the storages whose lifetimes overlap its own, else after
    them; offsets and sizes are rounded up to 256 bytes.
 
-Sizes depend on the batch; the plan is made at one batch size (default 1, stated in the
-report). A larger batch scales every batch-dependent buffer alike, so the same plan scaled is
-valid, but the arena is recomputed for each batch the runtime uses.
-
-As a pass: Fires on every graph (it does not change the graph; the plan goes to
-`context.memory_plan` and into the `--dump-ir` file). Needs `fuse_elementwise`, so that it plans the final kernels.
-Guarantees after: no two buffers live at the same kernel overlap in the arena, except an
-in-place pair at the one kernel where the input dies and the output is born.
+`verify_plan` checks a plan: no two buffers live at the same kernel overlap in the arena,
+except an in-place pair at the one kernel where the input dies and the output is born.
 """
 
 from __future__ import annotations
@@ -31,11 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from netc.ir import DTYPE_BYTES, Graph, Node
-from netc.ops import REGISTRY
-from netc.ops.fused import body_of, input_position
-from netc.passes.fusion import is_pointwise
-from netc.passes.pass_manager import Pass, PassContext
 
 ALIGNMENT = 256
 
@@ -216,78 +200,3 @@ def verify_plan(plan: MemoryPlan, buffers: Sequence[BufferLife] | None = None) -
                     f"{first.start}..{first.end}) and {second.name} (bytes {second.offset}.."
                     f"{second.offset + second.size}, kernels {second.start}..{second.end}) "
                     "overlap while both are live")
-
-
-# The plan over the graph IR ----------------------------------------------------------------
-
-
-def is_view(node: Node) -> bool:
-    opdef = REGISTRY.get(node.op)
-    return opdef is not None and opdef.kind == "view"
-
-
-def _elementwise_operands(node: Node) -> set[int]:
-    """Positions of `node`'s inputs that its kernel reads elementwise (see the docstring)."""
-    if is_pointwise(node):
-        return set(range(len(node.inputs)))
-    if node.op != "fused":
-        return set()
-    body = body_of(node.attrs)
-    anchor_index = next(i for i, b in enumerate(body) if b.id == node.attrs["anchor"])
-    elementwise_kind = node.attrs["kind"] == "elementwise"
-    readers: dict[int, list[bool]] = {}
-    for index, inner in enumerate(body):
-        for ref in inner.inputs:
-            position = input_position(ref)
-            if position is not None:
-                ok = is_pointwise(inner) and (elementwise_kind or index > anchor_index)
-                readers.setdefault(position, []).append(ok)
-    return {position for position, oks in readers.items() if all(oks)}
-
-
-def graph_buffers(graph: Graph, batch: int = 1) -> list[BufferLife]:
-    """The intermediates of `graph` with their lifetimes over its kernels, at `batch`."""
-    sizes = dict.fromkeys(graph.batch_dims(), batch)
-    base: dict[str, str] = {}
-    for node in graph.nodes:
-        base[node.id] = base[node.inputs[0]] if is_view(node) else node.id
-    kernels = [n for n in graph.compute_nodes if not is_view(n)]
-    index = {n.id: i for i, n in enumerate(kernels)}
-    pinned = {base[value] for _, value in graph.outputs}
-    last: dict[str, int] = {}
-    for kernel in kernels:
-        for used in kernel.inputs:
-            last[base[used]] = max(last.get(base[used], -1), index[kernel.id])
-    buffers: list[BufferLife] = []
-    for kernel in kernels:
-        if kernel.id in pinned:
-            continue
-        start = index[kernel.id]
-        candidates = []
-        for position in sorted(_elementwise_operands(kernel)):
-            used = kernel.inputs[position]
-            if (graph[used].type == kernel.type and base[used] in index
-                    and base[used] not in pinned and base[used] not in candidates):
-                candidates.append(base[used])
-        size = kernel.type.numel(sizes) * DTYPE_BYTES[kernel.type.dtype]
-        buffers.append(BufferLife(kernel.id, size, start, max(start, last.get(kernel.id, start)),
-                                  tuple(candidates)))
-    return buffers
-
-
-def plan_graph_memory(graph: Graph, batch: int = 1) -> MemoryPlan:
-    """The arena plan for `graph`'s intermediates at `batch` (None in the plan if no batch)."""
-    return plan_arena(graph_buffers(graph, batch), ALIGNMENT,
-                      batch if graph.batch_dims() else None)
-
-
-def plan_memory(graph: Graph, context: PassContext) -> Graph:
-    plan = plan_graph_memory(graph, context.batch)
-    context.memory_plan = plan
-    context.report(plan.summary())
-    context.dump_notes.extend(plan.describe())
-    return graph
-
-
-PLAN_MEMORY = Pass("plan_memory", plan_memory, requires=("fuse_elementwise",),
-                   summary="place intermediates in one arena by lifetime")
