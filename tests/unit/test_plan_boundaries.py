@@ -11,17 +11,11 @@ from __future__ import annotations
 
 import pytest
 
+from netc.codegen.plan import LaunchPlan
+from netc.driver import CompileOptions, compile_graph
 from netc.ir import Graph
+from netc.memory import BufferLife, MemoryPlan, Placement, plan_arena, verify_plan
 from netc.ops.builder import GraphBuilder
-from netc.passes.plan_memory import (
-    BufferLife,
-    MemoryPlan,
-    Placement,
-    graph_buffers,
-    plan_arena,
-    plan_graph_memory,
-    verify_plan,
-)
 
 pytestmark = pytest.mark.unit
 
@@ -123,7 +117,11 @@ def test_in_place_input_must_die_exactly_where_the_output_is_born() -> None:
     assert plan_arena(dies_at).placement("b").shares == "a"
 
 
-# The graph IR: the type guard alone, and outputs that are views --------------------------------
+# The launch plan: the type guard alone, and outputs that are views --------------------------
+
+def _launch_plan(graph: Graph) -> LaunchPlan:
+    return compile_graph(graph, CompileOptions(level=0, verify=True)).plan
+
 
 def _broadcast_graph() -> Graph:
     """y = sigmoid(x + relu(w)) with w a fixed [1, 4] input and x a batched [N, 4] one: at
@@ -139,12 +137,13 @@ def _broadcast_graph() -> Graph:
 def test_in_place_needs_the_same_type_not_only_the_same_bytes() -> None:
     graph = _broadcast_graph()
     relu, add, _ = (n.id for n in graph.compute_nodes)
-    buffers = {b.name: b for b in graph_buffers(graph, batch=1)}
-    assert buffers[relu].size == buffers[add].size  # the size guard would let it through
-    assert buffers[add].inplace == ()  # [1, 4] is not [N, 4]: it would not scale with N
-    plan = plan_graph_memory(graph, batch=1)
-    verify_plan(plan, list(buffers.values()))
-    assert plan.placement(add).shares is None
+    plan = _launch_plan(graph)
+    arena = {b.node: b for b in plan.arena_buffers}
+    sizes = plan.sizes(1)
+    assert arena[relu].nbytes(sizes) == arena[add].nbytes(sizes)  # the size guard would pass
+    # [1, 4] is not [N, 4]: it would not scale with N, and the add reads it broadcast.
+    assert arena[add].in_place_of is None
+    verify_plan(plan.memory_plan(1))
 
 
 def _viewed_output_graph() -> Graph:
@@ -162,10 +161,11 @@ def _viewed_output_graph() -> Graph:
 def test_an_output_that_is_a_view_pins_its_intermediate() -> None:
     graph = _viewed_output_graph()
     relu, sigmoid, _ = (n.id for n in graph.compute_nodes if n.op != "flatten")
-    buffers = {b.name: b for b in graph_buffers(graph, batch=2)}
-    assert relu not in buffers  # the output's storage, not the arena's
-    assert set(buffers) == {sigmoid}
-    assert buffers[sigmoid].inplace == ()  # overwriting relu would corrupt the output
-    plan = plan_graph_memory(graph, batch=2)
-    assert [p.name for p in plan.placements] == [sigmoid]
-    assert plan.total_bytes == 2 * 16 * 4
+    plan = _launch_plan(graph)
+    arena = {b.node: b for b in plan.arena_buffers}
+    assert set(arena) == {relu, sigmoid}
+    # The output is a view of relu's buffer, so that buffer lives to the last launch...
+    assert arena[relu].live == (0, len(plan.launches) - 1)
+    # ...and the sigmoid may not take it over, though it reads it elementwise.
+    assert arena[sigmoid].in_place_of is None
+    assert plan.memory_plan(2).total_bytes == 2 * 2 * 16 * 4
