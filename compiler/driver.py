@@ -138,11 +138,13 @@ def compile_graph(graph: Graph, options: CompileOptions | None = None, *,
 
 def _dump_memory_plan(plan: LaunchPlan, options: CompileOptions) -> None:
     """The arena the plan runs with, beside the passes' IR dumps (`NN_memory_plan.txt`)."""
+    from netc.passes.pass_manager import write_dump
+
     assert options.dump_ir is not None
     directory = Path(options.dump_ir)
     number = len(list(directory.glob("[0-9][0-9]_*.txt")))
     text = "\n".join(plan.memory_plan(options.batch).describe()) + "\n"
-    (directory / f"{number:02d}_memory_plan.txt").write_text(text, encoding="utf-8")
+    write_dump(directory, f"{number:02d}_memory_plan.txt", text)
 
 
 # The toolchain step ----------------------------------------------------------------------

@@ -14,6 +14,10 @@ IR after every pass to a directory: `00_input.txt`, `01_remove_dropout.txt`, ...
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -84,11 +88,69 @@ def check_requirements(passes: Sequence[Pass]) -> None:
         seen.append(item.name)
 
 
+DUMP_MANIFEST = ".netc-dump.json"
+"""Lists the files netc wrote into a `--dump-ir` directory, with their SHA-256: the only files
+a later dump may replace or remove."""
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _dump_manifest(directory: Path) -> dict[str, str]:
+    try:
+        data = json.loads((directory / DUMP_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def prepare_dump_dir(directory: Path) -> None:
+    """Make `directory` ready for a fresh dump: remove the `NN_*.txt` files an earlier dump
+    wrote (a shorter pipeline must not leave them behind), and refuse (E0433) when it holds
+    one netc did not write as it is, before anything is touched."""
+    from netc.diagnostics import CompileError, Diagnostic
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompileError([Diagnostic("E0433", f"cannot create the --dump-ir directory "
+                                       f"`{directory}`: {exc.strerror or exc}")]) from None
+    if not directory.is_dir():
+        raise CompileError([Diagnostic("E0433", f"--dump-ir `{directory}` is not a directory")])
+    written = _dump_manifest(directory)
+    stale = sorted(directory.glob("[0-9][0-9]_*.txt"))
+    foreign = [path.name for path in stale if written.get(path.name) != _sha256(
+        path.read_text(encoding="utf-8", errors="replace"))]
+    if foreign:
+        raise CompileError([Diagnostic(
+            "E0433", f"--dump-ir `{directory}` holds {', '.join(foreign[:5])}, which netc did "
+            "not write (or which changed since); refusing to replace it",
+            help="give a new or empty directory for --dump-ir")])
+    for path in stale:
+        path.unlink()
+    _save_dump_manifest(directory, {})
+
+
+def _save_dump_manifest(directory: Path, written: dict[str, str]) -> None:
+    temporary = directory / f"{DUMP_MANIFEST}.tmp"
+    temporary.write_text(json.dumps(written, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(temporary, directory / DUMP_MANIFEST)
+
+
+def write_dump(directory: Path, name: str, text: str) -> None:
+    """Write one `--dump-ir` file (`NN_name.txt`) and record it as netc's."""
+    (directory / name).write_text(text, encoding="utf-8")
+    written = _dump_manifest(directory)
+    written[name] = _sha256(text)
+    _save_dump_manifest(directory, written)
+
+
 def _dump(directory: Path, index: int, name: str, graph: Graph, notes: Sequence[str]) -> None:
     text = print_graph(graph) + "\n"
     if notes:
         text += "\n" + "\n".join(f"# {line}" if line else "#" for line in notes) + "\n"
-    (directory / f"{index:02d}_{name}.txt").write_text(text)
+    write_dump(directory, f"{index:02d}_{name}.txt", text)
 
 
 def run_passes(graph: Graph, passes: Sequence[Pass], context: PassContext, *,
@@ -98,9 +160,7 @@ def run_passes(graph: Graph, passes: Sequence[Pass], context: PassContext, *,
     check_requirements(passes)
     directory = Path(dump_dir) if dump_dir is not None else None
     if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("[0-9][0-9]_*.txt"):
-            stale.unlink()  # a shorter pipeline must not leave an earlier run's files behind
+        prepare_dump_dir(directory)
         _dump(directory, 0, "input", graph, ())
     if verify_each:
         verify(graph)

@@ -55,7 +55,7 @@ def test_dump_ir_writes_the_ir_after_each_pass(tmp_path: Path, capsys: pytest.Ca
     dump = tmp_path / "ir"
     code, _, err = netc(capsys, "check", RESNET18, f"-O{level}", "--dump-ir", str(dump))
     assert code == 0
-    assert sorted(p.name for p in dump.iterdir()) == PASSES_O2[:count]
+    assert sorted(p.name for p in dump.iterdir() if p.suffix == ".txt") == PASSES_O2[:count]
     assert f"wrote the IR after each pass to {dump}" in err
     if level == 2:
         assert "fused(" in (dump / "07_fuse_epilogues.txt").read_text()
@@ -71,7 +71,7 @@ def test_dump_ir_of_a_compile_ends_with_the_memory_plan_that_runs(
     code, _, _ = netc(capsys, "compile", RESNET18, "-O2", "--dump-ir", str(dump), "-o",
                       str(tmp_path / "out"), "--arch", "sm_90")
     assert code == 0
-    assert sorted(p.name for p in dump.iterdir()) == [*PASSES_O2, "10_memory_plan.txt"]
+    assert sorted(p.name for p in dump.iterdir() if p.suffix == ".txt") == [*PASSES_O2, "10_memory_plan.txt"]
     plan = compile_graph(load_file(RESNET18), CompileOptions()).plan
     assert (dump / "10_memory_plan.txt").read_text() == \
         "\n".join(plan.memory_plan(1).describe()) + "\n"

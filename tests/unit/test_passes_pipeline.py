@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from netc.codegen.emit import generate
+from netc.diagnostics import CompileError
 from netc.frontend import load_file
 from netc.ir import Graph, print_graph
+from netc.memory import verify_plan
 from netc.passes import (
     PIPELINE,
     PIPELINES,
@@ -21,8 +24,6 @@ from netc.passes import (
     run_pipeline,
 )
 from netc.passes.fuse_elementwise import FUSE_ELEMENTWISE
-from netc.codegen.emit import generate
-from netc.memory import verify_plan
 from netc.passes.remove_dropout import REMOVE_DROPOUT
 
 from .netgen import random_weights
@@ -97,16 +98,36 @@ def test_o0_is_the_graph_itself() -> None:
 
 def test_dump_ir_writes_each_pass(tmp_path: Path) -> None:
     graph = net("output y = conv2d(x, 4, kernel=3) |> batchnorm |> relu |> dropout")
-    (tmp_path / "42_stale.txt").write_text("from an earlier run")
+    run_pipeline(graph, 2, dump_dir=tmp_path)
+    (tmp_path / "notes.txt").write_text("the user's")
+    # A shorter pipeline removes the files the longer one wrote, and nothing else.
+    run_pipeline(graph, 1, dump_dir=tmp_path)
+    assert not (tmp_path / "09_fuse_elementwise.txt").exists()
     optimized = run_pipeline(graph, 2, dump_dir=tmp_path, verify=True)
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert files == ["00_input.txt"] + [f"{i:02d}_{p.name}.txt"
-                                        for i, p in enumerate(PIPELINES[2], start=1)]
+                                        for i, p in enumerate(PIPELINES[2], start=1)] + \
+        ["notes.txt"]
     assert (tmp_path / "00_input.txt").read_text() == print_graph(graph) + "\n"
     final = (tmp_path / "09_fuse_elementwise.txt").read_text()
     assert final.startswith(print_graph(optimized.graph) + "\n")
     assert "fused(" in (tmp_path / "07_fuse_epilogues.txt").read_text()
     assert "batchnorm(" not in (tmp_path / "04_fold_batchnorm.txt").read_text()
+
+
+def test_dump_ir_never_removes_a_file_netc_did_not_write(tmp_path: Path) -> None:
+    graph = net("output y = conv2d(x, 4, kernel=3) |> relu")
+    (tmp_path / "42_stale.txt").write_text("mine, named like a dump")
+    with pytest.raises(CompileError) as caught:
+        run_pipeline(graph, 2, dump_dir=tmp_path)
+    assert caught.value.diagnostics[0].code == "E0433"
+    assert [p.name for p in tmp_path.iterdir()] == ["42_stale.txt"]
+    (tmp_path / "42_stale.txt").unlink()
+    run_pipeline(graph, 2, dump_dir=tmp_path)
+    (tmp_path / "01_remove_dropout.txt").write_text("edited by hand")
+    with pytest.raises(CompileError):
+        run_pipeline(graph, 2, dump_dir=tmp_path)
+    assert (tmp_path / "01_remove_dropout.txt").read_text() == "edited by hand"
 
 
 def test_log_says_what_each_pass_did() -> None:
