@@ -24,8 +24,14 @@ from typing import Any
 from netc.diagnostics import Span
 
 Dim = int | str
-DTYPES = ("f32", "f16", "bf16")
-DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
+FLOAT_DTYPES = ("f32", "f16", "bf16")
+INTEGER_DTYPES = ("i32", "i64")
+ALL_DTYPES = (*FLOAT_DTYPES, *INTEGER_DTYPES, "bool")
+"""Every dtype a value of the IR may have (integers and booleans for indices, token ids and
+masks: the ops that take them come with language version 2)."""
+DTYPES = FLOAT_DTYPES
+"""The dtypes a `.net` file of language version 1 may declare."""
+DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "i64": 8, "bool": 1}
 SOURCE_OPS = ("input", "param", "constant")
 
 
@@ -35,12 +41,16 @@ class TensorType:
     shape: tuple[Dim, ...]
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
+        if self.dtype not in ALL_DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}")
 
     @property
     def rank(self) -> int:
         return len(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
 
     @property
     def symbolic(self) -> tuple[str, ...]:

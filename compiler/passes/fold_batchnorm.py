@@ -98,4 +98,5 @@ def fold_batchnorm(graph: Graph, context: PassContext) -> Graph:
 
 
 FOLD_BATCHNORM = Pass("fold_batchnorm", fold_batchnorm, requires=("remove_dropout",),
-                      summary="fold batchnorm into the preceding conv2d or dense")
+                      summary="fold batchnorm into the preceding conv2d or dense",
+                      modes=("inference",))  # training normalises with batch statistics

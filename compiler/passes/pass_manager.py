@@ -17,14 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from netc.ir import Graph, print_graph, verify
 from netc.passes.weight_transforms import WeightTransform
+
+Mode = Literal["inference", "training"]
+MODES: tuple[Mode, ...] = ("inference", "training")
 
 
 class PipelineError(Exception):
@@ -37,6 +40,10 @@ class PassContext:
 
     batch: int = 1
     """The batch size (every named dimension) at which sizes are computed."""
+    mode: Mode = "inference"
+    """What the graph is compiled for: a pass that is only valid at inference (folding
+    batchnorm's running statistics, dropping dropout) declares so and does not run in
+    training (`Pass.modes`)."""
     transforms: list[WeightTransform] = field(default_factory=list)
     lineage: dict[str, str | None] = field(default_factory=dict)
     """A removed node id -> the id of the node that now computes its value (None: the value
@@ -62,6 +69,8 @@ class Pass:
     requires: tuple[str, ...] = ()
     """Passes that must have run before this one (in the same list)."""
     summary: str = ""
+    modes: tuple[Mode, ...] = MODES
+    """The modes in which the pass keeps the graph's meaning, and so runs."""
 
 
 @dataclass(frozen=True)
@@ -77,11 +86,12 @@ class PassRecord:
         return f"{self.name}: {self.message} ({self.seconds * 1000:.1f} ms)"
 
 
-def check_requirements(passes: Sequence[Pass]) -> None:
-    """Raise `PipelineError` unless every pass's requirements run earlier in `passes`."""
+def check_requirements(passes: Sequence[Pass], absent: Sequence[str] = ()) -> None:
+    """Raise `PipelineError` unless every pass's requirements run earlier in `passes`;
+    `absent` passes do not apply here (another mode), so needing them is no failure."""
     seen: list[str] = []
     for index, item in enumerate(passes):
-        missing = [name for name in item.requires if name not in seen]
+        missing = [name for name in item.requires if name not in seen and name not in absent]
         if missing:
             raise PipelineError(f"pass {index + 1} `{item.name}` requires "
                                 f"{', '.join(f'`{m}`' for m in missing)} to run before it")
@@ -165,6 +175,9 @@ def run_passes(graph: Graph, passes: Sequence[Pass], context: PassContext, *,
     if verify_each:
         verify(graph)
     records: list[PassRecord] = []
+    skipped = [item.name for item in passes if context.mode not in item.modes]
+    passes = [item for item in passes if context.mode in item.modes]
+    check_requirements(passes, skipped)
     for index, item in enumerate(passes, start=1):
         context.messages.clear()
         context.dump_notes.clear()

@@ -24,7 +24,14 @@ from netc.passes.fold_constants import FOLD_CONSTANTS
 from netc.passes.fuse_elementwise import FUSE_ELEMENTWISE
 from netc.passes.fuse_epilogues import FUSE_EPILOGUES
 from netc.passes.fuse_reduction_prologues import FUSE_REDUCTION_PROLOGUES
-from netc.passes.pass_manager import Pass, PassContext, PassRecord, check_requirements, run_passes
+from netc.passes.pass_manager import (
+    Mode,
+    Pass,
+    PassContext,
+    PassRecord,
+    check_requirements,
+    run_passes,
+)
 from netc.passes.remove_dropout import REMOVE_DROPOUT
 from netc.passes.simplify_views import SIMPLIFY_VIEWS
 from netc.passes.weight_transforms import WeightTransform, apply_weight_transforms
@@ -102,13 +109,13 @@ class Optimized:
 
 def run_pipeline(graph: Graph, level: int, weights: Mapping[str, np.ndarray] | None = None, *,
                  dump_dir: str | Path | None = None, verify: bool = False,
-                 batch: int = 1) -> Optimized:
+                 batch: int = 1, mode: Mode = "inference") -> Optimized:
     """Optimise `graph` at `level` (0, 1 or 2). `batch` is the size passes assume for named
     dimensions; `verify` runs
     the IR verifier before and after every pass; `dump_dir` receives the IR after each."""
     if level not in PIPELINES:
         raise ValueError(f"optimisation level must be one of {LEVELS}, got {level}")
-    context = PassContext(batch=batch)
+    context = PassContext(batch=batch, mode=mode)
     started = time.perf_counter()
     result, records = run_passes(graph, PIPELINES[level], context, dump_dir=dump_dir,
                                  verify_each=verify)

@@ -28,4 +28,4 @@ def remove_dropout(graph: Graph, context: PassContext) -> Graph:
 
 
 REMOVE_DROPOUT = Pass("remove_dropout", remove_dropout,
-                      summary="dropout is the identity at inference")
+                      summary="dropout is the identity at inference", modes=("inference",))

@@ -175,3 +175,26 @@ def test_weights_for_derives_folded_tensors_from_the_original_file() -> None:
     with pytest.raises(CompileError, match="missing tensor"):
         optimized.weights_for({k: v for k, v in weights.items() if "running_var" not in k})
     assert all(value.dtype == np.float32 for value in derived.values())
+
+
+def test_training_mode_keeps_batchnorm_and_dropout() -> None:
+    graph = net("output y = conv2d(x, 4, kernel=3) |> batchnorm |> relu |> dropout")
+    inference = run_pipeline(graph, 2)
+    training = run_pipeline(graph, 2, mode="training", verify=True)
+    assert "remove_dropout" in inference.log() and "fold_batchnorm" in inference.log()
+    assert "remove_dropout" not in training.log() and "fold_batchnorm" not in training.log()
+    kept = {member.op for node in training.graph.compute_nodes
+            for member in (node.attrs["body"] if node.op == "fused" else (node,))}
+    assert {"batchnorm", "dropout"} <= kept
+    assert training.transforms == ()
+
+
+def test_the_type_system_has_integer_and_boolean_dtypes() -> None:
+    from netc.ir import ALL_DTYPES, DTYPE_BYTES, DTYPES, TensorType
+
+    assert {"i32", "i64", "bool"} <= set(ALL_DTYPES) and set(DTYPES) == {"f32", "f16", "bf16"}
+    assert DTYPE_BYTES["i64"] == 8 and DTYPE_BYTES["bool"] == 1
+    tokens = TensorType("i64", ("N", 16))
+    assert not tokens.is_float and TensorType("bf16", (2,)).is_float
+    with pytest.raises(ValueError, match="unknown dtype"):
+        TensorType("f64", (2,))
