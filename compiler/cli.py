@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -30,6 +30,15 @@ if TYPE_CHECKING:
     from netc.codegen.tiles import GemmTile
     from netc.driver import CompileOptions
     from netc.passes.pipeline import Optimized
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error reported as the user's mistake: exit status 1 (argparse
+    exits 2, which netc keeps for its own bugs)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -145,6 +154,47 @@ def cmd_init(args: argparse.Namespace) -> int:
 # netc run -------------------------------------------------------------------------------
 
 
+MAX_INPUT_BYTES = 1 << 34
+"""An input array larger than this (16 GiB) is refused before it is read."""
+
+
+def _read_input(file: str) -> np.ndarray:
+    """One `.npy` input as float32; `ValueError` says what is wrong with it. The header is
+    read first, so a file claiming more elements than it holds (or than memory could) is
+    refused before anything is allocated; only regular files are opened (a FIFO would hang)."""
+    path = Path(file)
+    if not path.exists():
+        raise ValueError("it does not exist")
+    if not path.is_file():
+        raise ValueError("it is not a regular file" + (" (a directory)" if path.is_dir() else ""))
+    with open(path, "rb") as stream:
+        try:
+            version = np.lib.format.read_magic(stream)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(stream)
+        except (ValueError, EOFError, OSError) as exc:
+            raise ValueError(f"not a .npy array ({exc or 'empty file'})") from None
+        if dtype.kind not in "fiub":
+            raise ValueError(f"its dtype is {dtype}; inputs are real numbers (float, int, bool)")
+        count = int(np.prod(shape, dtype=np.float64))
+        needed = count * dtype.itemsize
+        if needed > MAX_INPUT_BYTES:
+            raise ValueError(f"it claims {count:,} elements, more than netc reads")
+        if needed > path.stat().st_size:
+            raise ValueError(f"it is truncated: shape {list(shape)} needs {needed:,} bytes of "
+                             f"data, the file has {path.stat().st_size:,} in all")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError, MemoryError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
+    with np.errstate(over="ignore"):
+        values = np.asarray(array, dtype=np.float32)
+    if np.isinf(values).any() and not np.isinf(np.asarray(array, dtype=np.float64)).any():
+        raise ValueError("some values are too large for float32")
+    return values
+
+
 def _read_inputs(specs: Sequence[str]) -> dict[str, np.ndarray]:
     inputs: dict[str, np.ndarray] = {}
     problems: list[Diagnostic] = []
@@ -154,12 +204,9 @@ def _read_inputs(specs: Sequence[str]) -> dict[str, np.ndarray]:
             problems.append(Diagnostic("E0404", f"--input `{spec}` is not of the form NAME=FILE.npy"))
             continue
         try:
-            inputs[name] = np.asarray(np.load(file, allow_pickle=False), dtype=np.float32)
-        except FileNotFoundError:
-            problems.append(Diagnostic("E0405", f"input file `{file}` does not exist"))
-        except (ValueError, OSError) as exc:
-            problems.append(Diagnostic("E0405", f"cannot read input file `{file}` as a .npy "
-                                       f"array: {exc}"))
+            inputs[name] = _read_input(file)
+        except ValueError as exc:
+            problems.append(Diagnostic("E0405", f"cannot read input file `{file}`: {exc}"))
     if problems:
         raise CompileError(problems)
     return inputs
@@ -309,11 +356,19 @@ def _run_artifact(args: argparse.Namespace) -> int:
 # netc compile ---------------------------------------------------------------------------
 
 
+MIN_ARCH = 80
+"""netc's kernels need sm_80 or newer (bf16 arithmetic, cp.async); tiling plans for sm_80+."""
+
+
 def _archs(text: str) -> tuple[str, ...]:
     archs = tuple(part.strip() for part in text.split(",") if part.strip())
     for arch in archs:
         if not arch.startswith("sm_") or not arch[3:].isdigit():
             raise argparse.ArgumentTypeError(f"`{arch}` is not an architecture like sm_90")
+        if int(arch[3:]) < MIN_ARCH:
+            raise argparse.ArgumentTypeError(
+                f"`{arch}` is older than netc supports: its kernels need sm_{MIN_ARCH} or newer "
+                "(e.g. sm_80, sm_86, sm_89, sm_90)")
     if not archs:
         raise argparse.ArgumentTypeError("give at least one architecture, e.g. sm_90")
     return archs
@@ -324,6 +379,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     if args.output:
         check_destination(args.output)  # before any work is done
+    if args.target == "cuda":
+        _check_compiler_archs(args.arch, args.compiler)
     graph = _load(args)
     out_dir = Path(args.output or Path("build") / graph.name)
     check_destination(out_dir)
@@ -397,6 +454,19 @@ def _compile_cuda(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path
     return written
 
 
+def _check_compiler_archs(archs: Sequence[str], compiler: str) -> None:
+    """Every `--arch` must be one the CUDA compiler can build for (E0443)."""
+    from netc.codegen.device_compile import supported_archs
+
+    supported = supported_archs(compiler)
+    unknown = [arch for arch in archs if arch not in supported]
+    if unknown:
+        raise CompileError([Diagnostic(
+            "E0443", f"the CUDA compiler cannot build for {', '.join(unknown)}",
+            help="it supports " + ", ".join(a for a in supported
+                                            if a[3:].isdigit() and int(a[3:]) >= MIN_ARCH))])
+
+
 def _simulator_build(plan: LaunchPlan) -> tuple[dict[str, Any], bytes | None]:
     """The CPU simulator's build of the plan's module for this machine, for the artifact
     (its record for the manifest, and the library's bytes); none without a C++ compiler."""
@@ -440,7 +510,7 @@ def _compile_onnx(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path
 
 
 def _build_tensorrt(onnx_path: Path, args: argparse.Namespace) -> str:
-    from netc.onnx.tensorrt import build_engine
+    from netc.backends.tensorrt import build_engine
     from netc.runtime.cache import cache_root
 
     build = build_engine(onnx_path, onnx_path.parent, fp16=args.fp16, int8=args.int8,
@@ -549,7 +619,7 @@ def _add_tiling(command: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="netc", formatter_class=_formatter,
         description="netc compiles neural networks written in the .net language into checked "
                     "CUDA kernels, ONNX and TensorRT engines.",
@@ -728,6 +798,32 @@ def _version() -> str:
     return __version__
 
 
+OPTIONAL_PACKAGES = {"onnx": "onnx", "onnxruntime": "onnx", "pycuda": "cuda",
+                     "tensorrt": "tensorrt", "cuda": "nvrtc", "safetensors": None}
+"""Optional packages by import name, with the pip extra of netc that installs each."""
+
+
+def _environment_fault(exc: BaseException) -> str | None:
+    """What the machine lacks or refuses, when `exc` is such a fault rather than a bug in
+    netc: a missing tool or package, a file-system error, memory."""
+    from netc.diagnostics import MissingDependency
+
+    if isinstance(exc, MissingDependency):
+        return str(exc)
+    if isinstance(exc, ModuleNotFoundError) and exc.name is not None:
+        top = exc.name.split(".")[0]
+        if top in OPTIONAL_PACKAGES:
+            extra = OPTIONAL_PACKAGES[top]
+            how = f"pip install 'netc[{extra}]'" if extra else f"pip install {top}"
+            return f"this needs the Python package `{top}`, which is not installed: {how}"
+    if isinstance(exc, OSError) and not isinstance(exc, (ModuleNotFoundError,)):
+        where = f" `{exc.filename}`" if exc.filename else ""
+        return f"cannot access{where}: {exc.strerror or exc}"
+    if isinstance(exc, MemoryError):
+        return "out of memory (the inputs, weights or batch are too large for this machine)"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -744,10 +840,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from netc.backends import BackendUnavailable
+        from netc.codegen.device_compile import DeviceCompileError
 
-        if isinstance(exc, BackendUnavailable):
-            print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, DeviceCompileError):
+            print(exc.render(), file=sys.stderr)
+            return exc.exit_code
+        fault = _environment_fault(exc)
+        if fault is not None:
+            print(f"error: {fault}", file=sys.stderr)
             return 1
         print(f"internal error: {type(exc).__name__}: {exc}\n"
               "This is a bug in netc, not in your model; please report it "

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from netc.backends import PLAN_BACKENDS, BackendUnavailable, PlanBackend, prepare
-from netc.diagnostics import CompileError
+from netc.diagnostics import CompileError, MissingDependency
 from netc.ir import SOURCE_OPS, Graph, Node
 from netc.ops.fused import body_of
 from netc.reference import run_reference
@@ -333,7 +333,7 @@ def _first_divergence(graph: Graph, values: Mapping[str, np.ndarray],
 
 def _unavailable_reason(exc: BaseException) -> str | None:
     """Why `exc` means the backend cannot run here, or None if it is a real failure."""
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, MissingDependency):
         return str(exc)
     if isinstance(exc, ImportError):
         missing = getattr(exc, "name", None) or str(exc)
@@ -479,6 +479,6 @@ def _probe(probes: Mapping[str, LayerProbe], backend: str, run: Any, graph: Grap
             return probe(graph, weights, inputs, options), ""
         if isinstance(run, PlanBackend):
             return source_values(run.compiled.optimized, plan_values(run)), ""
-    except (LayerViewUnavailable, BackendUnavailable, ImportError) as exc:
+    except (LayerViewUnavailable, MissingDependency, ImportError) as exc:
         return None, str(exc)
     return None, f"netc has no per-layer view for the `{backend}` backend"

@@ -124,3 +124,9 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A `help:` line suggesting the closest known name, if any is close."""
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else None
+
+
+class MissingDependency(Exception):
+    """Something this machine lacks (an optional package, a compiler, a GPU, a tool such as
+    Graphviz): not a bug in netc and not a mistake in the model. The message says what to
+    install or change; the command line reports it with exit status 1."""

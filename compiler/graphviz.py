@@ -19,16 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from netc.backends import BackendUnavailable
+from netc.diagnostics import MissingDependency
 from netc.ir import Graph, Node
 
 FORMATS = ("dot", "svg", "mermaid")
 SUFFIXES = {".dot": "dot", ".gv": "dot", ".svg": "svg", ".mmd": "mermaid", ".mermaid": "mermaid"}
 
 
-class GraphvizUnavailable(BackendUnavailable):
-    """SVG was asked for but Graphviz's `dot` is not installed. A `BackendUnavailable` (this
-    machine lacks a tool; the message says what to do), so the CLI reports it as exit 1."""
+class GraphvizUnavailable(MissingDependency):
+    """SVG was asked for but Graphviz's `dot` is not installed: this machine lacks a tool (the
+    message says what to do), so the CLI reports it as exit 1."""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from netc.diagnostics import MissingDependency
 from netc.runtime import cache
 
 __all__ = [
@@ -116,6 +117,10 @@ _STUB_HEADERS = (
 
 class SimulatorError(RuntimeError):
     """A user-level failure of the simulator: compile error, bad launch, kernel bug."""
+
+
+class CompilerMissing(SimulatorError, MissingDependency):
+    """The host C++ compiler the simulator builds kernels with is missing or cannot run."""
 
 
 # ----------------------------------------------------------------------------------
@@ -498,12 +503,12 @@ def _compiler_version(cxx: str) -> str:
     try:
         proc = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
-        raise SimulatorError(
+        raise CompilerMissing(
             f"C++ compiler {cxx!r} not found: the CUDA simulator compiles kernels with the "
-            "host C++ compiler (install g++ or pass cxx=...)"
+            "host C++ compiler (install g++, e.g. `apt-get install g++`, or set $NETC_CXX)"
         ) from None
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SimulatorError(f"cannot run C++ compiler {cxx!r}: {exc}") from None
+        raise CompilerMissing(f"cannot run C++ compiler {cxx!r}: {exc}") from None
     if proc.returncode != 0:
         raise SimulatorError(f"{cxx} --version failed: {proc.stderr.strip()}")
     return proc.stdout.strip()

@@ -32,7 +32,7 @@ def _lenet() -> tuple[netc.Model, dict[str, np.ndarray]]:
 
 
 def test_build_engine_for_lenet5(tmp_path: Path) -> None:
-    from netc.onnx.tensorrt import build_engine
+    from netc.backends.tensorrt import build_engine
 
     model, weights = _lenet()
     lines: list[str] = []

@@ -15,9 +15,9 @@ import pytest
 import netc
 from netc.backends import BackendUnavailable, prepare
 from netc.diagnostics import CompileError
-from netc.onnx import tensorrt
+from netc.backends import tensorrt
 from netc.onnx.export import export_graph, save_model
-from netc.onnx.tensorrt import EngineInput, build_engine, engine_inputs, load_calibration_batches
+from netc.backends.tensorrt import EngineInput, build_engine, engine_inputs, load_calibration_batches
 
 pytestmark = pytest.mark.unit
 

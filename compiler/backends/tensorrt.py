@@ -17,7 +17,7 @@ pretends.
 
 `prepare_tensorrt` is the `tensorrt` backend of `netc run`/`netc compare`: it exports the
 graph, builds (or reuses from the cache) an engine, and runs it with PyCUDA buffers, raising
-`BackendUnavailable` with a clear message where tensorrt, PyCUDA or a GPU is missing.
+`MissingDependency` with a clear message where tensorrt, PyCUDA or a GPU is missing.
 
 NOT RUN on the machine this was written on: it has no GPU and TensorRT's builder cannot be
 installed there. The fallback path (ONNX + trtexec.sh) is unit-tested; the engine path is
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from netc.diagnostics import CompileError, Diagnostic
+from netc.diagnostics import CompileError, Diagnostic, MissingDependency
 
 E_BUILD_REQUEST = "E0620"
 E_CALIBRATION = "E0621"
@@ -480,26 +480,25 @@ def build_engine(onnx_path: onnx.ModelProto | str | os.PathLike[str],
 
 
 def _runtime_modules() -> tuple[Any, Any]:
-    """(tensorrt, pycuda.driver) with a CUDA context, or BackendUnavailable saying why."""
-    from netc.backends import BackendUnavailable
+    """(tensorrt, pycuda.driver) with a CUDA context, or MissingDependency saying why."""
 
     trt, why = _import_tensorrt()
     if trt is None:
-        raise BackendUnavailable(f"the tensorrt backend needs TensorRT: {why}")
+        raise MissingDependency(f"the tensorrt backend needs TensorRT: {why}")
     try:
         import pycuda.driver as cuda
     except ImportError:
-        raise BackendUnavailable("the tensorrt backend needs PyCUDA for device buffers: "
+        raise MissingDependency("the tensorrt backend needs PyCUDA for device buffers: "
                                  "pip install 'netc[cuda]'") from None
     try:
         cuda.init()
         if cuda.Device.count() < 1:
-            raise BackendUnavailable("the tensorrt backend needs a CUDA GPU; none was found")
+            raise MissingDependency("the tensorrt backend needs a CUDA GPU; none was found")
         import pycuda.autoprimaryctx  # noqa: F401
-    except BackendUnavailable:
+    except MissingDependency:
         raise
     except Exception as exc:
-        raise BackendUnavailable(f"the tensorrt backend needs a usable CUDA GPU: {exc}") \
+        raise MissingDependency(f"the tensorrt backend needs a usable CUDA GPU: {exc}") \
             from None
     return trt, cuda
 
@@ -540,9 +539,8 @@ def prepare_tensorrt(graph: Any, weights: Mapping[str, np.ndarray],
             build = build_engine(model, out_dir, fp16=fp16, batch=span, name=graph.name,
                                  log=options.get("log"))
             if not build.built:
-                from netc.backends import BackendUnavailable
 
-                raise BackendUnavailable(build.reason or "no engine was built")
+                raise MissingDependency(build.reason or "no engine was built")
         engine = runtime.deserialize_cuda_engine(engine_file.read_bytes())
         if engine is None:
             raise RuntimeError(f"TensorRT could not load {engine_file}: "

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from netc.diagnostics import CompileError, Diagnostic
+from netc.diagnostics import CompileError, Diagnostic, MissingDependency
 from netc.ir import Graph
 from netc.reference import bind_batch, run_reference
 from netc.weights import check_weights
@@ -34,7 +34,7 @@ PLAN_BACKENDS = ("cudasim", "cuda")
 """The backends that run netc's own launch plan (compiled by the driver)."""
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(MissingDependency):
     """The backend needs something this machine lacks; the message says what to install."""
 
 
@@ -133,7 +133,7 @@ def _onnx(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str,
 
 def _tensorrt(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:
     try:
-        from netc.onnx.tensorrt import prepare_tensorrt
+        from netc.backends.tensorrt import prepare_tensorrt
     except ImportError:
         raise BackendUnavailable("the tensorrt backend is not available in this build") from None
     return prepare_tensorrt(graph, weights, options)
