@@ -1,8 +1,10 @@
 """Code generation: a graph becomes one CUDA module and the `LaunchPlan` that runs it.
 
-`generate(graph, tiles)` walks the graph in order and asks the lowering table
-(`netc.codegen.kernels.LOWERINGS`) for each compute node's launches; views get no launch and
-alias their input's buffer. Every distinct kernel specialisation is rendered once into the
+`generate(graph, tiles)` walks the graph in order and asks each compute node's kernel family
+(`netc.codegen.kernels.kernel_family`, found through the op) for its launches; views get no
+launch and alias their input's buffer. An op without a CUDA lowering but with a decomposition
+is first replaced by its decomposition (`netc.ops.decompose`). Every distinct kernel
+specialisation is rendered once into the
 module, in order of first use, after the `.cuh` headers the module needs. Intermediates are
 then placed in one arena by their lifetimes over the launches (`netc.codegen.arena`).
 
@@ -23,26 +25,26 @@ from pathlib import PurePath
 import netc
 from netc.codegen.arena import plan_launch_arena
 from netc.codegen.kernels import (
-    LOWERINGS,
     NO_FUSION,
     CodegenError,
     KernelLaunch,
     KernelSpec,
     TileT,
     fill_constant,
+    kernel_family,
     tile_kind,
 )
 from netc.codegen.plan import Buffer, BufferRole, Launch, LaunchPlan
-from netc.codegen.pointwise import POINTWISE_OPS
+from netc.codegen.pointwise import expression
 from netc.codegen.render import header, render
 from netc.codegen.tiles import Tile, TileError
 from netc.ir import Dim, Graph, Node, TensorType, verify
 from netc.ops import REGISTRY
+from netc.ops.decompose import expand_decompositions
 from netc.ops.fused import body_of
 
-HEADER_ORDER = ("common.cuh", "elementwise.cuh", "gemm.cuh", "conv2d.cuh", "pool.cuh",
-                "rowwise.cuh", "concat.cuh")
-"""Every header a module may inline, in an order that satisfies their dependencies."""
+COMMON_HEADER = "common.cuh"
+"""Inlined first in every module; each kernel lists the other headers it needs, in order."""
 
 LINE_RESET = "//@netc-line-reset@"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.#-]")
@@ -124,8 +126,24 @@ class Lowered:
         return kernels
 
 
+def header_order(specs: Iterable[KernelSpec]) -> list[str]:
+    """The headers the kernels need, each once, in an order that keeps every kernel's own
+    order (`KernelSpec.headers`: a header follows those it depends on)."""
+    order = [COMMON_HEADER]
+    for spec in specs:
+        position = 1  # after the common header
+        for name in spec.headers:
+            if name in order:
+                position = max(position, order.index(name) + 1)
+            else:
+                order.insert(position, name)
+                position += 1
+    return order
+
+
 def lower(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> Lowered:
     """Buffers and launches for `graph`; `tiles` overrides tile configurations by node id."""
+    graph = expand_decompositions(graph, lambda op: kernel_family(op) is not None)
     verify(graph)
     tiles = dict(tiles or {})
     _check_tiles(graph, tiles)
@@ -149,15 +167,15 @@ def lower(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> Lowered:
                 state.by_node[node.id] = state.add_buffer(node, role)
                 launches.append((node, fill_constant(node, state.by_node[node.id])))
             continue
-        if REGISTRY[node.op].kind == "view":
+        if REGISTRY[node.op].is_view:
             source = state.root(state.buffer(node.inputs[0]))
             state.by_node[node.id] = state.add_buffer(node, role, alias_of=source)
             continue
-        lowering = LOWERINGS.get(node.op)
-        if lowering is None:
+        family = kernel_family(node.op)
+        if family is None:
             raise CodegenError(f"{node.id}: no CUDA kernel for op `{node.op}`")
         state.by_node[node.id] = state.add_buffer(node, role)
-        launches.extend((node, launch) for launch in lowering(state, node, NO_FUSION))
+        launches.extend((node, launch) for launch in family.lower(state, node, NO_FUSION))
     return Lowered(graph, batch_dims, tuple(state.buffers), state.by_node, tuple(launches))
 
 
@@ -199,7 +217,7 @@ def _computed(node: Node) -> tuple[str, ...]:
 
 def _check_tiles(graph: Graph, tiles: Mapping[str, Tile]) -> None:
     for node_id, tile in tiles.items():
-        if node_id not in graph or graph[node_id].op not in LOWERINGS:
+        if node_id not in graph or kernel_family(graph[node_id].op) is None:
             raise TileError(f"a tile for {node_id!r}, which is no node with a kernel")
         wanted = tile_kind(graph[node_id])
         if not isinstance(tile, wanted):
@@ -213,11 +231,11 @@ def _constants_in_memory(graph: Graph) -> set[str]:
     float arguments; any other consumer, or an output, needs them in a buffer."""
     found = {node_id for _, node_id in graph.outputs if graph[node_id].op == "constant"}
     for node in graph.compute_nodes:
-        if node.op in POINTWISE_OPS:
+        if expression(node.op) is not None:
             continue
         if node.op == "fused":
             tensor_refs = {ref for member in body_of(node.attrs)
-                           if member.op not in POINTWISE_OPS for ref in member.inputs}
+                           if expression(member.op) is None for ref in member.inputs}
             used = [value for position, value in enumerate(node.inputs)
                     if f"${position}" in tensor_refs]
         else:
@@ -231,7 +249,6 @@ def render_module(module: str, network: str, kernels: Iterable[KernelSpec],
     """The module's source: headers, then every kernel in `kernels`, each with the comment and
     `#line` mapping of its `uses` (kernel name, node), which also list the launches."""
     specs = list(kernels)
-    needed = {"common.cuh"} | {h for spec in specs for h in spec.headers}
     rendered = []
     for spec in specs:
         users = [node for name, node in uses if name == spec.name]
@@ -252,7 +269,7 @@ def render_module(module: str, network: str, kernels: Iterable[KernelSpec],
         version=netc.__version__,
         launches=[{"kernel": name, "where": describe_node(node)} for name, node in uses],
         headers=[{"name": name, "text": header(name).rstrip("\n")}
-                 for name in HEADER_ORDER if name in needed],
+                 for name in header_order(specs)],
         kernels=rendered,
         line_reset=LINE_RESET,
     )

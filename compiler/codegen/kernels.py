@@ -1,4 +1,4 @@
-"""Kernel families and the one table that lowers each IR op to kernel launches.
+"""Kernel families, and how each IR op is lowered to kernel launches.
 
 A *family* is a `.cuh` header (the kernel's logic) and a thin `.jinja` entry point. A
 `KernelSpec` is one specialisation of a family: its name spells out every specialisation
@@ -6,11 +6,16 @@ parameter (dtype, tiles, flags, the code of fused pointwise functors), so two la
 same name share one kernel, and a name never comes from user text. A `KernelLaunch` is a spec
 with the launch geometry and arguments of one IR node.
 
-`LOWERINGS` maps every op that computes to the function lowering one node of it, given the
-pointwise ops fused around it (`Fusion`: a prologue computing a reduction's input, an epilogue
-applied to every result). Views (reshape, flatten, dropout: `OpDef.kind == "view"`) launch
-nothing; they alias their input's buffer. A `fused` node lowers its anchor with the rest of its
-body as prologue and epilogue, or, for a group of pointwise ops, as one elementwise kernel.
+An op is lowered by the function registered for it with `@lowers(op, ..., family=, tile=)`
+beside that function (its kernel family and the tile configuration type the family takes), or,
+for a pointwise op, by its own CUDA expression (`OpDef.expression`: the elementwise family; no
+registration needed). `kernel_family(op)` finds either; `LOWERINGS` is the same as a mapping.
+A lowering gets the node and the pointwise ops fused around it (`Fusion`: a prologue computing
+a reduction's input, an epilogue applied to every result). GEMM-shaped ops take M, N, K and
+the matrix count from the op's `gemm_view`, as the tile heuristic does. Views (`OpDef.role ==
+"view"`) launch nothing; they alias their input's buffer. A `fused` node lowers its anchor
+with the rest of its body as prologue and epilogue, or, for a group of pointwise ops, as one
+elementwise kernel.
 
 Kernel arguments follow one rule: pointers of the family's own data first, then the run-time
 batch, then sizes (a size that may grow with the batch as the pair (per_batch, fixed)) and
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -40,6 +45,7 @@ from netc.codegen.tiles import (
     default_row_tile,
 )
 from netc.ir import Dim, Graph, Node, TensorType
+from netc.ops import REGISTRY, GemmView
 from netc.ops.fused import body_of, input_position
 from netc.ops.windows import Window
 
@@ -108,6 +114,7 @@ def pool_kernel(dtype: str, tile: BlockTile, *, is_max: bool,
 
 
 ROW_OPERATIONS = ("softmax", "log_softmax", "layernorm", "mean")
+"""The operations `templates/rowwise.cuh` implements (a lowering picks one for its op)."""
 PLAIN_LOAD = pointwise.gather((1,), "", (1,)).code
 """The prologue of an unfused reduction: its input, read as it is."""
 
@@ -150,10 +157,9 @@ class KernelLaunch:
     in_place: tuple[tuple[str, str], ...] = ()
     """(output, input) buffer pairs: the output may overwrite the input's storage, since the
     kernel reads that input only at the element it is writing, in the thread that writes it,
-    before it writes. Only the elementwise family names any: GEMM, conv, pool, row-wise and
-    concat kernels read their main inputs at other elements. (A residual read only by a fused
-    epilogue would qualify by the same argument, since each epilogue loads and stores its
-    element in one thread; it is not offered yet.)"""
+    before it writes: any input of an elementwise kernel read that way, and a residual read only
+    by the fused epilogue of any other family (`_epilogue_in_place`). GEMM, conv, pool,
+    row-wise and concat kernels read their main inputs at other elements."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,74 @@ class LoweringContext(Protocol):
 
 
 Lowering = Callable[[LoweringContext, Node, Fusion], list[KernelLaunch]]
+
+
+@dataclass(frozen=True)
+class KernelFamily:
+    """How one op is lowered: the family's name (`gemm`, `conv2d`, `rowwise`, ...), the
+    function lowering a node, and the tile configuration type its kernels take."""
+
+    name: str
+    lower: Lowering
+    tile: type[Tile]
+
+
+_REGISTERED: dict[str, KernelFamily] = {}
+
+
+def lowers(*ops: str, family: str, tile: type[Tile] = BlockTile) -> Callable[[Lowering], Lowering]:
+    """Registers the decorated function as the CUDA lowering of `ops` (registered op names)."""
+    def register(function: Lowering) -> Lowering:
+        for op in ops:
+            if op not in REGISTRY:
+                raise ValueError(f"a CUDA lowering for `{op}`, which is no registered op")
+            if op in _REGISTERED:
+                raise ValueError(f"`{op}` has two CUDA lowerings")
+            _REGISTERED[op] = KernelFamily(family, function, tile)
+        return function
+    return register
+
+
+def kernel_family(op: str) -> KernelFamily | None:
+    """How `op` is lowered: its registered family, or the elementwise family for an op with a
+    CUDA expression; None for views and ops without a lowering."""
+    if op in _REGISTERED:
+        return _REGISTERED[op]
+    opdef = REGISTRY.get(op)
+    if opdef is not None and opdef.expression is not None:
+        return _POINTWISE_FAMILY
+    return None
+
+
+class _Lowerings(Mapping[str, Lowering]):
+    """Every op that can be lowered now -> its lowering function (read from the registry at
+    each use, so an op registered later is in it)."""
+
+    def __getitem__(self, op: str) -> Lowering:
+        family = kernel_family(op)
+        if family is None:
+            raise KeyError(op)
+        return family.lower
+
+    def __iter__(self) -> Iterator[str]:
+        return (op for op in list(REGISTRY) if kernel_family(op) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+LOWERINGS: Mapping[str, Lowering] = _Lowerings()
+"""Every op that computes (all but views) -> the function that lowers one node of it."""
+
+
+def gemm_view(ctx: LoweringContext, node: Node) -> GemmView:
+    """The op's own GEMM view (`OpDef.gemm_view`) of `node`."""
+    view = REGISTRY[node.op].gemm_view
+    if view is None:
+        raise CodegenError(f"{node.id}: `{node.op}` has no GEMM view")
+    return view(node.attrs, [ctx.type_of(i).shape for i in node.inputs], node.type.shape)
+
+
 ONE = GridDim(0, 1, 1)
 BATCH = Arg("batch")
 
@@ -237,6 +311,7 @@ def _standalone(node: Node) -> Node:
 
 
 def _lower_pointwise(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    """Any op with a CUDA expression: one elementwise kernel."""
     _no_prologue(node, fusion)
     function = pointwise.build([_standalone(node)], [ctx.graph[i] for i in node.inputs],
                                ctx.buffer, node.type.shape)
@@ -244,6 +319,10 @@ def _lower_pointwise(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[K
                                ctx.buffer(node.id), node.type.shape)]
 
 
+_POINTWISE_FAMILY = KernelFamily("elementwise", _lower_pointwise, BlockTile)
+
+
+@lowers("transpose", family="elementwise")
 def _lower_transpose(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     if fusion != NO_FUSION:
         raise CodegenError(f"{node.id}: transpose takes no fused ops")
@@ -284,26 +363,29 @@ def _gemm_launch(ctx: LoweringContext, node: Node, epilogue: Pointwise, *, a: st
     return KernelLaunch(spec, (grid_x, grid_y, ONE), tile.threads, tile.shared_bytes, args)
 
 
+@lowers("dense", family="gemm", tile=GemmTile)
 def _lower_dense(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     x, weight, *bias = node.inputs
-    x_shape = ctx.type_of(x).shape
+    view = gemm_view(ctx, node)
     return [_gemm_launch(
         ctx, node, _no_prologue(node, fusion), a=ctx.buffer(x), b=ctx.buffer(weight),
-        bias=ctx.buffer(bias[0]) if bias else None, m=BatchLinear.of(x_shape[:-1]),
-        n=node.attrs["units"], k=BatchLinear.of(x_shape[-1:]), count=BatchLinear(0, 1),
-        inner_count=1, a_strides=(0, 0), b_strides=(0, 0), b_transposed=True)]
+        bias=ctx.buffer(bias[0]) if bias else None, m=BatchLinear.of(view.m),
+        n=math.prod(int(d) for d in view.n), k=BatchLinear.of(view.k),
+        count=BatchLinear.of(view.count), inner_count=1, a_strides=(0, 0), b_strides=(0, 0),
+        b_transposed=True)]
 
 
+@lowers("matmul", family="gemm", tile=GemmTile)
 def _lower_matmul(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     epilogue = _no_prologue(node, fusion)
     launches: list[KernelLaunch] = []
     a_type, b_type = (ctx.type_of(i) for i in node.inputs)
+    gemm = gemm_view(ctx, node)
     # NumPy's rules: a vector is a one-row (first) or one-column (second) matrix; dropping that
     # dim from the result changes nothing in memory.
     a_shape = a_type.shape if a_type.rank > 1 else (1, *a_type.shape)
     b_shape = b_type.shape if b_type.rank > 1 else (*b_type.shape, 1)
-    out = node.type.shape
-    batch_shape = out[:len(out) - (a_type.rank > 1) - (b_type.rank > 1)]
+    batch_shape = gemm.count
     operands = [(ctx.buffer(i), shape) for i, shape in zip(node.inputs, (a_shape, b_shape))]
 
     def batch_strides(shape: tuple[Dim, ...]) -> tuple[int, ...]:
@@ -331,12 +413,13 @@ def _lower_matmul(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
         (strides[0], strides[1] if view.rank == 2 else 0) for strides in view.strides)
     launches.append(_gemm_launch(
         ctx, node, epilogue, a=operands[0][0], b=operands[1][0], bias=None,
-        m=BatchLinear.of(a_shape[-2:-1]), n=int(b_shape[-1]), k=BatchLinear.of(a_shape[-1:]),
-        count=BatchLinear.of(batch_shape), inner_count=inner_count, a_strides=a_strides,
+        m=BatchLinear.of(gemm.m), n=math.prod(int(d) for d in gemm.n), k=BatchLinear.of(gemm.k),
+        count=BatchLinear.of(gemm.count), inner_count=inner_count, a_strides=a_strides,
         b_strides=b_strides, b_transposed=False))
     return launches
 
 
+@lowers("conv2d", family="conv2d", tile=GemmTile)
 def _lower_conv2d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     epilogue = _no_prologue(node, fusion)
     x, weight, *bias = node.inputs
@@ -346,10 +429,12 @@ def _lower_conv2d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
     window = Window.from_attrs("conv2d", node.attrs)
     groups = node.attrs["groups"]
     images_size = BatchLinear.of((images,))
-    pixels = int(out_height) * int(out_width)
-    grid = (images_size.times(pixels).grid(tile.bn),
-            _fixed_grid(-(-int(filters) // groups // tile.bm), node.id),
-            _fixed_grid(groups, node.id))
+    # One block a BM x BN tile of the GEMM: N (images x pixels) along x, M along y, a group
+    # (matrix) along z.
+    view = gemm_view(ctx, node)
+    grid = (BatchLinear.of(view.n).grid(tile.bn),
+            _fixed_grid(-(-math.prod(int(d) for d in view.m) // tile.bm), node.id),
+            _fixed_grid(math.prod(int(d) for d in view.count), node.id))
     pointers = [_buffer(ctx.buffer(x)), _buffer(ctx.buffer(weight))]
     pointers += [_buffer(ctx.buffer(bias[0]))] if bias else []
     args = (*pointers, _buffer(ctx.buffer(node.id)), BATCH, *images_size.args(),
@@ -360,6 +445,7 @@ def _lower_conv2d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
     return [KernelLaunch(spec, grid, tile.threads, tile.shared_bytes, args)]
 
 
+@lowers("maxpool2d", "avgpool2d", family="pool")
 def _lower_pool(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     epilogue = _no_prologue(node, fusion)
     (x,) = node.inputs
@@ -398,16 +484,19 @@ def _row_launch(ctx: LoweringContext, node: Node, fusion: Fusion, operation: str
                         tile.shared_bytes, args)
 
 
+@lowers("softmax", "log_softmax", family="rowwise", tile=RowTile)
 def _lower_softmax(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     return [_row_launch(ctx, node, fusion, node.op, node.type.shape, node.attrs["axis"])]
 
 
+@lowers("layernorm", family="rowwise", tile=RowTile)
 def _lower_layernorm(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     _, weight, bias = node.inputs
     return [_row_launch(ctx, node, fusion, "layernorm", node.type.shape, node.type.rank - 1,
                         (weight, bias), (node.attrs["eps"],))]
 
 
+@lowers("global_avgpool", family="rowwise", tile=RowTile)
 def _lower_global_avgpool(ctx: LoweringContext, node: Node,
                           fusion: Fusion) -> list[KernelLaunch]:
     # A row is one channel of one image: [N, C, H, W] viewed as [N, C, H * W].
@@ -416,6 +505,7 @@ def _lower_global_avgpool(ctx: LoweringContext, node: Node,
                         (images, channels, int(height) * int(width)), 2)]
 
 
+@lowers("concat", family="concat")
 def _lower_concat(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     if fusion != NO_FUSION:
         raise CodegenError(f"{node.id}: concat takes no fused ops")
@@ -439,6 +529,7 @@ def _lower_concat(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
     return launches
 
 
+@lowers("fused", family="fused")
 def _lower_fused(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     """A fused group: its anchor's kernel with the members before the anchor as prologue and
     those after it as epilogue; a group of pointwise ops as one elementwise kernel."""
@@ -452,8 +543,8 @@ def _lower_fused(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kerne
                                    ctx.buffer(node.id), node.type.shape)]
     position = next(i for i, member in enumerate(body) if member.id == node.attrs["anchor"])
     anchor, before, after = body[position], body[:position], body[position + 1:]
-    lowering = LOWERINGS.get(anchor.op)
-    if lowering is None or anchor.op == "fused":
+    family = kernel_family(anchor.op)
+    if family is None or anchor.op == "fused":
         raise CodegenError(f"{node.id}: no kernel for a fused group anchored at `{anchor.op}`")
     epilogue = (pointwise.build(after, inputs, ctx.buffer, node.type.shape, seed=anchor.id)
                 if after else IDENTITY)
@@ -468,8 +559,22 @@ def _lower_fused(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kerne
     # with a prologue, from the prologue's result, which lives only in registers).
     resolved = dataclasses.replace(anchor, id=node.id, inputs=tuple(
         ref if (k := input_position(ref)) is None else node.inputs[k] for ref in anchor.inputs))
-    return lowering(_BodyContext(ctx, {member.id: member.type for member in before}), resolved,
-                    Fusion(prologue, epilogue))
+    launches = family.lower(_BodyContext(ctx, {member.id: member.type for member in before}),
+                            resolved, Fusion(prologue, epilogue))
+    return [*launches[:-1], _epilogue_in_place(launches[-1], epilogue, ctx.buffer(node.id))]
+
+
+def _epilogue_in_place(launch: KernelLaunch, epilogue: Pointwise, out: str) -> KernelLaunch:
+    """`launch` (writing `out` through `epilogue`) offering `out` the storage of each buffer
+    the epilogue reads only at the element being stored. Every family applies its epilogue
+    once per output element, in the thread that stores it, right before the store, so such a
+    residual is read before it is overwritten and never again. A buffer the kernel also takes
+    as one of its own operands (read at other elements) is never offered: the epilogue's
+    arguments come last, so everything before them is the kernel's own."""
+    own = {arg.buffer for arg in launch.args[:len(launch.args) - len(epilogue.args)]
+           if arg.kind == "buffer"}
+    offered = tuple((out, read) for read in epilogue.own_index_buffers if read not in own)
+    return dataclasses.replace(launch, in_place=launch.in_place + offered) if offered else launch
 
 
 @dataclass
@@ -498,32 +603,12 @@ class _BodyContext:
         return self.outer.tile(node, default)
 
 
-LOWERINGS: dict[str, Lowering] = {
-    "dense": _lower_dense,
-    "matmul": _lower_matmul,
-    "conv2d": _lower_conv2d,
-    "maxpool2d": _lower_pool,
-    "avgpool2d": _lower_pool,
-    "global_avgpool": _lower_global_avgpool,
-    "softmax": _lower_softmax,
-    "log_softmax": _lower_softmax,
-    "layernorm": _lower_layernorm,
-    **dict.fromkeys(pointwise.POINTWISE_OPS, _lower_pointwise),
-    "transpose": _lower_transpose,
-    "concat": _lower_concat,
-    "fused": _lower_fused,
-}
-"""Every op that computes (all but views) -> the function that lowers one node of it."""
-
-_TILE_KINDS: dict[str, type[Tile]] = {
-    **dict.fromkeys(("dense", "matmul", "conv2d"), GemmTile),
-    **dict.fromkeys(("softmax", "log_softmax", "layernorm", "global_avgpool"), RowTile),
-}
-
-
 def tile_kind(node: Node) -> type[Tile]:
     """The tile configuration type a node's kernel takes (for validating overrides)."""
     op = node.op
-    if op == "fused" and node.attrs["kind"] != "elementwise":
+    if op == "fused":
+        if node.attrs["kind"] == "elementwise":
+            return BlockTile
         op = next(member.op for member in body_of(node.attrs) if member.id == node.attrs["anchor"])
-    return _TILE_KINDS.get(op, BlockTile)
+    family = kernel_family(op)
+    return family.tile if family is not None else BlockTile

@@ -7,10 +7,11 @@ GEMM, conv or pool kernel, and the prologue and epilogue of a row-wise reduction
 computes the chain for output element `index`, where `value` is what the host kernel computed
 there (the anchor's result, for an epilogue; unused otherwise).
 
-The expressions come from the op table below, keyed by the IR op and filled in with netc-made
-variable names: x0, x1, ... (inputs loaded at `index`), p0, p1, ... (float arguments: scalar
-`constant` nodes and attributes such as leaky_relu's alpha or batchnorm's eps), v0, v1, ...
-(earlier members), `value`. No user text reaches them.
+The expressions are the ops' own (`OpDef.expression`, plain data in the registry: a pointwise op
+needs nothing here), filled in with netc-made variable names: x0, x1, ... (inputs loaded at
+`index`), p0, p1, ... (float arguments: scalar `constant` nodes and attributes such as
+leaky_relu's alpha or batchnorm's eps), v0, v1, ... (earlier members), `value`. No user text
+reaches them.
 
 A functor's *code* (statements, counts of loads and floats, rank) is part of the kernel's
 specialisation and names it; its *arguments* (input buffers, the merged dims' sizes and each
@@ -25,27 +26,27 @@ from dataclasses import dataclass
 
 from netc.codegen.layout import broadcast_strides, coalesce, contiguous_strides
 from netc.codegen.plan import Arg
+from netc.dtypes import round_scalar
 from netc.ir import Dim, Node
+from netc.ops import REGISTRY, CudaExpression
 
-EXPRESSIONS: dict[str, str] = {
-    "relu": "fmaxf({0}, 0.0f)",
-    "sigmoid": "1.0f / (1.0f + expf(-{0}))",
-    "tanh": "tanhf({0})",
-    "gelu": "0.5f * {0} * (1.0f + erff({0} * 0.70710678118654752f))",
-    "silu": "{0} / (1.0f + expf(-{0}))",
-    "leaky_relu": "({0} >= 0.0f ? {0} : {0} * {1})",
-    "add": "{0} + {1}",
-    "sub": "{0} - {1}",
-    "mul": "{0} * {1}",
-    # x, weight, bias, running_mean, running_var, eps
-    "batchnorm": "({0} - {3}) * rsqrtf({4} + {5}) * {1} + {2}",
-}
-"""Each pointwise op as a float expression of its operands: tensor operands in IR order, then
-its float attributes (`ATTRIBUTES`)."""
 
-ATTRIBUTES: dict[str, tuple[str, ...]] = {"leaky_relu": ("alpha",), "batchnorm": ("eps",)}
+def expression(op: str) -> CudaExpression | None:
+    """The CUDA expression of a pointwise op (None: `op` is not one)."""
+    opdef = REGISTRY.get(op)
+    return opdef.expression if opdef is not None else None
 
-POINTWISE_OPS = frozenset(EXPRESSIONS)
+
+def pointwise_ops() -> frozenset[str]:
+    """Every registered op with a CUDA expression."""
+    return frozenset(name for name, opdef in REGISTRY.items() if opdef.expression is not None)
+
+
+def __getattr__(name: str) -> frozenset[str]:
+    # `POINTWISE_OPS` reads the registry when asked, so an op registered later is in it.
+    if name == "POINTWISE_OPS":
+        return pointwise_ops()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ IDENTITY = Pointwise(PointwiseCode("identity", (), "value", 0, 0, 0), ())
 
 
 def _label(body: Sequence[Node], operand_kinds: Sequence[str]) -> str:
-    if len(body) == 1 and body[0].op in ("add", "sub", "mul"):
+    # A binary op's code depends on which operands are scalar constants (float arguments).
+    if len(body) == 1 and REGISTRY[body[0].op].min_inputs >= 2:
         return f"{body[0].op}_{''.join(operand_kinds)}"
     ops = [node.op for node in body]
     return "_".join(ops[:3] + (["etc"] if len(ops) > 3 else []))
@@ -112,8 +114,8 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
 
     A body node's inputs name earlier body nodes, `seed` (the value the host kernel passes in),
     or `$k`: `inputs[k]`, which is read from `buffer(inputs[k].id)` broadcast to `out_shape`
-    (a scalar `constant` becomes a float argument instead). A batchnorm's [C] parameters repeat
-    along every dim but dim 1.
+    (a scalar `constant` becomes a float argument instead). The [C] parameters of an op whose
+    expression has `channel_params` (batchnorm) repeat along every dim but dim 1.
     """
     names: dict[str, str] = {} if seed is None else {seed: "value"}
     loads: dict[tuple[int, str], str] = {}
@@ -132,7 +134,8 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
         source = inputs[int(ref[1:])]
         if source.op == "constant":
             kinds.append("s")
-            floats.append(float(source.attrs["value"]))
+            # Rounded to the dtype as the reference rounds a constant: 70000.0 in f16 is inf.
+            floats.append(round_scalar(source.type.dtype, float(source.attrs["value"])))
             return f"p{len(floats) - 1}"
         kinds.append("t")
         key = (int(ref[1:]), "channel" if as_channel else "broadcast")
@@ -144,15 +147,17 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
         return loads[key]
 
     for index, node in enumerate(body):
-        if node.op not in POINTWISE_OPS:
+        code = expression(node.op)
+        if code is None:
             raise ValueError(f"{node.id}: `{node.op}` is not a pointwise op")
-        operands = [operand(ref, node.op == "batchnorm" and position > 0)
+        tensors = len(node.inputs) - len(REGISTRY[node.op].param_names(node.attrs))
+        operands = [operand(ref, code.channel_params and position >= tensors)
                     for position, ref in enumerate(node.inputs)]
-        for attr in ATTRIBUTES.get(node.op, ()):
+        for attr in code.floats:
             floats.append(float(node.attrs[attr]))
             operands.append(f"p{len(floats) - 1}")
         names[node.id] = f"v{index}"
-        statements.append(f"const float v{index} = {EXPRESSIONS[node.op].format(*operands)};")
+        statements.append(f"const float v{index} = {code.text.format(*operands)};")
 
     view = coalesce(out_shape, load_strides)
     rank = 0 if view.contiguous else view.rank

@@ -1,13 +1,14 @@
 """Tiling: the tile configuration of every GEMM and convolution kernel, from its shape and the
 target GPU's limits.
 
-`choose_tiles(graph, arch)` returns `{node id: GemmTile}` for every `dense`, `matmul` and
-`conv2d`, alone or as the anchor of a fused node (keyed by the fused node's id, which is the id
+`choose_tiles(graph, arch)` returns `{node id: GemmTile}` for every op with a GEMM view
+(`OpDef.gemm_view`: `dense`, `matmul` and `conv2d`), alone or as the anchor of a fused node (keyed by the fused node's id, which is the id
 `generate(graph, tiles)` looks up). `plan_tiles` returns the same choices with the GEMM shape
 and the reason for each, for the tables of `netc compile` and `netc explain`.
 
 Every kernel of the GEMM family computes C[M x N] = A[M x K] . B[K x N] for `count`
-independent matrices, one BM x BN tile a block:
+independent matrices, one BM x BN tile a block. The op's `gemm_view` says how (the CUDA
+lowering reads the same view, so the tiles chosen fit the grid launched):
 
 | op | M | N | K | count |
 | --- | --- | --- | --- | --- |
@@ -48,20 +49,33 @@ overrides both, for experiments. See `docs/kernels.md`.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from netc.codegen.kernels import kernel_family
 from netc.codegen.targets import ARCHS, DEFAULT_ARCH, GpuArch, planning_arch
 from netc.codegen.tiles import GemmTile, TileError
 from netc.diagnostics import CompileError, Diagnostic, error
 from netc.ir import Graph, Node, TensorType
+from netc.ops import REGISTRY
 from netc.ops.fused import body_of, input_position
 from netc.text import format_table
 
-GEMM_OPS = ("dense", "matmul", "conv2d")
+
+def gemm_ops() -> tuple[str, ...]:
+    """Every registered op with a GEMM view: matrix products, then convolutions."""
+    found = [opdef for opdef in REGISTRY.values() if opdef.gemm_view is not None]
+    return tuple(opdef.name for opdef in sorted(found, key=lambda opdef: opdef.role != "gemm"))
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # `GEMM_OPS` reads the registry when asked, so an op registered later is in it.
+    if name == "GEMM_OPS":
+        return gemm_ops()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 TUNING_DB_ENV = "NETC_TUNING_DB"
 TUNING_DB_FORMAT = 1
 NARROW = 16
@@ -132,7 +146,9 @@ class GemmShape:
 
     @property
     def family(self) -> str:
-        return "conv2d" if self.op == "conv2d" else "gemm"
+        """The kernel family computing it (`gemm` or `conv2d`), which keys `TILE_TABLE`."""
+        found = kernel_family(self.op)
+        return found.name if found is not None else "gemm"
 
     def __str__(self) -> str:
         count = f" x{self.count}" if self.count > 1 else ""
@@ -161,26 +177,15 @@ def gemm_shape(graph: Graph, node: Node, batch: int = 1) -> GemmShape | None:
     """The GEMM `node`'s kernel computes, with every named dimension set to `batch`; None for a
     node outside the GEMM family."""
     found = anchor(graph, node)
-    if found is None or found[0].op not in GEMM_OPS:
+    if found is None:
         return None
     member, inputs = found
-    sizes = dict.fromkeys(graph.batch_dims(), batch)
-    shapes = [t.concrete(sizes) for t in inputs]
-    out = member.type.concrete(sizes)
-    if member.op == "dense":
-        x = shapes[0]
-        return GemmShape("dense", math.prod(x[:-1]), int(member.attrs["units"]), x[-1])
-    if member.op == "matmul":
-        a, b = shapes[0], shapes[1]
-        a2 = a if len(a) > 1 else (1, *a)
-        b2 = b if len(b) > 1 else (*b, 1)
-        matrices = out[:len(out) - (len(a) > 1) - (len(b) > 1)]
-        return GemmShape("matmul", a2[-2], b2[-1], a2[-1], math.prod(matrices))
-    images, channels = shapes[0][0], shapes[0][1]
-    groups = int(member.attrs["groups"])
-    kernel_h, kernel_w = member.attrs["kernel"]
-    return GemmShape("conv2d", out[1] // groups, images * out[2] * out[3],
-                     channels // groups * kernel_h * kernel_w, groups)
+    view = REGISTRY[member.op].gemm_view
+    if view is None:
+        return None
+    gemm = view(member.attrs, [t.shape for t in inputs], member.type.shape)
+    m, n, k, count = gemm.concrete(dict.fromkeys(graph.batch_dims(), batch))
+    return GemmShape(member.op, m, n, k, count)
 
 
 # Limits and the heuristic --------------------------------------------------------------------
@@ -279,9 +284,9 @@ def load_tuning_db(path: str | Path) -> TuningDb:
                         help='an entry is {"op": "conv2d", "m": 64, "n": 3136, "k": 576, '
                              '"arch": "sm_90", "tile": {"bm": 64, "bn": 64, "bk": 8, '
                              '"tm": 4, "tn": 4}}') from None
-        if key[0] not in GEMM_OPS:
+        if key[0] not in gemm_ops():
             raise error("E0442", f"tuning database `{where}`, entry {index}: op `{key[0]}` is "
-                        f"not one of {', '.join(GEMM_OPS)}")
+                        f"not one of {', '.join(gemm_ops())}")
         entries[key] = tile
     return TuningDb(where, entries)
 
@@ -368,14 +373,19 @@ def _no_gemm_layer(graph: Graph, name: str) -> str:
                 if node.op == "fused" and member.id != node.attrs["anchor"]:
                     found = anchor(graph, node)
                     head = found[0] if found is not None else node
-                    if head.op in GEMM_OPS:
+                    if head.op in gemm_ops():
                         return (f"--tile: layer `{name}` is fused into the kernel of "
                                 f"`{head.layer or head.id}`; give the tile for that layer")
                     return (f"--tile: layer `{name}` is fused into a {head.op} kernel, which "
                             "takes no GEMM tile")
-                return f"--tile: layer `{name}` is a {member.op}; tiles apply to dense, " \
-                       f"matmul and conv2d layers"
+                return f"--tile: layer `{name}` is a {member.op}; tiles apply to " \
+                       f"{_listed(gemm_ops())} layers"
     return f"--tile: no layer `{name}` in the optimised network"
+
+
+def _listed(names: Sequence[str]) -> str:
+    """`a, b and c`."""
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def _listing(graph: Graph, kernels: Sequence[Node]) -> str:

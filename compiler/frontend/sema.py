@@ -30,7 +30,6 @@ import functools
 import math
 import os
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,18 @@ from netc.frontend.limits import (
 from netc.frontend.parser import normalize_newlines, parse_module
 from netc.ir import DTYPES, Attrs, Graph, Node, TensorType, verify
 from netc.ops import REGISTRY, AttrSpec, OpDef, ShapeError
+from netc.ops.apply import (
+    KIND_WORDS,
+    AttrError,
+    Naming,
+    apply_op,
+    coerce_attr,
+    describe_value,
+    missing_attr,
+    param_id,
+)
+from netc.ops.apply import is_int as _is_int
+from netc.ops.apply import is_number as _is_number
 
 ATTR_TYPES = ("int", "float", "bool")
 """The types a block's attribute parameters may have."""
@@ -62,17 +73,6 @@ ARITHMETIC_OPS = {"+": "add", "-": "sub", "*": "mul"}
 """The ops the language itself maps operators to."""
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-_KIND_WORDS = {
-    "int": "an int",
-    "float": "a number",
-    "bool": "true or false",
-    "str": "a string",
-    "int_pair": "an int or a list [h, w] of two ints",
-    "int_list": "a list of ints",
-    "padding": 'an int, a list [h, w] of two ints, or "same"',
-}
-
 
 # Values -----------------------------------------------------------------------------------
 
@@ -98,67 +98,21 @@ POISON = _Poison()
 Value = Tensor | int | float | bool | str | tuple[Any, ...] | _Poison
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def format_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, tuple):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    return repr(value)
-
-
 def describe(value: object) -> str:
     """A value in words, for messages: `the int 3`, `a tensor f32[N, 10]`."""
     if isinstance(value, Tensor):
         return f"a tensor {value.type}"
-    if isinstance(value, bool):
-        return f"the bool {format_value(value)}"
-    if isinstance(value, int):
-        return f"the int {value}"
-    if isinstance(value, float):
-        return f"the float {value!r}"
-    if isinstance(value, str):
-        return f'the string "{value}"'
-    if isinstance(value, tuple):
-        return f"the list {format_value(value)}"
-    return "an invalid value"
+    return describe_value(value)
 
 
-def _fits(kind: str, value: Value) -> bool:
-    """Whether a value has a user-level form of an attribute kind (`registry.ATTR_KINDS`)."""
-    if isinstance(value, (Tensor, _Poison)):
-        return False
-    if kind == "int":
-        return _is_int(value)
-    if kind == "float":
-        return _is_number(value)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "str":
-        return isinstance(value, str)
-    pair = isinstance(value, tuple) and len(value) == 2 and all(_is_int(v) for v in value)
-    if kind == "int_pair":
-        return _is_int(value) or pair
-    if kind == "padding":
-        return _is_int(value) or pair or isinstance(value, str)
-    if kind == "int_list":
-        return isinstance(value, tuple) and all(_is_int(v) for v in value)
-    return True  # a kind newer than this front end: the op's normalize checks it
+def _kind_words(spec: AttrSpec) -> str:
+    return KIND_WORDS.get(spec.kind, spec.kind)
 
 
 def user_callable(opdef: OpDef) -> bool:
     """Whether `.net` source may call the op: internal ops (the `fused` groups that passes
     build) are in the registry but are not part of the language."""
-    return not getattr(opdef, "internal", False) and opdef.kind != "fused"
+    return not opdef.internal
 
 
 def _numel(shape: Iterable[object]) -> int:
@@ -534,7 +488,8 @@ class _Scope:
     source: SourceFile
     prefix: str
     env: dict[str, Value]
-    layer_counts: dict[str, int] = field(default_factory=dict)
+    naming: Naming = field(default_factory=Naming)
+    """Unnamed layers of each op in this scope (`<op>_<k>`)."""
     block_counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -552,7 +507,8 @@ class Expander:
         self.nodes: list[Node] = []
         self.node_ids: dict[str, Node] = {}
         self.layer_spans: dict[str, Span] = {}
-        self.op_counts: Counter[str] = Counter()
+        self.naming = Naming()
+        """Node ids of the network (`<op>#<k>`)."""
         self.outputs: list[tuple[str, str]] = []
         self.output_spans: dict[str, Span] = {}
         self.statements = 0
@@ -874,9 +830,7 @@ class Expander:
         return Tensor(node_id, tensor_type, f"the number {value!r} at {span}")
 
     def _next_id(self, op: str) -> str:
-        node_id = f"{op}#{self.op_counts[op]}"
-        self.op_counts[op] += 1
-        return node_id
+        return self.naming.node(op)
 
     # Calls
 
@@ -1004,9 +958,8 @@ class Expander:
                 attrs[spec.name] = coerced
             elif spec.required:
                 if ok:  # after another error in this call, a missing attribute is a cascade
-                    hint = f" ({spec.help})" if spec.help else ""
-                    self.error("E0206", f"`{op}` needs the attribute `{spec.name}`", call.span,
-                               f"add `{spec.name}=...`{hint}")
+                    problem = missing_attr(opdef, spec)
+                    self.error(problem.code, problem.message, call.span, problem.help)
                 ok = False
             else:
                 attrs[spec.name] = spec.default
@@ -1031,32 +984,19 @@ class Expander:
         return value
 
     def _coerce(self, owner: str, spec: AttrSpec, value: Value, span: Span) -> Any:
-        """The attribute value in the form the IR keeps, or _FAILED after reporting why not."""
+        """The attribute value in the form the IR keeps (`netc.ops.apply.coerce_attr`, the
+        same check every graph builder makes), or _FAILED after reporting why not."""
         if value is POISON:
             return _FAILED
-        kind = spec.kind
-        result: Any = _FAILED
-        if _fits(kind, value):
-            result = float(value) if kind == "float" else value  # type: ignore[arg-type]
-        if result is _FAILED:
-            help = f"`{spec.name}`: {spec.help}" if spec.help else None
-            self.error("E0205", f"attribute `{spec.name}` of {owner} must be "
-                       f"{_KIND_WORDS.get(kind, kind)}, got {describe(value)}", span, help)
+        try:
+            if isinstance(value, Tensor):
+                raise AttrError("E0205", f"attribute `{spec.name}` of {owner} must be "
+                                f"{_kind_words(spec)}, got {describe(value)}",
+                                f"`{spec.name}`: {spec.help}" if spec.help else None)
+            return coerce_attr(owner, spec, value, describe=describe)
+        except AttrError as problem:
+            self.error(problem.code, problem.message, span, problem.help)
             return _FAILED
-        choices = spec.choices or (("same",) if kind == "padding" else ())
-        if isinstance(result, str) and choices and result not in choices:
-            listed = ", ".join(f'"{c}"' for c in choices)
-            self.error("E0212", f"attribute `{spec.name}` of {owner} must be one of {listed}, "
-                       f'got "{result}"', span, did_you_mean(result, choices))
-            return _FAILED
-        if spec.minimum is not None and not isinstance(result, str):
-            values = result if isinstance(result, tuple) else (result,)
-            if any(_is_number(v) and v < spec.minimum for v in values):
-                self.error("E0212", f"attribute `{spec.name}` of {owner} must be at least "
-                           f"{spec.minimum}, got {format_value(result)}", span,
-                           f"`{spec.name}`: {spec.help}" if spec.help else None)
-                return _FAILED
-        return result
 
     def _emit(self, opdef: OpDef, inputs: list[Tensor], given: dict[str, Any], span: Span,
               scope: _Scope, layer_name: str | None) -> Value:
@@ -1065,20 +1005,15 @@ class Expander:
         types = [t.type for t in inputs]
         layer = None
         if opdef.has_params:
-            if layer_name is None:
-                index = scope.layer_counts.get(op, 0)
-                scope.layer_counts[op] = index + 1
-                layer_name = f"{op}_{index}"
-            layer = scope.prefix + layer_name
+            layer = scope.prefix + (layer_name or scope.naming.layer(op))
         try:
-            attrs = opdef.normalize(Attrs(given), types)
-            output = opdef.infer(attrs, types)
-            specs = opdef.params(attrs, types) if layer is not None else ()
+            applied = apply_op(opdef, Attrs(given), types)
         except ShapeError as problem:
             self._shape_error(str(problem), inputs, span, layer)
             return POISON
+        attrs, output = applied.attrs, applied.type
         for shape, what in ((output.shape, "its result"),
-                            *((s.shape, f"parameter `{s.name}`") for s in specs)):
+                            *((s.shape, f"parameter `{s.name}`") for s in applied.params)):
             if _numel(shape) > MAX_ELEMENTS:
                 self.error("E0507", f"`{op}` would make a tensor of more than 2^40 elements "
                            f"({what}: {_shape(shape)})", span)
@@ -1086,13 +1021,13 @@ class Expander:
         param_ids: list[str] = []
         if layer is not None:
             names = opdef.param_names(attrs)
-            param_ids = [f"{layer}.{name}" for name in names]
+            param_ids = [param_id(layer, name) for name in names]
             if not self._claim_layer(layer, param_ids, span):
                 return POISON
-            by_name = {spec.name: spec for spec in specs}
+            by_name = {spec.name: spec for spec in applied.params}
             dtype = types[0].dtype
-            for name, param_id in zip(names, param_ids):
-                self._add_node(Node(param_id, "param", (), Attrs(),
+            for name, node_id in zip(names, param_ids):
+                self._add_node(Node(node_id, "param", (), Attrs(),
                                     TensorType(dtype, by_name[name].shape), span, layer))
             node_id = layer
             origin = f"`{layer}` at {span}"

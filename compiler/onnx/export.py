@@ -2,10 +2,13 @@
 
 Every value keeps its name: inputs and outputs as in the `.net` file, parameters by their full
 layer names (`basic_1.conv2d_0.weight`), as initializers in PyTorch's layouts. Each named
-(batch) dimension becomes a `dim_param`, so one model serves every batch size. Every op has one
-lowering in `LOWERINGS`; where an op needs a newer opset than 17 it is spelled out in opset-17
-nodes (gelu through Erf); a `fused` group exports as the ops in its body. The model is checked with `onnx.checker` (full check) before it is
-returned.
+(batch) dimension becomes a `dim_param`, so one model serves every batch size. Each op is
+found through the registry (`export_rule`): an op that is one ONNX node says so in its entry
+(`OpDef.onnx`); an op that needs more registers its lowering here with `@exports(op)`; an op
+with neither is exported as its decomposition (`OpDef.decompose`, silu as Mul and Sigmoid).
+Where an op needs a newer opset than 17 it is spelled out in opset-17 nodes (gelu through
+Erf); a `fused` group exports as the ops in its body. The model is checked with
+`onnx.checker` (full check) before it is returned.
 
 PyTorch semantics kept on the way: MaxPool pads never win (ONNX pads MaxPool with -inf),
 AveragePool excludes padding (`count_include_pad=0`), conv "same" padding is already explicit
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,9 @@ from onnx import TensorProto, helper
 from netc import __version__
 from netc.dtypes import f32_to_bf16_bits
 from netc.ir import SOURCE_OPS, Dim, Graph, Node, TensorType
+from netc.ops import REGISTRY, OnnxForm
 from netc.ops.builder import GraphBuilder
+from netc.ops.decompose import decomposition_nodes
 from netc.ops.fused import body_of, input_position
 from netc.ops.windows import Window
 
@@ -69,6 +74,8 @@ class Emitter:
     initializers: list[TensorProto] = field(default_factory=list)
     taken: set[str] = field(default_factory=set)
     scalars: dict[tuple[str, str, float], str] = field(default_factory=dict)
+    types: dict[str, TensorType] = field(default_factory=dict)
+    """The IR type of every value emitted so far, by ONNX name (decompositions need them)."""
 
     def fresh(self, stem: str) -> str:
         name, count = stem, 0
@@ -104,6 +111,84 @@ class Emitter:
 Lowering = Callable[[Emitter, Node, list[str], str], None]
 """(emitter, IR node, ONNX names of its inputs, ONNX name its result must have)."""
 
+_REGISTERED: dict[str, Lowering] = {}
+
+
+def exports(*ops: str) -> Callable[[Lowering], Lowering]:
+    """Registers the decorated function as the ONNX lowering of `ops` (registered op names)."""
+    def register(function: Lowering) -> Lowering:
+        for op in ops:
+            if op not in REGISTRY:
+                raise ValueError(f"an ONNX lowering for `{op}`, which is no registered op")
+            if op in _REGISTERED:
+                raise ValueError(f"`{op}` has two ONNX lowerings")
+            _REGISTERED[op] = function
+        return function
+    return register
+
+
+def _one_node(form: OnnxForm) -> Lowering:
+    def lower(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+        emit.node(form.op_type, inputs, output,
+                  **{onnx_name: node.attrs[name] for onnx_name, name in form.attrs})
+    return lower
+
+
+def _decomposed(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    """An op without an ONNX rule of its own, as the ops of its decomposition."""
+    names = dict(zip(node.inputs, inputs))
+    for inner in decomposition_nodes(node, [emit.types[name] for name in inputs]):
+        if inner.op == "constant":
+            names[inner.id] = emit.constant("constant", inner.type.dtype,
+                                            float(inner.attrs["value"]))
+            continue
+        names[inner.id] = output if inner.id == node.id else emit.fresh(inner.id)
+        emit_node(emit, inner, [names[i] for i in inner.inputs], names[inner.id])
+
+
+def export_rule(op: str) -> Lowering | None:
+    """How `op` is exported: its registered lowering, its one-node form, or its
+    decomposition; None when it has none of them."""
+    opdef = REGISTRY.get(op)
+    if opdef is None:
+        return None
+    if op in _REGISTERED:
+        return _REGISTERED[op]
+    if opdef.onnx is not None:
+        return _one_node(opdef.onnx)
+    if opdef.decompose is not None:
+        return _decomposed
+    return None
+
+
+def emit_node(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    """Adds the ONNX nodes computing IR node `node` into `output`."""
+    rule = export_rule(node.op)
+    if rule is None:
+        raise ExportError(f"op `{node.op}` ({node.id}) has no ONNX lowering")
+    rule(emit, node, inputs, output)
+    emit.types[output] = node.type
+
+
+class _Lowerings(Mapping[str, Lowering]):
+    """Every op that can be exported now -> its lowering (read from the registry at each use,
+    so an op registered later is in it)."""
+
+    def __getitem__(self, op: str) -> Lowering:
+        rule = export_rule(op)
+        if rule is None:
+            raise KeyError(op)
+        return rule
+
+    def __iter__(self) -> Iterator[str]:
+        return (op for op in list(REGISTRY) if export_rule(op) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+LOWERINGS: Mapping[str, Lowering] = _Lowerings()
+
 
 def _plain(op_type: str, **fixed: Any) -> Lowering:
     def lower(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
@@ -117,6 +202,7 @@ def _with_attr(op_type: str, onnx_name: str, netc_name: str) -> Lowering:
     return lower
 
 
+@exports("dense")
 def _dense(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     x, weight, *bias = inputs
     if node.type.rank == 2:
@@ -131,6 +217,7 @@ def _dense(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
         emit.node("MatMul", [x, transposed], output)
 
 
+@exports("conv2d")
 def _conv2d(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     window = Window.from_attrs("conv2d", node.attrs)
     emit.node("Conv", inputs, output, kernel_shape=list(window.kernel),
@@ -146,14 +233,12 @@ def _pool(op_type: str, **extra: int) -> Lowering:
     return lower
 
 
-def _batchnorm(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
-    emit.node("BatchNormalization", inputs, output, epsilon=node.attrs["eps"])
-
-
+@exports("layernorm")
 def _layernorm(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     emit.node("LayerNormalization", inputs, output, axis=-1, epsilon=node.attrs["eps"])
 
 
+@exports("gelu")
 def _gelu(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     # ONNX's Gelu arrives in opset 20: 0.5 * x * (1 + erf(x / sqrt(2))) in opset-17 nodes.
     (x,) = inputs
@@ -165,16 +250,14 @@ def _gelu(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     emit.node("Mul", [half_x, one_plus], output)
 
 
-def _silu(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
-    emit.node("Mul", [inputs[0], emit.node("Sigmoid", inputs)], output)
-
-
+@exports("reshape")
 def _reshape(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     # 0 copies the input's dimension: the batch stays symbolic instead of baked in.
     shape = emit.int64s("reshape_shape", [0, *node.attrs["dims"]])
     emit.node("Reshape", [inputs[0], shape], output)
 
 
+@exports("fused")
 def _fused(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     # A fusion group exports as the ops it groups: fusion is netc's own kernel planning.
     body = body_of(node.attrs)
@@ -183,36 +266,17 @@ def _fused(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
         args = [names[ref] if (position := input_position(ref)) is None else inputs[position]
                 for ref in inner.inputs]
         names[inner.id] = output if inner is body[-1] else emit.fresh(inner.id)
-        LOWERINGS[inner.op](emit, inner, args, names[inner.id])
+        emit_node(emit, inner, args, names[inner.id])
 
 
-LOWERINGS: dict[str, Lowering] = {
-    "dense": _dense,
-    "conv2d": _conv2d,
-    "matmul": _plain("MatMul"),
-    "maxpool2d": _pool("MaxPool"),
-    "avgpool2d": _pool("AveragePool", count_include_pad=0),
-    "global_avgpool": _plain("GlobalAveragePool"),
-    "batchnorm": _batchnorm,
-    "layernorm": _layernorm,
-    "relu": _plain("Relu"),
-    "sigmoid": _plain("Sigmoid"),
-    "tanh": _plain("Tanh"),
-    "gelu": _gelu,
-    "silu": _silu,
-    "leaky_relu": _with_attr("LeakyRelu", "alpha", "alpha"),
-    "softmax": _with_attr("Softmax", "axis", "axis"),
-    "log_softmax": _with_attr("LogSoftmax", "axis", "axis"),
-    "flatten": _plain("Flatten", axis=1),
-    "reshape": _reshape,
-    "transpose": _with_attr("Transpose", "perm", "perm"),
-    "concat": _with_attr("Concat", "axis", "axis"),
-    "dropout": _plain("Identity"),
-    "add": _plain("Add"),
-    "sub": _plain("Sub"),
-    "mul": _plain("Mul"),
-    "fused": _fused,
-}
+# Ops whose ONNX form is one node with fixed attributes or a renamed attribute (ops that are
+# exactly one node with the same attributes say so in their registry entry instead).
+exports("maxpool2d")(_pool("MaxPool"))
+exports("avgpool2d")(_pool("AveragePool", count_include_pad=0))
+exports("softmax")(_with_attr("Softmax", "axis", "axis"))
+exports("log_softmax")(_with_attr("LogSoftmax", "axis", "axis"))
+exports("flatten")(_plain("Flatten", axis=1))
+exports("dropout")(_plain("Identity"))
 
 
 def _value_names(graph: Graph) -> dict[str, str]:
@@ -250,6 +314,7 @@ def export_graph(graph: Graph, weights: Mapping[str, np.ndarray] | None = None) 
     value_infos = []
     for node in graph.nodes:
         name = names[node.id]
+        emit.types[name] = node.type
         if node.op == "param":
             if weights is None:
                 inputs.append(_value_info(name, node.type))
@@ -265,9 +330,7 @@ def export_graph(graph: Graph, weights: Mapping[str, np.ndarray] | None = None) 
             emit.initializers.append(tensor_proto(name, node.type.dtype,
                                                   np.asarray(node.attrs["value"])))
         elif node.op != "input":
-            if node.op not in LOWERINGS:
-                raise ExportError(f"op `{node.op}` ({node.id}) has no ONNX lowering")
-            LOWERINGS[node.op](emit, node, [names[i] for i in node.inputs], name)
+            emit_node(emit, node, [names[i] for i in node.inputs], name)
             value_infos.append(_value_info(name, node.type))
     outputs = []
     for output_name, node_id in graph.outputs:

@@ -46,7 +46,7 @@ from onnx import AttributeProto, TensorProto, numpy_helper
 
 from netc.diagnostics import CompileError, Diagnostic
 from netc.ir import Attrs, Dim, Graph, Node, TensorType, format_shape
-from netc.ops import REGISTRY, ShapeError
+from netc.ops import REGISTRY, OpDef, ShapeError
 from netc.ops.builder import GraphBuilder
 from netc.ops.windows import Window
 
@@ -61,34 +61,28 @@ E_NOT_EXPRESSIBLE = "E0607"
 E_EXTRA_OUTPUT = "E0608"
 E_MODEL = "E0609"
 
-SUPPORTED_OPS = (
-    "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Concat", "Constant", "Conv",
-    "Div", "Dropout", "Erf", "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool",
-    "Identity", "LayerNormalization", "LeakyRelu", "LogSoftmax", "MatMul", "MaxPool", "Mul",
-    "Relu", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Squeeze", "Sub", "Sum", "Swish",
-    "Tanh", "Transpose", "Unsqueeze",
-)
-"""Op types of the default ONNX domain that import. Beyond the main list: Erf only inside the
-GELU pattern, Div only by a constant scalar, Sum as repeated Add, Cast/CastLike only to the
-tensor's own type (or of constants), Swish with alpha=1 (SiLU), and Shape, Gather, Unsqueeze,
-Squeeze and Slice only on shapes (a Reshape target that keeps a dynamic batch). Any op whose
-inputs are all constants is evaluated at import time, whatever its type."""
+# Which ONNX op types import, and as which `.net` ops, is found through the registrations
+# below: a handler registers with `@_handles(op types, ops=the .net ops it builds)`, and an op
+# whose registry entry has a one-node ONNX form (`OpDef.onnx`) imports by that form without a
+# handler of its own. `supported_ops()` (also `SUPPORTED_OPS`) and `imported_ops()` list them.
+# Beyond the handlers: Erf imports only inside the GELU pattern, Div only by a constant scalar,
+# Sum as repeated Add, Cast/CastLike only to the tensor's own type (or of constants), Swish
+# with alpha=1 (SiLU), and Shape, Gather, Unsqueeze, Squeeze and Slice only on shapes (a
+# Reshape target that keeps a dynamic batch). Any op whose inputs are all constants is
+# evaluated at import time, whatever its type.
+
+PATTERN_OPS = ("Constant", "Erf")
+"""Op types read by the constant pass and the GELU pattern rather than by a handler."""
 
 HELPER_OPS = ("Erf", "Sum", "Div", "Cast", "CastLike", "Shape", "Gather", "Unsqueeze",
               "Squeeze", "Slice")
 """Supported only in the roles above (patterns, constants, shapes), not as tensor ops."""
 
-PARAMETER_OPERANDS: dict[str, tuple[int, ...]] = {
-    "Conv": (1, 2),
-    "Gemm": (1, 2),
-    "BatchNormalization": (1, 2, 3, 4),
-    "LayerNormalization": (1, 2),
-    "Reshape": (1,),
-    "Dropout": (1, 2),
-}
+PARAMETER_OPERANDS: dict[str, tuple[int, ...]] = {}
 """Operand positions that `.net` holds as trained parameters or attributes, so the ONNX model
-must give them as constants (initializers). A Gemm's B may also be a tensor (it then imports
-as `matmul`), but a constant B is what makes it a `dense` layer."""
+must give them as constants (initializers), by op type (each handler registers its own). A
+Gemm's B may also be a tensor (it then imports as `matmul`), but a constant B is what makes it
+a `dense` layer."""
 
 _DTYPES: dict[int, str] = {TensorProto.FLOAT: "f32", TensorProto.FLOAT16: "f16", TensorProto.BFLOAT16: "bf16"}
 _NUMPY_DTYPES = {"float32": "f32", "float16": "f16"}
@@ -853,7 +847,7 @@ class _Importer:
         operands = [self.values.get(name) for name in node.input if name]
         if default_domain and self.fold(node):
             return  # its inputs became constants during translation (shape arithmetic)
-        handler = _HANDLERS.get(node.op_type) if default_domain else None
+        handler = _handler(node.op_type) if default_domain else None
         if default_domain and (node.op_type == "Shape" or (
                 node.op_type in _SHAPE_HANDLERS and any(isinstance(v, _Shape)
                                                         for v in operands))):
@@ -872,7 +866,7 @@ class _Importer:
                          "equivalent" + (" outside the GELU pattern" if node.op_type == "Erf"
                                          else ""),
                          help=None if self.unsupported_help_given else
-                         "the ONNX import supports " + ", ".join(SUPPORTED_OPS)
+                         "the ONNX import supports " + ", ".join(supported_ops())
                          + " (see docs/onnx.md)")
             self.unsupported_help_given = True
         else:
@@ -912,14 +906,90 @@ class _Importer:
 
 Handler = Callable[[_Importer, int, onnx.NodeProto, _Problems], dict[str, Value]]
 _HANDLERS: dict[str, Handler] = {}
+_BUILDS: dict[str, tuple[str, ...]] = {}
+"""ONNX op type -> the `.net` ops its handler builds."""
 
 
-def _handles(*op_types: str) -> Callable[[Handler], Handler]:
+def _handles(*op_types: str, ops: Sequence[str] = (),
+             parameters: Sequence[int] = ()) -> Callable[[Handler], Handler]:
+    """Registers the decorated function as the handler of ONNX `op_types`; `ops` are the
+    `.net` ops it builds, `parameters` the operand positions that must be constants."""
     def register(function: Handler) -> Handler:
+        for op in ops:
+            if op not in REGISTRY:
+                raise ValueError(f"an ONNX import handler builds `{op}`, which is no "
+                                 "registered op")
         for op_type in op_types:
             _HANDLERS[op_type] = function
+            _BUILDS[op_type] = tuple(ops)
+            if parameters:
+                PARAMETER_OPERANDS[op_type] = tuple(parameters)
         return function
     return register
+
+
+def _one_node_forms() -> dict[str, OpDef]:
+    """ONNX op type -> the registered op that is exactly that node (`OpDef.onnx`)."""
+    return {opdef.onnx.op_type: opdef for opdef in REGISTRY.values() if opdef.onnx is not None}
+
+
+def _handler(op_type: str) -> Handler | None:
+    """The handler of an ONNX op type: its registered one, else the one-node form's."""
+    if op_type in _HANDLERS:
+        return _HANDLERS[op_type]
+    opdef = _one_node_forms().get(op_type)
+    return _one_node_handler(opdef) if opdef is not None else None
+
+
+def supported_ops() -> tuple[str, ...]:
+    """Every op type of the default ONNX domain that imports, sorted."""
+    return tuple(sorted({*_HANDLERS, *_SHAPE_HANDLERS, *PATTERN_OPS, *_one_node_forms()}))
+
+
+def imported_ops() -> dict[str, tuple[str, ...]]:
+    """Every `.net` op the import can build -> the ONNX op types it is built from."""
+    found: dict[str, list[str]] = {}
+    builds: dict[str, tuple[str, ...]] = {
+        op_type: (opdef.name,) for op_type, opdef in _one_node_forms().items()}
+    builds.update(_BUILDS)
+    for op_type, ops in builds.items():
+        for op in ops:
+            found.setdefault(op, []).append(op_type)
+    return {op: tuple(sorted(types)) for op, types in found.items()}
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # `SUPPORTED_OPS` reads the registrations when asked, so an op registered later is in it.
+    if name == "SUPPORTED_OPS":
+        return supported_ops()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_LEGACY_ATTRIBUTES = ("consumed_inputs",)
+"""Attributes of opsets before 6 that only guided memory reuse: ignored."""
+
+
+def _one_node_handler(opdef: OpDef) -> Handler:
+    """Imports a node that is exactly `opdef` (`OpDef.onnx`): the same operands, and the
+    attributes the form maps (one left out takes the `.net` default, which is ONNX's)."""
+    assert opdef.onnx is not None
+    renamed = dict(opdef.onnx.attrs)
+
+    def handle(importer: _Importer, index: int, node: onnx.NodeProto,
+               problems: _Problems) -> dict[str, Value]:
+        attrs = {name: _decode(value) for name, value in _attributes(node).items()
+                 if name not in _LEGACY_ATTRIBUTES}
+        for name in sorted(set(attrs) - set(renamed)):
+            problems.add(E_UNSUPPORTED_ATTRIBUTE, f"{name}={attrs[name]!r} is not supported "
+                         f"(`.net`'s `{opdef.name}` has no such attribute)")
+        inputs = [importer.tensor(node, position, problems) for position in range(len(node.input))]
+        if problems.found or any(x is None for x in inputs):
+            return {}
+        values: dict[str, Any] = {renamed[name]: tuple(value) if isinstance(value, list)
+                                  else value for name, value in attrs.items()}
+        return {node.output[0]: importer.apply(problems, opdef.name,
+                                               *(str(x) for x in inputs), **values)}
+    return handle
 
 
 def _no_extra_outputs(node: onnx.NodeProto, problems: _Problems, names: Sequence[str]) -> None:
@@ -938,29 +1008,7 @@ def _expect(problems: _Problems, attrs: Mapping[str, Any], name: str, allowed: A
                      f"{name}={_decode(attrs[name])!r} is not supported ({why})")
 
 
-_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
-
-
-@_handles("Relu", "Sigmoid", "Tanh")
-def _activation(importer: _Importer, index: int, node: onnx.NodeProto,
-                problems: _Problems) -> dict[str, Value]:
-    x = importer.tensor(node, 0, problems)
-    if x is None:
-        return {}
-    return {node.output[0]: importer.apply(problems, _ACTIVATIONS[node.op_type], x)}
-
-
-@_handles("LeakyRelu")
-def _leaky_relu(importer: _Importer, index: int, node: onnx.NodeProto,
-                problems: _Problems) -> dict[str, Value]:
-    alpha = float(_attributes(node).get("alpha", 0.01))
-    x = importer.tensor(node, 0, problems)
-    if x is None:
-        return {}
-    return {node.output[0]: importer.apply(problems, "leaky_relu", x, alpha=alpha)}
-
-
-@_handles("Swish")
+@_handles("Swish", ops=("silu",))
 def _swish(importer: _Importer, index: int, node: onnx.NodeProto,
            problems: _Problems) -> dict[str, Value]:
     alpha = float(_attributes(node).get("alpha", 1.0))
@@ -972,7 +1020,7 @@ def _swish(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: importer.apply(problems, "silu", x)}
 
 
-@_handles("Gelu")
+@_handles("Gelu", ops=("gelu",))
 def _gelu(importer: _Importer, index: int, node: onnx.NodeProto,
           problems: _Problems) -> dict[str, Value]:
     _expect(problems, _attributes(node), "approximate", "none",
@@ -1013,7 +1061,7 @@ def _cast(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: x}  # a cast to the tensor's own type is the identity
 
 
-@_handles("Dropout")
+@_handles("Dropout", ops=("dropout",), parameters=(1, 2))
 def _dropout(importer: _Importer, index: int, node: onnx.NodeProto,
              problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -1071,7 +1119,7 @@ def _broadcasts_into(small: Sequence[int], shape: Sequence[Dim]) -> bool:
 _ARITHMETIC = {"Add": "add", "Sub": "sub", "Mul": "mul"}
 
 
-@_handles("Add", "Sub", "Mul")
+@_handles("Add", "Sub", "Mul", ops=("add", "sub", "mul"))
 def _arithmetic(importer: _Importer, index: int, node: onnx.NodeProto,
                 problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -1090,7 +1138,7 @@ def _arithmetic(importer: _Importer, index: int, node: onnx.NodeProto,
     return {}
 
 
-@_handles("Sum")
+@_handles("Sum", ops=("add",))
 def _sum(importer: _Importer, index: int, node: onnx.NodeProto,
          problems: _Problems) -> dict[str, Value]:
     operands = [importer.operand(node, i) for i in range(len(node.input))]
@@ -1107,7 +1155,7 @@ def _sum(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: result}
 
 
-@_handles("Div")
+@_handles("Div", ops=("mul",))
 def _div(importer: _Importer, index: int, node: onnx.NodeProto,
          problems: _Problems) -> dict[str, Value]:
     a, b = importer.operand(node, 0), importer.operand(node, 1)
@@ -1166,7 +1214,7 @@ def _dense(importer: _Importer, index: int, node: onnx.NodeProto, problems: _Pro
                                    layer=layer, params=params)}
 
 
-@_handles("Gemm")
+@_handles("Gemm", ops=("dense", "matmul", "mul", "add", "transpose"), parameters=(1, 2))
 def _gemm(importer: _Importer, index: int, node: onnx.NodeProto,
           problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -1232,7 +1280,7 @@ def _gemm(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: result}
 
 
-@_handles("MatMul")
+@_handles("MatMul", ops=("matmul", "dense", "transpose"))
 def _matmul(importer: _Importer, index: int, node: onnx.NodeProto,
             problems: _Problems) -> dict[str, Value]:
     a, b = importer.operand(node, 0), importer.operand(node, 1)
@@ -1319,7 +1367,7 @@ def _require_4d(importer: _Importer, x: str, problems: _Problems, what: str) -> 
     return True
 
 
-@_handles("Conv")
+@_handles("Conv", ops=("conv2d",), parameters=(1, 2))
 def _conv(importer: _Importer, index: int, node: onnx.NodeProto,
           problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -1373,7 +1421,7 @@ def _conv(importer: _Importer, index: int, node: onnx.NodeProto,
         layer=layer, params=params)}
 
 
-@_handles("MaxPool", "AveragePool")
+@_handles("MaxPool", "AveragePool", ops=("maxpool2d", "avgpool2d"))
 def _pool(importer: _Importer, index: int, node: onnx.NodeProto,
           problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -1421,7 +1469,7 @@ def _pool(importer: _Importer, index: int, node: onnx.NodeProto,
                                            padding=(top, left))}
 
 
-@_handles("GlobalAveragePool")
+@_handles("GlobalAveragePool", ops=("global_avgpool",))
 def _global_avgpool(importer: _Importer, index: int, node: onnx.NodeProto,
                     problems: _Problems) -> dict[str, Value]:
     x = importer.tensor(node, 0, problems)
@@ -1430,7 +1478,7 @@ def _global_avgpool(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: importer.apply(problems, "global_avgpool", x)}
 
 
-@_handles("BatchNormalization")
+@_handles("BatchNormalization", ops=("batchnorm",), parameters=(1, 2, 3, 4))
 def _batchnorm(importer: _Importer, index: int, node: onnx.NodeProto,
                problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -1462,7 +1510,7 @@ def _reshape_to(importer: _Importer, problems: _Problems, x: str,
     return importer.apply(problems, "reshape", x, dims=tuple(int(d) for d in dims))
 
 
-@_handles("LayerNormalization")
+@_handles("LayerNormalization", ops=("layernorm", "reshape"), parameters=(1, 2))
 def _layernorm(importer: _Importer, index: int, node: onnx.NodeProto,
                problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -1504,7 +1552,7 @@ def _layernorm(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: _reshape_to(importer, problems, normalised, shape[1:])}
 
 
-@_handles("Softmax", "LogSoftmax")
+@_handles("Softmax", "LogSoftmax", ops=("softmax", "log_softmax", "reshape"))
 def _softmax(importer: _Importer, index: int, node: onnx.NodeProto,
              problems: _Problems) -> dict[str, Value]:
     op = "softmax" if node.op_type == "Softmax" else "log_softmax"
@@ -1534,7 +1582,7 @@ def _softmax(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: _reshape_to(importer, problems, result, shape[1:])}
 
 
-@_handles("Flatten")
+@_handles("Flatten", ops=("flatten",))
 def _flatten(importer: _Importer, index: int, node: onnx.NodeProto,
              problems: _Problems) -> dict[str, Value]:
     axis = int(_attributes(node).get("axis", 1))
@@ -1556,7 +1604,7 @@ def _flatten(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: importer.apply(problems, "flatten", x)}
 
 
-@_handles("Reshape")
+@_handles("Reshape", ops=("reshape",), parameters=(1,))
 def _reshape(importer: _Importer, index: int, node: onnx.NodeProto,
              problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -1620,7 +1668,7 @@ def _reshape(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: _reshape_to(importer, problems, x, rest)}
 
 
-@_handles("Transpose")
+@_handles("Transpose", ops=("transpose",))
 def _transpose(importer: _Importer, index: int, node: onnx.NodeProto,
                problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -1642,7 +1690,7 @@ def _transpose(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: importer.apply(problems, "transpose", x, perm=perm)}
 
 
-@_handles("Concat")
+@_handles("Concat", ops=("concat",))
 def _concat(importer: _Importer, index: int, node: onnx.NodeProto,
             problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)

@@ -12,21 +12,31 @@ from netc.ops import (  # noqa: F401  (modules register their ops)
 from netc.ops.registry import (
     REGISTRY,
     REQUIRED,
+    ROLES,
     AttrSpec,
+    CudaExpression,
+    GemmView,
+    OnnxForm,
     OpDef,
     ParamSpec,
     ShapeError,
     node_flops,
     register,
+    temporarily_registered,
 )
 
 __all__ = [
     "REGISTRY",
     "REQUIRED",
+    "ROLES",
     "AttrSpec",
+    "CudaExpression",
+    "GemmView",
+    "OnnxForm",
     "OpDef",
     "ParamSpec",
     "ShapeError",
     "node_flops",
     "register",
+    "temporarily_registered",
 ]

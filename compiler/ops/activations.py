@@ -11,6 +11,10 @@ import numpy as np
 from netc.ir import Attrs, TensorType
 from netc.ops.registry import (
     AttrSpec,
+    Composer,
+    CudaExpression,
+    Decomposition,
+    OnnxForm,
     OpDef,
     per_element_flops,
     register,
@@ -41,18 +45,34 @@ class Activation:
     flops_per_element: int
     """A convention (an exp or erf counts as one): for rough roofline estimates only."""
     summary: str
+    expression: CudaExpression
+    onnx: OnnxForm | None = None
     attrs: tuple[AttrSpec, ...] = ()
+    decompose: Decomposition | None = None
+
+
+def _silu_parts(builder: Composer, attrs: Attrs, x: str) -> str:
+    return builder.op("mul", x, builder.op("sigmoid", x))
 
 
 ACTIVATIONS = (
-    Activation("relu", lambda attrs, x: np.maximum(x, np.float32(0)), 1, "max(x, 0)"),
-    Activation("sigmoid", lambda attrs, x: _sigmoid(x), 4, "1 / (1 + exp(-x))"),
-    Activation("tanh", lambda attrs, x: np.tanh(x), 5, "tanh(x)"),
-    Activation("gelu", lambda attrs, x: _gelu(x), 8, "x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))"),
-    Activation("silu", lambda attrs, x: x * _sigmoid(x), 5, "x * sigmoid(x)"),
+    Activation("relu", lambda attrs, x: np.maximum(x, np.float32(0)), 1, "max(x, 0)",
+               CudaExpression("({0} < 0.0f ? 0.0f : {0})"), OnnxForm("Relu")),
+    Activation("sigmoid", lambda attrs, x: _sigmoid(x), 4, "1 / (1 + exp(-x))",
+               CudaExpression("1.0f / (1.0f + expf(-{0}))"), OnnxForm("Sigmoid")),
+    Activation("tanh", lambda attrs, x: np.tanh(x), 5, "tanh(x)", CudaExpression("tanhf({0})"),
+               OnnxForm("Tanh")),
+    # ONNX's Gelu needs opset 20: the exporter spells it out, the importer reads both forms.
+    Activation("gelu", lambda attrs, x: _gelu(x), 8, "x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))",
+               CudaExpression("0.5f * {0} * (1.0f + erff({0} * 0.70710678118654752f))")),
+    # No ONNX op before opset 22's Swish: exported as its decomposition.
+    Activation("silu", lambda attrs, x: x * _sigmoid(x), 5, "x * sigmoid(x)",
+               CudaExpression("{0} / (1.0f + expf(-{0}))"), decompose=_silu_parts),
     Activation("leaky_relu",
                lambda attrs, x: np.where(x >= 0, x, x * np.float32(attrs["alpha"])), 2,
                "x if x >= 0 else alpha * x",
+               CudaExpression("({0} >= 0.0f ? {0} : {0} * {1})", floats=("alpha",)),
+               OnnxForm("LeakyRelu", (("alpha", "alpha"),), since=6),
                (AttrSpec("alpha", "float", default=0.01, help="slope for negative inputs"),)),
 )
 
@@ -63,7 +83,11 @@ for _activation in ACTIVATIONS:
         infer=same_type,
         reference=_activation.function,
         flops=per_element_flops(_activation.flops_per_element),
+        role="pointwise",
         summary=_activation.summary,
+        expression=_activation.expression,
+        onnx=_activation.onnx,
+        decompose=_activation.decompose,
     ))
 
 
@@ -112,5 +136,7 @@ for _name, _reference, _summary in (
         # max, subtract, exp, sum and divide (or log and subtract): 5 per element.
         flops=per_element_flops(5),
         kind="reduction",
+        role="row_reduction",
+        reduced_axis=lambda attrs, rank: int(attrs["axis"]),
         summary=_summary,
     ))

@@ -11,7 +11,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from netc.ir import Attrs, TensorType
-from netc.ops.registry import OpDef, broadcast_shapes, per_element_flops, register, same_dtype
+from netc.ops.registry import (
+    CudaExpression,
+    OnnxForm,
+    OpDef,
+    broadcast_shapes,
+    per_element_flops,
+    register,
+    same_dtype,
+)
 
 
 def _binary_infer(op: str) -> Callable[[Attrs, Sequence[TensorType]], TensorType]:
@@ -22,10 +30,10 @@ def _binary_infer(op: str) -> Callable[[Attrs, Sequence[TensorType]], TensorType
     return infer
 
 
-for _name, _function, _summary in (
-    ("add", np.add, "a + b, NumPy broadcasting"),
-    ("sub", np.subtract, "a - b, NumPy broadcasting"),
-    ("mul", np.multiply, "a * b, NumPy broadcasting"),
+for _name, _function, _summary, _symbol, _onnx in (
+    ("add", np.add, "a + b, NumPy broadcasting", "+", "Add"),
+    ("sub", np.subtract, "a - b, NumPy broadcasting", "-", "Sub"),
+    ("mul", np.multiply, "a * b, NumPy broadcasting", "*", "Mul"),
 ):
     register(OpDef(
         name=_name,
@@ -34,5 +42,8 @@ for _name, _function, _summary in (
         min_inputs=2,
         max_inputs=2,
         flops=per_element_flops(1),
+        role="pointwise",
         summary=_summary,
+        expression=CudaExpression(f"{{0}} {_symbol} {{1}}"),
+        onnx=OnnxForm(_onnx),
     ))

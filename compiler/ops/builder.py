@@ -3,8 +3,9 @@
 `GraphBuilder` applies ops the way the front end does: it fills in attribute defaults, puts
 them in the canonical form (`OpDef.normalize`), infers the output type and adds a layer's
 parameters as `param` nodes named `<layer>.<param>`. It serves tests, `export_op`, and tools
-that generate graphs; source spans and diagnostics are the front end's business, so errors here
-are plain exceptions (`ShapeError` for shapes, `ValueError` for attributes).
+that generate graphs. Binding, checking and naming are `netc.ops.apply`'s, shared with the front
+end; source spans and diagnostics are the front end's business, so errors here are plain
+exceptions (`ShapeError` for shapes, `AttrError`, a `ValueError`, for attributes).
 
     builder = GraphBuilder("tiny")
     x = builder.input("x", "f32", ("N", 16))
@@ -20,46 +21,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from netc.ir import Attrs, Dim, Graph, Node, TensorType, verify
-from netc.ops.registry import REGISTRY, OpDef
-
-
-def _coerce(kind: str, value: Any) -> Any:
-    if kind == "int_pair" and isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if isinstance(value, list):
-        return tuple(value)
-    return value
-
-
-def _check_bounds(opdef: OpDef, name: str, value: Any) -> None:
-    spec = opdef.attr(name)
-    assert spec is not None
-    if spec.choices and value not in spec.choices:
-        raise ValueError(f"`{opdef.name}` {name} must be one of {spec.choices}, got {value!r}")
-    numbers = value if isinstance(value, tuple) else (value,)
-    if spec.minimum is not None and any(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v < spec.minimum
-            for v in numbers):
-        raise ValueError(f"`{opdef.name}` {name} must be at least {spec.minimum}, got {value!r}")
+from netc.ops.apply import Naming, apply_op, bind_attrs, param_id
+from netc.ops.registry import REGISTRY
 
 
 def make_attrs(op: str, values: Mapping[str, Any], inputs: Sequence[TensorType]) -> Attrs:
     """The canonical attribute record of `op` applied to `inputs`, from Python values.
 
     Missing attributes take their defaults; `[h, w]` lists become tuples. Applying it to an
-    already canonical record gives the same record.
+    already canonical record gives the same record. Errors: `AttrError` (a `ValueError`).
     """
     opdef = REGISTRY[op]
-    unknown = sorted(set(values) - {spec.name for spec in opdef.attrs})
-    if unknown:
-        raise ValueError(f"`{op}` has no attribute {', '.join(unknown)}")
-    merged: dict[str, Any] = {}
-    for spec in opdef.attrs:
-        if spec.name not in values and spec.required:
-            raise ValueError(f"`{op}` needs the attribute {spec.name}")
-        merged[spec.name] = _coerce(spec.kind, values.get(spec.name, spec.default))
-        _check_bounds(opdef, spec.name, merged[spec.name])
-    return opdef.normalize(Attrs(merged), inputs)
+    return opdef.normalize(bind_attrs(opdef, values), inputs)
 
 
 class GraphBuilder:
@@ -68,7 +41,7 @@ class GraphBuilder:
         self.nodes: list[Node] = []
         self.outputs: list[tuple[str, str]] = []
         self._types: dict[str, TensorType] = {}
-        self._layer_counts: dict[str, int] = {}
+        self._naming = Naming()
 
     def _add(self, node: Node) -> str:
         if node.id in self._types:
@@ -77,11 +50,11 @@ class GraphBuilder:
         self._types[node.id] = node.type
         return node.id
 
-    def _fresh(self, stem: str) -> str:
-        index = len(self.nodes)
-        while f"{stem}_{index}" in self._types:
-            index += 1
-        return f"{stem}_{index}"
+    def _fresh(self, op: str) -> str:
+        node_id = self._naming.node(op)
+        while node_id in self._types:
+            node_id = self._naming.node(op)
+        return node_id
 
     def type_of(self, value: str) -> TensorType:
         return self._types[value]
@@ -90,30 +63,25 @@ class GraphBuilder:
         return self._add(Node(name, "input", (), Attrs(), TensorType(dtype, tuple(shape))))
 
     def constant(self, value: float, dtype: str = "f32") -> str:
-        return self._add(Node(self._fresh("const"), "constant", (), Attrs(value=float(value)),
+        return self._add(Node(self._fresh("constant"), "constant", (), Attrs(value=float(value)),
                               TensorType(dtype, ())))
 
     def op(self, op: str, *inputs: str, name: str | None = None, **attrs: Any) -> str:
         """Applies `op` to the values `inputs`; `name` names the layer of an op with params."""
         opdef = REGISTRY[op]
         types = [self._types[value] for value in inputs]
-        record = make_attrs(op, attrs, types)
-        result = opdef.infer(record, types)
+        applied = apply_op(opdef, bind_attrs(opdef, attrs), types)
         layer = None
         param_ids: list[str] = []
         if opdef.has_params:
-            if name is None:
-                count = self._layer_counts.get(op, 0)
-                self._layer_counts[op] = count + 1
-                name = f"{op}_{count}"
-            layer = name
-            for spec in opdef.params(record, types):
-                param_id = self._add(Node(f"{layer}.{spec.name}", "param", (), Attrs(),
-                                          TensorType(result.dtype, spec.shape), layer=layer))
-                param_ids.append(param_id)
+            layer = name if name is not None else self._naming.layer(op)
+            for spec in applied.params:
+                param_ids.append(self._add(Node(
+                    param_id(layer, spec.name), "param", (), Attrs(),
+                    TensorType(applied.type.dtype, spec.shape), layer=layer)))
         # As in the front end, a layer's node is named by the layer.
-        return self._add(Node(layer or self._fresh(op), op, (*inputs, *param_ids), record, result,
-                              layer=layer))
+        return self._add(Node(layer or self._fresh(op), op, (*inputs, *param_ids),
+                              applied.attrs, applied.type, layer=layer))
 
     def output(self, name: str, value: str) -> None:
         self.outputs.append((name, value))
@@ -122,4 +90,3 @@ class GraphBuilder:
         graph = Graph(self.name, tuple(self.nodes), tuple(self.outputs))
         verify(graph)
         return graph
-

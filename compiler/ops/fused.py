@@ -107,5 +107,7 @@ FUSED = register(OpDef(
     max_inputs=None,
     flops=_flops,
     kind="fused",
+    role="fused",
+    internal=True,
     summary="internal: a group of ops computed by one kernel (made by the fusion passes)",
 ))

@@ -14,6 +14,7 @@ import numpy as np
 from netc.ir import Attrs, TensorType, format_shape
 from netc.ops.registry import (
     AttrSpec,
+    OnnxForm,
     OpDef,
     ShapeError,
     register,
@@ -44,6 +45,7 @@ register(OpDef(
     infer=_flatten_infer,
     reference=lambda attrs, x: x.reshape(x.shape[0], -1),
     kind="view",
+    role="view",
     summary="[N, ...] to [N, prod(...)]",
 ))
 
@@ -83,6 +85,7 @@ register(OpDef(
     reference=lambda attrs, x: x.reshape(x.shape[0], *attrs["dims"]),
     normalize=_reshape_normalize,
     kind="view",
+    role="view",
     summary="a new shape for each item; the batch dimension is kept",
 ))
 
@@ -107,6 +110,8 @@ register(OpDef(
     reference=lambda attrs, x: np.ascontiguousarray(x.transpose(attrs["perm"])),
     normalize=lambda attrs, inputs: attrs.replace(perm=tuple(attrs["perm"])),
     kind="layout",
+    role="layout",
+    onnx=OnnxForm("Transpose", (("perm", "perm"),)),
     summary="permutes the dimensions (output dim i is input dim perm[i])",
 ))
 
@@ -144,6 +149,8 @@ register(OpDef(
     max_inputs=None,
     normalize=_concat_normalize,
     kind="layout",
+    role="layout",
+    onnx=OnnxForm("Concat", (("axis", "axis"),), since=4),
     summary="joins the inputs along axis",
 ))
 
@@ -160,5 +167,6 @@ register(OpDef(
     infer=_dropout_infer,
     reference=lambda attrs, x: x,
     kind="view",
+    role="view",
     summary="the identity (inference mode)",
 ))

@@ -10,8 +10,11 @@ import numpy as np
 from netc.ir import Attrs, TensorType, format_shape
 from netc.ops.registry import (
     AttrSpec,
+    GemmView,
+    OnnxForm,
     OpDef,
     ParamSpec,
+    Shape,
     ShapeError,
     broadcast_shapes,
     int_pair,
@@ -57,6 +60,12 @@ def _dense_flops(attrs: Attrs, inputs: Sequence[tuple[int, ...]], output: tuple[
     return 2 * math.prod(output) * fan_in + (math.prod(output) if attrs["bias"] else 0)
 
 
+def _dense_gemm(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> GemmView:
+    # Every row of x (the batch times any middle dims) against the [units, in] weight.
+    x = inputs[0]
+    return GemmView(m=x[:-1], n=(attrs["units"],), k=x[-1:])
+
+
 register(OpDef(
     name="dense",
     attrs=(
@@ -69,6 +78,8 @@ register(OpDef(
     params=_dense_params,
     flops=_dense_flops,
     kind="gemm",
+    role="gemm",
+    gemm_view=_dense_gemm,
     summary="y = x @ weight.T + bias, on the last dimension",
 ))
 
@@ -127,6 +138,16 @@ def _conv2d_flops(attrs: Attrs, inputs: Sequence[tuple[int, ...]], output: tuple
     return 2 * math.prod(output) * per_output + (math.prod(output) if attrs["bias"] else 0)
 
 
+def _conv2d_gemm(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> GemmView:
+    # Implicit GEMM per group: out channels x (images * out pixels), reduced over the
+    # group's input channels times the kernel window.
+    images, channels = inputs[0][0], int(inputs[0][1])
+    groups = int(attrs["groups"])
+    kernel_h, kernel_w = int_pair(attrs["kernel"])
+    return GemmView(m=(int(output[1]) // groups,), n=(images, *output[2:]),
+                    k=(channels // groups * kernel_h * kernel_w,), count=(groups,))
+
+
 register(OpDef(
     name="conv2d",
     attrs=(
@@ -146,6 +167,8 @@ register(OpDef(
     params=_conv2d_params,
     flops=_conv2d_flops,
     kind="conv",
+    role="conv",
+    gemm_view=_conv2d_gemm,
     summary="2-D cross-correlation over NCHW; padding kept as (top, left, bottom, right)",
 ))
 
@@ -177,6 +200,16 @@ def _matmul_flops(attrs: Attrs, inputs: Sequence[tuple[int, ...]], output: tuple
     return 2 * math.prod(output) * inputs[0][-1]
 
 
+def _matmul_gemm(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> GemmView:
+    # NumPy's rules: a vector is a 1-row (first) or 1-column (second) matrix; the dims of the
+    # output before the matrix dims count the matrices.
+    a, b = inputs[0], inputs[1]
+    a_matrix = a if len(a) > 1 else (1, *a)
+    b_matrix = b if len(b) > 1 else (*b, 1)
+    batch = output[:len(output) - (len(a) > 1) - (len(b) > 1)]
+    return GemmView(m=a_matrix[-2:-1], n=b_matrix[-1:], k=a_matrix[-1:], count=batch)
+
+
 register(OpDef(
     name="matmul",
     infer=_matmul_infer,
@@ -185,5 +218,8 @@ register(OpDef(
     max_inputs=2,
     flops=_matmul_flops,
     kind="gemm",
+    role="gemm",
+    gemm_view=_matmul_gemm,
+    onnx=OnnxForm("MatMul"),
     summary="a @ b, batched with NumPy's broadcasting rules",
 ))

@@ -9,6 +9,8 @@ import numpy as np
 from netc.ir import Attrs, TensorType, format_shape
 from netc.ops.registry import (
     AttrSpec,
+    CudaExpression,
+    OnnxForm,
     OpDef,
     ParamSpec,
     ShapeError,
@@ -63,6 +65,12 @@ register(OpDef(
     # Inference batchnorm is one multiply-add per element once scale and shift are folded.
     flops=per_element_flops(2),
     kind="normalization",
+    # Inference batchnorm is pointwise: fusion treats it like any activation.
+    role="pointwise",
+    # x, weight, bias, running_mean, running_var, eps
+    expression=CudaExpression("({0} - {3}) * rsqrtf({4} + {5}) * {1} + {2}", floats=("eps",),
+                              channel_params=True),
+    onnx=OnnxForm("BatchNormalization", (("epsilon", "eps"),)),
     summary="(x - running_mean) / sqrt(running_var + eps) * weight + bias, per channel (dim 1)",
 ))
 
@@ -100,5 +108,7 @@ register(OpDef(
     # mean, subtract, square, sum, normalise, scale and shift: about 7 per element.
     flops=per_element_flops(7),
     kind="normalization",
+    role="row_reduction",
+    reduced_axis=lambda attrs, rank: rank - 1,
     summary="(x - mean) / sqrt(var + eps) * weight + bias over the last dimension (biased var)",
 ))

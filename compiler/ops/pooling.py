@@ -16,6 +16,7 @@ import numpy as np
 from netc.ir import Attrs, TensorType, format_shape
 from netc.ops.registry import (
     AttrSpec,
+    OnnxForm,
     OpDef,
     ShapeError,
     register,
@@ -90,6 +91,7 @@ for _name, _reference, _extra, _summary in (
         normalize=_pool_normalize(_name),
         flops=_window_flops(_extra),
         kind="pool",
+        role="pool",
         summary=_summary,
     ))
 
@@ -111,5 +113,8 @@ register(OpDef(
     reference=lambda attrs, x: x.mean(axis=(2, 3), keepdims=True, dtype=np.float32),
     flops=_global_avgpool_flops,
     kind="pool",
+    # A mean over each channel: the row-wise kernel family, each element read once.
+    role="reduction",
+    onnx=OnnxForm("GlobalAveragePool"),
     summary="[N, C, H, W] to [N, C, 1, 1], the mean over each channel",
 ))

@@ -1,9 +1,32 @@
 """The op registry: one `OpDef` holds everything netc knows about an op.
 
-Adding an op touches one place: an `OpDef` registered with `register`. It gives the op's
-attribute schema (in the order positional attributes are accepted after the tensor inputs), its
-shape and dtype rule, its parameters with PyTorch's names, shapes and default initialisation,
-a NumPy reference implementation (the executable meaning of the op) and its FLOP count.
+An op is one `OpDef` registered with `register`. Its entry gives:
+
+* the attribute schema (in the order positional attributes are accepted after the tensor
+  inputs), the shape and dtype rule, the parameters with PyTorch's names, shapes and default
+  initialisation, a NumPy reference implementation (the executable meaning of the op) and its
+  FLOP count;
+* its `role`, which is all the passes and backends need to know to classify it (fusion,
+  tiling, kernel choice, memory planning): `ROLES` below;
+* for a GEMM-shaped op, its `gemm_view`: the one derivation of M, N, K and the matrix count
+  from its shapes, which both the tile heuristic and the CUDA lowering use;
+* for a pointwise op, its CUDA `expression` (plain data: the CUDA code generator fuses and
+  emits it, no other kernel is needed), and for an op that is one ONNX node, its `onnx` form
+  (export and import both derive their rule from it);
+* `decompose`: the op written with other ops. A backend without a rule of its own for the op
+  computes the decomposition instead (the reference interpreter, when the entry gives no
+  `reference`; the CUDA code generator and the ONNX exporter, when they have no rule);
+* `vjp`: the slot for the vector-Jacobian product (autodiff fills it; nothing reads it yet).
+
+Backends that need code of their own (a kernel family, an ONNX spelling of several nodes)
+keep it in their own package and *register* it for the op by name (`codegen.kernels.lowers`,
+`onnx.export.exports`, `onnx.importer._handles(..., ops=...)`), so dependencies point from
+the backends down to this registry, never up. `tests/unit/test_op_completeness.py` walks
+`REGISTRY` and fails, naming the op and the missing piece, when an op lacks a reference, a CUDA
+lowering, an ONNX export, an ONNX import or a row in `docs/ops.md`. So a new pointwise op is one
+entry (with `expression` and `onnx`) plus its line in `docs/ops.md`; a new kernel-backed op is
+its entry plus the backends' registrations. `temporarily_registered` adds an op for a test and
+removes it again.
 
 Conventions for the functions an `OpDef` holds:
 * `infer(attrs, inputs)` gets the tensor inputs' types (not the parameters) and returns the
@@ -14,14 +37,20 @@ Conventions for the functions an `OpDef` holds:
   every dtype: the interpreter rounds to the value's dtype between ops) and returns one array.
 * `flops(attrs, input_shapes, output_shape)` counts floating-point operations (a multiply-add
   is 2) for concrete shapes.
+* `gemm_view(attrs, input_shapes, output_shape)` gets the shapes of all IR inputs (parameters
+  included), each dimension an int or the batch's name, and returns a `GemmView`.
+* `decompose(builder, attrs, *inputs)` gets a `Composer` (`GraphBuilder` is one) and the ids of
+  all IR inputs, applies other ops with `builder.op(...)` / `builder.constant(...)`, and
+  returns the id of the result.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,6 +95,93 @@ class ParamSpec:
     """False for running statistics, which PyTorch keeps as buffers, not parameters."""
 
 
+ROLES: dict[str, str] = {
+    "pointwise": "output element i from element i of each (broadcast) input and at most "
+                 "per-channel parameters; joins fused groups (activations, arithmetic, "
+                 "inference batchnorm)",
+    "gemm": "a matrix product (`gemm_view`); anchors a `gemm_epilogue` group",
+    "conv": "a convolution computed as an implicit GEMM (`gemm_view`); anchors a "
+            "`conv_epilogue` group",
+    "pool": "a sliding-window reduction; anchors a `pool_epilogue` group",
+    "row_reduction": "reduces rows along `reduced_axis`, reading each row more than once; "
+                     "anchors a `reduction` group, takes a prologue only for rows up to "
+                     "`passes.fusion.ROW_LIMIT`",
+    "reduction": "reduces its input reading each element once; anchors a `reduction` group "
+                 "and takes a prologue of any length",
+    "layout": "moves data (a kernel of its own, never fused)",
+    "view": "relabels its input's memory: no kernel, no data moved",
+    "fused": "internal: a group of ops one kernel computes (made by the fusion passes)",
+}
+"""Every op's `role`, with what it means to the passes and backends."""
+
+EPILOGUE_ROLES = ("gemm", "conv", "pool", "row_reduction", "reduction")
+"""Roles whose kernel applies fused pointwise ops to each result before storing it."""
+
+Shape = tuple[Dim, ...]
+
+
+@dataclass(frozen=True)
+class GemmView:
+    """An op as C[M x N] = A[M x K] . B[K x N] for `count` independent matrices.
+
+    Each of M, N, K and count is a product of dimensions, kept as the tuple of those
+    dimensions, so that a dimension may be the batch's name: the code generator turns a
+    product into a batch-linear size, the tile heuristic evaluates it at a batch."""
+
+    m: Shape
+    n: Shape
+    k: Shape
+    count: Shape = ()
+
+    def concrete(self, sizes: Mapping[str, int]) -> tuple[int, int, int, int]:
+        """(M, N, K, count) with every named dimension set from `sizes`."""
+        def product(dims: Shape) -> int:
+            return math.prod(sizes[d] if isinstance(d, str) else int(d) for d in dims)
+        return product(self.m), product(self.n), product(self.k), product(self.count)
+
+
+@dataclass(frozen=True)
+class CudaExpression:
+    """A pointwise op as one CUDA float expression.
+
+    `{0}`, `{1}`, ... are the op's tensor operands in IR order (inputs, then parameters), then
+    the float attributes named in `floats`, in that order. Code generation fills in netc-made
+    variable names only, never user text."""
+
+    text: str
+    floats: tuple[str, ...] = ()
+    """Attributes passed to the kernel as float arguments, after the tensor operands."""
+    channel_params: bool = False
+    """The parameters are [C] vectors repeated along every dimension but dim 1 (batchnorm)."""
+
+
+@dataclass(frozen=True)
+class OnnxForm:
+    """An op that is exactly one ONNX node of the default domain, with the same operands in
+    the same order: the exporter writes it and the importer reads it back from this alone."""
+
+    op_type: str
+    attrs: tuple[tuple[str, str], ...] = ()
+    """(ONNX attribute name, netc attribute name) pairs; an ONNX attribute left out of a model
+    takes the netc attribute's default, so the two defaults must agree."""
+    since: int = 1
+    """The first ONNX opset with this op and these semantics (netc exports opset 17)."""
+
+
+class Composer(Protocol):
+    """What a decomposition builds with: `netc.ops.builder.GraphBuilder` is one."""
+
+    def op(self, op: str, *inputs: str, name: str | None = None, **attrs: Any) -> str: ...
+
+    def constant(self, value: float, dtype: str = "f32") -> str: ...
+
+    def type_of(self, value: str) -> TensorType: ...
+
+
+Decomposition = Callable[..., str]
+"""`decompose(builder: Composer, attrs: Attrs, *inputs: str) -> str` (see the module doc)."""
+
+
 def _no_params(attrs: Attrs) -> tuple[str, ...]:
     return ()
 
@@ -82,11 +198,17 @@ def _keep_attrs(attrs: Attrs, inputs: Sequence[TensorType]) -> Attrs:
     return attrs
 
 
+def _from_decomposition(attrs: Attrs, *arrays: np.ndarray) -> np.ndarray:
+    """Stands for "no reference given"; `OpDef` replaces it by its decomposition's."""
+    raise AssertionError("replaced when the OpDef is made")
+
+
 @dataclass(frozen=True)
 class OpDef:
     name: str
     infer: Callable[[Attrs, Sequence[TensorType]], TensorType]
-    reference: Callable[..., np.ndarray]
+    reference: Callable[..., np.ndarray] = _from_decomposition
+    """Left out only with a `decompose`: the reference then runs the decomposition."""
     attrs: tuple[AttrSpec, ...] = ()
     min_inputs: int = 1
     max_inputs: int | None = 1
@@ -97,8 +219,34 @@ class OpDef:
     normalize: Callable[[Attrs, Sequence[TensorType]], Attrs] = _keep_attrs
     """Turns user-level attribute forms into the canonical form the IR keeps (e.g. "same")."""
     kind: str = "elementwise"
-    """elementwise | gemm | conv | pool | reduction | normalization | view | layout"""
+    """What the op is, in words for docs and reports: elementwise | gemm | conv | pool |
+    reduction | normalization | view | layout | fused. Backends read `role`, not this."""
+    role: str = "pointwise"
+    """How passes and backends treat the op: a key of `ROLES`."""
     summary: str = ""
+    expression: CudaExpression | None = None
+    """A pointwise op's CUDA expression (its whole CUDA lowering)."""
+    gemm_view: Callable[[Attrs, Sequence[Shape], Shape], GemmView] | None = None
+    """For roles gemm and conv: the op's GEMM, from all IR input shapes and the output's."""
+    reduced_axis: Callable[[Attrs, int], int] | None = None
+    """For role row_reduction: the axis a row runs along, from the attributes and the rank."""
+    onnx: OnnxForm | None = None
+    decompose: Decomposition | None = None
+    vjp: Callable[..., Any] | None = None
+    """Slot for the vector-Jacobian product (autodiff); not used yet."""
+    internal: bool = False
+    """Made by passes only, never written in `.net` source (`fused`)."""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"op {self.name!r}: unknown role {self.role!r}")
+        if (self.role == "view") != (self.kind == "view"):
+            raise ValueError(f"op {self.name!r}: a view has kind and role `view`")
+        if self.reference is _from_decomposition:
+            if self.decompose is None:
+                raise ValueError(f"op {self.name!r} needs a reference or a decomposition")
+            # Frozen: set once, here, from the decomposition.
+            object.__setattr__(self, "reference", _decomposition_reference(self))
 
     def attr(self, name: str) -> AttrSpec | None:
         return next((spec for spec in self.attrs if spec.name == name), None)
@@ -106,6 +254,10 @@ class OpDef:
     @property
     def has_params(self) -> bool:
         return self.param_names is not _no_params
+
+    @property
+    def is_view(self) -> bool:
+        return self.role == "view"
 
     def infer_all(self, attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
         """The output type from all IR inputs (tensor inputs followed by parameters)."""
@@ -119,7 +271,15 @@ class OpDef:
         total = output.numel(sizes) * DTYPE_BYTES[output.dtype]
         for tensor in inputs:
             total += tensor.numel(sizes) * DTYPE_BYTES[tensor.dtype]
-        return 0 if self.kind == "view" else total
+        return 0 if self.is_view else total
+
+
+def _decomposition_reference(opdef: OpDef) -> Callable[..., np.ndarray]:
+    def reference(attrs: Attrs, *arrays: np.ndarray) -> np.ndarray:
+        from netc.ops.decompose import evaluate_decomposition  # it applies registered ops
+
+        return evaluate_decomposition(opdef, attrs, arrays)
+    return reference
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -130,6 +290,22 @@ def register(opdef: OpDef) -> OpDef:
         raise ValueError(f"op {opdef.name!r} registered twice")
     REGISTRY[opdef.name] = opdef
     return opdef
+
+
+@contextmanager
+def temporarily_registered(*opdefs: OpDef) -> Iterator[tuple[OpDef, ...]]:
+    """Registers `opdefs` for the duration of a `with` block (tests, experiments), then removes
+    them, whatever happens inside. Backends find ops through the registry at each use, so
+    nothing else needs undoing."""
+    added: list[OpDef] = []
+    try:
+        for opdef in opdefs:
+            added.append(register(opdef))
+        yield tuple(added)
+    finally:
+        for opdef in added:
+            if REGISTRY.get(opdef.name) is opdef:
+                del REGISTRY[opdef.name]
 
 
 def node_flops(node: Node, input_types: Sequence[TensorType], sizes: Mapping[str, int]) -> int:

@@ -21,14 +21,14 @@ from __future__ import annotations
 from netc.ir import Graph, Node
 from netc.ops.fused import input_position
 from netc.passes.fusion import (
-    REDUCTIONS,
     ROW_LIMIT,
-    ROWWISE_REDUCTIONS,
     Group,
     Grouping,
     anchor_of,
     apply_groups,
     is_pointwise,
+    is_reduction,
+    role,
     row_length,
 )
 from netc.passes.pass_manager import Pass, PassContext
@@ -36,13 +36,13 @@ from netc.passes.pass_manager import Pass, PassContext
 
 def _reduced_input(node: Node) -> str | None:
     """The value a reduction (or reduction group) reduces, when read from outside the group."""
-    if node.op in REDUCTIONS:
+    if is_reduction(node):
         return node.inputs[0]
     if node.op != "fused" or node.attrs["kind"] != "reduction":
         return None
     anchor = anchor_of(node)
     position = input_position(anchor.inputs[0])
-    if anchor.op not in REDUCTIONS or position is None:
+    if not is_reduction(anchor) or position is None:
         return None  # already has a prologue
     readers = [inner for inner in node.attrs["body"] if anchor.inputs[0] in inner.inputs]
     if readers != [anchor] or node.inputs.count(node.inputs[position]) != 1:
@@ -58,7 +58,7 @@ def fuse_reduction_prologues(graph: Graph, context: PassContext) -> Graph:
             continue
         producer = graph[value]
         anchor = anchor_of(node)
-        if anchor.op in ROWWISE_REDUCTIONS:
+        if role(anchor) == "row_reduction":
             length = row_length(anchor, producer.type.shape)
             if length is None or length > ROW_LIMIT:
                 continue

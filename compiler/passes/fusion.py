@@ -3,8 +3,11 @@
 The rules (also in `docs/passes.md`):
 
 * A *pointwise* op computes output element i from element i of each (broadcast) input and at
-  most per-channel parameters: every op of registry kind `elementwise` (activations, add, sub,
-  mul) and batchnorm with running statistics. Only pointwise ops join an anchor or each other.
+  most per-channel parameters: every op of registry role `pointwise` (activations, add, sub,
+  mul, batchnorm with running statistics) that has a CUDA expression (an op known only by its
+  decomposition stays a node of its own). Only pointwise ops join an anchor or each other.
+* An *anchor* is an op whose kernel applies an epilogue: its role names the group kind
+  (`GROUP_KINDS`). Reductions (roles `row_reduction` and `reduction`) also take a prologue.
 * Every member of a group has the type of the group's value: a kernel runs one thread per
   output element and computes each member once for it. A value of a smaller shape (the
   [N, C, 1, 1] of a squeeze-excite gate) would be recomputed for every element it is broadcast
@@ -26,28 +29,35 @@ from netc.ops.fused import body_of, input_position
 from netc.passes.pass_manager import PassContext
 from netc.passes.rewrite import all_ids, output_ids, rebuild
 
-EPILOGUE_KINDS = {"conv2d": "conv_epilogue", "dense": "gemm_epilogue", "matmul": "gemm_epilogue",
-                  "maxpool2d": "pool_epilogue", "avgpool2d": "pool_epilogue"}
-ROWWISE_REDUCTIONS = ("softmax", "log_softmax", "layernorm")
-REDUCTIONS = (*ROWWISE_REDUCTIONS, "global_avgpool")
+GROUP_KINDS = {"conv": "conv_epilogue", "gemm": "gemm_epilogue", "pool": "pool_epilogue",
+               "row_reduction": "reduction", "reduction": "reduction"}
+"""The fused kind of a group anchored at an op of each role (`registry.EPILOGUE_ROLES`)."""
 ROW_LIMIT = 4096
 """The longest row (elements along the reduced axis) a softmax/layernorm kernel stages in
 on-chip memory. A prologue is fused into a row-wise reduction only up to this length, so that
 it is computed once per element; over it, the kernel would re-read (and recompute) the row."""
 
 
-def is_pointwise(node: Node) -> bool:
-    if node.op == "batchnorm":
-        return True
+def role(node: Node) -> str | None:
+    """The registry role of `node`'s op (None for input, param and constant nodes)."""
     opdef = REGISTRY.get(node.op)
-    return opdef is not None and opdef.kind == "elementwise"
+    return opdef.role if opdef is not None else None
+
+
+def is_pointwise(node: Node) -> bool:
+    opdef = REGISTRY.get(node.op)
+    return opdef is not None and opdef.role == "pointwise" and opdef.expression is not None
+
+
+def is_reduction(node: Node) -> bool:
+    """Whether `node` reduces its first input (and so may take a prologue)."""
+    return role(node) in ("row_reduction", "reduction")
 
 
 def kernel_kind(node: Node) -> str | None:
     """The fused kind a group anchored at `node` has (None: `node` anchors no group)."""
-    if node.op in REDUCTIONS:
-        return "reduction"
-    return EPILOGUE_KINDS.get(node.op)
+    found = role(node)
+    return GROUP_KINDS.get(found) if found is not None else None
 
 
 def anchor_of(node: Node) -> Node:
@@ -59,8 +69,10 @@ def anchor_of(node: Node) -> Node:
 
 def row_length(node: Node, input_shape: Sequence[int | str]) -> int | None:
     """Elements along the axis a row-wise reduction reduces (None if not a known size)."""
-    axis = -1 if node.op == "layernorm" else int(node.attrs["axis"])
-    size = input_shape[axis]
+    reduced_axis = REGISTRY[node.op].reduced_axis
+    if reduced_axis is None:
+        raise ValueError(f"`{node.op}` is no row-wise reduction")
+    size = input_shape[reduced_axis(node.attrs, len(input_shape))]
     return size if isinstance(size, int) else None
 
 
