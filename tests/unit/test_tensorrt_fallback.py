@@ -13,11 +13,15 @@ import onnx
 import pytest
 
 import netc
-from netc.backends import BackendUnavailable, prepare
-from netc.diagnostics import CompileError
-from netc.backends import tensorrt
+from netc.backends import prepare, tensorrt
+from netc.backends.tensorrt import (
+    EngineInput,
+    build_engine,
+    engine_inputs,
+    load_calibration_batches,
+)
+from netc.diagnostics import CompileError, MissingDependency
 from netc.onnx.export import export_graph, save_model
-from netc.backends.tensorrt import EngineInput, build_engine, engine_inputs, load_calibration_batches
 
 pytestmark = pytest.mark.unit
 
@@ -136,5 +140,5 @@ def test_calibration_batches(tmp_path: Path) -> None:
 
 def test_the_backend_says_what_is_missing(lenet: tuple) -> None:
     model, weights, _ = lenet
-    with pytest.raises(BackendUnavailable, match="TensorRT"):
+    with pytest.raises(MissingDependency, match="TensorRT"):
         prepare("tensorrt", model.graph, weights)
