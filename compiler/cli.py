@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ from netc.ir import Graph, format_shape
 from netc.text import format_table
 
 if TYPE_CHECKING:
-    from netc.codegen.plan import LaunchPlan
+    from netc.codegen.plan import Launch, LaunchPlan
     from netc.codegen.tiles import GemmTile
     from netc.driver import CompileOptions
     from netc.passes.pipeline import Optimized
@@ -47,6 +48,34 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+class _LaunchProgress:
+    """`[12/23] netc_conv2d_f32_... (resnet18.net:14)` on one terminal line, redrawn before
+    each kernel launch once a run has taken `$NETC_PROGRESS_DELAY` seconds (default 1), and
+    cleared at the end. Nothing at all when stderr is not a terminal (pipes, CI, files)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.enabled = sys.stderr.isatty()
+        self.delay = float(os.environ.get("NETC_PROGRESS_DELAY", "1"))
+        self.width = 0
+
+    def __call__(self, index: int, count: int, launch: Launch) -> None:
+        if not self.enabled or time.perf_counter() - self.started < self.delay:
+            return
+        where = f" ({Path(launch.source).name})" if launch.source else ""
+        columns = shutil.get_terminal_size().columns - 1
+        text = f"[{index + 1}/{count}] {launch.kernel}{where}"[:columns]
+        sys.stderr.write("\r" + text.ljust(self.width))
+        sys.stderr.flush()
+        self.width = max(self.width, len(text))
+
+    def done(self) -> None:
+        if self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+            self.width = 0
 
 
 def _load(args: argparse.Namespace) -> Graph:
@@ -298,8 +327,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.dump_ir:
         _optimize(graph, args)
     started = time.perf_counter()
-    run = prepare(backend, graph, weights, **options)
+    progress = _LaunchProgress()
+    run = prepare(backend, graph, weights, **options, progress=progress)
     outputs = run(inputs)
+    progress.done()
     _report_outputs(graph.name, backend, time.perf_counter() - started, outputs, args)
     return 0
 
@@ -347,8 +378,10 @@ def _run_artifact(args: argparse.Namespace) -> int:
             help="pass --input NAME=FILE.npy for each input, or --random-input [--batch B]")])
     backend = _backend(args)
     started = time.perf_counter()
-    run = prepare_artifact(artifact, backend, weights)
+    progress = _LaunchProgress()
+    run = prepare_artifact(artifact, backend, weights, progress=progress)
     outputs = run(inputs)
+    progress.done()
     _report_outputs(artifact.network, backend, time.perf_counter() - started, outputs, args)
     return 0
 
@@ -552,8 +585,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     weights = _weights_for(graph, args)
     inputs = _inputs_for(graph, args)
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    progress = _LaunchProgress()
     report = compare(graph, weights, inputs, backends, layers=args.layers,
-                     rtol=args.rtol, atol=args.atol, compile_options=_compile_options(args))
+                     rtol=args.rtol, atol=args.atol, compile_options=_compile_options(args),
+                     options={name: {"progress": progress} for name in ("cudasim", "cuda")})
+    progress.done()
     print(report.format())
     return 0 if report.agree else 3
 

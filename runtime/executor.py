@@ -31,12 +31,12 @@ kernel skipped would still hold the input's value, which only `reuse_memory=Fals
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from netc.codegen.plan import Arg, Buffer, LaunchPlan
+from netc.codegen.plan import Arg, Buffer, Launch, LaunchPlan
 from netc.dtypes import bf16_bits_to_f32, f32_to_bf16_bits
 
 MAX_GRID_X = 2**31 - 1
@@ -235,9 +235,11 @@ class PlanRunner:
         return float(arg.value or 0.0)
 
     def run(self, inputs: Mapping[str, np.ndarray], *, poison: bool = True,
-            batch: int | None = None) -> dict[str, np.ndarray]:
+            batch: int | None = None,
+            progress: Callable[[int, int, Launch], None] | None = None) -> dict[str, np.ndarray]:
         """Run the plan; returns every output by name, as float32. `batch`: the caller has
-        checked the inputs against the network already and read the batch off them."""
+        checked the inputs against the network already and read the batch off them.
+        `progress(index, count, launch)` is called before each launch."""
         if batch is None:
             batch = bind_batch(self.plan, inputs)
         sizes = self.plan.sizes(batch)
@@ -253,6 +255,8 @@ class PlanRunner:
                 self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))
         for index, launch in enumerate(self.plan.launches):
             assert self._module is not None, "a plan with launches has kernels"
+            if progress is not None:
+                progress(index, len(self.plan.launches), launch)
             if poison and self._arena is not None:
                 for buffer in self._births.get(index, ()):
                     self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))

@@ -91,9 +91,13 @@ class PlanBackend:
                                  build_binary(self.compiled.plan, device),
                                  reuse_memory=options.get("reuse_memory", True))
 
+        self.progress = options.get("progress")
+        """`progress(index, count, launch)` before each launch (the CLI's progress line)."""
+
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         sizes = bind_batch(self.compiled.source, inputs)
-        return self.runner.run(inputs, batch=next(iter(sizes.values()), 1))
+        return self.runner.run(inputs, batch=next(iter(sizes.values()), 1),
+                               progress=self.progress)
 
 
 def _cudasim(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:
@@ -200,6 +204,6 @@ def prepare_artifact(artifact: Any, backend: str, weights: Mapping[str, np.ndarr
             batch = bind_batch(artifact.plan, inputs)
         except PlanInputError as exc:
             raise CompileError([Diagnostic("E0402", str(exc))]) from None
-        return runner.run(inputs, batch=batch)
+        return runner.run(inputs, batch=batch, progress=options.get("progress"))
 
     return run

@@ -98,3 +98,36 @@ def test_bad_input_files_are_diagnosed(tmp_path: Path, case: str) -> None:
         np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     result = netc("run", MLP, "--input", f"pixels={path}", "--backend", "reference")
     assert_user_error(result, "E0405")
+
+
+def _run_on_a_terminal(*args: str) -> str:
+    """stderr of `netc ARGS` with stderr a pseudo-terminal (stdout a pipe)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    with subprocess.Popen([sys.executable, "-m", "netc", *args], stdout=subprocess.PIPE,
+                          stderr=follower, env={**os.environ, "NETC_PROGRESS_DELAY": "0"}) \
+            as process:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.wait()
+    os.close(leader)
+    assert process.returncode == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_per_kernel_on_a_terminal_and_none_in_a_pipe() -> None:
+    args = ("run", str(ROOT / "examples" / "lenet5.net"), "--random-input", "--backend",
+            "cudasim")
+    shown = _run_on_a_terminal(*args)
+    assert "[1/7] netc_conv2d" in shown and "[7/7]" in shown, shown
+    piped = netc(*args, env={"NETC_PROGRESS_DELAY": "0"})
+    assert piped.returncode == 0 and "[1/7]" not in piped.stderr
