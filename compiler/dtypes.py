@@ -15,10 +15,17 @@ def round_to(dtype: str, array: np.ndarray) -> np.ndarray:
     if dtype == "f32":
         return array
     if dtype == "f16":
-        return array.astype(np.float16).astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond 65504 is inf, as on a GPU: no warning
+            return array.astype(np.float16).astype(np.float32)
     if dtype == "bf16":
         return bf16_bits_to_f32(f32_to_bf16_bits(array))
     raise ValueError(f"unknown dtype {dtype!r}")
+
+
+def round_scalar(dtype: str, value: float) -> float:
+    """A number as a `dtype` tensor holds it (70000.0 in f16 is inf): how a constant of an
+    f16 or bf16 network enters a kernel, as it enters the reference."""
+    return float(round_to(dtype, np.full(1, value, dtype=np.float32))[0])
 
 
 def f32_to_bf16_bits(array: np.ndarray) -> np.ndarray:

@@ -74,7 +74,11 @@ def run_reference(graph: Graph, weights: Mapping[str, np.ndarray],
             value = round_to(node.type.dtype, np.float32(node.attrs["value"]))
         else:
             args = [values[i] for i in node.inputs]
-            value = round_to(node.type.dtype, REGISTRY[node.op].reference(node.attrs, *args))
+            # NaN and inf in, NaN and inf out, as IEEE says: that is the meaning, not a
+            # problem to warn about on the user's stderr (issue 9).
+            with np.errstate(all="ignore"):
+                result = REGISTRY[node.op].reference(node.attrs, *args)
+            value = round_to(node.type.dtype, result)
         values[node.id] = value
         if observe is not None:
             observe(node, value)

@@ -96,6 +96,14 @@ __device__ __forceinline__ netc_bf16 netc_from_float<netc_bf16>(float value)
 }
 #endif
 
+// `value` rounded to T and back: what storing it as a T would keep (identity for float). The
+// reference interpreter rounds every op's result to its dtype; fused code does the same.
+template <typename T>
+__device__ __forceinline__ float netc_round(float value)
+{
+    return netc_to_float(netc_from_float<T>(value));
+}
+
 template <typename T>
 __device__ __forceinline__ float netc_load(const T* pointer)
 {
@@ -126,6 +134,18 @@ __device__ __forceinline__ float netc_negative_infinity()
     return __int_as_float(static_cast<int>(0xff800000u));
 }
 
+__device__ __forceinline__ float netc_quiet_nan()
+{
+    return __int_as_float(0x7fffffff);
+}
+
+// The larger of a and b, NaN if either is NaN: NumPy's np.maximum / np.max and PyTorch's max
+// pooling. (fmaxf returns the other operand for a NaN, so a NaN would vanish.)
+__device__ __forceinline__ float netc_max(float a, float b)
+{
+    return (a > b || a != a) ? a : b;
+}
+
 // Warp reductions: every lane ends with the reduction over the 32 lanes of its warp. All 32
 // lanes must call them (no lane may have returned early).
 __device__ __forceinline__ float netc_warp_sum(float value)
@@ -140,6 +160,6 @@ __device__ __forceinline__ float netc_warp_max(float value)
 {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1)
-        value = fmaxf(value, __shfl_xor_sync(NETC_FULL_WARP, value, offset));
+        value = netc_max(value, __shfl_xor_sync(NETC_FULL_WARP, value, offset));
     return value;
 }

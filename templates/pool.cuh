@@ -47,7 +47,7 @@ __device__ __forceinline__ void netc_pool2d(const T* __restrict__ x, T* __restri
             if (in_x < 0 || in_x >= g.width)
                 continue;
             const float value = netc_load(input + in_y * g.width + in_x);
-            result = IS_MAX ? fmaxf(result, value) : result + value;
+            result = IS_MAX ? netc_max(result, value) : result + value;
             ++count;
         }
     }

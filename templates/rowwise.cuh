@@ -65,7 +65,7 @@ struct NetcCombineMaxSum {
     {
         const float max = fmaxf(a.max, b.max);
         if (max == netc_negative_infinity())
-            return {max, 0.0f};  // both empty
+            return {max, a.sum + b.sum};  // no number yet: 0, or NaN if a NaN was seen
         return {max, a.sum * expf(a.max - max) + b.sum * expf(b.max - max)};
     }
 };
@@ -125,16 +125,21 @@ __device__ __forceinline__ void netc_softmax_rows(const Load& load, T* __restric
         if (value > partial.max) {
             partial.sum = partial.sum * expf(partial.max - value) + 1.0f;
             partial.max = value;
-        } else {
-            partial.sum += expf(value - partial.max);
-        }
+        } else if (value != netc_negative_infinity()) {
+            partial.sum += expf(value - partial.max);  // NaN for a NaN: the row becomes NaN
+        }  // -inf adds exp(-inf) = 0 (and must not compute -inf - -inf while max is -inf)
     }
     NETC_DYNAMIC_SHARED(NetcMaxSum, scratch);
     const NetcMaxSum total =
         netc_row_reduce<THREADS_PER_ROW>(partial, NetcCombineMaxSum(), scratch);
 
-    const float log_sum = logf(total.sum);
-    const float inverse_sum = 1.0f / total.sum;
+    // As NumPy and PyTorch compute it, x - max(x) is NaN where x = max = +inf, and everywhere
+    // when every x is -inf: such a row is all NaN, like a row holding a NaN.
+    const bool infinite_max = total.max == -netc_negative_infinity() ||
+                              total.max == netc_negative_infinity();
+    const float sum = infinite_max ? netc_quiet_nan() : total.sum;
+    const float log_sum = logf(sum);
+    const float inverse_sum = 1.0f / sum;
     for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
         const long long offset = start + j * rows.inner;
         const float shifted = load(0.0f, offset) - total.max;
