@@ -243,12 +243,19 @@ def _check_arena(plan: LaunchPlan, batch: int) -> None:
         assert buffer.live is not None
         taken = by_name[buffer.in_place_of]
         launch = plan.launches[buffer.live[0]]
-        # Only an elementwise kernel, writing this buffer, over an input dying right there.
-        assert launch.kernel.startswith("netc_ew_"), launch.kernel
+        # Only the launch writing this buffer, over an input dying right there: an
+        # elementwise kernel (its output comes first), or a kernel whose fused epilogue reads
+        # the input, and which takes it nowhere else (the kernel's own operands are read at
+        # other elements).
+        passed = [arg.buffer for arg in launch.args if arg.kind == "buffer"]
+        if launch.kernel.startswith("netc_ew_"):
+            assert buffer.name == passed[0]
+        else:
+            assert "_ep_" in launch.kernel, launch.kernel
+            assert buffer.name in passed and passed.count(taken.name) == 1, launch
         assert taken.live is not None and taken.live[1] == buffer.live[0] > taken.live[0]
         assert taken.dtype == buffer.dtype and taken.nbytes(sizes) >= buffer.nbytes(sizes)
         assert taken.arena_offset == buffer.arena_offset
-        assert buffer.name == launch.args[0].buffer
     verify_plan(plan.memory_plan(batch))
 
 
