@@ -7,19 +7,17 @@ them out, so a PyTorch state dict maps over by name. `.npz` files are read with
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import struct
-import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from netc.diagnostics import CompileError, Diagnostic
 from netc.dtypes import bf16_bits_to_f32
+from netc.files import atomic_path
 from netc.ir import Graph, Node, format_shape
 from netc.ops import REGISTRY, ParamSpec
 
@@ -94,7 +92,7 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
         return
     from safetensors.numpy import save_file
 
-    with _atomic_path(path) as temp:
+    with atomic_path(path) as temp:
         save_file(arrays, str(temp))
 
 
@@ -105,24 +103,10 @@ def weights_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
     return bytes(save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}))
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` that replaces it only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
-    try:
-        yield Path(temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-
-
 def write_npz(arrays: Mapping[str, np.ndarray], path: str | Path) -> None:
     """Write arrays to an `.npz` file atomically. Written member by member rather than through
     `np.savez(**arrays)`, whose own keyword arguments would clash with arrays named `file`."""
-    with _atomic_path(Path(path)) as temp, zipfile.ZipFile(temp, "w") as archive:
+    with atomic_path(Path(path)) as temp, zipfile.ZipFile(temp, "w") as archive:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)

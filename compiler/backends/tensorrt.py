@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 
 from netc.diagnostics import CompileError, Diagnostic, MissingDependency
+from netc.files import write_atomic
 
 E_BUILD_REQUEST = "E0620"
 E_CALIBRATION = "E0621"
@@ -178,10 +179,7 @@ def _write_script(path: Path, command: Sequence[str], int8: bool, calibration_ca
             "# INT8 with placeholder dynamic ranges, whose accuracy means nothing.",
         ]
     lines.append(" \\\n    ".join(shlex.quote(part) for part in command))
-    temp = path.with_name(f".{path.name}.partial")
-    temp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    temp.chmod(0o755)
-    os.replace(temp, path)
+    write_atomic(path, "\n".join(lines) + "\n", mode=0o755)
 
 
 def _external_files(model_path: Path) -> list[Path]:
@@ -467,12 +465,8 @@ def build_engine(onnx_path: onnx.ModelProto | str | os.PathLike[str],
         raise CompileError([Diagnostic(E_BUILD, "TensorRT could not build an engine for "
                                        f"`{model_file}`; the builder log ends:\n"
                                        + "\n".join(summary.lines))])
-    temp = engine_file.with_name(f".{engine_file.name}.partial")
-    temp.write_bytes(bytes(serialized))
-    os.replace(temp, engine_file)
-    cache_temp = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
-    cache_temp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    os.replace(cache_temp, cache)
+    write_atomic(engine_file, bytes(serialized))
+    write_atomic(cache, bytes(config.get_timing_cache().serialize()), mode=0o600)
     return result(True, None, summary, trt.__version__)
 
 

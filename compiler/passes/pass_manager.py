@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from netc.files import write_atomic
 from netc.ir import Graph, print_graph, verify
 from netc.passes.weight_transforms import WeightTransform
 
@@ -143,14 +143,12 @@ def prepare_dump_dir(directory: Path) -> None:
 
 
 def _save_dump_manifest(directory: Path, written: dict[str, str]) -> None:
-    temporary = directory / f"{DUMP_MANIFEST}.tmp"
-    temporary.write_text(json.dumps(written, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(temporary, directory / DUMP_MANIFEST)
+    write_atomic(directory / DUMP_MANIFEST, json.dumps(written, indent=1, sort_keys=True))
 
 
 def write_dump(directory: Path, name: str, text: str) -> None:
     """Write one `--dump-ir` file (`NN_name.txt`) and record it as netc's."""
-    (directory / name).write_text(text, encoding="utf-8")
+    write_atomic(directory / name, text)
     written = _dump_manifest(directory)
     written[name] = _sha256(text)
     _save_dump_manifest(directory, written)
