@@ -1,10 +1,9 @@
 """netc: a compiler for neural networks written in the `.net` language."""
 
-from netc.api import Layer, Model, load, loads
+from netc._version import __version__
+from netc.api import CompiledModel, Layer, Model, load, load_artifact, loads
 from netc.diagnostics import CompileError, Diagnostic
 from netc.weights import load_weights, save_weights
 
-__version__ = "0.1.0"
-
-__all__ = ["CompileError", "Diagnostic", "Layer", "Model", "load", "load_weights", "loads",
-           "save_weights"]
+__all__ = ["CompileError", "CompiledModel", "Diagnostic", "Layer", "Model", "__version__",
+           "load", "load_artifact", "load_weights", "loads", "save_weights"]

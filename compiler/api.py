@@ -8,6 +8,12 @@
     outputs = model.run({"image": x}, weights)        # reference backend, NumPy in and out
     run = model.compile("cudasim", weights)           # generated CUDA kernels on the CPU
     outputs = run({"image": x})
+
+    compiled = netc.load_artifact("build/lenet5")     # what `netc compile` wrote
+    outputs = compiled.run({"image": x})              # nothing is compiled; no .net needed
+
+`Model.compile` compiles through the compile driver (`netc.driver`) at `-O2`, as `netc run`
+does; `compile("cudasim", weights, level=0)` asks for the unfused plan.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +31,9 @@ from netc.diagnostics import Span
 from netc.ir import Dim, Graph, Node, print_graph
 from netc.ops import REGISTRY, node_flops
 from netc.weights import init_weights, param_specs
+
+if TYPE_CHECKING:
+    from netc.artifacts import Artifact
 
 
 @dataclass(frozen=True)
@@ -113,3 +122,47 @@ def loads(text: str, network: str | None = None, filename: str = "<string>",
 
     return Model(load_string(text, filename=filename, network=network,
                              base_dir=Path(base_dir) if base_dir is not None else None))
+
+
+class CompiledModel:
+    """A compiled artifact directory (`netc compile MODEL -o DIR`), loaded and verified: it runs
+    on `cudasim` or `cuda` from its own binaries, without the `.net` file."""
+
+    def __init__(self, artifact: Artifact):
+        self.artifact = artifact
+
+    @property
+    def name(self) -> str:
+        return self.artifact.network
+
+    @property
+    def inputs(self) -> dict[str, tuple[str, tuple[Dim, ...]]]:
+        return {b.node: (b.dtype, b.shape) for b in self.artifact.plan.buffers
+                if b.role == "input"}
+
+    @property
+    def outputs(self) -> list[str]:
+        return [name for name, _ in self.artifact.plan.outputs]
+
+    def compile(self, backend: str = "cudasim",
+                weights: Mapping[str, np.ndarray] | None = None, **options: Any) -> Runner:
+        """A callable running the artifact; `weights` (the source network's) default to the
+        weights the artifact holds."""
+        from netc.backends import prepare_artifact
+
+        return prepare_artifact(self.artifact, backend, weights, **options)
+
+    def run(self, inputs: Mapping[str, np.ndarray], backend: str = "cudasim",
+            weights: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        return self.compile(backend, weights)(inputs)
+
+    def __repr__(self) -> str:
+        return f"<netc.CompiledModel {self.name}: {len(self.artifact.plan.launches)} launches>"
+
+
+def load_artifact(path: str | Path) -> CompiledModel:
+    """Read and verify an artifact directory; raises `netc.CompileError` (E0431) unless it is
+    intact and was written by this version of netc."""
+    from netc.artifacts import load_artifact as read
+
+    return CompiledModel(read(path))

@@ -222,7 +222,7 @@ def _sha256(data: bytes) -> str:
 def manifest_document(files: Mapping[str, bytes], info: Mapping[str, Any]) -> dict[str, Any]:
     """`netc.json`: what wrote the directory, `info` (target, network, options...), and every
     other file with its size and SHA-256."""
-    from netc import __version__
+    from netc._version import __version__
 
     return {"format": ARTIFACT_FORMAT, "kind": KIND, "netc_version": __version__, **info,
             "files": {name: {"bytes": len(data), "sha256": _sha256(data)}
@@ -515,7 +515,7 @@ def _device_binary(path: Path, plan: LaunchPlan, resources: Any) -> DeviceBinary
 def load_artifact(path: Path | str) -> Artifact:
     """Read and verify the artifact directory `path` (see the module docstring); raises
     `ArtifactLoadError` (E0431) for anything short of an intact artifact of this netc."""
-    from netc import __version__
+    from netc._version import __version__
     from netc.codegen.plan import LaunchPlan
     from netc.passes.weight_transforms import WeightTransform
     from netc.weights import load_weights

@@ -829,7 +829,7 @@ def _positive(text: str) -> int:
 
 
 def _version() -> str:
-    from netc import __version__
+    from netc._version import __version__
 
     return __version__
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
-import netc
+from netc._version import __version__
 from netc.codegen.arena import plan_launch_arena
 from netc.codegen.kernels import (
     NO_FUSION,
@@ -266,7 +266,7 @@ def render_module(module: str, network: str, kernels: Iterable[KernelSpec],
         "module.jinja",
         module=sanitize(module),
         network=sanitize(network),
-        version=netc.__version__,
+        version=__version__,
         launches=[{"kernel": name, "where": describe_node(node)} for name, node in uses],
         headers=[{"name": name, "text": header(name).rstrip("\n")}
                  for name in header_order(specs)],

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from netc import __version__
+from netc._version import __version__
 from netc.dtypes import f32_to_bf16_bits
 from netc.ir import SOURCE_OPS, Dim, Graph, Node, TensorType
 from netc.ops import REGISTRY, OnnxForm
 from netc.ops.builder import GraphBuilder
 from netc.ops.decompose import decomposition_nodes
 from netc.ops.fused import body_of, input_position
+from netc.ops.registry import OpTable, RegistryView
 from netc.ops.windows import Window
 
 OPSET = 17
@@ -111,18 +112,13 @@ class Emitter:
 Lowering = Callable[[Emitter, Node, list[str], str], None]
 """(emitter, IR node, ONNX names of its inputs, ONNX name its result must have)."""
 
-_REGISTERED: dict[str, Lowering] = {}
+_REGISTERED: OpTable[Lowering] = OpTable("ONNX lowering")
 
 
 def exports(*ops: str) -> Callable[[Lowering], Lowering]:
     """Registers the decorated function as the ONNX lowering of `ops` (registered op names)."""
     def register(function: Lowering) -> Lowering:
-        for op in ops:
-            if op not in REGISTRY:
-                raise ValueError(f"an ONNX lowering for `{op}`, which is no registered op")
-            if op in _REGISTERED:
-                raise ValueError(f"`{op}` has two ONNX lowerings")
-            _REGISTERED[op] = function
+        _REGISTERED.add(ops, function)
         return function
     return register
 
@@ -152,8 +148,9 @@ def export_rule(op: str) -> Lowering | None:
     opdef = REGISTRY.get(op)
     if opdef is None:
         return None
-    if op in _REGISTERED:
-        return _REGISTERED[op]
+    registered = _REGISTERED.get(op)
+    if registered is not None:
+        return registered
     if opdef.onnx is not None:
         return _one_node(opdef.onnx)
     if opdef.decompose is not None:
@@ -170,24 +167,8 @@ def emit_node(emit: Emitter, node: Node, inputs: list[str], output: str) -> None
     emit.types[output] = node.type
 
 
-class _Lowerings(Mapping[str, Lowering]):
-    """Every op that can be exported now -> its lowering (read from the registry at each use,
-    so an op registered later is in it)."""
-
-    def __getitem__(self, op: str) -> Lowering:
-        rule = export_rule(op)
-        if rule is None:
-            raise KeyError(op)
-        return rule
-
-    def __iter__(self) -> Iterator[str]:
-        return (op for op in list(REGISTRY) if export_rule(op) is not None)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-LOWERINGS: Mapping[str, Lowering] = _Lowerings()
+LOWERINGS: Mapping[str, Lowering] = RegistryView(export_rule)
+"""Every op that can be exported now -> its lowering."""
 
 
 def _plain(op_type: str, **fixed: Any) -> Lowering:

@@ -94,6 +94,10 @@ def test_the_api_loads_an_artifact(tmp_path: Path) -> None:
     run = prepare_artifact(artifact, "cudasim")
     logits = run({"image": np.load(inputs)})["logits"]
     assert logits.shape == (2, 10) and np.isfinite(logits).all()
+    compiled = netc.load_artifact(out)
+    assert compiled.inputs == {"image": ("f32", ("N", 1, 28, 28))}
+    assert compiled.outputs == ["logits"]
+    np.testing.assert_array_equal(compiled.run({"image": np.load(inputs)})["logits"], logits)
 
 
 def _tamper_cases() -> list[tuple[str, str]]:
