@@ -47,8 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Target:
-    path: str
-    """The file mutated, relative to the repository root."""
+    paths: tuple[str, ...]
+    """The file mutated, relative to the repository root: the first of these that the
+    revision has (a file that moved keeps its history of scores)."""
     tests: tuple[str, ...]
     """The test files that cover it (the per-file mapping): only these run for its mutants."""
     functions: str | None = None
@@ -65,24 +66,24 @@ SIM = "tests/sim/"
 
 TARGETS: dict[str, Target] = {
     # The op registry and shape rules.
-    "ops.windows": Target("compiler/ops/windows.py", UNIT_OPS, focus=(
+    "ops.windows": Target(("compiler/ops/windows.py",), UNIT_OPS, focus=(
         r"if padded\[0\] < effective\[0\] or padded\[1\] < effective\[1\]",)),
-    "ops.pooling": Target("compiler/ops/pooling.py", UNIT_OPS, focus=(
+    "ops.pooling": Target(("compiler/ops/pooling.py",), UNIT_OPS, focus=(
         r"if max\(top, bottom\) > kernel_h // 2",)),
-    "ops.linear": Target("compiler/ops/linear.py", UNIT_OPS, focus=(r"if filters % groups",)),
+    "ops.linear": Target(("compiler/ops/linear.py",), UNIT_OPS, focus=(r"if filters % groups",)),
     "ops.registry": Target("compiler/ops/registry.py",
                            (*UNIT_OPS, "tests/unit/test_sema.py")),
     # The memory planner, over the IR and over the launch plan.
-    "passes.plan_memory": Target("compiler/passes/plan_memory.py", (
+    "memory": Target(("compiler/memory.py", "compiler/passes/plan_memory.py"), (
         "tests/unit/test_passes_memory.py", "tests/unit/test_arena_plan.py",
         "tests/unit/test_plan_boundaries.py"), focus=(
         r"if \(first.start <= second.end", r"if placed.offset \+ placed.size > plan.arena_bytes",
         r"and found.end == buffer.start and found.size >= buffer.size",
         r"if \(graph\[used\].type == kernel.type", r"pinned = \{base\[value\]")),
-    "codegen.arena": Target("compiler/codegen/arena.py", (
+    "codegen.arena": Target(("compiler/codegen/arena.py",), (
         "tests/unit/test_arena_plan.py", SIM + "test_arena.py")),
     # The ONNX importer's window and GEMM handlers.
-    "onnx.importer": Target("compiler/onnx/importer.py", (
+    "onnx.importer": Target(("compiler/onnx/importer.py",), (
         "tests/unit/test_onnx_import.py", "tests/unit/test_blindspots_onnx_import.py"),
         functions=r"_gemm|_spatial|_conv|_pool|_windowed_input|_require_4d", focus=(
             r"if kernel != tuple\(weight.shape", r"if \(top, left\) != \(bottom, right\)",
@@ -91,19 +92,19 @@ TARGETS: dict[str, Target] = {
             r"if span >= 0 and span % s", r"if len\(kernel\) != 2", r"if alpha != 1.0",
             r"c = c \* np.float32\(beta\)", r"elif top > kernel\[0\] // 2")),
     # The simulator's scheduler, barrier and warp logic, and the kernels.
-    "cudasim.h": Target("runtime/include/cudasim.h", (
+    "cudasim.h": Target(("runtime/include/cudasim.h",), (
         SIM + "test_cudasim.py", SIM + "test_cudasim_detector.py"),
         regions=(("static bool same_site(", "static void poison_shared("),
                  ("static unsigned shuffled_order_pass(", "// ---- the worker pool"),
                  ("static void warp_complete(", "}  // namespace detail")),
         focus=(r"SCHED_REVERSED \? n - 1 - k", r"SCHED_REVERSED \? job->nblocks - 1 - k",
                r"case BAR_AND:", r"for \(unsigned i = 1; i < n && same")),
-    "gemm.cuh": Target("templates/gemm.cuh", (
+    "gemm.cuh": Target(("templates/gemm.cuh",), (
         SIM + "test_codegen_gemm.py", SIM + "test_gemm_exact_tiles.py"),
         focus=(r"m_tiles = static_cast<unsigned>\(netc_ceil_div",)),
-    "conv2d.cuh": Target("templates/conv2d.cuh", (SIM + "test_codegen_conv.py",)),
-    "pool.cuh": Target("templates/pool.cuh", (SIM + "test_codegen_pool.py",)),
-    "rowwise.cuh": Target("templates/rowwise.cuh", (SIM + "test_codegen_rowwise.py",)),
+    "conv2d.cuh": Target(("templates/conv2d.cuh",), (SIM + "test_codegen_conv.py",)),
+    "pool.cuh": Target(("templates/pool.cuh",), (SIM + "test_codegen_pool.py",)),
+    "rowwise.cuh": Target(("templates/rowwise.cuh",), (SIM + "test_codegen_rowwise.py",)),
 }
 
 PY_OPERATORS = tuple(f"core/{name}" for name in (
@@ -339,14 +340,22 @@ def run_tests(tree: Path, tests: Sequence[str], env: dict[str, str],
 COMPILE_FAILED = ("for the simulator failed:", "compiling the simulator runtime failed")
 
 
+def _source(target: Target, tree: Path) -> str:
+    found = next((p for p in target.paths if (tree / p).exists()), None)
+    if found is None:
+        raise SystemExit(f"none of {', '.join(target.paths)} is in this revision")
+    return found
+
+
 def measure(name: str, target: Target, tree: Path, env: dict[str, str], limit: int | None,
             progress: bool, carried: dict[tuple[str, ...], str] | None = None
             ) -> dict[str, object]:
-    path = tree / target.path
+    source = _source(target, tree)
+    path = tree / source
     original = path.read_text()
     tests = [t for t in target.tests if (tree / t).exists()]
     missing = sorted(set(target.tests) - set(tests))
-    generate = cxx_mutants if target.path.endswith((".h", ".cuh")) else python_mutants
+    generate = cxx_mutants if source.endswith((".h", ".cuh")) else python_mutants
     mutants = list(generate(name, target, original))
     total = len(mutants)
     if limit is not None and total > limit:
@@ -402,7 +411,7 @@ def measure(name: str, target: Target, tree: Path, env: dict[str, str], limit: i
     caught = counts["killed"] + counts["timeout"]
     judged = caught + counts["survived"]
     on_focus = [m for m in mutants if any(p.search(m.before) for p in focus)]
-    return {"module": name, "path": target.path, "tests": tests, "missing_tests": missing,
+    return {"module": name, "path": source, "tests": tests, "missing_tests": missing,
             "mutants_total": total, "mutants_run": sum(not m.focus for m in mutants),
             "baseline_seconds": baseline,
             **counts, "score": round(caught / judged, 4) if judged else None,
@@ -475,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.carry is not None:
         for module in json.loads(args.carry.read_text())["modules"]:
             carried.update({_key(m): str(m["outcome"]) for m in module["mutants"]})
-    names = args.module or [n for n, t in TARGETS.items() if t.path.endswith(".py")]
+    names = args.module or [n for n, t in TARGETS.items() if t.paths[0].endswith(".py")]
     with tempfile.TemporaryDirectory(prefix="netc-mutation-") as temporary:
         tree = Path(temporary) / "tree"
         tree.mkdir()
@@ -483,12 +492,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list:
             for name in names:
                 target = TARGETS[name]
-                text = (tree / target.path).read_text()
+                source = _source(target, tree)
+                text = (tree / source).read_text()
                 generate: Callable[[str, Target, str], Iterator[Mutant]]
-                generate = cxx_mutants if target.path.endswith((".h", ".cuh")) \
-                    else python_mutants
+                generate = cxx_mutants if source.endswith((".h", ".cuh")) else python_mutants
                 print(f"{name:<20} {sum(1 for _ in generate(name, target, text)):>5} mutants  "
-                      f"{target.path}  <- {' '.join(target.tests)}")
+                      f"{source}  <- {' '.join(target.tests)}")
             return 0
         env = prepare(tree)
         results = [measure(name, TARGETS[name], tree, env, args.limit, not args.quiet, carried)

@@ -16,9 +16,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from netc.ir import TensorType
+from netc.ir import Attrs, TensorType
 from netc.ops import REGISTRY, ShapeError
 from netc.ops.builder import make_attrs
+from netc.ops.windows import Window
 
 pytestmark = pytest.mark.unit
 
@@ -267,3 +268,31 @@ def test_conv2d_filters_not_divisible_by_groups_is_an_error() -> None:
         "N", 9, 6, 6)
     with pytest.raises(ShapeError, match="input channels divisible by 4"):
         _infer("conv2d", _type("N", 6, 8, 8), filters=8, kernel=3, groups=4)
+
+
+def test_window_defaults_for_attributes_left_out() -> None:
+    # Backends may build a window from a partial record: stride defaults to the kernel,
+    # dilation to 1 and padding to 0 on every side.
+    window = Window.from_attrs("maxpool2d", Attrs(kernel=(2, 3)))
+    assert (window.kernel, window.stride, window.dilation, window.padding) == (
+        (2, 3), (2, 3), (1, 1), (0, 0, 0, 0))
+    assert window.output_size("maxpool2d", _type(1, 1, 4, 9)) == (2, 3)
+    dilated = Window.from_attrs("conv2d", Attrs(kernel=(2, 3), stride=1, dilation=(3, 2)))
+    assert dilated.effective_kernel() == (4, 5)
+    assert dilated.padding == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(("op", "per_output"), [("maxpool2d", 2 * 3), ("avgpool2d", 2 * 3 + 1)])
+def test_pool_flops_use_both_kernel_axes(op: str, per_output: int) -> None:
+    x = _type(2, 3, 8, 9)
+    attrs = make_attrs(op, {"kernel": (2, 3)}, [x])
+    output = REGISTRY[op].infer(attrs, [x]).shape
+    assert output == (2, 3, 4, 3)
+    assert REGISTRY[op].flops(attrs, [x.shape], output) == 2 * 3 * 4 * 3 * per_output
+
+
+def test_global_avgpool_flops_read_every_input_and_write_every_output() -> None:
+    opdef = REGISTRY["global_avgpool"]
+    x = _type(2, 3, 5, 7)
+    attrs = make_attrs("global_avgpool", {}, [x])
+    assert opdef.flops(attrs, [x.shape], (2, 3, 1, 1)) == 2 * 3 * 5 * 7 + 2 * 3

@@ -14,7 +14,14 @@ import pytest
 from netc.codegen.plan import LaunchPlan
 from netc.driver import CompileOptions, compile_graph
 from netc.ir import Graph
-from netc.memory import BufferLife, MemoryPlan, Placement, plan_arena, verify_plan
+from netc.memory import (
+    BufferLife,
+    MemoryPlan,
+    Placement,
+    format_bytes,
+    plan_arena,
+    verify_plan,
+)
 from netc.ops.builder import GraphBuilder
 
 pytestmark = pytest.mark.unit
@@ -169,3 +176,51 @@ def test_an_output_that_is_a_view_pins_its_intermediate() -> None:
     # ...and the sigmoid may not take it over, though it reads it elementwise.
     assert arena[sigmoid].in_place_of is None
     assert plan.memory_plan(2).total_bytes == 2 * 2 * 16 * 4
+
+
+# The planner's records and reports ---------------------------------------------------------------
+
+def test_a_zero_byte_buffer_is_planned_and_bad_records_are_refused() -> None:
+    plan = plan_arena([BufferLife("empty", 0, 0, 1), BufferLife("a", 512, 0, 1)])
+    verify_plan(plan)
+    assert plan.placement("empty").size == 0
+    with pytest.raises(ValueError, match="buffer bad: size -1"):
+        plan_arena([BufferLife("bad", -1, 0, 1)])
+    with pytest.raises(ValueError, match=r"kernels 2\.\.1"):
+        plan_arena([BufferLife("bad", 4, 2, 1)])
+    with pytest.raises(ValueError, match="unique"):
+        plan_arena([BufferLife("a", 4, 0, 1), BufferLife("a", 4, 1, 2)])
+
+
+def test_plan_records_are_frozen() -> None:
+    plan = plan_arena([BufferLife("a", 512, 0, 1)])
+    for record, field in ((BufferLife("a", 1, 0, 0), "size"), (plan.placements[0], "offset"),
+                          (plan, "arena_bytes")):
+        with pytest.raises(AttributeError):
+            setattr(record, field, 0)
+        hash(record if record is not plan else plan.placements)
+
+
+def test_the_overlap_message_names_both_byte_ranges() -> None:
+    with pytest.raises(ValueError) as caught:
+        verify_plan(_plan(Placement("a", 0, 512, 0, 2), Placement("b", 256, 768, 1, 3)))
+    assert str(caught.value) == ("a (bytes 0..512, kernels 0..2) and b (bytes 256..1024, "
+                                 "kernels 1..3) overlap while both are live")
+
+
+def test_summary_and_description_are_exact() -> None:
+    buffers = [BufferLife("a", 1000, 0, 1), BufferLife("b", 1000, 1, 2),
+               BufferLife("c", 1000, 2, 3), BufferLife("d", 1000, 3, 4, inplace=("c",))]
+    plan = plan_arena(buffers, batch=4)
+    assert plan.summary() == ("arena 2.00 KiB for 4 intermediates totalling 3.91 KiB at batch 4, "
+                              "49% less; 1 in place")
+    assert plan.describe()[0] == f"memory plan: {plan.summary()} (256-byte alignment)"
+    assert plan.describe()[4] == "  d  offset          0  size       1000  kernels 3..4  in place of c"
+
+
+@pytest.mark.parametrize(("count", "text"), [
+    (1023, "1023 B"), (1024, "1.00 KiB"), ((1 << 20) - 1, "1024.00 KiB"), (1 << 20, "1.00 MiB"),
+    (1 << 30, "1.00 GiB"), (3 << 30, "3.00 GiB"),
+])
+def test_format_bytes_units(count: int, text: str) -> None:
+    assert format_bytes(count) == text
