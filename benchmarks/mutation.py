@@ -470,6 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--rev", default="HEAD", help="the revision to measure (default HEAD)")
     where.add_argument("--working-tree", action="store_true",
                        help="measure the working tree, uncommitted changes included")
+    parser.add_argument(
+        "--overlay", action="append", default=[], metavar="FILE",
+        help="copy this file (e.g. a new test file) from the working tree over the exported "
+             "revision (repeatable): today's tests against an older revision's source")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "mutation-results",
                         help="folder for mutation.json and mutation.md")
     parser.add_argument("--list", action="store_true",
@@ -489,6 +493,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tree = Path(temporary) / "tree"
         tree.mkdir()
         revision = export_tree(tree, None if args.working_tree else args.rev)
+        for name in args.overlay:
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tree / name)
+        if args.overlay:
+            revision += " + " + ", ".join(args.overlay)
         if args.list:
             for name in names:
                 target = TARGETS[name]

@@ -233,6 +233,10 @@ def pool_attributes(draw: st.DrawFn) -> dict[str, Any]:
               pads=[0, 0, 0, 0], ceil_mode=1, count_include_pad=0))  # ... the width
 @example(dict(op_type="AveragePool", height=8, width=8, kernel_shape=[3, 3], strides=[2, 2],
               pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=0))  # ceil changes nothing
+@example(dict(op_type="MaxPool", height=5, width=7, kernel_shape=[3, 3], strides=[3, 3],
+              pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=0))  # the extra window would
+# start exactly at the first right/bottom pad (5 + 1 on the height): dropped, so the floor rule
+# holds there, while the width (7 + 1 = 8 > 6) gets no extra window either
 def test_pool_is_imported_exactly_when_net_can_say_it(case: dict[str, Any]) -> None:
     attributes = {k: case[k] for k in ("kernel_shape", "strides", "pads", "ceil_mode")}
     if case["op_type"] == "AveragePool":
@@ -309,6 +313,14 @@ def test_gemm_with_computed_b_and_computed_c(alpha: float, beta: float) -> None:
     model = _model([helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=alpha, beta=beta)],
                    {"a": ["N", 3], "b": [3, 4], "c": [4]})
     _assert_matches(model)
+
+
+@pytest.mark.parametrize("shape", [[1, 1, 4], [2, 4], [3]])
+def test_gemm_constant_c_must_be_a_row_bias(shape: list[int]) -> None:
+    # [1, 1, 4] broadcasts into [1, 4] but has three dimensions; [2, 4] has two rows.
+    model = _model([helper.make_node("Gemm", ["a", "w", "c"], ["y"], transB=1)],
+                   {"a": ["N", 3]}, [_tensor("w", np.ones((4, 3))), _tensor("c", np.ones(shape))])
+    assert "only a bias that is the same for every row" in _problems(model)
 
 
 @pytest.mark.parametrize(("alpha", "beta"), [(0.5, 2.0), (0.25, 0.5)])
