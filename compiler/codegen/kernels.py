@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -47,6 +47,7 @@ from netc.codegen.tiles import (
 from netc.ir import Dim, Graph, Node, TensorType
 from netc.ops import REGISTRY, GemmView
 from netc.ops.fused import body_of, input_position
+from netc.ops.registry import OpTable, RegistryView
 from netc.ops.windows import Window
 
 CTYPES = {"f32": "float", "f16": "netc_f16", "bf16": "netc_bf16"}
@@ -212,18 +213,13 @@ class KernelFamily:
     tile: type[Tile]
 
 
-_REGISTERED: dict[str, KernelFamily] = {}
+_REGISTERED: OpTable[KernelFamily] = OpTable("CUDA lowering")
 
 
 def lowers(*ops: str, family: str, tile: type[Tile] = BlockTile) -> Callable[[Lowering], Lowering]:
     """Registers the decorated function as the CUDA lowering of `ops` (registered op names)."""
     def register(function: Lowering) -> Lowering:
-        for op in ops:
-            if op not in REGISTRY:
-                raise ValueError(f"a CUDA lowering for `{op}`, which is no registered op")
-            if op in _REGISTERED:
-                raise ValueError(f"`{op}` has two CUDA lowerings")
-            _REGISTERED[op] = KernelFamily(family, function, tile)
+        _REGISTERED.add(ops, KernelFamily(family, function, tile))
         return function
     return register
 
@@ -231,32 +227,21 @@ def lowers(*ops: str, family: str, tile: type[Tile] = BlockTile) -> Callable[[Lo
 def kernel_family(op: str) -> KernelFamily | None:
     """How `op` is lowered: its registered family, or the elementwise family for an op with a
     CUDA expression; None for views and ops without a lowering."""
-    if op in _REGISTERED:
-        return _REGISTERED[op]
+    registered = _REGISTERED.get(op)
+    if registered is not None:
+        return registered
     opdef = REGISTRY.get(op)
     if opdef is not None and opdef.expression is not None:
         return _POINTWISE_FAMILY
     return None
 
 
-class _Lowerings(Mapping[str, Lowering]):
-    """Every op that can be lowered now -> its lowering function (read from the registry at
-    each use, so an op registered later is in it)."""
-
-    def __getitem__(self, op: str) -> Lowering:
-        family = kernel_family(op)
-        if family is None:
-            raise KeyError(op)
-        return family.lower
-
-    def __iter__(self) -> Iterator[str]:
-        return (op for op in list(REGISTRY) if kernel_family(op) is not None)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+def _lowering(op: str) -> Lowering | None:
+    family = kernel_family(op)
+    return family.lower if family is not None else None
 
 
-LOWERINGS: Mapping[str, Lowering] = _Lowerings()
+LOWERINGS: Mapping[str, Lowering] = RegistryView(_lowering)
 """Every op that computes (all but views) -> the function that lowers one node of it."""
 
 

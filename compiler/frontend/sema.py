@@ -62,6 +62,7 @@ from netc.ops.apply import (
     describe_value,
     missing_attr,
     param_id,
+    unknown_attr,
 )
 from netc.ops.apply import is_int as _is_int
 from netc.ops.apply import is_number as _is_number
@@ -936,12 +937,8 @@ class Expander:
                 continue
             spec = opdef.attr(key.text)
             if spec is None:
-                choices = [s.name for s in opdef.attrs] + (["name"] if opdef.has_params else [])
-                help = did_you_mean(key.text, choices)
-                if help is None:
-                    help = (f"`{op}` takes " + ", ".join(f"`{c}`" for c in choices)
-                            if choices else f"`{op}` takes no attributes")
-                self.error("E0204", f"`{op}` has no attribute `{key.text}`", key.span, help)
+                problem = unknown_attr(opdef, key.text, ("name",) if opdef.has_params else ())
+                self.error(problem.code, problem.message, key.span, problem.help)
                 ok = False
             elif key.text in given:
                 self.error("E0207", f"attribute `{key.text}` of `{op}` is given twice", key.span)

@@ -144,12 +144,23 @@ def missing_attr(opdef: OpDef, spec: AttrSpec) -> AttrError:
                      f"add `{spec.name}=...`{hint}")
 
 
+def unknown_attr(opdef: OpDef, name: str, also: Sequence[str] = ()) -> AttrError:
+    """`name` is no attribute of `opdef`; `also` lists other keywords the caller takes
+    (the front end's `name=` of a layer)."""
+    choices = [spec.name for spec in opdef.attrs] + list(also)
+    help = did_you_mean(name, choices)
+    if help is None:
+        help = (f"`{opdef.name}` takes " + ", ".join(f"`{c}`" for c in choices)
+                if choices else f"`{opdef.name}` takes no attributes")
+    return AttrError("E0204", f"`{opdef.name}` has no attribute `{name}`", help)
+
+
 def bind_attrs(opdef: OpDef, values: Mapping[str, Any], *, canonical: bool = True) -> Attrs:
     """Every attribute of `opdef` from `values` (by name), defaults filled in, each checked by
     `coerce_attr`; raises `AttrError` on the first problem."""
     unknown = sorted(set(values) - {spec.name for spec in opdef.attrs})
     if unknown:
-        raise AttrError("E0204", f"`{opdef.name}` has no attribute `{unknown[0]}`")
+        raise unknown_attr(opdef, unknown[0])
     bound: dict[str, Any] = {}
     for spec in opdef.attrs:
         if spec.name in values and values[spec.name] is None and spec.default is None:

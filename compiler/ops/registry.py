@@ -50,7 +50,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -113,9 +113,6 @@ ROLES: dict[str, str] = {
     "fused": "internal: a group of ops one kernel computes (made by the fusion passes)",
 }
 """Every op's `role`, with what it means to the passes and backends."""
-
-EPILOGUE_ROLES = ("gemm", "conv", "pool", "row_reduction", "reduction")
-"""Roles whose kernel applies fused pointwise ops to each result before storing it."""
 
 Shape = tuple[Dim, ...]
 
@@ -306,6 +303,49 @@ def temporarily_registered(*opdefs: OpDef) -> Iterator[tuple[OpDef, ...]]:
         for opdef in added:
             if REGISTRY.get(opdef.name) is opdef:
                 del REGISTRY[opdef.name]
+
+
+T = TypeVar("T")
+
+
+class OpTable(Generic[T]):
+    """One backend's registrations keyed by op (the CUDA lowerings, the ONNX exporter's
+    rules): every key is a registered op, registered once."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.entries: dict[str, T] = {}
+
+    def add(self, ops: Sequence[str], value: T) -> None:
+        for op in ops:
+            if op not in REGISTRY:
+                raise ValueError(f"a {self.what} for `{op}`, which is no registered op")
+            if op in self.entries:
+                raise ValueError(f"`{op}` has two {self.what}s")
+            self.entries[op] = value
+
+    def get(self, op: str) -> T | None:
+        return self.entries.get(op)
+
+
+class RegistryView(Mapping[str, T]):
+    """Every registered op for which `find(op)` gives something -> that, read from the
+    registry at each use (so an op registered later is in it, and one removed is not)."""
+
+    def __init__(self, find: Callable[[str], T | None]) -> None:
+        self.find = find
+
+    def __getitem__(self, op: str) -> T:
+        found = self.find(op)
+        if found is None:
+            raise KeyError(op)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return (op for op in list(REGISTRY) if self.find(op) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def node_flops(node: Node, input_types: Sequence[TensorType], sizes: Mapping[str, int]) -> int:

@@ -31,7 +31,7 @@ from netc.passes.rewrite import all_ids, output_ids, rebuild
 
 GROUP_KINDS = {"conv": "conv_epilogue", "gemm": "gemm_epilogue", "pool": "pool_epilogue",
                "row_reduction": "reduction", "reduction": "reduction"}
-"""The fused kind of a group anchored at an op of each role (`registry.EPILOGUE_ROLES`)."""
+"""The fused kind of a group anchored at an op of each role; other roles anchor no group."""
 ROW_LIMIT = 4096
 """The longest row (elements along the reduced axis) a softmax/layernorm kernel stages in
 on-chip memory. A prologue is fused into a row-wise reduction only up to this length, so that
