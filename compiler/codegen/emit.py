@@ -35,7 +35,7 @@ from netc.codegen.kernels import (
     tile_kind,
 )
 from netc.codegen.plan import Buffer, BufferRole, Launch, LaunchPlan
-from netc.codegen.pointwise import expression
+from netc.codegen.pointwise import computes
 from netc.codegen.render import header, render
 from netc.codegen.tiles import Tile, TileError
 from netc.ir import Dim, Graph, Node, TensorType, verify
@@ -231,11 +231,11 @@ def _constants_in_memory(graph: Graph) -> set[str]:
     float arguments; any other consumer, or an output, needs them in a buffer."""
     found = {node_id for _, node_id in graph.outputs if graph[node_id].op == "constant"}
     for node in graph.compute_nodes:
-        if expression(node.op) is not None:
+        if computes(node.op):
             continue
         if node.op == "fused":
             tensor_refs = {ref for member in body_of(node.attrs)
-                           if expression(member.op) is None for ref in member.inputs}
+                           if not computes(member.op) for ref in member.inputs}
             used = [value for position, value in enumerate(node.inputs)
                     if f"${position}" in tensor_refs]
         else:

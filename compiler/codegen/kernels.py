@@ -8,8 +8,8 @@ with the launch geometry and arguments of one IR node.
 
 An op is lowered by the function registered for it with `@lowers(op, ..., family=, tile=)`
 beside that function (its kernel family and the tile configuration type the family takes), or,
-for a pointwise op, by its own CUDA expression (`OpDef.expression`: the elementwise family; no
-registration needed). `kernel_family(op)` finds either; `LOWERINGS` is the same as a mapping.
+for a pointwise op, by its own CUDA expression (`OpDef.expression`) or its decomposition into
+pointwise ops, inlined (the elementwise family; no registration needed). `kernel_family(op)` finds either; `LOWERINGS` is the same as a mapping.
 A lowering gets the node and the pointwise ops fused around it (`Fusion`: a prologue computing
 a reduction's input, an epilogue applied to every result). GEMM-shaped ops take M, N, K and
 the matrix count from the op's `gemm_view`, as the tile heuristic does. Views (`OpDef.role ==
@@ -230,10 +230,7 @@ def kernel_family(op: str) -> KernelFamily | None:
     registered = _REGISTERED.get(op)
     if registered is not None:
         return registered
-    opdef = REGISTRY.get(op)
-    if opdef is not None and opdef.expression is not None:
-        return _POINTWISE_FAMILY
-    return None
+    return _POINTWISE_FAMILY if pointwise.computes(op) else None
 
 
 def _lowering(op: str) -> Lowering | None:

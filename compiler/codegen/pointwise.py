@@ -29,6 +29,7 @@ from netc.codegen.plan import Arg
 from netc.dtypes import round_scalar
 from netc.ir import Dim, Node
 from netc.ops import REGISTRY, CudaExpression
+from netc.ops.decompose import decomposition_nodes
 
 
 def expression(op: str) -> CudaExpression | None:
@@ -37,9 +38,15 @@ def expression(op: str) -> CudaExpression | None:
     return opdef.expression if opdef is not None else None
 
 
+def computes(op: str) -> bool:
+    """Whether a functor computes `op`: by its expression, or by inlining its decomposition."""
+    opdef = REGISTRY.get(op)
+    return opdef is not None and opdef.is_pointwise
+
+
 def pointwise_ops() -> frozenset[str]:
-    """Every registered op with a CUDA expression."""
-    return frozenset(name for name, opdef in REGISTRY.items() if opdef.expression is not None)
+    """Every registered op a functor computes."""
+    return frozenset(name for name in REGISTRY if computes(name))
 
 
 def __getattr__(name: str) -> frozenset[str]:
@@ -115,8 +122,10 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
     A body node's inputs name earlier body nodes, `seed` (the value the host kernel passes in),
     or `$k`: `inputs[k]`, which is read from `buffer(inputs[k].id)` broadcast to `out_shape`
     (a scalar `constant` becomes a float argument instead). The [C] parameters of an op whose
-    expression has `channel_params` (batchnorm) repeat along every dim but dim 1.
+    expression has `channel_params` (batchnorm) repeat along every dim but dim 1. An op with a
+    decomposition instead of an expression is computed by its decomposition's statements.
     """
+    expanded = _inline_decompositions(body, inputs, seed)
     names: dict[str, str] = {} if seed is None else {seed: "value"}
     loads: dict[tuple[int, str], str] = {}
     load_strides: list[tuple[int, ...]] = []
@@ -146,7 +155,11 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
                                 else broadcast_strides(source.type.shape, out_shape))
         return loads[key]
 
-    for index, node in enumerate(body):
+    for index, node in enumerate(expanded):
+        if node.op == "constant":  # from a decomposition: a float argument, like any constant
+            floats.append(round_scalar(node.type.dtype, float(node.attrs["value"])))
+            names[node.id] = f"p{len(floats) - 1}"
+            continue
         code = expression(node.op)
         if code is None:
             raise ValueError(f"{node.id}: `{node.op}` is not a pointwise op")
@@ -168,8 +181,33 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
     args += [Arg("float", value=value) for value in floats]
     code = PointwiseCode(_label(body, kinds), tuple(statements), names[body[-1].id],
                          len(load_buffers), len(floats), rank,
-                         labelled=len(body) == 1 and seed is None)
+                         labelled=len(expanded) == 1 and seed is None)
     return Pointwise(code, tuple(args), _same_index(out_shape, load_strides))
+
+
+def _inline_decompositions(body: Sequence[Node], inputs: Sequence[Node],
+                           seed: str | None) -> list[Node]:
+    """`body` with every member computed by its decomposition (no expression) replaced by the
+    decomposition's nodes, recursively; they read the member's own operands."""
+    types = {f"${position}": node.type for position, node in enumerate(inputs)}
+    taken = {node.id for node in body}
+    if seed is not None:
+        types[seed] = body[-1].type  # every member of a group has the anchor's type
+    expanded: list[Node] = []
+    pending = list(body)
+    while pending:
+        node = pending.pop(0)
+        opdef = REGISTRY.get(node.op)
+        if node.op != "constant" and expression(node.op) is None and \
+                opdef is not None and opdef.is_pointwise:
+            inner = decomposition_nodes(node, [types[ref] for ref in node.inputs],
+                                        taken | set(types))
+            taken.update(n.id for n in inner)
+            pending[:0] = inner
+            continue
+        expanded.append(node)
+        types[node.id] = node.type
+    return expanded
 
 
 def _same_index(out_shape: tuple[Dim, ...],

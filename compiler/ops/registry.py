@@ -256,6 +256,13 @@ class OpDef:
     def is_view(self) -> bool:
         return self.role == "view"
 
+    @property
+    def is_pointwise(self) -> bool:
+        """Role `pointwise` and computable as pointwise code: by its CUDA expression, or by
+        a decomposition (into pointwise ops) that the code generator inlines."""
+        return self.role == "pointwise" and (self.expression is not None or
+                                             self.decompose is not None)
+
     def infer_all(self, attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
         """The output type from all IR inputs (tensor inputs followed by parameters)."""
         count = len(self.param_names(attrs))

@@ -4,8 +4,9 @@ The rules (also in `docs/passes.md`):
 
 * A *pointwise* op computes output element i from element i of each (broadcast) input and at
   most per-channel parameters: every op of registry role `pointwise` (activations, add, sub,
-  mul, batchnorm with running statistics) that has a CUDA expression (an op known only by its
-  decomposition stays a node of its own). Only pointwise ops join an anchor or each other.
+  mul, batchnorm with running statistics) with a CUDA expression or a decomposition, which the
+  code generator inlines (`OpDef.is_pointwise`). Only pointwise ops join an anchor or each
+  other.
 * An *anchor* is an op whose kernel applies an epilogue: its role names the group kind
   (`GROUP_KINDS`). Reductions (roles `row_reduction` and `reduction`) also take a prologue.
 * Every member of a group has the type of the group's value: a kernel runs one thread per
@@ -46,7 +47,7 @@ def role(node: Node) -> str | None:
 
 def is_pointwise(node: Node) -> bool:
     opdef = REGISTRY.get(node.op)
-    return opdef is not None and opdef.role == "pointwise" and opdef.expression is not None
+    return opdef is not None and opdef.is_pointwise
 
 
 def is_reduction(node: Node) -> bool:

@@ -6,10 +6,13 @@ parsed from `.net` source, run by the reference interpreter, fused and lowered t
 by the simulator (unoptimised and at -O2), exported to ONNX and run by onnxruntime, and
 imported back from ONNX; and that after the `with` block the language no longer knows it. A
 second throwaway op, given only as a decomposition into existing ops, runs on every backend
-through that decomposition.
+through that decomposition, and fusion puts it in one kernel like any pointwise op; a third,
+a composite `layout` op, is expanded into its parts before lowering.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -138,8 +141,13 @@ def test_an_op_given_as_a_decomposition_runs_on_every_backend() -> None:
         dense = inputs["x"] @ weights["dense_0.weight"].T + weights["dense_0.bias"]
         np.testing.assert_allclose(expected, dense / (1 + np.exp(-1.5 * dense)), rtol=1e-5,
                                    atol=1e-6)
+        # Alone, one elementwise kernel computes the decomposition inline; at -O2 it is the
+        # dense kernel's epilogue.
         plan = generate(model.graph)
-        assert len(plan.launches) == 4  # dense, then the decomposition's mul, sigmoid, mul
+        assert len(plan.launches) == 2 and "expf(" in plan.source
+        optimised = run_pipeline(model.graph, level=2).graph
+        assert [(n.op, n.attrs.get("kind")) for n in optimised.compute_nodes] == [
+            ("fused", "gemm_epilogue")]
         for level in (0, 2):
             actual = model.compile("cudasim", weights, level=level)(inputs)["y"]
             assert_close(f"y at -O{level}", actual, expected, 1e-5, 1e-5)
@@ -150,3 +158,40 @@ def test_an_op_given_as_a_decomposition_runs_on_every_backend() -> None:
                                                providers=["CPUExecutionProvider"])
         assert_close("onnxruntime y", session.run(None, inputs)[0], expected, 1e-5, 1e-6)
     assert "swish_beta" not in REGISTRY
+
+
+def _transposed_relu(builder: Composer, attrs: Attrs, x: str) -> str:
+    return builder.op("relu", builder.op("transpose", x, perm=(0, 1, 3, 2)))
+
+
+TRANSPOSED_RELU = OpDef(
+    name="transposed_relu",
+    infer=lambda attrs, inputs: dataclasses.replace(
+        inputs[0], shape=(*inputs[0].shape[:2], inputs[0].shape[3], inputs[0].shape[2])),
+    kind="layout",
+    role="layout",
+    decompose=_transposed_relu,
+    summary="relu of x with H and W swapped, only as a decomposition",
+)
+
+
+def test_a_composite_op_that_is_not_pointwise_is_expanded_before_lowering() -> None:
+    source = """
+    network swapped {
+        input x: f32[N, 2, 3, 5]
+        output y = transposed_relu(x) * 2.0
+    }
+    """
+    with temporarily_registered(TRANSPOSED_RELU):
+        model = netc.loads(source)
+        inputs = {"x": np.random.default_rng(4).standard_normal((2, 2, 3, 5)).astype(np.float32)}
+        expected = run_reference(model.graph, {}, inputs)["y"]
+        np.testing.assert_array_equal(
+            expected, np.maximum(inputs["x"].transpose(0, 1, 3, 2), 0) * np.float32(2))
+        plan = generate(model.graph)
+        assert len(plan.launches) == 3  # the transpose, the relu, the multiplication
+        for level in (0, 2):
+            actual = model.compile("cudasim", {}, level=level)(inputs)["y"]
+            assert_close(f"y at -O{level}", actual, expected, 0, 0)
+        exported = export_graph(model.graph, {})
+        assert [n.op_type for n in exported.graph.node] == ["Transpose", "Relu", "Mul"]
