@@ -406,21 +406,38 @@ def measure(name: str, target: Target, tree: Path, env: dict[str, str], limit: i
                       f"{mutant.operator}: {mutant.after}", flush=True)
     finally:
         path.write_text(original)
-    counts = {k: sum(m.outcome == k for m in mutants if not m.focus)
+    record = {"module": name, "path": source, "tests": tests, "missing_tests": missing,
+              "mutants_total": total, "baseline_seconds": baseline,
+              "mutants": [{k: v for k, v in dataclasses.asdict(m).items()
+                           if k not in ("source", "build")} for m in mutants]}
+    return summarise(record)
+
+
+RENAMED = {"passes.plan_memory": "memory"}
+"""Earlier names of targets (the file moved), for results recorded under them."""
+
+
+def summarise(record: dict[str, object]) -> dict[str, object]:
+    """(Re)judge the survivors against `EQUIVALENT` and count the outcomes."""
+    name = RENAMED.get(str(record["module"]), str(record["module"]))
+    mutants: list[dict[str, object]] = record["mutants"]  # type: ignore[assignment]
+    for m in mutants:
+        if m["outcome"] in ("survived", "equivalent"):
+            reason = EQUIVALENT.get((name, str(m["before"]), str(m["after"])))
+            m["outcome"], m["reason"] = ("equivalent", reason) if reason else ("survived", "")
+    sample = [m for m in mutants if not m["focus"]]
+    counts = {k: sum(m["outcome"] == k for m in sample)
               for k in ("killed", "timeout", "survived", "equivalent", "incompetent")}
     caught = counts["killed"] + counts["timeout"]
     judged = caught + counts["survived"]
-    on_focus = [m for m in mutants if any(p.search(m.before) for p in focus)]
-    return {"module": name, "path": source, "tests": tests, "missing_tests": missing,
-            "mutants_total": total, "mutants_run": sum(not m.focus for m in mutants),
-            "baseline_seconds": baseline,
-            **counts, "score": round(caught / judged, 4) if judged else None,
-            "focus_run": len(on_focus),
-            "focus_caught": sum(m.outcome in ("killed", "timeout") for m in on_focus),
-            "focus_survived": sum(m.outcome == "survived" for m in on_focus),
-            "mutants": [{k: v for k, v in dataclasses.asdict(m).items()
-                          if k not in ("source", "build")}
-                        for m in mutants]}
+    focus = [re.compile(p) for p in TARGETS[name].focus] if name in TARGETS else []
+    on_focus = [m for m in mutants if any(p.search(str(m["before"])) for p in focus)]
+    record.update(counts, mutants_run=len(sample),
+                  score=round(caught / judged, 4) if judged else None,
+                  focus_run=len(on_focus),
+                  focus_caught=sum(m["outcome"] in ("killed", "timeout") for m in on_focus),
+                  focus_survived=sum(m["outcome"] == "survived" for m in on_focus))
+    return record
 
 
 def _key(mutant: Mutant | dict[str, object]) -> tuple[str, ...]:
@@ -480,6 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="list the modules, their test files and mutant counts, run nothing")
     parser.add_argument("--quiet", action="store_true", help="no per-mutant progress")
     parser.add_argument(
+        "--rescore", type=Path, nargs="+", metavar="JSON",
+        help="runs nothing: re-judge the survivors of these mutation.json files against "
+             "EQUIVALENT and write one mutation.md (and .json) for them all to --out")
+    parser.add_argument(
         "--carry", type=Path, default=None,
         help="mutation.json of an earlier run on the same source whose tests are a subset of "
              "today's: mutants it caught count as caught without running again")
@@ -488,6 +509,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.carry is not None:
         for module in json.loads(args.carry.read_text())["modules"]:
             carried.update({_key(m): str(m["outcome"]) for m in module["mutants"]})
+    if args.rescore:
+        runs = [json.loads(path.read_text()) for path in args.rescore]
+        results = [summarise(module) for run in runs for module in run["modules"]]
+        revision = "; ".join(sorted({str(run["revision"]) for run in runs}))
+        return write_results(args.out, results, revision, None)
     names = args.module or [n for n, t in TARGETS.items() if t.paths[0].endswith(".py")]
     with tempfile.TemporaryDirectory(prefix="netc-mutation-") as temporary:
         tree = Path(temporary) / "tree"
@@ -511,11 +537,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = prepare(tree)
         results = [measure(name, TARGETS[name], tree, env, args.limit, not args.quiet, carried)
                    for name in names]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mutation.json").write_text(json.dumps(
-        {"revision": revision, "limit": args.limit, "modules": results}, indent=1) + "\n")
+    return write_results(args.out, results, revision, args.limit)
+
+
+def write_results(out: Path, results: list[dict[str, object]], revision: str,
+                  limit: int | None) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mutation.json").write_text(json.dumps(
+        {"revision": revision, "limit": limit, "modules": results}, indent=1) + "\n")
     text = markdown(results, revision)
-    (args.out / "mutation.md").write_text(text)
+    (out / "mutation.md").write_text(text)
     print(text)
     return 0
 

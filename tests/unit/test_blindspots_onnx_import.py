@@ -237,6 +237,9 @@ def pool_attributes(draw: st.DrawFn) -> dict[str, Any]:
               pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=0))  # the extra window would
 # start exactly at the first right/bottom pad (5 + 1 on the height): dropped, so the floor rule
 # holds there, while the width (7 + 1 = 8 > 6) gets no extra window either
+@example(dict(op_type="MaxPool", height=6, width=7, kernel_shape=[3, 3], strides=[2, 2],
+              pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=0))  # the extra window starts
+# at 6, inside the padded height's real rows (6 < 6 + 1 but not < 6 - 1): a larger output
 def test_pool_is_imported_exactly_when_net_can_say_it(case: dict[str, Any]) -> None:
     attributes = {k: case[k] for k in ("kernel_shape", "strides", "pads", "ceil_mode")}
     if case["op_type"] == "AveragePool":
