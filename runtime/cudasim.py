@@ -35,7 +35,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from netc.diagnostics import MissingDependency
+from netc.diagnostics import CompileError, Diagnostic, MissingDependency
 from netc.runtime import cache
 
 __all__ = [
@@ -85,6 +86,9 @@ _BASE_FLAGS = (
     # together across dlopen.
     "-fvisibility=hidden",
     "-fno-gnu-unique",
+    # A frame larger than a page probes each page, so a stack overflow always hits the
+    # guard page below the fiber stack (reported as E0704) and never jumps past it.
+    "-fstack-clash-protection",
 )
 # Report undefined functions at build time instead of at load time.
 _LINK_FLAGS = ("-shared", "-Wl,-z,defs")
@@ -121,6 +125,102 @@ class SimulatorError(RuntimeError):
 
 class CompilerMissing(SimulatorError, MissingDependency):
     """The host C++ compiler the simulator builds kernels with is missing or cannot run."""
+
+
+class SimulatorLimitError(SimulatorError, CompileError):
+    """A launch the simulator stopped at one of its bounds: a diagnostic with a code, exit
+    status 1 on the command line (a `CompileError`), and still a `SimulatorError`."""
+
+    code = "E0703"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        CompileError.__init__(self, [Diagnostic(self.code, message)])
+        self.args = (message,)  # str() is the message; pickles (from the sanitizer child)
+
+    def located(self, source: str) -> SimulatorLimitError:
+        """The same error naming the `.net` line the launch computes (`lenet.net:7`)."""
+        if not source:
+            return self
+        return type(self)(f"{source}: {self.message}")
+
+
+class SimulatorTimeout(SimulatorLimitError):
+    """A launch ran past the simulator's time limit (E0703)."""
+
+    code = "E0703"
+
+
+class SimulatorStackOverflow(SimulatorLimitError):
+    """A simulated GPU thread overflowed its fiber stack (E0704)."""
+
+    code = "E0704"
+
+
+DEFAULT_TIMEOUT = 600.0
+"""Seconds a launch may run in the simulator (`$NETC_SIM_TIMEOUT`, `CudaSim(timeout=...)`)."""
+
+# Return codes of cudasim_launch_<i> and reasons for cudasim_cancel (LAUNCH_*, CANCEL_* in
+# cudasim.h).
+_LAUNCH_CANCELLED, _LAUNCH_STACK_OVERFLOW = 2, 3
+_CANCEL_INTERRUPT, _CANCEL_TIMEOUT = 1, 2
+_CANCEL_GRACE = 30.0
+"""Seconds to wait for a cancelled launch to stop before giving the module up."""
+
+
+def _timeout_from_environment() -> float:
+    text = os.environ.get("NETC_SIM_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise SimulatorError(f"NETC_SIM_TIMEOUT={text!r} is not a positive number of seconds")
+    return value
+
+
+class _LaunchThread:
+    """The one thread that makes a backend's launches, so that the caller waits for them in
+    Python: with a time limit, and interruptible by Ctrl-C (a thread blocked in a ctypes
+    call sees KeyboardInterrupt only when the call returns, which an endless kernel never
+    does).  Daemonic: a launch that cannot be stopped does not keep the process alive.
+    Hand-over by two locks (cheaper than a Condition): about 10 us per launch."""
+
+    def __init__(self) -> None:
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._pending: tuple[Callable[[], int], list[Any], Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def _main(self) -> None:
+        while True:
+            self._go.acquire()
+            assert self._pending is not None
+            call, outcome, done = self._pending
+            self._pending = None
+            try:
+                outcome.append(("ok", call()))
+            except BaseException as exc:  # handed to the waiting thread
+                outcome.append(("error", exc))
+            done.release()
+
+    def start(self, call: Callable[[], int]) -> tuple[list[Any], Any]:
+        """Run `call` on the launch thread; returns its outcome list (filled when done) and a
+        lock that is released then. One call at a time: callers hold the backend's lock."""
+        outcome: list[Any] = []
+        done = threading.Lock()
+        done.acquire()
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name="cudasim-launch",
+                                                daemon=True)
+                self._thread.start()
+        self._pending = (call, outcome, done)
+        self._go.release()
+        return outcome, done
 
 
 # ----------------------------------------------------------------------------------
@@ -588,6 +688,8 @@ class _LoadedLib:
     lib: ctypes.CDLL
     kernels: list[str]
     launch_fns: list[Any]
+    broken: str | None = None
+    """Why the module cannot run launches any more (a launch that could not be stopped)."""
 
 
 class _LocalBackend:
@@ -606,6 +708,9 @@ class _LocalBackend:
         self._libs: dict[int, _LoadedLib] = {}
         self._next = 1
         self._lock = threading.Lock()
+        self._launcher = _LaunchThread()
+        self._launch_lock = threading.Lock()
+        self._stuck: str | None = None
 
     def _new_id(self) -> int:
         with self._lock:
@@ -679,6 +784,8 @@ class _LocalBackend:
             flat = [v for pair in ranges[i] for v in pair] if i < len(ranges) else []
             arr = (ctypes.c_longlong * max(len(flat), 1))(*flat)
             lib.cudasim_set_shared_ranges(len(kernels), i, arr, len(flat) // 2)
+        lib.cudasim_cancel.argtypes = [ctypes.c_int]
+        lib.cudasim_cancel.restype = ctypes.c_int
         mid = self._new_id()
         self._libs[mid] = _LoadedLib(lib, list(kernels), fns)
         return mid, sigs, bool(lib.cudasim_asan_enabled())
@@ -687,8 +794,11 @@ class _LocalBackend:
         return int(self._libs[mid].lib.cudasim_switch_count())
 
     def _launch_once(self, mid: int, kidx: int, cfg: Sequence[int], blob: bytes,
-                     offsets: Sequence[int], fixups: Sequence[tuple[int, int, int]]) -> None:
+                     offsets: Sequence[int], fixups: Sequence[tuple[int, int, int]],
+                     kernel: str = "", timeout: float = DEFAULT_TIMEOUT) -> None:
         loaded = self._libs[mid]
+        if loaded.broken is not None:
+            raise SimulatorError(loaded.broken)
         # 64 spare bytes to align the argument slots to 64 (struct params up to alignas(64)).
         storage = np.zeros(len(blob) + 64, dtype=np.uint8)
         base = (-storage.ctypes.data) % 64
@@ -701,22 +811,74 @@ class _LocalBackend:
         args = (ctypes.c_void_p * max(len(offsets), 1))(*[start + o for o in offsets])
         cfg_arr = (ctypes.c_longlong * _CFG_LEN)(*cfg)
         err = ctypes.create_string_buffer(_ERRLEN)
-        rc = loaded.launch_fns[kidx](cfg_arr, args, err, _ERRLEN)
+        rc = self._bounded(loaded, lambda: loaded.launch_fns[kidx](cfg_arr, args, err, _ERRLEN),
+                           kernel or loaded.kernels[kidx], timeout)
         if rc != 0:
             msg = err.value.decode("utf-8", "replace") or "kernel launch failed"
+            if rc == _LAUNCH_STACK_OVERFLOW:
+                raise SimulatorStackOverflow(
+                    f"{msg}; if the kernel is right, give its threads more stack with "
+                    "CudaSim(stack_kib=...)")
             raise SimulatorError(msg)
+
+    def _bounded(self, loaded: _LoadedLib, call: Callable[[], int], kernel: str,
+                 timeout: float) -> int:
+        """`call()` (a launch) on the launch thread; this thread waits at most `timeout`
+        seconds and stops it on Ctrl-C."""
+        with self._launch_lock:
+            if self._stuck is not None:
+                raise SimulatorError(self._stuck)
+            outcome, done = self._launcher.start(call)
+            deadline = time.monotonic() + timeout
+            reason = 0
+            try:
+                while not done.acquire(timeout=min(max(deadline - time.monotonic(), 0.0), 0.25)):
+                    if time.monotonic() >= deadline:
+                        reason = _CANCEL_TIMEOUT
+                        break
+            except KeyboardInterrupt:
+                reason = _CANCEL_INTERRUPT
+            if reason and not self._cancel(loaded, done, reason):
+                loaded.broken = self._stuck = (
+                    f"kernel `{kernel}` could not be stopped; this simulator cannot run "
+                    "launches any more (create a new CudaSim)")
+        if reason:
+            if reason == _CANCEL_INTERRUPT:
+                raise KeyboardInterrupt
+            raise SimulatorTimeout(
+                f"kernel `{kernel}` did not finish within {timeout:g} s in the CPU simulator (an "
+                "endless loop, or far more work than a CPU can simulate); the limit is "
+                "$NETC_SIM_TIMEOUT or CudaSim(timeout=...)")
+        status, value = outcome[0]
+        if status == "error":
+            raise value
+        return int(value)
+
+    @staticmethod
+    def _cancel(loaded: _LoadedLib, done: Any, reason: int) -> bool:
+        """Stop the launch; False if it did not stop within `_CANCEL_GRACE` seconds."""
+        # Signalled threads stop at once; one that was between two GPU threads when the
+        # signal came stops at its next switch, or at the next signal: repeat until done.
+        give_up = time.monotonic() + _CANCEL_GRACE
+        while time.monotonic() < give_up:
+            loaded.lib.cudasim_cancel(reason)
+            with contextlib.suppress(KeyboardInterrupt):
+                if done.acquire(timeout=0.05):
+                    return True
+        return False
 
     def launch(self, mid: int, kidx: int, cfg: list[int], blob: bytes, offsets: list[int],
                fixups: list[tuple[int, int, int]], race: list[tuple[int, int, int, str | None]] | None,
-               kernel: str) -> None:
+               kernel: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         if race is None:
-            self._launch_once(mid, kidx, cfg, blob, offsets, fixups)
+            self._launch_once(mid, kidx, cfg, blob, offsets, fixups, kernel, timeout)
             return
-        self._launch_race_checked(mid, kidx, cfg, blob, offsets, fixups, race, kernel)
+        self._launch_race_checked(mid, kidx, cfg, blob, offsets, fixups, race, kernel, timeout)
 
     def _launch_race_checked(self, mid: int, kidx: int, cfg: list[int], blob: bytes,
                              offsets: list[int], fixups: list[tuple[int, int, int]],
-                             ptr_args: list[tuple[int, int, int, str | None]], kernel: str) -> None:
+                             ptr_args: list[tuple[int, int, int, str | None]], kernel: str,
+                             timeout: float = DEFAULT_TIMEOUT) -> None:
         # One snapshot per allocation (several arguments may point into the same one).
         bids = list(dict.fromkeys(bid for _, bid, _, _ in ptr_args if bid != 0))
         snapshot = {b: self.download(b, 0, self._buffers[b][1]) for b in bids}
@@ -729,7 +891,9 @@ class _LocalBackend:
             run_cfg[_CFG_SCHEDULE] = _SCHEDULE_CODE[sched]
             run_cfg[_CFG_WORKERS] = 1  # fixed block order: only the schedule varies
             try:
-                self._launch_once(mid, kidx, run_cfg, blob, offsets, fixups)
+                self._launch_once(mid, kidx, run_cfg, blob, offsets, fixups, kernel, timeout)
+            except SimulatorLimitError:
+                raise
             except SimulatorError as exc:
                 raise SimulatorError(f"{exc} (check_races run under schedule {sched})") from None
             results.append((sched, {b: self.download(b, 0, self._buffers[b][1]) for b in bids}))
@@ -827,6 +991,8 @@ class _ChildBackend:
                 raise SimulatorError(self._dead)
             try:
                 self._out.send((method, args))
+                if method == "launch":
+                    self._await_launch(kernel=args[7], timeout=args[8])
                 status, payload = self._in.recv()
             except (EOFError, OSError):
                 try:
@@ -834,7 +1000,7 @@ class _ChildBackend:
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
                     self._proc.wait()
-                what = f"during {method}" + (f" of kernel {args[-1]}" if method == "launch" else "")
+                what = f"during {method}" + (f" of kernel {args[7]}" if method == "launch" else "")
                 self._dead = (
                     "the sanitizer process (which owns this CudaSim's buffers) is gone after a "
                     "fatal error; create a new CudaSim"
@@ -846,6 +1012,28 @@ class _ChildBackend:
         if status == "ok":
             return payload
         raise payload
+
+    def _await_launch(self, kernel: str, timeout: float) -> None:
+        """Wait for the child's answer to a launch at most `timeout` seconds; on Ctrl-C or
+        the time limit the child (and the buffers it owns) goes."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not self._in.poll(min(max(deadline - time.monotonic(), 0.0), 0.25)):
+                if time.monotonic() >= deadline:
+                    self._stop_child(f"kernel `{kernel}` ran past the time limit")
+                    raise SimulatorTimeout(
+                        f"kernel `{kernel}` did not finish within {timeout:g} s in the CPU "
+                        "simulator (an endless loop, or far more work than a CPU can "
+                        "simulate); the limit is $NETC_SIM_TIMEOUT or CudaSim(timeout=...)")
+        except KeyboardInterrupt:
+            self._stop_child(f"kernel `{kernel}` was interrupted")
+            raise
+
+    def _stop_child(self, why: str) -> None:
+        self._proc.kill()
+        self._proc.wait()
+        self._dead = (f"{why}, and the sanitizer process (which owns this CudaSim's buffers) "
+                      "was stopped; create a new CudaSim")
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -871,6 +1059,11 @@ class _ChildBackend:
 
 def _child_main(read_fd: int, write_fd: int) -> None:
     """Entry point of the sanitizer child process (see _ChildBackend)."""
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent decides what stops (see
+    # _ChildBackend._await_launch).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn_in = Connection(read_fd, writable=False)
     conn_out = Connection(write_fd, readable=False)
     backend = _LocalBackend()
@@ -997,7 +1190,7 @@ class CudaModule:
                sim.stack_kib * 1024, self._index[kernel]]
         race = ptr_args if sim.check_races else None
         sim._backend_call("launch", self._mid, self._index[kernel], cfg, blob, offsets, fixups,
-                          race, kernel)
+                          race, kernel, sim.timeout)
 
     def __repr__(self) -> str:
         return f"<CudaModule {self.name!r} kernels={self.kernels}>"
@@ -1180,12 +1373,16 @@ class CudaSim:
         The host C++ compiler (default ``$NETC_CXX`` or ``g++``).
     cache_dir:
         Root of the compile cache (default: see ``netc.runtime.cache``).
+    timeout:
+        Seconds one launch may run before it is stopped with `SimulatorTimeout` (E0703);
+        default ``$NETC_SIM_TIMEOUT``, else 600.  Ctrl-C stops a launch at any time.
     """
 
     def __init__(self, schedule: str = "in_order", seed: int = 0, workers: int | None = None,
                  sanitize: bool = False, check_races: bool = False, *, stack_kib: int = 128,
                  shared_mem_limit: int = 227 * 1024, cxx: str | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None) -> None:
+                 cache_dir: str | os.PathLike[str] | None = None,
+                 timeout: float | None = None) -> None:
         if schedule not in _SCHEDULE_CODE:
             raise SimulatorError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
         if not isinstance(seed, (int, np.integer)):
@@ -1198,6 +1395,12 @@ class CudaSim:
             raise SimulatorError("stack_kib must be an integer in [16, 65536]")
         if not isinstance(shared_mem_limit, int) or not 0 <= shared_mem_limit <= _DYN_SHARED_RESERVE:
             raise SimulatorError(f"shared_mem_limit must be in [0, {_DYN_SHARED_RESERVE}]")
+        if timeout is None:
+            timeout = _timeout_from_environment()
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                or not 0 < timeout < float("inf")):
+            raise SimulatorError("timeout must be a positive number of seconds")
+        self.timeout = float(timeout)
         self.schedule = schedule
         self.seed = int(seed)
         self.workers = int(workers)

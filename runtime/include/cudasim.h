@@ -97,6 +97,8 @@
 #include <utility>
 
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -344,6 +346,10 @@ namespace cudasim {
 namespace detail {
 
 enum : int { SCHED_IN_ORDER = 0, SCHED_REVERSED = 1, SCHED_SHUFFLED = 2 };
+
+// Why a launch is stopped from outside (cudasim_cancel) and what run_launch returns.
+enum : int { CANCEL_NONE = 0, CANCEL_INTERRUPT = 1, CANCEL_TIMEOUT = 2 };
+enum : int { LAUNCH_OK = 0, LAUNCH_FAILED = 1, LAUNCH_CANCELLED = 2, LAUNCH_STACK_OVERFLOW = 3 };
 enum : int { F_READY = 0, F_BARRIER = 1, F_WARP = 2, F_EXITED = 3, F_ABORTED = 4 };
 enum : int { BAR_PLAIN = 0, BAR_COUNT = 1, BAR_AND = 2, BAR_OR = 3 };
 enum : int {
@@ -427,6 +433,10 @@ struct Job {
     char* err;
     size_t errlen;
     unsigned long long switches;  // atomic
+    int cancel;                   // CANCEL_* (atomic), set by cudasim_cancel
+    int stack_overflow;           // a thread overflowed its stack (atomic)
+    pthread_t threads[kMaxWorkers];  // the OS threads running this launch (to signal them)
+    int nthreads_running;
 };
 
 struct Worker {
@@ -455,6 +465,15 @@ struct Worker {
     unsigned warp_arrived[kMaxBlockThreads / 32];
     unsigned warp_present[kMaxBlockThreads / 32];
     unsigned long long switches;
+    // Stopping a running GPU thread from a signal handler (a cancelled launch, a stack
+    // overflow): run_block's return point, whether a fiber (not the scheduler) runs now,
+    // and what stopped it.
+    sigjmp_buf abort_jmp;
+    volatile sig_atomic_t in_fiber;
+    volatile sig_atomic_t abort_reason;
+    pthread_t self;
+    void* alt_stack;  // the signal stack this runtime gave the thread (freed with it)
+    bool alt_stack_checked;
 };
 
 // ---- bounded message formatting (no std::string: keeps the header cheap to compile)
@@ -1233,7 +1252,9 @@ static inline bool resume(Worker* w, Fiber* f) {
     *w->fiber_slot = f;
     ++w->switches;
     asan_start_switch(&w->sched_asan_fake, s->lo, s->size);
+    w->in_fiber = 1;
     ctx_switch(&w->sched, &s->ctx);
+    w->in_fiber = 0;
     asan_finish_switch(w->sched_asan_fake, nullptr, nullptr);
     *w->fiber_slot = nullptr;
     if (f->state == F_EXITED) give_stack(w, f);
@@ -1324,11 +1345,45 @@ static void fiber_main(void* arg) {
     leave_fiber(f);
 }
 
+// The Workers of this module's threads, for the signal handlers, which must not touch
+// thread-local storage (a dlopen'ed module's TLS may be allocated on first use, by malloc).
+constexpr int kRegistrySize = 1024;
+static Worker* g_registry[kRegistrySize];
+static pthread_mutex_t g_registry_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void registry_set(Worker* from, Worker* to) {
+    pthread_mutex_lock(&g_registry_mu);
+    for (int i = 0; i < kRegistrySize; ++i) {
+        if (g_registry[i] == from) {
+            __atomic_store_n(&g_registry[i], to, __ATOMIC_RELEASE);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_registry_mu);
+}
+
+static Worker* worker_of_this_thread() {  // async-signal-safe
+    const pthread_t me = pthread_self();
+    for (int i = 0; i < kRegistrySize; ++i) {
+        Worker* w = __atomic_load_n(&g_registry[i], __ATOMIC_ACQUIRE);
+        if (w != nullptr && pthread_equal(w->self, me)) return w;
+    }
+    return nullptr;
+}
+
 // Owns the per-OS-thread Worker; destroyed when the thread exits.
 struct WorkerHolder {
     Worker* w = nullptr;
     ~WorkerHolder() {
         if (w == nullptr) return;
+        registry_set(w, nullptr);
+        if (w->alt_stack != nullptr) {
+            stack_t off;
+            memset(&off, 0, sizeof off);
+            off.ss_flags = SS_DISABLE;
+            sigaltstack(&off, nullptr);
+            free(w->alt_stack);
+        }
         worker_release_stacks(w);
         free(w->stacks);
         free(w->threads);
@@ -1354,8 +1409,10 @@ static Worker* get_worker() {
         return nullptr;
     }
     w->fiber_slot = &t_fiber;
+    w->self = pthread_self();
     t_worker_holder.w = w;
     t_worker = w;
+    registry_set(nullptr, w);
     return w;
 }
 
@@ -1516,6 +1573,100 @@ static unsigned shuffled_order_pass(Worker* w, unsigned long long& rng, unsigned
     return n;
 }
 
+// ---- stopping a running thread: a cancelled launch (Ctrl-C, the time limit) and a
+// stack overflow.  Fibers switch only at barriers and warp operations, so a thread in an
+// endless loop never returns to the scheduler by itself: cudasim_cancel sends each OS
+// thread of the launch kInterruptSignal, whose handler jumps from the running fiber back
+// to run_block (the fiber's stack is abandoned, as after any failed block).  A stack
+// overflow touches the guard page below a fiber stack; the SIGSEGV handler, on a signal
+// stack of its own, recognises the page and does the same.  Anything else goes on to the
+// handler that was installed before (Python's faulthandler, the default action).
+enum : int { ABORT_NONE = 0, ABORT_CANCELLED = 1, ABORT_STACK_OVERFLOW = 2 };
+static struct sigaction g_old_interrupt, g_old_segv, g_old_bus;
+static bool g_handlers_installed = false;  // under g_launch_mu
+static pthread_mutex_t g_job_mu = PTHREAD_MUTEX_INITIALIZER;
+static Job* g_current_job = nullptr;  // the launch in progress, for cudasim_cancel
+
+static int interrupt_signal() { return SIGRTMIN + 4; }
+
+static void chain_signal(const struct sigaction* old, int sig, siginfo_t* info, void* uc,
+                         bool fault) {
+    if (old->sa_flags & SA_SIGINFO) {
+        if (old->sa_sigaction != nullptr) old->sa_sigaction(sig, info, uc);
+        return;
+    }
+    if (old->sa_handler == SIG_IGN) return;
+    if (old->sa_handler == SIG_DFL) {
+        // A fault: the instruction runs again and gets the default action (a core dump).
+        // A stray interrupt signal is ignored, not fatal.
+        if (fault) sigaction(sig, old, nullptr);
+        return;
+    }
+    old->sa_handler(sig);
+}
+
+static void on_interrupt_signal(int sig, siginfo_t* info, void* uc) {
+    Worker* w = worker_of_this_thread();
+    if (w != nullptr && w->in_fiber && w->job != nullptr &&
+        __atomic_load_n(&w->job->cancel, __ATOMIC_RELAXED) != CANCEL_NONE) {
+        w->abort_reason = ABORT_CANCELLED;
+        siglongjmp(w->abort_jmp, 1);
+    }
+    chain_signal(&g_old_interrupt, sig, info, uc, false);
+}
+
+static void on_fault_signal(int sig, siginfo_t* info, void* uc) {
+    Worker* w = worker_of_this_thread();
+    if (w != nullptr && w->in_fiber) {
+        const Fiber* f = *w->fiber_slot;
+        const char* address = static_cast<const char*>(info->si_addr);
+        if (f != nullptr && f->stack != nullptr && address >= f->stack->map_base &&
+            address < f->stack->lo) {
+            w->abort_reason = ABORT_STACK_OVERFLOW;
+            siglongjmp(w->abort_jmp, 1);
+        }
+    }
+    chain_signal(sig == SIGSEGV ? &g_old_segv : &g_old_bus, sig, info, uc, true);
+}
+
+static void install_signal_handlers() {  // under g_launch_mu; once per module
+    if (g_handlers_installed) return;
+    g_handlers_installed = true;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    sigemptyset(&action.sa_mask);
+    // SA_NODEFER: the handler leaves with siglongjmp, which (sigsetjmp(.., 0)) does not
+    // restore the signal mask, so the signal must not be blocked while it runs.
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER | SA_RESTART;
+    action.sa_sigaction = on_interrupt_signal;
+    sigaction(interrupt_signal(), &action, &g_old_interrupt);
+#if !defined(CUDASIM_ASAN)  // AddressSanitizer reports stack overflows itself
+    action.sa_sigaction = on_fault_signal;
+    sigaction(SIGSEGV, &action, &g_old_segv);
+    sigaction(SIGBUS, &action, &g_old_bus);
+#endif
+}
+
+// The SIGSEGV handler of a stack overflow cannot run on the exhausted stack.
+static void ensure_signal_stack(Worker* w) {
+    if (w->alt_stack_checked) return;
+    w->alt_stack_checked = true;
+    stack_t current;
+    if (sigaltstack(nullptr, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return;
+    const size_t size = 64 * 1024;
+    void* memory = malloc(size);
+    if (memory == nullptr) return;
+    stack_t ours;
+    memset(&ours, 0, sizeof ours);
+    ours.ss_sp = memory;
+    ours.ss_size = size;
+    if (sigaltstack(&ours, nullptr) == 0) {
+        w->alt_stack = memory;
+    } else {
+        free(memory);
+    }
+}
+
 // Runs one block to completion on this worker.  False: the block failed and
 // w->fail_msg says why.
 static bool run_block(Worker* w, Job* job, unsigned long long lin) {
@@ -1534,6 +1685,28 @@ static bool run_block(Worker* w, Job* job, unsigned long long lin) {
         w->warp_present[wi] = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
     }
     unsigned long long rng = job->seed * 0x9e3779b97f4a7c15ull ^ (lin + 1) * 0xd1b54a32d192ed03ull;
+    w->abort_reason = ABORT_NONE;
+    if (sigsetjmp(w->abort_jmp, 0) != 0) {
+        // A signal handler stopped the running thread mid-kernel (see on_interrupt_signal).
+        const Fiber* f = *w->fiber_slot;
+        w->in_fiber = 0;
+        *w->fiber_slot = nullptr;
+        w->failed = true;
+        w->fail_title = nullptr;
+        const uint3 tid = f != nullptr ? f->tid : make_uint3(0, 0, 0);
+        if (w->abort_reason == ABORT_STACK_OVERFLOW) {
+            __atomic_store_n(&job->stack_overflow, 1, __ATOMIC_SEQ_CST);
+            snprintf(w->fail_msg, sizeof w->fail_msg,
+                     "thread (%u,%u,%u): stack overflow: the thread used more than its %zu KiB "
+                     "stack (deep recursion or large local arrays)",
+                     tid.x, tid.y, tid.z, w->stack_size >> 10);
+        } else {
+            snprintf(w->fail_msg, sizeof w->fail_msg,
+                     "thread (%u,%u,%u): stopped: the launch was cancelled", tid.x, tid.y, tid.z);
+        }
+        reclaim_stacks(w, n);
+        return false;
+    }
     for (;;) {
         bool ran = false;
         if (job->schedule == SCHED_SHUFFLED) shuffled_order_pass(w, rng, n);
@@ -1543,6 +1716,14 @@ static bool run_block(Worker* w, Job* job, unsigned long long lin) {
                                                          : w->order[k];
             Fiber* f = &w->threads[i];
             if (f->state != F_READY) continue;
+            if (__atomic_load_n(&job->cancel, __ATOMIC_RELAXED) != CANCEL_NONE) {
+                w->failed = true;
+                snprintf(w->fail_msg, sizeof w->fail_msg,
+                         "thread (%u,%u,%u): stopped: the launch was cancelled", f->tid.x,
+                         f->tid.y, f->tid.z);
+                reclaim_stacks(w, n);
+                return false;
+            }
             if (!resume(w, f)) {
                 w->failed = true;
                 snprintf(w->fail_msg, sizeof w->fail_msg,
@@ -1595,6 +1776,10 @@ static void run_worker(Job* job) {
         __atomic_store_n(&job->stop, 1, __ATOMIC_SEQ_CST);
         return;
     }
+    ensure_signal_stack(w);
+    pthread_mutex_lock(&g_job_mu);
+    if (job->nthreads_running < kMaxWorkers) job->threads[job->nthreads_running++] = pthread_self();
+    pthread_mutex_unlock(&g_job_mu);
     w->job = job;
     w->block_dim = job->block;
     w->grid_dim = job->grid;
@@ -1817,6 +2002,10 @@ int run_launch(const char* kernel, const long long* cfg, void (*entry)(void*), v
     g_asan_len = 0;
     pthread_mutex_unlock(&g_asan_mu);
 #endif
+    install_signal_handlers();
+    pthread_mutex_lock(&g_job_mu);
+    g_current_job = &job;
+    pthread_mutex_unlock(&g_job_mu);
     const int helpers = job.workers - 1;
     bool ok = helpers == 0 || pool_ensure(helpers, err, (size_t)errlen);
     if (ok) {
@@ -1836,6 +2025,9 @@ int run_launch(const char* kernel, const long long* cfg, void (*entry)(void*), v
             pthread_mutex_unlock(&g_pool->mu);
         }
     }
+    pthread_mutex_lock(&g_job_mu);
+    g_current_job = nullptr;
+    pthread_mutex_unlock(&g_job_mu);
     g_total_switches += job.switches;
 #if defined(CUDASIM_ASAN)
     pthread_mutex_lock(&g_asan_mu);
@@ -1850,7 +2042,9 @@ int run_launch(const char* kernel, const long long* cfg, void (*entry)(void*), v
     fflush(stdout);  // device printf output appears when the launch completes
     pthread_mutex_unlock(&g_launch_mu);
     pthread_mutex_destroy(&job.err_mu);
-    return ok && !job.failed ? 0 : 1;
+    if (ok && !job.failed) return LAUNCH_OK;
+    if (job.stack_overflow) return LAUNCH_STACK_OVERFLOW;
+    return job.cancel != CANCEL_NONE ? LAUNCH_CANCELLED : LAUNCH_FAILED;
 }
 
 int block_barrier(int kind, int pred, const char* file, int line) {
@@ -2036,6 +2230,24 @@ CUDASIM_EXPORT int cudasim_set_shared_ranges(int nkernels, int kernel, const lon
 // Total fiber context switches performed by this module's launches.
 CUDASIM_EXPORT unsigned long long cudasim_switch_count(void) {
     return __atomic_load_n(&cudasim::detail::g_total_switches, __ATOMIC_RELAXED);
+}
+
+// Stops the launch in progress (from another thread): `reason` is CANCEL_INTERRUPT or
+// CANCEL_TIMEOUT.  Its threads stop where they are, and the launch returns
+// LAUNCH_CANCELLED.  Returns 0 when no launch is in progress.  The driver calls it again
+// until the launch returns: a thread that was between two fibers when signalled sees the
+// flag at its next switch, one that had just been resumed needs the next signal.
+CUDASIM_EXPORT int cudasim_cancel(int reason) {
+    using namespace cudasim::detail;
+    pthread_mutex_lock(&g_job_mu);
+    Job* job = g_current_job;
+    if (job != nullptr) {
+        __atomic_store_n(&job->cancel, reason, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&job->stop, 1, __ATOMIC_SEQ_CST);
+        for (int i = 0; i < job->nthreads_running; ++i) pthread_kill(job->threads[i], interrupt_signal());
+    }
+    pthread_mutex_unlock(&g_job_mu);
+    return job != nullptr;
 }
 
 // Joins the worker threads (the driver calls it when the simulator is closed; a later
