@@ -15,7 +15,8 @@ An op is one `OpDef` registered with `register`. Its entry gives:
   (export and import both derive their rule from it);
 * `decompose`: the op written with other ops. A backend without a rule of its own for the op
   computes the decomposition instead (the reference interpreter, when the entry gives no
-  `reference`; the CUDA code generator and the ONNX exporter, when they have no rule);
+  `reference`; the CUDA code generator and the ONNX exporter, when they have no rule; a
+  `pointwise` op given so still fuses, its decomposition inlined into the kernel);
 * `vjp`: the slot for the vector-Jacobian product (autodiff fills it; nothing reads it yet).
 
 Backends that need code of their own (a kernel family, an ONNX spelling of several nodes)
@@ -26,7 +27,8 @@ the backends down to this registry, never up. `tests/unit/test_op_completeness.p
 lowering, an ONNX export, an ONNX import or a row in `docs/ops.md`. So a new pointwise op is one
 entry (with `expression` and `onnx`) plus its line in `docs/ops.md`; a new kernel-backed op is
 its entry plus the backends' registrations. `temporarily_registered` adds an op for a test and
-removes it again.
+removes it again. Applying an op to typed inputs (binding and checking attributes, inferring
+the type, naming the node) is `netc.ops.apply`'s, for the front end and `GraphBuilder` alike.
 
 Conventions for the functions an `OpDef` holds:
 * `infer(attrs, inputs)` gets the tensor inputs' types (not the parameters) and returns the
