@@ -81,7 +81,8 @@ TARGETS: dict[str, Target] = {
         r"and found.end == buffer.start and found.size >= buffer.size",
         r"if \(graph\[used\].type == kernel.type", r"pinned = \{base\[value\]")),
     "codegen.arena": Target(("compiler/codegen/arena.py",), (
-        "tests/unit/test_arena_plan.py", SIM + "test_arena.py")),
+        "tests/unit/test_arena_plan.py", "tests/unit/test_plan_boundaries.py",
+        SIM + "test_arena.py")),
     # The ONNX importer's window and GEMM handlers.
     "onnx.importer": Target(("compiler/onnx/importer.py",), (
         "tests/unit/test_onnx_import.py", "tests/unit/test_blindspots_onnx_import.py"),
@@ -443,8 +444,11 @@ def summarise(record: dict[str, object]) -> dict[str, object]:
 def _key(mutant: Mutant | dict[str, object]) -> tuple[str, ...]:
     fields = ("target", "line", "operator", "before", "after")
     if isinstance(mutant, Mutant):
-        return tuple(str(getattr(mutant, f)) for f in fields)
-    return tuple(str(mutant[f]) for f in fields)
+        values = [str(getattr(mutant, f)) for f in fields]
+    else:
+        values = [str(mutant[f]) for f in fields]
+    values[0] = RENAMED.get(values[0], values[0])
+    return tuple(values)
 
 
 def _first_failure(output: str) -> str:

@@ -76,6 +76,7 @@ def _imported(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarra
 
 
 def _assert_matches(model: onnx.ModelProto, seed: int = 0, atol: float = 1e-5) -> None:
+    """Import `model` and compare its output with onnxruntime's."""
     feeds = _feeds(model, np.random.default_rng(seed))
     expected = _onnxruntime(model, feeds)
     actual = _imported(model, feeds)
@@ -277,6 +278,28 @@ def test_pool_padding_problems_on_one_axis(pads: list[int], message: str) -> Non
     assert message in _problems(model)
 
 
+@pytest.mark.parametrize(("kernel_shape", "pads", "allowed"), [
+    ([3, 6], [2, 0, 2, 0], False),  # 2 > 3 // 2 on the height, though not > 6 // 2
+    ([6, 3], [0, 2, 0, 2], False),  # the same on the width
+    ([6, 3], [2, 1, 2, 1], True),  # 2 <= 6 // 2 and 1 <= 3 // 2
+    ([3, 6], [1, 3, 1, 3], True),
+])
+def test_pool_padding_limit_reads_each_axis_kernel(kernel_shape: list[int], pads: list[int],
+                                                   allowed: bool) -> None:
+    model = _pool_model("MaxPool", 9, 10, kernel_shape=kernel_shape, pads=pads)
+    if allowed:
+        _assert_matches(model)
+    else:
+        assert "more than half the kernel" in _problems(model)
+
+
+def test_ceil_mode_is_not_blamed_for_a_window_that_does_not_fit() -> None:
+    # Kernel 4 over 3 rows: the window does not fit (span -1); that is the only problem.
+    model = _pool_model("MaxPool", 3, 8, kernel_shape=[4, 2], strides=[2, 2], ceil_mode=1)
+    problems = _problems(model)
+    assert "does not fit" in problems and "ceil_mode" not in problems
+
+
 def test_average_pool_counting_width_padding_is_refused() -> None:
     model = _pool_model("AveragePool", 7, 8, kernel_shape=[3, 3], pads=[0, 1, 0, 1],
                         count_include_pad=1)
@@ -303,12 +326,18 @@ def test_pool_kernel_shape_must_be_two_dimensional(kernel_shape: list[int]) -> N
 
 # Gemm -------------------------------------------------------------------------------------------
 
+def _assert_scalings(model: onnx.ModelProto, alpha: float, beta: float) -> None:
+    """A scaling by alpha or beta appears in the network exactly when it is not 1."""
+    ops = [node.op for node in import_onnx(model).graph.nodes]
+    assert ops.count("mul") == (alpha != 1.0) + (beta != 1.0), ops
+
 @pytest.mark.parametrize(("alpha", "beta"), [(0.5, 2.0), (0.25, -1.5), (1.0, 0.5), (0.5, 1.0)])
 def test_gemm_with_computed_b_and_constant_c(alpha: float, beta: float) -> None:
     # A constant C with a computed B has a `.net` form only as a scalar (a number).
     model = _model([helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=alpha, beta=beta)],
                    {"a": ["N", 3], "b": [3, 4]}, [_tensor("c", np.float32(0.75))])
     _assert_matches(model)
+    _assert_scalings(model, alpha, 1.0)  # beta scales the constant C itself
 
 
 @pytest.mark.parametrize(("alpha", "beta"), [(0.5, 2.0), (0.25, -1.5), (0.5, 1.0), (1.0, 0.5)])
@@ -316,6 +345,7 @@ def test_gemm_with_computed_b_and_computed_c(alpha: float, beta: float) -> None:
     model = _model([helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=alpha, beta=beta)],
                    {"a": ["N", 3], "b": [3, 4], "c": [4]})
     _assert_matches(model)
+    _assert_scalings(model, alpha, beta)
 
 
 @pytest.mark.parametrize("shape", [[1, 1, 4], [2, 4], [3]])
@@ -333,3 +363,4 @@ def test_gemm_with_constant_b_and_computed_c(alpha: float, beta: float) -> None:
                    {"a": ["N", 3], "c": ["N", 4]},
                    [_tensor("w", np.random.default_rng(2).uniform(-1, 1, (4, 3)))])
     _assert_matches(model)
+    _assert_scalings(model, 1.0, beta)  # alpha is folded into the weight
