@@ -93,6 +93,18 @@ __global__ void diverge_kind(int odd, float* y) {
     const int v = threadIdx.x == odd ? __syncthreads_or(1) : __syncthreads_and(1);
     y[threadIdx.x] = (float)v;
 }
+// The same line number and primitive, but in two files (as `#line` makes of two .net files).
+__global__ void diverge_file(int odd, float* y) {
+    if ((int)threadIdx.x == odd) {
+#line 7 "left.net"
+        __syncthreads();
+    } else {
+#line 7 "right.net"
+        __syncthreads();
+    }
+    y[threadIdx.x] = 1.0f;
+}
+#line 400 "detector.cu"
 // The one thread exits before the barrier the rest wait at.
 __global__ void exit_early(int odd, float* y) {
     if (threadIdx.x == odd) return;
@@ -112,7 +124,8 @@ __global__ void warp_exchange(float* y, int synced, int gone) {
 """
 
 KERNELS = ["thread_order", "thread_order_twice", "block_order", "read_right_neighbour",
-           "exchange", "votes", "diverge", "diverge_kind", "exit_early", "warp_exchange"]
+           "exchange", "votes", "diverge", "diverge_kind", "diverge_file", "exit_early",
+           "warp_exchange"]
 
 BARRIERS = ["__syncthreads()", "__syncthreads_count()", "__syncthreads_and()",
             "__syncthreads_or()"]
@@ -272,6 +285,18 @@ def test_one_thread_at_another_primitive_on_the_same_line_is_divergence(
     assert message.startswith("barrier divergence in kernel diverge_kind")
     assert f"thread ({odd},0,0) wait at detector.cu:" in message
     assert "(__syncthreads_or())" in message and "(__syncthreads_and())" in message
+
+
+@pytest.mark.parametrize("odd", [0, THREADS - 1])
+def test_the_same_line_in_another_file_is_another_barrier(sim: CudaSim, module,
+                                                          odd: int) -> None:
+    y = sim.alloc(4 * THREADS)
+    with pytest.raises(SimulatorError) as info:
+        module.launch("diverge_file", grid=1, block=THREADS, args=[odd, y])
+    message = str(info.value)
+    assert message.startswith("barrier divergence in kernel diverge_file")
+    assert f"thread ({odd},0,0) wait at left.net:7 (__syncthreads())" in message
+    assert "[95 threads] wait at right.net:7 (__syncthreads())" in message
 
 
 @pytest.mark.parametrize("odd", [0, THREADS - 1])
