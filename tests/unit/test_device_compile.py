@@ -403,7 +403,7 @@ def test_artifacts_are_written(tmp_path: Path, binary: DeviceBinary) -> None:
     assert write_artifacts(plan, binary, out, report, {"weights.npz": b"npz"}) == out
     assert sorted(p.name for p in out.iterdir()) == sorted([
         "tiny.cu", "tiny.sm_80.ptx", "tiny.sm_80.cubin", "tiny.sm_90.ptx", "tiny.sm_90.cubin",
-        "plan.json", "report.txt", "weights.npz"])
+        "netc.json", "plan.json", "report.txt", "weights.npz"])
     assert (out / "tiny.cu").read_text() == MODULE
     for arch in ARCHS:
         assert cubin_arch((out / f"tiny.{arch}.cubin").read_bytes()) == arch
@@ -413,7 +413,13 @@ def test_artifacts_are_written(tmp_path: Path, binary: DeviceBinary) -> None:
     assert len(document["launches"]) == 2
     usage = document["kernel_resources"]["kernels"]["block_sum"]["sm_90"]
     assert usage["shared_static_bytes"] == 1024 and usage["registers"] > 0
-    assert document["artifact"]["files"] == sorted(p.name for p in out.iterdir())
+    manifest = json.loads((out / "netc.json").read_text())
+    assert manifest["kind"] == "netc-artifact" and manifest["network"] == plan.network
+    assert sorted(manifest["files"]) == sorted(p.name for p in out.iterdir()
+                                               if p.name != "netc.json")
+    for name, entry in manifest["files"].items():
+        data = (out / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     assert (out / "report.txt").read_text() == report
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -443,7 +449,8 @@ def test_report_without_a_binary() -> None:
 
 def test_artifacts_without_a_binary(tmp_path: Path) -> None:
     out = write_artifacts(_plan(), None, tmp_path / "out", format_report(_plan(), None))
-    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "report.txt", "tiny.cu"]
+    assert sorted(p.name for p in out.iterdir()) == ["netc.json", "plan.json", "report.txt",
+                                                      "tiny.cu"]
     assert json.loads((out / "plan.json").read_text())["kernel_resources"] is None
 
 

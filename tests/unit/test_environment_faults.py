@@ -54,6 +54,8 @@ def test_a_missing_optional_package_names_the_extra(monkeypatch: pytest.MonkeyPa
                                                     capsys: pytest.CaptureFixture[str],
                                                     tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ModuleNotFoundError
+    for module in [name for name in sys.modules if name.startswith("netc.onnx.")]:
+        monkeypatch.delitem(sys.modules, module)  # imported by an earlier test: import anew
     code = main(["compile", MLP, "--target", "onnx", "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1 and "pip install 'netc[onnx]'" in err, err
