@@ -39,9 +39,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from netc.codegen.plan import LaunchPlan
 from netc.driver import CompileOptions, compile_graph
 from netc.frontend import load_file
+from netc.plan import LaunchPlan
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = {"ResNet-18": ROOT / "examples" / "resnet18.net",

@@ -61,8 +61,8 @@ from netc.text import format_table
 
 if TYPE_CHECKING:
     from netc.codegen.device_compile import DeviceBinary, KernelResources
-    from netc.codegen.plan import LaunchPlan
     from netc.passes.weight_transforms import WeightTransform
+    from netc.plan import LaunchPlan
     from netc.runtime.cudasim import SimBinary
 
 ARTIFACT_FORMAT = 2
@@ -516,8 +516,8 @@ def load_artifact(path: Path | str) -> Artifact:
     """Read and verify the artifact directory `path` (see the module docstring); raises
     `ArtifactLoadError` (E0431) for anything short of an intact artifact of this netc."""
     from netc._version import __version__
-    from netc.codegen.plan import LaunchPlan
     from netc.passes.weight_transforms import WeightTransform
+    from netc.plan import LaunchPlan
     from netc.weights import load_weights
 
     directory = Path(path)

@@ -27,10 +27,10 @@ from netc.ir import Graph, format_shape
 from netc.text import format_table
 
 if TYPE_CHECKING:
-    from netc.codegen.plan import Launch, LaunchPlan
     from netc.codegen.tiles import GemmTile
     from netc.driver import CompileOptions
     from netc.passes.pipeline import Optimized
+    from netc.plan import Launch, LaunchPlan
 
 
 class _Parser(argparse.ArgumentParser):

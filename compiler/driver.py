@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from netc.codegen.emit import generate
-from netc.codegen.plan import LaunchPlan
 from netc.codegen.targets import DEFAULT_ARCH
 from netc.codegen.tiling import TileChoice, plan_tiles
 from netc.ir import Graph
 from netc.passes.pipeline import Optimized, run_pipeline
+from netc.plan import LaunchPlan
 
 if TYPE_CHECKING:
     from netc.codegen.device_compile import DeviceBinary

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from netc.codegen.plan import LaunchPlan
 from netc.codegen.targets import DEFAULT_ARCH, Peaks, planning_arch
 from netc.codegen.tiles import GemmTile
 from netc.codegen.tiling import TileChoice, TuningDb, format_tile_table, tile_text
@@ -49,6 +48,7 @@ from netc.ops import REGISTRY, node_flops
 from netc.ops.fused import body_of
 from netc.passes.fusion import is_pointwise, kernel_kind
 from netc.passes.pipeline import Optimized
+from netc.plan import LaunchPlan
 from netc.text import format_table
 
 TOTALS = ("launches", "bytes_moved", "arena_bytes", "intermediate_bytes", "flops",

@@ -17,7 +17,7 @@ Shapes may start with a named dimension (the batch, e.g. `"N"`), known only at r
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,10 +171,12 @@ class IRError(Exception):
     """A broken invariant of the IR: always a bug in netc, never the user's input."""
 
 
-def verify(graph: Graph) -> None:
-    """Check the IR's invariants; raise `IRError` naming the first broken one."""
-    from netc.ops import REGISTRY  # the registry imports this module
-
+def verify(graph: Graph,
+           node_type: Callable[[Node, list[TensorType]], TensorType | None]) -> None:
+    """Check the IR's invariants; raise `IRError` naming the first broken one. `node_type`
+    gives a compute node's type from its inputs' types (None for an op it does not know): the
+    op registry's rule, which `netc.ops.verify` passes in, so that the IR does not depend on
+    the op table."""
     seen: dict[str, Node] = {}
     for node in graph.nodes:
         if node.id in seen:
@@ -186,11 +188,9 @@ def verify(graph: Graph) -> None:
             if node.inputs:
                 raise IRError(f"{node.id}: a {node.op} node has no inputs")
         else:
-            opdef = REGISTRY.get(node.op)
-            if opdef is None:
+            expected = node_type(node, [seen[i].type for i in node.inputs])
+            if expected is None:
                 raise IRError(f"{node.id}: unknown op {node.op!r}")
-            tensor_inputs = [seen[i].type for i in node.inputs]
-            expected = opdef.infer_all(node.attrs, tensor_inputs)
             if expected != node.type:
                 raise IRError(f"{node.id} ({node.op}): type {node.type} but its inputs give {expected}")
         seen[node.id] = node

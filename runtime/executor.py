@@ -36,8 +36,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from netc.codegen.plan import Arg, Buffer, Launch, LaunchPlan
 from netc.dtypes import bf16_bits_to_f32, f32_to_bf16_bits
+from netc.plan import Arg, Buffer, Launch, LaunchPlan
 
 MAX_GRID_X = 2**31 - 1
 MAX_GRID_YZ = 65535

@@ -42,7 +42,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from netc.codegen.device_compile import ArchBinary, DeviceBinary
-    from netc.codegen.plan import Arg, LaunchPlan
+    from netc.plan import Arg, LaunchPlan
 
 INSTALL_HELP = ("install PyCUDA with `pip install 'netc[cuda]'` (it builds against an installed "
                 "CUDA toolkit and needs an NVIDIA driver), or run on the CPU simulator with "

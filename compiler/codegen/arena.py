@@ -37,8 +37,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from netc.codegen.kernels import KernelLaunch
-from netc.codegen.plan import BatchBytes, Buffer
 from netc.memory import ALIGNMENT, BufferLife, MemoryPlan, plan_arena, verify_plan
+from netc.plan import BatchBytes, Buffer
 
 
 @dataclass(frozen=True)

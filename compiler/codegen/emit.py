@@ -34,14 +34,14 @@ from netc.codegen.kernels import (
     kernel_family,
     tile_kind,
 )
-from netc.codegen.plan import Buffer, BufferRole, Launch, LaunchPlan
 from netc.codegen.pointwise import computes
 from netc.codegen.render import header, render
 from netc.codegen.tiles import Tile, TileError
-from netc.ir import Dim, Graph, Node, TensorType, verify
-from netc.ops import REGISTRY
+from netc.ir import Dim, Graph, Node, TensorType
+from netc.ops import REGISTRY, verify
 from netc.ops.decompose import expand_decompositions
 from netc.ops.fused import body_of
+from netc.plan import Buffer, BufferRole, Launch, LaunchPlan
 
 COMMON_HEADER = "common.cuh"
 """Inlined first in every module; each kernel lists the other headers it needs, in order."""

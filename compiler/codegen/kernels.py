@@ -32,7 +32,6 @@ from typing import Any, Protocol, TypeVar
 
 from netc.codegen import pointwise
 from netc.codegen.layout import BatchLinear, broadcast_strides, coalesce, contiguous_strides
-from netc.codegen.plan import Arg, GridDim
 from netc.codegen.pointwise import IDENTITY, Pointwise, PointwiseCode
 from netc.codegen.render import render
 from netc.codegen.tiles import (
@@ -49,6 +48,7 @@ from netc.ops import REGISTRY, GemmView
 from netc.ops.fused import body_of, input_position
 from netc.ops.registry import OpTable, RegistryView
 from netc.ops.windows import Window
+from netc.plan import Arg, GridDim
 
 CTYPES = {"f32": "float", "f16": "netc_f16", "bf16": "netc_bf16"}
 """Storage types by IR dtype (common.cuh defines the 16-bit ones)."""

@@ -12,8 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from netc.codegen.plan import Arg, GridDim
 from netc.ir import Dim
+from netc.plan import Arg, GridDim
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from netc.codegen.layout import broadcast_strides, coalesce, contiguous_strides
-from netc.codegen.plan import Arg
 from netc.dtypes import round_scalar
 from netc.ir import Dim, Node
 from netc.ops import REGISTRY, CudaExpression
 from netc.ops.decompose import decomposition_nodes
+from netc.plan import Arg
 
 
 def expression(op: str) -> CudaExpression | None:

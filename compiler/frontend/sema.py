@@ -51,7 +51,7 @@ from netc.frontend.limits import (
     MAX_STATEMENTS,
 )
 from netc.frontend.parser import normalize_newlines, parse_module
-from netc.ir import DTYPES, Attrs, Graph, Node, TensorType, verify
+from netc.ir import DTYPES, Attrs, Graph, Node, TensorType
 from netc.ops import REGISTRY, AttrSpec, OpDef, ShapeError
 from netc.ops.apply import (
     KIND_WORDS,
@@ -66,6 +66,7 @@ from netc.ops.apply import (
 )
 from netc.ops.apply import is_int as _is_int
 from netc.ops.apply import is_number as _is_number
+from netc.ops.verify import verify
 
 ATTR_TYPES = ("int", "float", "bool")
 """The types a block's attribute parameters may have."""

@@ -24,6 +24,7 @@ from netc.ops.registry import (
     register,
     temporarily_registered,
 )
+from netc.ops.verify import verify
 
 __all__ = [
     "REGISTRY",
@@ -39,4 +40,5 @@ __all__ = [
     "node_flops",
     "register",
     "temporarily_registered",
+    "verify",
 ]

@@ -20,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from netc.ir import Attrs, Dim, Graph, Node, TensorType, verify
+from netc.ir import Attrs, Dim, Graph, Node, TensorType
 from netc.ops.apply import Naming, apply_op, bind_attrs, param_id
 from netc.ops.registry import REGISTRY
+from netc.ops.verify import verify
 
 
 def make_attrs(op: str, values: Mapping[str, Any], inputs: Sequence[TensorType]) -> Attrs:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Literal
 
 from netc.files import write_atomic
-from netc.ir import Graph, print_graph, verify
+from netc.ir import Graph, print_graph
+from netc.ops import verify
 from netc.passes.weight_transforms import WeightTransform
 
 Mode = Literal["inference", "training"]

@@ -16,10 +16,10 @@ import numpy as np
 from hypothesis import strategies as st
 
 from netc.codegen.emit import generate
-from netc.codegen.plan import LaunchPlan
 from netc.codegen.tiles import Tile
 from netc.driver import run_plan
 from netc.ir import Graph
+from netc.plan import LaunchPlan
 from netc.reference import run_reference
 from netc.runtime.cudasim import CudaSim
 from tests.sim.graph_builder import random_inputs, random_weights

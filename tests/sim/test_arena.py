@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from netc.codegen.emit import generate
-from netc.codegen.plan import LaunchPlan
 from netc.driver import build_binary
 from netc.frontend import load_file, load_string
 from netc.ir import Graph
 from netc.passes import run_pipeline
+from netc.plan import LaunchPlan
 from netc.reference import run_reference
 from netc.runtime.executor import PlanRunner
 from tests.sim.codegen_support import TOLERANCE, assert_close, simulator

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from netc.frontend import load_string
-from netc.ir import Attrs, Graph, Node, verify
+from netc.ir import Attrs, Graph, Node
+from netc.ops import verify
 from netc.passes.pass_manager import Pass, PassContext, run_passes
 from netc.passes.pipeline import PIPELINES
 

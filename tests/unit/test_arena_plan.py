@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from netc.codegen.arena import plan_launch_arena
 from netc.codegen.emit import generate
 from netc.codegen.kernels import KernelLaunch, KernelSpec
-from netc.codegen.plan import Arg, BatchBytes, Buffer, GridDim, LaunchPlan
 from netc.frontend import load_string
 from netc.ir import Graph
 from netc.memory import ALIGNMENT, verify_plan
 from netc.ops.builder import GraphBuilder
 from netc.passes import run_pipeline
+from netc.plan import Arg, BatchBytes, Buffer, GridDim, LaunchPlan
 from tests.unit.netgen import networks
 
 pytestmark = pytest.mark.unit

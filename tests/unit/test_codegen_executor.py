@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from netc.codegen.emit import generate
-from netc.codegen.plan import LaunchPlan
 from netc.dtypes import bf16_bits_to_f32, f32_to_bf16_bits
 from netc.ir import Graph
 from netc.ops.builder import GraphBuilder
+from netc.plan import LaunchPlan
 from netc.runtime.executor import (
     PlanInputError,
     PlanRunner,

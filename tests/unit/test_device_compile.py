@@ -35,7 +35,7 @@ from netc.codegen.device_compile import (
     nvrtc_status,
     parse_ptxas_report,
 )
-from netc.codegen.plan import Arg, Buffer, GridDim, Launch, LaunchPlan
+from netc.plan import Arg, Buffer, GridDim, Launch, LaunchPlan
 
 pytestmark = pytest.mark.unit
 

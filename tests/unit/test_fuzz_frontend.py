@@ -33,8 +33,7 @@ from lark import Lark
 from netc.diagnostics import CompileError
 from netc.frontend import load_file, load_string
 from netc.frontend.parser import _LARK_OPTIONS, _grammar_text
-from netc.ir import verify
-from netc.ops import REGISTRY
+from netc.ops import REGISTRY, verify
 
 from .netgen import networks
 

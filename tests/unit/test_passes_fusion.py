@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from netc.ir import Graph, print_graph, verify
-from netc.ops import REGISTRY, ShapeError, node_flops
+from netc.ir import Graph, print_graph
+from netc.ops import REGISTRY, ShapeError, node_flops, verify
 from netc.passes.fuse_elementwise import FUSE_ELEMENTWISE
 from netc.passes.fuse_epilogues import FUSE_EPILOGUES
 from netc.passes.fuse_reduction_prologues import FUSE_REDUCTION_PROLOGUES

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netc.codegen.plan import LaunchPlan
 from netc.driver import CompileOptions, compile_graph
 from netc.ir import Graph
 from netc.memory import ALIGNMENT, BufferLife, MemoryPlan, Placement, plan_arena, verify_plan
 from netc.ops.builder import GraphBuilder
+from netc.plan import LaunchPlan
 
 pytestmark = pytest.mark.unit
 

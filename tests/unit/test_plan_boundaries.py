@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 
-from netc.codegen.plan import LaunchPlan
 from netc.driver import CompileOptions, compile_graph
 from netc.ir import Graph
 from netc.memory import (
@@ -23,6 +22,7 @@ from netc.memory import (
     verify_plan,
 )
 from netc.ops.builder import GraphBuilder
+from netc.plan import LaunchPlan
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from netc.codegen.device_compile import ArchBinary, DeviceBinary, compile_module, nvrtc_status
-from netc.codegen.plan import Arg, Buffer, GridDim, Launch, LaunchPlan
+from netc.plan import Arg, Buffer, GridDim, Launch, LaunchPlan
 from netc.runtime import pycuda_device
 from netc.runtime.pycuda_device import (
     DeviceUnavailable,

@@ -10,8 +10,8 @@ import pytest
 
 from netc.diagnostics import CompileError, Diagnostic
 from netc.frontend import list_networks, load_file, load_string
-from netc.ir import Graph, Node, TensorType, verify
-from netc.ops import REGISTRY
+from netc.ir import Graph, Node, TensorType
+from netc.ops import REGISTRY, verify
 from tests.examples import RESNET18, RESNET_BLOCKS
 
 pytestmark = pytest.mark.unit
