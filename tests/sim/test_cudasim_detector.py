@@ -121,11 +121,33 @@ __global__ void warp_exchange(float* y, int synced, int gone) {
     if (synced) __syncwarp();
     y[threadIdx.x] = s[threadIdx.x ^ 1];
 }
+
+// __match_all_sync: every lane gets the mask and pred = 1 when all values agree, else 0 and 0.
+__global__ void match_all(const int* value, int* out) {
+    int pred = -1;
+    const unsigned got = __match_all_sync(0xffffffffu, value[threadIdx.x], &pred);
+    out[2 * threadIdx.x] = (int)got;
+    out[2 * threadIdx.x + 1] = pred;
+}
+
+// Warp 0 finishes a __syncwarp while the other warps wait at the __syncthreads: that must
+// not release them, so that they read what warp 0 writes after its __syncwarp.
+__global__ void warp_op_then_barrier(float* y) {
+    __shared__ float s[1024];
+    const unsigned t = threadIdx.x;
+    s[t] = -1.0f;
+    if (t < 32) {
+        __syncwarp();
+        s[t] = 100.0f + t;
+    }
+    __syncthreads();
+    y[t] = s[t % 32];
+}
 """
 
 KERNELS = ["thread_order", "thread_order_twice", "block_order", "read_right_neighbour",
            "exchange", "votes", "diverge", "diverge_kind", "diverge_file", "exit_early",
-           "warp_exchange"]
+           "warp_exchange", "match_all", "warp_op_then_barrier"]
 
 BARRIERS = ["__syncthreads()", "__syncthreads_count()", "__syncthreads_and()",
             "__syncthreads_or()"]
@@ -339,3 +361,31 @@ def test_check_races_finds_a_missing_syncwarp(sim: CudaSim, cache_dir: str) -> N
         mod.launch("warp_exchange", grid=1, block=THREADS, args=[y, 1, -1])
         with pytest.raises(SimulatorError, match="race detected in kernel warp_exchange"):
             mod.launch("warp_exchange", grid=1, block=THREADS, args=[y, 0, -1])
+
+
+@pytest.mark.parametrize("threads", [1000, 1024])
+def test_syncwarp_in_the_largest_blocks(sim: CudaSim, module, threads: int) -> None:
+    # 32 warps, the last full or of 8 lanes: every warp's bookkeeping is set up.
+    y = sim.alloc(4 * threads)
+    module.launch("warp_exchange", grid=1, block=threads, args=[y, 1, -1])
+    np.testing.assert_array_equal(sim.download(y, np.float32, threads),
+                                  np.arange(threads) ^ 1)
+
+
+@pytest.mark.parametrize("agree", [True, False])
+def test_match_all(sim: CudaSim, module, agree: bool) -> None:
+    values = np.full(64, 7, dtype=np.int32)
+    if not agree:
+        values[37] = 8  # one lane of the second warp differs
+    out = _ints(sim, np.full(128, -5))
+    module.launch("match_all", grid=1, block=64, args=[_ints(sim, values), out])
+    got = sim.download(out, np.int32, (64, 2))
+    np.testing.assert_array_equal(got[:32], np.tile([-1, 1], (32, 1)))  # 0xffffffff, 1
+    np.testing.assert_array_equal(got[32:], np.tile([-1, 1] if agree else [0, 0], (32, 1)))
+
+
+def test_a_warp_op_does_not_release_another_warps_barrier(sim: CudaSim, module) -> None:
+    y = sim.alloc(4 * THREADS)
+    module.launch("warp_op_then_barrier", grid=1, block=THREADS, args=[y])
+    np.testing.assert_array_equal(sim.download(y, np.float32, THREADS),
+                                  100 + np.arange(THREADS) % 32)
