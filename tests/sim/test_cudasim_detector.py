@@ -285,7 +285,7 @@ def test_block_votes_count_and_or(sim: CudaSim, module, pattern: str) -> None:
 
 
 @pytest.mark.parametrize("kind", [0, 1, 2, 3])
-@pytest.mark.parametrize("odd", [0, 40, THREADS - 1])
+@pytest.mark.parametrize("odd", [0, 1, 31, 32, THREADS - 1])
 def test_one_thread_at_another_barrier_is_divergence(sim: CudaSim, module, kind: int,
                                                      odd: int) -> None:
     y = sim.alloc(4 * THREADS)
