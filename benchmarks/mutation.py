@@ -126,6 +126,37 @@ PY_OPERATORS = tuple(f"core/{name}" for name in (
 
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     # (target, the original line stripped, the mutated line stripped): why nothing can see it.
+    ("memory", "width = max((len(p.name) for p in self.placements), default=0)",
+     "width = max((len(p.name) for p in self.placements), default= -1)"):
+        "the default is taken only when there are no placements, and then no line is padded",
+    ("memory", "last[base[used]] = max(last.get(base[used], -1), index[kernel.id])",
+     "last[base[used]] = max(last.get(base[used], - 2), index[kernel.id])"):
+        "the default only meets max() with a kernel index >= 0: any negative default is the "
+        "same",
+    ("onnx.importer", "return None, None, False", "return None, None, True"):
+        "reached only after a problem is recorded (no input, or not rank 4); raising _Poisoned "
+        "or returning {} both leave the outputs poisoned and the node's problems reported",
+    ("onnx.importer", 'return {node.output[0]: importer.apply(problems, "add", product, c)}',
+     'return {node.output[ -1]: importer.apply(problems, "add", product, c)}'):
+        "an ONNX Gemm has exactly one output, so [0] and [-1] name it alike",
+    ("onnx.importer",
+     "if span >= 0 and span % s != 0 and -(-span // s) * s < int(size) + before:",
+     "if span > 0 and span % s != 0 and -(-span // s) * s < int(size) + before:"):
+        "span == 0 makes span % s == 0, so the condition is false either way",
+    ("onnx.importer",
+     "if span >= 0 and span % s != 0 and -(-span // s) * s < int(size) + before:",
+     "if span >= 1 and span % s != 0 and -(-span // s) * s < int(size) + before:"):
+        "for integers >= 1 is > 0, and span == 0 fails span % s != 0 anyway",
+    ("cudasim.h", "unsigned char* in_set = static_cast<unsigned char*>(calloc(n, 1));",
+     "unsigned char* in_set = static_cast<unsigned char*>(calloc(n, 2));"):
+        "a larger zeroed scratch buffer of which only the first n bytes are used",
+    ("cudasim.h", "w->fail_msg[0] = 0;", "w->fail_msg[1] = 0;"):
+        "the message is read only after a failure, and every failure writes it from byte 0",
+    ("cudasim.h", "job->failed = 1;", "job->failed = 2;"):
+        "job->failed is only ever tested for zero or not",
+    ("cudasim.h", "case W_MAX: acc = first ? v : ((int)v > (int)acc ? v : acc); break;",
+     "case W_MAX: acc = first ? v : ((int)v >= (int)acc ? v : acc); break;"):
+        "on a tie v and acc are the same value",
 }
 """Survivors judged equivalent, keyed by content so that line numbers may move."""
 
