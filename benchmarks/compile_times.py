@@ -35,7 +35,7 @@ times["passes"] = compiled.seconds["passes"]
 times["codegen"] = compiled.seconds["tiling"] + compiled.seconds["codegen"]
 times["launches"] = len(plan.launches)
 if step.startswith("device:"):
-    from netc.codegen.device_compile import compile_module
+    from netc.toolchain import compile_module
     compiler = step.split(":")[1]
     for label in ("cold", "cached"):
         t = time.perf_counter()

@@ -86,7 +86,7 @@ def _empty_cache() -> Iterator[None]:
 
 
 def _device_compile(plan: LaunchPlan, repeat: int) -> tuple[float | None, str]:
-    from netc.codegen.device_compile import compile_module, nvrtc_status
+    from netc.toolchain import compile_module, nvrtc_status
 
     version, why = nvrtc_status()
     if version is None:

@@ -60,10 +60,10 @@ from netc.ir import Attrs
 from netc.text import format_table
 
 if TYPE_CHECKING:
-    from netc.codegen.device_compile import DeviceBinary, KernelResources
     from netc.passes.weight_transforms import WeightTransform
     from netc.plan import LaunchPlan
     from netc.runtime.cudasim import SimBinary
+    from netc.toolchain import DeviceBinary, KernelResources
 
 ARTIFACT_FORMAT = 2
 MANIFEST = "netc.json"
@@ -490,7 +490,7 @@ class Artifact:
 
 
 def _device_binary(path: Path, plan: LaunchPlan, resources: Any) -> DeviceBinary | None:
-    from netc.codegen.device_compile import ArchBinary, DeviceBinary, KernelResources
+    from netc.toolchain import ArchBinary, DeviceBinary, KernelResources
 
     if not isinstance(resources, dict):
         return None

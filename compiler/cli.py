@@ -438,9 +438,9 @@ def _newest(archs: Sequence[str]) -> str:
 
 def _compile_cuda(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path:
     from netc.artifacts import OPTIMIZATION, WEIGHTS, format_report, write_artifacts
-    from netc.codegen.device_compile import compile_module
     from netc.codegen.tiling import format_tile_table
     from netc.driver import compile_graph
+    from netc.toolchain import compile_module
 
     weights = None
     if args.weights:
@@ -489,7 +489,7 @@ def _compile_cuda(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path
 
 def _check_compiler_archs(archs: Sequence[str], compiler: str) -> None:
     """Every `--arch` must be one the CUDA compiler can build for (E0443)."""
-    from netc.codegen.device_compile import supported_archs
+    from netc.toolchain import supported_archs
 
     supported = supported_archs(compiler)
     unknown = [arch for arch in archs if arch not in supported]
@@ -876,7 +876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from netc.codegen.device_compile import DeviceCompileError
+        from netc.toolchain import DeviceCompileError
 
         if isinstance(exc, DeviceCompileError):
             print(exc.render(), file=sys.stderr)

@@ -43,9 +43,9 @@ from netc.passes.pipeline import Optimized, run_pipeline
 from netc.plan import LaunchPlan
 
 if TYPE_CHECKING:
-    from netc.codegen.device_compile import DeviceBinary
     from netc.codegen.tiles import GemmTile
     from netc.codegen.tiling import TuningDb
+    from netc.toolchain import DeviceBinary
 
 Progress = Callable[[str], None]
 
@@ -171,8 +171,8 @@ def build_for_arch(source: str, name: str, arch: str, *, compiler: str = "auto",
                    options: tuple[str, ...] = ()) -> DeviceBinary:
     """Cubin and PTX of a module for a GPU of architecture `arch`, or, when the compiler does
     not know it, for the newest architecture below it that the compiler supports."""
-    from netc.codegen.device_compile import arch_number, compile_module, supported_archs
     from netc.runtime.pycuda_device import DeviceUnavailable
+    from netc.toolchain import arch_number, compile_module, supported_archs
 
     supported = supported_archs(compiler)
     if arch not in supported:

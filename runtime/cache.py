@@ -1,7 +1,7 @@
 """A small, generic, per-user cache of compiled artifacts that another user cannot poison.
 
 Used by the CPU CUDA simulator (``netc.runtime.cudasim``) for its g++-built shared
-objects and by the device compiler (``netc.codegen.device_compile``) for cubins.
+objects and by the device compiler (``netc.toolchain``) for cubins.
 
 Layout: ``<root>/<kind>/<key><suffix>`` plus a sidecar ``<key><suffix>.sha256`` that
 records the artifact's size and sha256.  ``<root>`` is ``$NETC_CACHE_DIR``, else

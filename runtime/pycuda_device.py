@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 if TYPE_CHECKING:
-    from netc.codegen.device_compile import ArchBinary, DeviceBinary
     from netc.plan import Arg, LaunchPlan
+    from netc.toolchain import ArchBinary, DeviceBinary
 
 INSTALL_HELP = ("install PyCUDA with `pip install 'netc[cuda]'` (it builds against an installed "
                 "CUDA toolkit and needs an NVIDIA driver), or run on the CPU simulator with "
@@ -213,7 +213,7 @@ class ImageChoice:
 
 def select_image(binary: DeviceBinary, capability: tuple[int, int]) -> ImageChoice | None:
     """The image to load on a device of `capability` (see the module docstring), or None."""
-    from netc.codegen.device_compile import arch_number
+    from netc.toolchain import arch_number
 
     major, minor = capability
     device_number = major * 10 + minor

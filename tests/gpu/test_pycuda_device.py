@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netc.codegen.device_compile import compile_module, find_nvcc, nvrtc_status
 from netc.runtime.pycuda_device import PyCudaDevice
+from netc.toolchain import compile_module, find_nvcc, nvrtc_status
 
 pytestmark = pytest.mark.gpu
 

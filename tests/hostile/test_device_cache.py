@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from netc.codegen.device_compile import compile_module, nvrtc_status
 from netc.runtime import cache
+from netc.toolchain import compile_module, nvrtc_status
 from tests.hostile.support import changed, tree_state
 
 pytestmark = [pytest.mark.unit,

@@ -66,7 +66,7 @@ def test_the_catalog_covers_every_family() -> None:
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
 def test_modules_compile_with_nvrtc_and_no_include_path(dtype: str) -> None:
     """A module is self-contained: NVRTC, which has no include path by default, builds it."""
-    from netc.codegen.device_compile import compile_module, nvrtc_status
+    from netc.toolchain import compile_module, nvrtc_status
 
     if nvrtc_status()[0] is None:
         pytest.skip(f"NVRTC is not available: {nvrtc_status()[1]}")

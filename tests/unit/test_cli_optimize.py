@@ -186,7 +186,7 @@ def test_compare_runs_the_optimised_plan_against_the_unoptimised_reference(
 
 
 def _device_compiler() -> bool:
-    from netc.codegen.device_compile import nvrtc_status
+    from netc.toolchain import nvrtc_status
 
     return shutil.which("nvcc") is not None or nvrtc_status()[0] is not None
 

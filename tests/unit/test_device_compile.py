@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from netc import toolchain as device_compile
 from netc.artifacts import ArtifactError, format_report, write_artifacts
-from netc.codegen import device_compile
-from netc.codegen.device_compile import (
+from netc.plan import Arg, Buffer, GridDim, Launch, LaunchPlan
+from netc.toolchain import (
     COMPILE_STATS,
     CompilerNotFound,
     DeviceBinary,
@@ -35,7 +36,6 @@ from netc.codegen.device_compile import (
     nvrtc_status,
     parse_ptxas_report,
 )
-from netc.plan import Arg, Buffer, GridDim, Launch, LaunchPlan
 
 pytestmark = pytest.mark.unit
 
@@ -325,8 +325,9 @@ def test_generated_code_failing_is_a_netc_bug() -> None:
 
 
 def test_no_compiler_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(device_compile, "nvrtc_status", lambda: (None, "cuda-python is missing"))
-    monkeypatch.setattr(device_compile, "find_nvcc", lambda: None)
+    monkeypatch.setattr(device_compile.discovery, "nvrtc_status",
+                        lambda: (None, "cuda-python is missing"))
+    monkeypatch.setattr(device_compile.discovery, "find_nvcc", lambda: None)
     with pytest.raises(CompilerNotFound) as caught:
         compile_module(MODULE, "vectors")
     assert "pip install 'netc[nvrtc]'" in str(caught.value)
@@ -352,7 +353,7 @@ def test_command_line_prints_resources(tmp_path: Path) -> None:
     source = tmp_path / "vectors.cu"
     source.write_text(MODULE)
     result = subprocess.run(
-        [sys.executable, "-m", "netc.codegen.device_compile", "--arch", "sm_80",
+        [sys.executable, "-m", "netc.toolchain", "--arch", "sm_80",
          "--output-dir", str(tmp_path / "out"), str(source)],
         capture_output=True, text=True, check=False, env={**os.environ})
     assert result.returncode == 0, result.stderr

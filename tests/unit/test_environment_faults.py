@@ -64,7 +64,7 @@ def test_a_missing_optional_package_names_the_extra(monkeypatch: pytest.MonkeyPa
 def test_a_missing_cuda_compiler_is_exit_1(monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str],
                                            tmp_path: Path) -> None:
-    from netc.codegen import device_compile
+    from netc import toolchain as device_compile
 
     def no_compiler(*args: object, **kwargs: object) -> None:
         raise device_compile.CompilerNotFound("no CUDA compiler: pip install 'netc[nvrtc]'")

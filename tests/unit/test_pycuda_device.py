@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from netc.codegen.device_compile import ArchBinary, DeviceBinary, compile_module, nvrtc_status
 from netc.plan import Arg, Buffer, GridDim, Launch, LaunchPlan
 from netc.runtime import pycuda_device
 from netc.runtime.pycuda_device import (
@@ -32,6 +31,7 @@ from netc.runtime.pycuda_device import (
     select_image,
     signatures_from_plan,
 )
+from netc.toolchain import ArchBinary, DeviceBinary, compile_module, nvrtc_status
 
 pytestmark = pytest.mark.unit
 
