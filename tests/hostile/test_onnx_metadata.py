@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from netc.frontend import load_string
-from netc.onnx.importer import comment_text
+from netc.frontend.unparse import comment_text
 from tests.hostile.support import changed, netc, tree_state
 
 pytestmark = pytest.mark.unit

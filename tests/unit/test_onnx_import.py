@@ -28,8 +28,9 @@ from onnx import TensorProto, helper, numpy_helper
 import netc
 from netc.diagnostics import CompileError
 from netc.frontend import load_file, load_string
+from netc.frontend.unparse import NameTable, format_number
 from netc.onnx.export import export_graph
-from netc.onnx.importer import ImportedModel, NameTable, format_number, import_onnx
+from netc.onnx.importer import ImportedModel, import_onnx
 from netc.reference import random_inputs, run_reference
 from netc.weights import load_weights
 from tests.examples import weights_with_statistics
