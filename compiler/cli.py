@@ -570,6 +570,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     if not Path(args.onnx).is_file():
         raise CompileError([Diagnostic("E0601", f"ONNX file `{args.onnx}` does not exist")])
+    net = Path(args.output)
+    weights = Path(args.weights_out) if args.weights_out else net.with_suffix(".safetensors")
+    for output in (net, weights):
+        if _same_file(Path(args.onnx), output):
+            raise CompileError([Diagnostic(
+                "E0432", f"output `{output}` is the ONNX file being imported; writing it would "
+                "destroy the input", help="choose another output file")])
     imported = import_onnx(args.onnx)
     net_path, weights_path = imported.write(args.output, args.weights_out)
     for note in imported.notes:

@@ -125,8 +125,18 @@ class ImportedModel:
 
         net = Path(net_path)
         weights = Path(weights_path) if weights_path is not None else net.with_suffix(".safetensors")
+        # Both destinations are checked before either is written: a failure must not leave
+        # one file of the pair behind.
+        for path in (net, weights):
+            if path.is_dir() or (path.exists() and not path.is_file()):
+                raise CompileError([Diagnostic(E_MODEL, f"cannot write `{path}`: it exists and "
+                                               "is not a regular file")])
         save_weights(self.weights, weights)
-        write_atomic(net, self.text)
+        try:
+            write_atomic(net, self.text)
+        except BaseException:
+            weights.unlink(missing_ok=True)
+            raise
         return net, weights
 
 

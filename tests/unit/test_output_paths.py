@@ -107,3 +107,35 @@ def test_compile_refuses_an_output_directory_holding_its_input(tmp_path: Path) -
     result = netc("compile", str(model), "-o", str(out), "--arch", "sm_90")
     assert result.returncode == 1
     assert model.read_text() == MLP.read_text()
+
+
+def _tiny_onnx(path: Path) -> None:
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.write_bytes(model.SerializeToString())
+
+
+def test_import_refuses_to_overwrite_the_onnx_file(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    _tiny_onnx(model)
+    before = model.read_bytes()
+    for extra in ([], ["--weights-out", str(model)]):
+        target = model if not extra else tmp_path / "m.net"
+        result = netc("import", str(model), "-o", str(target), *extra)
+        assert result.returncode == 1 and "error[E0432]" in result.stderr
+        assert model.read_bytes() == before
+
+
+def test_a_failed_import_leaves_no_half_of_the_pair(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    _tiny_onnx(model)
+    (tmp_path / "existing_dir.net").mkdir()
+    before = tree(tmp_path)
+    result = netc("import", str(model), "-o", str(tmp_path / "existing_dir.net"))
+    assert result.returncode == 1, result.stderr
+    assert tree(tmp_path) == before  # no existing_dir.safetensors
