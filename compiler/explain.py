@@ -46,7 +46,7 @@ from netc.codegen.tiling import TileChoice, TuningDb, format_tile_table, tile_te
 from netc.ir import SOURCE_OPS, Graph, Node
 from netc.ops import REGISTRY, node_flops
 from netc.ops.fused import body_of
-from netc.passes.fusion import is_pointwise, kernel_kind
+from netc.passes.fusion import why_not_fused
 from netc.passes.pipeline import Optimized
 from netc.plan import LaunchPlan
 from netc.text import format_table
@@ -228,43 +228,6 @@ def _storage_bytes(plan: LaunchPlan, sizes: Mapping[str, int], roles: set[str]) 
 # Why a layer is where it is ------------------------------------------------------------------
 
 
-def _why_alone(graph: Graph, node: Node) -> str:
-    """Why a node the -O2 pipeline left as its own kernel was not fused."""
-    users = graph.users()[node.id]
-    outputs = {value for _, value in graph.outputs}
-    anchors = kernel_kind(node) is not None
-    if node.op in ("transpose", "concat"):
-        return f"not fused: `{node.op}` is a layout kernel, which fusion does not take (yet)"
-    if not anchors and not is_pointwise(node):
-        return f"not fused: `{node.op}` is not pointwise and anchors no fused kernel"
-    if len(users) > 1:
-        return f"not fused: its output is used by {len(users)} ops"
-    if node.id in outputs and users:
-        return "not fused: it is a network output that another op also reads"
-    if not users:
-        return ("not fused: nothing follows it (a network output)" if anchors else
-                "not fused: a network output with no pointwise neighbour of its shape")
-    user = users[0]
-    if user.op == "fused":
-        readers = [m for m in body_of(user.attrs) if any(
-            ref.startswith("$") and user.inputs[int(ref[1:])] == node.id for ref in m.inputs)]
-        taken = next((m for m in readers if is_pointwise(m)), None)
-        anchor = next(m for m in body_of(user.attrs) if m.id == user.attrs["anchor"])
-        if taken is not None and anchor.id != taken.id:
-            return (f"not fused: the {user.attrs['kind'].replace('_', ' ')} kernel of "
-                    f"`{_name(anchor)}` took its user `{_name(taken)}` first (anchors take "
-                    "pointwise ops in graph order)")
-    if REGISTRY[user.op].kind == "view":
-        return (f"not fused: its only user `{_name(user)}` is a {user.op}, and fusion does not "
-                "cross views (yet)")
-    if not is_pointwise(user):
-        return f"not fused: its only user `{_name(user)}` ({_what(user)}) is not pointwise"
-    if user.type != node.type:
-        return (f"not fused: its user `{_name(user)}` has type {user.type}, not {node.type} "
-                "(a broadcast value would be recomputed)")
-    return "not fused: one value leaves a group, and no group may depend on itself"
-
-
 def _resolved(optimized: Optimized, node_id: str) -> str | None:
     """Where the value of source node `node_id` went: itself, or what the lineage leads to."""
     current: str | None = node_id
@@ -338,7 +301,7 @@ def _kernel_note(graph: Graph, kernel: Node, node: Node, level: int) -> str:
         return f"fused into the {what} kernel of `{_name(anchor)}`"
     if level < 2:
         return f"-O{level}: fusion off"
-    return _why_alone(graph, kernel)
+    return why_not_fused(graph, kernel)
 
 
 # The explanation ---------------------------------------------------------------------------

@@ -237,3 +237,49 @@ def count_ops(graph: Graph, groups: Sequence[Group]) -> int:
     """How many unfused ops the groups hold (a fused member counts its body)."""
     return sum(len(body_of(graph[m].attrs)) if graph[m].op == "fused" else 1
                for group in groups for m in group.members)
+
+
+# Explaining ---------------------------------------------------------------------------------
+
+
+def _layer_name(node: Node) -> str:
+    return node.layer or node.id
+
+
+def why_not_fused(graph: Graph, node: Node) -> str:
+    """Why the -O2 pipeline left `node` (of the optimised `graph`) as a kernel of its own: the
+    fusion rule that kept it apart, in words (`netc explain` shows it per layer). It lives
+    beside the rules it explains, so that explaining never re-derives them elsewhere."""
+    users = graph.users()[node.id]
+    outputs = {value for _, value in graph.outputs}
+    anchors = kernel_kind(node) is not None
+    if node.op in ("transpose", "concat"):
+        return f"not fused: `{node.op}` is a layout kernel, which fusion does not take (yet)"
+    if not anchors and not is_pointwise(node):
+        return f"not fused: `{node.op}` is not pointwise and anchors no fused kernel"
+    if len(users) > 1:
+        return f"not fused: its output is used by {len(users)} ops"
+    if node.id in outputs and users:
+        return "not fused: it is a network output that another op also reads"
+    if not users:
+        return ("not fused: nothing follows it (a network output)" if anchors else
+                "not fused: a network output with no pointwise neighbour of its shape")
+    user = users[0]
+    if user.op == "fused":
+        readers = [m for m in body_of(user.attrs) if any(
+            ref.startswith("$") and user.inputs[int(ref[1:])] == node.id for ref in m.inputs)]
+        taken = next((m for m in readers if is_pointwise(m)), None)
+        anchor = next(m for m in body_of(user.attrs) if m.id == user.attrs["anchor"])
+        if taken is not None and anchor.id != taken.id:
+            return (f"not fused: the {user.attrs['kind'].replace('_', ' ')} kernel of "
+                    f"`{_layer_name(anchor)}` took its user `{_layer_name(taken)}` first (anchors take "
+                    "pointwise ops in graph order)")
+    if REGISTRY[user.op].is_view:
+        return (f"not fused: its only user `{_layer_name(user)}` is a {user.op}, and fusion does not "
+                "cross views (yet)")
+    if not is_pointwise(user):
+        return f"not fused: its only user `{_layer_name(user)}` ({'+'.join(m.op for m in (body_of(user.attrs) if user.op == 'fused' else (user,)))}) is not pointwise"
+    if user.type != node.type:
+        return (f"not fused: its user `{_layer_name(user)}` has type {user.type}, not {node.type} "
+                "(a broadcast value would be recomputed)")
+    return "not fused: one value leaves a group, and no group may depend on itself"
