@@ -198,7 +198,8 @@ class _LaunchThread:
     def _main(self) -> None:
         while True:
             self._go.acquire()
-            assert self._pending is not None
+            if self._pending is None:  # stop(): the thread ends, and with it the simulator
+                return                 # runtime's per-thread state (fiber stacks)
             call, outcome, done = self._pending
             self._pending = None
             try:
@@ -221,6 +222,15 @@ class _LaunchThread:
         self._pending = (call, outcome, done)
         self._go.release()
         return outcome, done
+
+    def stop(self) -> None:
+        """End the thread (it must be idle)."""
+        with self._start_lock:
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._pending = None
+                self._go.release()
+                self._thread.join()
+                self._thread = None
 
 
 # ----------------------------------------------------------------------------------
@@ -907,6 +917,8 @@ class _LocalBackend:
                                                    first_name, other_name))
 
     def close(self) -> None:
+        if self._stuck is None:  # a launch that could not be stopped keeps its thread
+            self._launcher.stop()
         for loaded in self._libs.values():
             with contextlib.suppress(Exception):
                 loaded.lib.cudasim_shutdown()
