@@ -15,8 +15,10 @@ from pathlib import Path
 
 from netc.diagnostics import CompileError, SourceMap
 from netc.frontend import ast
+from netc.frontend.load import read_source
 from netc.frontend.parser import normalize_newlines, parse_module
-from netc.frontend.sema import Reporter, compile_source, read_source
+from netc.frontend.sema import compile_source
+from netc.frontend.values import Reporter
 from netc.ir import Graph
 
 __all__ = ["CompileError", "list_networks", "load_file", "load_string", "parse"]

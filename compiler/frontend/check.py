@@ -1,0 +1,129 @@
+"""Semantic analysis, phase 2: what the grammar allows but the language does not (`return`
+outside a block, `input` inside `repeat`, a network without outputs, bad block parameters), and
+choosing the network to compile."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from netc.diagnostics import Span, did_you_mean
+from netc.frontend import ast
+from netc.frontend.values import (
+    ATTR_TYPES,
+    Reporter,
+)
+from netc.ir import DTYPES
+
+# Phase 2: structure -----------------------------------------------------------------------
+
+
+def walk_statements(body: Sequence[ast.Statement]) -> Iterable[tuple[ast.Statement, int]]:
+    """Every statement with its `repeat` nesting depth (bounded by the scan's MAX_NESTING)."""
+    for statement in body:
+        yield statement, 0
+        if isinstance(statement, ast.RepeatStmt):
+            for inner, depth in walk_statements(statement.body):
+                yield inner, depth + 1
+
+
+def check_structure(module: ast.Module, reporter: Reporter) -> None:
+    first_definition = next((i for i, item in enumerate(module.items)
+                             if not isinstance(item, ast.ImportStmt)), len(module.items))
+    for item in module.items[first_definition:]:
+        if isinstance(item, ast.ImportStmt):
+            reporter.error("E0108", "imports must come before blocks and networks", item.span,
+                           "move this line to the top of the file")
+    networks: dict[str, ast.NetworkDef] = {}
+    for network in module.networks:
+        earlier = networks.setdefault(network.name.text, network)
+        if earlier is not network:
+            reporter.error("E0105", f"network `{network.name.text}` is defined twice",
+                           network.name.span, "rename one of them",
+                           [f"the other definition is at {earlier.name.span}"])
+        _check_network(network, reporter)
+    for block in module.blocks:
+        _check_block(block, reporter)
+
+
+def _check_network(network: ast.NetworkDef, reporter: Reporter) -> None:
+    outputs = 0
+    for statement, depth in walk_statements(network.body):
+        if isinstance(statement, ast.ReturnStmt):
+            reporter.error("E0112", "`return` belongs in a block, not a network", statement.span,
+                           "mark the result with `output NAME = ...`")
+        elif isinstance(statement, ast.InputStmt) and depth:
+            reporter.error("E0115", "`input` cannot be inside `repeat`", statement.span,
+                           "declare inputs at the top level of the network")
+        elif isinstance(statement, ast.OutputStmt):
+            if depth:
+                reporter.error("E0116", "`output` cannot be inside `repeat`", statement.span,
+                               "mark outputs at the top level of the network")
+            else:
+                outputs += 1
+    if outputs == 0:
+        reporter.error("E0114", f"network `{network.name.text}` has no output",
+                       network.name.span, "mark a result with `output NAME` or `output NAME = ...`")
+
+
+def _check_block(block: ast.BlockDef, reporter: Reporter) -> None:
+    seen: dict[str, ast.Identifier] = {}
+    typed_seen = False
+    for param in block.params:
+        name = param.name
+        if name.text in seen:
+            reporter.error("E0109", f"parameter `{name.text}` of block `{block.name.text}` is "
+                           "declared twice", name.span)
+        seen.setdefault(name.text, name)
+        if name.text == "name":
+            reporter.error("E0113", "`name` cannot be a block parameter: it is the argument "
+                           "that names a layer or a block call", name.span, "rename the parameter")
+        if isinstance(param, ast.AttrParam):
+            typed_seen = True
+            if param.type.text not in ATTR_TYPES:
+                help = did_you_mean(param.type.text, ATTR_TYPES)
+                if param.type.text in DTYPES:
+                    help = f"tensor parameters have no type: write just `{name.text}`"
+                reporter.error("E0120", f"unknown parameter type `{param.type.text}`; attribute "
+                               "parameters are `int`, `float` or `bool`", param.type.span, help)
+        elif typed_seen:
+            reporter.error("E0110", f"tensor parameter `{name.text}` comes after an attribute "
+                           "parameter", name.span, "list tensor parameters first, as ops take "
+                           "their tensors first")
+    body = block.body
+    returns = 0
+    for statement, depth in walk_statements(body):
+        if isinstance(statement, ast.ReturnStmt):
+            returns += 1
+            if depth or statement is not body[-1]:
+                reporter.error("E0112", "`return` must be the last statement of a block",
+                               statement.span)
+        elif isinstance(statement, ast.InputStmt):
+            reporter.error("E0115", "`input` belongs in a network; a block takes its tensors as "
+                           "parameters", statement.span,
+                           f"add a parameter: `block {block.name.text}(x, ...)`")
+        elif isinstance(statement, ast.OutputStmt):
+            reporter.error("E0116", "`output` belongs in a network; a block gives its result "
+                           "with `return`", statement.span)
+    if returns == 0:
+        reporter.error("E0111", f"block `{block.name.text}` has no `return`", block.name.span,
+                       "end the block with `return EXPR`")
+
+
+def choose_network(module: ast.Module, wanted: str | None,
+                   reporter: Reporter) -> ast.NetworkDef | None:
+    networks = module.networks
+    if wanted is not None:
+        for network in networks:
+            if network.name.text == wanted:
+                return network
+        names = [n.name.text for n in networks]
+        known = ", ".join(f"`{n}`" for n in names) or "none"
+        reporter.error("E0107", f"no network `{wanted}` in `{module.file}` (it defines {known})",
+                       None, did_you_mean(wanted, names))
+        return None
+    if not networks:
+        line = Span(module.file, 1, 1, 1, 2)
+        reporter.error("E0106", f"`{module.file}` defines no network", line,
+                       "a file compiles to the network in `network NAME { ... }`")
+        return None
+    return networks[-1]
