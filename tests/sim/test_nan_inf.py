@@ -13,6 +13,7 @@ every constant (`v * 70000.0` is inf in f16 on every backend), fused or not.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -21,6 +22,14 @@ import pytest
 import netc
 
 pytestmark = pytest.mark.sim
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The simulator's builds go into this module's temporary folder, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NETC_CACHE_DIR", str(tmp_path_factory.mktemp("nan-inf-cache")))
+        yield
 
 ROWS = netc.loads("""network rows {
     input x: f32[N, 12]
