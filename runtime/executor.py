@@ -262,9 +262,17 @@ class PlanRunner:
                     self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))
             grid = launch.grid_size(batch)
             check_grid(launch.kernel, grid)
-            self._module.launch(launch.kernel, grid=grid, block=launch.block,
-                                shared_bytes=launch.shared_bytes,
-                                args=[self._arg(arg, batch) for arg in launch.args])
+            try:
+                self._module.launch(launch.kernel, grid=grid, block=launch.block,
+                                    shared_bytes=launch.shared_bytes,
+                                    args=[self._arg(arg, batch) for arg in launch.args])
+            except Exception as exc:
+                # A device error that can name the `.net` line of the launch (the simulator's
+                # time limit and stack overflow) is raised again naming it.
+                located = getattr(exc, "located", None)
+                if callable(located) and launch.source:
+                    raise located(launch.source) from None
+                raise
         return {name: self.buffer_value(buffer) for name, buffer in self.plan.outputs}
 
     def buffer_value(self, name: str) -> np.ndarray:

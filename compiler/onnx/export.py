@@ -56,7 +56,8 @@ def tensor_proto(name: str, dtype: str, array: np.ndarray) -> TensorProto:
     if dtype == "f32":
         tensor.raw_data = np.ascontiguousarray(values).tobytes()
     elif dtype == "f16":
-        tensor.raw_data = np.ascontiguousarray(values.astype(np.float16)).tobytes()
+        with np.errstate(over="ignore"):  # beyond 65504 is inf, as the reference rounds it
+            tensor.raw_data = np.ascontiguousarray(values.astype(np.float16)).tobytes()
     else:
         tensor.raw_data = f32_to_bf16_bits(values).astype("<u2").tobytes()
     return tensor

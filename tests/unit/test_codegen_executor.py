@@ -3,6 +3,7 @@ argument marshalling and grid sizes. Running real kernels is tests/sim's job."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -182,3 +183,24 @@ def test_grids_beyond_cuda_limits_are_refused() -> None:
         check_grid("k", (2**31, 1, 1))
     with pytest.raises(PlanInputError):
         check_grid("k", (1, 65536, 1))
+
+
+def test_a_device_error_that_can_name_the_source_line_does() -> None:
+    class Stopped(Exception):
+        def located(self, source: str) -> Exception:
+            return Stopped(f"{source}: {self}")
+
+    class StoppingModule(FakeModule):
+        def launch(self, name: str, grid: Sequence[int], block: Sequence[int],
+                   shared_bytes: int, args: Sequence[Any]) -> None:
+            raise Stopped("kernel ran too long")
+
+    class StoppingDevice(FakeDevice):
+        def load_binary(self, binary: Any, kernels: Sequence[str]) -> FakeModule:
+            return StoppingModule(self)
+
+    _, plan, weights = _plan()
+    plan = dataclasses.replace(plan, launches=tuple(
+        dataclasses.replace(launch, source="fake.net:3") for launch in plan.launches))
+    with pytest.raises(Stopped, match=r"^fake\.net:3: kernel ran too long$"):
+        run_plan(plan, StoppingDevice(), weights, {"x": np.zeros((1, 2, 3), np.float32)}, BINARY)
