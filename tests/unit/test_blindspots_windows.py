@@ -296,3 +296,22 @@ def test_global_avgpool_flops_read_every_input_and_write_every_output() -> None:
     x = _type(2, 3, 5, 7)
     attrs = make_attrs("global_avgpool", {}, [x])
     assert opdef.flops(attrs, [x.shape], (2, 3, 1, 1)) == 2 * 3 * 5 * 7 + 2 * 3
+
+
+@pytest.mark.parametrize("op", ["conv2d", "maxpool2d"])
+def test_a_zero_kernel_is_refused_by_the_attribute_bound(op: str) -> None:
+    values: dict[str, Any] = {"kernel": (0, 2)} | ({"filters": 1} if op == "conv2d" else {})
+    with pytest.raises(ValueError, match=r"must be at least 1, got [[(]0, 2[])]"):
+        make_attrs(op, values, [_type(1, 1, 5, 5)])
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [
+    ((5,), (5, 3), (3,)),  # a vector on the left is one row, dropped after
+    ((2, 5), (5,), (2,)),  # on the right, one column
+    ((5,), (5,), ()),
+    (("N", 4, 5), (5, 3), ("N", 4, 3)),
+])
+def test_matmul_shapes_with_vectors(a: tuple[int | str, ...], b: tuple[int | str, ...],
+                                    expected: tuple[int | str, ...]) -> None:
+    x, y = _type(*a), _type(*b)
+    assert REGISTRY["matmul"].infer(make_attrs("matmul", {}, [x, y]), [x, y]).shape == expected
