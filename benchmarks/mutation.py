@@ -93,7 +93,7 @@ TARGETS: dict[str, Target] = {
             r"if span >= 0 and span % s", r"if len\(kernel\) != 2", r"if alpha != 1.0",
             r"c = c \* np.float32\(beta\)", r"elif top > kernel\[0\] // 2")),
     # The simulator's scheduler, barrier and warp logic, and the kernels.
-    "cudasim.h": Target(("runtime/include/cudasim.h",), (
+    "cudasim.h": Target(("simulator/include/cudasim.h",), (
         SIM + "test_cudasim.py", SIM + "test_cudasim_detector.py"),
         regions=(("static bool same_site(", "static void poison_shared("),
                  ("static unsigned shuffled_order_pass(", "// ---- the worker pool"),
@@ -157,6 +157,15 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("cudasim.h", "case W_MAX: acc = first ? v : ((int)v > (int)acc ? v : acc); break;",
      "case W_MAX: acc = first ? v : ((int)v >= (int)acc ? v : acc); break;"):
         "on a tie v and acc are the same value",
+    ("ops.linear", "return y + bias.reshape(-1, 1, 1) if bias is not None else y",
+     "return y + bias.reshape(- 2, 1, 1) if bias is not None else y"):
+        "NumPy's reshape takes any negative size as the one unknown dimension",
+    ("codegen.arena", "if output not in lives or root[output] != output:",
+     "if output not in lives and root[output] != output:"):
+        "a buffer in `lives` is never a view (root[output] == output), and candidates for an "
+        "output outside `lives` are never read (`_region` asks only for arena buffers)",
+    ("codegen.arena", "end = max(len(launches) - 1, 0)", "end = max(len(launches) - 1, -1)"):
+        "differs only for a plan without launches, which has no arena buffers to give it to",
     ("gemm.cuh", "if (EXTENT % X_LANES != 0 && x >= EXTENT)",
      "if (EXTENT % X_LANES != 1 && x >= EXTENT)"):
         "EXTENT % X_LANES is never 1 for the 11 GEMM tiles netc can choose (tiling.CANDIDATES "
