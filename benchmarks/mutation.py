@@ -352,8 +352,9 @@ def export_tree(destination: Path, rev: str | None) -> str:
 def prepare(tree: Path) -> dict[str, str]:
     """Make `import netc` load the copy: a `netc` link to compiler/, whose subpackages the
     install maps from sibling folders. The installed (editable) finder runs after PYTHONPATH."""
-    for sub in ("grammar", "templates", "runtime"):
-        link = tree / "compiler" / sub
+    for sub, name in (("grammar", "grammar"), ("templates", "templates"),
+                      ("runtime", "runtime"), ("simulator", "sim")):
+        link = tree / "compiler" / name
         if not link.exists():
             link.symlink_to(Path("..") / sub)
     shim = tree / ".mutation-path"

@@ -62,7 +62,7 @@ from netc.text import format_table
 if TYPE_CHECKING:
     from netc.passes.weight_transforms import WeightTransform
     from netc.plan import LaunchPlan
-    from netc.runtime.cudasim import SimBinary
+    from netc.sim import SimBinary
     from netc.toolchain import DeviceBinary, KernelResources
 
 ARTIFACT_FORMAT = 2
@@ -464,7 +464,7 @@ class Artifact:
     def simulator_binary(self, directory: Path) -> SimBinary:
         """The simulator's library, copied into `directory` (private to this process) and
         checked again there, so that what is loaded is what was verified."""
-        from netc.runtime.cudasim import SimBinary, driver_id
+        from netc.sim import SimBinary, driver_id
 
         record = self.manifest.get("simulator")
         if not isinstance(record, dict):

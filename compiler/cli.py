@@ -505,7 +505,7 @@ def _simulator_build(plan: LaunchPlan) -> tuple[dict[str, Any], bytes | None]:
     (its record for the manifest, and the library's bytes); none without a C++ compiler."""
     import platform
 
-    from netc.runtime.cudasim import CudaSim, SimulatorError
+    from netc.sim import CudaSim, SimulatorError
 
     if not plan.kernels:
         return {}, None
@@ -544,7 +544,7 @@ def _compile_onnx(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path
 
 def _build_tensorrt(onnx_path: Path, args: argparse.Namespace) -> str:
     from netc.backends.tensorrt import build_engine
-    from netc.runtime.cache import cache_root
+    from netc.cache import cache_root
 
     build = build_engine(onnx_path, onnx_path.parent, fp16=args.fp16, int8=args.int8,
                          calibration_dir=args.calibration_data, batch=args.batch_range,

@@ -9,7 +9,7 @@ The new content goes to a private temporary file beside `path` (same directory, 
 `path` only when it is complete; on any failure the temporary file is removed and `path` is
 left as it was. Every file netc writes for a user goes through here (artifact directories are
 written as a whole: `netc.artifacts`; the compile cache has its own private-entry rules:
-`netc.runtime.cache`).
+`netc.cache`).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def _reference(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping
 
 
 SIMULATOR_OPTIONS = ("schedule", "seed", "workers", "sanitize", "check_races")
-"""The backend options that configure the CPU simulator (`netc.runtime.cudasim.CudaSim`)."""
+"""The backend options that configure the CPU simulator (`netc.sim.cudasim.CudaSim`)."""
 
 
 def compile_options(options: Mapping[str, Any]) -> Any:
@@ -60,7 +60,7 @@ def compile_options(options: Mapping[str, Any]) -> Any:
 
 
 def simulator(options: Mapping[str, Any]) -> Any:
-    from netc.runtime.cudasim import CudaSim
+    from netc.sim import CudaSim
 
     return CudaSim(**{k: options[k] for k in SIMULATOR_OPTIONS if k in options})
 

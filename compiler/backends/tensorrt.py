@@ -218,7 +218,7 @@ def _place_onnx(source: onnx.ModelProto | str | os.PathLike[str], out_dir: Path,
 def default_timing_cache() -> Path:
     """A timing cache shared by every build of this user (TensorRT keys it per GPU)."""
     try:
-        from netc.runtime.cache import cache_root
+        from netc.cache import cache_root
 
         root = cache_root()
     except ImportError:

@@ -27,7 +27,7 @@ function and architecture: registers, static shared memory, stack frame, spill s
 constant memory per bank, barriers. Dynamic shared memory is a launch parameter: it is in the
 launch plan, not here.
 
-Every architecture's result is one entry in the per-user compile cache (`netc.runtime.cache`),
+Every architecture's result is one entry in the per-user compile cache (`netc.cache`),
 keyed by a hash of the source, the options, the headers under each `-I` directory, the
 architecture and the compiler's exact version; a hit runs no compiler (`COMPILE_STATS` counts
 both). An entry that does not read back as a well-formed record with a matching cubin (ELF

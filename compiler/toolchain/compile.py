@@ -195,10 +195,10 @@ def _cached_entry(key_parts: Sequence[str], build: Callable[[], bytes],
                   force: bool = False) -> tuple[Path, bytes]:
     """The cache entry for `key_parts` (path, contents), running `build` on a miss.
 
-    `netc.runtime.cache` verifies each entry against a size-and-SHA-256 sidecar and rebuilds
+    `netc.cache` verifies each entry against a size-and-SHA-256 sidecar and rebuilds
     one that fails; `force` discards an entry that verifies but that `_decode_entry` rejects.
     """
-    from netc.runtime.cache import cached_build, entry_path, read_verified
+    from netc.cache import cached_build, entry_path, read_verified
 
     if force:
         with contextlib.suppress(FileNotFoundError):
@@ -223,7 +223,7 @@ def _cache_key_parts(source: str, name: str, arch: str, options: Sequence[str],
 
 
 def _failure_directory() -> Path:
-    from netc.runtime.cache import CacheError, private_subdirectory, trusted_root
+    from netc.cache import CacheError, private_subdirectory, trusted_root
 
     try:
         return private_subdirectory("failed", trusted_root())

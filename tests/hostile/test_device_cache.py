@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from netc.runtime import cache
+from netc import cache
 from netc.toolchain import compile_module, nvrtc_status
 from tests.hostile.support import changed, tree_state
 

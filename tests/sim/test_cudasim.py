@@ -1,4 +1,4 @@
-"""The CPU CUDA simulator (netc.runtime.cudasim): execution model, API and bug finding.
+"""The CPU CUDA simulator (netc.sim.cudasim): execution model, API and bug finding.
 
 Kernels are grouped into a few modules so that the suite compiles little; every
 module is compiled into a fresh per-session cache.
@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from netc.runtime.cudasim import CudaSim, SimulatorError, parse_signature, rewrite_dynamic_shared
+from netc.sim.cudasim import CudaSim, SimulatorError, parse_signature, rewrite_dynamic_shared
 
 pytestmark = pytest.mark.sim
 

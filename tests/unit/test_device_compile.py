@@ -249,7 +249,7 @@ def test_headers_under_include_dirs_are_in_the_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "resealed"])
 @needs_nvrtc
 def test_a_corrupt_entry_is_recompiled(damage: str) -> None:
-    from netc.runtime import cache
+    from netc import cache
 
     first = compile_module(MODULE, "vectors", ("sm_90",), "nvrtc", generated=False)
     entry = first.targets[0].cache_entry

@@ -31,7 +31,7 @@ def test_wheel_holds_only_the_netc_package_and_its_data(wheel: Path) -> None:
     assert top_level == {"netc"}
     assert "netc/grammar/netc.lark" in names
     assert any(name.startswith("netc/templates/") and name.endswith(".cuh") for name in names)
-    assert "netc/runtime/include/cudasim.h" in names
+    assert "netc/sim/include/cudasim.h" in names
 
 
 def test_wheel_installs_and_checks_an_example(wheel: Path, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 // cudasim.h -- CUDA's execution model for the host C++ compiler (netc's CPU simulator).
 //
-// netc's simulator (netc.runtime.cudasim) compiles the *exact* CUDA C++ source that
+// netc's simulator (netc.sim.cudasim) compiles the *exact* CUDA C++ source that
 // netc generates with g++ (-std=c++17), force-including this header
 // (`-include cudasim.h`), and runs the kernels on the CPU:
 //
@@ -2180,7 +2180,7 @@ extern "C" CUDASIM_HIDDEN __attribute__((noreturn)) void __assert_fail(const cha
 }
 
 // ---------------------------------------------------------------------------------
-// Module exports used by the driver (netc.runtime.cudasim).  The per-kernel launch
+// Module exports used by the driver (netc.sim.cudasim).  The per-kernel launch
 // and signature functions are appended after the user's source by the driver:
 //     CUDASIM_EXPORT const char* cudasim_sig_<i>(void);
 //     CUDASIM_EXPORT int cudasim_launch_<i>(const long long* cfg, void** args,

@@ -9,7 +9,7 @@ device buffers and turns every failure into a :class:`SimulatorError`.
 
 Typical use::
 
-    from netc.runtime.cudasim import CudaSim
+    from netc.sim.cudasim import CudaSim
     with CudaSim() as sim:
         mod = sim.load(src, ["vadd"])
         a = sim.alloc(4 * n); sim.upload(a, x)
@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from netc import cache
 from netc.diagnostics import CompileError, Diagnostic, MissingDependency
-from netc.runtime import cache
 
 __all__ = [
     "SCHEDULES",
@@ -976,7 +976,7 @@ class _ChildBackend:
         env["LD_PRELOAD"] = libasan + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
         env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") + ":" + self._ASAN_OPTIONS).lstrip(":")
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        code = ("import sys; from netc.runtime.cudasim import _child_main; "
+        code = ("import sys; from netc.sim.cudasim import _child_main; "
                 f"_child_main({c_read}, {c_write})")
         try:
             self._proc = subprocess.Popen(
@@ -1384,7 +1384,7 @@ class CudaSim:
     cxx:
         The host C++ compiler (default ``$NETC_CXX`` or ``g++``).
     cache_dir:
-        Root of the compile cache (default: see ``netc.runtime.cache``).
+        Root of the compile cache (default: see ``netc.cache``).
     timeout:
         Seconds one launch may run before it is stopped with `SimulatorTimeout` (E0703);
         default ``$NETC_SIM_TIMEOUT``, else 600.  Ctrl-C stops a launch at any time.

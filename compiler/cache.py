@@ -1,6 +1,6 @@
 """A small, generic, per-user cache of compiled artifacts that another user cannot poison.
 
-Used by the CPU CUDA simulator (``netc.runtime.cudasim``) for its g++-built shared
+Used by the CPU CUDA simulator (``netc.sim.cudasim``) for its g++-built shared
 objects and by the device compiler (``netc.toolchain``) for cubins.
 
 Layout: ``<root>/<kind>/<key><suffix>`` plus a sidecar ``<key><suffix>.sha256`` that
