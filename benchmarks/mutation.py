@@ -160,6 +160,13 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("ops.linear", "return y + bias.reshape(-1, 1, 1) if bias is not None else y",
      "return y + bias.reshape(- 2, 1, 1) if bias is not None else y"):
         "NumPy's reshape takes any negative size as the one unknown dimension",
+    ("ops.linear", "a_matrix = a.shape if a.rank > 1 else (1, a.shape[0])",
+     "a_matrix = a.shape if a.rank >= 1 else (1, a.shape[0])"):
+        "differs only for a vector a, where (k,) and (1, k) agree on everything read: the "
+        "last dim and the batch dims before the last two (the rows come from a.rank)",
+    ("ops.linear", "a_matrix = a.shape if a.rank > 1 else (1, a.shape[0])",
+     "a_matrix = a.shape if a.rank > 0 else (1, a.shape[0])"):
+        "as the line above: rank 0 never reaches it (require_rank needs rank >= 1)",
     ("codegen.arena", "if output not in lives or root[output] != output:",
      "if output not in lives and root[output] != output:"):
         "a buffer in `lives` is never a view (root[output] == output), and candidates for an "
