@@ -43,7 +43,7 @@ if step.startswith("device:"):
         times[f"{compiler} {label}"] = time.perf_counter() - t
 elif step == "sim":
     import numpy as np
-    from netc.sim.cudasim import CudaSim
+    from netc.sim import CudaSim
     from netc.runtime.executor import PlanRunner
     from netc.reference import random_inputs
     from netc.weights import init_weights

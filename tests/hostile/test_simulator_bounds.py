@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from netc.diagnostics import CompileError
-from netc.sim.cudasim import (
+from netc.sim import (
     CudaSim,
     SimulatorError,
     SimulatorStackOverflow,
@@ -131,7 +131,7 @@ def test_ctrl_c_stops_an_endless_launch(tmp_path: Path, cache_dir: str, sanitize
     script.write_text(textwrap.dedent(f"""
         import sys
         import numpy as np
-        from netc.sim.cudasim import CudaSim
+        from netc.sim import CudaSim
         sim = CudaSim(workers=2, cache_dir={cache_dir!r}, sanitize={sanitize})
         module = sim.load({KERNELS!r}, ["spin"], name="spin")
         flag = sim.alloc(4)

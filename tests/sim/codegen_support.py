@@ -21,7 +21,7 @@ from netc.driver import run_plan
 from netc.ir import Graph
 from netc.plan import LaunchPlan
 from netc.reference import run_reference
-from netc.sim.cudasim import CudaSim
+from netc.sim import CudaSim
 from tests.sim.graph_builder import random_inputs, random_weights
 from tests.sim.variants import catalog
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from netc.codegen.emit import generate
 from netc.ir import Dim, Graph
-from netc.sim.cudasim import CudaSim
+from netc.sim import CudaSim
 from tests.sim.codegen_support import RAGGED, check_graph, seeds
 from tests.sim.graph_builder import GraphBuilder, parallel
 from tests.sim.variants import GEMM_TILES

@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from netc.sim.cudasim import CudaSim, SimulatorError, parse_signature, rewrite_dynamic_shared
+from netc.sim import CudaSim, SimulatorError, parse_signature, rewrite_dynamic_shared
 
 pytestmark = pytest.mark.sim
 

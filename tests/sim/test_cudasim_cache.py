@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from netc import cache
-from netc.sim.cudasim import CudaSim, SimulatorError
+from netc.sim import CudaSim, SimulatorError
 
 pytestmark = pytest.mark.sim
 
@@ -44,7 +44,7 @@ def test_corrupt_entry_is_rebuilt(tmp_path: Path) -> None:
     # Build the entry in another process: truncating a shared object that this process
     # has mapped would crash it (SIGBUS), which is not what this test is about.
     script = (
-        "import sys; from netc.sim.cudasim import CudaSim\n"
+        "import sys; from netc.sim import CudaSim\n"
         "m = CudaSim(cache_dir=sys.argv[1]).load(sys.argv[2], ['fill'], name='fill')\n"
         "print(m.path)\n"
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from netc.sim.cudasim import SCHEDULES, CudaSim, SimulatorError
+from netc.sim import SCHEDULES, CudaSim, SimulatorError
 
 pytestmark = pytest.mark.sim
 

@@ -20,7 +20,7 @@ from netc.driver import run_plan
 from netc.frontend import load_string
 from netc.passes import run_pipeline
 from netc.reference import random_inputs, run_reference
-from netc.sim.cudasim import CudaSim
+from netc.sim import CudaSim
 from tests.unit.netgen import networks, random_weights
 from tests.unit.test_passes_property import assert_close, rounding_noise
 
