@@ -46,7 +46,6 @@ import numpy as np
 from netc.backends import PLAN_BACKENDS, BackendUnavailable, PlanBackend, prepare
 from netc.diagnostics import CompileError, MissingDependency
 from netc.ir import SOURCE_OPS, Graph, Node
-from netc.ops.fused import body_of
 from netc.reference import run_reference
 from netc.text import format_table
 
@@ -364,7 +363,7 @@ def source_values(optimized: Optimized, values: Mapping[str, np.ndarray]) -> dic
         if node_id not in optimized.graph:
             continue
         node = optimized.graph[node_id]
-        last = body_of(node.attrs)[-1].id if node.op == "fused" else node_id
+        last = node.members[-1].id
         same = [s for s in holders.get(last, []) if source[s].type == node.type]
         if last in source and source[last].type == node.type:
             same.append(last)

@@ -45,7 +45,6 @@ from netc.codegen.tiles import GemmTile
 from netc.codegen.tiling import TileChoice, TuningDb, format_tile_table, tile_text
 from netc.ir import SOURCE_OPS, Graph, Node
 from netc.ops import REGISTRY, node_flops
-from netc.ops.fused import body_of
 from netc.passes.fusion import why_not_fused
 from netc.passes.pipeline import Optimized
 from netc.plan import LaunchPlan
@@ -211,7 +210,7 @@ def _name(node: Node) -> str:
 
 
 def _members(node: Node) -> tuple[Node, ...]:
-    return body_of(node.attrs) if node.op == "fused" else (node,)
+    return node.members
 
 
 def _what(node: Node) -> str:
@@ -290,11 +289,12 @@ def _layer_rows(source: Graph, optimized: Optimized,
 
 def _kernel_note(graph: Graph, kernel: Node, node: Node, level: int) -> str:
     """How `node` (a member of `kernel`, or `kernel` itself) came to be computed there."""
-    if kernel.op == "fused":
-        kind = kernel.attrs["kind"]
+    region = kernel.region
+    if region is not None:
+        kind = region.kind
         if kind == "elementwise":
             return "fused into an elementwise kernel"
-        anchor = next(m for m in _members(kernel) if m.id == kernel.attrs["anchor"])
+        anchor = region.anchor
         what = kind.replace("_", " ")
         if node.id == anchor.id:
             return f"anchors a {what} kernel"

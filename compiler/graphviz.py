@@ -70,25 +70,25 @@ def _picture(graph: Graph) -> _Picture:
             items.append(_Box(box_id, (node.id, "input", str(node.type)), "oval"))
             shown[node.id] = box_id
             continue
-        if node.op != "fused":
+        region = node.region
+        if region is None:
             items.append(_Box(box_id, _label(node), "box"))
             edges.extend((shown[i], box_id) for i in node.inputs if i not in hidden)
             shown[node.id] = box_id
             continue
         inner_ids: dict[str, str] = {}
         boxes = []
-        for position, inner in enumerate(node.attrs["body"]):
+        for position, inner in enumerate(region.members):
             inner_id = f"{box_id}_{position}"
             boxes.append(_Box(inner_id, _label(inner), "box"))
-            for ref in inner.inputs:
-                if ref.startswith("$"):
-                    outer = node.inputs[int(ref[1:])]
-                    if outer not in hidden:
-                        edges.append((shown[outer], inner_id))
+            for ref, value in zip(inner.inputs, region.graph_inputs(inner, node.inputs)):
+                if region.argument_position(ref) is not None:  # reads the graph value
+                    if value not in hidden:
+                        edges.append((shown[value], inner_id))
                 else:
                     edges.append((inner_ids[ref], inner_id))
             inner_ids[inner.id] = inner_id
-        items.append(_Cluster(f"cluster_{index}", f"{node.id}: {node.attrs['kind']}",
+        items.append(_Cluster(f"cluster_{index}", f"{node.id}: {region.kind}",
                               tuple(boxes)))
         shown[node.id] = boxes[-1].id
     for position, (name, value) in enumerate(graph.outputs):

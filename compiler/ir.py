@@ -9,7 +9,8 @@ named by its `id`. Three kinds of node have no computation:
 
 Every other node applies an op from the registry (`netc.ops`) to its `inputs`, which name
 earlier nodes; a layer's parameters are ordinary inputs after its tensor inputs, so a backward
-graph or a folding pass can treat them like any other value. Nodes are frozen; passes build new
+graph or a folding pass can treat them like any other value. A `fused` node (made by the
+fusion passes, never written in source) holds a `Region`: the nodes one kernel computes. Nodes are frozen; passes build new
 graphs. Dtypes are carried on every value and never assumed to be float32.
 
 Shapes may start with a named dimension (the batch, e.g. `"N"`), known only at run time.
@@ -17,11 +18,13 @@ Shapes may start with a named dimension (the batch, e.g. `"N"`), known only at r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from netc.diagnostics import Span
+
+T = TypeVar("T")
 
 Dim = int | str
 FLOAT_DTYPES = ("f32", "f16", "bf16")
@@ -79,7 +82,8 @@ def format_shape(shape: tuple[Dim, ...]) -> str:
 
 
 class Attrs(Mapping[str, Any]):
-    """An immutable, hashable attribute record; values are ints, floats, bools, strs or tuples."""
+    """An immutable, hashable attribute record; values are ints, floats, bools, strs or tuples
+    (and, for a fused node, its one attribute `region`, a `Region`)."""
 
     __slots__ = ("_items",)
 
@@ -122,6 +126,178 @@ class Node:
     span: Span | None = None
     layer: str | None = None
     """The layer this node belongs to (`basic_1.conv2d_0`), for layers and their params."""
+
+    @property
+    def region(self) -> Region | None:
+        """The region a `fused` node computes (None for every other node)."""
+        found = self.attrs.get("region") if self.op == "fused" else None
+        return found if isinstance(found, Region) else None
+
+    @property
+    def members(self) -> tuple[Node, ...]:
+        """The nodes this node's kernel computes: a fused node's region members, else itself."""
+        region = self.region
+        return region.members if region is not None else (self,)
+
+
+REGION_KINDS = ("conv_epilogue", "gemm_epilogue", "pool_epilogue", "reduction", "elementwise")
+"""What a region's kernel looks like: an anchor's kernel with an epilogue (`conv_epilogue`,
+`gemm_epilogue`, `pool_epilogue`), a reduction with a prologue and/or an epilogue
+(`reduction`), or pointwise ops alone (`elementwise`)."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """A group of nodes computed by one kernel: the value of the `fused` node holding it (as
+    its one attribute, `region`; `Node.region` reads it).
+
+    `members` are nodes in topological order; the last one is the region's value. A member's
+    input is either an *argument* (the k-th input of the fused node, written `$k`) or the id of
+    an earlier member. Members keep the ids, spans and layers of the graph nodes they were, so
+    every source layer can be traced to its kernel. The `anchor` is the member that shapes the
+    kernel (the conv, the GEMM, the reduction; for an elementwise region, its last member): the
+    members before it are its *prologue* (computed on the fly as the anchor reads its first
+    input), those after it its *epilogue* (applied to each output element before the store).
+
+    This class is the only code that knows how arguments are written: everything else asks it
+    (`argument`, `argument_position`, `resolve`, `graph_inputs`, `reads`, `inlined`).
+    """
+
+    members: tuple[Node, ...]
+    anchor_id: str
+    kind: str
+
+    # Arguments ----------------------------------------------------------------------------
+
+    @staticmethod
+    def argument(position: int) -> str:
+        """The reference a member uses for the fused node's `position`-th input."""
+        return f"${position}"
+
+    @staticmethod
+    def argument_position(ref: str) -> int | None:
+        """k for a reference to the fused node's k-th input; None for a member's id."""
+        return int(ref[1:]) if ref.startswith("$") else None
+
+    @staticmethod
+    def arguments(count: int) -> tuple[str, ...]:
+        """References to the first `count` inputs: a node's inputs as a region of one."""
+        return tuple(Region.argument(k) for k in range(count))
+
+    # Shape of the region ------------------------------------------------------------------
+
+    @property
+    def anchor_index(self) -> int:
+        for index, member in enumerate(self.members):
+            if member.id == self.anchor_id:
+                return index
+        raise IRError(f"region anchor {self.anchor_id!r} is not one of its members")
+
+    @property
+    def anchor(self) -> Node:
+        return self.members[self.anchor_index]
+
+    @property
+    def prologue(self) -> tuple[Node, ...]:
+        """The members before the anchor (computed as the anchor reads its first input)."""
+        return self.members[:self.anchor_index]
+
+    @property
+    def epilogue(self) -> tuple[Node, ...]:
+        """The members after the anchor (applied to each element the anchor produces)."""
+        return self.members[self.anchor_index + 1:]
+
+    @property
+    def result(self) -> Node:
+        """The member whose value is the region's (and the fused node's) value."""
+        return self.members[-1]
+
+    @property
+    def member_ids(self) -> tuple[str, ...]:
+        return tuple(member.id for member in self.members)
+
+    def member(self, member_id: str) -> Node:
+        for member in self.members:
+            if member.id == member_id:
+                return member
+        raise KeyError(member_id)
+
+    def fused_node(self, node_id: str, arguments: Sequence[str]) -> Node:
+        """The `fused` node computing this region from the graph values `arguments` (its
+        inputs, in the order the members' `$k` read them); it takes its type from the result
+        and its span and layer from the anchor."""
+        anchor = self.anchor
+        return Node(node_id, "fused", tuple(arguments), Attrs(region=self), self.result.type,
+                    anchor.span, anchor.layer)
+
+    # Resolving references -----------------------------------------------------------------
+
+    def resolve(self, ref: str, arguments: Sequence[T], values: Mapping[str, T]) -> T:
+        """What `ref` (a member's input) stands for: `arguments[k]` for the k-th argument (the
+        fused node's inputs, their types or their arrays), else `values[ref]` (the earlier
+        member's, as the caller computed it). Raises `IRError` for a reference to nothing."""
+        position = self.argument_position(ref)
+        if position is None:
+            if ref not in values:
+                raise IRError(f"region member uses {ref!r}, which is not an earlier member")
+            return values[ref]
+        if position >= len(arguments):
+            raise IRError(f"region member uses {ref}, but the fused node has only "
+                          f"{len(arguments)} inputs")
+        return arguments[position]
+
+    def graph_inputs(self, member: Node, arguments: Sequence[str]) -> tuple[str, ...]:
+        """`member`'s inputs with each argument replaced by the graph value it is
+        (`arguments` are the fused node's inputs); references to members stay."""
+        return tuple(ref if (k := self.argument_position(ref)) is None else arguments[k]
+                     for ref in member.inputs)
+
+    def inlined(self, arguments: Sequence[str]) -> tuple[Node, ...]:
+        """The members with every argument replaced by `arguments[k]` (to move the members
+        into another region, or back into a graph)."""
+        return tuple(replace(member, inputs=self.graph_inputs(member, arguments))
+                     for member in self.members)
+
+    def reads(self, member: Node, value: str, arguments: Sequence[str]) -> bool:
+        """Whether `member` reads the graph value `value` (through an argument)."""
+        return any(self.argument_position(ref) is not None and resolved == value
+                   for ref, resolved in zip(member.inputs, self.graph_inputs(member, arguments)))
+
+    def readers(self, ref: str) -> tuple[Node, ...]:
+        """The members that read `ref` (an argument or a member's id)."""
+        return tuple(member for member in self.members if ref in member.inputs)
+
+    def arguments_read(self, members: Sequence[Node]) -> set[int]:
+        """The positions of the arguments that any of `members` reads."""
+        return {k for member in members for ref in member.inputs
+                if (k := self.argument_position(ref)) is not None}
+
+    def check(self, arity: int) -> None:
+        """The region's structure: members, each defined once and used after it is defined,
+        a known kind, the anchor among the members, arguments within the fused node's
+        `arity`. Raises `IRError` naming the first broken invariant."""
+        if not self.members:
+            raise IRError("a region needs at least one member")
+        if self.kind not in REGION_KINDS:
+            raise IRError(f"unknown region kind {self.kind!r}")
+        seen: set[str] = set()
+        for member in self.members:
+            if member.id in seen:
+                raise IRError(f"region member {member.id!r} defined twice")
+            if member.op in (*SOURCE_OPS, "fused") or member.region is not None:
+                raise IRError(f"region member {member.id} has op {member.op!r}, which cannot be "
+                              "inside a region")
+            for ref in member.inputs:
+                position = self.argument_position(ref)
+                if position is None and ref not in seen:
+                    raise IRError(f"region member {member.id} uses {ref!r}, which is not an "
+                                  "earlier member")
+                if position is not None and position >= arity:
+                    raise IRError(f"region member {member.id} uses {ref}, but the fused node "
+                                  f"has only {arity} inputs")
+            seen.add(member.id)
+        if self.anchor_id not in seen:
+            raise IRError(f"region anchor {self.anchor_id!r} is not one of its members")
 
 
 @dataclass(frozen=True)
@@ -188,6 +364,14 @@ def verify(graph: Graph,
             if node.inputs:
                 raise IRError(f"{node.id}: a {node.op} node has no inputs")
         else:
+            if node.op == "fused":
+                region = node.region
+                if region is None:
+                    raise IRError(f"{node.id}: a fused node without a region")
+                try:
+                    region.check(len(node.inputs))
+                except IRError as error:
+                    raise IRError(f"{node.id} (fused): {error}") from None
             expected = node_type(node, [seen[i].type for i in node.inputs])
             if expected is None:
                 raise IRError(f"{node.id}: unknown op {node.op!r}")
@@ -214,27 +398,25 @@ def _format_attr(value: Any) -> str:
     return repr(value)
 
 
-def _is_body(value: Any) -> bool:
-    return isinstance(value, tuple) and bool(value) and all(isinstance(v, Node) for v in value)
-
-
 def _format_node(node: Node, indent: str) -> list[str]:
-    """One line for `node`; a node holding a nested body (a fused group, whose body nodes name
-    the group's inputs `$0`, `$1`, ...) is followed by that body, indented, in braces."""
-    bodies = [(k, v) for k, v in node.attrs.items() if _is_body(v)]
-    attrs = ", ".join(f"{k}={_format_attr(v)}" for k, v in node.attrs.items() if not _is_body(v))
-    args = ", ".join(i if i.startswith("$") else f"%{i}" for i in node.inputs)
+    """One line for `node`; a fused node's line names its region's kind and anchor and is
+    followed by the members, indented, in braces (they name the node's inputs `$0`, `$1`,
+    ...)."""
+    region = node.region
+    shown = {k: v for k, v in node.attrs.items() if not isinstance(v, Region)}
+    if region is not None:
+        shown = {"anchor": region.anchor_id, "kind": region.kind, **shown}
+    attrs = ", ".join(f"{k}={_format_attr(v)}" for k, v in shown.items())
+    args = ", ".join(i if Region.argument_position(i) is not None else f"%{i}"
+                     for i in node.inputs)
     call = node.op + "(" + ", ".join(p for p in (args, attrs) if p) + ")"
     where = f"  # {node.span}" if node.span else ""
     layer = f"  [{node.layer}]" if node.layer and node.op != "param" else ""
-    opening = " {" if bodies else ""
+    opening = " {" if region is not None else ""
     lines = [f"{indent}%{node.id}: {node.type} = {call}{opening}{layer}{where}"]
-    for name, body in bodies:
-        if len(bodies) > 1:
-            lines.append(f"{indent}    # {name}")
-        for inner in body:
-            lines.extend(_format_node(inner, indent + "    "))
-    if bodies:
+    if region is not None:
+        for member in region.members:
+            lines.extend(_format_node(member, indent + "    "))
         lines.append(f"{indent}}}")
     return lines
 

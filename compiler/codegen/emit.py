@@ -40,7 +40,6 @@ from netc.codegen.tiles import Tile, TileError
 from netc.ir import Dim, Graph, Node, TensorType
 from netc.ops import REGISTRY, verify
 from netc.ops.decompose import expand_decompositions
-from netc.ops.fused import body_of
 from netc.plan import Buffer, BufferRole, Launch, LaunchPlan
 
 COMMON_HEADER = "common.cuh"
@@ -60,9 +59,7 @@ def describe_node(node: Node) -> str:
     """`dense_0 dense (lenet.net:9)`, `fused_0 conv2d+relu (...)`: a node for a comment,
     sanitised."""
     place = f" ({sanitize(PurePath(node.span.file).name)}:{node.span.line})" if node.span else ""
-    what = node.op
-    if node.op == "fused":
-        what = "+".join(member.op for member in body_of(node.attrs))
+    what = "+".join(member.op for member in node.members)
     return f"{sanitize(node.id)} {what}{place}"
 
 
@@ -210,9 +207,7 @@ def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPla
 
 def _computed(node: Node) -> tuple[str, ...]:
     """The IR nodes a launch for `node` computes: a fused node's members, or the node."""
-    if node.op == "fused":
-        return tuple(member.id for member in body_of(node.attrs))
-    return (node.id,)
+    return tuple(member.id for member in node.members)
 
 
 def _check_tiles(graph: Graph, tiles: Mapping[str, Tile]) -> None:
@@ -233,11 +228,10 @@ def _constants_in_memory(graph: Graph) -> set[str]:
     for node in graph.compute_nodes:
         if computes(node.op):
             continue
-        if node.op == "fused":
-            tensor_refs = {ref for member in body_of(node.attrs)
-                           if not computes(member.op) for ref in member.inputs}
-            used = [value for position, value in enumerate(node.inputs)
-                    if f"${position}" in tensor_refs]
+        region = node.region
+        if region is not None:
+            read = region.arguments_read([m for m in region.members if not computes(m.op)])
+            used = [value for position, value in enumerate(node.inputs) if position in read]
         else:
             used = list(node.inputs)
         found.update(value for value in used if graph[value].op == "constant")

@@ -43,9 +43,8 @@ from netc.codegen.tiles import (
     Tile,
     default_row_tile,
 )
-from netc.ir import Dim, Graph, Node, TensorType
+from netc.ir import Dim, Graph, Node, Region, TensorType
 from netc.ops import REGISTRY, GemmView
-from netc.ops.fused import body_of, input_position
 from netc.ops.registry import OpTable, RegistryView
 from netc.ops.windows import Window
 from netc.plan import Arg, GridDim
@@ -289,7 +288,7 @@ def elementwise_launch(node: Node, function: Pointwise, tile: BlockTile, out: st
 
 def _standalone(node: Node) -> Node:
     """`node` as the body of a group of one: its inputs become $0, $1, ..."""
-    return dataclasses.replace(node, inputs=tuple(f"${i}" for i in range(len(node.inputs))))
+    return dataclasses.replace(node, inputs=Region.arguments(len(node.inputs)))
 
 
 def _lower_pointwise(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
@@ -517,14 +516,15 @@ def _lower_fused(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kerne
     those after it as epilogue; a group of pointwise ops as one elementwise kernel."""
     if fusion != NO_FUSION:
         raise CodegenError(f"{node.id}: a fused node inside a fused node")
-    body = body_of(node.attrs)
+    region = node.region
+    if region is None:
+        raise CodegenError(f"{node.id}: a fused node without a region")
     inputs = [ctx.graph[i] for i in node.inputs]
-    if node.attrs["kind"] == "elementwise":
-        function = pointwise.build(body, inputs, ctx.buffer, node.type.shape)
+    if region.kind == "elementwise":
+        function = pointwise.build(region.members, inputs, ctx.buffer, node.type.shape)
         return [elementwise_launch(node, function, ctx.tile(node, DEFAULT_BLOCK),
                                    ctx.buffer(node.id), node.type.shape)]
-    position = next(i for i, member in enumerate(body) if member.id == node.attrs["anchor"])
-    anchor, before, after = body[position], body[:position], body[position + 1:]
+    anchor, before, after = region.anchor, region.prologue, region.epilogue
     family = kernel_family(anchor.op)
     if family is None or anchor.op == "fused":
         raise CodegenError(f"{node.id}: no kernel for a fused group anchored at `{anchor.op}`")
@@ -533,14 +533,14 @@ def _lower_fused(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kerne
     prologue = None
     if before:
         if anchor.inputs[0] != before[-1].id or any(
-                input_position(ref) is None for ref in anchor.inputs[1:]):
+                region.argument_position(ref) is None for ref in anchor.inputs[1:]):
             raise CodegenError(f"{node.id}: a prologue must compute exactly the first input "
                                f"of `{anchor.op}`")
         prologue = pointwise.build(before, inputs, ctx.buffer, before[-1].type.shape)
     # The anchor as a graph node: it computes the fused node's value from graph values (and,
     # with a prologue, from the prologue's result, which lives only in registers).
-    resolved = dataclasses.replace(anchor, id=node.id, inputs=tuple(
-        ref if (k := input_position(ref)) is None else node.inputs[k] for ref in anchor.inputs))
+    resolved = dataclasses.replace(anchor, id=node.id,
+                                   inputs=region.graph_inputs(anchor, node.inputs))
     launches = family.lower(_BodyContext(ctx, {member.id: member.type for member in before}),
                             resolved, Fusion(prologue, epilogue))
     return [*launches[:-1], _epilogue_in_place(launches[-1], epilogue, ctx.buffer(node.id))]
@@ -588,9 +588,10 @@ class _BodyContext:
 def tile_kind(node: Node) -> type[Tile]:
     """The tile configuration type a node's kernel takes (for validating overrides)."""
     op = node.op
-    if op == "fused":
-        if node.attrs["kind"] == "elementwise":
+    region = node.region
+    if region is not None:
+        if region.kind == "elementwise":
             return BlockTile
-        op = next(member.op for member in body_of(node.attrs) if member.id == node.attrs["anchor"])
+        op = region.anchor.op
     family = kernel_family(op)
     return family.tile if family is not None else BlockTile

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from netc.codegen.layout import broadcast_strides, coalesce, contiguous_strides
 from netc.dtypes import round_scalar
-from netc.ir import Dim, Node
+from netc.ir import Dim, Node, Region
 from netc.ops import REGISTRY, CudaExpression
 from netc.ops.decompose import decomposition_nodes
 from netc.plan import Arg
@@ -120,7 +120,7 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
     each element of `out_shape`.
 
     A body node's inputs name earlier body nodes, `seed` (the value the host kernel passes in),
-    or `$k`: `inputs[k]`, which is read from `buffer(inputs[k].id)` broadcast to `out_shape`
+    or a region argument (`Region.argument(k)`): `inputs[k]`, which is read from `buffer(inputs[k].id)` broadcast to `out_shape`
     (a scalar `constant` becomes a float argument instead). The [C] parameters of an op whose
     expression has `channel_params` (batchnorm) repeat along every dim but dim 1. An op with a
     decomposition instead of an expression is computed by its decomposition's statements.
@@ -138,16 +138,17 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
         if ref in names:
             kinds.append("t")
             return names[ref]
-        if not ref.startswith("$"):
+        position = Region.argument_position(ref)
+        if position is None:
             raise ValueError(f"pointwise operand {ref!r} is neither a body node nor an input")
-        source = inputs[int(ref[1:])]
+        source = inputs[position]
         if source.op == "constant":
             kinds.append("s")
             # Rounded to the dtype as the reference rounds a constant: 70000.0 in f16 is inf.
             floats.append(round_scalar(source.type.dtype, float(source.attrs["value"])))
             return f"p{len(floats) - 1}"
         kinds.append("t")
-        key = (int(ref[1:]), "channel" if as_channel else "broadcast")
+        key = (position, "channel" if as_channel else "broadcast")
         if key not in loads:
             loads[key] = f"x{len(loads)}"
             load_buffers.append(buffer(source.id))
@@ -189,7 +190,7 @@ def _inline_decompositions(body: Sequence[Node], inputs: Sequence[Node],
                            seed: str | None) -> list[Node]:
     """`body` with every member computed by its decomposition (no expression) replaced by the
     decomposition's nodes, recursively; they read the member's own operands."""
-    types = {f"${position}": node.type for position, node in enumerate(inputs)}
+    types = {Region.argument(position): node.type for position, node in enumerate(inputs)}
     taken = {node.id for node in body}
     if seed is not None:
         types[seed] = body[-1].type  # every member of a group has the anchor's type

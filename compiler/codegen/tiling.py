@@ -60,7 +60,6 @@ from netc.codegen.tiles import GemmTile, TileError
 from netc.diagnostics import CompileError, Diagnostic, error
 from netc.ir import Graph, Node, TensorType
 from netc.ops import REGISTRY
-from netc.ops.fused import body_of, input_position
 from netc.text import format_table
 
 
@@ -158,19 +157,15 @@ class GemmShape:
 def anchor(graph: Graph, node: Node) -> tuple[Node, list[TensorType]] | None:
     """The node that shapes `node`'s kernel (itself, or a fused node's anchor) with its input
     types; None for a group of pointwise ops alone."""
-    if node.op != "fused":
+    region = node.region
+    if region is None:
         return node, [graph[value].type for value in node.inputs]
-    if node.attrs["kind"] == "elementwise":
+    if region.kind == "elementwise":
         return None
-    body = body_of(node.attrs)
-    member = next(b for b in body if b.id == node.attrs["anchor"])
-    types = {b.id: b.type for b in body}
-
-    def type_of(ref: str) -> TensorType:
-        position = input_position(ref)
-        return types[ref] if position is None else graph[node.inputs[position]].type
-
-    return member, [type_of(ref) for ref in member.inputs]
+    member = region.anchor
+    types = {b.id: b.type for b in region.members}
+    arguments = [graph[value].type for value in node.inputs]
+    return member, [region.resolve(ref, arguments, types) for ref in member.inputs]
 
 
 def gemm_shape(graph: Graph, node: Node, batch: int = 1) -> GemmShape | None:
@@ -367,10 +362,9 @@ def resolve_overrides(graph: Graph, overrides: Mapping[str, GemmTile]) -> dict[s
 
 def _no_gemm_layer(graph: Graph, name: str) -> str:
     for node in graph.compute_nodes:
-        members = body_of(node.attrs) if node.op == "fused" else (node,)
-        for member in members:
+        for member in node.members:
             if name in (member.id, member.layer):
-                if node.op == "fused" and member.id != node.attrs["anchor"]:
+                if node.region is not None and member.id != node.region.anchor_id:
                     found = anchor(graph, node)
                     head = found[0] if found is not None else node
                     if head.op in gemm_ops():

@@ -34,7 +34,6 @@ from netc.ir import SOURCE_OPS, Dim, Graph, Node, TensorType
 from netc.ops import REGISTRY, OnnxForm
 from netc.ops.builder import GraphBuilder
 from netc.ops.decompose import decomposition_nodes
-from netc.ops.fused import body_of, input_position
 from netc.ops.registry import OpTable, RegistryView
 from netc.ops.windows import Window
 
@@ -242,13 +241,14 @@ def _reshape(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
 @exports("fused")
 def _fused(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     # A fusion group exports as the ops it groups: fusion is netc's own kernel planning.
-    body = body_of(node.attrs)
+    region = node.region
+    if region is None:
+        raise ExportError(f"{node.id}: a fused node without a region")
     names: dict[str, str] = {}
-    for inner in body:
-        args = [names[ref] if (position := input_position(ref)) is None else inputs[position]
-                for ref in inner.inputs]
-        names[inner.id] = output if inner is body[-1] else emit.fresh(inner.id)
-        emit_node(emit, inner, args, names[inner.id])
+    for member in region.members:
+        args = [region.resolve(ref, inputs, names) for ref in member.inputs]
+        names[member.id] = output if member is region.result else emit.fresh(member.id)
+        emit_node(emit, member, args, names[member.id])
 
 
 # Ops whose ONNX form is one node with fixed attributes or a renamed attribute (ops that are

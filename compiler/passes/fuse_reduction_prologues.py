@@ -19,7 +19,6 @@ into). Guarantees after: no such prologue is left outside its reduction.
 from __future__ import annotations
 
 from netc.ir import Graph, Node
-from netc.ops.fused import input_position
 from netc.passes.fusion import (
     ROW_LIMIT,
     Group,
@@ -38,14 +37,15 @@ def _reduced_input(node: Node) -> str | None:
     """The value a reduction (or reduction group) reduces, when read from outside the group."""
     if is_reduction(node):
         return node.inputs[0]
-    if node.op != "fused" or node.attrs["kind"] != "reduction":
+    region = node.region
+    if region is None or region.kind != "reduction":
         return None
-    anchor = anchor_of(node)
-    position = input_position(anchor.inputs[0])
+    anchor = region.anchor
+    position = region.argument_position(anchor.inputs[0])
     if not is_reduction(anchor) or position is None:
         return None  # already has a prologue
-    readers = [inner for inner in node.attrs["body"] if anchor.inputs[0] in inner.inputs]
-    if readers != [anchor] or node.inputs.count(node.inputs[position]) != 1:
+    if (region.readers(anchor.inputs[0]) != (anchor,)
+            or node.inputs.count(node.inputs[position]) != 1):
         return None  # the epilogue reads the reduced value too: a prologue would hide it
     return node.inputs[position]
 

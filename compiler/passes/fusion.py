@@ -24,9 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from netc.ir import Attrs, Graph, Node
+from netc.ir import Graph, Node, Region
 from netc.ops import REGISTRY
-from netc.ops.fused import body_of, input_position
 from netc.passes.pass_manager import PassContext
 from netc.passes.rewrite import all_ids, output_ids, rebuild
 
@@ -62,10 +61,9 @@ def kernel_kind(node: Node) -> str | None:
 
 
 def anchor_of(node: Node) -> Node:
-    """The node that shapes `node`'s kernel: itself, or a fused node's anchor body node."""
-    if node.op != "fused":
-        return node
-    return next(b for b in body_of(node.attrs) if b.id == node.attrs["anchor"])
+    """The node that shapes `node`'s kernel: itself, or a fused node's anchor member."""
+    region = node.region
+    return node if region is None else region.anchor
 
 
 def row_length(node: Node, input_shape: Sequence[int | str]) -> int | None:
@@ -187,25 +185,19 @@ def make_fused(graph: Graph, group: Group, node_id: str) -> Node:
         if value in group.members:
             return value
         if value not in refs:
-            refs[value] = f"${len(outside)}"
+            refs[value] = Region.argument(len(outside))
             outside.append(value)
         return refs[value]
 
     for member_id in ordered:
         member = graph[member_id]
-        if member.op == "fused":
-            mapped = [ref(i) for i in member.inputs]
-            for inner in body_of(member.attrs):
-                body.append(replace(inner, inputs=tuple(
-                    r if (k := input_position(r)) is None else mapped[k] for r in inner.inputs)))
+        region = member.region
+        if region is not None:
+            body.extend(region.inlined([ref(i) for i in member.inputs]))
             inlined[member_id] = body[-1].id
         else:
             body.append(replace(member, inputs=tuple(ref(i) for i in member.inputs)))
-    anchor = next(b for b in body if b.id == group.anchor)
-    result = graph[ordered[-1]]
-    return Node(node_id, "fused", tuple(outside),
-                Attrs(body=tuple(body), kind=group.kind, anchor=group.anchor), result.type,
-                anchor.span, anchor.layer)
+    return Region(tuple(body), group.anchor, group.kind).fused_node(node_id, outside)
 
 
 def apply_groups(graph: Graph, groups: Sequence[Group], context: PassContext) -> Graph:
@@ -235,8 +227,7 @@ def apply_groups(graph: Graph, groups: Sequence[Group], context: PassContext) ->
 
 def count_ops(graph: Graph, groups: Sequence[Group]) -> int:
     """How many unfused ops the groups hold (a fused member counts its body)."""
-    return sum(len(body_of(graph[m].attrs)) if graph[m].op == "fused" else 1
-               for group in groups for m in group.members)
+    return sum(len(graph[m].members) for group in groups for m in group.members)
 
 
 # Explaining ---------------------------------------------------------------------------------
@@ -265,20 +256,20 @@ def why_not_fused(graph: Graph, node: Node) -> str:
         return ("not fused: nothing follows it (a network output)" if anchors else
                 "not fused: a network output with no pointwise neighbour of its shape")
     user = users[0]
-    if user.op == "fused":
-        readers = [m for m in body_of(user.attrs) if any(
-            ref.startswith("$") and user.inputs[int(ref[1:])] == node.id for ref in m.inputs)]
+    region = user.region
+    if region is not None:
+        readers = [m for m in region.members if region.reads(m, node.id, user.inputs)]
         taken = next((m for m in readers if is_pointwise(m)), None)
-        anchor = next(m for m in body_of(user.attrs) if m.id == user.attrs["anchor"])
+        anchor = region.anchor
         if taken is not None and anchor.id != taken.id:
-            return (f"not fused: the {user.attrs['kind'].replace('_', ' ')} kernel of "
+            return (f"not fused: the {region.kind.replace('_', ' ')} kernel of "
                     f"`{_layer_name(anchor)}` took its user `{_layer_name(taken)}` first (anchors take "
                     "pointwise ops in graph order)")
     if REGISTRY[user.op].is_view:
         return (f"not fused: its only user `{_layer_name(user)}` is a {user.op}, and fusion does not "
                 "cross views (yet)")
     if not is_pointwise(user):
-        return f"not fused: its only user `{_layer_name(user)}` ({'+'.join(m.op for m in (body_of(user.attrs) if user.op == 'fused' else (user,)))}) is not pointwise"
+        return f"not fused: its only user `{_layer_name(user)}` ({'+'.join(m.op for m in user.members)}) is not pointwise"
     if user.type != node.type:
         return (f"not fused: its user `{_layer_name(user)}` has type {user.type}, not {node.type} "
                 "(a broadcast value would be recomputed)")

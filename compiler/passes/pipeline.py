@@ -86,8 +86,8 @@ class Optimized:
     def kernel_of(self, node_id: str) -> str | None:
         """The id of the node of `graph` that computes source node `node_id` (a fused node
         for a fused member); None when its value is no longer computed (dead code)."""
-        owners = {inner.id: node.id for node in self.graph.compute_nodes if node.op == "fused"
-                  for inner in node.attrs["body"]}
+        owners = {member.id: node.id for node in self.graph.compute_nodes
+                  if node.region is not None for member in node.region.members}
         current: str | None = node_id
         for _ in range(len(self.lineage) + 1):
             if current is None:

@@ -91,13 +91,11 @@ def unused(graph: Graph, candidates: Iterable[str]) -> set[str]:
 
 
 def all_ids(graph: Graph) -> set[str]:
-    """Every id in use, including those of nodes inside fused bodies (which keep their ids)."""
+    """Every id in use, including those of fused nodes' members (which keep their ids)."""
     ids: set[str] = set()
     for node in graph.nodes:
         ids.add(node.id)
-        body = node.attrs.get("body") if node.op == "fused" else None
-        if body:
-            ids.update(inner.id for inner in body)
+        ids.update(member.id for member in node.members)
     return ids
 
 

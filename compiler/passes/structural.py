@@ -5,15 +5,14 @@ nodes are matched by what they are and what they read, not by id or position, so
 expected graph can be written without guessing the ids a pass makes up. Network inputs and
 parameters must match by name (they are the network's interface and the weights' keys);
 constants by value; compute nodes by op, attributes, type and layer; fused nodes also by their
-bodies, compared the same way. The matching must be one to one (a pass that merged two equal
+regions, compared the same way. The matching must be one to one (a pass that merged two equal
 nodes differs from a graph that computes them twice), and a node that no output needs (dead
 code) is a difference too. Spans are not compared.
 """
 
 from __future__ import annotations
 
-from netc.ir import Graph, Node
-from netc.ops.fused import input_position
+from netc.ir import Graph, Node, Region
 
 
 class _Mismatch(Exception):
@@ -56,7 +55,8 @@ class _Matcher:
             self._match_ref(x, y, f"{here} input {i}")
 
     def _match_ref(self, left: str, right: str, where: str) -> None:
-        left_position, right_position = input_position(left), input_position(right)
+        left_position = Region.argument_position(left)
+        right_position = Region.argument_position(right)
         if left_position is not None or right_position is not None:
             if left_position != right_position:
                 raise _Mismatch(f"{where}: reads {left}, expected {right}")
@@ -65,21 +65,23 @@ class _Matcher:
 
 
 def _compare_fused(a: Node, b: Node, where: str) -> None:
-    for key in ("kind",):
-        if a.attrs[key] != b.attrs[key]:
-            raise _Mismatch(f"{where}: {key} {a.attrs[key]!r}, expected {b.attrs[key]!r}")
-    body_a = {n.id: n for n in a.attrs["body"]}
-    body_b = {n.id: n for n in b.attrs["body"]}
-    if len(body_a) != len(body_b):
-        raise _Mismatch(f"{where}: a body of {len(body_a)} nodes, expected {len(body_b)}")
-    inner = _Matcher(body_a, body_b)
-    inner.match(a.attrs["body"][-1].id, b.attrs["body"][-1].id, f"{where} body")
-    if len(inner.pairs) != len(body_a):
-        raise _Mismatch(f"{where}: body nodes that the group's value does not need")
-    anchor = inner.pairs.get(a.attrs["anchor"])
-    if anchor != b.attrs["anchor"]:
-        raise _Mismatch(f"{where}: anchored at %{a.attrs['anchor']}, expected the node "
-                        f"matching %{b.attrs['anchor']}")
+    region_a, region_b = a.region, b.region
+    if region_a is None or region_b is None:
+        raise _Mismatch(f"{where}: a fused node without a region")
+    if region_a.kind != region_b.kind:
+        raise _Mismatch(f"{where}: kind {region_a.kind!r}, expected {region_b.kind!r}")
+    members_a = {n.id: n for n in region_a.members}
+    members_b = {n.id: n for n in region_b.members}
+    if len(members_a) != len(members_b):
+        raise _Mismatch(f"{where}: a region of {len(members_a)} members, expected "
+                        f"{len(members_b)}")
+    inner = _Matcher(members_a, members_b)
+    inner.match(region_a.result.id, region_b.result.id, f"{where} region")
+    if len(inner.pairs) != len(members_a):
+        raise _Mismatch(f"{where}: members that the region's value does not need")
+    if inner.pairs.get(region_a.anchor_id) != region_b.anchor_id:
+        raise _Mismatch(f"{where}: anchored at %{region_a.anchor_id}, expected the node "
+                        f"matching %{region_b.anchor_id}")
 
 
 def structural_diff(actual: Graph, expected: Graph) -> str | None:

@@ -82,8 +82,8 @@ def test_a_pointwise_op_in_one_entry_runs_on_every_backend() -> None:
         assert "fabsf(" in plain.source
         optimised = run_pipeline(model.graph, level=2).graph
         fused = [n for n in optimised.compute_nodes if n.op == "fused"]
-        assert {n.attrs["kind"] for n in fused} == {"conv_epilogue", "elementwise"}
-        assert all(any(b.op == "softsign" for b in n.attrs["body"]) for n in fused)
+        assert {n.region.kind for n in fused if n.region} == {"conv_epilogue", "elementwise"}
+        assert all(any(b.op == "softsign" for b in n.members) for n in fused)
         for level in (0, 2):
             actual = model.compile("cudasim", weights, level=level)(inputs)
             for name, value in expected.items():
@@ -146,7 +146,7 @@ def test_an_op_given_as_a_decomposition_runs_on_every_backend() -> None:
         plan = generate(model.graph)
         assert len(plan.launches) == 2 and "expf(" in plan.source
         optimised = run_pipeline(model.graph, level=2).graph
-        assert [(n.op, n.attrs.get("kind")) for n in optimised.compute_nodes] == [
+        assert [(n.op, n.region and n.region.kind) for n in optimised.compute_nodes] == [
             ("fused", "gemm_epilogue")]
         for level in (0, 2):
             actual = model.compile("cudasim", weights, level=level)(inputs)["y"]

@@ -16,7 +16,7 @@ from netc.codegen.kernels import KernelSpec
 from netc.codegen.pointwise import PointwiseCode
 from netc.codegen.tiles import BlockTile, GemmTile, RowTile
 from netc.codegen.tiling import CANDIDATES, choose_tiles
-from netc.ir import Attrs, Node, TensorType
+from netc.ir import Attrs, Node, Region, TensorType
 from netc.ops import REGISTRY
 from tests.sim.networks import NETWORKS, network
 
@@ -48,7 +48,7 @@ def standalone(op: str, operands: str = "") -> PointwiseCode:
                    TensorType("f32", shape if kind == "t" else ()))
               for k, kind in enumerate(operands)]
     attrs = Attrs({spec.name: spec.default for spec in opdef.attrs})
-    body = [Node("n", op, tuple(f"${k}" for k in range(len(operands))), attrs,
+    body = [Node("n", op, Region.arguments(len(operands)), attrs,
                  TensorType("f32", shape))]
     return pointwise.build(body, inputs, lambda value: value, shape).code
 

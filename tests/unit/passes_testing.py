@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from netc.frontend import load_string
-from netc.ir import Attrs, Graph, Node
+from netc.ir import Graph, Region
 from netc.ops import verify
 from netc.passes.pass_manager import Pass, PassContext, run_passes
 from netc.passes.pipeline import PIPELINES
@@ -63,14 +63,12 @@ def expected_fusion(graph: Graph, groups: Sequence[tuple[str, Sequence[str], str
                 return value
             if value not in outside:
                 outside.append(value)
-            return f"${outside.index(value)}"
+            return Region.argument(outside.index(value))
 
         body = tuple(replace(by_id[m], inputs=tuple(ref(i) for i in by_id[m].inputs))
                      for m in members)
         last = by_id[members[-1]]
-        fused = Node(f"expected_{number}", "fused", tuple(outside),
-                     Attrs(body=body, kind=kind, anchor=anchor), last.type,
-                     by_id[anchor].span, by_id[anchor].layer)
+        fused = Region(body, anchor, kind).fused_node(f"expected_{number}", outside)
         rebuilt = []
         for node in nodes:
             if node.id == last.id:

@@ -19,7 +19,7 @@ from netc.codegen.layout import BatchLinear, broadcast_strides, coalesce, contig
 from netc.codegen.render import render, template_names
 from netc.codegen.tiles import BlockTile, GemmTile, RowTile, TileError
 from netc.diagnostics import Span
-from netc.ir import Attrs, Graph, Node, TensorType
+from netc.ir import Attrs, Graph, Node, Region, TensorType
 from netc.ops import REGISTRY
 from netc.ops.builder import GraphBuilder
 from tests.sim.variants import standalone
@@ -128,7 +128,7 @@ def test_batchnorm_parameters_repeat_along_all_but_the_channel_dim() -> None:
     shape = ("N", 3, 2, 2)
     inputs = [Node(f"i{k}", "input", (), Attrs(),
                    TensorType("f32", shape if k == 0 else (3,))) for k in range(5)]
-    node = Node("bn", "batchnorm", tuple(f"${k}" for k in range(5)), Attrs(eps=1e-5),
+    node = Node("bn", "batchnorm", Region.arguments(5), Attrs(eps=1e-5),
                 TensorType("f32", shape))
     function = pointwise.build([node], inputs, str, shape)
     values = [arg.value for arg in function.args[5:]]
@@ -303,7 +303,7 @@ def test_fused_nodes_take_the_tiles_of_their_anchor() -> None:
     plan = generate(graph, tiles={fused[0].id: GemmTile(32, 32, 8, 4, 4)})
     kernel = plan.launches[0].kernel
     assert kernel.startswith("netc_gemm_f32_bm32_bn32_bk8_tm4_tn4_nt_bias_ep_relu_r0_")
-    assert plan.launches[0].nodes == tuple(member.id for member in fused[0].attrs["body"])
+    assert plan.launches[0].nodes == tuple(member.id for member in fused[0].members)
     with pytest.raises(TileError, match="GemmTile"):
         generate(graph, tiles={fused[0].id: BlockTile()})
 

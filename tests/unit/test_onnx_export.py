@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from netc.dtypes import f32_to_bf16_bits
-from netc.ir import Attrs, Graph, Node
+from netc.ir import Graph, Region
 from netc.onnx.export import (
     IR_VERSION,
     LOWERINGS,
@@ -206,8 +206,7 @@ def test_fused_groups_export_as_their_body() -> None:
         replace(add, inputs=(conv.id, "$3")),
         replace(relu, inputs=(add.id,)),
     )
-    group = Node("group", "fused", outer, Attrs(body=body, kind="conv_epilogue",
-                                                anchor=conv.id), relu.type)
+    group = Region(body, conv.id, "conv_epilogue").fused_node("group", outer)
     nodes = [n for n in unfused.nodes if n not in (conv, add, relu)] + [group]
     fused = Graph("fused", tuple(nodes), (("y", "group"),))
     model = export_graph(fused, weights)

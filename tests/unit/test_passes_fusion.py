@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from netc.ir import Graph, print_graph
+from netc.ir import Attrs, Graph, print_graph
 from netc.ops import REGISTRY, ShapeError, node_flops, verify
 from netc.passes.fuse_elementwise import FUSE_ELEMENTWISE
 from netc.passes.fuse_epilogues import FUSE_EPILOGUES
@@ -177,14 +177,16 @@ def test_fused_flops_are_the_sum_of_its_body() -> None:
 def test_fused_infer_checks_the_body() -> None:
     _, fused = _fused_block()
     (group,) = fused.compute_nodes
-    body = group.attrs["body"]
+    region = group.region
+    assert region is not None
+    body = region.members
     broken = replace(body[1], type=replace(body[1].type, shape=("N", 8, 6, 7)))
-    bad = replace(group, attrs=group.attrs.replace(body=(body[0], broken, *body[2:])))
+    bad = replace(region, members=(body[0], broken, *body[2:]))
     with pytest.raises(ShapeError, match="has type"):
-        REGISTRY["fused"].infer_all(bad.attrs, [fused[i].type for i in group.inputs])
+        REGISTRY["fused"].infer_all(Attrs(region=bad), [fused[i].type for i in group.inputs])
     dangling = replace(body[1], inputs=("nowhere",))
-    with pytest.raises(ShapeError, match="not an earlier body node"):
-        REGISTRY["fused"].infer(group.attrs.replace(body=(body[0], dangling)),
+    with pytest.raises(ShapeError, match="not an earlier member"):
+        REGISTRY["fused"].infer(Attrs(region=replace(region, members=(body[0], dangling))),
                                 [fused[i].type for i in group.inputs])
     verify(fused)
 

@@ -147,7 +147,7 @@ def test_resnet18() -> None:
     # maxpool, global_avgpool, flatten (a view) and the classifier.
     assert len(optimized.graph.compute_nodes) == 24
     assert sum(1 for n in optimized.graph.compute_nodes
-               if n.op == "fused" and n.attrs["kind"] == "conv_epilogue") == 17
+               if n.region is not None and n.region.kind == "conv_epilogue") == 17
     assert len(optimized.transforms) == 40
     assert "folded 20 batchnorms into conv2d" in optimized.log()
     plan = generate(optimized.graph).memory_plan(1)
@@ -184,7 +184,7 @@ def test_training_mode_keeps_batchnorm_and_dropout() -> None:
     assert "remove_dropout" in inference.log() and "fold_batchnorm" in inference.log()
     assert "remove_dropout" not in training.log() and "fold_batchnorm" not in training.log()
     kept = {member.op for node in training.graph.compute_nodes
-            for member in (node.attrs["body"] if node.op == "fused" else (node,))}
+            for member in node.members}
     assert {"batchnorm", "dropout"} <= kept
     assert training.transforms == ()
 
