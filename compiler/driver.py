@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from netc.codegen.emit import generate
+from netc.codegen.emit import generate, several_outputs_error
 from netc.codegen.targets import DEFAULT_ARCH
 from netc.codegen.tiling import TileChoice, plan_tiles
 from netc.ir import Graph
@@ -114,6 +114,9 @@ def compile_graph(graph: Graph, options: CompileOptions | None = None, *,
                   progress: Progress = _quiet) -> Compiled:
     """`graph` through the passes, tiling and code generation: its launch plan."""
     options = options or CompileOptions()
+    problem = several_outputs_error(graph)  # before the passes, which do not take them either
+    if problem is not None:
+        raise problem
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     optimized = run_pipeline(graph, options.level, dump_dir=options.dump_ir,

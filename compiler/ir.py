@@ -1,7 +1,8 @@
 """The graph IR: a typed, shape-checked dataflow graph in SSA form.
 
-A `Graph` is a tuple of `Node`s in topological order. Every node produces one tensor value,
-named by its `id`. Three kinds of node have no computation:
+A `Graph` is a tuple of `Node`s in topological order. A node produces one tensor value, named
+by its `id`; an op with several outputs (`Node.extra_types`) also produces `id:1`, `id:2`, ...
+(`value_ref`), and other nodes and the graph's outputs read those like any value. Three kinds of node have no computation:
 
 * `input`    a network input; `id` is the input's name from the `.net` file;
 * `param`    a trained parameter; `id` is its full name (`basic_1.conv2d_0.weight`);
@@ -126,6 +127,19 @@ class Node:
     span: Span | None = None
     layer: str | None = None
     """The layer this node belongs to (`basic_1.conv2d_0`), for layers and their params."""
+    extra_types: tuple[TensorType, ...] = ()
+    """The types of outputs 1, 2, ... of an op with several outputs (none for the usual node
+    of one); output 0 is `type`, read as `id`; output k is read as `value_ref(id, k)`."""
+
+    @property
+    def types(self) -> tuple[TensorType, ...]:
+        """The type of every output, output 0 first."""
+        return (self.type, *self.extra_types)
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The references to every output: `id`, then `id:1`, `id:2`, ..."""
+        return tuple(value_ref(self.id, k) for k in range(1 + len(self.extra_types)))
 
     @property
     def region(self) -> Region | None:
@@ -138,6 +152,24 @@ class Node:
         """The nodes this node's kernel computes: a fused node's region members, else itself."""
         region = self.region
         return region.members if region is not None else (self,)
+
+
+OUTPUT_SEPARATOR = ":"
+"""Separates a node's id from an output index in a value reference; never part of an id."""
+
+
+def value_ref(node_id: str, output: int = 0) -> str:
+    """The value reference to output `output` of node `node_id`: the id itself for output 0
+    (so a node of one output is read by its id), `id:k` for output k."""
+    return node_id if output == 0 else f"{node_id}{OUTPUT_SEPARATOR}{output}"
+
+
+def split_value(ref: str) -> tuple[str, int]:
+    """(node id, output index) of a value reference (`value_ref`'s inverse)."""
+    node_id, separator, index = ref.rpartition(OUTPUT_SEPARATOR)
+    if separator and index.isdigit():
+        return node_id, int(index)
+    return ref, 0
 
 
 REGION_KINDS = ("conv_epilogue", "gemm_epilogue", "pool_epilogue", "reduction", "elementwise")
@@ -287,6 +319,9 @@ class Region:
             if member.op in (*SOURCE_OPS, "fused") or member.region is not None:
                 raise IRError(f"region member {member.id} has op {member.op!r}, which cannot be "
                               "inside a region")
+            if member.extra_types:
+                raise IRError(f"region member {member.id} has several outputs, which a region "
+                              "cannot hold (yet)")
             for ref in member.inputs:
                 position = self.argument_position(ref)
                 if position is None and ref not in seen:
@@ -305,7 +340,7 @@ class Graph:
     name: str
     nodes: tuple[Node, ...]
     outputs: tuple[tuple[str, str], ...]
-    """(output name, node id) in declaration order."""
+    """(output name, value reference: a node id, or `id:k`) in declaration order."""
     _index: dict[str, Node] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -313,6 +348,18 @@ class Graph:
 
     def __getitem__(self, node_id: str) -> Node:
         return self._index[node_id]
+
+    def producer(self, ref: str) -> Node:
+        """The node that computes the value `ref` (an id, or `id:k` for output k)."""
+        return self._index[split_value(ref)[0]]
+
+    def value_type(self, ref: str) -> TensorType:
+        """The type of the value `ref`: output k's type for `id:k`."""
+        node_id, output = split_value(ref)
+        types = self._index[node_id].types
+        if output >= len(types):
+            raise KeyError(ref)
+        return types[output]
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._index
@@ -330,10 +377,12 @@ class Graph:
         return tuple(n for n in self.nodes if n.op not in SOURCE_OPS)
 
     def users(self) -> dict[str, list[Node]]:
+        """For each node id, the nodes that read any of its outputs (a node reading two of
+        them, or one twice, is listed once per read)."""
         found: dict[str, list[Node]] = {n.id: [] for n in self.nodes}
         for node in self.nodes:
             for used in node.inputs:
-                found[used].append(node)
+                found[split_value(used)[0]].append(node)
         return found
 
     def batch_dims(self) -> tuple[str, ...]:
@@ -348,21 +397,27 @@ class IRError(Exception):
 
 
 def verify(graph: Graph,
-           node_type: Callable[[Node, list[TensorType]], TensorType | None]) -> None:
-    """Check the IR's invariants; raise `IRError` naming the first broken one. `node_type`
-    gives a compute node's type from its inputs' types (None for an op it does not know): the
-    op registry's rule, which `netc.ops.verify` passes in, so that the IR does not depend on
-    the op table."""
+           node_types: Callable[[Node, list[TensorType]], tuple[TensorType, ...] | None]) -> None:
+    """Check the IR's invariants; raise `IRError` naming the first broken one. `node_types`
+    gives a compute node's output types from its inputs' types (None for an op it does not
+    know): the op registry's rule, which `netc.ops.verify` passes in, so that the IR does not
+    depend on the op table."""
     seen: dict[str, Node] = {}
+    values: dict[str, TensorType] = {}
     for node in graph.nodes:
-        if node.id in seen:
+        if node.id in seen or node.id in values:
             raise IRError(f"node id {node.id!r} defined twice")
+        if OUTPUT_SEPARATOR in node.id:
+            raise IRError(f"node id {node.id!r} holds {OUTPUT_SEPARATOR!r}, which separates "
+                          "an id from an output index")
         for used in node.inputs:
-            if used not in seen:
+            if used not in values:
                 raise IRError(f"{node.id} ({node.op}) uses {used!r} before it is defined")
         if node.op in SOURCE_OPS:
             if node.inputs:
                 raise IRError(f"{node.id}: a {node.op} node has no inputs")
+            if node.extra_types:
+                raise IRError(f"{node.id}: a {node.op} node has one output")
         else:
             if node.op == "fused":
                 region = node.region
@@ -372,20 +427,27 @@ def verify(graph: Graph,
                     region.check(len(node.inputs))
                 except IRError as error:
                     raise IRError(f"{node.id} (fused): {error}") from None
-            expected = node_type(node, [seen[i].type for i in node.inputs])
+            expected = node_types(node, [values[i] for i in node.inputs])
             if expected is None:
                 raise IRError(f"{node.id}: unknown op {node.op!r}")
-            if expected != node.type:
-                raise IRError(f"{node.id} ({node.op}): type {node.type} but its inputs give {expected}")
+            if expected != node.types:
+                raise IRError(f"{node.id} ({node.op}): type {_format_types(node.types)} but its "
+                              f"inputs give {_format_types(expected)}")
         seen[node.id] = node
+        values.update(zip(node.values, node.types))
     names = [name for name, _ in graph.outputs]
     if not names:
         raise IRError("graph has no outputs")
     if len(set(names)) != len(names):
         raise IRError("duplicate output names")
-    for name, node_id in graph.outputs:
-        if node_id not in seen:
-            raise IRError(f"output {name} refers to unknown node {node_id!r}")
+    for name, ref in graph.outputs:
+        if ref not in values:
+            raise IRError(f"output {name} refers to unknown value {ref!r}")
+
+
+def _format_types(types: tuple[TensorType, ...]) -> str:
+    """`f32[N, 8]` for one output; `(f32[N, 8], f32[8])` for several."""
+    return str(types[0]) if len(types) == 1 else "(" + ", ".join(map(str, types)) + ")"
 
 
 def _format_attr(value: Any) -> str:
@@ -413,7 +475,7 @@ def _format_node(node: Node, indent: str) -> list[str]:
     where = f"  # {node.span}" if node.span else ""
     layer = f"  [{node.layer}]" if node.layer and node.op != "param" else ""
     opening = " {" if region is not None else ""
-    lines = [f"{indent}%{node.id}: {node.type} = {call}{opening}{layer}{where}"]
+    lines = [f"{indent}%{node.id}: {_format_types(node.types)} = {call}{opening}{layer}{where}"]
     if region is not None:
         for member in region.members:
             lines.extend(_format_node(member, indent + "    "))

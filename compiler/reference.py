@@ -13,7 +13,7 @@ import numpy as np
 
 from netc.diagnostics import CompileError, Diagnostic
 from netc.dtypes import round_to
-from netc.ir import Graph, Node, format_shape
+from netc.ir import Graph, IRError, Node, format_shape
 from netc.ops import REGISTRY
 
 
@@ -61,7 +61,8 @@ def run_reference(graph: Graph, weights: Mapping[str, np.ndarray],
     """Run `graph` on float32 NumPy arrays; returns every output by name.
 
     `weights` must hold every parameter (see `netc.weights.check_weights`); `observe`, if
-    given, sees every computed value (used by `netc compare --layers`).
+    given, sees every computed value (used by `netc compare --layers`; a node of several
+    outputs is shown its output 0).
     """
     bind_batch(graph, inputs)
     values: dict[str, np.ndarray] = {}
@@ -78,6 +79,13 @@ def run_reference(graph: Graph, weights: Mapping[str, np.ndarray],
             # problem to warn about on the user's stderr (issue 9).
             with np.errstate(all="ignore"):
                 result = REGISTRY[node.op].reference(node.attrs, *args)
+            if node.extra_types:  # one array per output
+                if not isinstance(result, tuple) or len(result) != len(node.types):
+                    raise IRError(f"{node.id}: `{node.op}`'s reference must give "
+                                  f"{len(node.types)} arrays, one per output")
+                for ref, kind, array in zip(node.values[1:], node.extra_types, result[1:]):
+                    values[ref] = round_to(kind.dtype, array)
+                result = result[0]
             value = round_to(node.type.dtype, result)
         values[node.id] = value
         if observe is not None:

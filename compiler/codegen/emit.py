@@ -37,6 +37,7 @@ from netc.codegen.kernels import (
 from netc.codegen.pointwise import computes
 from netc.codegen.render import header, render
 from netc.codegen.tiles import Tile, TileError
+from netc.diagnostics import CompileError, error
 from netc.ir import Dim, Graph, Node, TensorType
 from netc.ops import REGISTRY, verify
 from netc.ops.decompose import expand_decompositions
@@ -77,12 +78,12 @@ class _Lowering:
         return self.by_node[node_id]
 
     def type_of(self, value: str) -> TensorType:
-        return self.graph[value].type
+        return self.graph.value_type(value)
 
     def add_buffer(self, node: Node, role: BufferRole, shape: tuple[Dim, ...] | None = None,
-                   alias_of: str | None = None) -> str:
+                   alias_of: str | None = None, dtype: str | None = None) -> str:
         name = f"buf{len(self.buffers)}"
-        self.buffers.append(Buffer(name, role, node.type.dtype,
+        self.buffers.append(Buffer(name, role, node.type.dtype if dtype is None else dtype,
                                    node.type.shape if shape is None else shape, node.id,
                                    alias_of))
         return name
@@ -138,10 +139,26 @@ def header_order(specs: Iterable[KernelSpec]) -> list[str]:
     return order
 
 
+def several_outputs_error(graph: Graph) -> CompileError | None:
+    """The diagnostic for the first node of several outputs that no kernel family lowers
+    (none does yet; the passes do not take such nodes either); None when there is none."""
+    for node in graph.compute_nodes:
+        if node.extra_types and kernel_family(node.op) is None:
+            return error("E0444", f"`{node.op}` ({node.id}) has {len(node.types)} outputs, and "
+                         "netc cannot compile an op of several outputs to CUDA yet",
+                         node.span, help="the reference backend runs it")
+    return None
+
+
 def lower(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> Lowered:
-    """Buffers and launches for `graph`; `tiles` overrides tile configurations by node id."""
+    """Buffers and launches for `graph`; `tiles` overrides tile configurations by node id.
+    Every value has a buffer, so a node of several outputs has one per output (`buffer_of`
+    is keyed by value reference: an id, or `id:k`)."""
     graph = expand_decompositions(graph, lambda op: kernel_family(op) is not None)
     verify(graph)
+    problem = several_outputs_error(graph)
+    if problem is not None:
+        raise problem
     tiles = dict(tiles or {})
     _check_tiles(graph, tiles)
     batch_dims = graph.batch_dims()
@@ -171,7 +188,10 @@ def lower(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> Lowered:
         family = kernel_family(node.op)
         if family is None:
             raise CodegenError(f"{node.id}: no CUDA kernel for op `{node.op}`")
-        state.by_node[node.id] = state.add_buffer(node, role)
+        for value, kind in zip(node.values, node.types):
+            state.by_node[value] = state.add_buffer(
+                node, "output" if value in state.outputs else "intermediate", kind.shape,
+                dtype=kind.dtype)
         launches.extend((node, launch) for launch in family.lower(state, node, NO_FUSION))
     return Lowered(graph, batch_dims, tuple(state.buffers), state.by_node, tuple(launches))
 

@@ -608,8 +608,10 @@ class Expander:
             node_id = self._next_id(op)
             inside = f" in `{scope.prefix[:-1]}`" if scope.prefix else ""
             origin = f"`{op}`{inside} at {span}"
+        # An op with several outputs is read at its output 0 here: the language (v1) has no
+        # syntax for the others yet; the node still carries their types.
         self._add_node(Node(node_id, op, (*(t.node for t in inputs), *param_ids), attrs, output,
-                            span, layer))
+                            span, layer, extra_types=applied.extra_types))
         return Tensor(node_id, output, origin)
 
     def _builtin(self, op: str, inputs: list[Tensor], span: Span, scope: _Scope) -> Value:

@@ -290,6 +290,10 @@ def export_graph(graph: Graph, weights: Mapping[str, np.ndarray] | None = None) 
 
     Without `weights`, the parameters become extra graph inputs, to be fed at run time.
     """
+    for node in graph.nodes:
+        if node.extra_types:
+            raise ExportError(f"op `{node.op}` ({node.id}) has {len(node.types)} outputs; ONNX "
+                              "export takes ops of one output only (yet)")
     names = _value_names(graph)
     emit = Emitter(taken=set(names.values()))
     inputs = [_value_info(names[n.id], n.type) for n in graph.inputs]

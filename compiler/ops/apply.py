@@ -183,6 +183,8 @@ class Application:
     attrs: Attrs
     type: TensorType
     params: tuple[ParamSpec, ...]
+    extra_types: tuple[TensorType, ...] = ()
+    """The types of outputs 1, 2, ... of an op with several outputs (`Node.extra_types`)."""
 
 
 def apply_op(opdef: OpDef, attrs: Attrs, inputs: Sequence[TensorType]) -> Application:
@@ -197,7 +199,8 @@ def apply_op(opdef: OpDef, attrs: Attrs, inputs: Sequence[TensorType]) -> Applic
     canonical = opdef.normalize(attrs, inputs)
     output = opdef.infer(canonical, inputs)
     params = opdef.params(canonical, inputs) if opdef.has_params else ()
-    return Application(canonical, output, tuple(params))
+    extra = opdef.infer_extra(canonical, inputs) if opdef.infer_extra is not None else ()
+    return Application(canonical, output, tuple(params), tuple(extra))
 
 
 @dataclass

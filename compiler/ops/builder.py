@@ -48,7 +48,7 @@ class GraphBuilder:
         if node.id in self._types:
             raise ValueError(f"node id {node.id!r} used twice")
         self.nodes.append(node)
-        self._types[node.id] = node.type
+        self._types.update(zip(node.values, node.types))
         return node.id
 
     def _fresh(self, op: str) -> str:
@@ -68,7 +68,9 @@ class GraphBuilder:
                               TensorType(dtype, ())))
 
     def op(self, op: str, *inputs: str, name: str | None = None, **attrs: Any) -> str:
-        """Applies `op` to the values `inputs`; `name` names the layer of an op with params."""
+        """Applies `op` to the values `inputs`; `name` names the layer of an op with params.
+        Returns the node's id, which is its output 0; an op with several outputs has the
+        others as `netc.ir.value_ref(id, k)` (see `outputs_of`)."""
         opdef = REGISTRY[op]
         types = [self._types[value] for value in inputs]
         applied = apply_op(opdef, bind_attrs(opdef, attrs), types)
@@ -82,7 +84,12 @@ class GraphBuilder:
                     TensorType(applied.type.dtype, spec.shape), layer=layer)))
         # As in the front end, a layer's node is named by the layer.
         return self._add(Node(layer or self._fresh(op), op, (*inputs, *param_ids),
-                              applied.attrs, applied.type, layer=layer))
+                              applied.attrs, applied.type, layer=layer,
+                              extra_types=applied.extra_types))
+
+    def outputs_of(self, node_id: str) -> tuple[str, ...]:
+        """The values of every output of node `node_id`, output 0 (the id) first."""
+        return next(node.values for node in self.nodes if node.id == node_id)
 
     def output(self, name: str, value: str) -> None:
         self.outputs.append((name, value))

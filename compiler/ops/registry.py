@@ -36,7 +36,10 @@ Conventions for the functions an `OpDef` holds:
 * `params(attrs, inputs)` returns the op's parameters in the order they follow the tensor
   inputs in the IR; `param_names(attrs)` must list the same names without needing the inputs.
 * `reference(attrs, *arrays)` gets tensor inputs then parameters as NumPy arrays (float32 for
-  every dtype: the interpreter rounds to the value's dtype between ops) and returns one array.
+  every dtype: the interpreter rounds to the value's dtype between ops) and returns one array
+  (a tuple of arrays, one per output, for an op with `infer_extra`).
+* `infer_extra(attrs, inputs)`, only for an op with several outputs, returns the types of
+  outputs 1, 2, ... (`infer` gives output 0's); see `netc.ir.Node.extra_types`.
 * `flops(attrs, input_shapes, output_shape)` counts floating-point operations (a multiply-add
   is 2) for concrete shapes.
 * `gemm_view(attrs, input_shapes, output_shape)` gets the shapes of all IR inputs (parameters
@@ -235,6 +238,9 @@ class OpDef:
     """Slot for the vector-Jacobian product (autodiff); not used yet."""
     internal: bool = False
     """Made by passes only, never written in `.net` source (`fused`)."""
+    infer_extra: Callable[[Attrs, Sequence[TensorType]], tuple[TensorType, ...]] | None = None
+    """For an op with several outputs: the types of outputs 1, 2, ... from the tensor inputs'
+    types (`infer` gives output 0's). None for an op of one output, as every op is today."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -270,6 +276,16 @@ class OpDef:
         count = len(self.param_names(attrs))
         tensors = list(inputs[: len(inputs) - count]) if count else list(inputs)
         return self.infer(attrs, tensors)
+
+    def infer_types_all(self, attrs: Attrs,
+                        inputs: Sequence[TensorType]) -> tuple[TensorType, ...]:
+        """Every output's type from all IR inputs, output 0 first (`Node.types`)."""
+        first = self.infer_all(attrs, inputs)
+        if self.infer_extra is None:
+            return (first,)
+        count = len(self.param_names(attrs))
+        tensors = list(inputs[: len(inputs) - count]) if count else list(inputs)
+        return (first, *self.infer_extra(attrs, tensors))
 
     def bytes_moved(self, attrs: Attrs, inputs: Sequence[TensorType], output: TensorType,
                     sizes: Mapping[str, int] | None = None) -> int:

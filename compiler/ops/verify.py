@@ -12,12 +12,13 @@ from netc.ir import Graph, Node, TensorType
 from netc.ops.registry import REGISTRY
 
 
-def node_type(node: Node, inputs: list[TensorType]) -> TensorType | None:
-    """The type `node`'s op gives it from its inputs' types; None for an unknown op."""
+def node_types(node: Node, inputs: list[TensorType]) -> tuple[TensorType, ...] | None:
+    """The types `node`'s op gives its outputs from its inputs' types; None for an unknown
+    op."""
     opdef = REGISTRY.get(node.op)
-    return None if opdef is None else opdef.infer_all(node.attrs, inputs)
+    return None if opdef is None else opdef.infer_types_all(node.attrs, inputs)
 
 
 def verify(graph: Graph) -> None:
     """Raise `netc.ir.IRError` naming the first broken invariant of `graph`."""
-    ir.verify(graph, node_type)
+    ir.verify(graph, node_types)
