@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netc.diagnostics import error
 from netc.ir import Graph
 from netc.passes.eliminate_common_subexpressions import ELIMINATE_COMMON_SUBEXPRESSIONS
 from netc.passes.eliminate_dead_code import ELIMINATE_DEAD_CODE
@@ -115,6 +116,12 @@ def run_pipeline(graph: Graph, level: int, weights: Mapping[str, np.ndarray] | N
     the IR verifier before and after every pass; `dump_dir` receives the IR after each."""
     if level not in PIPELINES:
         raise ValueError(f"optimisation level must be one of {LEVELS}, got {level}")
+    several = next((n for n in graph.nodes if n.extra_types), None)
+    if several is not None and PIPELINES[level]:
+        raise error("E0444", f"`{several.op}` ({several.id}) has {len(several.types)} outputs, "
+                    "and the optimisation passes take ops of one output only (yet)",
+                    several.span, help="-O0 keeps the graph as it is; the reference backend "
+                    "runs it")
     context = PassContext(batch=batch, mode=mode)
     started = time.perf_counter()
     result, records = run_passes(graph, PIPELINES[level], context, dump_dir=dump_dir,

@@ -4,8 +4,8 @@ batchnorm gives its mean and variance too).
 `center` is registered for the test only (`temporarily_registered`): output 0 is x minus the
 mean of each row, output 1 that mean. The test shows it built with `GraphBuilder` and parsed
 from `.net` source, verified, printed, read at both outputs, run by the reference interpreter,
-and refused with a diagnostic (not a crash) by the CUDA compiler and an `ExportError` by the
-ONNX exporter, which cannot lower it yet.
+and refused with a diagnostic (not a crash) by the optimisation passes and the CUDA compiler,
+and with an `ExportError` by the ONNX exporter, which cannot take it yet.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from netc.driver import compile_graph
 from netc.ir import Attrs, Graph, IRError, TensorType, print_graph, split_value, value_ref
 from netc.ops import OpDef, ShapeError, temporarily_registered, verify
 from netc.ops.builder import GraphBuilder
+from netc.passes import run_pipeline
 from netc.reference import run_reference
 
 pytestmark = pytest.mark.unit
@@ -130,8 +131,10 @@ def test_backends_that_cannot_lower_it_refuse_it_cleanly() -> None:
     onnx_export = pytest.importorskip("netc.onnx.export")
     with temporarily_registered(CENTER):
         graph, centered = _built()
+        assert run_pipeline(graph, 0).graph is graph
         for compile_it in (lambda: generate(graph), lambda: compile_graph(graph),
-                           lambda: netc.Model(graph).compile("cudasim")):
+                           lambda: netc.Model(graph).compile("cudasim"),
+                           lambda: run_pipeline(graph, 1), lambda: run_pipeline(graph, 2)):
             with pytest.raises(CompileError) as caught:
                 compile_it()
             (problem,) = caught.value.diagnostics
