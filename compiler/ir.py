@@ -353,6 +353,16 @@ class Graph:
         """The node that computes the value `ref` (an id, or `id:k` for output k)."""
         return self._index[split_value(ref)[0]]
 
+    def value_node(self, ref: str) -> Node:
+        """The node standing for the value `ref`, for code that reads an operand's id, type
+        and op: the producer itself for output 0; for output k, the producer as if it had
+        only that output (id `ref`, type output k's)."""
+        node_id, output = split_value(ref)
+        node = self._index[node_id]
+        if output == 0:
+            return node
+        return replace(node, id=ref, type=self.value_type(ref), extra_types=())
+
     def value_type(self, ref: str) -> TensorType:
         """The type of the value `ref`: output k's type for `id:k`."""
         node_id, output = split_value(ref)

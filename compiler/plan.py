@@ -48,7 +48,8 @@ class Buffer:
     dtype: str
     shape: tuple[Dim, ...]
     node: str
-    """The IR node whose value it holds (an input name, a param name, an output's node)."""
+    """The IR node whose value (or one of whose outputs) it holds (an input name, a param
+    name, an output's node)."""
     alias_of: str | None = None
     """A view (reshape, flatten, dropout) shares the storage of this buffer."""
     arena_offset: BatchBytes | None = None

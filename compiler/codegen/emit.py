@@ -244,7 +244,7 @@ def _check_tiles(graph: Graph, tiles: Mapping[str, Tile]) -> None:
 def _constants_in_memory(graph: Graph) -> set[str]:
     """Constants some kernel reads from memory. Pointwise ops (alone or fused) take them as
     float arguments; any other consumer, or an output, needs them in a buffer."""
-    found = {node_id for _, node_id in graph.outputs if graph[node_id].op == "constant"}
+    found = {value for _, value in graph.outputs if graph.producer(value).op == "constant"}
     for node in graph.compute_nodes:
         if computes(node.op):
             continue
@@ -254,7 +254,7 @@ def _constants_in_memory(graph: Graph) -> set[str]:
             used = [value for position, value in enumerate(node.inputs) if position in read]
         else:
             used = list(node.inputs)
-        found.update(value for value in used if graph[value].op == "constant")
+        found.update(value for value in used if graph.producer(value).op == "constant")
     return found
 
 

@@ -183,11 +183,12 @@ class LoweringContext(Protocol):
     def graph(self) -> Graph: ...
 
     def buffer(self, value: str) -> str:
-        """The buffer holding value `value` (a node id)."""
+        """The buffer holding value `value` (a node id, or `id:k` for output k)."""
         ...
 
     def type_of(self, value: str) -> TensorType:
-        """The type of value `value` (a node id, or a body node of the fused node lowered)."""
+        """The type of value `value` (a node id, `id:k`, or a member of the fused node
+        lowered)."""
         ...
 
     def scratch(self, owner: Node, shape: tuple[Dim, ...]) -> str:
@@ -294,7 +295,8 @@ def _standalone(node: Node) -> Node:
 def _lower_pointwise(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     """Any op with a CUDA expression: one elementwise kernel."""
     _no_prologue(node, fusion)
-    function = pointwise.build([_standalone(node)], [ctx.graph[i] for i in node.inputs],
+    operands = [ctx.graph.value_node(i) for i in node.inputs]
+    function = pointwise.build([_standalone(node)], operands,
                                ctx.buffer, node.type.shape)
     return [elementwise_launch(node, function, ctx.tile(node, DEFAULT_BLOCK),
                                ctx.buffer(node.id), node.type.shape)]
@@ -519,7 +521,7 @@ def _lower_fused(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kerne
     region = node.region
     if region is None:
         raise CodegenError(f"{node.id}: a fused node without a region")
-    inputs = [ctx.graph[i] for i in node.inputs]
+    inputs = [ctx.graph.value_node(i) for i in node.inputs]
     if region.kind == "elementwise":
         function = pointwise.build(region.members, inputs, ctx.buffer, node.type.shape)
         return [elementwise_launch(node, function, ctx.tile(node, DEFAULT_BLOCK),

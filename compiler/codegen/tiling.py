@@ -159,12 +159,12 @@ def anchor(graph: Graph, node: Node) -> tuple[Node, list[TensorType]] | None:
     types; None for a group of pointwise ops alone."""
     region = node.region
     if region is None:
-        return node, [graph[value].type for value in node.inputs]
+        return node, [graph.value_type(value) for value in node.inputs]
     if region.kind == "elementwise":
         return None
     member = region.anchor
     types = {b.id: b.type for b in region.members}
-    arguments = [graph[value].type for value in node.inputs]
+    arguments = [graph.value_type(value) for value in node.inputs]
     return member, [region.resolve(ref, arguments, types) for ref in member.inputs]
 
 

@@ -5,7 +5,8 @@ batchnorm gives its mean and variance too).
 mean of each row, output 1 that mean. The test shows it built with `GraphBuilder` and parsed
 from `.net` source, verified, printed, read at both outputs, run by the reference interpreter,
 and refused with a diagnostic (not a crash) by the optimisation passes and the CUDA compiler,
-and with an `ExportError` by the ONNX exporter, which cannot take it yet.
+and with an `ExportError` by the ONNX exporter, which cannot take it yet. With a stand-in
+lowering registered, code generation gives each output a buffer and the arena plans them.
 """
 
 from __future__ import annotations
@@ -17,10 +18,21 @@ import numpy as np
 import pytest
 
 import netc
-from netc.codegen.emit import generate
+from netc.codegen import kernels, pointwise
+from netc.codegen.emit import generate, lower
+from netc.codegen.tiles import BlockTile
 from netc.diagnostics import CompileError
 from netc.driver import compile_graph
-from netc.ir import Attrs, Graph, IRError, TensorType, print_graph, split_value, value_ref
+from netc.ir import (
+    Attrs,
+    Graph,
+    IRError,
+    Node,
+    TensorType,
+    print_graph,
+    split_value,
+    value_ref,
+)
 from netc.ops import OpDef, ShapeError, temporarily_registered, verify
 from netc.ops.builder import GraphBuilder
 from netc.passes import run_pipeline
@@ -141,3 +153,33 @@ def test_backends_that_cannot_lower_it_refuse_it_cleanly() -> None:
             assert problem.code == "E0444" and f"({centered}) has 2 outputs" in problem.message
         with pytest.raises(onnx_export.ExportError, match="has 2 outputs"):
             onnx_export.export_graph(graph, {})
+
+
+def _copy_lowering(ctx: kernels.LoweringContext, node: Node,
+                   fusion: kernels.Fusion) -> list[kernels.KernelLaunch]:
+    """A stand-in lowering that writes each output with a gather of the input (the values are
+    wrong; only the buffers matter here)."""
+    source = ctx.buffer(node.inputs[0])
+    return [kernels.elementwise_launch(node, pointwise.gather(kind.shape, source, (1,) * kind.rank),
+                                       BlockTile(), ctx.buffer(value), kind.shape)
+            for value, kind in zip(node.values, node.types)]
+
+
+def test_code_generation_gives_every_output_a_buffer_and_the_arena_plans_them() -> None:
+    with temporarily_registered(CENTER):
+        kernels.lowers("center", family="test_center")(_copy_lowering)
+        try:
+            graph, centered = _built()
+            lowered = lower(graph)
+            first, second = lowered.buffer_of[centered], lowered.buffer_of[f"{centered}:1"]
+            by_name = {buffer.name: buffer for buffer in lowered.buffers}
+            assert first != second
+            assert (by_name[first].shape, by_name[second].shape) == (("N", 8), ("N",))
+            assert by_name[second].role == "output" and by_name[first].role == "intermediate"
+            assert by_name[first].node == by_name[second].node == centered
+            plan = generate(graph)
+            assert dict(plan.outputs)["mean"] == second
+            placed = {buffer.name: buffer for buffer in plan.buffers}
+            assert placed[first].arena_offset is not None
+        finally:
+            del kernels._REGISTERED.entries["center"]
