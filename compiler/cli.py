@@ -724,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "  netc compile examples/lenet5.net --target onnx --weights w.safetensors "
                    "-o build/lenet5-onnx")
     compile_.add_argument("-o", "--output", metavar="DIR",
-                          help="artifact directory, written atomically (default: build/NETWORK)")
+                          help="artifact directory, written atomically; an existing one is "
+                               "replaced only if netc wrote all of it (default: build/NETWORK)")
     compile_.add_argument("--target", choices=("cuda", "onnx", "tensorrt"), default="cuda",
                           help="what to produce (default: cuda)")
     compile_.add_argument("--arch", type=_archs, default=("sm_80", "sm_90"), metavar="ARCH,...",
@@ -734,7 +735,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="device compiler: NVRTC from pip, or the toolkit's nvcc "
                                "(default: auto, NVRTC when it loads)")
     compile_.add_argument("--weights", metavar="WEIGHTS",
-                          help="weights for --target onnx/tensorrt (default: fresh, from --seed)")
+                          help="weights: for --target cuda kept in the artifact as the kernels "
+                               "take them (folded), so `netc run DIR` needs none; for "
+                               "--target onnx/tensorrt the initializers (default: fresh, from "
+                               "--seed)")
     compile_.add_argument("--seed", type=int, default=0, help="seed for fresh weights")
     compile_.add_argument("--fp16", action="store_true", help="TensorRT: allow fp16 kernels")
     compile_.add_argument("--int8", action="store_true",
