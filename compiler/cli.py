@@ -17,12 +17,12 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import numpy as np
 
 from netc.codegen.targets import ARCHS, DEFAULT_ARCH
-from netc.diagnostics import CompileError, Diagnostic
+from netc.diagnostics import CompileError, Diagnostic, printable
 from netc.ir import Graph, format_shape
 from netc.text import format_table
 
@@ -724,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "  netc compile examples/lenet5.net --target onnx --weights w.safetensors "
                    "-o build/lenet5-onnx")
     compile_.add_argument("-o", "--output", metavar="DIR",
-                          help="artifact directory, written atomically (default: build/NETWORK)")
+                          help="artifact directory, written atomically; an existing one is "
+                               "replaced only if netc wrote all of it (default: build/NETWORK)")
     compile_.add_argument("--target", choices=("cuda", "onnx", "tensorrt"), default="cuda",
                           help="what to produce (default: cuda)")
     compile_.add_argument("--arch", type=_archs, default=("sm_80", "sm_90"), metavar="ARCH,...",
@@ -734,7 +735,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="device compiler: NVRTC from pip, or the toolkit's nvcc "
                                "(default: auto, NVRTC when it loads)")
     compile_.add_argument("--weights", metavar="WEIGHTS",
-                          help="weights for --target onnx/tensorrt (default: fresh, from --seed)")
+                          help="weights: for --target cuda kept in the artifact as the kernels "
+                               "take them (folded), so `netc run DIR` needs none; for "
+                               "--target onnx/tensorrt the initializers (default: fresh, from "
+                               "--seed)")
     compile_.add_argument("--seed", type=int, default=0, help="seed for fresh weights")
     compile_.add_argument("--fp16", action="store_true", help="TensorRT: allow fp16 kernels")
     compile_.add_argument("--int8", action="store_true",
@@ -867,7 +871,36 @@ def _environment_fault(exc: BaseException) -> str | None:
     return None
 
 
+class _TerminalSafe:
+    """A text stream that writes through `printable`: a path in any message (`wrote y to
+    DIR`, a warning naming the cache directory, a progress line) reaches the terminal escaped,
+    never as an escape sequence it would obey. Carriage returns are kept only at either end
+    of one write (the progress line's redraw); everything else is the wrapped stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        start = len(text) - len(text.lstrip("\r"))
+        end = max(len(text.rstrip("\r")), start)
+        self.stream.write(text[:start] + printable(text[start:end]) + text[end:])
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; what it prints goes through `_TerminalSafe`."""
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _TerminalSafe(stdout), _TerminalSafe(stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

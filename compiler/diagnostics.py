@@ -22,8 +22,28 @@ Error codes (documented in docs/errors.md):
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                          "\u202a-\u202e\u2066-\u2069]")
+_UNPRINTABLE_IN_LINE = re.compile(f"[\t\n{_UNPRINTABLE.pattern[1:-1]}]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """`text` safe to show on a terminal: control characters (escape sequences such as
+    `\\x1b[2J`, carriage returns, backspaces) and the Unicode line separators and
+    bidirectional overrides that hide or reorder what a line says become visible escapes
+    (`\\x1b`, `\\u202e`). File names and other user text reach diagnostics this way, so a
+    file named to clear the screen or recolour it is shown, not obeyed. Other Unicode stays as
+    it is (`café.net`). With `one_line`, newlines and tabs are escaped too (a file name); else
+    they are kept (a message's own line breaks)."""
+    return (_UNPRINTABLE_IN_LINE if one_line else _UNPRINTABLE).sub(_escape, text)
 
 
 @dataclass(frozen=True)
@@ -37,7 +57,7 @@ class Span:
     end_column: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}"
+        return f"{printable(self.file, one_line=True)}:{self.line}:{self.column}"
 
 
 @dataclass(frozen=True)
@@ -50,13 +70,13 @@ class Diagnostic:
 
     def render(self, sources: SourceMap | None = None) -> str:
         where = f"{self.span}: " if self.span else ""
-        lines = [f"{where}error[{self.code}]: {self.message}"]
+        lines = [f"{where}error[{self.code}]: {printable(self.message)}"]
         text = sources.line(self.span.file, self.span.line) if (sources and self.span) else None
         if text is not None and self.span is not None:
             lines.extend(_quote(text, self.span))
-        lines.extend(f"note: {note}" for note in self.notes)
+        lines.extend(f"note: {printable(note)}" for note in self.notes)
         if self.help:
-            lines.append(f"help: {self.help}")
+            lines.append(f"help: {printable(self.help)}")
         return "\n".join(lines)
 
 
@@ -64,13 +84,18 @@ QUOTE_WIDTH = 100
 """Quoted source lines are clipped to about this many characters around the span."""
 
 
+def _shown(text: str) -> str:
+    return printable(text.expandtabs(4), one_line=True)
+
+
 def _quote(text: str, span: Span) -> list[str]:
-    """The source line and a caret line under the span; tabs expanded, long lines clipped."""
+    """The source line and a caret line under the span; tabs expanded, control characters
+    escaped (the carets follow), long lines clipped."""
     raw = text.rstrip("\r\n")
-    start = len(raw[: max(span.column - 1, 0)].expandtabs(4))
+    start = len(_shown(raw[: max(span.column - 1, 0)]))
     end_column = span.end_column if span.end_line == span.line else len(raw) + 1
-    end = len(raw[: max(end_column - 1, 0)].expandtabs(4))
-    shown = raw.expandtabs(4)
+    end = len(_shown(raw[: max(end_column - 1, 0)]))
+    shown = _shown(raw)
     end = min(max(end, start + 1), max(len(shown), start + 1))
     if len(shown) > QUOTE_WIDTH:
         left = max(0, min(start - QUOTE_WIDTH // 3, len(shown) - QUOTE_WIDTH))

@@ -27,6 +27,7 @@ from netc.codegen.arena import plan_launch_arena
 from netc.codegen.kernels import (
     NO_FUSION,
     CodegenError,
+    CodegenLimit,
     KernelLaunch,
     KernelSpec,
     TileT,
@@ -37,7 +38,7 @@ from netc.codegen.kernels import (
 from netc.codegen.pointwise import computes
 from netc.codegen.render import header, render
 from netc.codegen.tiles import Tile, TileError
-from netc.diagnostics import CompileError, error
+from netc.diagnostics import CompileError, Diagnostic, Span
 from netc.ir import Dim, Graph, Node, TensorType
 from netc.ops import REGISTRY, verify
 from netc.ops.decompose import expand_decompositions
@@ -140,13 +141,13 @@ def header_order(specs: Iterable[KernelSpec]) -> list[str]:
 
 
 def several_outputs_error(graph: Graph) -> CompileError | None:
-    """The diagnostic for the first node of several outputs that no kernel family lowers
-    (none does yet; the passes do not take such nodes either); None when there is none."""
+    """E0450 for the first node of several outputs that no kernel family lowers (none does
+    yet; the passes do not take such nodes either); None when there is none."""
     for node in graph.compute_nodes:
         if node.extra_types and kernel_family(node.op) is None:
-            return error("E0444", f"`{node.op}` ({node.id}) has {len(node.types)} outputs, and "
-                         "netc cannot compile an op of several outputs to CUDA yet",
-                         node.span, help="the reference backend runs it")
+            return cannot_compile(f"`{node.op}` ({node.id}) has {len(node.types)} outputs, and "
+                                  "the CUDA kernels compute ops of one output only (yet)",
+                                  node.span)
     return None
 
 
@@ -163,8 +164,7 @@ def lower(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> Lowered:
     _check_tiles(graph, tiles)
     batch_dims = graph.batch_dims()
     if len(batch_dims) > 1:
-        raise CodegenError(f"inputs name {len(batch_dims)} different run-time dimensions "
-                           f"({', '.join(batch_dims)}); netc's kernels take one batch size")
+        _one_batch_size(graph, batch_dims)
     state = _Lowering(graph, tiles, outputs={node_id for _, node_id in graph.outputs})
     launches: list[tuple[Node, KernelLaunch]] = []
     memory_constants = _constants_in_memory(graph)
@@ -192,8 +192,42 @@ def lower(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> Lowered:
             state.by_node[value] = state.add_buffer(
                 node, "output" if value in state.outputs else "intermediate", kind.shape,
                 dtype=kind.dtype)
-        launches.extend((node, launch) for launch in family.lower(state, node, NO_FUSION))
+        try:
+            launches.extend((node, launch) for launch in family.lower(state, node, NO_FUSION))
+        except CodegenLimit as limit:
+            raise cannot_compile(f"{_what(node)} (output {node.type}) needs {limit}",
+                                 node.span) from None
     return Lowered(graph, batch_dims, tuple(state.buffers), state.by_node, tuple(launches))
+
+
+OTHER_BACKENDS = ("run it with `--backend reference` or `--backend onnx`, or export it with "
+                  "`netc compile --target onnx`")
+"""Where a network the CUDA backend cannot compile does run (E0450's help)."""
+
+
+def cannot_compile(reason: str, span: Span | None) -> CompileError:
+    """E0450: a valid network beyond a limit of the CUDA kernels (exit status 1, not a bug)."""
+    return CompileError([Diagnostic("E0450", f"the CUDA backend cannot compile this network: "
+                                    f"{reason}", span, help=OTHER_BACKENDS)])
+
+
+def _what(node: Node) -> str:
+    return "+".join(member.op for member in node.members)
+
+
+def _one_batch_size(graph: Graph, batch_dims: Sequence[str]) -> None:
+    """Refuse inputs that name two run-time dimensions: every kernel takes one batch size.
+    (Several named dimensions are language v2; `netc check`, the reference interpreter and
+    ONNX take them today.)"""
+    first: dict[str, Node] = {}
+    for node in graph.inputs:
+        for dim in node.type.symbolic:
+            first.setdefault(dim, node)
+    shown = [f"`{first[dim].id}` ({first[dim].type})" for dim in batch_dims]
+    raise cannot_compile(
+        f"inputs {', '.join(shown[:-1])} and {shown[-1]} name different run-time dimensions "
+        f"({', '.join(batch_dims)}); netc's kernels take one batch size (several named "
+        "dimensions arrive with language v2)", first[batch_dims[1]].span)
 
 
 def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPlan:

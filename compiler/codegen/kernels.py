@@ -58,6 +58,11 @@ class CodegenError(Exception):
     """A graph that this code generator cannot lower (always a limit of netc, named in words)."""
 
 
+class CodegenLimit(CodegenError):
+    """A limit of CUDA that a valid network can exceed (a grid dimension): the user's to know
+    about, not a bug; `netc.codegen.emit.lower` reports it as E0450 at the node's line."""
+
+
 # Kernel specialisations --------------------------------------------------------------------
 
 
@@ -264,8 +269,8 @@ def _ints(*values: Dim) -> tuple[Arg, ...]:
 
 def _fixed_grid(count: int, what: str) -> GridDim:
     if count > MAX_GRID_YZ:
-        raise CodegenError(f"{count} blocks along grid y or z for {what}; CUDA allows "
-                           f"{MAX_GRID_YZ}")
+        raise CodegenLimit(f"{count:,} thread blocks along grid y or z for {what} (CUDA "
+                           f"allows {MAX_GRID_YZ:,})")
     return GridDim(0, count, 1)
 
 

@@ -43,6 +43,7 @@ from onnx import AttributeProto, TensorProto, numpy_helper
 
 from netc.diagnostics import CompileError, Diagnostic
 from netc.files import write_atomic
+from netc.frontend.limits import MAX_NODES, MAX_SOURCE_BYTES
 from netc.frontend.unparse import (
     COMMENT_FIELD_LIMIT,
     NameTable,
@@ -65,6 +66,8 @@ E_CONSTANT_TENSOR = "E0606"
 E_NOT_EXPRESSIBLE = "E0607"
 E_EXTRA_OUTPUT = "E0608"
 E_MODEL = "E0609"
+E_OPSET = "E0610"
+E_LIMIT = "E0611"
 
 # Which ONNX op types import, and as which `.net` ops, is found through the registrations
 # below: a handler registers with `@_handles(op types, ops=the .net ops it builds)`, and an op
@@ -364,6 +367,7 @@ class _Importer:
     # The three passes ---------------------------------------------------------------------
 
     def run(self) -> ImportedModel:
+        self.check_opset()
         self.check_model()
         self.collect_constants()
         self.declare_inputs()
@@ -373,10 +377,14 @@ class _Importer:
             if index in self.consumed:
                 continue
             self.translate(index, node)
+            if len(self.builder.nodes) > MAX_NODES:
+                raise CompileError([*self.problems, self.too_many_nodes()])
         output_map = self.declare_outputs()
         if self.problems:
             raise CompileError(self.problems)
         graph = self.builder.build()
+        if len(graph.nodes) > MAX_NODES:
+            raise CompileError([self.too_many_nodes()])
         producer = " ".join(comment_text(p, COMMENT_FIELD_LIMIT) for p in
                             (self.model.producer_name, self.model.producer_version) if p) or "unknown"
         comments = [f"imported from {comment_text(self.source, COMMENT_FIELD_LIMIT)} by `netc "
@@ -385,10 +393,53 @@ class _Importer:
         notes = tuple(comment_text(note) for note in self.notes)
         comments.extend(notes)
         text = render_net(graph, self.proposed_names, comments)
+        size = len(text.encode())
+        if size > MAX_SOURCE_BYTES:
+            raise CompileError([Diagnostic(
+                E_LIMIT, f"the imported `.net` file would be {size:,} bytes; netc reads `.net` "
+                f"files of at most {MAX_SOURCE_BYTES:,} bytes (MAX_SOURCE_BYTES, E0508), so it "
+                "could not compile what the import wrote",
+                help="import the model in parts, or shorten its value names")])
         return ImportedModel(text, dict(self.weights), graph, self.network, dict(self.input_ids),
                              output_map, notes)
 
+    def check_opset(self) -> None:
+        """An opset newer than the installed onnx package knows has semantics nothing here
+        can check (nor can constant folding, which runs onnx's reference implementation)."""
+        known = onnx.defs.onnx_opset_version()
+        if self.opset > known:
+            raise CompileError([Diagnostic(
+                E_OPSET, f"the model imports ONNX opset {self.opset}; the installed onnx package "
+                f"(version {onnx.__version__}) knows opsets up to {known}",
+                help=f"re-export the model with opset {known} or older, or upgrade the onnx "
+                     "package if that opset exists")])
+
+    def too_many_nodes(self) -> Diagnostic:
+        return Diagnostic(
+            E_LIMIT, f"the imported network would have more than {MAX_NODES:,} IR nodes; netc's "
+            f"front end accepts at most {MAX_NODES:,} (MAX_NODES, E0504), so it could not "
+            f"compile what the import wrote (the ONNX graph has {len(self.nodes):,} nodes)",
+            help="import the model in parts")
+
     def check_model(self) -> None:
+        # ONNX graphs are in SSA form: every value is written once. A second writer would
+        # silently replace the first for every later reader.
+        writers: dict[str, str] = {}
+        for info in self.graph.input:
+            writers[info.name] = "a graph input"
+        for tensor in self.graph.initializer:
+            writers.setdefault(tensor.name, "an initializer")
+        for index, node in enumerate(self.nodes):
+            for name in node.output:
+                if not name:
+                    continue
+                if name in writers:
+                    self.report(E_MODEL, f"{self.label(index)} writes `{name}`, which "
+                                f"{writers[name]} already writes; an ONNX value is written "
+                                "once (the graph is not in SSA form)",
+                                help="rename one of the two values")
+                else:
+                    writers[name] = self.label(index)
         if not self.graph.output:
             self.report(E_MODEL, "the ONNX graph has no outputs")
         if self.graph.sparse_initializer:

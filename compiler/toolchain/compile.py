@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from netc.files import write_atomic
 from netc.toolchain.binary import (
     COMPILE_STATS,
     DEFAULT_ARCHS,
@@ -237,10 +238,7 @@ def _write_failed_source(source: str, name: str) -> Path:
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     path = _failure_directory() / f"{name}-{digest}.cu"
     if not path.exists() or path.read_text() != source:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(handle, "w") as stream:
-            stream.write(source)
-        os.replace(temporary, path)
+        write_atomic(path, source)
     return path
 
 

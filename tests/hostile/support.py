@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import stat
 import subprocess
 import sys
@@ -30,8 +31,9 @@ class Run:
 
 
 def netc(*args: str | os.PathLike[str], cwd: Path, env: dict[str, str] | None = None,
-         timeout: float = 120) -> Run:
-    """`python -m netc ARGS` in `cwd`, with TMPDIR inside `cwd` so nothing lands in /tmp."""
+         timeout: float = 120, memory_limit: int | None = None) -> Run:
+    """`python -m netc ARGS` in `cwd`, with TMPDIR inside `cwd` so nothing lands in /tmp;
+    `memory_limit` caps its address space in bytes (RLIMIT_AS), for out-of-memory cases."""
     environment = {key: value for key, value in os.environ.items()
                    if not key.startswith(("NETC_", "XDG_CACHE"))}
     tmp = cwd / "tmp"
@@ -39,8 +41,13 @@ def netc(*args: str | os.PathLike[str], cwd: Path, env: dict[str, str] | None = 
     environment["TMPDIR"] = str(tmp)
     environment["HOME"] = str(cwd / "home")
     environment.update(env or {})
+    def limit_memory() -> None:
+        if memory_limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
     proc = subprocess.run([sys.executable, "-m", "netc", *map(str, args)], cwd=cwd,
-                          env=environment, capture_output=True, text=True, timeout=timeout)
+                          env=environment, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=limit_memory if memory_limit is not None else None)
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 

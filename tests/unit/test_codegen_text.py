@@ -14,11 +14,11 @@ import pytest
 
 from netc.codegen import kernels, pointwise
 from netc.codegen.emit import describe_node, generate, sanitize
-from netc.codegen.kernels import LOWERINGS, CodegenError
+from netc.codegen.kernels import LOWERINGS
 from netc.codegen.layout import BatchLinear, broadcast_strides, coalesce, contiguous_strides
 from netc.codegen.render import render, template_names
 from netc.codegen.tiles import BlockTile, GemmTile, RowTile, TileError
-from netc.diagnostics import Span
+from netc.diagnostics import CompileError, Span
 from netc.ir import Attrs, Graph, Node, Region, TensorType
 from netc.ops import REGISTRY
 from netc.ops.builder import GraphBuilder
@@ -314,8 +314,20 @@ def test_two_batch_names_are_refused() -> None:
     b = builder.input("b", "f32", ("M", 4))
     builder.output("y", builder.op("relu", a))
     builder.output("z", builder.op("relu", b))
-    with pytest.raises(CodegenError, match="one batch size"):
+    with pytest.raises(CompileError, match="one batch size") as caught:
         generate(builder.build())
+    assert [d.code for d in caught.value.diagnostics] == ["E0450"]
+    assert "`a` (f32[N, 4])" in str(caught.value) and "`b` (f32[M, 4])" in str(caught.value)
+    assert "--backend reference" in str(caught.value)
+
+
+def test_a_grid_beyond_cuda_is_a_diagnostic_at_the_layer() -> None:
+    builder = GraphBuilder("wide")
+    x = builder.input("x", "f32", ("N", 8))
+    builder.output("y", builder.op("dense", x, units=4_200_000))
+    with pytest.raises(CompileError, match="65,535") as caught:
+        generate(builder.build())
+    assert [d.code for d in caught.value.diagnostics] == ["E0450"]
 
 
 # Layout helpers ---------------------------------------------------------------------------

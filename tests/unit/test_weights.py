@@ -85,3 +85,35 @@ def test_bf16_safetensors_are_read(tmp_path: Path) -> None:
     path = tmp_path / "w.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + payload)
     np.testing.assert_array_equal(load_weights(path)["t"], values)
+
+
+def test_every_npz_layout_numpy_writes_is_read(tmp_path: Path) -> None:
+    """The checked `.npz` reader takes what NumPy writes: compressed, Fortran order, other
+    byte orders and widths, integers, empty and 0-d arrays."""
+    arrays = {
+        "plain": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "fortran": np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),
+        "big_endian": np.arange(5, dtype=">f8"),
+        "half": np.array([0.5, -1.0], dtype=np.float16),
+        "ints": np.array([[1, -2], [3, 4]], dtype=np.int64),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "scalar": np.array(2.5),
+    }
+    for name, save in (("a.npz", np.savez), ("b.npz", np.savez_compressed)):
+        save(tmp_path / name, **arrays)
+        loaded = load_weights(tmp_path / name)
+        assert set(loaded) == set(arrays)
+        for key, array in arrays.items():
+            assert loaded[key].dtype == np.float32
+            np.testing.assert_array_equal(loaded[key], array.astype(np.float32))
+
+
+def test_safetensors_with_empty_tensors_and_wide_dtypes_are_read(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    arrays = {"a": np.arange(6, dtype=np.float64).reshape(2, 3), "empty": np.zeros(0, np.float32),
+              "b": np.array([7], dtype=np.int32), "c": np.array([1e38, -3e38], dtype=np.float64)}
+    save_file(arrays, str(tmp_path / "w.safetensors"))
+    loaded = load_weights(tmp_path / "w.safetensors")
+    for key, array in arrays.items():
+        np.testing.assert_array_equal(loaded[key], array.astype(np.float32))

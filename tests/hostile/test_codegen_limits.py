@@ -1,0 +1,63 @@
+"""Issue 9, item 4: what `netc check` accepts, `compile` and `run` take or refuse in words.
+
+Two inputs with different named batch dimensions (`f32[N, 8]`, `f32[M, 8]`) and a layer whose
+grid passes CUDA's 65,535 blocks along y (`dense(v, 4200000)`) are valid networks: `check`
+accepts them and the reference and ONNX backends run them.  The CUDA kernels cannot, and code
+generation used to stop there with an internal error (exit status 2, "a bug in netc").  Now
+`compile` and the `cudasim` backend give E0450 at the line at fault, saying which backends do
+run the network, and write nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.hostile.support import changed, netc, tree_state
+
+pytestmark = pytest.mark.unit
+
+NETWORKS = {
+    "two-batches": ("""network two {
+    input a: f32[N, 8]
+    input b: f32[M, 8]
+    output y = relu(a)
+    output z = relu(b)
+}
+""", "m.net:3:", ("`a` (f32[N, 8])", "`b` (f32[M, 8])", "one batch size", "language v2")),
+    "wide-grid": ("""network wide {
+    input v: f32[N, 8]
+    output y = dense(v, 4200000)
+}
+""", "m.net:3:", ("dense", "65,535")),
+}
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_check_accepts_and_the_cuda_backend_refuses_in_words(tmp_path: Path, name: str) -> None:
+    source, where, needles = NETWORKS[name]
+    (tmp_path / "home").mkdir()
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "m.net").write_text(source)
+
+    check = netc("check", "m.net", cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    before = tree_state(tmp_path)
+    for args in (("compile", "m.net", "-o", "build"),
+                 ("run", "m.net", "--backend", "cudasim", "--random-input", "-o", "out.npz")):
+        result = netc(*args, cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert result.codes() == ["E0450"], result.stderr
+        assert "bug in netc" not in result.stderr
+        for needle in (where, "the CUDA backend cannot compile this network",
+                       "--backend reference", *needles):
+            assert needle in result.stderr, result.stderr
+        assert changed(before, tree_state(tmp_path)) == []
+
+
+def test_the_reference_backend_runs_two_batch_sizes(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "m.net").write_text(NETWORKS["two-batches"][0])
+    result = netc("run", "m.net", "--backend", "reference", "--random-input", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
