@@ -569,7 +569,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from netc.onnx.importer import import_onnx
 
     if not Path(args.onnx).is_file():
-        raise CompileError([Diagnostic("E0601", f"ONNX file `{args.onnx}` does not exist")])
+        why = "is not a regular file" if Path(args.onnx).exists() else "does not exist"
+        raise CompileError([Diagnostic("E0601", f"ONNX file `{args.onnx}` {why}")])
     net = Path(args.output)
     weights = Path(args.weights_out) if args.weights_out else net.with_suffix(".safetensors")
     for output in (net, weights):

@@ -255,7 +255,7 @@ def _onnx_layers(graph: Graph, weights: Mapping[str, np.ndarray],
         raise BackendUnavailable("the onnx backend needs onnxruntime") from None
     from onnx import helper
 
-    from netc.onnx.export import export_graph
+    from netc.onnx.export import ONNX_DTYPES, export_graph
 
     model = export_graph(graph, weights)
     names = onnx_value_names(graph)
@@ -270,12 +270,15 @@ def _onnx_layers(graph: Graph, weights: Mapping[str, np.ndarray],
         wanted[node.id] = name
         if name not in declared:
             info = infos.get(name) or helper.make_tensor_value_info(
-                name, model.graph.output[0].type.tensor_type.elem_type, None)
+                name, ONNX_DTYPES[node.type.dtype], None)
             model.graph.output.append(info)
             declared.add(name)
     session = onnxruntime.InferenceSession(model.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
-    feeds = {name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()}
+    if any(node.type.dtype == "bf16" for node in graph.inputs):
+        raise LayerViewUnavailable("onnxruntime's Python API takes no bfloat16 inputs")
+    feeds = {node.id: np.asarray(inputs[node.id], dtype=np.float16 if node.type.dtype == "f16"
+                                 else np.float32) for node in graph.inputs}
     order = list(dict.fromkeys(wanted.values()))
     results = dict(zip(order, session.run(order, feeds)))
     return {node_id: np.asarray(results[name], dtype=np.float32)

@@ -63,6 +63,10 @@ def read_source(path: Path, display: str, span: Span | None, reporter: Reporter,
                 sources: SourceMap, imported: bool = False) -> str | None:
     """The text of a `.net` file, or None after reporting why it cannot be had."""
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():
+            # A FIFO would block the open forever; a device is no source file either.
+            reporter.error("E0101", f"cannot read `{display}`: it is not a regular file", span)
+            return None
         with path.open("rb") as stream:
             # Read one byte past the limit, never the whole file: it may be /dev/zero.
             data = stream.read(MAX_SOURCE_BYTES + 1)

@@ -196,3 +196,15 @@ def test_reference_probe_matches_the_interpreter() -> None:
     outputs = run_reference(model.graph, weights, inputs)
     for name, node_id in model.graph.outputs:
         np.testing.assert_array_equal(layers[node_id], outputs[name])
+
+
+def test_layers_of_an_f16_network_on_onnx(tmp_path: Path) -> None:
+    """The onnx layer view feeds f16 inputs as float16 and declares each value's own type."""
+    pytest.importorskip("onnxruntime")
+    model = netc.loads("network half {\n    input x: f16[N, 8]\n    h = dense(x, 4) |> relu\n"
+                       "    output y = dense(h, 3)\n}\n")
+    weights = model.init_weights(seed=0)
+    report = compare(model.graph, weights, random_inputs(model.graph, batch=2),
+                     ["reference", "onnx"], layers=True)
+    assert report.agree, report.format()
+    assert report.result("onnx").layer_note == "3 nodes compared, none diverges"

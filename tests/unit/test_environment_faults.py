@@ -133,3 +133,18 @@ def test_progress_per_kernel_on_a_terminal_and_none_in_a_pipe() -> None:
     assert "[1/7] netc_conv2d" in shown and "[7/7]" in shown, shown
     piped = netc(*args, env={"NETC_PROGRESS_DELAY": "0"})
     assert piped.returncode == 0 and "[1/7]" not in piped.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_a_model_that_is_no_regular_file_is_named_so(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "m.net"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it would block forever
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    result = subprocess.run([sys.executable, "-m", "netc", "check", str(path)], timeout=60,
+                            capture_output=True, text=True)
+    assert_user_error(result, "E0101")
+    assert "does not exist" not in result.stderr

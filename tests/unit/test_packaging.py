@@ -3,6 +3,7 @@ templates ship as package data, and nothing but `netc` lands top-level in site-p
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -16,11 +17,24 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
+SOURCES = ("compiler", "grammar", "templates", "runtime", "simulator", "pyproject.toml",
+           "README.md")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources, and a test
+    # leaves nothing outside its temporary directory.
+    source = tmp_path_factory.mktemp("source")
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                    "-q", "-w", str(out), str(ROOT)], check=True)
+                    "-q", "-w", str(out), str(source)], check=True)
     (built,) = out.glob("netc-*.whl")
     return built
 
