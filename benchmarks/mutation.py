@@ -84,7 +84,7 @@ TARGETS: dict[str, Target] = {
         "tests/unit/test_arena_plan.py", "tests/unit/test_plan_boundaries.py",
         SIM + "test_arena.py")),
     # The ONNX importer's window and GEMM handlers.
-    "onnx.importer": Target(("compiler/onnx/importer.py",), (
+    "onnx.importer": Target(("compiler/onnx/importer/handlers.py", "compiler/onnx/importer.py"), (
         "tests/unit/test_onnx_import.py", "tests/unit/test_blindspots_onnx_import.py"),
         functions=r"_gemm|_spatial|_conv|_pool|_windowed_input|_require_4d", focus=(
             r"if kernel != tuple\(weight.shape", r"if \(top, left\) != \(bottom, right\)",

@@ -61,7 +61,7 @@ def missing_pieces(opdef: OpDef) -> list[str]:
         return missing  # made by passes: never imported, not part of the language's docs
     if opdef.name not in imported_ops():
         missing.append(f"{op} has no ONNX import: no `OpDef.onnx` form and no handler "
-                       "registered with `_handles(..., ops=...)` in onnx/importer.py")
+                       "registered with `_handles(..., ops=...)` in onnx/importer/handlers.py")
     if opdef.name not in documented_ops():
         missing.append(f"{op} has no row in docs/ops.md")
     return missing

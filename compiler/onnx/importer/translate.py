@@ -1,0 +1,674 @@
+"""The importer's passes over an ONNX graph: inputs, constants (folded with ONNX's reference
+implementation), patterns (GELU, SiLU), translation of each node through its handler, outputs;
+and the `.net` text written from the graph built."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto, numpy_helper
+
+from netc.diagnostics import CompileError, Diagnostic
+from netc.frontend.limits import MAX_NODES, MAX_SOURCE_BYTES
+from netc.frontend.unparse import (
+    COMMENT_FIELD_LIMIT,
+    NameTable,
+    comment_text,
+    is_valid_name,
+    render_net,
+)
+from netc.ir import Dim, TensorType, format_shape
+from netc.onnx.importer.model import (
+    _DTYPES,
+    _FOLD_LIMIT,
+    _NONDETERMINISTIC,
+    E_CONSTANT_TENSOR,
+    E_DTYPE,
+    E_LIMIT,
+    E_MODEL,
+    E_NOT_CONSTANT,
+    E_NOT_EXPRESSIBLE,
+    E_OPSET,
+    E_SHAPE,
+    E_UNSUPPORTED_ATTRIBUTE,
+    E_UNSUPPORTED_OP,
+    ImportedModel,
+)
+from netc.ops import ShapeError
+from netc.ops.builder import GraphBuilder
+
+# Import -----------------------------------------------------------------------------------
+
+
+class _Poisoned(Exception):
+    """An operand comes from a node that could not be imported (already reported)."""
+
+
+@dataclass
+class _Problems:
+    """The problems found with one node; reported together."""
+
+    label: str
+    found: list[Diagnostic] = field(default_factory=list)
+
+    def add(self, code: str, message: str, help: str | None = None) -> None:
+        self.found.append(Diagnostic(code, f"{self.label}: {message}", help=help))
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """An int64 vector (or scalar) computed from tensor shapes by Shape, Gather, Concat, ...:
+    each entry an int or the batch name. Exporters build a Reshape's target this way to keep
+    the batch dynamic (`x.view(x.size(0), -1)`); fully known ones become constants."""
+
+    entries: tuple[int | str, ...]
+    scalar: bool = False
+
+    def value(self) -> _Shape | np.ndarray:
+        if any(isinstance(e, str) for e in self.entries):
+            return self
+        array = np.array(self.entries, dtype=np.int64)
+        return array.reshape(()) if self.scalar else array
+
+
+_POISON = object()
+Value = Any
+"""str: an IR value id; np.ndarray: a constant known at import time; _Shape: a shape vector
+holding the batch; _POISON: unimportable."""
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    return {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+
+
+def _decode(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    """The value of a `Constant` node, whichever attribute holds it."""
+    (attr,) = node.attribute
+    if attr.type == AttributeProto.TENSOR:
+        return numpy_helper.to_array(attr.t)
+    if attr.name == "value_float":
+        return np.array(attr.f, dtype=np.float32)
+    if attr.name == "value_floats":
+        return np.array(list(attr.floats), dtype=np.float32)
+    if attr.name == "value_int":
+        return np.array(attr.i, dtype=np.int64)
+    if attr.name == "value_ints":
+        return np.array(list(attr.ints), dtype=np.int64)
+    raise ValueError(f"Constant with attribute `{attr.name}` is not supported")
+
+
+def _is_scalar_for(constant: np.ndarray, rank: int) -> bool:
+    """A constant that acts as a number against a tensor of `rank` (one value, no new dims)."""
+    return constant.size == 1 and constant.ndim <= rank
+
+
+def _float_kind(array: np.ndarray) -> bool:
+    return array.dtype.kind == "f"
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, source: str, network_name: str | None) -> None:
+        self.model = model
+        self.source = source
+        self.graph = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          1)
+        self.nodes = list(self.graph.node)
+        self.problems: list[Diagnostic] = []
+        self.notes: list[str] = []
+        self.values: dict[str, Value] = {}
+        self.weights: dict[str, np.ndarray] = {}
+        self.proposed_names: dict[str, str] = {}
+        self.layer_names = NameTable()
+        self.layer_counts: dict[str, int] = {}
+        self.consumed: set[int] = set()
+        self.origin: dict[str, str] = {}
+        """Folded constant -> the initializer it was computed from (for layer names)."""
+        self.patterns: dict[int, Callable[[], None]] = {}
+        self.users: dict[str, list[int]] = {}
+        for index, node in enumerate(self.nodes):
+            for name in node.input:
+                if name:
+                    self.users.setdefault(name, []).append(index)
+        self.graph_outputs = {output.name for output in self.graph.output}
+        self.elem_types = {info.name: info.type.tensor_type.elem_type
+                           for info in (*self.graph.input, *self.graph.value_info,
+                                        *self.graph.output)
+                           if info.type.HasField("tensor_type")}
+        name = network_name or self.graph.name or Path(source).stem or "imported"
+        self.network = NameTable.sanitise(name, "imported") if not is_valid_name(name) else name
+        self.builder = GraphBuilder(self.network)
+        self.batch_value: int | None = None
+        """The fixed first dimension of the first input, where the ONNX model fixes it."""
+        self.input_ids: dict[str, str] = {}
+        self.unsupported_help_given = False
+
+    # Reporting ----------------------------------------------------------------------------
+
+    def label(self, index: int) -> str:
+        node = self.nodes[index]
+        named = f"`{node.name}`" if node.name else f"#{index} (unnamed)"
+        return f"{node.op_type} node {named}"
+
+    def report(self, code: str, message: str, help: str | None = None) -> None:
+        self.problems.append(Diagnostic(code, message, help=help))
+
+    # Operands -----------------------------------------------------------------------------
+
+    def operand(self, node: onnx.NodeProto, position: int) -> Value | None:
+        if position >= len(node.input) or not node.input[position]:
+            return None
+        name = node.input[position]
+        if name not in self.values:
+            raise KeyError(name)
+        value = self.values[name]
+        if value is _POISON:
+            raise _Poisoned
+        return value
+
+    def tensor(self, node: onnx.NodeProto, position: int, problems: _Problems,
+               what: str = "input") -> str | None:
+        value = self.operand(node, position)
+        if value is None:
+            problems.add(E_MODEL, f"the {what} (operand {position}) is missing")
+            return None
+        if isinstance(value, np.ndarray):
+            problems.add(E_CONSTANT_TENSOR,
+                         f"the {what} (operand {position}, `{node.input[position]}`) is a constant "
+                         f"of shape {format_shape(value.shape)}; `.net` has no constant tensors",
+                         help="only scalar constants (numbers) and layer parameters are expressible")
+            return None
+        if isinstance(value, _Shape):
+            problems.add(E_NOT_EXPRESSIBLE,
+                         f"the {what} (operand {position}, `{node.input[position]}`) is computed "
+                         "from the run-time batch size; `.net` uses it only as a Reshape target "
+                         "that keeps the batch")
+            return None
+        return str(value)
+
+    def constant(self, node: onnx.NodeProto, position: int, problems: _Problems, what: str,
+                 required: bool = True) -> np.ndarray | None:
+        value = self.operand(node, position)
+        if value is None:
+            if required:
+                problems.add(E_MODEL, f"the {what} (operand {position}) is missing")
+            return None
+        if not isinstance(value, np.ndarray):
+            problems.add(E_NOT_CONSTANT,
+                         f"the {what} (operand {position}, `{node.input[position]}`) is computed "
+                         "at run time; `.net` needs it as a constant (an initializer)",
+                         help="store it as an initializer in the ONNX model")
+            return None
+        if what != "shape" and not _float_kind(value):
+            problems.add(E_DTYPE, f"the {what} has dtype {value.dtype}; only float tensors import")
+            return None
+        return value
+
+    def type_of(self, value: str) -> TensorType:
+        return self.builder.type_of(value)
+
+    # Building -----------------------------------------------------------------------------
+
+    def layer_name(self, node: onnx.NodeProto, op: str, weight_position: int = 1) -> str:
+        """The layer's name: from its weight's name where that is `<layer>.weight` (PyTorch's
+        and netc's own exports), else from the node's name, else `<op>_<k>`."""
+        weight = node.input[weight_position] if weight_position < len(node.input) else ""
+        weight = self.origin.get(weight, weight)
+        if weight.endswith(".weight") and len(weight) > len(".weight"):
+            return self.layer_names.claim(weight[:-len(".weight")], op)
+        if node.name:
+            return self.layer_names.claim(node.name, op)
+        count = self.layer_counts.get(op, 0)
+        self.layer_counts[op] = count + 1
+        return self.layer_names.claim(f"{op}_{count}", op)
+
+    def apply(self, problems: _Problems, op: str, *inputs: str, layer: str | None = None,
+              params: Mapping[str, np.ndarray] | None = None, **attrs: Any) -> str:
+        """One `.net` op through the builder (typed by the registry); a shape the language
+        rejects becomes a diagnostic. `params` are the layer's weights by short name."""
+        try:
+            value = self.builder.op(op, *inputs, name=layer, **attrs)
+        except (ShapeError, ValueError) as exc:
+            shapes = ", ".join(str(self.type_of(i)) for i in inputs)
+            problems.add(E_NOT_EXPRESSIBLE, f"as `{op}` on {shapes}: {exc}")
+            raise _Poisoned from None
+        if layer is not None:
+            node = self.builder.nodes[-1]
+            for param_id in node.inputs[len(inputs):]:
+                short = param_id[len(layer) + 1:]
+                array = np.asarray((params or {})[short], dtype=np.float32)
+                expected = self.builder.type_of(param_id).shape
+                if array.shape != expected:
+                    array = array.reshape(expected) if array.size == math.prod(expected) else array
+                if array.shape != expected:
+                    problems.add(E_NOT_EXPRESSIBLE, f"parameter `{short}` has shape "
+                                 f"{format_shape(array.shape)}; `{op}` needs {format_shape(expected)}")
+                    raise _Poisoned
+                self.weights[param_id] = np.ascontiguousarray(array)
+        return value
+
+    def number(self, value: np.ndarray, problems: _Problems, dtype: str) -> str:
+        scalar = float(np.asarray(value, dtype=np.float64).reshape(()))
+        if not math.isfinite(scalar):
+            problems.add(E_CONSTANT_TENSOR, f"the constant {scalar} has no `.net` literal")
+            raise _Poisoned
+        return self.builder.constant(scalar, dtype)
+
+    # The three passes ---------------------------------------------------------------------
+
+    def run(self) -> ImportedModel:
+        self.check_opset()
+        self.check_model()
+        self.collect_constants()
+        self.declare_inputs()
+        self.fold_constants()
+        self.match_patterns()
+        for index, node in enumerate(self.nodes):
+            if index in self.consumed:
+                continue
+            self.translate(index, node)
+            if len(self.builder.nodes) > MAX_NODES:
+                raise CompileError([*self.problems, self.too_many_nodes()])
+        output_map = self.declare_outputs()
+        if self.problems:
+            raise CompileError(self.problems)
+        graph = self.builder.build()
+        if len(graph.nodes) > MAX_NODES:
+            raise CompileError([self.too_many_nodes()])
+        producer = " ".join(comment_text(p, COMMENT_FIELD_LIMIT) for p in
+                            (self.model.producer_name, self.model.producer_version) if p) or "unknown"
+        comments = [f"imported from {comment_text(self.source, COMMENT_FIELD_LIMIT)} by `netc "
+                    f"import` (ONNX opset {self.opset}, producer {producer})"]
+        # Notes quote input, initializer and node names: file text, shown and written escaped.
+        notes = tuple(comment_text(note) for note in self.notes)
+        comments.extend(notes)
+        text = render_net(graph, self.proposed_names, comments)
+        size = len(text.encode())
+        if size > MAX_SOURCE_BYTES:
+            raise CompileError([Diagnostic(
+                E_LIMIT, f"the imported `.net` file would be {size:,} bytes; netc reads `.net` "
+                f"files of at most {MAX_SOURCE_BYTES:,} bytes (MAX_SOURCE_BYTES, E0508), so it "
+                "could not compile what the import wrote",
+                help="import the model in parts, or shorten its value names")])
+        return ImportedModel(text, dict(self.weights), graph, self.network, dict(self.input_ids),
+                             output_map, notes)
+
+    def check_opset(self) -> None:
+        """An opset newer than the installed onnx package knows has semantics nothing here
+        can check (nor can constant folding, which runs onnx's reference implementation)."""
+        known = onnx.defs.onnx_opset_version()
+        if self.opset > known:
+            raise CompileError([Diagnostic(
+                E_OPSET, f"the model imports ONNX opset {self.opset}; the installed onnx package "
+                f"(version {onnx.__version__}) knows opsets up to {known}",
+                help=f"re-export the model with opset {known} or older, or upgrade the onnx "
+                     "package if that opset exists")])
+
+    def too_many_nodes(self) -> Diagnostic:
+        return Diagnostic(
+            E_LIMIT, f"the imported network would have more than {MAX_NODES:,} IR nodes; netc's "
+            f"front end accepts at most {MAX_NODES:,} (MAX_NODES, E0504), so it could not "
+            f"compile what the import wrote (the ONNX graph has {len(self.nodes):,} nodes)",
+            help="import the model in parts")
+
+    def check_model(self) -> None:
+        # ONNX graphs are in SSA form: every value is written once. A second writer would
+        # silently replace the first for every later reader.
+        writers: dict[str, str] = {}
+        for info in self.graph.input:
+            writers[info.name] = "a graph input"
+        for tensor in self.graph.initializer:
+            writers.setdefault(tensor.name, "an initializer")
+        for index, node in enumerate(self.nodes):
+            for name in node.output:
+                if not name:
+                    continue
+                if name in writers:
+                    self.report(E_MODEL, f"{self.label(index)} writes `{name}`, which "
+                                f"{writers[name]} already writes; an ONNX value is written "
+                                "once (the graph is not in SSA form)",
+                                help="rename one of the two values")
+                else:
+                    writers[name] = self.label(index)
+        if not self.graph.output:
+            self.report(E_MODEL, "the ONNX graph has no outputs")
+        if self.graph.sparse_initializer:
+            self.report(E_MODEL, "sparse initializers are not supported",
+                        help="densify them before import")
+
+    def collect_constants(self) -> None:
+        for tensor in self.graph.initializer:
+            try:
+                self.values[tensor.name] = numpy_helper.to_array(tensor)
+            except Exception as exc:  # external data that is missing, unknown dtypes
+                self.report(E_MODEL, f"cannot read initializer `{tensor.name}`: {exc}")
+                self.values[tensor.name] = _POISON
+
+    def declare_inputs(self) -> None:
+        names = NameTable()
+        batch_symbols: list[str] = []
+        overridable = [i.name for i in self.graph.input if i.name in self.values]
+        if overridable:
+            self.notes.append("initializers also listed as graph inputs are imported as "
+                              f"constants: {', '.join(overridable[:8])}"
+                              + (" ..." if len(overridable) > 8 else ""))
+        for info in self.graph.input:
+            if info.name in self.values:
+                continue
+            problems = _Problems(f"graph input `{info.name}`")
+            if not info.type.HasField("tensor_type"):
+                problems.add(E_DTYPE, f"has type {info.type.WhichOneof('value')}; only float "
+                             "tensors import")
+            else:
+                tensor_type = info.type.tensor_type
+                dtype = _DTYPES.get(tensor_type.elem_type)
+                if dtype is None:
+                    problems.add(E_DTYPE, "has element type "
+                                 f"{TensorProto.DataType.Name(tensor_type.elem_type)}; `.net` "
+                                 "tensors are f32, f16 or bf16")
+                shape = self.input_shape(info, tensor_type, problems, batch_symbols)
+                if not problems.found and dtype is not None and shape is not None:
+                    net_name = names.claim(info.name, "input")
+                    self.input_ids[info.name] = self.builder.input(net_name, dtype, shape)
+                    self.values[info.name] = net_name
+                    continue
+            self.problems.extend(problems.found)
+            self.values[info.name] = _POISON
+        if len(set(batch_symbols)) > 1:
+            self.notes.append("the batch dimensions " + ", ".join(sorted(set(batch_symbols)))
+                              + " of the ONNX inputs are all imported as N")
+
+    def input_shape(self, info: onnx.ValueInfoProto, tensor_type: onnx.TypeProto.Tensor,
+                    problems: _Problems, batch_symbols: list[str]) -> tuple[Dim, ...] | None:
+        if not tensor_type.HasField("shape"):
+            problems.add(E_SHAPE, "has no shape (unknown rank); `.net` inputs have a fixed rank",
+                         help="give the input a shape, e.g. with onnx.shape_inference")
+            return None
+        dims = list(tensor_type.shape.dim)
+        if not dims:
+            problems.add(E_SHAPE, "is a scalar; `.net` inputs have at least one dimension "
+                         "(the batch)")
+            return None
+        shape: list[Dim] = ["N"]
+        first = dims[0]
+        if first.HasField("dim_value"):
+            size = first.dim_value
+            if self.batch_value is None and not self.input_ids and not batch_symbols:
+                self.batch_value = size
+            if size == self.batch_value:
+                self.notes.append(f"input `{info.name}` has a fixed first dimension {size} in "
+                                  "the ONNX model; it is imported as the batch N")
+            else:
+                shape = [size]  # a different size cannot be the batch; it stays fixed
+        else:
+            batch_symbols.append(first.dim_param or "?")
+        for position, dim in enumerate(dims[1:], start=1):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                shape.append(dim.dim_value)
+            else:
+                what = f"`{dim.dim_param}`" if dim.dim_param else "unknown"
+                problems.add(E_SHAPE, f"has a dynamic dimension {what} at position {position}; "
+                             "`.net` allows a named (run-time) dimension only first, the batch",
+                             help="fix the other dimensions, e.g. with "
+                                  "onnx.tools.update_model_dims or by re-exporting")
+                return None
+        return tuple(shape)
+
+    def fold_constants(self) -> None:
+        for index, node in enumerate(self.nodes):
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                try:
+                    self.values[node.output[0]] = _constant_value(node)
+                except Exception as exc:
+                    self.report(E_UNSUPPORTED_ATTRIBUTE, f"{self.label(index)}: {exc}")
+                    self.values[node.output[0]] = _POISON
+                self.consumed.add(index)
+                continue
+            if node.op_type == "CastLike" and len(node.input) == 2 and \
+                    isinstance(self.values.get(node.input[0]), np.ndarray) and \
+                    self.elem_types.get(node.input[1]) in (TensorProto.FLOAT, TensorProto.FLOAT16):
+                # A constant cast to the type of a tensor: the tensor's type is declared.
+                target = onnx.helper.tensor_dtype_to_np_dtype(self.elem_types[node.input[1]])
+                self.values[node.output[0]] = self.values[node.input[0]].astype(target)
+                self.consumed.add(index)
+                continue
+            if self.fold(node):
+                self.consumed.add(index)
+
+    def fold(self, node: onnx.NodeProto) -> bool:
+        """Evaluate `node` now if all its inputs are constants; whether it was."""
+        from onnx.reference import ReferenceEvaluator
+
+        names = [n for n in node.input if n]
+        if (not names or node.domain not in ("", "ai.onnx")
+                or node.op_type in _NONDETERMINISTIC
+                or not all(isinstance(self.values.get(n), np.ndarray) for n in names)
+                or any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+                       for a in node.attribute)):
+            return False
+        try:
+            evaluator = ReferenceEvaluator(node, opsets={"": self.opset})
+            feeds = {n: self.values[n] for n in names}
+            results: list[Any] = list(evaluator.run(None, feeds))
+        except Exception:  # leave it to translation, which reports it
+            return False
+        if any(np.asarray(r).size > _FOLD_LIMIT for r in results):
+            return False
+        for name, result in zip(node.output, results):
+            if name:
+                self.values[name] = np.asarray(result)
+        # A weight that the exporter transposed or cast keeps its name for the layer.
+        sources = [self.origin.get(n, n) for n in names
+                   if np.asarray(self.values[n]).size == np.asarray(results[0]).size]
+        if len(node.output) == 1 and len(sources) == 1:
+            self.origin[node.output[0]] = sources[0]
+        return True
+
+    # Patterns -----------------------------------------------------------------------------
+
+    def producer(self, name: str) -> int | None:
+        for index, node in enumerate(self.nodes):
+            if name in node.output:
+                return index
+        return None
+
+    def only_user(self, name: str) -> int | None:
+        users = self.users.get(name, [])
+        if len(users) != 1 or name in self.graph_outputs:
+            return None
+        return users[0]
+
+    def constant_near(self, name: str, target: float, tolerance: float = 1e-6) -> bool:
+        value = self.values.get(name)
+        return (isinstance(value, np.ndarray) and value.size == 1 and _float_kind(value)
+                and abs(float(value.reshape(())) - target) <= tolerance * max(1.0, abs(target)))
+
+    def other_operand(self, index: int, name: str) -> str | None:
+        node = self.nodes[index]
+        if len(node.input) != 2 or name not in node.input:
+            return None
+        return node.input[1] if node.input[0] == name else node.input[0]
+
+    def match_patterns(self) -> None:
+        for index, node in enumerate(self.nodes):
+            if node.op_type == "Erf" and index not in self.consumed:
+                self.match_gelu(index)
+            elif node.op_type == "Sigmoid" and index not in self.consumed:
+                self.match_silu(index)
+
+    def replace_with(self, op: str, x: str, matched: set[int], last: int) -> None:
+        """Translate the nodes `matched` as one `op` applied to `x`, at the last of them."""
+        final = max(matched)
+        self.consumed.update(matched - {final})
+        output = self.nodes[last].output[0]
+
+        def emit() -> None:
+            problems = _Problems(f"{op} pattern ending at {self.label(final)}")
+            value = self.values.get(x, _POISON)
+            try:
+                if not isinstance(value, str):
+                    raise _Poisoned
+                self.bind(output, self.apply(problems, op, value))
+            except _Poisoned:
+                self.values[output] = _POISON
+            self.problems.extend(problems.found)
+
+        self.patterns[final] = emit
+
+    def match_silu(self, sigmoid_index: int) -> None:
+        """x * sigmoid(x), as exporters write SiLU (Swish)."""
+        sigmoid = self.nodes[sigmoid_index]
+        x = sigmoid.input[0]
+        user = self.only_user(sigmoid.output[0])
+        if user is None or self.nodes[user].op_type != "Mul" or \
+                self.other_operand(user, sigmoid.output[0]) != x or \
+                isinstance(self.values.get(x), np.ndarray):
+            return
+        self.replace_with("silu", x, {sigmoid_index, user}, user)
+
+    def match_gelu(self, erf_index: int) -> None:
+        """0.5 * x * (1 + erf(x / sqrt 2)), in the orders exporters write it."""
+        erf = self.nodes[erf_index]
+        scaled = self.producer(erf.input[0])
+        if scaled is None or self.only_user(erf.input[0]) != erf_index:
+            return
+        scale_node = self.nodes[scaled]
+        if scale_node.op_type == "Div":
+            x = scale_node.input[0]
+            if not self.constant_near(scale_node.input[1], math.sqrt(2.0)):
+                return
+        elif scale_node.op_type == "Mul":
+            x = self.other_operand(scaled, next((n for n in scale_node.input
+                                                 if self.constant_near(n, math.sqrt(0.5))), ""))
+            if x is None:
+                return
+        else:
+            return
+        add = self.only_user(erf.output[0])
+        if add is None or self.nodes[add].op_type not in ("Add", "Sum"):
+            return
+        one = self.other_operand(add, erf.output[0])
+        if one is None or not self.constant_near(one, 1.0):
+            return
+        first = self.only_user(self.nodes[add].output[0])
+        if first is None or self.nodes[first].op_type != "Mul":
+            return
+        partner = self.other_operand(first, self.nodes[add].output[0])
+        if partner is None:
+            return
+        matched = {scaled, erf_index, add, first}
+        if partner == x:  # (x * (1 + erf)) * 0.5
+            last = self.only_user(self.nodes[first].output[0])
+            if last is None or self.nodes[last].op_type != "Mul":
+                return
+            half = self.other_operand(last, self.nodes[first].output[0])
+            if half is None or not self.constant_near(half, 0.5):
+                return
+            matched.add(last)
+        elif self.constant_near(partner, 0.5):  # x * ((1 + erf) * 0.5)
+            last = self.only_user(self.nodes[first].output[0])
+            if last is None or self.nodes[last].op_type != "Mul" or \
+                    self.other_operand(last, self.nodes[first].output[0]) != x:
+                return
+            matched.add(last)
+        else:  # (x * 0.5) * (1 + erf)
+            half_index = self.producer(partner)
+            if half_index is None or self.only_user(partner) != first:
+                return
+            half_node = self.nodes[half_index]
+            if half_node.op_type != "Mul" or x not in half_node.input or \
+                    not self.constant_near(self.other_operand(half_index, x) or "", 0.5):
+                return
+            matched.add(half_index)
+            last = first
+        if isinstance(self.values.get(x), np.ndarray):
+            return  # all constant: folded already
+        self.replace_with("gelu", x, matched, last)
+
+    # Translation --------------------------------------------------------------------------
+
+    def bind(self, onnx_name: str, value: Value) -> None:
+        self.values[onnx_name] = value
+        if isinstance(value, str) and value not in self.proposed_names:
+            self.proposed_names[value] = onnx_name
+
+    def translate(self, index: int, node: onnx.NodeProto) -> None:
+        if index in self.patterns:
+            self.patterns[index]()
+            return
+        problems = _Problems(self.label(index))
+        default_domain = node.domain in ("", "ai.onnx")
+        operands = [self.values.get(name) for name in node.input if name]
+        if default_domain and self.fold(node):
+            return  # its inputs became constants during translation (shape arithmetic)
+        from netc.onnx.importer.handlers import _SHAPE_HANDLERS, _handler
+
+        handler = _handler(node.op_type) if default_domain else None
+        if default_domain and (node.op_type == "Shape" or (
+                node.op_type in _SHAPE_HANDLERS and any(isinstance(v, _Shape)
+                                                        for v in operands))):
+            handler = _SHAPE_HANDLERS[node.op_type]
+        elif handler is not None and node.op_type != "Reshape" and \
+                any(isinstance(v, _Shape) for v in operands):
+            problems.add(E_NOT_EXPRESSIBLE, "computes with the run-time batch size (from a "
+                         "`Shape` node); `.net` uses the batch only as a Reshape target that "
+                         "keeps it")
+            handler = None
+        if handler is None and problems.found:
+            pass
+        elif handler is None:
+            domain = f" (domain `{node.domain}`)" if node.domain not in ("", "ai.onnx") else ""
+            problems.add(E_UNSUPPORTED_OP, f"op `{node.op_type}`{domain} has no `.net` "
+                         "equivalent" + (" outside the GELU pattern" if node.op_type == "Erf"
+                                         else ""),
+                         help=None if self.unsupported_help_given else
+                         "the ONNX import supports " + ", ".join(_supported_ops())
+                         + " (see docs/onnx.md)")
+            self.unsupported_help_given = True
+        else:
+            try:
+                results = handler(self, index, node, problems)
+                if not problems.found:
+                    for name, value in results.items():
+                        self.bind(name, value)
+            except _Poisoned:
+                pass
+            except KeyError as exc:
+                problems.add(E_MODEL, f"uses `{exc.args[0]}`, which no earlier node, "
+                             "initializer or input defines (is the graph topologically sorted?)")
+        self.problems.extend(problems.found)
+        for name in node.output:
+            if name and name not in self.values:
+                self.values[name] = _POISON
+
+    def declare_outputs(self) -> dict[str, str]:
+        names = NameTable()
+        output_map: dict[str, str] = {}
+        for info in self.graph.output:
+            value = self.values.get(info.name, _POISON)
+            if value is _POISON:
+                continue
+            if isinstance(value, np.ndarray):
+                self.report(E_CONSTANT_TENSOR, f"graph output `{info.name}` is a constant; "
+                            "`.net` outputs are computed from the inputs")
+                continue
+            net_name = names.claim(info.name, "output")
+            output_map[info.name] = net_name
+            self.builder.output(net_name, value)
+        return output_map
+
+
+def _supported_ops() -> tuple[str, ...]:
+    from netc.onnx.importer.handlers import supported_ops
+
+    return supported_ops()
