@@ -162,7 +162,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     if optimized is not None:
         print()
         print(optimized.log())
+    _warn_backend_limits(graph)
     return 0
+
+
+CHECK_COMPILE_LIMIT = 5000
+"""`check` tries the CUDA compile for networks up to this many nodes (it costs about as much as
+the front end; a larger network is checked without it)."""
+
+
+def _warn_backend_limits(graph: Graph) -> None:
+    """What `check` accepts, `compile` must not refuse by surprise: a valid network beyond a
+    limit of the CUDA backend (several named dimensions, a grid too large) is said here as a
+    warning (E0450), and the other backends still run it."""
+    if len(graph.nodes) > CHECK_COMPILE_LIMIT:
+        return
+    from dataclasses import replace
+
+    from netc.driver import compile_graph
+
+    try:
+        compile_graph(graph)
+    except CompileError as exc:
+        for diagnostic in exc.diagnostics:
+            print(replace(diagnostic, severity="warning").render(exc.sources), file=sys.stderr)
 
 
 # netc init ------------------------------------------------------------------------------

@@ -67,10 +67,12 @@ class Diagnostic:
     span: Span | None = None
     help: str | None = None
     notes: tuple[str, ...] = ()
+    severity: str = "error"
+    """`error`, or `warning` for something that does not stop the command."""
 
     def render(self, sources: SourceMap | None = None) -> str:
         where = f"{self.span}: " if self.span else ""
-        lines = [f"{where}error[{self.code}]: {printable(self.message)}"]
+        lines = [f"{where}{self.severity}[{self.code}]: {printable(self.message)}"]
         text = sources.line(self.span.file, self.span.line) if (sources and self.span) else None
         if text is not None and self.span is not None:
             lines.extend(_quote(text, self.span))

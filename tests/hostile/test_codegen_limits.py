@@ -43,6 +43,10 @@ def test_check_accepts_and_the_cuda_backend_refuses_in_words(tmp_path: Path, nam
 
     check = netc("check", "m.net", cwd=tmp_path)
     assert check.returncode == 0, check.stderr
+    # check says up front what compile will refuse, as a warning.
+    warning = next(line for line in check.stderr.splitlines() if "warning[E0450]" in line)
+    assert warning.startswith(where), check.stderr
+    assert "the CUDA backend cannot compile this network" in warning
     before = tree_state(tmp_path)
     for args in (("compile", "m.net", "-o", "build"),
                  ("run", "m.net", "--backend", "cudasim", "--random-input", "-o", "out.npz")):
