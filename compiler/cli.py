@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from netc.codegen.targets import ARCHS, DEFAULT_ARCH
 from netc.diagnostics import CompileError, Diagnostic, printable
-from netc.ir import Graph, format_shape
+from netc.ir import Graph, TensorType, format_shape
 from netc.text import format_table
 
 if TYPE_CHECKING:
@@ -273,16 +273,18 @@ def _weights_for(graph: Graph, args: argparse.Namespace) -> dict[str, np.ndarray
     return init_weights(graph, args.seed)
 
 
-def _inputs_for(graph: Graph, args: argparse.Namespace) -> dict[str, np.ndarray]:
+def _inputs_for(declared: Mapping[str, TensorType],
+                args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """The inputs of `--input` or `--random-input` for a network that takes `declared`."""
     if args.random_input:
         if args.input:
             raise CompileError([Diagnostic("E0406", "give either --input or --random-input, "
                                            "not both")])
-        from netc.reference import random_inputs
+        from netc.reference import random_arrays
 
-        return random_inputs(graph, args.batch, args.seed)
+        return random_arrays(declared, args.batch, args.seed)
     if not args.input:
-        names = ", ".join(f"{n.id}: {n.type}" for n in graph.inputs)
+        names = ", ".join(f"{name}: {tensor}" for name, tensor in declared.items())
         raise CompileError([Diagnostic(
             "E0401", f"no inputs given; the network takes {names}",
             help="pass --input NAME=FILE.npy for each input, or --random-input [--batch B]")])
@@ -340,7 +342,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_artifact(args)
     graph = _load(args)
     weights = _weights_for(graph, args)
-    inputs = _inputs_for(graph, args)
+    inputs = _inputs_for({n.id: n.type for n in graph.inputs}, args)
     backend = _backend(args)
     options: dict[str, object] = {}
     if backend in PLAN_BACKENDS:
@@ -381,24 +383,8 @@ def _run_artifact(args: argparse.Namespace) -> int:
         from netc.weights import load_weights
 
         weights = load_weights(args.weights)
-    if args.random_input and args.input:
-        raise CompileError([Diagnostic("E0406", "give either --input or --random-input, "
-                                       "not both")])
-    declared = [b for b in artifact.plan.buffers if b.role == "input"]
-    if args.random_input:
-        rng = np.random.default_rng(args.seed)
-        sizes = artifact.plan.sizes(args.batch)
-        inputs = {b.node: rng.standard_normal(
-            [sizes[d] if isinstance(d, str) else d for d in b.shape]).astype(np.float32)
-            for b in declared}
-    elif args.input:
-        inputs = _read_inputs(args.input)
-    else:
-        names = ", ".join(f"{b.node}: {b.dtype}[{', '.join(map(str, b.shape))}]"
-                          for b in declared)
-        raise CompileError([Diagnostic(
-            "E0401", f"no inputs given; the network takes {names}",
-            help="pass --input NAME=FILE.npy for each input, or --random-input [--batch B]")])
+    inputs = _inputs_for({b.node: TensorType(b.dtype, b.shape)
+                          for b in artifact.plan.buffers if b.role == "input"}, args)
     backend = _backend(args)
     started = time.perf_counter()
     progress = _LaunchProgress()
@@ -614,7 +600,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     graph = _load(args)
     weights = _weights_for(graph, args)
-    inputs = _inputs_for(graph, args)
+    inputs = _inputs_for({n.id: n.type for n in graph.inputs}, args)
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     progress = _LaunchProgress()
     report = compare(graph, weights, inputs, backends, layers=args.layers,

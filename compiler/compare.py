@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from netc.backends import PLAN_BACKENDS, BackendUnavailable, PlanBackend, prepare
+from netc.backends import PLAN_BACKENDS, BackendUnavailable, PlanBackend, onnx_feeds, prepare
 from netc.diagnostics import CompileError, MissingDependency
 from netc.ir import SOURCE_OPS, Graph, Node
 from netc.reference import run_reference
@@ -275,10 +275,7 @@ def _onnx_layers(graph: Graph, weights: Mapping[str, np.ndarray],
             declared.add(name)
     session = onnxruntime.InferenceSession(model.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
-    if any(node.type.dtype == "bf16" for node in graph.inputs):
-        raise LayerViewUnavailable("onnxruntime's Python API takes no bfloat16 inputs")
-    feeds = {node.id: np.asarray(inputs[node.id], dtype=np.float16 if node.type.dtype == "f16"
-                                 else np.float32) for node in graph.inputs}
+    feeds = onnx_feeds(graph, inputs)
     order = list(dict.fromkeys(wanted.values()))
     results = dict(zip(order, session.run(order, feeds)))
     return {node_id: np.asarray(results[name], dtype=np.float32)

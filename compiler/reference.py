@@ -13,7 +13,7 @@ import numpy as np
 
 from netc.diagnostics import CompileError, Diagnostic
 from netc.dtypes import round_to
-from netc.ir import Graph, IRError, Node, format_shape
+from netc.ir import Graph, IRError, Node, TensorType, format_shape
 from netc.ops import REGISTRY
 
 
@@ -95,7 +95,15 @@ def run_reference(graph: Graph, weights: Mapping[str, np.ndarray],
 
 def random_inputs(graph: Graph, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """Standard-normal float32 inputs for every input of `graph`, every named dimension `batch`."""
+    return random_arrays({n.id: n.type for n in graph.inputs}, batch, seed)
+
+
+def random_arrays(types: Mapping[str, TensorType], batch: int = 1,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard-normal float32 arrays of `types` (in their order), every named dimension
+    `batch`: the inputs `random_inputs` draws, for anything that declares inputs (a graph, a
+    compiled artifact's plan)."""
     rng = np.random.default_rng(seed)
-    sizes = dict.fromkeys(graph.batch_dims(), batch)
-    return {n.id: rng.standard_normal(n.type.concrete(sizes)).astype(np.float32)
-            for n in graph.inputs}
+    sizes = {d: batch for t in types.values() for d in t.symbolic}
+    return {name: rng.standard_normal(t.concrete(sizes)).astype(np.float32)
+            for name, t in types.items()}

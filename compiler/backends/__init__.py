@@ -90,7 +90,6 @@ class PlanBackend:
                                  self.compiled.optimized.derive_weights(weights),
                                  build_binary(self.compiled.plan, device),
                                  reuse_memory=options.get("reuse_memory", True))
-
         self.progress = options.get("progress")
         """`progress(index, count, launch)` before each launch (the CLI's progress line)."""
 
@@ -123,16 +122,20 @@ def _onnx(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str,
     session = onnxruntime.InferenceSession(model.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
     output_names = [name for name, _ in graph.outputs]
-    input_dtypes = {n.id: np.float16 if n.type.dtype == "f16" else np.float32
-                    for n in graph.inputs}
 
     def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         bind_batch(graph, inputs)
-        feeds = {name: np.asarray(value, dtype=input_dtypes[name]) for name, value in inputs.items()}
-        results = session.run(output_names, feeds)
+        results = session.run(output_names, onnx_feeds(graph, inputs))
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(output_names, results)}
 
     return run
+
+
+def onnx_feeds(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`inputs` as onnxruntime takes them: each in its input's dtype (f16 as float16; the onnx
+    backend refuses a network with bf16 inputs when it is prepared)."""
+    return {n.id: np.asarray(inputs[n.id], dtype=np.float16 if n.type.dtype == "f16"
+                             else np.float32) for n in graph.inputs}
 
 
 def _tensorrt(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:
