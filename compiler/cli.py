@@ -425,7 +425,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _check_compiler_archs(args.arch, args.compiler)
     graph = _load(args)
     out_dir = Path(args.output or Path("build") / graph.name)
-    check_destination(out_dir)
+    if not args.output:
+        check_destination(out_dir)
+    # An intact artifact may be replaced, but not when this command reads one of its files.
     for path in (args.model, args.weights):
         if path and Path(path).exists() and Path(out_dir).exists() and \
                 Path(out_dir).resolve() in Path(path).resolve().parents:

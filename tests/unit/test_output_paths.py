@@ -101,11 +101,22 @@ def test_run_refuses_to_overwrite_its_own_input(tmp_path: Path) -> None:
 
 def test_compile_refuses_an_output_directory_holding_its_input(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert netc("compile", str(MLP), "-o", str(out), "--arch", "sm_90").returncode == 0
+    weights = tmp_path / "w.safetensors"
+    assert netc("init", str(MLP), "-o", str(weights)).returncode == 0
+    assert netc("compile", str(MLP), "-o", str(out), "--arch", "sm_90",
+                "--weights", str(weights)).returncode == 0
+    # The artifact is intact, so it may be replaced, but not by a compile that reads the
+    # weights file inside it: replacing the directory would delete its own input.
+    kept = out / "weights.safetensors"
+    before = kept.read_bytes()
+    result = netc("compile", str(MLP), "-o", str(out), "--arch", "sm_90", "--weights", str(kept))
+    assert result.returncode == 1 and "error[E0432]" in result.stderr, result.stderr
+    assert kept.read_bytes() == before
+    # A file netc did not write is refused earlier, as any foreign file is (E0430).
     model = out / "mlp.net"
     model.write_text(MLP.read_text())
-    result = netc("compile", str(model), "-o", str(out), "--arch", "sm_90")
-    assert result.returncode == 1
+    foreign = netc("compile", str(model), "-o", str(out), "--arch", "sm_90")
+    assert foreign.returncode == 1 and "error[E0430]" in foreign.stderr
     assert model.read_text() == MLP.read_text()
 
 
