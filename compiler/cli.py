@@ -206,48 +206,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 # netc run -------------------------------------------------------------------------------
 
 
-MAX_INPUT_BYTES = 1 << 34
-"""An input array larger than this (16 GiB) is refused before it is read."""
-
-
-def _read_input(file: str) -> np.ndarray:
-    """One `.npy` input as float32; `ValueError` says what is wrong with it. The header is
-    read first, so a file claiming more elements than it holds (or than memory could) is
-    refused before anything is allocated; only regular files are opened (a FIFO would hang)."""
-    path = Path(file)
-    if not path.exists():
-        raise ValueError("it does not exist")
-    if not path.is_file():
-        raise ValueError("it is not a regular file" + (" (a directory)" if path.is_dir() else ""))
-    with open(path, "rb") as stream:
-        try:
-            version = np.lib.format.read_magic(stream)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(stream)
-        except (ValueError, EOFError, OSError) as exc:
-            raise ValueError(f"not a .npy array ({exc or 'empty file'})") from None
-        if dtype.kind not in "fiub":
-            raise ValueError(f"its dtype is {dtype}; inputs are real numbers (float, int, bool)")
-        count = int(np.prod(shape, dtype=np.float64))
-        needed = count * dtype.itemsize
-        if needed > MAX_INPUT_BYTES:
-            raise ValueError(f"it claims {count:,} elements, more than netc reads")
-        if needed > path.stat().st_size:
-            raise ValueError(f"it is truncated: shape {list(shape)} needs {needed:,} bytes of "
-                             f"data, the file has {path.stat().st_size:,} in all")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, OSError, MemoryError) as exc:
-        raise ValueError(str(exc) or type(exc).__name__) from None
-    with np.errstate(over="ignore"):
-        values = np.asarray(array, dtype=np.float32)
-    if np.isinf(values).any() and not np.isinf(np.asarray(array, dtype=np.float64)).any():
-        raise ValueError("some values are too large for float32")
-    return values
-
-
 def _read_inputs(specs: Sequence[str]) -> dict[str, np.ndarray]:
+    from netc.weights import load_array
+
     inputs: dict[str, np.ndarray] = {}
     problems: list[Diagnostic] = []
     for spec in specs:
@@ -256,9 +217,9 @@ def _read_inputs(specs: Sequence[str]) -> dict[str, np.ndarray]:
             problems.append(Diagnostic("E0404", f"--input `{spec}` is not of the form NAME=FILE.npy"))
             continue
         try:
-            inputs[name] = _read_input(file)
-        except ValueError as exc:
-            problems.append(Diagnostic("E0405", f"cannot read input file `{file}`: {exc}"))
+            inputs[name] = load_array(file, name)
+        except CompileError as exc:
+            problems.extend(exc.diagnostics)
     if problems:
         raise CompileError(problems)
     return inputs
@@ -875,7 +836,7 @@ def _environment_fault(exc: BaseException) -> str | None:
             extra = OPTIONAL_PACKAGES[top]
             how = f"pip install 'netc[{extra}]'" if extra else f"pip install {top}"
             return f"this needs the Python package `{top}`, which is not installed: {how}"
-    if isinstance(exc, OSError) and not isinstance(exc, (ModuleNotFoundError,)):
+    if isinstance(exc, OSError):
         where = f" `{exc.filename}`" if exc.filename else ""
         return f"cannot access{where}: {exc.strerror or exc}"
     if isinstance(exc, MemoryError):

@@ -15,6 +15,7 @@ import stat
 import struct
 import zipfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -168,7 +169,26 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
                                        f"{_reason(exc)}")]) from None
 
 
-def _open_regular(path: Path) -> IO[bytes]:
+def load_array(path: str | Path, name: str) -> np.ndarray:
+    """One `.npy` file (a network input) as float32, read with a weights file's checks: a
+    regular file, a valid header, a real-number dtype, a size that matches the shape, values
+    float32 can hold. Any problem is a CompileError (E0405) naming the file and `name`."""
+    path = Path(path)
+    try:
+        with _open_regular(path, "input file") as file:
+            array = _read_npy(file, os.fstat(file.fileno()).st_size, name, path)
+        return _as_float32(name, array, path)
+    except CompileError as exc:
+        raise CompileError([replace(d, code="E0405") for d in exc.diagnostics]) from None
+    except FileNotFoundError:
+        raise CompileError([Diagnostic("E0405", f"input file `{path}` does not exist")]) from None
+    except (OSError, MemoryError) as exc:
+        raise CompileError([Diagnostic("E0405", f"cannot read input file `{path}`: "
+                                       f"{getattr(exc, 'strerror', None) or _reason(exc)}")]
+                           ) from None
+
+
+def _open_regular(path: Path, what: str = "weights file") -> IO[bytes]:
     """`path` opened for reading, refused (E0414) unless it is a regular file. Opened without
     blocking, so a FIFO cannot hang netc, and checked on the open file, so nothing can be
     swapped in between the check and the read."""
@@ -179,7 +199,7 @@ def _open_regular(path: Path) -> IO[bytes]:
         kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
                 else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
                 else "a socket" if stat.S_ISSOCK(mode) else "not a file")
-        raise CompileError([Diagnostic("E0414", f"weights file `{path}` is not a regular file "
+        raise CompileError([Diagnostic("E0414", f"{what} `{path}` is not a regular file "
                                        f"(it is {kind})")])
     os.set_blocking(descriptor, True)
     return os.fdopen(descriptor, "rb")
@@ -371,12 +391,13 @@ def _read_npz(file: IO[bytes], size: int, path: Path) -> dict[str, np.ndarray]:
         tensors: dict[str, np.ndarray] = {}
         for name, info in names.items():
             with archive.open(info) as member:
-                tensors[name] = _read_npy_member(member, info, name, path)
+                tensors[name] = _read_npy(member, info.file_size, name, path)
     return tensors
 
 
-def _read_npy_member(member: IO[bytes], info: zipfile.ZipInfo, name: str,
-                     path: Path) -> np.ndarray:
+def _read_npy(member: IO[bytes], size: int, name: str, path: Path) -> np.ndarray:
+    """One `.npy` array of `size` bytes (header included), checked before anything is
+    allocated: its header, a real-number dtype, and a size that matches its shape."""
     try:
         version = np.lib.format.read_magic(member)
         if version == (1, 0):
@@ -393,9 +414,9 @@ def _read_npy_member(member: IO[bytes], info: zipfile.ZipInfo, name: str,
                       "integer)")
     needed = math.prod(shape) * dtype.itemsize
     header = member.tell()
-    if header + needed != info.file_size:
+    if header + needed != size:
         raise _refuse(path, name, f"declares shape {format_shape(shape)} of {dtype} "
-                      f"({needed} bytes) but its member holds {info.file_size - header} bytes")
+                      f"({needed} bytes) but holds {size - header} bytes")
     array = _empty(path, name, math.prod(shape), dtype)
     if not _read_into(member, array):
         raise _refuse(path, name, "is cut short: the archive ended while reading it")
