@@ -180,6 +180,22 @@ class Composer(Protocol):
     def type_of(self, value: str) -> TensorType: ...
 
 
+@dataclass(frozen=True)
+class OpDoc:
+    """What `docs/ops.md`'s table says of an op beyond what the entry's data already gives
+    (the attribute column is written from `OpDef.attrs`; `python -m netc.ops.docs` writes the
+    table). Plain text with Markdown code spans."""
+
+    shapes: str = "same"
+    """The shape rule in words: `[N, C, H, W]` → `[N, C, H', W']`."""
+    params: str = ""
+    """The parameters and their initialisation, empty for none."""
+    flops: str = "out"
+    """The FLOP count in terms of `out` and `in` (element counts)."""
+    attrs: str = ""
+    """Constraints on the attributes beyond their kinds, defaults, minimums and choices."""
+
+
 Decomposition = Callable[..., str]
 """`decompose(builder: Composer, attrs: Attrs, *inputs: str) -> str` (see the module doc)."""
 
@@ -226,6 +242,8 @@ class OpDef:
     role: str = "pointwise"
     """How passes and backends treat the op: a key of `ROLES`."""
     summary: str = ""
+    doc: OpDoc = OpDoc()
+    """Its row of `docs/ops.md` beyond the summary and attributes (see `OpDoc`)."""
     expression: CudaExpression | None = None
     """A pointwise op's CUDA expression (its whole CUDA lowering)."""
     gemm_view: Callable[[Attrs, Sequence[Shape], Shape], GemmView] | None = None
