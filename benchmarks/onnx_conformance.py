@@ -1,11 +1,13 @@
-"""ONNX's own backend node tests, run through `netc import` and the reference interpreter.
+"""ONNX's own backend node tests (all of them), run through `netc import` and the reference
+interpreter; writes docs/onnx-conformance.md.
 
-    python benchmarks/onnx_conformance.py             # writes docs/onnx-conformance.md
-    python benchmarks/onnx_conformance.py --print     # prints it instead
+    python benchmarks/onnx_conformance.py               # all 1,884 tests of onnx 1.23
+    python benchmarks/onnx_conformance.py --print       # prints the page instead
+    python benchmarks/onnx_conformance.py --op Conv --op Gemm   # only these ops' tests
 
 Attempted: every node test that ONNX ships (`onnx.backend.test.loader.load_model_tests(
-kind="node")`) for an op type the importer supports, including the `_expanded` variants, which
-spell the op's function body out in primitive ops. Each test is:
+kind="node")`), the `_expanded` variants included (they spell the op's function body out in
+primitive ops); a test counts for the op of the last node of its (unexpanded) graph. Each test:
 
 1. prepared: graph inputs in the positions that `.net` holds as parameters or attributes
    (`netc.onnx.importer.PARAMETER_OPERANDS`: a Conv's W, a Gemm's B and C, a Reshape's
@@ -13,11 +15,13 @@ spell the op's function body out in primitive ops. Each test is:
 2. imported with `import_onnx`: a `CompileError` means "rejected", with its diagnostics;
 3. the generated `.net` text is loaded with `netc.frontend.load_string` and run on the
    reference backend, and every output is compared with the test's expected output (shape
-   exactly, values with the test's own rtol/atol).
+   exactly, values with the test's own rtol/atol; an rtol of at least one unit in the last
+   place for f16 and bf16 outputs, `ULP`).
 
 Outcomes: `passed`, `rejected` (a clear diagnostic), `wrong` (imported but a different result:
-an importer bug unless it is listed in KNOWN_ISSUES), `broken` (the generated text does not
-load, or anything other than a CompileError escaped: always a bug).
+an importer bug unless it is listed in KNOWN_ISSUES), `crashed` (the generated text does not
+load, or anything other than a CompileError escaped: always a bug). The exit status is 1 when
+any test is wrong (and not a known issue) or crashed.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,9 +47,22 @@ from onnx import numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT = ROOT / "docs" / "onnx-conformance.md"
 
+STATUSES = ("passed", "rejected", "wrong", "crashed")
+
 KNOWN_ISSUES: dict[str, str] = {
-    # test name: why its wrong result is accepted for now (none at present).
+    # test name: why its wrong result is accepted for now.
+    "test_attention_4d_causal_bf16": (
+        "the test's expected output is not the correctly rounded result: netc's output equals "
+        "attention computed in float64 from the same bf16 inputs and rounded to bf16, in all "
+        "192 elements; the expected output differs from that in 48 elements, in one by 2 "
+        "units in the last place (beyond the 1 allowed)"),
 }
+
+ULP = {"bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}
+"""The spacing of a reduced-precision dtype's numbers just above 1: an output of that dtype
+may differ from the expected one by one unit in its last place (rounding after a different
+order of f32 sums; `test_attention_4d_causal_bf16` asks rtol 1e-3 of bf16 results, whose
+steps are 2^-7 apart), so its rtol is at least that."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +86,7 @@ class Outcome:
     op: str
     expanded: bool
     status: str
-    """passed | rejected | wrong | broken"""
+    """passed | rejected | wrong | crashed"""
     reason: str = ""
 
 
@@ -84,8 +103,8 @@ class Report:
         return sorted({o.op for o in self.outcomes})
 
     def unexpected(self) -> list[Outcome]:
-        """Wrong results not in KNOWN_ISSUES, and every broken case."""
-        return [o for o in self.outcomes if o.status == "broken"
+        """Wrong results not in KNOWN_ISSUES, and every crash."""
+        return [o for o in self.outcomes if o.status == "crashed"
                 or (o.status == "wrong" and o.case not in KNOWN_ISSUES)]
 
 
@@ -105,13 +124,19 @@ def _read_data_dir(directory: Path) -> list[tuple[list[np.ndarray], list[np.ndar
     return sets
 
 
+def _array(value: Any) -> Any:
+    """A test's data as an array where it is a TensorProto (some f16 and bf16 data sets hold
+    them); sequences and optionals as they are."""
+    return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
+
+
 def load_cases(op_types: Sequence[str] | None = None) -> list[Case]:
-    """The node tests of the importer's supported op types (the first data set of each)."""
+    """Every node test that onnx ships (the first data set of each), or those of `op_types`.
+
+    A test's op is the op type of the last node of its graph (of the unexpanded graph for an
+    `_expanded` variant), Constant nodes aside."""
     from onnx.backend.test.loader import load_model_tests
 
-    from netc.onnx.importer import HELPER_OPS, SUPPORTED_OPS
-
-    wanted = set(op_types or SUPPORTED_OPS) - set(HELPER_OPS)
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         tests = load_model_tests(kind="node")
@@ -123,20 +148,17 @@ def load_cases(op_types: Sequence[str] | None = None) -> list[Case]:
             models[test.name] = onnx.load(str(Path(test.model_dir) / "model.onnx"))
     cases = []
     for test in tests:
-        base = re.sub(r"_expanded(_ver\d+)?$", "", test.name)
-        if base not in models or test.name not in models:
-            continue
-        base_ops = [n.op_type for n in models[base].graph.node if n.op_type != "Constant"]
+        model = models[test.name]
+        base = models.get(re.sub(r"_expanded(_ver\d+)?$", "", test.name), model)
+        base_ops = [n.op_type for n in base.graph.node if n.op_type != "Constant"]
         op = base_ops[-1] if base_ops else "Constant"
-        if op not in wanted:
+        if op_types is not None and op not in op_types:
             continue
         data = test.data_sets if test.data_sets is not None else \
             _read_data_dir(Path(test.model_dir)) if test.model_dir else []
-        if not data:
-            continue
-        inputs, outputs = data[0]
-        cases.append(Case(test.name, op, models[test.name], tuple(inputs), tuple(outputs),
-                          float(test.rtol), float(test.atol)))
+        inputs, outputs = data[0] if data else ([], [])
+        cases.append(Case(test.name, op, model, tuple(map(_array, inputs)),
+                          tuple(map(_array, outputs)), float(test.rtol), float(test.atol)))
     return cases
 
 
@@ -190,25 +212,32 @@ def run_case(case: Case) -> Outcome:
         try:
             graph = load_string(imported.text, filename=f"{case.name}.net")
         except CompileError as error:
-            return outcome("broken", "the generated text does not load: " + _reason(error))
-        inputs = {imported.inputs[name]: np.asarray(value, dtype=np.float32)
-                  for name, value in feeds.items()}
-        results = run_reference(graph, imported.weights, inputs)
+            return outcome("crashed", "the generated text does not load: " + _reason(error))
+        # Floats run as float32 (the reference rounds them to each input's dtype); integer
+        # and bool data as it is.
+        inputs = {imported.inputs[name]: np.asarray(value) if np.asarray(value).dtype.kind in
+                  "biu" else np.asarray(value, dtype=np.float32) for name, value in feeds.items()}
+        with np.errstate(all="ignore"):
+            results = run_reference(graph, imported.weights, inputs)
+        problems = []
+        for info, expected in zip(case.model.graph.output, case.outputs):
+            actual = results[imported.outputs[info.name]]
+            if actual.shape != expected.shape:
+                problems.append(f"`{info.name}` has shape {list(actual.shape)}, expected "
+                                f"{list(expected.shape)}")
+                continue
+            rtol = max(case.rtol, ULP.get(expected.dtype.name, 0.0))
+            actual, expected = (np.asarray(a, dtype=np.float64) if a.dtype.name in ULP else a
+                                for a in (actual, expected))
+            bad = ~np.isclose(actual, expected, rtol=rtol, atol=case.atol, equal_nan=True)
+            if bad.any():
+                with np.errstate(all="ignore"):
+                    largest = float(np.max(np.abs(actual.astype(np.float64) - expected)))
+                problems.append(f"`{info.name}`: {int(bad.sum())} of {bad.size} elements "
+                                f"differ (largest difference {largest:.3g}; rtol {rtol}, "
+                                f"atol {case.atol})")
     except Exception as error:  # anything else is a bug, reported with the case
-        return outcome("broken", _reason(error))
-    problems = []
-    for info, expected in zip(case.model.graph.output, case.outputs):
-        actual = results[imported.outputs[info.name]]
-        if actual.shape != expected.shape:
-            problems.append(f"`{info.name}` has shape {list(actual.shape)}, expected "
-                            f"{list(expected.shape)}")
-            continue
-        bad = ~np.isclose(actual, expected, rtol=case.rtol, atol=case.atol, equal_nan=True)
-        if bad.any():
-            largest = float(np.max(np.abs(actual.astype(np.float64) - expected)))
-            problems.append(f"`{info.name}`: {int(bad.sum())} of {bad.size} elements differ "
-                            f"(largest difference {largest:.3g}; rtol {case.rtol}, "
-                            f"atol {case.atol})")
+        return outcome("crashed", _reason(error))
     if problems:
         return outcome("wrong", "; ".join(problems))
     return outcome("passed")
@@ -238,69 +267,72 @@ def _gist(reason: str) -> str:
     return reason
 
 
-def render_markdown(report: Report) -> str:
+COMMAND = "python benchmarks/onnx_conformance.py"
+
+
+def render_markdown(report: Report, date: str | None = None) -> str:
+    """The page docs/onnx-conformance.md: totals, a table per op, then every failure and the
+    reasons for rejection grouped by op."""
+    date = date or datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    total = len(report.outcomes)
+    totals = {status: report.count(status) for status in STATUSES}
+    listed = sum(1 for o in report.outcomes if o.status == "wrong" and o.case in KNOWN_ISSUES)
+    known = f" ({listed} a known issue of the test, below)" if listed else ""
     lines = [
         "# ONNX conformance of `netc import`",
         "",
-        "Generated by `python benchmarks/onnx_conformance.py` (rerun it to refresh this page) "
-        f"with onnx {report.onnx_version}. Every ONNX backend node test of an op type that the "
-        "importer supports is attempted, the `_expanded` variants included (they spell the "
-        "op's function body out in primitive ops such as Shape, Cast or ReduceMean, most of "
-        "which `.net` does not have). Graph inputs in parameter positions (a Conv's W, a "
-        "Gemm's B and C, a BatchNormalization's statistics, a Reshape's shape, ...) are given "
-        "to the importer as initializers holding the test's data; the imported `.net` text is "
-        "loaded by the front end and run on the reference backend against the test's expected "
-        "outputs, with the test's own tolerances.",
+        f"Generated by `{COMMAND}` on {date} with onnx {report.onnx_version} (rerun it to "
+        "refresh this page; do not edit it by hand). Every ONNX backend node test is attempted, "
+        "whatever its op, the `_expanded` variants included (they spell the op's function body "
+        "out in primitive ops); a test counts for the op of the last node of its graph. Graph "
+        "inputs in parameter positions (a Conv's W, a Gemm's B and C, a BatchNormalization's "
+        "statistics, a Reshape's shape, ...) are given to the importer as initializers holding "
+        "the test's data; the imported `.net` text is loaded by the front end and run on the "
+        "reference backend against the test's expected outputs, with the test's own tolerances "
+        "(for f16 and bf16 outputs an rtol of at least one unit in the last place of the dtype, "
+        "2^-10 and 2^-7: a result rounded once after f32 sums in another order may differ by "
+        "that much).",
+        "",
+        f"**{total:,} tests: {totals['passed']:,} passed, {totals['rejected']:,} rejected, "
+        f"{totals['wrong']:,} wrong{known}, {totals['crashed']:,} crashed.**",
         "",
         "* **passed**: imported, and the same result.",
-        "* **rejected**: `netc import` refused the model with a diagnostic (E06xx) naming the "
-        "node and the reason; usually the test is outside the language (integer dtypes, "
-        "no batch dimension to keep, 1-D or 3-D windows, training mode).",
+        "* **rejected**: `netc import` refused the model with a diagnostic (E06xx) naming each "
+        "node it cannot translate and why; the test is outside what `.net` expresses (an op it "
+        "does not have, integer or double tensors, no batch dimension to keep, training mode).",
         "* **wrong**: imported but a different result. Each one is a bug unless listed under "
         "known issues.",
-        "* **broken**: the generated text did not load, or the importer crashed. Always a bug.",
+        "* **crashed**: the generated text did not load, or the importer failed with anything "
+        "other than a diagnostic. Always a bug.",
         "",
-        "| op | attempted | of which expanded | passed | rejected | wrong | broken |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "## Per op",
+        "",
+        "| op | attempted | passed | rejected | wrong | crashed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for op in report.ops:
-        expanded = sum(1 for o in report.outcomes if o.op == op and o.expanded)
         attempted = sum(1 for o in report.outcomes if o.op == op)
-        lines.append(f"| {op} | {attempted} | {expanded} | {report.count('passed', op)} | "
-                     f"{report.count('rejected', op)} | {report.count('wrong', op)} | "
-                     f"{report.count('broken', op)} |")
-    total = len(report.outcomes)
-    lines.append(f"| **all** | **{total}** | **{sum(o.expanded for o in report.outcomes)}** | "
-                 f"**{report.count('passed')}** | **{report.count('rejected')}** | "
-                 f"**{report.count('wrong')}** | **{report.count('broken')}** |")
-    direct = [o for o in report.outcomes if not o.expanded]
-    lines += ["", f"Without the expanded variants: {len(direct)} attempted, "
-              f"{sum(o.status == 'passed' for o in direct)} passed, "
-              f"{sum(o.status == 'rejected' for o in direct)} rejected, "
-              f"{sum(o.status == 'wrong' for o in direct)} wrong, "
-              f"{sum(o.status == 'broken' for o in direct)} broken."]
-    failures = [o for o in report.outcomes if o.status in ("wrong", "broken")]
-    lines += ["", "## Wrong results and breakage", ""]
+        lines.append(f"| {op} | {attempted} | " + " | ".join(
+            str(report.count(status, op)) for status in STATUSES) + " |")
+    lines.append(f"| **all** | **{total}** | " + " | ".join(
+        f"**{totals[status]}**" for status in STATUSES) + " |")
+    failures = [o for o in report.outcomes if o.status in ("wrong", "crashed")]
+    lines += ["", "## Wrong results and crashes", ""]
     if not failures:
         lines.append("None.")
     for o in failures:
         known = f" (known issue: {KNOWN_ISSUES[o.case]})" if o.case in KNOWN_ISSUES else ""
         lines.append(f"* `{o.case}` ({o.status}){known}: {_short(o.reason, 400)}")
     lines += ["", "## Why tests were rejected, by op", "",
-              "The first diagnostic of each rejected test, grouped (node names and shapes "
-              "left out).", "", "| op | tests | first diagnostic |", "| --- | ---: | --- |"]
+              "The first diagnostic of each rejected test, grouped (node names, shapes and "
+              "values left out); a rejected model lists every problem at once.", "",
+              "| op | tests | first diagnostic |", "| --- | ---: | --- |"]
     groups: Counter[tuple[str, str]] = Counter()
     for o in report.outcomes:
         if o.status == "rejected":
             groups[(o.op, _gist(o.reason.split("; [")[0]))] += 1
     for (op, gist), count in sorted(groups.items(), key=lambda item: (item[0][0], -item[1])):
         lines.append(f"| {op} | {count} | {_short(gist)} |")
-    lines += ["", "## Rejected tests and why", "",
-              "The first diagnostic of each (a rejected model lists every problem at once).", "",
-              "| test | op | reason |", "| --- | --- | --- |"]
-    for o in report.outcomes:
-        if o.status == "rejected":
-            lines.append(f"| `{o.case}` | {o.op} | {_short(o.reason.split('; [')[0])} |")
     codes = Counter(re.findall(r"\[(E06\d\d)\]", " ".join(o.reason for o in report.outcomes
                                                          if o.status == "rejected")))
     lines += ["", "Diagnostic codes over all rejected tests: "
@@ -313,18 +345,25 @@ def render_markdown(report: Report) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--print", action="store_true", help="print instead of writing the page")
+    parser.add_argument("--op", action="append", metavar="OP_TYPE",
+                        help="run only the tests of this op (repeatable); prints the page")
     parser.add_argument("-o", "--output", type=Path, default=DOCUMENT)
     args = parser.parse_args(argv)
-    report = run_conformance()
+    report = run_conformance(args.op)
     text = render_markdown(report)
-    if args.print:
+    if args.print or args.op:
         print(text)
     else:
         args.output.write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}: {len(report.outcomes)} tests, "
-              f"{report.count('passed')} passed, {report.count('rejected')} rejected, "
-              f"{report.count('wrong')} wrong, {report.count('broken')} broken")
+        print(f"wrote {args.output}: " + summary(report))
+    for o in report.unexpected():
+        print(f"{o.case} ({o.status}): {o.reason}", file=sys.stderr)
     return 1 if report.unexpected() else 0
+
+
+def summary(report: Report) -> str:
+    return f"{len(report.outcomes)} tests, " + ", ".join(
+        f"{report.count(status)} {status}" for status in STATUSES)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     model = netc.load("examples/lenet5.net")          # or netc.loads(text)
     for layer in model.layers:
         print(layer.name, layer.op, layer.shape, layer.params, layer.flops)
-    weights = model.init_weights(seed=0)              # or netc.load_weights("w.safetensors")
+    weights = model.init_weights(seed=0)              # or model.load_weights("resnet18.pth")
     outputs = model.run({"image": x}, weights)        # reference backend, NumPy in and out
     run = model.compile("cudasim", weights)           # generated CUDA kernels on the CPU
     outputs = run({"image": x})
@@ -30,7 +30,7 @@ from netc.backends import Runner, prepare
 from netc.diagnostics import Span
 from netc.ir import Dim, Graph, Node, print_graph
 from netc.ops import REGISTRY, node_flops
-from netc.weights import init_weights, param_specs
+from netc.weights import init_weights, load_state_dict, param_specs
 
 if TYPE_CHECKING:
     from netc.artifacts import Artifact
@@ -93,6 +93,12 @@ class Model:
 
     def init_weights(self, seed: int = 0) -> dict[str, np.ndarray]:
         return init_weights(self.graph, seed)
+
+    def load_weights(self, source: str | Path | Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """This network's weights from a PyTorch state dict, matched by name: a `.safetensors`,
+        `.npz`, `.pt` or `.pth` file, or a mapping such as `module.state_dict()` (see
+        `netc.weights.load_state_dict`)."""
+        return load_state_dict(self.graph, source)
 
     def compile(self, backend: str = "reference", weights: Mapping[str, np.ndarray] | None = None,
                 **options: Any) -> Runner:

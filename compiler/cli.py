@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import numpy as np
 
 from netc.codegen.targets import ARCHS, DEFAULT_ARCH
-from netc.diagnostics import CompileError, Diagnostic, printable
+from netc.diagnostics import CompileError, Diagnostic, did_you_mean, printable
 from netc.ir import Graph, TensorType, format_shape
 from netc.text import format_table
 
@@ -226,10 +226,10 @@ def _read_inputs(specs: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def _weights_for(graph: Graph, args: argparse.Namespace) -> dict[str, np.ndarray]:
-    from netc.weights import init_weights, load_weights
+    from netc.weights import init_weights, load_state_dict
 
-    if args.weights:
-        return load_weights(args.weights)
+    if args.weights:  # a state dict by name: .safetensors, .npz, .pt or .pth
+        return load_state_dict(graph, args.weights)
     _progress(f"note: no --weights given; using fresh weights initialised with seed {args.seed}")
     return init_weights(graph, args.seed)
 
@@ -243,13 +243,42 @@ def _inputs_for(declared: Mapping[str, TensorType],
                                            "not both")])
         from netc.reference import random_arrays
 
-        return random_arrays(declared, args.batch, args.seed)
+        return random_arrays(declared, args.batch, args.seed, _dim_sizes(declared, args.dim))
+    if args.dim:
+        raise CompileError([Diagnostic(
+            "E0417", "--dim sets the sizes of --random-input; the --input arrays give theirs",
+            help="drop --dim, or use --random-input")])
     if not args.input:
         names = ", ".join(f"{name}: {tensor}" for name, tensor in declared.items())
         raise CompileError([Diagnostic(
             "E0401", f"no inputs given; the network takes {names}",
             help="pass --input NAME=FILE.npy for each input, or --random-input [--batch B]")])
     return _read_inputs(args.input)
+
+
+def _dim_sizes(declared: Mapping[str, TensorType], given: Sequence[str]) -> dict[str, int]:
+    """`--dim T=11 --dim S=4` as sizes by name, each a named dimension of the inputs."""
+    names = [d for t in declared.values() for d in t.symbolic]
+    sizes: dict[str, int] = {}
+    problems: list[Diagnostic] = []
+    for text in given:
+        name, equals, size = text.partition("=")
+        if not equals or not name or not size.isdigit() or int(size) < 1:
+            problems.append(Diagnostic("E0416", f"--dim {text!r} is not NAME=SIZE with a "
+                                       "positive size", help="for example --dim T=11"))
+        elif name not in names:
+            known = ", ".join(dict.fromkeys(names)) or "none"
+            problems.append(Diagnostic(
+                "E0417", f"--dim {name}: the inputs have no named dimension `{name}` (they "
+                f"have {known})", help=did_you_mean(name, names)))
+        elif name in sizes and sizes[name] != int(size):
+            problems.append(Diagnostic("E0416", f"--dim {name} is given twice, as "
+                                       f"{sizes[name]} and {int(size)}"))
+        else:
+            sizes[name] = int(size)
+    if problems:
+        raise CompileError(problems)
+    return sizes
 
 
 def _summary(name: str, value: np.ndarray) -> str:
@@ -416,10 +445,9 @@ def _compile_cuda(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path
 
     weights = None
     if args.weights:
-        from netc.weights import check_weights, load_weights
+        from netc.weights import load_state_dict
 
-        weights = load_weights(args.weights)
-        check_weights(graph, weights, source=args.weights)
+        weights = load_state_dict(graph, args.weights)
     # One module serves every --arch; its tiles are chosen for the newest of them.
     tile_arch = _newest(args.arch)
     options = _compile_options(args, tile_arch)
@@ -793,14 +821,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_inputs(command: argparse.ArgumentParser, default_batch: int) -> None:
     """The weights and inputs options that `run` and `compare` share."""
     command.add_argument("--weights", metavar="WEIGHTS",
-                         help="weights file (.safetensors or .npz); default: fresh weights from "
+                         help="weights file, a state dict by name (.safetensors, .npz, or "
+                              ".pt/.pth with PyTorch installed); default: fresh weights from "
                               "--seed")
     command.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                          help="an input array (repeat for several inputs)")
     command.add_argument("--random-input", action="store_true",
                          help="draw standard-normal inputs instead of reading files")
     command.add_argument("--batch", type=_positive, default=default_batch,
-                         help=f"batch size for --random-input (default {default_batch})")
+                         help=f"batch size for --random-input: the size of every named "
+                              f"dimension --dim does not set (default {default_batch})")
+    command.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                         help="the size of a named dimension for --random-input, e.g. T=11 "
+                              "(repeat for several)")
     command.add_argument("--seed", type=int, default=0,
                          help="seed for random inputs and weights (default 0)")
 

@@ -2,6 +2,7 @@
 
 Every op is computed by its registry entry's `reference` function in float32 and the result is
 rounded to the value's dtype, so an f16 network behaves as if each tensor were stored in f16.
+Integer and boolean values are int32, int64 and bool arrays (`netc.dtypes.round_to`).
 Every other backend is checked against this one.
 """
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from netc.diagnostics import CompileError, Diagnostic
 from netc.dtypes import round_to
-from netc.ir import Graph, IRError, Node, TensorType, format_shape
+from netc.ir import INTEGER_DTYPES, Graph, IRError, Node, TensorType, format_shape
 from netc.ops import REGISTRY
 
 
@@ -99,11 +100,24 @@ def random_inputs(graph: Graph, batch: int = 1, seed: int = 0) -> dict[str, np.n
 
 
 def random_arrays(types: Mapping[str, TensorType], batch: int = 1,
-                  seed: int = 0) -> dict[str, np.ndarray]:
-    """Standard-normal float32 arrays of `types` (in their order), every named dimension
-    `batch`: the inputs `random_inputs` draws, for anything that declares inputs (a graph, a
-    compiled artifact's plan)."""
+                  seed: int = 0, dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Random arrays of `types` (in their order), every named dimension `dims[name]` or else
+    `batch`: the inputs
+    `random_inputs` draws, for anything that declares inputs (a graph, a compiled artifact's
+    plan). Float tensors are standard normal (float32), integer ones uniform in
+    [0, RANDOM_INTEGERS) (small ids and indices), boolean ones fair coin flips."""
     rng = np.random.default_rng(seed)
-    sizes = {d: batch for t in types.values() for d in t.symbolic}
-    return {name: rng.standard_normal(t.concrete(sizes)).astype(np.float32)
-            for name, t in types.items()}
+    sizes = {d: (dims or {}).get(d, batch) for t in types.values() for d in t.symbolic}
+    return {name: _random_array(rng, t.dtype, t.concrete(sizes)) for name, t in types.items()}
+
+
+RANDOM_INTEGERS = 10
+"""Random integer inputs lie in [0, RANDOM_INTEGERS)."""
+
+
+def _random_array(rng: np.random.Generator, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    if dtype == "bool":
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    if dtype in INTEGER_DTYPES:
+        return round_to(dtype, rng.integers(0, RANDOM_INTEGERS, size=shape))
+    return rng.standard_normal(shape).astype(np.float32)

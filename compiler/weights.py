@@ -1,8 +1,17 @@
-"""Weights on disk: safetensors (preferred) and `.npz`, initialisation and checking.
+"""Weights on disk: safetensors (preferred), `.npz` and PyTorch's `.pt`/`.pth`, initialisation
+and checking.
 
 Tensors are keyed by full parameter name (`basic_1.conv2d_0.weight`), laid out as PyTorch lays
-them out, so a PyTorch state dict maps over by name. `.npz` files are read with
-`allow_pickle=False`: a weights file can never run code.
+them out, so a PyTorch state dict maps over by name: a `.net` whose layers carry PyTorch's
+module paths (`name="layer1.0.conv1"`) loads `model.state_dict()` with no renaming
+(`load_state_dict`). Besides the parameters (the IR's `param` nodes) the weights hold the
+buffers an op keeps but never reads (`ParamSpec.operand` False: batchnorm's
+`num_batches_tracked`, an i64 scalar); a file without one loads as if it held 0.
+
+No weights file can run code: `.npz` files are read with `allow_pickle=False`, safetensors by
+netc's own checked reader, and `.pt`/`.pth` only through
+`torch.load(weights_only=True, map_location="cpu")` (PyTorch's restricted unpickler; never
+anything else), which needs PyTorch installed.
 """
 
 from __future__ import annotations
@@ -28,10 +37,19 @@ from netc.ir import Graph, Node, format_shape
 from netc.ops import REGISTRY, ParamSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".npz")
+"""The formats netc writes."""
+TORCH_SUFFIXES = (".pt", ".pth")
+"""PyTorch files netc reads (through PyTorch) but never writes."""
+STATE_DICT_KEYS = ("state_dict", "model")
+"""A `.pt` checkpoint that is not itself a state dict may hold one under one of these keys."""
+_DTYPES = {"i64": np.dtype(np.int64)}
+"""The NumPy dtype a weights dict holds for a fixed-dtype `ParamSpec`; float32 otherwise."""
 
 
 def param_specs(graph: Graph) -> dict[str, ParamSpec]:
-    """Every parameter's spec (shape and PyTorch initialisation), by full parameter name."""
+    """Every parameter's and buffer's spec (shape, dtype and PyTorch initialisation), by full
+    name: each layer's operands, then its buffers that no op reads (`ParamSpec.operand`
+    False, named `<layer>.<name>`, as in a PyTorch state dict)."""
     specs: dict[str, ParamSpec] = {}
     for node in graph.compute_nodes:
         opdef = REGISTRY[node.op]
@@ -40,10 +58,28 @@ def param_specs(graph: Graph) -> dict[str, ParamSpec]:
             continue
         param_ids = node.inputs[len(node.inputs) - len(names):]
         tensors = [graph[i].type for i in node.inputs[: len(node.inputs) - len(names)]]
-        by_name = {spec.name: spec for spec in opdef.params(node.attrs, tensors)}
+        all_specs = opdef.params(node.attrs, tensors)
+        by_name = {spec.name: spec for spec in all_specs}
         for name, param_id in zip(names, param_ids):
             specs[param_id] = by_name[name]
+        layer = node.layer or param_ids[0][: -len(names[0]) - 1]  # ids are `<layer>.<name>`
+        for spec in all_specs:
+            if not spec.operand:
+                specs[f"{layer}.{spec.name}"] = spec
+    for node in graph.params:
+        if node.id not in specs and "init" in node.attrs:
+            specs[node.id] = free_param_spec(node)
     return specs
+
+
+def free_param_spec(node: Node) -> ParamSpec:
+    """The spec of a `param NAME: TYPE = INIT` (language v2), from its node's attributes."""
+    init = node.attrs["init"]
+    shape = tuple(int(d) for d in node.type.shape)
+    if init in ("zeros", "ones"):
+        return ParamSpec(node.id, shape, ("const", 0.0 if init == "zeros" else 1.0))
+    return ParamSpec(node.id, shape, (init, float(node.attrs["std" if init == "normal" else
+                                                            "bound"])))
 
 
 def init_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -54,9 +90,20 @@ def init_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
         kind, value = spec.init
         if kind == "uniform":
             weights[name] = rng.uniform(-value, value, size=spec.shape).astype(np.float32)
+        elif kind == "normal":
+            weights[name] = rng.normal(0.0, value, size=spec.shape).astype(np.float32)
         else:
-            weights[name] = np.full(spec.shape, value, dtype=np.float32)
+            weights[name] = np.full(spec.shape, value, dtype=_host_dtype(spec))
     return weights
+
+
+def _host_dtype(spec: ParamSpec) -> np.dtype:
+    return _DTYPES.get(spec.dtype or "", np.dtype(np.float32))
+
+
+def buffer_specs(graph: Graph) -> dict[str, ParamSpec]:
+    """The buffers of `graph` that no op reads (`num_batches_tracked`), by full name."""
+    return {name: spec for name, spec in param_specs(graph).items() if not spec.operand}
 
 
 def _layer_of(graph: Graph, name: str) -> str:
@@ -66,33 +113,105 @@ def _layer_of(graph: Graph, name: str) -> str:
 
 
 def check_weights(graph: Graph, weights: Mapping[str, np.ndarray], source: str = "weights") -> None:
-    """Raise one CompileError listing every missing, unexpected and mis-shaped tensor."""
+    """Raise one CompileError listing every missing, unexpected, mis-shaped and mis-typed
+    tensor. A buffer no op reads (`num_batches_tracked`) may be missing (it counts as 0)."""
+    problems = _mismatches(graph, weights, source)
+    if problems:
+        raise CompileError(problems)
+
+
+def _mismatches(graph: Graph, weights: Mapping[str, Any], source: str) -> list[Diagnostic]:
     problems: list[Diagnostic] = []
     expected: dict[str, Node] = {n.id: n for n in graph.params}
+    buffers = buffer_specs(graph)
     for name, node in expected.items():
         if name not in weights:
             problems.append(Diagnostic(
                 "E0410", f"{source}: missing tensor `{name}` of shape "
                 f"{format_shape(node.type.shape)}{_layer_of(graph, name)}", node.span))
-        elif tuple(np.shape(weights[name])) != node.type.shape:
+        else:
+            problems.extend(_misfit(source, name, weights[name], node.type.shape,
+                                    node.type.dtype, _layer_of(graph, name), node.span))
+    for name, spec in buffers.items():
+        if name in weights:
+            layer = _layer_of(graph, name.rpartition(".")[0])
+            problems.extend(_misfit(source, name, weights[name], spec.shape,
+                                    spec.dtype or "f32", layer, None))
+    for name in sorted(set(weights) - set(expected) - set(buffers)):
+        problems.append(Diagnostic("E0411", f"{source}: unexpected tensor `{name}` of shape "
+                                   f"{format_shape(np.shape(weights[name]))} (no parameter or "
+                                   "buffer of the network has this name)"))
+    return problems
+
+
+def _misfit(source: str, name: str, array: Any, shape: tuple[Any, ...], dtype: str,
+            layer: str, span: Any) -> list[Diagnostic]:
+    """The problems of one tensor given for a parameter or buffer of `shape` and `dtype`: a
+    wrong shape (E0412), a dtype netc does not convert from (E0418)."""
+    problems = []
+    if tuple(np.shape(array)) != tuple(shape):
+        problems.append(Diagnostic(
+            "E0412", f"{source}: tensor `{name}`{layer} has shape "
+            f"{format_shape(np.shape(array))}, expected {format_shape(shape)}", span))
+    values = np.asarray(array)
+    if dtype in _DTYPES:
+        whole = values.dtype.kind in "iu" or (values.dtype.kind == "f" and bool(
+            np.all(np.isfinite(values)) and np.all(values == np.round(values))))
+        if not whole:
             problems.append(Diagnostic(
-                "E0412", f"{source}: tensor `{name}`{_layer_of(graph, name)} has shape "
-                f"{format_shape(np.shape(weights[name]))}, expected "
-                f"{format_shape(node.type.shape)}", node.span))
-    for name in sorted(set(weights) - set(expected)):
-        problems.append(Diagnostic("E0411", f"{source}: unexpected tensor `{name}` "
-                                   "(no parameter of the network has this name)"))
+                "E0418", f"{source}: tensor `{name}`{layer} has dtype {values.dtype}, expected "
+                f"{dtype} (an integer dtype, or floats holding whole numbers)", span))
+    elif values.dtype.kind not in "fiu":
+        problems.append(Diagnostic(
+            "E0418", f"{source}: tensor `{name}`{layer} has dtype {values.dtype}, expected "
+            f"{dtype} (any float or integer dtype converts)", span))
+    return problems
+
+
+def load_state_dict(graph: Graph, source: str | Path | Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The weights of `graph` from a state dict: a weights file (`.safetensors`, `.npz`,
+    `.pt`/`.pth`) or a mapping of names to arrays (NumPy arrays, or anything `np.asarray`
+    takes, such as CPU torch tensors), matched by name with no renaming.
+
+    Parameters become float32 (from any float or integer dtype; an f64 value beyond float32's
+    range is refused), i64 buffers int64 (from an integer dtype, or floats holding whole
+    numbers); a missing `num_batches_tracked` (a buffer no op reads) becomes 0. Every missing
+    (E0410), unexpected (E0411), mis-shaped (E0412) and mis-typed (E0418) tensor is listed in
+    one CompileError, with names and shapes."""
+    if isinstance(source, Mapping):
+        path = Path("state dict")
+        raw = {str(key): np.asarray(value) for key, value in source.items()}
+    else:
+        path = Path(source)
+        raw = read_tensors(path)
+    # The file's own defects first, as `load_weights` reports them (E0415): a float value
+    # float32 cannot hold, whatever tensor holds it.
+    floats = {key: _as_float32(key, array, path) for key, array in raw.items()
+              if array.dtype.kind == "f"}
+    problems = _mismatches(graph, raw, str(path))
     if problems:
         raise CompileError(problems)
+    weights: dict[str, np.ndarray] = {}
+    for key, spec in param_specs(graph).items():
+        dtype = _host_dtype(spec)
+        if key not in raw:  # only a buffer no op reads may be missing here
+            weights[key] = np.zeros(spec.shape, dtype=dtype)
+        elif dtype == np.float32:
+            weights[key] = floats[key] if key in floats else _as_float32(key, raw[key], path)
+        else:
+            weights[key] = raw[key].astype(dtype)
+    return weights
 
 
 def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Write atomically: a failure leaves any earlier file at `path` untouched."""
+    """Write atomically: a failure leaves any earlier file at `path` untouched. Float tensors
+    are written as float32, integer ones (`num_batches_tracked`) as int64, as PyTorch keeps
+    them, so `torch.nn.Module.load_state_dict` takes the file's tensors as they are."""
     path = Path(path)
     if path.suffix not in WEIGHT_SUFFIXES:
         raise CompileError([Diagnostic("E0413", f"cannot write weights to `{path}`: the file "
                                        "name must end in .safetensors or .npz")])
-    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+    arrays = _storable(weights)
     if path.suffix == ".npz":
         write_npz(arrays, path)
         return
@@ -106,7 +225,14 @@ def weights_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
     """The safetensors file `save_weights` would write, as bytes (float32 tensors)."""
     from safetensors.numpy import save
 
-    return bytes(save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}))
+    return bytes(save(_storable(weights)))
+
+
+def _storable(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each tensor as written: int64 for an integer tensor, float32 for any other (C order;
+    `np.ascontiguousarray` would make a 0-d scalar 1-d)."""
+    return {k: np.asarray(v, dtype=np.int64 if np.asarray(v).dtype.kind in "iu"
+                          else np.float32).copy(order="C") for k, v in weights.items()}
 
 
 def write_npz(arrays: Mapping[str, np.ndarray], path: str | Path) -> None:
@@ -130,7 +256,8 @@ of the file is refused before anything is inflated: trained weights barely compr
 
 def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     """Read a weights file as float32 arrays; any problem is a CompileError naming the file
-    (and the tensor, where one tensor is at fault).
+    (and the tensor, where one tensor is at fault). `load_state_dict` reads one for a network
+    (keeping integer buffers as int64 and checking every tensor against the network).
 
     Both formats are checked against their own structure before any tensor data is read:
     safetensors headers (duplicate names, shapes that are not lists of integers, offsets
@@ -139,9 +266,16 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     is refused without allocating what it claims. Values that float32 cannot hold (an f64
     1e300) and dtypes that are not real numbers are refused with the tensor's name."""
     path = Path(path)
-    if path.suffix not in WEIGHT_SUFFIXES:
+    return {name: _as_float32(name, array, path) for name, array in read_tensors(path).items()}
+
+
+def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Every tensor of a weights file in its own dtype (bf16 as float32), checked as
+    `load_weights` says; `.pt`/`.pth` through PyTorch (`_read_torch`)."""
+    path = Path(path)
+    if path.suffix not in (*WEIGHT_SUFFIXES, *TORCH_SUFFIXES):
         raise CompileError([Diagnostic("E0413", f"cannot read weights from `{path}`: expected a "
-                                       ".safetensors or .npz file")])
+                                       ".safetensors, .npz, .pt or .pth file")])
     try:
         file = _open_regular(path)
     except FileNotFoundError:
@@ -154,10 +288,10 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
         with file:
             size = os.fstat(file.fileno()).st_size
             if path.suffix == ".npz":
-                raw = _read_npz(file, size, path)
-            else:
-                raw = _read_safetensors(file, size, path)
-        return {name: _as_float32(name, array, path) for name, array in raw.items()}
+                return _read_npz(file, size, path)
+            if path.suffix in TORCH_SUFFIXES:
+                return _read_torch(file, path)
+            return _read_safetensors(file, size, path)
     except CompileError:
         raise
     except MemoryError:
@@ -170,13 +304,15 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_array(path: str | Path, name: str) -> np.ndarray:
-    """One `.npy` file (a network input) as float32, read with a weights file's checks: a
-    regular file, a valid header, a real-number dtype, a size that matches the shape, values
-    float32 can hold. Any problem is a CompileError (E0405) naming the file and `name`."""
+    """One `.npy` file (a network input) as float32 (integer and bool arrays as they are),
+    read with a weights file's checks: a regular file, a valid header, a real-number or bool
+    dtype, a size that matches the shape, values float32 can hold. Any problem is a CompileError (E0405) naming the file and `name`."""
     path = Path(path)
     try:
         with _open_regular(path, "input file") as file:
             array = _read_npy(file, os.fstat(file.fileno()).st_size, name, path)
+        if array.dtype.kind in "iub":  # exact: an integer or bool input converts as it is used
+            return np.asarray(array)
         return _as_float32(name, array, path)
     except CompileError as exc:
         raise CompileError([replace(d, code="E0405") for d in exc.diagnostics]) from None
@@ -409,7 +545,7 @@ def _read_npy(member: IO[bytes], size: int, name: str, path: Path) -> np.ndarray
                              "and 2.0)")
     except ValueError as exc:
         raise _refuse(path, name, f"is not a valid .npy array: {_reason(exc)}") from None
-    if dtype.kind not in "fiu" or dtype.hasobject or dtype.fields is not None:
+    if dtype.kind not in "fiub" or dtype.hasobject or dtype.fields is not None:
         raise _refuse(path, name, f"has dtype {dtype}; weights are real numbers (float or "
                       "integer)")
     needed = math.prod(shape) * dtype.itemsize
@@ -423,3 +559,71 @@ def _read_npy(member: IO[bytes], size: int, name: str, path: Path) -> np.ndarray
     if fortran:
         return array.reshape(shape[::-1]).transpose()
     return array.reshape(shape)
+
+
+# PyTorch .pt / .pth -------------------------------------------------------------------------
+
+
+def _read_torch(file: IO[bytes], path: Path) -> dict[str, np.ndarray]:
+    """A state dict saved with `torch.save`, read only by PyTorch's restricted unpickler
+    (`weights_only=True`: plain containers and tensors, never arbitrary objects). The file may
+    be the state dict itself or a checkpoint holding it under a key of `STATE_DICT_KEYS`."""
+    try:
+        import torch
+    except ImportError:
+        raise CompileError([Diagnostic(
+            "E0419", f"`{path}` is a PyTorch file; reading it needs PyTorch, which is not "
+            "installed", help="`pip install torch`, or save the state dict with "
+            "`safetensors.torch.save_file(model.state_dict(), \"weights.safetensors\")`")]) \
+            from None
+    import pickle
+
+    try:
+        loaded = torch.load(file, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CompileError([Diagnostic(
+            "E0421", f"`{path}` holds Python objects that PyTorch's safe loader "
+            f"(`weights_only=True`) refuses: {first}",
+            help="save the state dict, not the model: `torch.save(model.state_dict(), path)`")]
+        ) from None
+    state = _state_dict_in(loaded, torch.Tensor)
+    if state is None:
+        raise CompileError([Diagnostic(
+            "E0421", f"`{path}` holds {_describe(loaded)}, not a state dict (a mapping of names "
+            f"to tensors, itself or under the key {' or '.join(map(repr, STATE_DICT_KEYS))})",
+            help="save the state dict: `torch.save(model.state_dict(), path)`")])
+    arrays: dict[str, np.ndarray] = {}
+    for name, tensor in state.items():
+        try:
+            tensor = tensor.detach().to("cpu")
+            if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
+                tensor = tensor.float()
+            arrays[name] = tensor.contiguous().numpy()
+        except (TypeError, RuntimeError) as exc:
+            raise _refuse(path, name, f"cannot be read as an array ({tensor.dtype}, "
+                          f"{tensor.layout}): {_reason(exc)}") from None
+    return arrays
+
+
+def _state_dict_in(loaded: object, tensor: type) -> Mapping[str, Any] | None:
+    """`loaded` if it is a mapping of names to tensors, else such a mapping under one of
+    `STATE_DICT_KEYS`; None if neither."""
+    def is_state_dict(value: object) -> bool:
+        return isinstance(value, Mapping) and all(
+            isinstance(k, str) and isinstance(v, tensor) for k, v in value.items())
+
+    if is_state_dict(loaded):
+        return loaded  # type: ignore[return-value]
+    if isinstance(loaded, Mapping):
+        for key in STATE_DICT_KEYS:
+            if is_state_dict(loaded.get(key)):
+                return loaded[key]
+    return None
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Mapping):
+        kinds = sorted({type(v).__name__ for v in value.values()})
+        return f"a mapping of {len(value)} entries ({', '.join(kinds) or 'empty'})"
+    return f"a {type(value).__name__}"

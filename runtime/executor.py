@@ -12,16 +12,18 @@ A device is anything with the simulator's interface (`Device` below): `alloc`, `
 `download`, `free`, and `load_binary` returning a module whose `launch(name, grid, block,
 shared_bytes, args)` runs one kernel; and a way to address part of an allocation, either the
 device's `view(buffer, offset, nbytes)` (PyCUDA) or the buffer's own `view(offset, nbytes)`
-(the simulator). Host arrays are float32 for every dtype; they are stored on the device in the
-buffer's dtype (f16 as IEEE half, bf16 as the top 16 bits of a float32, rounded to nearest
-even) and converted back to float32 on download.
+(the simulator). Host arrays are float32 for every float dtype; they are stored on the device in
+the buffer's dtype (f16 as IEEE half, bf16 as the top 16 bits of a float32, rounded to nearest
+even) and converted back to float32 on download. Integer and boolean tensors are int32, int64
+and bool arrays (bool stored as one byte, 0 or 1).
 
 Intermediates live in one arena per batch size, each at the offset the plan gives it
 (`Buffer.arena_offset`), so buffers whose lifetimes do not overlap share memory
 (`reuse_memory=False` allocates each on its own instead, for reading every intermediate after a
 run).
 
-With `poison=True` (the default) every output and intermediate is filled with NaN, so an
+With `poison=True` (the default) every output and intermediate is filled with NaN (integers
+with their lowest value, bools with a byte that is neither 0 nor 1, refused on download), so an
 element a kernel forgets to write shows up in the result instead of passing by luck. Outputs
 (and separately allocated intermediates) are poisoned before the run; an arena buffer just
 before the launch that writes it, since memory it shares held an earlier buffer's good values
@@ -36,15 +38,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from netc.dtypes import bf16_bits_to_f32, f32_to_bf16_bits
+from netc.dtypes import INTEGER_RANGES, bf16_bits_to_f32, f32_to_bf16_bits, round_to
 from netc.plan import Arg, Buffer, Launch, LaunchPlan
 
 MAX_GRID_X = 2**31 - 1
 MAX_GRID_YZ = 65535
 _STORAGE: dict[str, np.dtype[Any]] = {
-    "f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "bf16": np.dtype(np.uint16)}
+    "f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "bf16": np.dtype(np.uint16),
+    "i32": np.dtype(np.int32), "i64": np.dtype(np.int64), "bool": np.dtype(np.uint8)}
 _NAN_BITS: dict[str, np.generic] = {
-    "f32": np.float32(np.nan), "f16": np.float16(np.nan), "bf16": np.uint16(0x7FC0)}
+    "f32": np.float32(np.nan), "f16": np.float16(np.nan), "bf16": np.uint16(0x7FC0),
+    "i32": np.int32(np.iinfo(np.int32).min), "i64": np.int64(np.iinfo(np.int64).min),
+    "bool": np.uint8(0xFF)}
+"""What an unwritten element holds after poisoning: NaN; the lowest integer; for bool a byte
+that is neither 0 nor 1, which `from_storage` refuses."""
 
 
 class Module(Protocol):
@@ -72,17 +79,34 @@ class PlanInputError(ValueError):
 
 
 def to_storage(dtype: str, array: np.ndarray) -> np.ndarray:
-    """A float32 host array in the device representation of `dtype`."""
+    """A host array in the device representation of `dtype` (converted as the reference
+    converts an input: `netc.dtypes.round_to`)."""
+    if dtype in INTEGER_RANGES or dtype == "bool":
+        return np.ascontiguousarray(round_to(dtype, array).astype(_STORAGE[dtype]))
     values = np.ascontiguousarray(array, dtype=np.float32)
     if dtype == "bf16":
         return f32_to_bf16_bits(values)
     return np.ascontiguousarray(values.astype(_STORAGE[dtype]))
 
 
+class UnwrittenError(RuntimeError):
+    """A downloaded bool buffer holds the poison byte: elements no kernel wrote (a bug)."""
+
+
 def from_storage(dtype: str, array: np.ndarray) -> np.ndarray:
-    """A device array of `dtype` as float32."""
+    """A device array of `dtype` as the host holds it: float32 for the float dtypes,
+    int32/int64/bool for the others."""
     if dtype == "bf16":
         return bf16_bits_to_f32(array)
+    if dtype == "bool":
+        raw = np.asarray(array, dtype=np.uint8)
+        unwritten = int(np.count_nonzero(raw > 1))
+        if unwritten:
+            raise UnwrittenError(f"{unwritten} of {raw.size} elements of a bool buffer are "
+                                 "neither 0 nor 1: no kernel wrote them")
+        return raw.astype(np.bool_)
+    if dtype in INTEGER_RANGES:
+        return np.asarray(array, dtype=_STORAGE[dtype])
     return np.asarray(array, dtype=np.float32)
 
 

@@ -1,8 +1,9 @@
 // ---------------------------------------------------------------------------------------------
 // common.cuh: what every netc kernel shares.
 //
-// Element types: tensors are stored as float, netc_f16 or netc_bf16 (IEEE half and bfloat16; the
-// IR dtype decides); kernels compute and accumulate in float. `netc_load` / `netc_store` are the
+// Element types: float tensors are stored as float, netc_f16 or netc_bf16 (IEEE half and
+// bfloat16; the IR dtype decides) and computed and accumulated in float; integer and boolean
+// tensors as int, long long and netc_bool, computed exactly. `netc_load` / `netc_store` are the
 // only places a stored value is converted, so a kernel never hard-codes its storage type.
 //
 // Sizes: a size that may depend on the run-time batch reaches a kernel as the pair
@@ -96,24 +97,96 @@ __device__ __forceinline__ netc_bf16 netc_from_float<netc_bf16>(float value)
 }
 #endif
 
-// `value` rounded to T and back: what storing it as a T would keep (identity for float). The
-// reference interpreter rounds every op's result to its dtype; fused code does the same.
+// Integer and boolean tensors (i32, i64, bool) are stored as int, long long and netc_bool (one
+// byte, 0 or 1) and computed as int, long long and bool: exactly, never through float.
+typedef unsigned char netc_bool;
+
+// The type a kernel computes a stored T in.
+template <typename T> struct netc_compute { typedef float type; };
+template <> struct netc_compute<int> { typedef int type; };
+template <> struct netc_compute<long long> { typedef long long type; };
+template <> struct netc_compute<netc_bool> { typedef bool type; };
+
+__device__ __forceinline__ int netc_to_compute(int value) { return value; }
+__device__ __forceinline__ long long netc_to_compute(long long value) { return value; }
+__device__ __forceinline__ bool netc_to_compute(netc_bool value) { return value != 0; }
 template <typename T>
-__device__ __forceinline__ float netc_round(float value)
+__device__ __forceinline__ float netc_to_compute(T value) { return netc_to_float(value); }
+
+// A float as an integer: toward zero, as C++ and PyTorch; where both leave it undefined (NaN,
+// beyond the range) netc gives what CUDA's `cvt.rzi.sat` gives: 0 for NaN, else the nearest end
+// of the range. `limit` is 2^(bits - 1), the first float beyond the range.
+__device__ __forceinline__ long long netc_float_to_integer(float value, float limit,
+                                                           long long lowest, long long highest)
 {
-    return netc_to_float(netc_from_float<T>(value));
+    if (value != value)
+        return 0;
+    if (value >= limit)
+        return highest;
+    if (value <= -limit)
+        return lowest;
+    return static_cast<long long>(value);
+}
+
+// netc_converter<T>::from(value): a computed value of any type (float, int, long long, bool)
+// as a T stores it. Between integer types, C++'s conversion (wrapping, as PyTorch); to bool,
+// nonzero (NaN included, as PyTorch).
+template <typename T>
+struct netc_converter {  // float, netc_f16, netc_bf16
+    template <typename V>
+    static __device__ __forceinline__ T from(V value)
+    {
+        return netc_from_float<T>(static_cast<float>(value));
+    }
+};
+
+template <typename I, long long LOWEST, long long HIGHEST>
+struct netc_integer_converter {
+    static __device__ __forceinline__ I from(float value)
+    {
+        return static_cast<I>(netc_float_to_integer(value, -static_cast<float>(LOWEST), LOWEST,
+                                                    HIGHEST));
+    }
+    static __device__ __forceinline__ I from(double value)
+    {
+        return from(static_cast<float>(value));
+    }
+    template <typename V>
+    static __device__ __forceinline__ I from(V value) { return static_cast<I>(value); }
+};
+
+template <>
+struct netc_converter<int>
+    : netc_integer_converter<int, -2147483647LL - 1, 2147483647LL> {};
+template <>
+struct netc_converter<long long>
+    : netc_integer_converter<long long, -9223372036854775807LL - 1, 9223372036854775807LL> {};
+
+template <>
+struct netc_converter<netc_bool> {
+    template <typename V>
+    static __device__ __forceinline__ netc_bool from(V value) { return value != 0 ? 1 : 0; }
+};
+
+// `value` stored as a T and read back: what storing it would keep (identity for float, the
+// conversion to T for a cast). The reference interpreter rounds every op's result to its
+// dtype; fused code does the same.
+template <typename T, typename V>
+__device__ __forceinline__ typename netc_compute<T>::type netc_round(V value)
+{
+    return netc_to_compute(netc_converter<T>::from(value));
 }
 
 template <typename T>
-__device__ __forceinline__ float netc_load(const T* pointer)
+__device__ __forceinline__ typename netc_compute<T>::type netc_load(const T* pointer)
 {
-    return netc_to_float(*pointer);
+    return netc_to_compute(*pointer);
 }
 
-template <typename T>
-__device__ __forceinline__ void netc_store(T* pointer, float value)
+template <typename T, typename V>
+__device__ __forceinline__ void netc_store(T* pointer, V value)
 {
-    *pointer = netc_from_float<T>(value);
+    *pointer = netc_converter<T>::from(value);
 }
 
 // Small helpers -------------------------------------------------------------------------------
@@ -144,6 +217,19 @@ __device__ __forceinline__ float netc_quiet_nan()
 __device__ __forceinline__ float netc_max(float a, float b)
 {
     return (a > b || a != a) ? a : b;
+}
+
+// The smaller of a and b, NaN if either is NaN (np.minimum, torch.minimum).
+__device__ __forceinline__ float netc_min(float a, float b)
+{
+    return (a < b || a != a) ? a : b;
+}
+
+// x limited to [low, high], NaN if x is NaN (torch.clamp, hardtanh); high when low > high.
+__device__ __forceinline__ float netc_clamp(float x, float low, float high)
+{
+    const float raised = x < low ? low : x;
+    return raised > high ? high : raised;
 }
 
 // Warp reductions: every lane ends with the reduction over the 32 lanes of its warp. All 32

@@ -1,6 +1,6 @@
 // ---------------------------------------------------------------------------------------------
 // rowwise.cuh: reductions along one axis: softmax, log_softmax, layernorm and the row mean
-// behind global_avgpool.
+// behind global_avgpool; groupnorm, instancenorm and rmsnorm (`netc_norm_rows`, at the end).
 //
 // Design note.
 //   A "row" is the `length` elements reduced together. Row r starts at
@@ -200,4 +200,60 @@ __device__ __forceinline__ void netc_mean_rows(const Load& load, T* __restrict__
     if (thread.active && thread.lane == 0)
         netc_store(y + thread.row,
                    epilogue(total / static_cast<float>(rows.length), thread.row));
+}
+
+// groupnorm, instancenorm and rmsnorm. A row is the `length` consecutive elements normalised
+// together (inner = 1): one group of one sample (groupnorm, instancenorm), or the last
+// dimension (rmsnorm). CENTER subtracts the row's mean first (two passes, as layernorm);
+// without it the row is divided by its root mean square. Element j of row r is then scaled
+// (and shifted) by one channel of `weight` (and `bias`), chosen by CHANNEL: NETC_NORM_GROUP,
+// channel (r % groups) * per_group + j / spatial (groupnorm); NETC_NORM_ROW, the row's one
+// channel r % groups (instancenorm, groups = C); NETC_NORM_ELEMENT, element j (rmsnorm). The
+// last two need no division per element.
+#define NETC_NORM_GROUP 0
+#define NETC_NORM_ROW 1
+#define NETC_NORM_ELEMENT 2
+template <typename T, int THREADS_PER_ROW, int ROWS_PER_BLOCK, bool CENTER, int CHANNEL,
+          bool HAS_WEIGHT, bool HAS_BIAS, class Load, class Epilogue>
+__device__ __forceinline__ void netc_norm_rows(const Load& load, const T* __restrict__ weight,
+                                               const T* __restrict__ bias, T* __restrict__ y,
+                                               const NetcRows& rows, long long groups,
+                                               long long per_group, long long spatial,
+                                               float epsilon, const Epilogue& epilogue)
+{
+    const NetcRowThread<THREADS_PER_ROW, ROWS_PER_BLOCK> thread(rows);
+    const long long start = thread.active ? rows.start(thread.row) : 0;
+    const long long end = thread.active ? rows.length : 0;
+    NETC_DYNAMIC_SHARED(float, scratch);
+
+    float mean = 0.0f;
+    if (CENTER) {
+        float sum = 0.0f;
+        for (long long j = thread.lane; j < end; j += THREADS_PER_ROW)
+            sum += load(0.0f, start + j * rows.inner);
+        mean = netc_row_reduce<THREADS_PER_ROW>(sum, NetcSum(), scratch) /
+               static_cast<float>(rows.length);
+    }
+    float squares = 0.0f;
+    for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
+        const float deviation = load(0.0f, start + j * rows.inner) - mean;
+        squares += deviation * deviation;
+    }
+    const float variance = netc_row_reduce<THREADS_PER_ROW>(squares, NetcSum(), scratch) /
+                           static_cast<float>(rows.length);
+    const float inverse = rsqrtf(variance + epsilon);
+
+    const long long first_channel = thread.active ? (thread.row % groups) * per_group : 0;
+    for (long long j = thread.lane; j < end; j += THREADS_PER_ROW) {
+        const long long offset = start + j * rows.inner;
+        const long long channel = CHANNEL == NETC_NORM_ELEMENT ? j
+                                  : CHANNEL == NETC_NORM_ROW ? first_channel
+                                                             : first_channel + j / spatial;
+        float value = (load(0.0f, offset) - mean) * inverse;
+        if (HAS_WEIGHT)
+            value *= netc_load(weight + channel);
+        if (HAS_BIAS)
+            value += netc_load(bias + channel);
+        netc_store(y + offset, epilogue(value, offset));
+    }
 }

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from netc.diagnostics import CompileError, Diagnostic, MissingDependency
-from netc.ir import Graph
+from netc.dtypes import round_to
+from netc.ir import INTEGER_DTYPES, Graph
 from netc.reference import bind_batch, run_reference
 from netc.weights import check_weights
 
@@ -126,7 +127,8 @@ def _onnx(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str,
     def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         bind_batch(graph, inputs)
         results = session.run(output_names, onnx_feeds(graph, inputs))
-        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(output_names, results)}
+        return {name: _host_array(graph.value_type(node_id).dtype, value)
+                for (name, node_id), value in zip(graph.outputs, results)}
 
     return run
 
@@ -134,8 +136,14 @@ def _onnx(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str,
 def onnx_feeds(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`inputs` as onnxruntime takes them: each in its input's dtype (f16 as float16; the onnx
     backend refuses a network with bf16 inputs when it is prepared)."""
-    return {n.id: np.asarray(inputs[n.id], dtype=np.float16 if n.type.dtype == "f16"
-                             else np.float32) for n in graph.inputs}
+    return {n.id: np.asarray(inputs[n.id], dtype=np.float16) if n.type.dtype == "f16"
+            else _host_array(n.type.dtype, inputs[n.id]) for n in graph.inputs}
+
+
+def _host_array(dtype: str, value: Any) -> np.ndarray:
+    """`value` as netc's host arrays hold `dtype`: float32, or int32/int64/bool exactly."""
+    return round_to(dtype, value) if dtype in INTEGER_DTYPES or dtype == "bool" else \
+        np.asarray(value, dtype=np.float32)
 
 
 def _tensorrt(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:

@@ -163,8 +163,7 @@ def lower(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> Lowered:
     tiles = dict(tiles or {})
     _check_tiles(graph, tiles)
     batch_dims = graph.batch_dims()
-    if len(batch_dims) > 1:
-        _one_batch_size(graph, batch_dims)
+    _one_batch_size(graph, batch_dims)
     state = _Lowering(graph, tiles, outputs={node_id for _, node_id in graph.outputs})
     launches: list[tuple[Node, KernelLaunch]] = []
     memory_constants = _constants_in_memory(graph)
@@ -216,18 +215,32 @@ def _what(node: Node) -> str:
 
 
 def _one_batch_size(graph: Graph, batch_dims: Sequence[str]) -> None:
-    """Refuse inputs that name two run-time dimensions: every kernel takes one batch size.
-    (Several named dimensions are language v2; `netc check`, the reference interpreter and
-    ONNX take them today.)"""
+    """Refuse a network whose kernels would need more than one batch size: every kernel takes
+    one run-time size, the first dimension's. So at most one named dimension, first wherever
+    it stands (language v2 allows several, anywhere: `netc check`, the reference interpreter
+    and ONNX take them today)."""
     first: dict[str, Node] = {}
     for node in graph.inputs:
         for dim in node.type.symbolic:
             first.setdefault(dim, node)
-    shown = [f"`{first[dim].id}` ({first[dim].type})" for dim in batch_dims]
-    raise cannot_compile(
-        f"inputs {', '.join(shown[:-1])} and {shown[-1]} name different run-time dimensions "
-        f"({', '.join(batch_dims)}); netc's kernels take one batch size (several named "
-        "dimensions arrive with language v2)", first[batch_dims[1]].span)
+    if len(batch_dims) > 1:
+        shown = [f"`{first[dim].id}` ({first[dim].type})" for dim in batch_dims]
+        together = len({first[dim].id for dim in batch_dims}) == 1
+        what = (f"input {shown[0]} names several run-time dimensions" if together else
+                f"inputs {', '.join(shown[:-1])} and {shown[-1]} name different run-time "
+                "dimensions")
+        raise cannot_compile(
+            f"{what} ({', '.join(batch_dims)}); netc's kernels take one batch size (kernels "
+            "taking several sizes are later work)", first[batch_dims[1]].span)
+    for node in graph.nodes:
+        later = [dim for dim in node.type.shape[1:] if isinstance(dim, str)]
+        if later:
+            where = f"input `{node.id}`" if node.op == "input" else \
+                f"`{sanitize(node.id)}` ({_what(node)})"
+            raise cannot_compile(
+                f"{where} has the type {node.type}, with the named dimension {later[0]} not "
+                "first; netc's kernels take a run-time size only as the first (batch) "
+                "dimension", node.span)
 
 
 def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPlan:

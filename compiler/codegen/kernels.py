@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 from netc.codegen import pointwise
 from netc.codegen.layout import BatchLinear, broadcast_strides, coalesce, contiguous_strides
-from netc.codegen.pointwise import IDENTITY, Pointwise, PointwiseCode
+from netc.codegen.pointwise import CTYPES, IDENTITY, Pointwise, PointwiseCode
 from netc.codegen.render import render
 from netc.codegen.tiles import (
     DEFAULT_BLOCK,
@@ -45,12 +45,12 @@ from netc.codegen.tiles import (
 )
 from netc.ir import Dim, Graph, Node, Region, TensorType
 from netc.ops import REGISTRY, GemmView
+from netc.ops.convolution import as_conv2d, height_one
 from netc.ops.registry import OpTable, RegistryView
+from netc.ops.spatial import pad_widths, source_ratio
 from netc.ops.windows import Window
 from netc.plan import Arg, GridDim
 
-CTYPES = {"f32": "float", "f16": "netc_f16", "bf16": "netc_bf16"}
-"""Storage types by IR dtype (common.cuh defines the 16-bit ones)."""
 MAX_GRID_YZ = 65535
 
 
@@ -109,16 +109,54 @@ def conv2d_kernel(dtype: str, tile: GemmTile, *, has_bias: bool,
         (("tile", tile), ("has_bias", has_bias), ("epilogue", epilogue)))
 
 
-def pool_kernel(dtype: str, tile: BlockTile, *, is_max: bool,
+POOL_KINDS = {"maxpool2d": "NETC_POOL_MAX", "avgpool2d": "NETC_POOL_AVG",
+              "adaptive_avgpool2d": "NETC_POOL_ADAPTIVE_AVG"}
+"""The ops `templates/pool.cuh` computes, with its name for each."""
+
+
+def conv_transpose2d_kernel(dtype: str, tile: GemmTile, *, has_bias: bool,
+                            epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+    tile.validate()
+    return KernelSpec(
+        f"netc_convt2d_{dtype}_{tile.suffix}{'_bias' if has_bias else ''}"
+        f"{_fused_suffix(None, epilogue)}",
+        "conv_transpose2d.jinja",
+        ("elementwise.cuh", "gemm.cuh", "conv2d.cuh", "conv_transpose2d.cuh"), dtype,
+        tile.threads, (("tile", tile), ("has_bias", has_bias), ("epilogue", epilogue)))
+
+
+def pool_kernel(op: str, dtype: str, tile: BlockTile, *,
                 epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
     tile.validate()
-    kind = "maxpool2d" if is_max else "avgpool2d"
-    return KernelSpec(f"netc_{kind}_{dtype}_{tile.suffix}{_fused_suffix(None, epilogue)}",
+    return KernelSpec(f"netc_{op}_{dtype}_{tile.suffix}{_fused_suffix(None, epilogue)}",
                       "pool.jinja", ("elementwise.cuh", "pool.cuh"), dtype, tile.threads,
-                      (("is_max", is_max), ("epilogue", epilogue)))
+                      (("pool_kind", POOL_KINDS[op]), ("epilogue", epilogue)))
 
 
-ROW_OPERATIONS = ("softmax", "log_softmax", "layernorm", "mean")
+PAD_MODES = {"constant": "NETC_PAD_CONSTANT", "reflect": "NETC_PAD_REFLECT",
+             "replicate": "NETC_PAD_REPLICATE"}
+"""The modes `templates/pad.cuh` implements, with its name for each."""
+
+
+def pad_kernel(mode: str, rank: int, dtype: str, tile: BlockTile) -> KernelSpec:
+    """`pad` over the last `rank` dims (at least 1)."""
+    tile.validate()
+    return KernelSpec(f"netc_pad_{mode}_r{rank}_{dtype}_{tile.suffix}", "pad.jinja",
+                      ("pad.cuh",), dtype, tile.threads,
+                      (("mode", PAD_MODES[mode]), ("rank", rank)))
+
+
+def interpolate_kernel(mode: str, align_corners: bool, dtype: str,
+                       tile: BlockTile) -> KernelSpec:
+    tile.validate()
+    corners = "_corners" if align_corners else ""
+    return KernelSpec(f"netc_interpolate_{mode}{corners}_{dtype}_{tile.suffix}",
+                      "interpolate.jinja", ("interpolate.cuh",), dtype, tile.threads,
+                      (("bilinear", mode == "bilinear"), ("align_corners", align_corners)))
+
+
+ROW_OPERATIONS = ("softmax", "log_softmax", "layernorm", "mean", "groupnorm", "instancenorm",
+                  "instancenorm_affine", "rmsnorm")
 """The operations `templates/rowwise.cuh` implements (a lowering picks one for its op)."""
 PLAIN_LOAD = pointwise.gather((1,), "", (1,)).code
 """The prologue of an unfused reduction: its input, read as it is."""
@@ -137,10 +175,56 @@ def row_kernel(operation: str, dtype: str, tile: RowTile, *,
                        ("epilogue", epilogue)))
 
 
+REDUCTIONS = {"sum": "NetcReduceSum", "mean": "NetcReduceMean", "amax": "NetcReduceMax",
+              "amin": "NetcReduceMin", "logsumexp": "NetcReduceLogSumExp",
+              "argmax": "NetcReduceArgMax"}
+"""The reductions `templates/reduce.cuh` implements, by op, with their functor."""
+INDEX_REDUCTIONS = ("argmax",)
+"""Reductions whose result is an `i64` position (a 16-byte running value, no epilogue)."""
+
+
+def reduce_kernel(operation: str, dtype: str, tile: RowTile, kept_rank: int, reduced_rank: int,
+                  *, prologue: PointwiseCode = PLAIN_LOAD,
+                  epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+    """`operation` over an input of `dtype` (the result is `i64` for an index reduction)."""
+    if operation not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {operation!r}")
+    tile.validate()
+    fused = _fused_suffix(prologue if prologue != PLAIN_LOAD else None, epilogue)
+    out_dtype = "i64" if operation in INDEX_REDUCTIONS else dtype
+    return KernelSpec(
+        f"netc_reduce_{operation}_{dtype}_k{kept_rank}_r{reduced_rank}_{tile.suffix}{fused}",
+        "reduce.jinja", ("elementwise.cuh", "rowwise.cuh", "reduce.cuh"), out_dtype,
+        tile.threads,
+        (("reduction", REDUCTIONS[operation]), ("tile", tile), ("kept_rank", kept_rank),
+         ("reduced_rank", reduced_rank), ("prologue", prologue), ("epilogue", epilogue),
+         ("in_ctype", CTYPES[dtype])))
+
+
+def gather_kernel(function: PointwiseCode, dtype: str, tile: BlockTile) -> KernelSpec:
+    """out[i] = in[offset + ...]: a strided copy from an offset (slice, select)."""
+    tile.validate()
+    return KernelSpec(f"netc_gather_{dtype}_{function.tag}_{tile.suffix}", "gather.jinja",
+                      ("elementwise.cuh",), dtype, tile.threads, (("function", function),))
+
+
 def concat_kernel(dtype: str, tile: BlockTile) -> KernelSpec:
     tile.validate()
     return KernelSpec(f"netc_concat_{dtype}_{tile.suffix}", "concat.jinja", ("concat.cuh",),
                       dtype, tile.threads)
+
+
+def embedding_kernel(dtype: str, id_dtype: str, tile: BlockTile) -> KernelSpec:
+    tile.validate()
+    return KernelSpec(f"netc_embedding_{dtype}_{id_dtype}_{tile.suffix}", "embedding.jinja",
+                      ("embedding.cuh",), dtype, tile.threads, (("id_ctype", CTYPES[id_dtype]),))
+
+
+def triangle_kernel(op: str, dtype: str, tile: BlockTile) -> KernelSpec:
+    """`triu` or `tril`."""
+    tile.validate()
+    return KernelSpec(f"netc_{op}_{dtype}_{tile.suffix}", "triangle.jinja", ("triangle.cuh",),
+                      dtype, tile.threads, (("upper", op == "triu"),))
 
 
 def elementwise_kernel(function: PointwiseCode, dtype: str, tile: BlockTile) -> KernelSpec:
@@ -433,28 +517,101 @@ def _lower_conv2d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
     return [KernelLaunch(spec, grid, tile.threads, tile.shared_bytes, args)]
 
 
-@lowers("maxpool2d", "avgpool2d", family="pool")
+# Its own template, but conv2d's mainloop, arguments and registers: conv2d's tile choices.
+@lowers("conv_transpose2d", family="conv2d", tile=GemmTile)
+def _lower_conv_transpose2d(ctx: LoweringContext, node: Node,
+                            fusion: Fusion) -> list[KernelLaunch]:
+    # The arguments are conv2d's: the geometry, with PyTorch's padding as pad_top/pad_left.
+    (launch,) = _lower_conv2d(ctx, dataclasses.replace(
+        node, attrs=node.attrs.replace(padding=(*node.attrs["padding"], *node.attrs["padding"]))),
+        fusion)
+    conv = launch.kernel
+    spec = conv_transpose2d_kernel(conv.dtype, dict(conv.context)["tile"],
+                                   has_bias=len(node.inputs) == 3,
+                                   epilogue=dict(conv.context)["epilogue"])
+    return [dataclasses.replace(launch, kernel=spec)]
+
+
+@lowers("conv1d", family="conv2d", tile=GemmTile)
+def _lower_conv1d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    """conv1d as the conv2d over a height-1 input: the same buffers, seen with a height of 1
+    (the weight [filters, C/groups, k] is [filters, C/groups, 1, k] in memory)."""
+    seen = {value: TensorType(ctx.type_of(value).dtype, height_one(ctx.type_of(value).shape))
+            for value in node.inputs[:2]}
+    as_2d = dataclasses.replace(node, op="conv2d", attrs=as_conv2d(node.attrs),
+                                type=TensorType(node.type.dtype, height_one(node.type.shape)))
+    return _lower_conv2d(_SeenAs(ctx, seen), as_2d, fusion)
+
+
+@lowers("maxpool2d", "avgpool2d", "adaptive_avgpool2d", family="pool")
 def _lower_pool(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     epilogue = _no_prologue(node, fusion)
     (x,) = node.inputs
     tile = ctx.tile(node, DEFAULT_BLOCK)
     _, channels, height, width = ctx.type_of(x).shape
     out_height, out_width = node.type.shape[2:]
-    window = Window.from_attrs(node.op, node.attrs)
+    # An adaptive pool's windows come from the sizes alone; its window arguments are unused.
+    window = (Window((1, 1), (1, 1), (1, 1), (0, 0, 0, 0)) if node.op == "adaptive_avgpool2d"
+              else Window.from_attrs(node.op, node.attrs))
     total = BatchLinear.of(node.type.shape)
     args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(node.id)), BATCH, *total.args(),
             *_ints(channels, height, width, out_height, out_width, *window.kernel,
-                   *window.stride, window.padding[0], window.padding[1]), *epilogue.args)
-    spec = pool_kernel(node.type.dtype, tile, is_max=node.op == "maxpool2d",
-                       epilogue=epilogue.code)
+                   *window.stride, *window.padding,
+                   node.attrs.get("count_include_pad", False)), *epilogue.args)
+    spec = pool_kernel(node.op, node.type.dtype, tile, epilogue=epilogue.code)
+    return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
+
+
+@lowers("pad", family="pad")
+def _lower_pad(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    if fusion != NO_FUSION:
+        raise CodegenError(f"{node.id}: pad takes no fused ops")
+    (x,) = node.inputs
+    in_shape = ctx.type_of(x).shape
+    widths = pad_widths("pad", node.attrs, ctx.type_of(x))
+    # The kernel pads the last `rank` dims; a named dim is never padded, so it stays in the
+    # outer part, which the kernel takes as what is left of the index.
+    named = [axis for axis, d in enumerate(in_shape) if isinstance(d, str)]
+    rank = min(len(node.attrs["pads"]) // 2, len(in_shape) - 1 - max(named, default=-1))
+    if any(widths[axis] != (0, 0) for axis in range(len(in_shape) - rank)):
+        raise CodegenError(f"{node.id}: pad of a dim before the named dim of "
+                           f"{ctx.type_of(x)}")
+    dims = [(int(node.type.shape[axis]), int(in_shape[axis]), widths[axis][0])
+            for axis in range(len(in_shape) - rank, len(in_shape))] or [(1, 1, 0)]
+    tile = ctx.tile(node, DEFAULT_BLOCK)
+    total = BatchLinear.of(node.type.shape)
+    args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(node.id)), BATCH, *total.args(),
+            *_ints(*(size for dim in dims for size in dim)),
+            Arg("float", value=float(node.attrs["value"])))
+    spec = pad_kernel(node.attrs["mode"], len(dims), node.type.dtype, tile)
+    return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
+
+
+@lowers("interpolate", family="interpolate")
+def _lower_interpolate(ctx: LoweringContext, node: Node,
+                       fusion: Fusion) -> list[KernelLaunch]:
+    if fusion != NO_FUSION:
+        raise CodegenError(f"{node.id}: interpolate takes no fused ops")
+    (x,) = node.inputs
+    height, width = (int(d) for d in ctx.type_of(x).shape[2:])
+    out_height, out_width = (int(d) for d in node.type.shape[2:])
+    tile = ctx.tile(node, DEFAULT_BLOCK)
+    total = BatchLinear.of(node.type.shape)
+    ratios = (source_ratio(node.attrs, height, out_height),
+              source_ratio(node.attrs, width, out_width))
+    args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(node.id)), BATCH, *total.args(),
+            *_ints(height, width, out_height, out_width),
+            *(Arg("float", value=float(ratio)) for ratio in ratios))
+    spec = interpolate_kernel(node.attrs["mode"], node.attrs["align_corners"], node.type.dtype,
+                              tile)
     return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
 
 
 def _row_launch(ctx: LoweringContext, node: Node, fusion: Fusion, operation: str,
                 shape: tuple[Dim, ...], axis: int, pointers: Sequence[str] = (),
-                floats: Sequence[float] = ()) -> KernelLaunch:
+                floats: Sequence[float] = (), ints: Sequence[int] = ()) -> KernelLaunch:
     """Reduces the first input, viewed as `shape`, along `axis`: one row per position of the
-    other dims. `pointers` and `floats` are the operation's own parameters."""
+    other dims. `pointers`, `ints` and `floats` are the operation's own parameters."""
     length = BatchLinear.of(shape[axis:axis + 1])
     rows = BatchLinear.of(shape[:axis] + shape[axis + 1:])
     inner = math.prod(int(d) for d in shape[axis + 1:])
@@ -463,7 +620,7 @@ def _row_launch(ctx: LoweringContext, node: Node, fusion: Fusion, operation: str
     prologue = fusion.prologue or pointwise.gather(shape, ctx.buffer(node.inputs[0]),
                                                    contiguous_strides(shape))
     args = (_buffer(ctx.buffer(node.id)), *(_buffer(ctx.buffer(p)) for p in pointers), BATCH,
-            *rows.args(), *length.args(), *_ints(inner),
+            *rows.args(), *length.args(), *_ints(inner, *ints),
             *(Arg("float", value=float(f)) for f in floats), *prologue.args,
             *fusion.epilogue.args)
     spec = row_kernel(operation, node.type.dtype, tile, prologue=prologue.code,
@@ -484,6 +641,24 @@ def _lower_layernorm(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[K
                         (weight, bias), (node.attrs["eps"],))]
 
 
+@lowers("groupnorm", "instancenorm", "rmsnorm", family="rowwise", tile=RowTile)
+def _lower_norm(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    """One row per group of a sample ([N, C, ...] viewed as [N, groups, C / groups * ...]) or,
+    for rmsnorm, per position of the last dimension; `netc_norm_rows` in rowwise.cuh."""
+    params = node.inputs[1:]
+    shape = node.type.shape
+    if node.op == "rmsnorm":
+        return [_row_launch(ctx, node, fusion, "rmsnorm", shape, len(shape) - 1, params,
+                            (node.attrs["eps"],), (1, int(shape[-1]), 1))]
+    channels = int(shape[1])
+    groups = node.attrs["groups"] if node.op == "groupnorm" else channels
+    spatial = math.prod(int(d) for d in shape[2:])
+    operation = "instancenorm_affine" if node.op == "instancenorm" and params else node.op
+    return [_row_launch(ctx, node, fusion, operation,
+                        (shape[0], groups, channels // groups * spatial), 2, params,
+                        (node.attrs["eps"],), (groups, channels // groups, spatial))]
+
+
 @lowers("global_avgpool", family="rowwise", tile=RowTile)
 def _lower_global_avgpool(ctx: LoweringContext, node: Node,
                           fusion: Fusion) -> list[KernelLaunch]:
@@ -491,6 +666,110 @@ def _lower_global_avgpool(ctx: LoweringContext, node: Node,
     images, channels, height, width = ctx.type_of(node.inputs[0]).shape
     return [_row_launch(ctx, node, fusion, "mean",
                         (images, channels, int(height) * int(width)), 2)]
+
+
+@lowers(*REDUCTIONS, family="reduce", tile=RowTile)
+def _lower_reduce(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    """Each output element reduces the elements of its reduced axes (any set of them)."""
+    shape = ctx.type_of(node.inputs[0]).shape
+    strides = contiguous_strides(shape)
+    axis = node.attrs["axis"]
+    axes = axis if isinstance(axis, tuple) else (axis,)  # argmax reduces one axis
+    kept = [a for a in range(len(shape)) if a not in axes]
+    kept_view = coalesce([shape[a] for a in kept], [[strides[a] for a in kept]])
+    reduced_view = coalesce([shape[a] for a in axes], [[strides[a] for a in axes]])
+    rows = BatchLinear.of([shape[a] for a in kept])
+    length = BatchLinear.of([shape[a] for a in axes])
+    # The positions of the outer reduced dims (all but the innermost merged one).
+    innermost = int(reduced_view.sizes[-1] or 1) if reduced_view.rank > 1 else None
+    outer = (BatchLinear(0, 1) if innermost is None else
+             BatchLinear(length.per_batch // innermost, length.fixed // innermost))
+    # A row as long as the batch is taken as long.
+    tile = ctx.tile(node, default_row_tile(1 << 30 if length.batched else length.fixed))
+    prologue = fusion.prologue or pointwise.gather(shape, ctx.buffer(node.inputs[0]), strides)
+    views = (*_ints(*(s or 0 for s in kept_view.sizes[1:])), *_ints(*kept_view.strides[0]),
+             *_ints(*(s or 0 for s in reduced_view.sizes[1:])),
+             *_ints(*reduced_view.strides[0]))
+    args = (_buffer(ctx.buffer(node.id)), BATCH, *rows.args(), *length.args(), *outer.args(),
+            *views,
+            *prologue.args, *fusion.epilogue.args)
+    spec = reduce_kernel(node.op, ctx.type_of(node.inputs[0]).dtype, tile, kept_view.rank,
+                         reduced_view.rank, prologue=prologue.code,
+                         epilogue=fusion.epilogue.code)
+    # The tile's shared memory holds 8-byte partials; an index reduction's take 16.
+    shared = tile.shared_bytes * (2 if node.op in INDEX_REDUCTIONS else 1)
+    return [KernelLaunch(spec, (rows.grid(tile.rows_per_block), ONE, ONE), tile.threads,
+                         shared, args)]
+
+
+def _gather_launch(ctx: LoweringContext, node: Node, offset: int,
+                   strides: Sequence[int]) -> list[KernelLaunch]:
+    """out = the input read from element `offset` on with `strides` per output dimension."""
+    if offset == 0:  # strides alone: an ordinary strided copy
+        function = pointwise.gather(node.type.shape, ctx.buffer(node.inputs[0]), strides)
+        return [elementwise_launch(node, function, ctx.tile(node, DEFAULT_BLOCK),
+                                   ctx.buffer(node.id), node.type.shape)]
+    tile = ctx.tile(node, DEFAULT_BLOCK)
+    function = pointwise.gather(node.type.shape, ctx.buffer(node.inputs[0]), strides)
+    total = BatchLinear.of(node.type.shape)
+    args = (_buffer(ctx.buffer(node.id)), BATCH, *total.args(), *_ints(offset), *function.args)
+    return [KernelLaunch(gather_kernel(function.code, node.type.dtype, tile),
+                         (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
+
+
+@lowers("slice", "select", family="elementwise")
+def _lower_slice(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    if fusion != NO_FUSION:
+        raise CodegenError(f"{node.id}: `{node.op}` takes no fused ops")
+    in_strides = contiguous_strides(ctx.type_of(node.inputs[0]).shape)
+    if node.op == "select":
+        axis, index = node.attrs["axis"], node.attrs["index"]
+        return _gather_launch(ctx, node, index * in_strides[axis],
+                              in_strides[:axis] + in_strides[axis + 1:])
+    strides = list(in_strides)
+    offset = 0
+    for axis, start, step in zip(node.attrs["axes"], node.attrs["starts"], node.attrs["steps"]):
+        offset += start * in_strides[axis]
+        strides[axis] = in_strides[axis] * step
+    return _gather_launch(ctx, node, offset, strides)
+
+
+@lowers("expand", family="elementwise")
+def _lower_expand(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    if fusion != NO_FUSION:
+        raise CodegenError(f"{node.id}: expand takes no fused ops")
+    (x,) = node.inputs
+    function = pointwise.gather(node.type.shape, ctx.buffer(x),
+                                broadcast_strides(ctx.type_of(x).shape, node.type.shape))
+    return [elementwise_launch(node, function, ctx.tile(node, DEFAULT_BLOCK),
+                               ctx.buffer(node.id), node.type.shape)]
+
+
+@lowers("embedding", family="embedding")
+def _lower_embedding(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    if fusion != NO_FUSION:
+        raise CodegenError(f"{node.id}: embedding takes no fused ops")
+    ids, table = node.inputs
+    rows, dim = (int(d) for d in ctx.type_of(table).shape)
+    tile = ctx.tile(node, DEFAULT_BLOCK)
+    total = BatchLinear.of(node.type.shape)
+    args = (_buffer(ctx.buffer(ids)), _buffer(ctx.buffer(table)), _buffer(ctx.buffer(node.id)),
+            BATCH, *total.args(), *_ints(dim, rows))
+    spec = embedding_kernel(node.type.dtype, ctx.type_of(ids).dtype, tile)
+    return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
+
+
+@lowers("triu", "tril", family="triangle")
+def _lower_triangle(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    if fusion != NO_FUSION:
+        raise CodegenError(f"{node.id}: {node.op} takes no fused ops")
+    tile = ctx.tile(node, DEFAULT_BLOCK)
+    total = BatchLinear.of(node.type.shape)
+    rows, columns = (BatchLinear.of((d,)) for d in node.type.shape[-2:])
+    args = (_buffer(ctx.buffer(node.inputs[0])), _buffer(ctx.buffer(node.id)), BATCH,
+            *total.args(), *rows.args(), *columns.args(), *_ints(node.attrs["diagonal"]))
+    spec = triangle_kernel(node.op, node.type.dtype, tile)
+    return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
 
 
 @lowers("concat", family="concat")
@@ -584,6 +863,31 @@ class _BodyContext:
 
     def type_of(self, value: str) -> TensorType:
         return self.body_types[value] if value in self.body_types else self.outer.type_of(value)
+
+    def scratch(self, owner: Node, shape: tuple[Dim, ...]) -> str:
+        return self.outer.scratch(owner, shape)
+
+    def tile(self, node: Node, default: TileT) -> TileT:
+        return self.outer.tile(node, default)
+
+
+@dataclass
+class _SeenAs:
+    """A context that gives some values other (same-sized) types: a lowering that reuses
+    another op's kernel on the same buffers."""
+
+    outer: LoweringContext
+    types: dict[str, TensorType]
+
+    @property
+    def graph(self) -> Graph:
+        return self.outer.graph
+
+    def buffer(self, value: str) -> str:
+        return self.outer.buffer(value)
+
+    def type_of(self, value: str) -> TensorType:
+        return self.types.get(value) or self.outer.type_of(value)
 
     def scratch(self, owner: Node, shape: tuple[Dim, ...]) -> str:
         return self.outer.scratch(owner, shape)

@@ -3,9 +3,11 @@
 Every pointwise computation netc emits goes through here: a single activation or arithmetic op,
 an inference batchnorm, a fused group of them (`fused` kind `elementwise`), the epilogue of a
 GEMM, conv or pool kernel, and the prologue and epilogue of a row-wise reduction. Each becomes a
-*functor* (`templates/pointwise.jinja`): `float operator()(float value, long long index)`
-computes the chain for output element `index`, where `value` is what the host kernel computed
-there (the anchor's result, for an epilogue; unused otherwise).
+*functor* (`templates/pointwise.jinja`): `operator()(float value, long long index)` computes
+the chain for output element `index`, where `value` is what the host kernel computed there (the
+anchor's result, for an epilogue; unused otherwise). Values are float for the float dtypes and
+int, long long or bool for i32, i64 and bool (exact); a load whose dtype is not the functor's
+(a comparison's operands, a `where`'s condition, a `cast`'s input) says so in `load_ctypes`.
 
 The expressions are the ops' own (`OpDef.expression`, plain data in the registry: a pointwise op
 needs nothing here), filled in with netc-made variable names: x0, x1, ... (inputs loaded at
@@ -30,6 +32,11 @@ from netc.ir import Dim, Node, Region
 from netc.ops import REGISTRY, CudaExpression
 from netc.ops.decompose import decomposition_nodes
 from netc.plan import Arg
+
+CTYPES = {"f32": "float", "f16": "netc_f16", "bf16": "netc_bf16", "i32": "int",
+          "i64": "long long", "bool": "netc_bool"}
+"""Storage types by IR dtype (common.cuh defines netc_f16, netc_bf16 and netc_bool)."""
+_DTYPE_OF = {ctype: dtype for dtype, ctype in CTYPES.items()}
 
 
 def expression(op: str) -> CudaExpression | None:
@@ -70,16 +77,22 @@ class PointwiseCode:
     """Dims of the merged output view; 0: every input is read at the output's own index."""
     labelled: bool = True
     """Whether `label` and `rank` determine the code (one op, no value passed in)."""
+    load_ctypes: tuple[str, ...] = ()
+    """The storage type of each load, when one differs from the functor's own dtype (a
+    comparison's float inputs, a `where`'s bool condition); empty: all are the functor's."""
 
     @property
     def tag(self) -> str:
         """The code's part of a kernel name: `label` and rank, and a digest of the statements
         when those do not determine them (chains, epilogues)."""
+        # The loads' types are part of the code when they are not all the functor's own.
+        loaded = "".join(_DTYPE_OF[ctype] for ctype in self.load_ctypes)
+        stem = f"{self.label}_{loaded}_r{self.rank}" if loaded else f"{self.label}_r{self.rank}"
         if self.labelled:
-            return f"{self.label}_r{self.rank}"
+            return stem
         text = "\n".join((*self.statements, self.result, str(self.loads), str(self.floats)))
         digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-        return f"{self.label}_r{self.rank}_{digest}"
+        return f"{stem}_{digest}"
 
 
 @dataclass(frozen=True)
@@ -107,8 +120,10 @@ IDENTITY = Pointwise(PointwiseCode("identity", (), "value", 0, 0, 0), ())
 
 
 def _label(body: Sequence[Node], operand_kinds: Sequence[str]) -> str:
-    # A binary op's code depends on which operands are scalar constants (float arguments).
-    if len(body) == 1 and REGISTRY[body[0].op].min_inputs >= 2:
+    # A binary op's code depends on which operands are scalar constants (float arguments), an
+    # op of a varying number of operands (a comparison with a tensor or a number) on how many.
+    opdef = REGISTRY[body[0].op] if len(body) == 1 else None
+    if opdef is not None and (opdef.min_inputs >= 2 or opdef.max_inputs != opdef.min_inputs):
         return f"{body[0].op}_{''.join(operand_kinds)}"
     ops = [node.op for node in body]
     return "_".join(ops[:3] + (["etc"] if len(ops) > 3 else []))
@@ -130,6 +145,7 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
     loads: dict[tuple[int, str], str] = {}
     load_strides: list[tuple[int, ...]] = []
     load_buffers: list[str] = []
+    load_dtypes: list[str] = []
     floats: list[float] = []
     statements: list[str] = []
     kinds: list[str] = []
@@ -152,6 +168,7 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
         if key not in loads:
             loads[key] = f"x{len(loads)}"
             load_buffers.append(buffer(source.id))
+            load_dtypes.append(source.type.dtype)
             load_strides.append(_channel_strides(out_shape) if as_channel
                                 else broadcast_strides(source.type.shape, out_shape))
         return loads[key]
@@ -168,10 +185,12 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
         operands = [operand(ref, code.channel_params and position >= tensors)
                     for position, ref in enumerate(node.inputs)]
         for attr in code.floats:
+            if node.attrs[attr] is None:  # an optional operand given as a tensor instead
+                continue
             floats.append(float(node.attrs[attr]))
             operands.append(f"p{len(floats) - 1}")
         names[node.id] = f"v{index}"
-        statements.append(f"const float v{index} = {code.text.format(*operands)};")
+        statements.append(f"const auto v{index} = {code.text.format(*operands)};")
 
     view = coalesce(out_shape, load_strides)
     rank = 0 if view.contiguous else view.rank
@@ -180,9 +199,12 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
         args += [Arg("int", value=size or 0) for size in view.sizes[1:]]
         args += [Arg("int", value=stride) for strides in view.strides for stride in strides]
     args += [Arg("float", value=value) for value in floats]
+    own = body[-1].type.dtype
     code = PointwiseCode(_label(body, kinds), tuple(statements), names[body[-1].id],
                          len(load_buffers), len(floats), rank,
-                         labelled=len(expanded) == 1 and seed is None)
+                         labelled=len(expanded) == 1 and seed is None,
+                         load_ctypes=tuple(CTYPES[d] for d in load_dtypes)
+                         if any(d != own for d in load_dtypes) else ())
     return Pointwise(code, tuple(args), _same_index(out_shape, load_strides))
 
 

@@ -104,8 +104,58 @@ class Negate:
     span: Span
 
 
+@dataclass(frozen=True)
+class PathRef:
+    """`wte.weight`, `layer1.0.conv1.weight`: a parameter of an earlier layer (v2). The last
+    segment is the parameter, the others the layer's name as written in that scope."""
+
+    segments: tuple[str, ...]
+    span: Span
+
+    @property
+    def text(self) -> str:
+        return ".".join(self.segments)
+
+
+@dataclass(frozen=True)
+class IndexAt:
+    """`x[..., 0]`: one position, which drops the dimension."""
+
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class IndexSlice:
+    """`x[:, 1:5:2]`: a slice; a missing bound is None, as in Python."""
+
+    start: Expr | None
+    stop: Expr | None
+    step: Expr | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class IndexEllipsis:
+    """`x[..., 0]`: as many full slices as the other items leave."""
+
+    span: Span
+
+
+IndexItem = IndexAt | IndexSlice | IndexEllipsis
+
+
+@dataclass(frozen=True)
+class Index:
+    """`value[items]` (v2): PyTorch's basic indexing."""
+
+    value: Expr
+    items: tuple[IndexItem, ...]
+    span: Span
+
+
 Expr = (IntLiteral | FloatLiteral | BoolLiteral | StringLiteral | ListLiteral | NameRef | Call
-        | Pipe | BinaryOp | Negate)
+        | Pipe | BinaryOp | Negate | PathRef | Index)
 Argument = Expr | Keyword
 
 
@@ -147,6 +197,26 @@ class InputStmt:
 
 
 @dataclass(frozen=True)
+class ParamStmt:
+    """`param pos: f32[1, 1024, 256] = normal(std=0.02)` (v2); `init` is None for the
+    default."""
+
+    name: Identifier
+    type: TensorTypeExpr
+    init: Expr | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class FreezeStmt:
+    """`freeze conv1, layer1.0` in a `train` section (parsed only: training is not supported
+    yet)."""
+
+    names: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
 class AssignStmt:
     target: Identifier
     value: Expr
@@ -173,7 +243,8 @@ class ReturnStmt:
     span: Span
 
 
-Statement = InputStmt | AssignStmt | OutputStmt | RepeatStmt | ReturnStmt
+Statement = (InputStmt | ParamStmt | AssignStmt | OutputStmt | RepeatStmt | ReturnStmt
+             | FreezeStmt)
 
 
 # Definitions ------------------------------------------------------------------------------
@@ -213,12 +284,21 @@ class NetworkDef:
 
 
 @dataclass(frozen=True)
+class TrainDef:
+    """`train NETWORK { ... }` (v2): parsed so that sema can say it is not supported yet."""
+
+    network: Identifier
+    body: tuple[Statement, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
 class ImportStmt:
     path: str
     span: Span
 
 
-Definition = ImportStmt | BlockDef | NetworkDef
+Definition = ImportStmt | BlockDef | NetworkDef | TrainDef
 
 
 @dataclass(frozen=True)
@@ -240,6 +320,10 @@ class Module:
     def networks(self) -> tuple[NetworkDef, ...]:
         return tuple(item for item in self.items if isinstance(item, NetworkDef))
 
+    @property
+    def trains(self) -> tuple[TrainDef, ...]:
+        return tuple(item for item in self.items if isinstance(item, TrainDef))
+
 
 def subexpressions(expr: Expr) -> list[Expr]:
     """`expr` and every expression inside it, without recursion (chains can be long)."""
@@ -259,4 +343,11 @@ def subexpressions(expr: Expr) -> list[Expr]:
             pending.extend((current.left, current.right))
         elif isinstance(current, Negate):
             pending.append(current.operand)
+        elif isinstance(current, Index):
+            pending.append(current.value)
+            for item in current.items:
+                if isinstance(item, IndexAt):
+                    pending.append(item.value)
+                elif isinstance(item, IndexSlice):
+                    pending.extend(e for e in (item.start, item.stop, item.step) if e is not None)
     return found

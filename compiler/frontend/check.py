@@ -43,6 +43,12 @@ def check_structure(module: ast.Module, reporter: Reporter) -> None:
         _check_network(network, reporter)
     for block in module.blocks:
         _check_block(block, reporter)
+    for train in module.trains:
+        keyword = Span(train.span.file, train.span.line, train.span.column, train.span.line,
+                       train.span.column + len("train"))
+        reporter.error("E0122", "training sections are not supported yet", keyword,
+                       f"remove `train {train.network.text} {{ ... }}` to compile the network; "
+                       "netc compiles networks for inference today")
 
 
 def _check_network(network: ast.NetworkDef, reporter: Reporter) -> None:
@@ -54,6 +60,8 @@ def _check_network(network: ast.NetworkDef, reporter: Reporter) -> None:
         elif isinstance(statement, ast.InputStmt) and depth:
             reporter.error("E0115", "`input` cannot be inside `repeat`", statement.span,
                            "declare inputs at the top level of the network")
+        elif isinstance(statement, ast.ParamStmt) and depth:
+            _param_in_repeat(statement, reporter)
         elif isinstance(statement, ast.OutputStmt):
             if depth:
                 reporter.error("E0116", "`output` cannot be inside `repeat`", statement.span,
@@ -84,7 +92,8 @@ def _check_block(block: ast.BlockDef, reporter: Reporter) -> None:
                 if param.type.text in DTYPES:
                     help = f"tensor parameters have no type: write just `{name.text}`"
                 reporter.error("E0120", f"unknown parameter type `{param.type.text}`; attribute "
-                               "parameters are `int`, `float` or `bool`", param.type.span, help)
+                               "parameters are `int`, `float`, `bool` or `str`", param.type.span,
+                               help)
         elif typed_seen:
             reporter.error("E0110", f"tensor parameter `{name.text}` comes after an attribute "
                            "parameter", name.span, "list tensor parameters first, as ops take "
@@ -101,6 +110,8 @@ def _check_block(block: ast.BlockDef, reporter: Reporter) -> None:
             reporter.error("E0115", "`input` belongs in a network; a block takes its tensors as "
                            "parameters", statement.span,
                            f"add a parameter: `block {block.name.text}(x, ...)`")
+        elif isinstance(statement, ast.ParamStmt) and depth:
+            _param_in_repeat(statement, reporter)
         elif isinstance(statement, ast.OutputStmt):
             reporter.error("E0116", "`output` belongs in a network; a block gives its result "
                            "with `return`", statement.span)
@@ -109,16 +120,29 @@ def _check_block(block: ast.BlockDef, reporter: Reporter) -> None:
                        "end the block with `return EXPR`")
 
 
-def choose_network(module: ast.Module, wanted: str | None,
+def _param_in_repeat(statement: ast.ParamStmt, reporter: Reporter) -> None:
+    reporter.error("E0123", "`param` cannot be inside `repeat`: its name would be declared once "
+                   "a round", statement.span,
+                   "declare it before the `repeat`, or in a block the `repeat` calls (each call "
+                   "gets its own prefix)")
+
+
+def choose_network(module: ast.Module, imported: Sequence[ast.NetworkDef], wanted: str | None,
                    reporter: Reporter) -> ast.NetworkDef | None:
-    networks = module.networks
+    """The network to compile: `wanted`, among the main file's networks and those of the files
+    it imports (v2); by default the main file's only or last one, or, if it has none, the last
+    one it imports."""
+    networks = [*module.networks, *imported]
     if wanted is not None:
         for network in networks:
             if network.name.text == wanted:
                 return network
         names = [n.name.text for n in networks]
         known = ", ".join(f"`{n}`" for n in names) or "none"
-        reporter.error("E0107", f"no network `{wanted}` in `{module.file}` (it defines {known})",
+        where = " or the files it imports" if imported else ""
+        reporter.error("E0107", f"no network `{wanted}` in `{module.file}`{where} (there are "
+                       f"{known})" if imported else
+                       f"no network `{wanted}` in `{module.file}` (it defines {known})",
                        None, did_you_mean(wanted, names))
         return None
     if not networks:
@@ -126,4 +150,18 @@ def choose_network(module: ast.Module, wanted: str | None,
         reporter.error("E0106", f"`{module.file}` defines no network", line,
                        "a file compiles to the network in `network NAME { ... }`")
         return None
-    return networks[-1]
+    return networks[-1] if not module.networks else module.networks[-1]
+
+
+def check_network_names(module: ast.Module, imported: Sequence[ast.NetworkDef],
+                        reporter: Reporter) -> None:
+    """A network name the main file sees twice, across files (v2 imports networks)."""
+    seen = {network.name.text: network for network in module.networks}
+    for network in imported:
+        earlier = seen.setdefault(network.name.text, network)
+        if earlier is not network:
+            reporter.error("E0124", f"network `{network.name.text}` is defined twice: in "
+                           f"`{earlier.name.span.file}` and in the imported "
+                           f"`{network.name.span.file}`", earlier.name.span,
+                           "rename one of them", [f"the other definition is at "
+                                                  f"{network.name.span}"])

@@ -19,6 +19,7 @@ from netc.frontend.limits import (
     MAX_EVAL_DEPTH,
     MAX_NAME_LENGTH,
     MAX_NODES,
+    MAX_PATH_LENGTH,
     MAX_REPEAT,
     MAX_STATEMENTS,
 )
@@ -27,9 +28,9 @@ from netc.frontend.load import (
     SourceFile,
 )
 from netc.frontend.values import (
-    _NAME,
     ARITHMETIC_OPS,
     POISON,
+    DimName,
     Reporter,
     Tensor,
     Value,
@@ -38,14 +39,17 @@ from netc.frontend.values import (
     _kind_words,
     _numel,
     describe,
+    is_layer_path,
     user_callable,
 )
-from netc.ir import DTYPES, Attrs, Graph, Node, TensorType
+from netc.ir import ALL_DTYPES, Attrs, Graph, Node, TensorType
 from netc.ops import REGISTRY, AttrSpec, OpDef, ShapeError
 from netc.ops.apply import (
     AttrError,
+    DtypeError,
     Naming,
     apply_op,
+    bind_attrs,
     coerce_attr,
     missing_attr,
     param_id,
@@ -96,6 +100,8 @@ class Expander:
         self.ops = {name: opdef for name, opdef in REGISTRY.items() if user_callable(opdef)}
         self.by_position = {name: [spec for spec in opdef.attrs if spec.positional]
                             for name, opdef in self.ops.items()}
+        self.dims: dict[str, Span] = {}
+        """The network's named dimensions, where each is first declared."""
         self.calls: tuple[tuple[str, str, Span], ...] = ()
         """The block calls being expanded, innermost first: (prefixed name, block, call span)."""
 
@@ -149,6 +155,8 @@ class Expander:
                 scope.env[statement.target.text] = self._eval(statement.value, scope)
             elif isinstance(statement, ast.InputStmt):
                 self._input(statement, scope)
+            elif isinstance(statement, ast.ParamStmt):
+                self._param(statement, scope)
             elif isinstance(statement, ast.OutputStmt):
                 self._output(statement, scope)
             elif isinstance(statement, ast.RepeatStmt):
@@ -167,21 +175,85 @@ class Expander:
             return
         self._add_node(Node(name.text, "input", (), Attrs(), tensor_type, name.span))
         scope.env[name.text] = Tensor(name.text, tensor_type, f"input `{name.text}` at {name.span}")
+        for dim in statement.type.dims:
+            if isinstance(dim, ast.NamedDim):
+                self.dims.setdefault(dim.name, dim.span)
 
-    def _tensor_type(self, written: ast.TensorTypeExpr) -> TensorType | None:
+    def _param(self, statement: ast.ParamStmt, scope: _Scope) -> None:
+        """`param NAME: TYPE [= INIT]`: a free parameter, IR node `param` whose id is its full
+        name (the block prefix and NAME) and whose attributes say how to initialise it."""
+        name = statement.name
+        if name.text in scope.env:
+            self.error("E0117", f"`{name.text}` is already defined", name.span,
+                       "give the parameter another name")
+            return
+        scope.env[name.text] = POISON  # until it is made
+        tensor_type = self._tensor_type(statement.type, named=False)
+        init = self._param_init(statement.init, scope)
+        if tensor_type is None or init is None:
+            return
+        node_id = scope.prefix + name.text
+        existing = self.node_ids.get(node_id)
+        if existing is not None or node_id in self.layer_spans:
+            where = self.layer_spans.get(node_id) or (existing.span if existing else None)
+            self.error("E0211", f"parameter `{node_id}` clashes with another layer or value of "
+                       "that name", name.span, "give the parameter another name",
+                       [f"the other is at {where}"] if where else [])
+            return
+        self.layer_spans[node_id] = name.span
+        self._add_node(Node(node_id, "param", (), init, tensor_type, name.span))
+        scope.env[name.text] = Tensor(node_id, tensor_type, f"param `{node_id}` at {name.span}")
+
+    def _param_init(self, written: ast.Expr | None, scope: _Scope) -> Attrs | None:
+        """A param's `INIT` as the param node's attributes: `init` is "zeros", "ones",
+        "normal" (with `std`) or "uniform" (with `bound`)."""
+        if written is None:
+            return Attrs(init="normal", std=0.02)
+        shown = 'zeros, ones, normal(std=S) or uniform(bound=B)'
+        if isinstance(written, ast.NameRef) and written.name in ("zeros", "ones"):
+            return Attrs(init=written.name)
+        if not isinstance(written, ast.Call) or written.callee.text not in ("normal", "uniform"):
+            self.error("E0235", "a param's initialiser is " + shown, written.span,
+                       "for example `param pos: f32[1, 16, 64] = normal(std=0.02)`")
+            return None
+        kind = written.callee.text
+        key = "std" if kind == "normal" else "bound"
+        if len(written.args) != 1:
+            self.error("E0235", f"`{kind}` takes one argument, `{key}`", written.span,
+                       f"write `{kind}({key}=...)`")
+            return None
+        (argument,) = written.args
+        if not isinstance(argument, ast.Keyword) or argument.name.text != key:
+            # By keyword only: `nn.init.normal_(t, 0.5)` would be the mean, not the std.
+            where = argument.name.span if isinstance(argument, ast.Keyword) else argument.span
+            self.error("E0235", f"`{kind}` takes `{key}` by keyword", where,
+                       f"write `{kind}({key}=...)`")
+            return None
+        value = self._eval(argument.value, scope)
+        if value is POISON:
+            return None
+        if not _is_number(value) or value < 0 or not math.isfinite(value):
+            self.error("E0235", f"`{key}` of `{kind}` is a non-negative number, got "
+                       f"{describe(value)}", argument.value.span)
+            return None
+        return Attrs({"init": kind, key: float(value)})
+
+    def _tensor_type(self, written: ast.TensorTypeExpr, named: bool = True) -> TensorType | None:
+        """The type as written; `named=False` (a param's) refuses named dimensions."""
         ok = True
         dtype = written.dtype.text
-        if dtype not in DTYPES:
+        if dtype not in ALL_DTYPES:
             self.error("E0301", f"unknown dtype `{dtype}`", written.dtype.span,
-                       did_you_mean(dtype, DTYPES) or "the dtypes are f32, f16 and bf16")
+                       did_you_mean(dtype, ALL_DTYPES) or
+                       "the dtypes are f32, f16, bf16, i32, i64 and bool")
             ok = False
         shape: list[int | str] = []
-        for index, dim in enumerate(written.dims):
+        for dim in written.dims:
             if isinstance(dim, ast.NamedDim):
-                if index > 0:
-                    self.error("E0303", f"the named dimension `{dim.name}` must come first: in "
-                               "version 1 only the batch dimension may be named", dim.span,
-                               "give this dimension a size")
+                if not named:
+                    self.error("E0314", f"a param's shape is fully known; `{dim.name}` is a "
+                               "named dimension", dim.span,
+                               "give the largest size and index it: `pos[:, :T]`")
                     ok = False
                 shape.append(dim.name)
             else:
@@ -281,6 +353,10 @@ class Expander:
                 return self._list(expr, scope)
             if isinstance(expr, ast.Negate):
                 return self._negate(expr, scope)
+            if isinstance(expr, ast.PathRef):
+                return self._path(expr, scope)
+            if isinstance(expr, ast.Index):
+                return self._index(expr, scope)
             raise TypeError(f"unknown expression {expr!r}")
         finally:
             self.depth -= 1
@@ -288,6 +364,8 @@ class Expander:
     def _lookup(self, ref: ast.NameRef, scope: _Scope) -> Value:
         if ref.name in scope.env:
             return scope.env[ref.name]
+        if ref.name in self.dims:
+            return DimName(ref.name)
         help = did_you_mean(ref.name, scope.env)
         if help is None and (ref.name in REGISTRY or ref.name in scope.source.blocks):
             help = f"`{ref.name}` is an op: call it, `{ref.name}(x)`, or pipe into it, " \
@@ -295,6 +373,146 @@ class Expander:
         self.error("E0202", f"undefined name `{ref.name}`", ref.span, help)
         scope.env[ref.name] = POISON  # one report per name, not one per use
         return POISON
+
+    def _path(self, ref: ast.PathRef, scope: _Scope) -> Value:
+        """`LAYER.PARAM`: a parameter of a layer made earlier in this scope, `LAYER` as written
+        here (the scope's prefix is added)."""
+        *layer_path, param = ref.segments
+        layer = ".".join(layer_path)
+        node = self.node_ids.get(scope.prefix + ref.text)
+        if node is not None and node.op == "param":
+            return Tensor(node.id, node.type, f"parameter `{node.id}` at {ref.span}")
+        # Layers of this scope by the name written here (a block call's free parameters count
+        # as its own), and each one's parameters.
+        layers: dict[str, list[str]] = {}
+        for other in self.nodes:
+            if other.op == "param" and other.id.startswith(scope.prefix) and "." in other.id:
+                owner = other.layer or other.id.rsplit(".", 1)[0]
+                layers.setdefault(owner[len(scope.prefix):], []).append(
+                    other.id[len(owner) + 1:])
+        if layer in layers:
+            names = layers[layer]
+            self.error("E0234", f"layer `{layer}` has no parameter `{param}`", ref.span,
+                       did_you_mean(param, names) or
+                       f"its parameters are {', '.join(f'`{n}`' for n in names)}")
+        else:
+            help = did_you_mean(layer, layers)
+            if help is None and layer_path[0] in scope.env:
+                help = f"`{layer_path[0]}` is a value; `.` names a parameter of a layer"
+            self.error("E0233", f"no layer `{layer}` before this point" +
+                       (f" in `{scope.prefix[:-1]}`" if scope.prefix else ""), ref.span,
+                       help or "a layer is named by `name=` or `<op>_<k>`, and must come "
+                       "before its parameters are used")
+        return POISON
+
+    def _index(self, expr: ast.Index, scope: _Scope) -> Value:
+        """`x[:, 0]`, `x[..., ::2]`, `pos[:, :T]`: PyTorch's basic indexing, as one `slice`
+        of every sliced axis, then a `select` per integer index (highest axis first, so the
+        others keep their numbers)."""
+        value = self._eval(expr.value, scope)
+        items = [self._index_item(item, scope) for item in expr.items]
+        if value is POISON or any(item is None for item in items):
+            return POISON
+        if not isinstance(value, Tensor):
+            self.error("E0236", f"only a tensor can be indexed, not {describe(value)}",
+                       expr.value.span)
+            return POISON
+        ellipses = [i for i, item in enumerate(expr.items) if isinstance(item, ast.IndexEllipsis)]
+        if len(ellipses) > 1:
+            self.error("E0236", "an index holds at most one `...`", expr.items[ellipses[1]].span)
+            return POISON
+        rank = value.type.rank
+        written = len(expr.items) - len(ellipses)
+        if written > rank:
+            self.error("E0236", f"{written} indices for a tensor {value.type} of rank {rank}",
+                       expr.span, "index at most one position or slice per dimension")
+            return POISON
+        # Each item's axis: the items after a `...` index the last dimensions.
+        placed: list[tuple[int, object]] = []
+        for position, bounds in enumerate(items):
+            if ellipses and position > ellipses[0]:
+                placed.append((rank - (len(items) - position), bounds))
+            elif bounds != "...":
+                placed.append((position, bounds))
+        slices: dict[str, list[Any]] = {"axes": [], "starts": [], "ends": [], "steps": []}
+        selects: list[tuple[int, int]] = []
+        for axis, bounds in placed:
+            if isinstance(bounds, int):
+                selects.append((axis, bounds))
+                continue
+            assert isinstance(bounds, tuple)
+            start, stop, step = bounds
+            if start is None and stop is None and step is None:
+                continue  # `:` keeps the whole dimension
+            size = value.type.shape[axis]
+            problem = None
+            if isinstance(size, str):
+                problem = (f"cannot slice the named dimension {size} of {value.type}: its size "
+                           "is known only at run time")
+            elif isinstance(stop, DimName):
+                ends = REGISTRY["slice"].attr("ends")
+                if ends is None or ends.kind != "dim_list":
+                    problem = "a slice bound that is a named dimension is not supported yet"
+            if problem is not None:
+                self.error("E0236", problem, expr.span)
+                return POISON
+            slices["axes"].append(axis)
+            slices["starts"].append(0 if start is None else start)
+            slices["ends"].append((size if isinstance(size, int) else DimName(size))
+                                  if stop is None else stop)
+            slices["steps"].append(1 if step is None else step)
+        result: Value = value
+        if slices["axes"]:
+            result = self._apply_builtin("slice", value, {k: tuple(v) for k, v in slices.items()},
+                                         expr.span, scope)
+        for axis, index in sorted(selects, reverse=True):
+            if not isinstance(result, Tensor):
+                break
+            result = self._apply_builtin("select", result, {"axis": axis, "index": index},
+                                         expr.span, scope)
+        return result
+
+    def _index_item(self, item: ast.IndexItem, scope: _Scope) -> object:
+        """An index item's value: an int, a (start, stop, step) of ints, dimension names or
+        None, or "..."; None after reporting what is wrong with it."""
+        if isinstance(item, ast.IndexEllipsis):
+            return "..."
+        if isinstance(item, ast.IndexAt):
+            index = self._eval(item.value, scope)
+            if index is POISON:
+                return None
+            if not _is_int(index):
+                self.error("E0236", f"an index is an int, got {describe(index)}", item.span,
+                           "indexing by a tensor is not supported; `embedding` looks up rows"
+                           if isinstance(index, Tensor) else None)
+                return None
+            return index
+        bounds: list[object] = []
+        for part in (item.start, item.stop, item.step):
+            bound = None if part is None else self._eval(part, scope)
+            if bound is POISON:
+                return None
+            if bound is not None and not _is_int(bound) and \
+                    not (isinstance(bound, DimName) and part is item.stop):
+                what = "an int or a named dimension" if part is item.stop else "an int"
+                self.error("E0236", f"a slice {'end' if part is item.stop else 'bound'} is "
+                           f"{what}, got {describe(bound)}",
+                           part.span if part is not None else item.span)
+                return None
+            bounds.append(bound)
+        return tuple(bounds)
+
+    def _apply_builtin(self, op: str, tensor: Tensor, values: dict[str, Any], span: Span,
+                       scope: _Scope) -> Value:
+        """An op the language applies for a construct (indexing), attributes bound by
+        `bind_attrs`; a value it refuses is reported at `span`."""
+        opdef = REGISTRY[op]
+        try:
+            attrs = bind_attrs(opdef, values, canonical=False)
+        except AttrError as problem:
+            self.error(problem.code, problem.message, span, problem.help)
+            return POISON
+        return self._emit(opdef, [tensor], dict(attrs), span, scope, None)
 
     def _list(self, expr: ast.ListLiteral, scope: _Scope) -> Value:
         items = [self._eval(item, scope) for item in expr.items]
@@ -320,8 +538,7 @@ class Expander:
         if value is POISON:
             return POISON
         if isinstance(value, Tensor):
-            constant = self._constant(-1.0, value, expr.span)
-            return self._builtin("mul", [value, constant], expr.span, scope)
+            return self._builtin("neg", [value], expr.span, scope)
         if _is_number(value):
             return -value
         self.error("E0216", f"`-` needs a number or a tensor, got {describe(value)}",
@@ -348,9 +565,8 @@ class Expander:
         operands = ((left, expr.left), (right, expr.right))
         if isinstance(left, Tensor) or isinstance(right, Tensor):
             if op not in ARITHMETIC_OPS:
-                help = ("multiply by the reciprocal instead: `x * 0.5`" if op == "/"
-                        else "`//` divides ints in attribute arithmetic")
-                self.error("E0216", f"`{op}` is not defined on tensors", expr.op_span, help)
+                self.error("E0216", f"`{op}` is not defined on tensors", expr.op_span,
+                           "`//` divides ints in attribute arithmetic; `/` divides tensors")
                 return POISON
             for value, written in operands:
                 if not isinstance(value, Tensor) and not _is_number(value):
@@ -549,10 +765,9 @@ class Expander:
             self.error("E0210", f"`name` must be a string, got {describe(value)}", span,
                        'write it in double quotes: `name="fc1"`')
             return None
-        if not _NAME.fullmatch(value) or len(value) > MAX_NAME_LENGTH:
+        if not is_layer_path(value):
             self.error("E0210", f'"{value}" is not a valid layer name', span,
-                       "use letters, digits and `_`, not starting with a digit, at most "
-                       f"{MAX_NAME_LENGTH} characters")
+                       _layer_name_help(value))
             return None
         return value
 
@@ -581,6 +796,13 @@ class Expander:
             layer = scope.prefix + (layer_name or scope.naming.layer(op))
         try:
             applied = apply_op(opdef, Attrs(given), types)
+        except DtypeError as problem:
+            wanted = next(d for d in ("f32", "i64", "bool") if d in opdef.dtypes) \
+                if opdef.dtypes else None
+            help = f'netc converts no dtype silently: `cast(x, "{wanted}")` converts' \
+                if wanted and "cast" in REGISTRY else None
+            self._shape_error(str(problem), inputs, span, layer, "E0313", help)
+            return POISON
         except ShapeError as problem:
             self._shape_error(str(problem), inputs, span, layer)
             return POISON
@@ -601,7 +823,8 @@ class Expander:
             dtype = types[0].dtype
             for name, node_id in zip(names, param_ids):
                 self._add_node(Node(node_id, "param", (), Attrs(),
-                                    TensorType(dtype, by_name[name].shape), span, layer))
+                                    TensorType(by_name[name].dtype or dtype, by_name[name].shape),
+                                    span, layer))
             node_id = layer
             origin = f"`{layer}` at {span}"
         else:
@@ -635,14 +858,14 @@ class Expander:
         return True
 
     def _shape_error(self, message: str, inputs: list[Tensor], span: Span,
-                     layer: str | None) -> None:
+                     layer: str | None, code: str = "E0304", help: str | None = None) -> None:
         notes = [f"in layer `{layer}`"] if layer else []
         if len(inputs) == 1:
             notes.append(f"the input {inputs[0].type} comes from {inputs[0].origin}")
         else:
             notes.extend(f"input {index}, {tensor.type}, comes from {tensor.origin}"
                          for index, tensor in enumerate(inputs, 1))
-        self.error("E0304", message, span, notes=notes)
+        self.error(code, message, span, help, notes=notes)
 
     # Blocks
 
@@ -771,6 +994,20 @@ class Expander:
                         if (isinstance(sub, ast.Call) and sub.callee.text not in info.source.blocks
                                 and sub.callee.text not in self.ops):
                             self._unknown_callee(sub, _Scope(info.source, "", {}))
+
+
+def _layer_name_help(value: str) -> str:
+    """What is wrong with a layer name that is not a PyTorch module path, in words."""
+    if not value:
+        return 'a name has at least one character: `name="fc1"`'
+    if value.startswith(".") or value.endswith(".") or ".." in value:
+        return "a layer path is segments joined by single dots, e.g. `layer1.0.conv1`"
+    bad = next((c for c in value if not (c.isascii() and (c.isalnum() or c in "_."))), None)
+    if bad is not None:
+        return (f"`{bad}` cannot appear in a layer name: use letters, digits and `_`, "
+                "with `.` between the segments of a path (`layer1.0.conv1`)")
+    return (f"a segment is at most {MAX_NAME_LENGTH} characters and a whole path at most "
+            f"{MAX_PATH_LENGTH}")
 
 
 def _shape(shape: Sequence[object]) -> str:

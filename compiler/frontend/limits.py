@@ -8,7 +8,11 @@ MAX_SOURCE_BYTES = 256 << 10
 blocks is about 20 KiB); refuse it before lexing, which runs at roughly 100 KiB/s (E0508)."""
 
 MAX_NAME_LENGTH = 64
-"""The spec's limit on names (E0503)."""
+"""The spec's limit on names (E0503), and on each segment of a layer path (E0210)."""
+
+MAX_PATH_LENGTH = 255
+"""Longest layer path, `name="encoder.layers.11.self_attn.out_proj"` (E0210): far beyond any
+PyTorch state_dict key of a real model."""
 
 INT_LIMIT = 1 << 40
 """Largest integer magnitude, written or computed (E0501). Python ints are unbounded, so this

@@ -20,7 +20,6 @@ from netc.frontend.parser import normalize_newlines, parse_module
 from netc.frontend.values import (
     Reporter,
 )
-from netc.ops import REGISTRY
 
 # Phase 1: loading files -------------------------------------------------------------------
 
@@ -115,6 +114,16 @@ def _report_missing_import(path: Path, display: str, span: Span | None,
                    help or "the path is relative to the file that imports it")
 
 
+VERSION_1_OPS = frozenset((
+    "dense", "conv2d", "maxpool2d", "avgpool2d", "global_avgpool", "batchnorm", "layernorm",
+    "relu", "sigmoid", "tanh", "gelu", "silu", "leaky_relu", "softmax", "log_softmax",
+    "flatten", "reshape", "transpose", "concat", "matmul", "dropout", "add", "sub", "mul",
+))
+"""The standard ops of language version 1, whose names a block may not take (E0119). A block
+may take the name of an op that version 2 added (`stack`, `attention`, `mean`, ...): version 1
+programs that named a block so stay valid, as the spec promises, and the block shadows the op
+in every file that sees the block (calls resolve to blocks first)."""
+
 class Loader:
     """Reads the main file and its imports (phase 1), then checks structure (phase 2)."""
 
@@ -198,7 +207,7 @@ class Loader:
                         "rename one of them",
                         [f"the other definition is at {earlier.definition.name.span}"])
                     continue
-                if name in REGISTRY:
+                if name in VERSION_1_OPS:
                     self.reporter.error("E0119", f"block `{name}` has the name of a standard op",
                                         block.name.span, "rename the block")
                     continue

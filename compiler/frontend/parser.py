@@ -47,7 +47,8 @@ from netc.frontend.limits import (
 )
 
 RESERVED_WORDS = frozenset(
-    ("network", "block", "input", "output", "return", "repeat", "import", "true", "false"))
+    ("network", "block", "input", "output", "return", "repeat", "import", "true", "false",
+     "param", "train"))
 
 _LARK_OPTIONS: dict[str, Any] = {
     "parser": "lalr",
@@ -201,6 +202,32 @@ def _number_problem(file: str, text: str, match: re.Match[str]) -> Diagnostic | 
     return None
 
 
+def _is_word_char(char: str) -> bool:
+    return char.isascii() and (char.isalnum() or char == "_")
+
+
+def _joins_path(text: str, offset: int) -> bool:
+    """Whether the `.` at `offset` joins two segments of a layer path (`wte.weight`), or is
+    part of `...`: the only places a `.` outside a number may stand."""
+    if text.startswith("...", offset) or text.startswith("...", max(offset - 2, 0)) or \
+            text.startswith("...", max(offset - 1, 0)):
+        return True
+    return 0 < offset < len(text) - 1 and _is_word_char(text[offset - 1]) and \
+        _is_word_char(text[offset + 1])
+
+
+def _stray_dot(file: str, text: str, offset: int) -> Diagnostic:
+    before = text[offset - 1] if offset else ""
+    after = text[offset + 1] if offset + 1 < len(text) else ""
+    if (after.isdigit() and not _is_word_char(before)) or \
+            (before.isdigit() and not after.isalnum()):
+        help = "numbers need digits on both sides of the point, e.g. `0.5`"
+    else:
+        help = "a layer path is written without spaces around its dots: `wte.weight`"
+    return Diagnostic("E0004", "unexpected character `.`", _span_at(file, text, offset, offset + 1),
+                      help)
+
+
 def _clip(text: str, width: int = 24) -> str:
     return text if len(text) <= width else f"{text[:width]}… ({len(text)} characters)"
 
@@ -246,6 +273,8 @@ def scan(text: str, file: str) -> list[Diagnostic]:
             depth = max(depth - 1, 0)
         elif kind == "other" and not match.group().isascii():
             problem = _non_ascii(file, text, match.start())
+        elif kind == "other" and match.group() == "." and not _joins_path(text, match.start()):
+            problem = _stray_dot(file, text, match.start())
         if problem is not None:
             problems.append(problem)
             if len(problems) >= MAX_DIAGNOSTICS:
@@ -260,7 +289,7 @@ _TERMINAL_WORDS = {"NAME": "a name", "INT": "an integer", "FLOAT": "a number",
 _GROUPS = (
     ("an expression", {"NAME", "INT", "FLOAT", "STRING", "TRUE", "FALSE", "LSQB", "LPAR",
                        "MINUS"}),
-    ("a statement", {"NAME", "INPUT", "OUTPUT", "REPEAT", "RETURN"}),
+    ("a statement", {"NAME", "INPUT", "PARAM", "OUTPUT", "REPEAT", "RETURN"}),
     ("an operator", {"PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "_PIPE"}),
 )
 _CHAR_HELP = {
@@ -416,6 +445,19 @@ class _ToAst(Transformer_NonRecursive):
                      if c is not None and not isinstance(c, (ast.TensorParam, ast.AttrParam)))
         return ast.BlockDef(self._ident(name), params, body, self._span(meta))
 
+    def train_def(self, meta: Any, children: list[Any]) -> ast.TrainDef:
+        name, *body = children
+        return ast.TrainDef(self._ident(name), tuple(body), self._span(meta))
+
+    def freeze_stmt(self, meta: Any, children: list[Any]) -> ast.FreezeStmt:
+        keyword, *names = children
+        if str(keyword) != "freeze":
+            # `frieze conv1`: a name then another, which only `freeze` may start.
+            found = names[0].name if isinstance(names[0], ast.NameRef) else names[0].text
+            raise _fail("E0005", f"expected `=`, found `{found}`", names[0].span,
+                        "a statement binds its result to a name: `y = op(...)`")
+        return ast.FreezeStmt(tuple(names), self._span(meta))
+
     def tensor_param(self, meta: Any, children: list[Any]) -> ast.TensorParam:
         (name,) = children
         return ast.TensorParam(self._ident(name), self._span(meta))
@@ -429,6 +471,10 @@ class _ToAst(Transformer_NonRecursive):
     def input_stmt(self, meta: Any, children: list[Any]) -> ast.InputStmt:
         name, tensor_type = children
         return ast.InputStmt(self._ident(name), tensor_type, self._span(meta))
+
+    def param_stmt(self, meta: Any, children: list[Any]) -> ast.ParamStmt:
+        name, tensor_type, init = children
+        return ast.ParamStmt(self._ident(name), tensor_type, init, self._span(meta))
 
     def assign_stmt(self, meta: Any, children: list[Any]) -> ast.AssignStmt:
         target, value = children
@@ -448,7 +494,8 @@ class _ToAst(Transformer_NonRecursive):
 
     def tensor_type(self, meta: Any, children: list[Any]) -> ast.TensorTypeExpr:
         dtype, *dims = children
-        return ast.TensorTypeExpr(self._ident(dtype), tuple(dims), self._span(meta))
+        return ast.TensorTypeExpr(self._ident(dtype), tuple(d for d in dims if d is not None),
+                                  self._span(meta))
 
     def size_dim(self, meta: Any, children: list[Any]) -> ast.SizeDim:
         (size,) = children
@@ -506,6 +553,34 @@ class _ToAst(Transformer_NonRecursive):
     def name(self, meta: Any, children: list[Any]) -> ast.NameRef:
         (token,) = children
         return ast.NameRef(str(token), self._token_span(token))
+
+    def path(self, meta: Any, children: list[Any]) -> ast.PathRef:
+        # A FLOAT segment (`3.0` of `features.3.0`) is two segments.
+        # (`scan` made sure no space stands next to a dot.)
+        segments: list[str] = []
+        for token in children:
+            text = str(token)
+            if token.type == "FLOAT" and not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+                raise _fail("E0009", f"`{text}` is not a segment of a layer path",
+                            self._token_span(token),
+                            "segments are letters, digits and `_`, joined by `.`")
+            segments.extend(text.split("."))
+        return ast.PathRef(tuple(segments), self._span(meta))
+
+    def index(self, meta: Any, children: list[Any]) -> ast.Index:
+        value, *items = children
+        return ast.Index(value, tuple(items), self._span(meta))
+
+    def index_at(self, meta: Any, children: list[Any]) -> ast.IndexAt:
+        (value,) = children
+        return ast.IndexAt(value, self._span(meta))
+
+    def index_slice(self, meta: Any, children: list[Any]) -> ast.IndexSlice:
+        start, stop, step = children
+        return ast.IndexSlice(start, stop, step, self._span(meta))
+
+    def index_ellipsis(self, meta: Any, children: list[Any]) -> ast.IndexEllipsis:
+        return ast.IndexEllipsis(self._span(meta))
 
     def int(self, meta: Any, children: list[Any]) -> ast.IntLiteral:
         (token,) = children

@@ -20,9 +20,15 @@ are de-duplicated, so an error inside a block called eight times is reported onc
 
 Naming (the spec's "Layers and parameters"): a layer is an op with parameters. Its name is
 `name="..."` or `<op>_<k>`, k counting the unnamed layers of that op in the current naming
-scope; a block call opens a scope whose names get the prefix `<block>_<j>.`. IR node ids:
-inputs by name, layers by full layer name, parameters `<layer>.<param>`, every other node
-`<op>#<k>` (a `#` cannot occur in a user name, so ids never clash).
+scope; a block call opens a scope whose names get the prefix `<block>_<j>.` (or the call's
+`name=`, a PyTorch module path such as `layer1.0`). IR node ids: inputs by name, layers by
+full layer name, parameters `<layer>.<param>`, free parameters (`param`) by prefix and name,
+every other node `<op>#<k>` (a `#` cannot occur in a user name, so ids never clash).
+
+Version 2 adds `param`, `LAYER.PARAM` (a parameter of an earlier layer of the same scope),
+indexing (lowered to `slice` and `select`), `/` and unary `-` on tensors (`div`, `neg`),
+named dimensions anywhere (a dimension's name is a value in attribute expressions), networks
+of imported files, and a `train` section that is refused (E0122) until training lands.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pathlib import Path
 
 from netc.diagnostics import CompileError, SourceMap
 from netc.frontend.check import (
+    check_network_names,
     choose_network,
 )
 from netc.frontend.expand import (
@@ -38,6 +45,7 @@ from netc.frontend.expand import (
 )
 from netc.frontend.load import (
     Loader,
+    SourceFile,
 )
 from netc.frontend.parser import normalize_newlines
 from netc.frontend.values import (
@@ -56,11 +64,19 @@ def compile_source(text: str, display: str, path: Path | None, directory: Path,
     loader = Loader(reporter, sources)
     main = loader.load(text, display, path, directory, display_directory)
     chosen = None
+    owners: dict[int, SourceFile] = {}
     if main is not None and not reporter.diagnostics:
-        chosen = choose_network(main.module, network, reporter)
+        # The networks of the files it imports directly, each with its file (v2).
+        owners = {id(n): source for source in dict.fromkeys(main.imports)
+                  for n in source.module.networks}
+        imported = [n for source in dict.fromkeys(main.imports) for n in source.module.networks]
+        check_network_names(main.module, imported, reporter)
+        if not reporter.diagnostics:
+            chosen = choose_network(main.module, imported, network, reporter)
     if main is None or chosen is None or reporter.diagnostics:
         raise CompileError(reporter.in_source_order(sources.texts), sources)
-    graph = Expander(main, loader.all_blocks, reporter).network(chosen)
+    home = owners.get(id(chosen), main)
+    graph = Expander(home, loader.all_blocks, reporter).network(chosen)
     if graph is None or reporter.diagnostics:
         raise CompileError(reporter.in_source_order(sources.texts), sources)
     return graph

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from netc.frontend.parser import RESERVED_WORDS
+from netc.frontend.values import ARITHMETIC_OPS, is_layer_path  # the front end's own check
 from netc.ir import Graph, Node
 from netc.ops import REGISTRY
 from netc.ops.windows import Window
@@ -56,8 +57,10 @@ class NameTable:
             text = f"{text[:_MAX_NAME - 9].rstrip('_')}_{digest}"
         return text
 
-    def claim(self, name: str, fallback: str = "v") -> str:
-        base = name if is_valid_name(name) else self.sanitise(name, fallback)
+    def claim(self, name: str, fallback: str = "v", *, path: bool = False) -> str:
+        """A unique name from `name`; with `path`, a layer path (`layer1.0.conv1`) is kept."""
+        valid = is_layer_path(name) if path else is_valid_name(name)
+        base = name if valid else self.sanitise(name, fallback)
         candidate, count = base, 0
         while candidate in self.taken:
             count += 1
@@ -82,6 +85,8 @@ def format_number(value: float) -> str:
 
 def _user_value(node: Node, name: str, kind: str, value: Any) -> str | None:
     """An attribute in the form a user writes it, or None where it is the default."""
+    if value is None:  # an optional attribute left unset (a comparison's `other`)
+        return None
     if name == "axis" and node.op in ("softmax", "log_softmax") and value == node.type.rank - 1:
         value = -1  # the canonical axis is positive; the last one reads best as the default
     if name == "stride" and node.op in ("maxpool2d", "avgpool2d") and \
@@ -128,6 +133,9 @@ def _call_arguments(node: Node) -> list[str]:
             arguments.append(f"{spec.name}={text}")
         positional = False
     if node.layer is not None:
+        if not is_layer_path(node.layer):
+            raise ValueError(f"the layer name `{comment_text(node.layer, 80)}` is not a "
+                             "PyTorch module path, so `.net` cannot name it")
         arguments.append(f'name="{node.layer}"')
     return arguments
 
@@ -140,7 +148,7 @@ def _default_form(kind: str, default: Any) -> Any:
     return default
 
 
-_INFIX = {"add": "+", "sub": "-", "mul": "*"}
+_INFIX = {op: symbol for symbol, op in ARITHMETIC_OPS.items()}
 
 COMMENT_FIELD_LIMIT = 80
 """Characters of one piece of file text (a producer name, a node name) quoted in a comment."""
@@ -163,6 +171,17 @@ def comment_text(text: str, limit: int = COMMENT_LIMIT) -> str:
     return escaped if len(escaped) <= limit else escaped[:limit - 3] + "..."
 
 
+def _param_init(node: Node) -> str:
+    """` = normal(std=0.02)`: a free parameter's initialiser as written (nothing if unknown)."""
+    init = node.attrs.get("init")
+    if init in ("zeros", "ones"):
+        return f" = {init}"
+    if init in ("normal", "uniform"):
+        key = "std" if init == "normal" else "bound"
+        return f" = {init}({key}={format_number(float(node.attrs[key]))})"
+    return ""
+
+
 def render_net(graph: Graph, names: Mapping[str, str] | None = None,
                comments: Sequence[str] = ()) -> str:
     """`graph` as a `.net` network: one statement per compute node, in graph order.
@@ -183,23 +202,38 @@ def render_net(graph: Graph, names: Mapping[str, str] | None = None,
         if node.id not in variables:
             variables[node.id] = table.claim(proposed.get(node.id, node.id), node.op)
 
+    # Free parameters (`param NAME: TYPE = INIT`, no layer owns them) are variables; a
+    # layer's parameter read by another op (weight tying) is written `LAYER.PARAM`.
+    free = [node for node in graph.params if node.layer is None]
+    for node in free:
+        if not is_valid_name(node.id):
+            raise ValueError(f"the free parameter `{node.id}` has no `.net` form outside "
+                             "the block that made it")
+        variables[node.id] = table.claim(node.id, "param")
+
     def operand(value_id: str) -> str:
         node = graph[value_id]
         if node.op == "constant":
             text = format_number(float(node.attrs["value"]))
             return f"({text})" if text.startswith("-") else text
+        if node.op == "param" and value_id not in variables:
+            return value_id
         return variables[value_id]
 
     lines = [f"network {graph.name} {{"]
     lines.extend(f"    # {comment_text(comment)}" for comment in comments)
     for node in graph.inputs:
         lines.append(f"    input {variables[node.id]}: {node.type}")
+    for node in free:
+        lines.append(f"    param {variables[node.id]}: {node.type}{_param_init(node)}")
     for node in graph.compute_nodes:
         opdef = REGISTRY[node.op]
         tensors = node.inputs[:len(node.inputs) - len(opdef.param_names(node.attrs))]
         if node.op in _INFIX:
             left, right = (operand(i) for i in tensors)
             expression = f"{left} {_INFIX[node.op]} {right}"
+        elif node.op == "neg":
+            expression = f"-{operand(tensors[0])}"
         else:
             arguments = [operand(i) for i in tensors] + _call_arguments(node)
             expression = f"{node.op}({', '.join(arguments)})"

@@ -11,6 +11,8 @@ from typing import Any
 from netc.diagnostics import Diagnostic, Span
 from netc.frontend.limits import (
     MAX_DIAGNOSTICS,
+    MAX_NAME_LENGTH,
+    MAX_PATH_LENGTH,
 )
 from netc.ir import TensorType
 from netc.ops import AttrSpec, OpDef
@@ -19,13 +21,22 @@ from netc.ops.apply import (
     describe_value,
 )
 
-ATTR_TYPES = ("int", "float", "bool")
+ATTR_TYPES = ("int", "float", "bool", "str")
 """The types a block's attribute parameters may have."""
 
-ARITHMETIC_OPS = {"+": "add", "-": "sub", "*": "mul"}
-"""The ops the language itself maps operators to."""
+ARITHMETIC_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+"""The ops the language itself maps operators to (`/` since v2)."""
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+LAYER_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+"""A layer name (v2): a PyTorch module path, `layer1.0.conv1`."""
+
+
+def is_layer_path(name: str) -> bool:
+    """Whether `name` may name a layer (or a block call): a module path within the limits."""
+    return bool(LAYER_PATH.fullmatch(name)) and len(name) <= MAX_PATH_LENGTH and \
+        all(len(segment) <= MAX_NAME_LENGTH for segment in name.split("."))
 
 # Values -----------------------------------------------------------------------------------
 
@@ -39,6 +50,13 @@ class Tensor:
     origin: str
 
 
+class DimName(str):
+    """A named dimension used as a value (`reshape(x, [T, 8, 32])`, `pos[:, :T]`): its name,
+    which attributes that take dimensions keep as it is (a size known at run time)."""
+
+    __slots__ = ()
+
+
 class _Poison:
     """The value of an expression whose error has been reported."""
 
@@ -48,13 +66,15 @@ class _Poison:
 
 POISON = _Poison()
 
-Value = Tensor | int | float | bool | str | tuple[Any, ...] | _Poison
+Value = Tensor | int | float | bool | str | DimName | tuple[Any, ...] | _Poison
 
 
 def describe(value: object) -> str:
     """A value in words, for messages: `the int 3`, `a tensor f32[N, 10]`."""
     if isinstance(value, Tensor):
         return f"a tensor {value.type}"
+    if isinstance(value, DimName):
+        return f"the named dimension {value}"
     return describe_value(value)
 
 

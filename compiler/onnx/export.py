@@ -6,17 +6,19 @@ layer names (`basic_1.conv2d_0.weight`), as initializers in PyTorch's layouts. E
 found through the registry (`export_rule`): an op that is one ONNX node says so in its entry
 (`OpDef.onnx`); an op that needs more registers its lowering here with `@exports(op)`; an op
 with neither is exported as its decomposition (`OpDef.decompose`, silu as Mul and Sigmoid).
-Where an op needs a newer opset than 17 it is spelled out in opset-17 nodes (gelu through
-Erf); a `fused` group exports as the ops in its body. The model is checked with
-`onnx.checker` (full check) before it is returned.
+Where an op needs a newer opset than 17 it is spelled out in opset-17 nodes (gelu through its
+decomposition: Erf, or Tanh for `approximate="tanh"`); a `fused` group exports as the ops in
+its body. The model is checked with `onnx.checker` (full check) before it is returned.
 
 PyTorch semantics kept on the way: MaxPool pads never win (ONNX pads MaxPool with -inf),
-AveragePool excludes padding (`count_include_pad=0`), conv "same" padding is already explicit
+AveragePool writes `count_include_pad` explicitly (ONNX's default 0 is not PyTorch's), conv
+"same" padding is already explicit
 and asymmetric in the IR, reshape copies the batch dimension (`0` in the shape, never its size).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -29,19 +31,22 @@ import onnx
 from onnx import TensorProto, helper
 
 from netc._version import __version__
-from netc.dtypes import f32_to_bf16_bits
-from netc.ir import SOURCE_OPS, Dim, Graph, Node, TensorType
+from netc.dtypes import f32_to_bf16_bits, round_to
+from netc.ir import FLOAT_DTYPES, SOURCE_OPS, Dim, Graph, Node, TensorType
 from netc.ops import REGISTRY, OnnxForm
 from netc.ops.builder import GraphBuilder
 from netc.ops.decompose import decomposition_nodes
+from netc.ops.integers import COMPARISON_ONNX
 from netc.ops.registry import OpTable, RegistryView
+from netc.ops.spatial import pad_widths
 from netc.ops.windows import Window
 
 OPSET = 17
 IR_VERSION = 8
 """The ONNX IR version that goes with opset 17 (ONNX 1.12); older parsers accept it."""
 
-ONNX_DTYPES = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+ONNX_DTYPES = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
+               "i32": TensorProto.INT32, "i64": TensorProto.INT64, "bool": TensorProto.BOOL}
 
 
 class ExportError(Exception):
@@ -49,7 +54,13 @@ class ExportError(Exception):
 
 
 def tensor_proto(name: str, dtype: str, array: np.ndarray) -> TensorProto:
-    """An initializer holding `array` (any float array) in the `.net` dtype `dtype`."""
+    """An initializer holding `array` (any array) in the `.net` dtype `dtype`."""
+    if dtype in ("i32", "i64", "bool"):
+        exact = round_to(dtype, array)
+        tensor = TensorProto(name=name, data_type=ONNX_DTYPES[dtype], dims=exact.shape)
+        tensor.raw_data = np.ascontiguousarray(
+            exact.astype({"i32": "<i4", "i64": "<i8", "bool": np.bool_}[dtype])).tobytes()
+        return tensor
     values = np.asarray(array, dtype=np.float32)
     tensor = TensorProto(name=name, data_type=ONNX_DTYPES[dtype], dims=values.shape)
     if dtype == "f32":
@@ -206,12 +217,131 @@ def _conv2d(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
               pads=list(window.padding), group=node.attrs["groups"])
 
 
-def _pool(op_type: str, **extra: int) -> Lowering:
+@exports("conv_transpose2d")
+def _conv_transpose2d(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    attrs = node.attrs
+    begin, end, extra = list(attrs["padding"]), list(attrs["padding"]), list(attrs["output_padding"])
+    for axis, stride in enumerate(attrs["stride"]):
+        # onnxruntime takes output_padding below the stride only (PyTorch: below the stride or
+        # the dilation); a smaller end pad grows the output alike.
+        if extra[axis] >= stride:
+            if end[axis] < extra[axis]:
+                raise ExportError(f"`conv_transpose2d` ({node.id}): output_padding "
+                                  f"{list(attrs['output_padding'])} at or above the stride "
+                                  f"{list(attrs['stride'])} and the padding has no onnxruntime "
+                                  "form")
+            end[axis] -= extra[axis]
+            extra[axis] = 0
+    emit.node("ConvTranspose", inputs, output, kernel_shape=list(attrs["kernel"]),
+              strides=list(attrs["stride"]), dilations=list(attrs["dilation"]),
+              pads=[*begin, *end], output_padding=extra, group=attrs["groups"])
+
+
+@exports("conv1d")
+def _conv1d(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    padding = node.attrs["padding"]
+    emit.node("Conv", inputs, output, kernel_shape=[node.attrs["kernel"]],
+              strides=[node.attrs["stride"]], dilations=[node.attrs["dilation"]],
+              pads=[padding, padding], group=node.attrs["groups"])
+
+
+def _ceil_mode(node: Node, window: Window, x: TensorType) -> tuple[int, list[int]]:
+    """ONNX's `ceil_mode` and `pads` for a pool.
+
+    onnxruntime drops a last window starting in the trailing padding, as PyTorch, but the
+    opset-17 shape inference of `onnx.checker` rounds up regardless. So: floor mode where ceil
+    mode adds no window (a dropped window leaves the floor rule's output); where it adds one,
+    and padding never counts (a max, an average without `count_include_pad`), floor mode over
+    bottom/right padding grown to fit the extra window (exact: padding never counts); else
+    ONNX's ceil mode, unless another axis drops a window, which no one node can say."""
+    pads = list(window.padding)
+    floor = dataclasses.replace(window, ceil_mode=False).output_size(node.op, x)
+    outputs = [int(d) for d in node.type.shape[2:]]
+    if outputs == list(floor):
+        return 0, pads
+    sizes = [int(d) for d in x.shape[2:]]
+    if not node.attrs.get("count_include_pad", False):
+        for axis in range(2):
+            reach = (outputs[axis] - 1) * window.stride[axis] + window.kernel[axis]
+            pads[axis + 2] = max(pads[axis + 2], reach - sizes[axis] - pads[axis])
+        return 0, pads
+    rounded_up = [-(-(size + pads[axis] + pads[axis + 2] - window.kernel[axis]) //
+                    window.stride[axis]) + 1 for axis, size in enumerate(sizes)]
+    if outputs != rounded_up:
+        raise ExportError(f"`{node.op}` ({node.id}) with ceil_mode and count_include_pad gains "
+                          "a window along one axis and drops one along the other; ONNX's "
+                          "opset-17 shape inference cannot express that")
+    return 1, pads
+
+
+def _pool(op_type: str, *flags: str) -> Lowering:
+    """A windowed pool; `flags` are the bool attributes it writes explicitly (ONNX's defaults
+    are not always PyTorch's: `count_include_pad`)."""
     def lower(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
         window = Window.from_attrs(node.op, node.attrs)
+        ceil_mode, pads = _ceil_mode(node, window, emit.types[inputs[0]])
         emit.node(op_type, inputs, output, kernel_shape=list(window.kernel),
-                  strides=list(window.stride), pads=list(window.padding), **extra)
+                  strides=list(window.stride), pads=pads, ceil_mode=ceil_mode,
+                  **{flag: int(node.attrs[flag]) for flag in flags})
     return lower
+
+
+@exports("adaptive_avgpool2d")
+def _adaptive_avgpool2d(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # ONNX has no adaptive pool: the mean of the whole plane, or equal windows tiling it.
+    sizes = [int(d) for d in emit.types[inputs[0]].shape[2:]]
+    out_sizes = [int(d) for d in node.type.shape[2:]]
+    if out_sizes == [1, 1]:
+        emit.node("GlobalAveragePool", inputs, output)
+        return
+    if any(size % out for size, out in zip(sizes, out_sizes)):
+        raise ExportError(f"`adaptive_avgpool2d` ({node.id}) from {sizes} to {out_sizes} has "
+                          "windows of unequal sizes, which no ONNX pool computes (only an "
+                          "output of [1, 1] or one that divides the input exports)")
+    kernel = [size // out for size, out in zip(sizes, out_sizes)]
+    emit.node("AveragePool", inputs, output, kernel_shape=kernel, strides=kernel)
+
+
+@exports("pad")
+def _pad(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    widths = pad_widths("pad", node.attrs, emit.types[inputs[0]])
+    # ONNX's pads: every axis's begin, then every axis's end (F.pad's pairs run backwards).
+    pads = emit.int64s("pad_pads", [w[0] for w in widths] + [w[1] for w in widths])
+    mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}[node.attrs["mode"]]
+    value = emit.constant("pad_value", node.type.dtype, float(node.attrs["value"]))
+    emit.node("Pad", [inputs[0], pads, value], output, mode=mode)
+
+
+@exports("interpolate")
+def _interpolate(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # The forms PyTorch's exporter writes: nearest as asymmetric + floor; bilinear as linear
+    # with half_pixel (onnxruntime's half_pixel is PyTorch's rule, an output of 1 included,
+    # where pytorch_half_pixel reads position 0) or align_corners.
+    if node.attrs["mode"] == "nearest":
+        attributes = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                      "nearest_mode": "floor"}
+    else:
+        attributes = {"mode": "linear", "coordinate_transformation_mode":
+                      "align_corners" if node.attrs["align_corners"] else "half_pixel"}
+    scale = node.attrs["scale_factor"]
+    # ONNX's align_corners with scales reads a fractional output length (in · scale), where
+    # PyTorch's reads the output size: sizes say PyTorch's.
+    if scale is not None and not node.attrs["align_corners"]:
+        scales = emit.fresh("resize_scales")
+        emit.initializers.append(helper.make_tensor(scales, TensorProto.FLOAT, [4],
+                                                    [1.0, 1.0, scale, scale]))
+        emit.node("Resize", [inputs[0], "", scales], output, **attributes)
+        return
+    shape = node.type.shape
+    if all(isinstance(d, int) for d in shape):
+        sizes = emit.int64s("resize_sizes", [int(d) for d in shape])
+    else:  # the leading dims at run time, then the fixed spatial size
+        leading = emit.node("Slice", [emit.node("Shape", [inputs[0]]),
+                                      emit.int64s("resize_start", [0]),
+                                      emit.int64s("resize_end", [2])])
+        sizes = emit.node("Concat", [leading, emit.int64s("resize_size",
+                                                          [int(d) for d in shape[2:]])], axis=0)
+    emit.node("Resize", [inputs[0], "", "", sizes], output, **attributes)
 
 
 @exports("layernorm")
@@ -219,23 +349,174 @@ def _layernorm(emit: Emitter, node: Node, inputs: list[str], output: str) -> Non
     emit.node("LayerNormalization", inputs, output, axis=-1, epsilon=node.attrs["eps"])
 
 
-@exports("gelu")
-def _gelu(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
-    # ONNX's Gelu arrives in opset 20: 0.5 * x * (1 + erf(x / sqrt(2))) in opset-17 nodes.
-    (x,) = inputs
+def _filled(emit: Emitter, stem: str, dtype: str, size: int, value: float) -> str:
+    """A [size] initializer of one value (the unit scale and zero shift ONNX's
+    InstanceNormalization requires)."""
+    name = emit.fresh(stem)
+    emit.initializers.append(tensor_proto(name, dtype, np.full(size, value, np.float32)))
+    return name
+
+
+def _instance_normalization(emit: Emitter, x: str, channels: int, dtype: str, eps: float,
+                            output: str | None = None) -> str:
+    """x [N, C, ...] normalised per sample and channel, with no scale or shift."""
+    return emit.node("InstanceNormalization", [x, _filled(emit, "ones", dtype, channels, 1.0),
+                                                _filled(emit, "zeros", dtype, channels, 0.0)],
+                     output, epsilon=eps)
+
+
+@exports("instancenorm")
+def _instancenorm(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    if node.attrs["affine"]:
+        emit.node("InstanceNormalization", inputs, output, epsilon=node.attrs["eps"])
+    else:
+        _instance_normalization(emit, inputs[0], int(node.type.shape[1]), node.type.dtype,
+                                node.attrs["eps"], output)
+
+
+@exports("groupnorm")
+def _groupnorm(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # GroupNormalization is opset 18 (with per-group scale until opset 21): at opset 17 it is
+    # InstanceNormalization of [N, groups, C / groups * ...], then a per-channel scale and shift.
+    x, weight, bias = inputs
+    shape, dtype, groups = node.type.shape, node.type.dtype, node.attrs["groups"]
+    grouped = emit.node("Reshape", [x, emit.int64s("group_shape", [0, groups, -1])])
+    normalised = emit.node("Reshape", [
+        _instance_normalization(emit, grouped, groups, dtype, node.attrs["eps"]),
+        emit.node("Shape", [x])])
+    per_channel = emit.int64s("channel_shape", [int(shape[1]), *([1] * (len(shape) - 2))])
+    scaled = emit.node("Mul", [normalised, emit.node("Reshape", [weight, per_channel])])
+    emit.node("Add", [scaled, emit.node("Reshape", [bias, per_channel])], output)
+
+
+@exports("rmsnorm")
+def _rmsnorm(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # RMSNormalization is opset 23: x / sqrt(mean(x * x, last axis) + eps) * weight.
+    x, weight = inputs
+    mean_square = emit.node("ReduceMean", [emit.node("Mul", [x, x])], axes=[-1], keepdims=1)
+    shifted = emit.node("Add", [mean_square, emit.constant("eps", node.type.dtype,
+                                                            node.attrs["eps"])])
+    normalised = emit.node("Div", [x, emit.node("Sqrt", [shifted])])
+    emit.node("Mul", [normalised, weight], output)
+
+
+@exports("relu6", "hardtanh", "clamp")
+def _clip(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # Clip takes its bounds as inputs (since opset 11) of the tensor's type. A bound left out
+    # is ±inf, not an empty input: onnxruntime clips to ±FLT_MAX then, and infinity would not
+    # stay infinite as in torch.clamp.
+    low, high = (0.0, 6.0) if node.op == "relu6" else (node.attrs["min"], node.attrs["max"])
     dtype = node.type.dtype
-    erf = emit.node("Erf", [emit.node("Mul", [x, emit.constant("gelu_rsqrt2", dtype,
-                                                               1 / math.sqrt(2))])])
-    one_plus = emit.node("Add", [erf, emit.constant("gelu_one", dtype, 1.0)])
-    half_x = emit.node("Mul", [x, emit.constant("gelu_half", dtype, 0.5)])
-    emit.node("Mul", [half_x, one_plus], output)
+    emit.node("Clip", [inputs[0],
+                       emit.constant("clip_min", dtype, -math.inf if low is None else low),
+                       emit.constant("clip_max", dtype, math.inf if high is None else high)],
+              output)
+
+
+@exports("softplus")
+def _softplus(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # ONNX's Softplus is log(1 + exp(x)): PyTorch's with beta 1 and its default threshold 20
+    # (above it PyTorch returns x, which log(1 + exp(x)) rounds to in every float type).
+    # Other beta and threshold: Where(beta·x > threshold, x, Softplus(beta·x) / beta).
+    (x,) = inputs
+    beta, threshold = node.attrs["beta"], node.attrs["threshold"]
+    if beta == 1.0 and threshold == 20.0:
+        emit.node("Softplus", [x], output)
+        return
+    dtype = node.type.dtype
+    scaled = emit.node("Mul", [x, emit.constant("softplus_beta", dtype, beta)])
+    smooth = emit.node("Div", [emit.node("Softplus", [scaled]),
+                               emit.constant("softplus_beta", dtype, beta)])
+    linear = emit.node("Greater", [scaled, emit.constant("softplus_threshold", dtype,
+                                                         threshold)])
+    emit.node("Where", [linear, x, smooth], output)
+
+
+@exports("rsqrt")
+def _rsqrt(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    emit.node("Reciprocal", [emit.node("Sqrt", inputs)], output)
+
+
+@exports("pow")
+def _pow(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # torch.pow takes x^0.5 and x^-0.5 as sqrt and rsqrt (NaN at -inf, where Pow gives +inf).
+    exponent = node.attrs["exponent"]
+    if exponent == 0.5:
+        emit.node("Sqrt", inputs, output)
+    elif exponent == -0.5:
+        _rsqrt(emit, node, inputs, output)
+    else:
+        # An f32 initializer whatever x's type (Pow's T2), as kernels take the exponent.
+        emit.node("Pow", [inputs[0], emit.constant("pow_exponent", "f32", exponent)], output)
 
 
 @exports("reshape")
 def _reshape(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     # 0 copies the input's dimension: the batch stays symbolic instead of baked in.
-    shape = emit.int64s("reshape_shape", [0, *node.attrs["dims"]])
+    # A named dimension is the one size left to run time (-1): the IR worked out any other -1.
+    shape = emit.int64s("reshape_shape", [0, *(-1 if isinstance(d, str) else d
+                                                for d in node.attrs["dims"])])
     emit.node("Reshape", [inputs[0], shape], output)
+
+
+@exports("sum", "mean", "amax", "amin", "logsumexp")
+def _reduce(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # Opset 17: ReduceSum takes its axes as an input (since 13), the others as an attribute.
+    axes = list(node.attrs["axis"])
+    keepdims = int(node.attrs["keepdim"])
+    op_type = REDUCE_OP_TYPES[node.op]
+    if op_type == "ReduceSum":
+        emit.node(op_type, [inputs[0], emit.int64s("axes", axes)], output, keepdims=keepdims)
+    else:
+        emit.node(op_type, inputs, output, axes=axes, keepdims=keepdims)
+
+
+REDUCE_OP_TYPES = {"sum": "ReduceSum", "mean": "ReduceMean", "amax": "ReduceMax",
+                   "amin": "ReduceMin", "logsumexp": "ReduceLogSumExp"}
+"""Each reduction's ONNX op type (the importer reads them back)."""
+
+
+@exports("argmax")
+def _argmax(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # ONNX's keepdims defaults to 1, netc's keepdim to false: always written.
+    emit.node("ArgMax", inputs, output, axis=node.attrs["axis"],
+              keepdims=int(node.attrs["keepdim"]))
+
+
+@exports("squeeze", "unsqueeze")
+def _squeeze(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    if node.op == "squeeze" and emit.types[inputs[0]].shape == node.type.shape:
+        emit.node("Identity", inputs, output)  # a dimension other than 1 stays, as PyTorch
+        return
+    emit.node(node.op.capitalize(), [inputs[0], emit.int64s("axes", [node.attrs["axis"]])],
+              output)
+
+
+@exports("expand")
+def _expand(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # Expand broadcasts the input against the shape: a 1 keeps the input's dimension, named
+    # ones included.
+    in_shape = emit.types[inputs[0]].shape
+    lead = node.type.rank - len(in_shape)
+    shape = [1 if axis >= lead and size == in_shape[axis - lead] else int(size)
+             for axis, size in enumerate(node.type.shape)]
+    emit.node("Expand", [inputs[0], emit.int64s("expand_shape", shape)], output)
+
+
+@exports("slice")
+def _slice(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    attrs = node.attrs
+    emit.node("Slice", [inputs[0], emit.int64s("starts", attrs["starts"]),
+                        emit.int64s("ends", attrs["ends"]), emit.int64s("axes", attrs["axes"]),
+                        emit.int64s("steps", attrs["steps"])], output)
+
+
+@exports("select")
+def _select(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    index = emit.fresh("index")
+    emit.initializers.append(helper.make_tensor(index, TensorProto.INT64, [],
+                                                [node.attrs["index"]]))
+    emit.node("Gather", [inputs[0], index], output, axis=node.attrs["axis"])
 
 
 @exports("fused")
@@ -254,11 +535,70 @@ def _fused(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
 # Ops whose ONNX form is one node with fixed attributes or a renamed attribute (ops that are
 # exactly one node with the same attributes say so in their registry entry instead).
 exports("maxpool2d")(_pool("MaxPool"))
-exports("avgpool2d")(_pool("AveragePool", count_include_pad=0))
+exports("avgpool2d")(_pool("AveragePool", "count_include_pad"))
 exports("softmax")(_with_attr("Softmax", "axis", "axis"))
 exports("log_softmax")(_with_attr("LogSoftmax", "axis", "axis"))
 exports("flatten")(_plain("Flatten", axis=1))
 exports("dropout")(_plain("Identity"))
+
+
+# Integer and boolean tensors (netc.ops.integers) ------------------------------------------
+
+
+@exports("cast")
+def _cast(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    emit.node("Cast", inputs, output, to=ONNX_DTYPES[node.attrs["dtype"]])
+
+
+def _comparison(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    operands = list(inputs)
+    if len(operands) == 1:
+        # A number is compared in float32 (rounded to a float tensor's dtype first, which
+        # normalisation did): an integer or bool tensor is cast to f32 for it, as the kernel
+        # converts it.
+        dtype = emit.types[inputs[0]].dtype
+        if dtype not in FLOAT_DTYPES:
+            operands[0] = emit.node("Cast", operands, to=TensorProto.FLOAT)
+            dtype = "f32"
+        operands.append(emit.constant(f"{node.op}_other", dtype, node.attrs["other"]))
+    if node.op == "ne":
+        emit.node("Not", [emit.node("Equal", operands)], output)
+    else:
+        emit.node(COMPARISON_ONNX[node.op] or "", operands, output)
+
+
+exports(*COMPARISON_ONNX)(_comparison)
+
+
+@exports("masked_fill")
+def _masked_fill(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    x, mask = inputs
+    value = emit.constant("masked_fill_value", node.type.dtype, node.attrs["value"])
+    emit.node("Where", [mask, value, x], output)
+
+
+@exports("embedding")
+def _embedding(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # ONNX's Gather also reads a negative id from the end and fails on one out of range, where
+    # netc gives a row of NaN (PyTorch raises an error for both).
+    ids, weight = inputs
+    emit.node("Gather", [weight, ids], output, axis=0)
+
+
+@exports("arange")
+def _arange(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    emit.node("Range", [emit.constant("arange_start", "i64", 0),
+                        emit.constant(f"arange_{node.attrs['n']}", "i64", node.attrs["n"]),
+                        emit.constant("arange_delta", "i64", 1)], output)
+
+
+def _trilu(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    diagonal = emit.constant(f"{node.op}_diagonal", "i64", node.attrs["diagonal"])
+    emit.node("Trilu", [inputs[0], diagonal], output, upper=int(node.op == "triu"))
+
+
+exports("triu", "tril")(_trilu)
+exports("hardsigmoid")(_plain("HardSigmoid", alpha=1 / 6, beta=0.5))  # ONNX's alpha is 0.2
 
 
 def _value_names(graph: Graph) -> dict[str, str]:

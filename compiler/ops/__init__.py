@@ -3,11 +3,17 @@
 from netc.ops import (  # noqa: F401  (modules register their ops)
     activations,
     arithmetic,
+    attention,
+    convolution,
     fused,
+    integers,
     layout,
     linear,
     normalization,
     pooling,
+    reductions,
+    shape,
+    spatial,
 )
 from netc.ops.registry import (
     REGISTRY,

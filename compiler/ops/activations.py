@@ -1,10 +1,18 @@
-"""Activations: elementwise ones from one table, and softmax / log_softmax along an axis."""
+"""Activations: elementwise ones from one table, and softmax / log_softmax along an axis.
+
+An elementwise op of one tensor input is one `Unary` row (`register_unary` turns rows into
+registry entries; `netc.ops.arithmetic` registers its math functions, `exp` to `pow`, the same
+way). NaN and infinity follow PyTorch: a clamp, a max or a min of a NaN is NaN, so the CUDA
+expressions compare with `<` / `>` (`netc_clamp` in templates/common.cuh), never with
+`fminf` / `fmaxf`, which drop a NaN.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +24,8 @@ from netc.ops.registry import (
     Decomposition,
     OnnxForm,
     OpDef,
+    OpDoc,
+    ShapeError,
     per_element_flops,
     register,
     resolve_axis,
@@ -25,70 +35,225 @@ from netc.ops.registry import (
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
+def erf(x: np.ndarray) -> np.ndarray:
+    """erf in float64 (NumPy has no vectorised erf; `math.erf` is exact), as float32."""
+    wide = np.asarray(x, dtype=np.float64)
+    return np.asarray(_erf(wide), dtype=np.float64).astype(np.float32)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     # exp of a non-positive number only, so large |x| neither overflows nor warns.
     decay = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + decay), decay / (1 + decay)).astype(np.float32)
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
-    # The exact (erf) form, in float64: NumPy has no vectorised erf, math.erf is exact.
+def _gelu(attrs: Attrs, x: np.ndarray) -> np.ndarray:
+    # In float64, rounded once: PyTorch's formulas, without float32's intermediate rounding.
     wide = np.asarray(x, dtype=np.float64)
+    if attrs["approximate"] == "tanh":
+        inner = math.sqrt(2.0 / math.pi) * (wide + 0.044715 * wide * wide * wide)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return (0.5 * wide * (1.0 + np.tanh(inner))).astype(np.float32)
     cdf = 0.5 * (1.0 + np.asarray(_erf(wide / math.sqrt(2.0)), dtype=np.float64))
-    return (wide * cdf).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        return (wide * cdf).astype(np.float32)
+
+
+def _clip(x: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+    """torch.clamp: NaN stays NaN; with low > high everything is high."""
+    return np.clip(x, None if low is None else np.float32(low),
+                   None if high is None else np.float32(high)).astype(np.float32)
+
+
+def _softplus(attrs: Attrs, x: np.ndarray) -> np.ndarray:
+    beta = np.float32(attrs["beta"])
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = x * beta
+        smooth = np.log1p(np.exp(scaled)) / beta
+    return np.where(scaled > np.float32(attrs["threshold"]), x, smooth).astype(np.float32)
+
+
+def _elu(attrs: Attrs, x: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(x > 0, x, np.float32(attrs["alpha"]) * np.expm1(x)).astype(np.float32)
+
+
+def _hardsigmoid(x: np.ndarray) -> np.ndarray:
+    return _clip(x + np.float32(3), 0.0, 6.0) / np.float32(6)
+
+
+def _hardswish(x: np.ndarray) -> np.ndarray:
+    # x·clip(x + 3, 0, 6) / 6 in PyTorch's order: -inf·0 is NaN, 3.4e38·6 is inf there too.
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (x * _clip(x + np.float32(3), 0.0, 6.0) / np.float32(6)).astype(np.float32)
 
 
 @dataclass(frozen=True)
-class Activation:
+class Unary:
+    """One elementwise op of one tensor input, as a row of a table."""
+
     name: str
-    function: Callable[[Attrs, np.ndarray], np.ndarray]
+    function: Callable[[Attrs, np.ndarray], np.ndarray] | None
+    """The NumPy reference (float32 in, float32 out); None: computed by `decompose`."""
     flops_per_element: int
     """A convention (an exp or erf counts as one): for rough roofline estimates only."""
     summary: str
-    expression: CudaExpression
+    expression: CudaExpression | None = None
     onnx: OnnxForm | None = None
     attrs: tuple[AttrSpec, ...] = ()
     decompose: Decomposition | None = None
+    check: Callable[[Attrs], None] | None = None
+    """Checks the attributes together (one at a time, `AttrSpec` does); raises `ShapeError`."""
+    constraints: str = ""
+    """What `check` requires, in words for docs/ops.md."""
+
+
+def _checked(check: Callable[[Attrs], None] | None
+             ) -> Callable[[Attrs, Sequence[TensorType]], TensorType]:
+    if check is None:
+        return same_type
+
+    def infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+        check(attrs)
+        return inputs[0]
+    return infer
+
+
+def register_unary(rows: Sequence[Unary]) -> None:
+    """Registers each row as a `pointwise` op typed like its input."""
+    for row in rows:
+        flops = row.flops_per_element
+        extra: dict[str, Any] = {} if row.function is None else {"reference": row.function}
+        register(OpDef(
+            name=row.name,
+            attrs=row.attrs,
+            infer=_checked(row.check),
+            flops=per_element_flops(flops),
+            role="pointwise",
+            summary=row.summary,
+            doc=OpDoc(flops="out" if flops == 1 else f"{flops}·out", attrs=row.constraints),
+            expression=row.expression,
+            onnx=row.onnx,
+            decompose=row.decompose,
+            **extra,
+        ))
 
 
 def _silu_parts(builder: Composer, attrs: Attrs, x: str) -> str:
     return builder.op("mul", x, builder.op("sigmoid", x))
 
 
+def _mish_parts(builder: Composer, attrs: Attrs, x: str) -> str:
+    return builder.op("mul", x, builder.op("tanh", builder.op("softplus", x)))
+
+
+def _gelu_parts(builder: Composer, attrs: Attrs, x: str) -> str:
+    """0.5·x·(1 + erf(x/√2)), or with `approximate="tanh"` 0.5·x·(1 + tanh(√(2/π)·(x +
+    0.044715·x³))): PyTorch's formulas, in the order its ONNX exporter writes them."""
+    dtype = builder.type_of(x).dtype
+
+    def times(value: str, factor: float) -> str:
+        return builder.op("mul", value, builder.constant(factor, dtype))
+
+    if attrs["approximate"] == "tanh":
+        cube = builder.op("mul", builder.op("mul", x, x), x)
+        inner = times(builder.op("add", x, times(cube, 0.044715)), math.sqrt(2.0 / math.pi))
+        bend = builder.op("tanh", inner)
+    else:
+        bend = builder.op("erf", times(x, 1.0 / math.sqrt(2.0)))
+    one_plus = builder.op("add", bend, builder.constant(1.0, dtype))
+    return builder.op("mul", times(x, 0.5), one_plus)
+
+
+def _clamp_parts(builder: Composer, attrs: Attrs, x: str) -> str:
+    # maximum then minimum, as torch.clamp: with min > max every element is max.
+    dtype = builder.type_of(x).dtype
+    result = x
+    if attrs["min"] is not None:
+        result = builder.op("maximum", result, builder.constant(attrs["min"], dtype))
+    if attrs["max"] is not None:
+        result = builder.op("minimum", result, builder.constant(attrs["max"], dtype))
+    return result
+
+
+def _check_hardtanh(attrs: Attrs) -> None:
+    if attrs["min"] > attrs["max"]:
+        raise ShapeError(f"`hardtanh` needs min <= max, got min={attrs['min']!r}, "
+                         f"max={attrs['max']!r}")
+
+
+def _check_clamp(attrs: Attrs) -> None:
+    if attrs["min"] is None and attrs["max"] is None:
+        raise ShapeError("`clamp` needs `min`, `max` or both (as torch.clamp)")
+
+
+def _check_softplus(attrs: Attrs) -> None:
+    if attrs["beta"] == 0:
+        raise ShapeError("`softplus` needs a nonzero `beta` (it divides by beta)")
+
+
+def _bound(name: str, default: float | None, help: str) -> AttrSpec:
+    return AttrSpec(name, "float", default=default, help=help)
+
+
 ACTIVATIONS = (
-    Activation("relu", lambda attrs, x: np.maximum(x, np.float32(0)), 1, "max(x, 0)",
-               CudaExpression("({0} < 0.0f ? 0.0f : {0})"), OnnxForm("Relu")),
-    Activation("sigmoid", lambda attrs, x: _sigmoid(x), 4, "1 / (1 + exp(-x))",
-               CudaExpression("1.0f / (1.0f + expf(-{0}))"), OnnxForm("Sigmoid")),
-    Activation("tanh", lambda attrs, x: np.tanh(x), 5, "tanh(x)", CudaExpression("tanhf({0})"),
-               OnnxForm("Tanh")),
-    # ONNX's Gelu needs opset 20: the exporter spells it out, the importer reads both forms.
-    Activation("gelu", lambda attrs, x: _gelu(x), 8, "x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))",
-               CudaExpression("0.5f * {0} * (1.0f + erff({0} * 0.70710678118654752f))")),
+    Unary("relu", lambda attrs, x: np.maximum(x, np.float32(0)), 1, "max(x, 0)",
+          CudaExpression("({0} < 0.0f ? 0.0f : {0})"), OnnxForm("Relu")),
+    Unary("sigmoid", lambda attrs, x: _sigmoid(x), 4, "1 / (1 + exp(-x))",
+          CudaExpression("1.0f / (1.0f + expf(-{0}))"), OnnxForm("Sigmoid")),
+    Unary("tanh", lambda attrs, x: np.tanh(x), 5, "tanh(x)", CudaExpression("tanhf({0})"),
+          OnnxForm("Tanh")),
+    # ONNX's Gelu needs opset 20: exported as the decomposition, imported in both forms. The
+    # decomposition is also the CUDA code (one expression cannot follow `approximate`).
+    Unary("gelu", _gelu, 8,
+          "x·Φ(x) = 0.5·x·(1 + erf(x/√2)); `approximate=\"tanh\"`: "
+          "0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))",
+          attrs=(AttrSpec("approximate", "str", default="none", choices=("none", "tanh"),
+                          help='"none" (the erf form) or "tanh", as PyTorch'),),
+          decompose=_gelu_parts),
     # No ONNX op before opset 22's Swish: exported as its decomposition.
-    Activation("silu", lambda attrs, x: x * _sigmoid(x), 5, "x * sigmoid(x)",
-               CudaExpression("{0} / (1.0f + expf(-{0}))"), decompose=_silu_parts),
-    Activation("leaky_relu",
-               lambda attrs, x: np.where(x >= 0, x, x * np.float32(attrs["alpha"])), 2,
-               "x if x >= 0 else alpha * x",
-               CudaExpression("({0} >= 0.0f ? {0} : {0} * {1})", floats=("alpha",)),
-               OnnxForm("LeakyRelu", (("alpha", "alpha"),), since=6),
-               (AttrSpec("alpha", "float", default=0.01, help="slope for negative inputs"),)),
+    Unary("silu", lambda attrs, x: x * _sigmoid(x), 5, "x * sigmoid(x)",
+          CudaExpression("{0} / (1.0f + expf(-{0}))"), decompose=_silu_parts),
+    Unary("leaky_relu",
+          lambda attrs, x: np.where(x >= 0, x, x * np.float32(attrs["alpha"])), 2,
+          "x if x >= 0 else alpha * x",
+          CudaExpression("({0} >= 0.0f ? {0} : {0} * {1})", floats=("alpha",)),
+          OnnxForm("LeakyRelu", (("alpha", "alpha"),), since=6),
+          (AttrSpec("alpha", "float", default=0.01, help="slope for negative inputs"),)),
+    Unary("relu6", lambda attrs, x: _clip(x, 0.0, 6.0), 2, "min(max(x, 0), 6)",
+          CudaExpression("netc_clamp({0}, 0.0f, 6.0f)")),
+    Unary("hardtanh", lambda attrs, x: _clip(x, attrs["min"], attrs["max"]), 2,
+          "min(max(x, min), max)",
+          CudaExpression("netc_clamp({0}, {1}, {2})", floats=("min", "max")),
+          attrs=(_bound("min", -1.0, "the lower bound"), _bound("max", 1.0, "the upper bound")),
+          check=_check_hardtanh, constraints="min ≤ max"),
+    Unary("clamp", lambda attrs, x: _clip(x, attrs["min"], attrs["max"]), 2,
+          "min(max(x, min), max), a bound left out is not applied (torch.clamp)",
+          attrs=(_bound("min", None, "the lower bound; leave out for none"),
+                 _bound("max", None, "the upper bound; leave out for none")),
+          decompose=_clamp_parts, check=_check_clamp,
+          constraints="at least one of `min`, `max`; with min > max every element is max"),
+    Unary("hardswish", lambda attrs, x: _hardswish(x), 5, "x·min(max(x + 3, 0), 6) / 6",
+          CudaExpression("{0} * netc_clamp({0} + 3.0f, 0.0f, 6.0f) / 6.0f"),
+          OnnxForm("HardSwish", since=14)),
+    Unary("hardsigmoid", lambda attrs, x: _hardsigmoid(x), 4, "min(max(x + 3, 0), 6) / 6",
+          CudaExpression("netc_clamp({0} + 3.0f, 0.0f, 6.0f) / 6.0f")),
+    Unary("elu", _elu, 3, "x if x > 0 else alpha·(exp(x) - 1)",
+          CudaExpression("({0} > 0.0f ? {0} : {1} * expm1f({0}))", floats=("alpha",)),
+          OnnxForm("Elu", (("alpha", "alpha"),), since=6),
+          (AttrSpec("alpha", "float", default=1.0, help="the value for x → -∞ is -alpha"),)),
+    Unary("softplus", _softplus, 4,
+          "log(1 + exp(beta·x)) / beta, or x where beta·x > threshold",
+          CudaExpression("({0} * {1} > {2} ? {0} : log1pf(expf({0} * {1})) / {1})",
+                         floats=("beta", "threshold")),
+          attrs=(AttrSpec("beta", "float", default=1.0, help="the sharpness, nonzero"),
+                 AttrSpec("threshold", "float", default=20.0,
+                          help="above this, beta·x is returned as x (linear)")),
+          check=_check_softplus, constraints="beta ≠ 0"),
+    Unary("mish", None, 6, "x·tanh(softplus(x))", decompose=_mish_parts),
 )
 
-for _activation in ACTIVATIONS:
-    register(OpDef(
-        name=_activation.name,
-        attrs=_activation.attrs,
-        infer=same_type,
-        reference=_activation.function,
-        flops=per_element_flops(_activation.flops_per_element),
-        role="pointwise",
-        summary=_activation.summary,
-        expression=_activation.expression,
-        onnx=_activation.onnx,
-        decompose=_activation.decompose,
-    ))
+register_unary(ACTIVATIONS)
 
 
 # softmax and log_softmax ------------------------------------------------------------------
@@ -139,4 +304,5 @@ for _name, _reference, _summary in (
         role="row_reduction",
         reduced_axis=lambda attrs, rank: int(attrs["axis"]),
         summary=_summary,
+        doc=OpDoc(flops="5·out"),
     ))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netc.diagnostics import did_you_mean
-from netc.ir import Attrs, TensorType
+from netc.ir import FLOAT_DTYPES, Attrs, TensorType
 from netc.ops.registry import AttrSpec, OpDef, ParamSpec, ShapeError
 
 KIND_WORDS = {
@@ -35,6 +35,8 @@ KIND_WORDS = {
     "int_pair": "an int or a list [h, w] of two ints",
     "int_list": "a list of ints",
     "padding": 'an int, a list [h, w] of two ints, or "same"',
+    "axes": "an int or a list of ints",
+    "dim_list": "a list of ints and dimension names",
 }
 """Each attribute kind's user-level forms, in words for messages."""
 
@@ -48,6 +50,11 @@ class AttrError(ValueError):
         self.code = code
         self.message = message
         self.help = help
+
+
+class DtypeError(ShapeError):
+    """A tensor input of a dtype the op does not take (`OpDef.dtypes`); the front end reports
+    it as E0313, everyone else may treat it as the `ShapeError` it is."""
 
 
 def is_int(value: object) -> bool:
@@ -108,6 +115,11 @@ def fits(kind: str, value: object, canonical: bool = False) -> bool:
         return is_int(value) or pair or four or isinstance(value, str)
     if kind == "int_list":
         return isinstance(value, tuple) and all(is_int(v) for v in value)
+    if kind == "axes":
+        return is_int(value) or (isinstance(value, tuple) and all(is_int(v) for v in value))
+    if kind == "dim_list":
+        return isinstance(value, tuple) and all(
+            is_int(v) or (isinstance(v, str) and v.isidentifier()) for v in value)
     return True  # a kind newer than this check: the op's normalize checks it
 
 
@@ -123,6 +135,8 @@ def coerce_attr(owner: str, spec: AttrSpec, value: Any, *,
                         f"`{spec.name}`: {spec.help}" if spec.help else None)
     if isinstance(value, list):
         value = tuple(value)
+    if kind == "axes" and is_int(value):
+        value = (value,)
     result = float(value) if kind == "float" else value
     choices = spec.choices or (("same",) if kind == "padding" else ())
     if isinstance(result, str) and choices and result not in choices:
@@ -196,11 +210,26 @@ def apply_op(opdef: OpDef, attrs: Attrs, inputs: Sequence[TensorType]) -> Applic
         wanted = str(opdef.min_inputs) if opdef.max_inputs == opdef.min_inputs else \
             f"{opdef.min_inputs} {most}"
         raise ShapeError(f"`{opdef.name}` takes {wanted} tensor inputs, got {count}")
+    for index, tensor in enumerate(inputs, 1):
+        if tensor.dtype not in opdef.dtypes:
+            which = f"input {index}" if count > 1 else "its input"
+            raise DtypeError(f"`{opdef.name}` takes {_dtype_words(opdef.dtypes)}, but {which} "
+                             f"is {tensor}")
     canonical = opdef.normalize(attrs, inputs)
     output = opdef.infer(canonical, inputs)
     params = opdef.params(canonical, inputs) if opdef.has_params else ()
     extra = opdef.infer_extra(canonical, inputs) if opdef.infer_extra is not None else ()
-    return Application(canonical, output, tuple(params), tuple(extra))
+    # Buffers the op never reads are no IR inputs (they live in the weights only).
+    operands = tuple(spec for spec in params if spec.operand)
+    return Application(canonical, output, operands, tuple(extra))
+
+
+def _dtype_words(dtypes: Sequence[str]) -> str:
+    """`float tensors (f32, f16, bf16)`, `i32 or i64 tensors`."""
+    if tuple(dtypes) == FLOAT_DTYPES:
+        return "float tensors (f32, f16, bf16)"
+    return (" or ".join(dtypes) if len(dtypes) <= 2 else
+            ", ".join(dtypes[:-1]) + " or " + dtypes[-1]) + " tensors"
 
 
 @dataclass

@@ -11,13 +11,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from netc.ir import Attrs, TensorType, format_shape
+from netc.ir import ALL_DTYPES, Attrs, Dim, TensorType, format_shape
 from netc.ops.registry import (
     AttrSpec,
     OnnxForm,
     OpDef,
+    OpDoc,
     ShapeError,
     register,
+    require_batch_first,
     require_rank,
     resolve_axis,
     same_dtype,
@@ -42,51 +44,81 @@ def _flatten_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
 
 register(OpDef(
     name="flatten",
+    dtypes=ALL_DTYPES,
     infer=_flatten_infer,
     reference=lambda attrs, x: x.reshape(x.shape[0], -1),
     kind="view",
     role="view",
     summary="[N, ...] to [N, prod(...)]",
+    doc=OpDoc(shapes="`[N, ...]` (rank ≥2) → `[N, prod(...)]`", flops="0"),
 ))
+
+
+def _reshape_dims(x: TensorType, dims: Sequence[Dim]) -> tuple[Dim, ...]:
+    """The dims after the first of `reshape(x, dims)`, -1 worked out.
+
+    A dimension name in `dims` stands for that named dimension of `x` (`[T, 8, 32]` for
+    [N, T, 256]): the named dimensions after the first must be kept, each once, so that every
+    other size is known and -1 can be worked out at compile time."""
+    rest = x.shape[1:]
+    shown = f"{format_shape(x.shape)} to [{x.shape[0]}, {', '.join(str(d) for d in dims)}]"
+    sizes = [d for d in dims if not isinstance(d, str)]
+    if any(d == 0 or d < -1 for d in sizes) or sizes.count(-1) > 1:
+        raise ShapeError(f"`reshape` dims must be positive, with at most one -1: cannot reshape "
+                         f"{shown}")
+    names_in = sorted(d for d in rest if isinstance(d, str))
+    names_out = sorted(d for d in dims if isinstance(d, str))
+    if names_in != names_out or len(set(names_out)) != len(names_out):
+        raise ShapeError(f"`reshape` keeps the named dimensions after the first, each once and "
+                         f"by name: cannot reshape {shown}")
+    size = math.prod(int(d) for d in rest if not isinstance(d, str))
+    known = math.prod(d for d in sizes if d != -1)
+    if -1 in sizes:
+        if size % known:
+            raise ShapeError(f"`reshape` cannot reshape {shown}: {size} elements per item do "
+                             f"not divide by {known}")
+        return tuple(size // known if d == -1 else d for d in dims)
+    if known != size:
+        raise ShapeError(f"`reshape` cannot reshape {shown}: {size} elements per item, "
+                         f"not {known}")
+    return tuple(dims)
 
 
 def _reshape_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     (x,) = inputs
     require_rank("reshape", x, 1)
-    dims = tuple(attrs["dims"])
-    size = _item_size("reshape", x)
-    shown = f"{format_shape(x.shape)} to [{x.shape[0]}, {', '.join(str(d) for d in dims)}]"
-    if any(d == 0 or d < -1 for d in dims) or list(dims).count(-1) > 1:
-        raise ShapeError(f"`reshape` dims must be positive, with at most one -1: cannot reshape "
-                         f"{shown}")
-    known = math.prod(d for d in dims if d != -1)
-    if -1 in dims:
-        if size % known:
-            raise ShapeError(f"`reshape` cannot reshape {shown}: {size} elements per item do "
-                             f"not divide by {known}")
-        dims = tuple(size // known if d == -1 else d for d in dims)
-    elif known != size:
-        raise ShapeError(f"`reshape` cannot reshape {shown}: {size} elements per item, "
-                         f"not {known}")
-    return TensorType(x.dtype, (x.shape[0], *dims))
+    return TensorType(x.dtype, (x.shape[0], *_reshape_dims(x, attrs["dims"])))
 
 
 def _reshape_normalize(attrs: Attrs, inputs: Sequence[TensorType]) -> Attrs:
-    """The IR keeps the dims as given (-1 included): they read as the user wrote them."""
-    _reshape_infer(attrs, inputs)
-    return attrs.replace(dims=tuple(attrs["dims"]))
+    """The IR keeps the dims as given (-1 included): they read as the user wrote them; beside
+    a dimension name the -1 is worked out, so that at most one size is left to run time."""
+    dims = tuple(attrs["dims"])
+    resolved = _reshape_dims(inputs[0], dims)
+    named = any(isinstance(d, str) for d in dims)
+    return attrs.replace(dims=resolved if named else dims)
+
+
+def _reshape_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
+    # A named dimension is the only size not fixed (normalize worked out any -1 beside it).
+    return x.reshape(x.shape[0], *(-1 if isinstance(d, str) else d for d in attrs["dims"]))
 
 
 register(OpDef(
     name="reshape",
-    attrs=(AttrSpec("dims", "int_list", minimum=-1,
-                    help="the new shape of each item, after the batch; one may be -1"),),
+    dtypes=ALL_DTYPES,
+    attrs=(AttrSpec("dims", "dim_list", minimum=-1,
+                    help="the new shape of each item, after the batch; one may be -1; a named "
+                         "dimension of the input is kept by its name"),),
     infer=_reshape_infer,
-    reference=lambda attrs, x: x.reshape(x.shape[0], *attrs["dims"]),
+    reference=_reshape_reference,
     normalize=_reshape_normalize,
     kind="view",
     role="view",
     summary="a new shape for each item; the batch dimension is kept",
+    doc=OpDoc(shapes="`[N, ...]` → `[N, dims...]`", flops="0",
+              attrs="at most one -1; each named dimension of the input after the first is "
+                    "kept, by its name"),
 ))
 
 
@@ -96,16 +128,16 @@ def _transpose_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     if sorted(perm) != list(range(x.rank)):
         raise ShapeError(f"`transpose` needs a permutation of 0..{x.rank - 1} for "
                          f"{format_shape(x.shape)}, got {format_shape(perm)}")
-    if perm[0] != 0:
-        raise ShapeError(f"`transpose` must keep dimension 0 (the batch) first, got "
-                         f"{format_shape(perm)} for {format_shape(x.shape)}")
-    return TensorType(x.dtype, tuple(x.shape[axis] for axis in perm))
+    shape = tuple(x.shape[axis] for axis in perm)
+    require_batch_first("transpose", shape, x)
+    return TensorType(x.dtype, shape)
 
 
 register(OpDef(
     name="transpose",
+    dtypes=ALL_DTYPES,
     attrs=(AttrSpec("perm", "int_list", minimum=0,
-                    help="a permutation of all dimensions; 0 stays first"),),
+                    help="a permutation of all dimensions (dimension 0 may move too)"),),
     infer=_transpose_infer,
     reference=lambda attrs, x: np.ascontiguousarray(x.transpose(attrs["perm"])),
     normalize=lambda attrs, inputs: attrs.replace(perm=tuple(attrs["perm"])),
@@ -113,6 +145,8 @@ register(OpDef(
     role="layout",
     onnx=OnnxForm("Transpose", (("perm", "perm"),)),
     summary="permutes the dimensions (output dim i is input dim perm[i])",
+    doc=OpDoc(shapes="dim i of the result is dim `perm[i]` of the input", flops="0",
+              attrs="a permutation of all dimensions; dimension 0 may move"),
 ))
 
 
@@ -142,6 +176,7 @@ def _concat_normalize(attrs: Attrs, inputs: Sequence[TensorType]) -> Attrs:
 
 register(OpDef(
     name="concat",
+    dtypes=ALL_DTYPES,
     attrs=(AttrSpec("axis", "int", default=1, help="negative counts from the end"),),
     infer=_concat_infer,
     reference=lambda attrs, *xs: np.concatenate(xs, axis=attrs["axis"]),
@@ -152,6 +187,7 @@ register(OpDef(
     role="layout",
     onnx=OnnxForm("Concat", (("axis", "axis"),), since=4),
     summary="joins the inputs along axis",
+    doc=OpDoc(shapes="equal but for `axis`", attrs="2 or more inputs", flops="0"),
 ))
 
 
@@ -169,4 +205,5 @@ register(OpDef(
     kind="view",
     role="view",
     summary="the identity (inference mode)",
+    doc=OpDoc(shapes="same (the identity)", attrs="0 ≤ p ≤ 1", flops="0"),
 ))

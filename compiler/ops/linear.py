@@ -13,6 +13,7 @@ from netc.ops.registry import (
     GemmView,
     OnnxForm,
     OpDef,
+    OpDoc,
     ParamSpec,
     Shape,
     ShapeError,
@@ -81,6 +82,9 @@ register(OpDef(
     role="gemm",
     gemm_view=_dense_gemm,
     summary="y = x @ weight.T + bias, on the last dimension",
+    doc=OpDoc(shapes="`[..., in]` → `[..., units]`",
+              params="`weight [units, in]`, `bias [units]`: U(±1/√in)",
+              flops="2·out·in (+out)"),
 ))
 
 
@@ -170,6 +174,10 @@ register(OpDef(
     role="conv",
     gemm_view=_conv2d_gemm,
     summary="2-D cross-correlation over NCHW; padding kept as (top, left, bottom, right)",
+    doc=OpDoc(shapes="`[N, C, H, W]` → `[N, filters, H', W']`",
+              params="`weight [filters, C/groups, kh, kw]`, `bias [filters]`: U(±1/√fan_in), "
+                     "fan_in = C/groups·kh·kw",
+              flops="2·out·C/groups·kh·kw (+out)"),
 ))
 
 
@@ -222,4 +230,5 @@ register(OpDef(
     gemm_view=_matmul_gemm,
     onnx=OnnxForm("MatMul"),
     summary="a @ b, batched with NumPy's broadcasting rules",
+    doc=OpDoc(shapes="NumPy `matmul` rules, 1-D operands included", flops="2·out·k"),
 ))

@@ -1,4 +1,5 @@
-"""Normalisation layers: batchnorm (running statistics, channel dim 1) and layernorm (last dim)."""
+"""Normalisation layers: batchnorm (running statistics, channel dim 1), layernorm and rmsnorm
+(last dim), groupnorm and instancenorm (statistics per sample over groups of channels)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from netc.ops.registry import (
     CudaExpression,
     OnnxForm,
     OpDef,
+    OpDoc,
     ParamSpec,
     ShapeError,
     per_element_flops,
@@ -32,8 +34,15 @@ def _known_dim(op: str, x: TensorType, axis: int, what: str) -> int:
 # batchnorm --------------------------------------------------------------------------------
 
 
+MOMENTUM = AttrSpec("momentum", "float", default=0.1, minimum=0.0, positional=False,
+                    help="the running statistics' update rate in training (PyTorch's "
+                         "meaning: new = (1 - momentum) * old + momentum * batch), at most 1")
+
+
 def _batchnorm_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     (x,) = inputs
+    if attrs["momentum"] > 1:
+        raise ShapeError(f"`batchnorm` momentum must be between 0 and 1, got {attrs['momentum']}")
     require_rank("batchnorm", x, 2, what="[N, C, ...] input")
     _known_dim("batchnorm", x, 1, "channel dimension (dim 1)")
     return x
@@ -44,7 +53,10 @@ def _batchnorm_params(attrs: Attrs, inputs: Sequence[TensorType]) -> tuple[Param
     return (ParamSpec("weight", channels, ("const", 1.0)),
             ParamSpec("bias", channels, ("const", 0.0)),
             ParamSpec("running_mean", channels, ("const", 0.0), trainable=False),
-            ParamSpec("running_var", channels, ("const", 1.0), trainable=False))
+            ParamSpec("running_var", channels, ("const", 1.0), trainable=False),
+            # Counted by training only; inference never reads it, so it is no IR operand.
+            ParamSpec("num_batches_tracked", (), ("const", 0.0), trainable=False, dtype="i64",
+                      operand=False))
 
 
 def _batchnorm_reference(attrs: Attrs, x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
@@ -57,7 +69,7 @@ def _batchnorm_reference(attrs: Attrs, x: np.ndarray, weight: np.ndarray, bias: 
 
 register(OpDef(
     name="batchnorm",
-    attrs=(EPS,),
+    attrs=(EPS, MOMENTUM),
     infer=_batchnorm_infer,
     reference=_batchnorm_reference,
     param_names=lambda attrs: ("weight", "bias", "running_mean", "running_var"),
@@ -72,6 +84,10 @@ register(OpDef(
                               channel_params=True),
     onnx=OnnxForm("BatchNormalization", (("epsilon", "eps"),)),
     summary="(x - running_mean) / sqrt(running_var + eps) * weight + bias, per channel (dim 1)",
+    doc=OpDoc(shapes="rank ≥2, channels at dim 1",
+              params="`weight` (1), `bias` (0), `running_mean` (0), `running_var` (1), all "
+                     "`[C]`; buffer `num_batches_tracked` (i64 `[]`, 0), read by no kernel",
+              flops="2·out", attrs="`momentum` ≤ 1 (used by training only)"),
 ))
 
 
@@ -111,4 +127,146 @@ register(OpDef(
     role="row_reduction",
     reduced_axis=lambda attrs, rank: rank - 1,
     summary="(x - mean) / sqrt(var + eps) * weight + bias over the last dimension (biased var)",
+    doc=OpDoc(shapes="rank ≥1, over the last dim", params="`weight` (1), `bias` (0), `[last]`",
+              flops="7·out"),
+))
+
+
+# groupnorm and instancenorm -------------------------------------------------------------
+#
+# Both normalise each sample over groups of channels with the statistics of the group (the
+# biased variance, as PyTorch): groupnorm over `groups` groups of C / groups channels,
+# instancenorm over each channel alone (groupnorm with one channel a group), then scale and
+# shift per channel. One CUDA kernel computes both (`norm_rows` in templates/rowwise.cuh).
+
+
+def _grouped_infer(op: str, x: TensorType, minimum_rank: int) -> TensorType:
+    require_rank(op, x, minimum_rank, what="[N, C, ...] input")
+    for axis in range(1, x.rank):
+        _known_dim(op, x, axis, "size for every dimension after the first")
+    return x
+
+
+def _normalized_groups(x: np.ndarray, groups: int, eps: float) -> np.ndarray:
+    """`x` [N, C, ...] normalised over each of `groups` groups of channels of each sample."""
+    grouped = x.reshape(x.shape[0], groups, -1)
+    centered = grouped - grouped.mean(axis=-1, keepdims=True, dtype=np.float32)
+    variance = np.mean(centered * centered, axis=-1, keepdims=True, dtype=np.float32)
+    return (centered / np.sqrt(variance + np.float32(eps))).reshape(x.shape)
+
+
+def _per_channel(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    shape = (-1,) + (1,) * (x.ndim - 2)
+    return x * weight.reshape(shape) + bias.reshape(shape)
+
+
+def _channel_params(attrs: Attrs, inputs: Sequence[TensorType]) -> tuple[ParamSpec, ...]:
+    channels = (int(inputs[0].shape[1]),)
+    return (ParamSpec("weight", channels, ("const", 1.0)),
+            ParamSpec("bias", channels, ("const", 0.0)))
+
+
+def _groupnorm_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    _grouped_infer("groupnorm", x, 2)
+    channels, groups = int(x.shape[1]), attrs["groups"]
+    if channels % groups:
+        raise ShapeError(f"`groupnorm` needs the channels (dim 1 of {format_shape(x.shape)}) to "
+                         f"split into {groups} groups of equal size; {channels} channels do not")
+    return x
+
+
+def _groupnorm_reference(attrs: Attrs, x: np.ndarray, weight: np.ndarray,
+                         bias: np.ndarray) -> np.ndarray:
+    return _per_channel(_normalized_groups(x, attrs["groups"], attrs["eps"]), weight, bias)
+
+
+register(OpDef(
+    name="groupnorm",
+    attrs=(AttrSpec("groups", "int", minimum=1, help="channel groups (they divide C)"), EPS),
+    infer=_groupnorm_infer,
+    reference=_groupnorm_reference,
+    param_names=lambda attrs: ("weight", "bias"),
+    params=_channel_params,
+    # mean, subtract, square, sum, normalise, scale and shift, as layernorm.
+    flops=per_element_flops(7),
+    kind="normalization",
+    role="row_reduction",
+    # A row is one group of one sample: dims 1 and after; the fusion heuristic's row length
+    # is read from the last of them.
+    reduced_axis=lambda attrs, rank: rank - 1,
+    summary="(x - mean) / sqrt(var + eps) over each group of C / groups channels of a sample "
+            "(biased var), then * weight + bias per channel",
+    doc=OpDoc(shapes="rank ≥2, channels at dim 1",
+              params="`weight` (1), `bias` (0), `[C]`", flops="7·out",
+              attrs="`groups` divides C"),
+))
+
+
+def _instancenorm_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    return _grouped_infer("instancenorm", x, 3)
+
+
+def _instancenorm_reference(attrs: Attrs, x: np.ndarray, *affine: np.ndarray) -> np.ndarray:
+    normalised = _normalized_groups(x, x.shape[1], attrs["eps"])
+    return _per_channel(normalised, *affine) if affine else normalised
+
+
+register(OpDef(
+    name="instancenorm",
+    attrs=(EPS, AttrSpec("affine", "bool", default=False,
+                         help="learn a per-channel weight and bias, as nn.InstanceNorm2d(affine=)")),
+    infer=_instancenorm_infer,
+    reference=_instancenorm_reference,
+    param_names=lambda attrs: ("weight", "bias") if attrs["affine"] else (),
+    params=lambda attrs, inputs: _channel_params(attrs, inputs) if attrs["affine"] else (),
+    flops=per_element_flops(7),
+    kind="normalization",
+    role="row_reduction",
+    reduced_axis=lambda attrs, rank: rank - 1,
+    summary="(x - mean) / sqrt(var + eps) over the spatial dims of each channel of each "
+            "sample (biased var; no running statistics, as `F.instance_norm`), then with "
+            "`affine=true` * weight + bias per channel",
+    doc=OpDoc(shapes="rank ≥3, channels at dim 1",
+              params="with `affine=true`: `weight` (1), `bias` (0), `[C]`", flops="7·out"),
+))
+
+
+# rmsnorm ----------------------------------------------------------------------------------
+
+
+def _rmsnorm_params(attrs: Attrs, inputs: Sequence[TensorType]) -> tuple[ParamSpec, ...]:
+    return (ParamSpec("weight", (int(inputs[0].shape[-1]),), ("const", 1.0)),)
+
+
+def _rmsnorm_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    require_rank("rmsnorm", x, 1)
+    _known_dim("rmsnorm", x, -1, "last dimension")
+    return x
+
+
+def _rmsnorm_reference(attrs: Attrs, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    mean_square = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
+    return x * (np.float32(1) / np.sqrt(mean_square + np.float32(attrs["eps"]))) * weight
+
+
+register(OpDef(
+    name="rmsnorm",
+    attrs=(AttrSpec("eps", "float", default=1e-6, minimum=0.0,
+                    help="added to the mean square (nn.RMSNorm's default is the dtype's "
+                         "machine epsilon: give it to match a model)"),),
+    infer=_rmsnorm_infer,
+    reference=_rmsnorm_reference,
+    param_names=lambda attrs: ("weight",),
+    params=_rmsnorm_params,
+    # square, sum, rsqrt, scale twice.
+    flops=per_element_flops(4),
+    kind="normalization",
+    role="row_reduction",
+    reduced_axis=lambda attrs, rank: rank - 1,
+    summary="x / sqrt(mean(x²) + eps) * weight over the last dimension (`nn.RMSNorm`)",
+    doc=OpDoc(shapes="rank ≥1, over the last dim", params="`weight` (1), `[last]`",
+              flops="4·out"),
 ))

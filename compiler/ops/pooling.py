@@ -1,9 +1,17 @@
-"""2-D pooling over NCHW: maxpool2d, avgpool2d, global_avgpool.
+"""2-D pooling over NCHW: maxpool2d, avgpool2d, adaptive_avgpool2d, global_avgpool.
 
 The windowed pools share their attributes, normalisation and shape rule; they differ only in
 how a window is reduced. As in PyTorch, padding is at most half the kernel (so every window
-holds at least one real element), padding never wins a max, and an average counts only the
-real elements of its window (`count_include_pad=False`).
+holds at least one real element), padding never wins a max, and `ceil_mode` rounds the output
+size up but drops a last window that would start in the trailing padding (`Window`).
+
+An average counts the padding in its divisor by default (`count_include_pad=True`, PyTorch's
+default and the language's since version 2; version 1 counted only real elements). Either way
+the part of a ceil-mode window past the padded input is not counted, as in PyTorch.
+
+`adaptive_avgpool2d` averages, for output position i of n along an axis of size s, the input
+positions floor(i·s/n) to ceil((i+1)·s/n) (PyTorch's rule): windows of varying size that may
+overlap.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from netc.ops.registry import (
     AttrSpec,
     OnnxForm,
     OpDef,
+    OpDoc,
     ShapeError,
+    int_pair,
     register,
     require_rank,
 )
@@ -28,6 +38,13 @@ POOL_ATTRS = (
     AttrSpec("kernel", "int_pair", minimum=1, help="window size: an int or [h, w]"),
     AttrSpec("stride", "int_pair", default=None, minimum=1, help="defaults to the kernel"),
     AttrSpec("padding", "int_pair", default=0, minimum=0, help="at most half the kernel"),
+    AttrSpec("ceil_mode", "bool", default=False, positional=False,
+             help="round the output size up (a last window starting in the padding is dropped)"),
+)
+AVGPOOL_ATTRS = (
+    *POOL_ATTRS,
+    AttrSpec("count_include_pad", "bool", default=True, positional=False,
+             help="divide by the whole window, padding included (PyTorch's default)"),
 )
 
 
@@ -64,9 +81,12 @@ def _maxpool_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
 def _avgpool_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     window = _pool_window("avgpool2d", attrs)
     sums = window.windows(x, 0.0).sum(axis=(4, 5), dtype=np.float32)
-    # How many real (unpadded) elements each window covers: the same pooling of ones.
+    # The divisor of each window: the same pooling of ones over the input, and over the
+    # padding too with count_include_pad; never past the padded input (ceil mode).
     ones = np.ones((1, 1, *x.shape[2:]), dtype=np.float32)
-    counts = window.windows(ones, 0.0).sum(axis=(4, 5), dtype=np.float32)
+    padding_counts = 1.0 if attrs["count_include_pad"] else 0.0
+    counts = window.windows(ones, padding_counts, beyond=0.0).sum(axis=(4, 5),
+                                                                  dtype=np.float32)
     return sums / counts
 
 
@@ -78,14 +98,20 @@ def _window_flops(extra_per_output: int) -> Callable[
     return flops
 
 
-for _name, _reference, _extra, _summary in (
-    ("maxpool2d", _maxpool_reference, 0, "max over each window; padding never wins"),
-    ("avgpool2d", _avgpool_reference, 1,
-     "mean over each window's real elements (padding not counted)"),
+_POOL_SHAPES = "`[N, C, H, W]` → `[N, C, H', W']`"
+_POOL_CONSTRAINTS = ("`stride` defaults to the kernel; `padding` at most kernel//2 on each "
+                     "side; `ceil_mode` drops a last window that would start in the "
+                     "bottom/right padding")
+
+for _name, _attrs, _reference, _extra, _summary, _flops in (
+    ("maxpool2d", POOL_ATTRS, _maxpool_reference, 0, "max over each window; padding never wins",
+     "out·kh·kw"),
+    ("avgpool2d", AVGPOOL_ATTRS, _avgpool_reference, 1,
+     "mean over each window; padding counted unless count_include_pad=false", "out·(kh·kw+1)"),
 ):
     register(OpDef(
         name=_name,
-        attrs=POOL_ATTRS,
+        attrs=_attrs,
         infer=_pool_infer(_name),
         reference=_reference,
         normalize=_pool_normalize(_name),
@@ -93,7 +119,67 @@ for _name, _reference, _extra, _summary in (
         kind="pool",
         role="pool",
         summary=_summary,
+        doc=OpDoc(shapes=_POOL_SHAPES, flops=_flops, attrs=_POOL_CONSTRAINTS),
     ))
+
+
+# adaptive_avgpool2d -----------------------------------------------------------------------
+
+
+def adaptive_ranges(size: int, out_size: int) -> list[tuple[int, int]]:
+    """[begin, end) of each of `out_size` adaptive windows over `size` positions (PyTorch's
+    start = floor(i·size/out), end = ceil((i+1)·size/out))."""
+    return [(i * size // out_size, -(-(i + 1) * size // out_size)) for i in range(out_size)]
+
+
+def _adaptive_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    require_rank("adaptive_avgpool2d", x, 4, 4, "NCHW input")
+    if isinstance(x.shape[2], str) or isinstance(x.shape[3], str):
+        raise ShapeError(f"`adaptive_avgpool2d` needs known spatial dimensions, got "
+                         f"{format_shape(x.shape)}")
+    height, width = int_pair(attrs["output_size"])
+    return TensorType(x.dtype, (x.shape[0], x.shape[1], height, width))
+
+
+def _adaptive_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
+    out_h, out_w = int_pair(attrs["output_size"])
+    rows = adaptive_ranges(x.shape[2], out_h)
+    columns = adaptive_ranges(x.shape[3], out_w)
+    y = np.empty((*x.shape[:2], out_h, out_w), dtype=np.float32)
+    for i, (top, bottom) in enumerate(rows):
+        for j, (left, right) in enumerate(columns):
+            y[:, :, i, j] = x[:, :, top:bottom, left:right].mean(axis=(2, 3), dtype=np.float32)
+    return y
+
+
+def _adaptive_flops(attrs: Attrs, inputs: Sequence[tuple[int, ...]],
+                    output: tuple[int, ...]) -> int:
+    height, width = inputs[0][2:]
+    out_h, out_w = output[2:]
+    # Each output reads a window of about ceil(H/h) x ceil(W/w) elements, then divides once.
+    window = -(-height // out_h) * -(-width // out_w)
+    return math.prod(output) * (window + 1)
+
+
+register(OpDef(
+    name="adaptive_avgpool2d",
+    attrs=(AttrSpec("output_size", "int_pair", minimum=1,
+                    help="the output's [h, w] (an int for both)"),),
+    infer=_adaptive_infer,
+    reference=_adaptive_reference,
+    normalize=lambda attrs, inputs: attrs.replace(output_size=int_pair(attrs["output_size"])),
+    flops=_adaptive_flops,
+    kind="pool",
+    role="pool",
+    summary="mean over PyTorch's adaptive windows: output i of n along an axis of size s "
+            "averages positions floor(i·s/n) to ceil((i+1)·s/n)",
+    doc=OpDoc(shapes="`[N, C, H, W]` → `[N, C, h, w]`", flops="out·(⌈H/h⌉·⌈W/w⌉+1)",
+              attrs="`output_size` may exceed the input (windows then repeat elements)"),
+))
+
+
+# global_avgpool ---------------------------------------------------------------------------
 
 
 def _global_avgpool_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
@@ -117,4 +203,5 @@ register(OpDef(
     role="reduction",
     onnx=OnnxForm("GlobalAveragePool"),
     summary="[N, C, H, W] to [N, C, 1, 1], the mean over each channel",
+    doc=OpDoc(shapes="`[N, C, H, W]` → `[N, C, 1, 1]`", flops="in + out"),
 ))

@@ -34,9 +34,11 @@ Conventions for the functions an `OpDef` holds:
 * `infer(attrs, inputs)` gets the tensor inputs' types (not the parameters) and returns the
   output type, or raises `ShapeError` with a message that shows the shapes involved.
 * `params(attrs, inputs)` returns the op's parameters in the order they follow the tensor
-  inputs in the IR; `param_names(attrs)` must list the same names without needing the inputs.
+  inputs in the IR, then any buffers it keeps but never reads (`ParamSpec.operand` False);
+  `param_names(attrs)` must list the operands' names without needing the inputs.
 * `reference(attrs, *arrays)` gets tensor inputs then parameters as NumPy arrays (float32 for
-  every dtype: the interpreter rounds to the value's dtype between ops) and returns one array
+  every float dtype, int32/int64/bool for `i32`/`i64`/`bool`: the interpreter rounds to the
+  value's dtype between ops) and returns one array
   (a tuple of arrays, one per output, for an op with `infer_extra`).
 * `infer_extra(attrs, inputs)`, only for an op with several outputs, returns the types of
   outputs 1, 2, ... (`infer` gives output 0's); see `netc.ir.Node.extra_types`.
@@ -59,14 +61,17 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from netc.ir import DTYPE_BYTES, Attrs, Dim, Node, TensorType, format_shape
+from netc.ir import DTYPE_BYTES, FLOAT_DTYPES, Attrs, Dim, Node, TensorType, format_shape
 
 REQUIRED: Any = object()
 """Marks an attribute without a default."""
 
-ATTR_KINDS = ("int", "float", "bool", "str", "int_pair", "int_list", "padding")
+ATTR_KINDS = ("int", "float", "bool", "str", "int_pair", "int_list", "padding", "axes",
+              "dim_list")
 """`int_pair`: an int or `[h, w]`, stored as a pair. `int_list`: `[a, b, ...]`, stored as a
-tuple. `padding`: an int, `[h, w]`, or the string "same"."""
+tuple. `padding`: an int, `[h, w]`, or the string "same". `axes`: an int or a list of ints,
+stored as a tuple. `dim_list`: a list whose elements are ints or dimension names (strings:
+`[T, 8, 32]`), stored as a tuple."""
 
 
 class ShapeError(Exception):
@@ -98,6 +103,14 @@ class ParamSpec:
     """("uniform", bound) draws U(-bound, bound); ("const", value) fills with value."""
     trainable: bool = True
     """False for running statistics, which PyTorch keeps as buffers, not parameters."""
+    dtype: str | None = None
+    """None: the layer's dtype (its first input's); else a fixed dtype (`"i64"`), which only
+    a buffer that is no operand has so far (the IR's `param` nodes take the layer's dtype)."""
+    operand: bool = True
+    """False for a buffer the op never reads (batchnorm's `num_batches_tracked`): it is in the
+    weights and the state dict (`netc.weights.param_specs`) but is no IR input, so no kernel,
+    reference or exporter sees it. `params` lists the operands first, in IR order, then these;
+    `param_names` lists the operands only."""
 
 
 ROLES: dict[str, str] = {
@@ -259,6 +272,9 @@ class OpDef:
     infer_extra: Callable[[Attrs, Sequence[TensorType]], tuple[TensorType, ...]] | None = None
     """For an op with several outputs: the types of outputs 1, 2, ... from the tensor inputs'
     types (`infer` gives output 0's). None for an op of one output, as every op is today."""
+    dtypes: tuple[str, ...] = FLOAT_DTYPES
+    """The dtypes its tensor inputs may have (`netc.ops.apply.apply_op` refuses others with a
+    `DtypeError` naming them); an op that takes integers or booleans lists them."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -447,11 +463,14 @@ def resolve_axis(op: str, axis: int, tensor: TensorType) -> int:
 
 
 def require_batch_first(op: str, shape: tuple[Dim, ...], *inputs: TensorType) -> None:
-    """Version 1 allows a named dimension only first; an op must not move one elsewhere."""
-    if any(isinstance(d, str) for d in shape[1:]):
+    """A named dimension may stand anywhere (language v2), but an op's result may only have
+    named dimensions its inputs have: a shape rule must never invent a run-time size."""
+    known = {d for t in inputs for d in t.symbolic}
+    invented = [d for d in shape if isinstance(d, str) and d not in known]
+    if invented:
         shown = " and ".join(format_shape(t.shape) for t in inputs)
-        raise ShapeError(f"`{op}` on {shown} would give {format_shape(shape)}, with a named "
-                         "dimension that is not the first")
+        raise ShapeError(f"`{op}` on {shown} would give {format_shape(shape)}, with the named "
+                         f"dimension {invented[0]} that no input has")
 
 
 def broadcast_shapes(op: str, first: TensorType, second: TensorType,

@@ -5,6 +5,10 @@ every backend reads through `Window.from_attrs`: `kernel`, `stride` and `dilatio
 (h, w) and `padding` as a 4-tuple (top, left, bottom, right), the order of ONNX's `pads`.
 `from_attrs` also accepts the user-level forms (an int, `[h, w]`, `"same"`, a stride of None
 meaning "= kernel"), so shape rules work on attributes before and after normalisation.
+
+`ceil_mode` (the pools') counts windows as PyTorch does: the output size rounds up, but a last
+window that would start in the bottom or right padding (or past it) is dropped, so every
+window still starts inside the input or its top/left padding.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Window:
     dilation: tuple[int, int]
     padding: tuple[int, int, int, int]
     """(top, left, bottom, right)"""
+    ceil_mode: bool = False
 
     @classmethod
     def from_attrs(cls, op: str, attrs: Attrs) -> Window:
@@ -60,7 +65,7 @@ class Window:
                 raise ShapeError(f"`{op}` {name} must be positive, got {format_shape(values)}")
         if min(padding) < 0:
             raise ShapeError(f"`{op}` padding must not be negative, got {format_shape(padding)}")
-        return cls(kernel, stride, dilation, padding)
+        return cls(kernel, stride, dilation, padding, bool(attrs.get("ceil_mode", False)))
 
     def to_attrs(self, attrs: Attrs) -> Attrs:
         changes: dict[str, Any] = {"kernel": self.kernel, "stride": self.stride,
@@ -74,30 +79,47 @@ class Window:
                 self.dilation[1] * (self.kernel[1] - 1) + 1)
 
     def output_size(self, op: str, x: TensorType) -> tuple[int, int]:
-        """Output (height, width) for an NCHW input (PyTorch's floor rule, no ceil_mode)."""
+        """Output (height, width) for an NCHW input (PyTorch's rule, floor or ceil mode)."""
         require_rank(op, x, 4, 4, "NCHW input")
         height, width = x.shape[2], x.shape[3]
         if isinstance(height, str) or isinstance(width, str):
             raise ShapeError(f"`{op}` needs known spatial dimensions, got {format_shape(x.shape)}")
         top, left, bottom, right = self.padding
         effective = self.effective_kernel()
-        padded = (height + top + bottom, width + left + right)
-        if padded[0] < effective[0] or padded[1] < effective[1]:
+        if height + top + bottom < effective[0] or width + left + right < effective[1]:
             raise ShapeError(
                 f"`{op}` window {format_shape(effective)} (kernel {format_shape(self.kernel)}, "
                 f"dilation {format_shape(self.dilation)}) does not fit input "
                 f"{format_shape(x.shape)} with padding {format_shape(self.padding)}")
-        return ((padded[0] - effective[0]) // self.stride[0] + 1,
-                (padded[1] - effective[1]) // self.stride[1] + 1)
+        return self._extent(height, top, bottom, 0), self._extent(width, left, right, 1)
 
-    def windows(self, x: np.ndarray, pad_value: float) -> np.ndarray:
-        """A read-only view [N, C, out_h, out_w, kh, kw] of `x` padded with `pad_value`."""
+    def _extent(self, size: int, before: int, after: int, axis: int) -> int:
+        """How many windows fit along one axis of `size` elements padded `before` and `after`."""
+        span = size + before + after - self.effective_kernel()[axis]
+        stride = self.stride[axis]
+        if not self.ceil_mode:
+            return span // stride + 1
+        count = -(-span // stride) + 1
+        # PyTorch drops a last window that would start in the trailing padding.
+        return count - 1 if (count - 1) * stride >= size + before else count
+
+    def windows(self, x: np.ndarray, pad_value: float, beyond: float | None = None
+                ) -> np.ndarray:
+        """A read-only view [N, C, out_h, out_w, kh, kw] of `x` padded with `pad_value`; the
+        part of a ceil-mode window past the padded input reads `beyond` (`pad_value` if
+        None)."""
         top, left, bottom, right = self.padding
+        height, width = x.shape[2], x.shape[3]
+        out_h = self._extent(height, top, bottom, 0)
+        out_w = self._extent(width, left, right, 1)
+        effective = self.effective_kernel()
         padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)),
                         constant_values=np.float32(pad_value))
-        effective = self.effective_kernel()
-        out_h = (padded.shape[2] - effective[0]) // self.stride[0] + 1
-        out_w = (padded.shape[3] - effective[1]) // self.stride[1] + 1
+        # Ceil mode: the last window may reach past the padded input.
+        extra_h = max(0, (out_h - 1) * self.stride[0] + effective[0] - padded.shape[2])
+        extra_w = max(0, (out_w - 1) * self.stride[1] + effective[1] - padded.shape[3])
+        padded = np.pad(padded, ((0, 0), (0, 0), (0, extra_h), (0, extra_w)),
+                        constant_values=np.float32(pad_value if beyond is None else beyond))
         s_n, s_c, s_h, s_w = padded.strides
         return np.lib.stride_tricks.as_strided(
             padded,

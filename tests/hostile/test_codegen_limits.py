@@ -25,7 +25,7 @@ NETWORKS = {
     output y = relu(a)
     output z = relu(b)
 }
-""", "m.net:3:", ("`a` (f32[N, 8])", "`b` (f32[M, 8])", "one batch size", "language v2")),
+""", "m.net:3:", ("`a` (f32[N, 8])", "`b` (f32[M, 8])", "one batch size", "later work")),
     "wide-grid": ("""network wide {
     input v: f32[N, 8]
     output y = dense(v, 4200000)

@@ -50,6 +50,8 @@ def random_weights(graph: Graph, rng: np.random.Generator, *,
     the same name and shape in different layers get the same values (for `parallel`)."""
     weights = {}
     for name, spec in param_specs(graph).items():
+        if not spec.operand:  # a buffer no kernel reads (num_batches_tracked): may be left out
+            continue
         kind, value = spec.init
         low, high = ((-value, value) if kind == "uniform" else
                      (0.5, 1.5) if value == 1.0 else (-1.0, 1.0))

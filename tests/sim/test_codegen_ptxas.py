@@ -60,7 +60,9 @@ def test_every_kernel_variant_compiles_without_spills(arch: str,
 
 def test_the_catalog_covers_every_family() -> None:
     families = {Path(spec.template).stem for spec in catalog().values()}
-    assert families == {"gemm", "conv2d", "pool", "rowwise", "concat", "elementwise"}
+    assert families == {"gemm", "conv2d", "pool", "rowwise", "concat", "elementwise", "reduce",
+                        "gather", "pad", "interpolate", "embedding", "triangle",
+                        "conv_transpose2d"}
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])

@@ -16,8 +16,9 @@ from netc.codegen.kernels import KernelSpec
 from netc.codegen.pointwise import PointwiseCode
 from netc.codegen.tiles import BlockTile, GemmTile, RowTile
 from netc.codegen.tiling import CANDIDATES, choose_tiles
-from netc.ir import Attrs, Node, Region, TensorType
+from netc.ir import ALL_DTYPES, FLOAT_DTYPES, INTEGER_DTYPES, Attrs, Node, Region, TensorType
 from netc.ops import REGISTRY
+from netc.ops.builder import GraphBuilder
 from tests.sim.networks import NETWORKS, network
 
 GEMM_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4), GemmTile(48, 24, 5, 3, 3),
@@ -63,10 +64,15 @@ def _pointwise_variants() -> list[tuple[PointwiseCode, range]]:
     for op in ("add", "sub", "mul"):
         variants.append((standalone(op, "tt"), any_rank))
         variants += [(standalone(op, operands), range(1)) for operands in ("ts", "st", "ss")]
-    copy = pointwise.gather((2,), "", (1,)).code
+    copy = copy_code()
     variants += [(standalone("batchnorm"), range(1, 4)), (copy, any_rank),
                  (pointwise.fill(0.0).code, range(1))]
     return variants
+
+
+def copy_code() -> PointwiseCode:
+    """The code of a strided copy (transpose, expand, slice, select)."""
+    return pointwise.gather((2,), "", (1,)).code
 
 
 @cache
@@ -79,6 +85,8 @@ def catalog() -> dict[str, KernelSpec]:
                       for transposed in (True, False) for bias in (True, False)]
         for tile in LOW_PRECISION_CONV_TILES if low else CONV_TILES:
             specs += [kernels.conv2d_kernel(dtype, tile, has_bias=bias) for bias in (True, False)]
+            specs += [kernels.conv_transpose2d_kernel(dtype, tile, has_bias=bias)
+                      for bias in (True, False)]
         for tile in TILING_TILES:
             # In 16 bits, the dense and conv forms (both with a bias) stand for the family.
             flags = [(True, True)] if low else [(t, b) for t in (True, False) for b in (True, False)]
@@ -88,9 +96,20 @@ def catalog() -> dict[str, KernelSpec]:
                       for bias in ((True,) if low else (True, False))]
         for tile in LOW_PRECISION_ROW_TILES if low else ROW_TILES:
             specs += [kernels.row_kernel(op, dtype, tile) for op in kernels.ROW_OPERATIONS]
+            # Reductions over any axes: up to two kept and two reduced dims after merging
+            # (argmax reduces one axis: one reduced dim).
+            specs += [kernels.reduce_kernel(op, dtype, tile, kept, reduced)
+                      for op in kernels.REDUCTIONS for kept in (1, 2)
+                      for reduced in ((1,) if op in kernels.INDEX_REDUCTIONS else (1, 2))]
         for block in BLOCK_TILES[:1] if low else BLOCK_TILES:
-            specs += [kernels.pool_kernel(dtype, block, is_max=is_max) for is_max in (True, False)]
+            specs += [kernels.pool_kernel(op, dtype, block) for op in kernels.POOL_KINDS]
             specs.append(kernels.concat_kernel(dtype, block))
+            specs += [kernels.pad_kernel(mode, rank, dtype, block) for mode in kernels.PAD_MODES
+                      for rank in ((2,) if low else range(1, 5))]
+            specs += [kernels.interpolate_kernel(mode, corners, dtype, block) for mode, corners
+                      in (("nearest", False), ("bilinear", False), ("bilinear", True))]
+            specs += [kernels.gather_kernel(dataclasses.replace(copy_code(), rank=rank), dtype,
+                                            block) for rank in range(MAX_ELEMENTWISE_RANK + 1)]
             specs += [kernels.elementwise_kernel(dataclasses.replace(code, rank=rank), dtype,
                                                  block)
                       for code, ranks in _pointwise_variants() for rank in ranks]
@@ -100,4 +119,27 @@ def catalog() -> dict[str, KernelSpec]:
             specs += lower(graph).kernels.values()
             # What the plan backends (cudasim, cuda) generate: the tiling heuristic's tiles.
             specs += lower(graph, choose_tiles(graph)).kernels.values()
+    specs += integer_kernels()
     return {spec.name: spec for spec in specs}
+
+
+def integer_kernels() -> list[KernelSpec]:
+    """The kernels of `netc.ops.integers` (casts, comparisons, where, masked_fill, embedding,
+    arange, triu, tril) for inputs of every dtype, as one unfused graph lowers them."""
+    specs: list[KernelSpec] = []
+    for dtype in ALL_DTYPES:
+        builder = GraphBuilder(f"integers_{dtype}")
+        x = builder.input("x", dtype, ("N", 5))
+        condition = builder.op("lt", x, builder.input("y", dtype, (1, 5)))
+        values = [condition, builder.op("eq", x, other=1.0),
+                  builder.op("where", condition, x, x),
+                  builder.op("masked_fill", x, condition, value=1.0),
+                  builder.op("triu", x), builder.op("tril", x), builder.op("arange", n=5)]
+        values += [builder.op("cast", x, dtype=target) for target in ALL_DTYPES]
+        if dtype in INTEGER_DTYPES:
+            values += [builder.op("embedding", x, num_embeddings=7, dim=5, dtype=table)
+                       for table in FLOAT_DTYPES]
+        for index, value in enumerate(values):
+            builder.output(f"out{index}", value)
+        specs += lower(builder.build()).kernels.values()
+    return specs

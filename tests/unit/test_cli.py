@@ -32,7 +32,7 @@ def test_check_table_for_resnet18() -> None:
     result = netc("check", str(EXAMPLES / "resnet18.net"))
     lines = result.stdout.splitlines()
     assert "network resnet18" in lines[0]
-    assert any(line.startswith("basic_1.conv2d_0 ") and "f32[N, 64, 56, 56]" in line
+    assert any(line.startswith("layer1.1.conv1 ") and "f32[N, 64, 56, 56]" in line
                and "36,864" in line for line in lines), result.stdout
     assert "11,689,512 parameters" in result.stdout  # torchvision's resnet18 has 11,689,512
 
@@ -182,4 +182,4 @@ def test_graph_draws_fused_groups_as_clusters(tmp_path: Path) -> None:
     text = out.read_text()
     # 17 of the 20 convolutions take a pointwise epilogue; the 3 shortcut convs stand alone.
     assert text.count("subgraph") == 17
-    assert "basic_0.conv2d_1" in text and "-->" in text
+    assert "layer1.0.conv2" in text and "-->" in text

@@ -36,15 +36,24 @@ SAMPLE_SPECS = [
                         epilogue=EPILOGUE),
     kernels.conv2d_kernel("bf16", GemmTile(), has_bias=True),
     kernels.conv2d_kernel("f32", GemmTile(16, 64, 4, 2, 8), has_bias=False, epilogue=RELU),
-    kernels.pool_kernel("f32", BLOCK, is_max=True),
-    kernels.pool_kernel("f16", BLOCK, is_max=False, epilogue=EPILOGUE),
+    kernels.pool_kernel("maxpool2d", "f32", BLOCK),
+    kernels.pool_kernel("avgpool2d", "f16", BLOCK, epilogue=EPILOGUE),
     *(kernels.row_kernel(operation, "f32", ROW) for operation in kernels.ROW_OPERATIONS),
     kernels.row_kernel("softmax", "f32", ROW, prologue=EPILOGUE, epilogue=RELU),
     kernels.concat_kernel("bf16", BLOCK),
+    kernels.pad_kernel("reflect", 3, "f32", BLOCK),
+    kernels.interpolate_kernel("bilinear", True, "bf16", BLOCK),
+    kernels.conv_transpose2d_kernel("f16", GemmTile(), has_bias=True, epilogue=RELU),
     *(kernels.elementwise_kernel(dataclasses.replace(standalone(op), rank=rank), "f32", BLOCK)
       for op in ("relu", "leaky_relu", "batchnorm", "add") for rank in (0, 3)),
     kernels.elementwise_kernel(pointwise.fill(1.0).code, "f16", BLOCK),
     kernels.elementwise_kernel(standalone("sub", "st"), "f32", BLOCK),
+    kernels.embedding_kernel("f32", "i64", BLOCK),
+    kernels.triangle_kernel("triu", "i32", BLOCK),
+    kernels.reduce_kernel("logsumexp", "f16", ROW, 2, 1, prologue=EPILOGUE, epilogue=RELU),
+    kernels.reduce_kernel("argmax", "bf16", ROW, 1, 2),
+    kernels.gather_kernel(dataclasses.replace(pointwise.gather((2,), "", (1,)).code, rank=2),
+                          "f32", BLOCK),
 ]
 
 
@@ -78,7 +87,7 @@ def test_every_template_renders_with_strict_undefined() -> None:
 
 
 def test_a_missing_template_variable_is_an_error() -> None:
-    spec = kernels.pool_kernel("f32", BLOCK, is_max=True)
+    spec = kernels.pool_kernel("maxpool2d", "f32", BLOCK)
     with pytest.raises(jinja2.UndefinedError):
         render(spec.template, name=spec.name, ctype="float", threads=128)
 
@@ -112,10 +121,10 @@ def test_pointwise_chains_become_statements_over_netc_names() -> None:
             Node("d", "sub", ("$1", "c"), Attrs(), TensorType("f32", shape))]
     function = pointwise.build(body, inputs, lambda value: f"buf_{value}", shape, seed="conv")
     assert function.code.statements == (
-        "const float v0 = value + x0;",
-        "const float v1 = (v0 >= 0.0f ? v0 : v0 * p0);",
-        "const float v2 = v1 * x1;",
-        "const float v3 = p1 - v2;")
+        "const auto v0 = value + x0;",
+        "const auto v1 = (v0 >= 0.0f ? v0 : v0 * p0);",
+        "const auto v2 = v1 * x1;",
+        "const auto v3 = p1 - v2;")
     assert function.code.result == "v3" and function.code.rank == 2
     assert [arg.buffer for arg in function.args[:2]] == ["buf_skip", "buf_scale"]
     # sizes of the merged dims [N * 3, 4], then strides of skip and of scale, then floats
@@ -124,7 +133,7 @@ def test_pointwise_chains_become_statements_over_netc_names() -> None:
 
 def test_batchnorm_parameters_repeat_along_all_but_the_channel_dim() -> None:
     code = standalone("batchnorm")
-    assert code.statements == ("const float v0 = (x0 - x3) * rsqrtf(x4 + p0) * x1 + x2;",)
+    assert code.statements == ("const auto v0 = (x0 - x3) * rsqrtf(x4 + p0) * x1 + x2;",)
     shape = ("N", 3, 2, 2)
     inputs = [Node(f"i{k}", "input", (), Attrs(),
                    TensorType("f32", shape if k == 0 else (3,))) for k in range(5)]
@@ -251,7 +260,8 @@ def test_launch_geometry_follows_the_batch() -> None:
 
 def test_every_op_has_a_kernel_or_is_a_view() -> None:
     for name, opdef in REGISTRY.items():
-        assert opdef.kind == "view" or name in LOWERINGS, name
+        # A decomposition is a lowering too (`stack`: unsqueeze and concat).
+        assert opdef.kind == "view" or name in LOWERINGS or opdef.decompose is not None, name
     assert set(pointwise.POINTWISE_OPS) == {
         name for name, opdef in REGISTRY.items() if opdef.kind == "elementwise"} | {"batchnorm"}
 

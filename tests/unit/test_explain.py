@@ -61,18 +61,18 @@ def test_every_source_layer_is_listed_with_its_file_and_line() -> None:
 
 def test_resnet18_notes_say_how_each_layer_was_fused_or_why_not() -> None:
     rows = {row.layer: row for row in resnet18_at(2).layers}
-    assert rows["conv2d_0"].note == "anchors a conv epilogue kernel"
-    assert rows["conv2d_0"].fused_with == ("batchnorm_0", "relu#0")
-    assert rows["batchnorm_0"].note == "folded into the weights of `conv2d_0`"
-    assert rows["relu#0"].note == "fused into the conv epilogue kernel of `conv2d_0`"
-    assert rows["relu#0"].kernel == rows["conv2d_0"].kernel == 1
+    assert rows["conv1"].note == "anchors a conv epilogue kernel"
+    assert rows["conv1"].fused_with == ("bn1", "relu#0")
+    assert rows["bn1"].note == "folded into the weights of `conv1`"
+    assert rows["relu#0"].note == "fused into the conv epilogue kernel of `conv1`"
+    assert rows["relu#0"].kernel == rows["conv1"].kernel == 1
     assert rows["maxpool2d#0"].note == "not fused: its output is used by 2 ops"
-    assert "took its user `add#2` first" in rows["down_0.conv2d_2"].note
+    assert "took its user `add#2` first" in rows["layer2.0.downsample.0"].note
     assert "fusion does not cross views" in rows["global_avgpool#0"].note
     assert rows["flatten#0"].kernel is None and "view" in rows["flatten#0"].note
     o1 = {row.layer: row for row in resnet18_at(1).layers}
     assert o1["relu#0"].note == "-O1: fusion off"
-    assert o1["batchnorm_0"].note == "folded into the weights of `conv2d_0`"
+    assert o1["bn1"].note == "folded into the weights of `conv1`"
 
 
 def test_notes_for_removed_and_shared_values() -> None:
@@ -136,7 +136,7 @@ def test_text_report() -> None:
     for heading in ("layers, in source order", "kernels, in launch order",
                     "tiles of the GEMM and convolution kernels", "totals"):
         assert heading in text
-    assert "resnet_blocks.net:4" in text and "basic_0.conv2d_1" in text
+    assert "resnet_blocks.net:5" in text and "layer1.0.conv2" in text
     assert "launches            23 (23 kernels)" in text
     assert "predicted time" in text and "peak memory" in text
 
@@ -149,9 +149,9 @@ def test_json_report_has_the_totals_at_the_top_level() -> None:
     assert data["gpu"] == {"name": "H100 SXM", "flops_per_second": 66.9e12,
                            "bytes_per_second": 3.35e12}
     assert len(data["layers"]) == len(resnet18().compute_nodes)
-    assert data["layers"][0] == {"layer": "conv2d_0", "node": "conv2d_0", "op": "conv2d",
-                                 "location": "resnet18.net:6", "kernel": 1,
-                                 "fused_with": ["batchnorm_0", "relu#0"],
+    assert data["layers"][0] == {"layer": "conv1", "node": "conv1", "op": "conv2d",
+                                 "location": "resnet18.net:9", "kernel": 1,
+                                 "fused_with": ["bn1", "relu#0"],
                                  "note": "anchors a conv epilogue kernel"}
     assert data["bytes_moved"] == sum(k["bytes_moved"] for k in data["kernels"])
-    assert {t["layer"] for t in data["tiles"]} >= {"conv2d_0", "dense_0"}
+    assert {t["layer"] for t in data["tiles"]} >= {"conv1", "fc"}

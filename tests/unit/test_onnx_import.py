@@ -441,8 +441,8 @@ def test_layer_names_come_from_weight_names() -> None:
                     _random("layer1.0.bn1.running_var", [3], 0.5, 1.5)])
     imported = _check(model)
     assert sorted(imported.weights) == [
-        "layer1_0_bn1.bias", "layer1_0_bn1.running_mean", "layer1_0_bn1.running_var",
-        "layer1_0_bn1.weight", "layer1_0_conv1.weight"]
+        "layer1.0.bn1.bias", "layer1.0.bn1.running_mean", "layer1.0.bn1.running_var",
+        "layer1.0.bn1.weight", "layer1.0.conv1.weight"]
 
 
 def test_names_are_sanitised_and_unique() -> None:
@@ -462,10 +462,11 @@ def test_names_are_sanitised_and_unique() -> None:
 
 def test_every_problem_is_listed_in_one_error() -> None:
     model = _model(
-        [helper.make_node("Exp", ["x"], ["e"], name="exp1"),
+        [helper.make_node("Hardmax", ["x"], ["e"], name="hardmax1"),
          helper.make_node("Conv", ["e", "w"], ["c"], name="conv_asym", strides=[2, 2],
                           pads=[0, 0, 1, 1]),
          helper.make_node("Relu", ["c"], ["r"], name="after_conv"),  # depends on a failure
+         # Depends on a failure too (moving dimension 0 is no problem of its own any more).
          helper.make_node("Transpose", ["r"], ["rt"], name="transpose_after", perm=[1, 0, 2, 3]),
          helper.make_node("Gemm", ["v", "wg"], ["g"], name="gemm_t", transA=1),
          helper.make_node("Add", ["v", "table"], ["t"], name="add_table"),
@@ -475,12 +476,12 @@ def test_every_problem_is_listed_in_one_error() -> None:
         {"x": ["N", 2, 6, 6], "v": ["N", 4], "w_runtime": [3, 2, 3, 3]},
         ["rt", "g", "t", "c2", "s", "p", "idx"],
         [_random("w", [3, 2, 3, 3]), _random("wg", [4, 5]), _random("table", [5, 4])])
-    model.graph.input.append(helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 3]))
+    # (i32, i64 and bool inputs import now; f64 is no `.net` dtype.)
+    model.graph.input.append(helper.make_tensor_value_info("i", TensorProto.DOUBLE, ["N", 3]))
     problems = _diagnostics(model)
     text = "\n".join(f"{code} {message}" for code, message in problems)
     expected = [
-        ("E0601", "Exp node `exp1`"),
-        ("E0607", "Transpose node `transpose_after`"),
+        ("E0601", "Hardmax node `hardmax1`"),
         ("E0602", "Conv node `conv_asym`"),
         ("E0602", "Gemm node `gemm_t`"),
         ("E0606", "Add node `add_table`"),
@@ -491,21 +492,21 @@ def test_every_problem_is_listed_in_one_error() -> None:
     for code, fragment in expected:
         assert any(c == code and fragment in m for c, m in problems), (code, fragment, text)
     assert "after_conv" not in text  # downstream of a failure: not reported twice
+    assert "transpose_after" not in text
     assert len(problems) == len(expected), text
 
 
 def test_shapes_outside_the_language_are_rejected() -> None:
     dynamic = _model([helper.make_node("Relu", ["x"], ["y"])], {"x": ["N", "seq", 4]}, ["y"])
     assert _diagnostics(dynamic)[0][0] == "E0605"
-    batch_move = _model([helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0])],
-                        {"x": ["N", 4]}, ["y"])
-    assert _diagnostics(batch_move)[0][0] == "E0607"
+    # (A Transpose may move the batch now: `transpose` takes any permutation.)
+    empty_slice = _model([helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["y"])],
+                         {"x": ["N", 4]}, ["y"], [_const(name, [value], np.int64) for name, value
+                                                  in (("starts", 3), ("ends", 1), ("axes", 1))])
+    assert _diagnostics(empty_slice)[0][0] == "E0607"
     flatten0 = _model([helper.make_node("Flatten", ["x"], ["y"], axis=2)],
                       {"x": ["N", 4, 2, 2]}, ["y"])
     assert _diagnostics(flatten0)[0][0] == "E0602"
-    tanh_gelu = _model([helper.make_node("Gelu", ["x"], ["y"], approximate="tanh")],
-                       {"x": ["N", 4]}, ["y"], opset=20)
-    assert _diagnostics(tanh_gelu)[0][0] == "E0602"
     reshape_batch = _reshape([6, -1])()
     assert _diagnostics(reshape_batch)[0][0] == "E0607"
     batch_arithmetic = _model(
@@ -555,10 +556,9 @@ def test_exported_examples_import_back(example: str) -> None:
     weights = weights_with_statistics(model, seed=3)
     imported = import_onnx(export_graph(model.graph, weights))
     graph = load_string(imported.text, filename=example)
-    # Block prefixes (`basic_0.conv2d_0`) cannot be layer names, so their dots become `_`.
-    renamed = {name.rsplit(".", 1)[0].replace(".", "_") + "." + name.rsplit(".", 1)[1]
-               for name in weights}
-    assert set(imported.weights) == renamed
+    # The layers keep their paths (`basic_0.conv2d_0`); ONNX has no `num_batches_tracked`.
+    assert set(imported.weights) == {name for name in weights
+                                     if not name.endswith(".num_batches_tracked")}
     inputs = random_inputs(model.graph, EXAMPLE_BATCH[example], seed=4)
     original = model.run(inputs, weights)
     again = run_reference(graph, imported.weights,

@@ -159,7 +159,7 @@ def test_resnet18() -> None:
         kernel = optimized.kernel_of(node.id)
         assert kernel is not None and kernel in optimized.graph, node.id
     first_bn = next(n for n in graph.compute_nodes if n.op == "batchnorm")
-    assert optimized.graph[optimized.kernel_of(first_bn.id) or ""].layer == "conv2d_0"
+    assert optimized.graph[optimized.kernel_of(first_bn.id) or ""].layer == "conv1"
 
 
 def test_weights_for_derives_folded_tensors_from_the_original_file() -> None:

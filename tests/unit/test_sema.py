@@ -71,26 +71,26 @@ def test_repeat_unrolls_in_source_order() -> None:
 def test_block_calls_prefix_their_layers(resnet_dir: Path) -> None:
     graph = load_file(resnet_dir / "resnet18.net")
     params = [n.id for n in graph.params]
-    assert params[:5] == ["conv2d_0.weight", "batchnorm_0.weight", "batchnorm_0.bias",
-                          "batchnorm_0.running_mean", "batchnorm_0.running_var"]
-    for name in ("basic_0.conv2d_0.weight", "basic_0.conv2d_1.weight", "basic_1.conv2d_0.weight",
-                 "basic_0.batchnorm_0.running_mean", "down_0.conv2d_2.weight",
-                 "basic_4.batchnorm_1.running_var", "dense_0.weight", "dense_0.bias"):
+    assert params[:5] == ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean",
+                          "bn1.running_var"]
+    for name in ("layer1.0.conv1.weight", "layer1.0.conv2.weight", "layer1.1.conv1.weight",
+                 "layer1.0.bn1.running_mean", "layer2.0.downsample.0.weight",
+                 "layer4.1.bn2.running_var", "fc.weight", "fc.bias"):
         assert name in graph, name
-    assert "basic_5.conv2d_0.weight" not in graph
-    assert graph["basic_1.conv2d_0"].layer == "basic_1.conv2d_0"
-    assert graph["basic_1.conv2d_0.weight"].layer == "basic_1.conv2d_0"
+    assert "layer4.2.conv1.weight" not in graph
+    assert graph["layer1.1.conv1"].layer == "layer1.1.conv1"
+    assert graph["layer1.1.conv1.weight"].layer == "layer1.1.conv1"
 
 
 def test_resnet18_matches_torchvision(resnet_dir: Path) -> None:
     graph = load_file(resnet_dir / "resnet18.net")
     verify(graph)
-    assert graph["dense_0"].type == TensorType("f32", ("N", 1000))
-    assert graph["basic_1.conv2d_0"].type == TensorType("f32", ("N", 64, 56, 56))
+    assert graph["fc"].type == TensorType("f32", ("N", 1000))
+    assert graph["layer1.1.conv1"].type == TensorType("f32", ("N", 64, 56, 56))
     trainable = sum(n.type.numel() for n in graph.params if "running_" not in n.id)
     assert trainable == 11_689_512  # torchvision.models.resnet18(): same count, same names
-    assert graph["conv2d_0.weight"].type.shape == (64, 3, 7, 7)
-    assert graph["down_0.conv2d_2.weight"].type.shape == (128, 64, 1, 1)
+    assert graph["conv1.weight"].type.shape == (64, 3, 7, 7)
+    assert graph["layer2.0.downsample.0.weight"].type.shape == (128, 64, 1, 1)
 
 
 def test_resnet18_front_end_is_fast(resnet_dir: Path) -> None:
@@ -144,13 +144,12 @@ def test_ir_conventions() -> None:
     verify(graph)
     by_id = {n.id: n for n in graph.nodes}
     assert list(by_id) == ["x", "dense_0.weight", "dense_0.bias", "dense_0", "relu#0",
-                           "constant#0", "mul#0", "add#0", "constant#1", "mul#1"]
+                           "constant#0", "mul#0", "add#0", "neg#0"]
     assert by_id["dense_0"].inputs == ("x", "dense_0.weight", "dense_0.bias")
     assert by_id["constant#0"].attrs["value"] == 0.5
     assert by_id["constant#0"].type == TensorType("f32", ())
-    assert by_id["mul#1"].inputs == ("add#0", "constant#1")
-    assert by_id["constant#1"].attrs["value"] == -1.0
-    assert graph.outputs == (("y", "mul#1"),)
+    assert by_id["neg#0"].inputs == ("add#0",)
+    assert graph.outputs == (("y", "neg#0"),)
     for node in graph.nodes:
         assert node.span is not None and node.span.file == "t.net"
     assert by_id["relu#0"].span is not None and by_id["relu#0"].span.column == 24

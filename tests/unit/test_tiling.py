@@ -228,25 +228,26 @@ def test_tile_syntax_errors(spec: str, message: str) -> None:
 
 def test_overrides_by_layer_name_and_all() -> None:
     graph = optimized("resnet18.net")
-    overrides = parse_tile_overrides(["all=bm64,bn64", "basic_0.conv2d_1=bm32,bn32,bk8,tm4,tn4"])
+    overrides = parse_tile_overrides(["all=bm64,bn64", "layer1.0.conv2=bm32,bn32,bk8,tm4,tn4"])
     choices = {c.layer: c for c in plan_tiles(graph, "sm_90", overrides)}
-    assert choices["basic_0.conv2d_1"].tile == GemmTile(32, 32, 8, 4, 4)
-    assert choices["basic_0.conv2d_1"].node.startswith("fused_")
-    assert choices["dense_0"].tile == GemmTile(64, 64)
+    assert choices["layer1.0.conv2"].tile == GemmTile(32, 32, 8, 4, 4)
+    assert choices["layer1.0.conv2"].node.startswith("fused_")
+    assert choices["fc"].tile == GemmTile(64, 64)
     assert all(c.source == "--tile" for c in choices.values())
 
 
 @pytest.mark.parametrize("layer, message", [
     ("nothere", "no layer `nothere`"),
-    ("maxpool2d#0", "is a maxpool2d; tiles apply to dense, matmul and conv2d"),
-    ("relu#0", "is fused into the kernel of `conv2d_0`"),
+    ("maxpool2d#0",
+     "is a maxpool2d; tiles apply to dense, matmul, conv1d, conv_transpose2d and conv2d"),
+    ("relu#0", "is fused into the kernel of `conv1`"),
 ])
 def test_overrides_of_unknown_or_non_gemm_layers(layer: str, message: str) -> None:
     graph = optimized("resnet18.net")
     with pytest.raises(CompileError, match="E0441") as caught:
         plan_tiles(graph, "sm_90", parse_tile_overrides([f"{layer}=bm32"]))
     assert message in caught.value.render()
-    assert "layers with GEMM tiles here: conv2d_0" in caught.value.render()
+    assert "layers with GEMM tiles here: conv1" in caught.value.render()
 
 
 def test_an_invalid_tile_is_a_diagnostic() -> None:

@@ -75,7 +75,7 @@ def test_corrupt_and_missing_files_are_diagnostics(tmp_path: Path) -> None:
     with pytest.raises(CompileError, match="E0414"):
         load_weights(tmp_path / "absent.safetensors")
     with pytest.raises(CompileError, match="E0413"):
-        load_weights(tmp_path / "w.pt")
+        load_weights(tmp_path / "w.txt")
 
 
 def test_bf16_safetensors_are_read(tmp_path: Path) -> None:

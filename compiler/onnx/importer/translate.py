@@ -5,7 +5,8 @@ and the `.net` text written from the graph built."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ from netc.onnx.importer.model import (
     E_UNSUPPORTED_ATTRIBUTE,
     E_UNSUPPORTED_OP,
     ImportedModel,
+    ImportFailure,
 )
+from netc.onnx.importer.patterns import Match, find_patterns
 from netc.ops import ShapeError
 from netc.ops.builder import GraphBuilder
 
@@ -134,12 +137,21 @@ class _Importer:
         self.consumed: set[int] = set()
         self.origin: dict[str, str] = {}
         """Folded constant -> the initializer it was computed from (for layer names)."""
-        self.patterns: dict[int, Callable[[], None]] = {}
+        self.patterns: dict[int, Match] = {}
+        """Decomposed ops found (`patterns.find_patterns`), by their last node."""
+        self.failed: dict[int, str] = {}
+        """Node index -> what failed there (its op type, or a pattern), for the summary."""
+        self.unreached: set[int] = set()
+        """Nodes not translated because an input comes from a node or input that failed."""
         self.users: dict[str, list[int]] = {}
+        self.producers: dict[str, int] = {}
         for index, node in enumerate(self.nodes):
             for name in node.input:
                 if name:
                     self.users.setdefault(name, []).append(index)
+            for name in node.output:
+                if name:
+                    self.producers.setdefault(name, index)
         self.graph_outputs = {output.name for output in self.graph.output}
         self.elem_types = {info.name: info.type.tensor_type.elem_type
                            for info in (*self.graph.input, *self.graph.value_info,
@@ -219,11 +231,38 @@ class _Importer:
 
     # Building -----------------------------------------------------------------------------
 
-    def layer_name(self, node: onnx.NodeProto, op: str, weight_position: int = 1) -> str:
-        """The layer's name: from its weight's name where that is `<layer>.weight` (PyTorch's
-        and netc's own exports), else from the node's name, else `<op>_<k>`."""
-        weight = node.input[weight_position] if weight_position < len(node.input) else ""
-        weight = self.origin.get(weight, weight)
+    def layer_name(self, node: onnx.NodeProto, op: str, weight_position: int = 1,
+                   sources: Mapping[str, str] | None = None, also: Sequence[str] = ()) -> str:
+        """The layer's name, chosen so that the original weights keep their names.
+
+        `sources` gives the ONNX value each parameter comes from; by default the weight is
+        operand `weight_position`, and every other constant operand of `node`, and each of
+        `also` (a bias added by the next node), is a parameter too. Where those that are
+        named `<path>.<param>` share one `<path>` (PyTorch's and netc's own exports:
+        `layer1.0.conv1.weight`, `layer1.0.conv1.bias`; anonymous ones such as the legacy
+        exporter's pre-transposed `onnx::MatMul_152` aside, and those named after an earlier
+        layer, which the exporter merged with this one's because they are equal), the layer
+        is `<path>`, a module path as PyTorch writes it; else it is named after the weight's
+        prefix (made a plain name), else after the node, else `<op>_<k>`."""
+        others = list(also)
+        if sources is None:
+            sources = {"weight": node.input[weight_position]
+                       if weight_position < len(node.input) else ""}
+            others += [name for position, name in enumerate(node.input)
+                       if position != weight_position and name
+                       and isinstance(self.values.get(name), np.ndarray)]
+        named = {short: self.parameter_name(source) for short, source in sources.items()}
+        prefixes = {name[:-len(short) - 1] if name.endswith(f".{short}") else None
+                    for short, name in named.items() if "." in name}
+        prefixes |= {name.rsplit(".", 1)[0] for name in map(self.parameter_name, others)
+                     if "." in name}
+        # Both exporters merge equal initializers (the zero biases of a fresh model): a
+        # parameter named after an earlier layer is one of those, and does not count.
+        fresh = {prefix for prefix in prefixes
+                 if prefix is None or prefix not in self.layer_names.taken}
+        if len(fresh) == 1 and (path := fresh.pop()):
+            return self.layer_names.claim(path, op, path=True)
+        weight = named.get("weight", "")
         if weight.endswith(".weight") and len(weight) > len(".weight"):
             return self.layer_names.claim(weight[:-len(".weight")], op)
         if node.name:
@@ -231,6 +270,14 @@ class _Importer:
         count = self.layer_counts.get(op, 0)
         self.layer_counts[op] = count + 1
         return self.layer_names.claim(f"{op}_{count}", op)
+
+    def parameter_name(self, source: str) -> str:
+        """The name a parameter's ONNX value goes by: its own where that is `<path>.<name>`,
+        else that of the initializer it was computed from (a weight the exporter transposed
+        or cast), else its own."""
+        if "." in source.strip("."):
+            return source
+        return self.origin.get(source, source)
 
     def apply(self, problems: _Problems, op: str, *inputs: str, layer: str | None = None,
               params: Mapping[str, np.ndarray] | None = None, **attrs: Any) -> str:
@@ -281,7 +328,7 @@ class _Importer:
                 raise CompileError([*self.problems, self.too_many_nodes()])
         output_map = self.declare_outputs()
         if self.problems:
-            raise CompileError(self.problems)
+            raise ImportFailure(self.problems, self.summary())
         graph = self.builder.build()
         if len(graph.nodes) > MAX_NODES:
             raise CompileError([self.too_many_nodes()])
@@ -375,7 +422,7 @@ class _Importer:
                 if dtype is None:
                     problems.add(E_DTYPE, "has element type "
                                  f"{TensorProto.DataType.Name(tensor_type.elem_type)}; `.net` "
-                                 "tensors are f32, f16 or bf16")
+                                 "tensors are f32, f16, bf16, i32, i64 or bool")
                 shape = self.input_shape(info, tensor_type, problems, batch_symbols)
                 if not problems.found and dtype is not None and shape is not None:
                     net_name = names.claim(info.name, "input")
@@ -398,6 +445,12 @@ class _Importer:
         if not dims:
             problems.add(E_SHAPE, "is a scalar; `.net` inputs have at least one dimension "
                          "(the batch)")
+            return None
+        empty = next((position for position, dim in enumerate(dims)
+                      if dim.HasField("dim_value") and dim.dim_value <= 0), None)
+        if empty is not None:
+            problems.add(E_SHAPE, f"has size {dims[empty].dim_value} at position {empty} (an "
+                         "empty tensor); `.net` dimensions are positive")
             return None
         shape: list[Dim] = ["N"]
         first = dims[0]
@@ -432,6 +485,7 @@ class _Importer:
                 except Exception as exc:
                     self.report(E_UNSUPPORTED_ATTRIBUTE, f"{self.label(index)}: {exc}")
                     self.values[node.output[0]] = _POISON
+                    self.failed[index] = node.op_type
                 self.consumed.add(index)
                 continue
             if node.op_type == "CastLike" and len(node.input) == 2 and \
@@ -451,7 +505,7 @@ class _Importer:
 
         names = [n for n in node.input if n]
         if (not names or node.domain not in ("", "ai.onnx")
-                or node.op_type in _NONDETERMINISTIC
+                or node.op_type in _NONDETERMINISTIC or node.op_type == "Range"  # `arange`
                 or not all(isinstance(self.values.get(n), np.ndarray) for n in names)
                 or any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
                        for a in node.attribute)):
@@ -474,13 +528,11 @@ class _Importer:
             self.origin[node.output[0]] = sources[0]
         return True
 
-    # Patterns -----------------------------------------------------------------------------
+    # Graph helpers (for the patterns and the handlers) ----------------------------------
 
     def producer(self, name: str) -> int | None:
-        for index, node in enumerate(self.nodes):
-            if name in node.output:
-                return index
-        return None
+        """The index of the node that writes `name` (None: an input or initializer)."""
+        return self.producers.get(name)
 
     def only_user(self, name: str) -> int | None:
         users = self.users.get(name, [])
@@ -500,100 +552,59 @@ class _Importer:
         return node.input[1] if node.input[0] == name else node.input[0]
 
     def match_patterns(self) -> None:
-        for index, node in enumerate(self.nodes):
-            if node.op_type == "Erf" and index not in self.consumed:
-                self.match_gelu(index)
-            elif node.op_type == "Sigmoid" and index not in self.consumed:
-                self.match_silu(index)
+        """Find the decomposed ops (`patterns.find_patterns`); each is translated at its
+        last node, and its other nodes are skipped."""
+        self.patterns = find_patterns(self)
+        for match in self.patterns.values():
+            self.consumed.update(match.nodes - {match.last})
 
-    def replace_with(self, op: str, x: str, matched: set[int], last: int) -> None:
-        """Translate the nodes `matched` as one `op` applied to `x`, at the last of them."""
-        final = max(matched)
-        self.consumed.update(matched - {final})
-        output = self.nodes[last].output[0]
-
-        def emit() -> None:
-            problems = _Problems(f"{op} pattern ending at {self.label(final)}")
-            value = self.values.get(x, _POISON)
-            try:
-                if not isinstance(value, str):
-                    raise _Poisoned
-                self.bind(output, self.apply(problems, op, value))
-            except _Poisoned:
-                self.values[output] = _POISON
-            self.problems.extend(problems.found)
-
-        self.patterns[final] = emit
-
-    def match_silu(self, sigmoid_index: int) -> None:
-        """x * sigmoid(x), as exporters write SiLU (Swish)."""
-        sigmoid = self.nodes[sigmoid_index]
-        x = sigmoid.input[0]
-        user = self.only_user(sigmoid.output[0])
-        if user is None or self.nodes[user].op_type != "Mul" or \
-                self.other_operand(user, sigmoid.output[0]) != x or \
-                isinstance(self.values.get(x), np.ndarray):
-            return
-        self.replace_with("silu", x, {sigmoid_index, user}, user)
-
-    def match_gelu(self, erf_index: int) -> None:
-        """0.5 * x * (1 + erf(x / sqrt 2)), in the orders exporters write it."""
-        erf = self.nodes[erf_index]
-        scaled = self.producer(erf.input[0])
-        if scaled is None or self.only_user(erf.input[0]) != erf_index:
-            return
-        scale_node = self.nodes[scaled]
-        if scale_node.op_type == "Div":
-            x = scale_node.input[0]
-            if not self.constant_near(scale_node.input[1], math.sqrt(2.0)):
-                return
-        elif scale_node.op_type == "Mul":
-            x = self.other_operand(scaled, next((n for n in scale_node.input
-                                                 if self.constant_near(n, math.sqrt(0.5))), ""))
-            if x is None:
-                return
-        else:
-            return
-        add = self.only_user(erf.output[0])
-        if add is None or self.nodes[add].op_type not in ("Add", "Sum"):
-            return
-        one = self.other_operand(add, erf.output[0])
-        if one is None or not self.constant_near(one, 1.0):
-            return
-        first = self.only_user(self.nodes[add].output[0])
-        if first is None or self.nodes[first].op_type != "Mul":
-            return
-        partner = self.other_operand(first, self.nodes[add].output[0])
-        if partner is None:
-            return
-        matched = {scaled, erf_index, add, first}
-        if partner == x:  # (x * (1 + erf)) * 0.5
-            last = self.only_user(self.nodes[first].output[0])
-            if last is None or self.nodes[last].op_type != "Mul":
-                return
-            half = self.other_operand(last, self.nodes[first].output[0])
-            if half is None or not self.constant_near(half, 0.5):
-                return
-            matched.add(last)
-        elif self.constant_near(partner, 0.5):  # x * ((1 + erf) * 0.5)
-            last = self.only_user(self.nodes[first].output[0])
-            if last is None or self.nodes[last].op_type != "Mul" or \
-                    self.other_operand(last, self.nodes[first].output[0]) != x:
-                return
-            matched.add(last)
-        else:  # (x * 0.5) * (1 + erf)
-            half_index = self.producer(partner)
-            if half_index is None or self.only_user(partner) != first:
-                return
-            half_node = self.nodes[half_index]
-            if half_node.op_type != "Mul" or x not in half_node.input or \
-                    not self.constant_near(self.other_operand(half_index, x) or "", 0.5):
-                return
-            matched.add(half_index)
-            last = first
-        if isinstance(self.values.get(x), np.ndarray):
-            return  # all constant: folded already
-        self.replace_with("gelu", x, matched, last)
+    def emit(self, match: Match) -> bool:
+        """Translate `match` as its one op, at its last node. False where what is known only
+        now rules it out (an operand that shape arithmetic made a constant, an axis that is
+        not the last, a mask that is not the causal one): the nodes are then translated one by
+        one."""
+        index = match.last
+        operands = [self.values.get(name, _POISON) for name in (match.x, *match.operands)]
+        value = operands[0]
+        x = self.type_of(value) if isinstance(value, str) else None
+        poisoned = any(operand is _POISON for operand in operands)
+        attrs = dict(match.attrs)
+        resolved = match.resolve(self.values) if match.resolve and not poisoned else {}
+        if (not poisoned and not all(isinstance(o, str) for o in operands)) or (
+                x is not None and match.axis is not None and match.axis not in (-1, x.rank - 1)) \
+                or resolved is None:
+            # An operand became a constant or a shape during translation (shape arithmetic),
+            # the axis is not the last, or a value the op needs is not what it must be: the
+            # nodes one by one (the earlier ones now: nothing outside the match reads them).
+            self.consumed.difference_update(match.nodes)
+            for earlier in sorted(match.nodes - {index}):
+                self.translate(earlier, self.nodes[earlier])
+            return False
+        attrs.update(resolved)
+        problems = _Problems(f"{match.op} pattern ending at {self.label(index)}")
+        try:
+            if poisoned or x is None:
+                raise _Poisoned
+            inputs = [str(operand) for operand in operands]
+            for position in sorted(match.swapped):
+                rank = self.type_of(inputs[position]).rank
+                inputs[position] = self.apply(problems, "transpose", inputs[position],
+                                              perm=(*range(rank - 2), rank - 1, rank - 2))
+            params = None
+            layer = None
+            if match.params is not None:
+                size = x.shape[-1]
+                params = {name: np.broadcast_to(array, (size,)) if array.size == 1 and
+                          isinstance(size, int) else array
+                          for name, array in match.params.items()}
+                layer = self.layer_name(self.nodes[match.first], match.op,
+                                        sources=match.sources)
+            self.bind(match.output, self.apply(problems, match.op, *inputs, layer=layer,
+                                               params=params, **attrs))
+        except _Poisoned:
+            self.values[match.output] = _POISON
+        self.record(index, f"{match.op} pattern", problems)
+        return True
 
     # Translation --------------------------------------------------------------------------
 
@@ -602,9 +613,35 @@ class _Importer:
         if isinstance(value, str) and value not in self.proposed_names:
             self.proposed_names[value] = onnx_name
 
+    def record(self, index: int, what: str, problems: _Problems) -> None:
+        """The outcome of translating node `index` (or the pattern from it): its problems
+        reported and counted under `what`; a node without problems that computed nothing
+        depends on one that failed (not reached)."""
+        self.problems.extend(problems.found)
+        if problems.found:
+            self.failed[index] = what
+        elif any(self.values.get(name) is _POISON for name in self.nodes[index].output if name):
+            self.unreached.add(index)
+
+    def summary(self) -> str:
+        """`3 of 240 nodes are not supported: Resize (2), Exp (1)`, and how many more depend
+        on them; empty when every node was translated."""
+        counts = Counter(self.failed.values())
+        listed = ", ".join(f"{what} ({count})" for what, count in
+                           sorted(counts.items(), key=lambda item: -item[1]))
+        total = len(self.nodes)
+        text = f"{len(self.failed)} of {total} nodes are not supported: {listed}" if counts \
+            else ""
+        if self.unreached:
+            more = f"{len(self.unreached)} more" if counts else \
+                f"{len(self.unreached)} of {total} nodes"
+            text += ("; " if text else "") + f"{more} not reached (they depend on " + \
+                ("those)" if counts else "the problems above)")
+        return text
+
     def translate(self, index: int, node: onnx.NodeProto) -> None:
-        if index in self.patterns:
-            self.patterns[index]()
+        match = self.patterns.pop(index, None)
+        if match is not None and self.emit(match):
             return
         problems = _Problems(self.label(index))
         default_domain = node.domain in ("", "ai.onnx")
@@ -618,7 +655,7 @@ class _Importer:
                 node.op_type in _SHAPE_HANDLERS and any(isinstance(v, _Shape)
                                                         for v in operands))):
             handler = _SHAPE_HANDLERS[node.op_type]
-        elif handler is not None and node.op_type != "Reshape" and \
+        elif handler is not None and node.op_type not in ("Reshape", "Resize") and \
                 any(isinstance(v, _Shape) for v in operands):
             problems.add(E_NOT_EXPRESSIBLE, "computes with the run-time batch size (from a "
                          "`Shape` node); `.net` uses the batch only as a Reshape target that "
@@ -646,10 +683,11 @@ class _Importer:
             except KeyError as exc:
                 problems.add(E_MODEL, f"uses `{exc.args[0]}`, which no earlier node, "
                              "initializer or input defines (is the graph topologically sorted?)")
-        self.problems.extend(problems.found)
         for name in node.output:
             if name and name not in self.values:
                 self.values[name] = _POISON
+        op_type = node.op_type if default_domain else f"{node.domain}.{node.op_type}"
+        self.record(index, op_type, problems)
 
     def declare_outputs(self) -> dict[str, str]:
         names = NameTable()
@@ -661,6 +699,15 @@ class _Importer:
             if isinstance(value, np.ndarray):
                 self.report(E_CONSTANT_TENSOR, f"graph output `{info.name}` is a constant; "
                             "`.net` outputs are computed from the inputs")
+                continue
+            if isinstance(value, _Shape):
+                what = f"the size {value.entries[0]}" if value.scalar else \
+                    f"the shape {format_shape(value.entries)}"
+                self.report(E_NOT_EXPRESSIBLE, f"graph output `{info.name}` is {what} of a "
+                            "tensor, known only at run time (the batch size); `.net` has no op "
+                            "that outputs a shape",
+                            help="leave this output out of the model; the caller knows the "
+                                 "batch size of its inputs")
                 continue
             net_name = names.claim(info.name, "output")
             output_map[info.name] = net_name

@@ -1,0 +1,145 @@
+"""Attention: `attention(q, k, v[, mask], causal=false, scale=)`, PyTorch's
+`F.scaled_dot_product_attention`.
+
+q is [..., L, E], k [..., S, E], v [..., S, Ev]; the result is [..., L, Ev]:
+`softmax(q @ k^T * scale + bias) @ v`, with scale 1/sqrt(E) by default. The optional fourth
+tensor is the mask, broadcast to [..., L, S]: a `bool` mask is true where attending is allowed
+(false gives -inf), a float mask is added to the scores. `causal` allows position j of a row i
+only for j <= i (`torch.ones(L, S).tril()`), together with a mask. With a mask or `causal`, a
+row that may attend to nothing (all -inf) gives zeros, as PyTorch's safe softmax does.
+
+The CUDA code generator and the ONNX exporter (opset 17) compute it by its decomposition onto
+matmul, transpose, mul, masked_fill, softmax (and, for `causal`, tril): a correct unfused
+lowering; a fused kernel is another issue's. ONNX's own `Attention` (opset 23) imports as it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from netc.ir import FLOAT_DTYPES, Attrs, TensorType, format_shape
+from netc.ops.registry import (
+    AttrSpec,
+    Composer,
+    OpDef,
+    OpDoc,
+    ShapeError,
+    broadcast_shapes,
+    register,
+    require_rank,
+    same_dtype,
+)
+
+
+def _attention_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    q, k, v = inputs[:3]
+    dtype = same_dtype("attention", [q, k, v])
+    if dtype not in FLOAT_DTYPES:
+        raise ShapeError(f"`attention` takes float q, k and v, got {q}")
+    for tensor, what in ((q, "query"), (k, "key"), (v, "value")):
+        require_rank("attention", tensor, 2, what=what)
+    shown = f"q {format_shape(q.shape)}, k {format_shape(k.shape)}, v {format_shape(v.shape)}"
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ShapeError(f"`attention` needs q and k of one feature size and k and v of one "
+                         f"length, got {shown}")
+    batch = broadcast_shapes("attention", q, k, q.shape[:-2], k.shape[:-2])
+    batch = broadcast_shapes("attention", q, v, batch, v.shape[:-2])
+    scores = (*batch, q.shape[-2], k.shape[-2])
+    if len(inputs) == 4:
+        mask = inputs[3]
+        if mask.dtype not in ("bool", dtype):
+            raise ShapeError(f"`attention`'s mask is bool (true: attend) or of the scores' dtype "
+                             f"{dtype} (added), got {mask}")
+        if broadcast_shapes("attention", mask, q, mask.shape, scores) != scores:
+            raise ShapeError(f"`attention`'s mask {mask} does not broadcast to the scores "
+                             f"{format_shape(scores)} of {shown}")
+    return TensorType(dtype, (*batch, q.shape[-2], v.shape[-1]))
+
+
+def scale_of(attrs: Attrs, features: int | str) -> float:
+    """The factor of the scores: `scale`, or 1/sqrt(E) as PyTorch."""
+    if attrs["scale"] is not None:
+        return float(attrs["scale"])
+    if not isinstance(features, int):
+        raise ShapeError("`attention` needs `scale=` when the feature size is a named dimension")
+    return 1.0 / math.sqrt(features)
+
+
+def _attention_reference(attrs: Attrs, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                         mask: np.ndarray | None = None) -> np.ndarray:
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)) * np.float32(scale_of(attrs, q.shape[-1]))
+    allowed = np.ones(scores.shape[-2:], dtype=bool)
+    if attrs["causal"]:
+        allowed = np.tril(allowed)
+    if mask is not None and mask.dtype == np.bool_:
+        allowed = allowed & mask
+    elif mask is not None:
+        scores = scores + mask
+    scores = np.where(allowed, scores, np.float32(-np.inf))
+    largest = scores.max(axis=-1, keepdims=True)
+    weights = np.exp(scores - largest)
+    weights = weights / weights.sum(axis=-1, keepdims=True, dtype=np.float32)
+    if mask is not None or attrs["causal"]:
+        weights = np.where(largest == -np.inf, np.float32(0), weights)  # nothing to attend to
+    return np.asarray(np.matmul(weights, v), dtype=np.float32)
+
+
+def _attention_parts(builder: Composer, attrs: Attrs, q: str, k: str, v: str,
+                     mask: str | None = None) -> str:
+    q_type = builder.type_of(q)
+    dtype, rank = q_type.dtype, builder.type_of(k).rank
+    swap = (*range(rank - 2), rank - 1, rank - 2)
+    scores = builder.op("matmul", q, builder.op("transpose", k, perm=swap))
+    scores = builder.op("mul", scores,
+                        builder.constant(scale_of(attrs, q_type.shape[-1]), dtype))
+    if mask is not None and builder.type_of(mask).dtype == "bool":
+        scores = builder.op("masked_fill", scores, builder.op("eq", mask, other=0.0),
+                            value=float("-inf"))
+    elif mask is not None:
+        scores = builder.op("add", scores, mask)
+    if attrs["causal"]:
+        # A bool of the scores' shape that is true everywhere (x * 0 + 1 is 1, or NaN for an
+        # infinite or NaN x: nonzero either way), above the diagonal: where j > i.
+        zero, one = builder.constant(0.0, dtype), builder.constant(1.0, dtype)
+        everywhere = builder.op("cast", builder.op("add", builder.op("mul", scores, zero), one),
+                                dtype="bool")
+        scores = builder.op("masked_fill", scores, builder.op("triu", everywhere, diagonal=1),
+                            value=float("-inf"))
+    weights = builder.op("softmax", scores, axis=-1)
+    if mask is not None or attrs["causal"]:
+        # A row that may attend to nothing (all -inf) weighs nothing, as PyTorch's safe
+        # softmax (a softmax of it alone is NaN).
+        empty = builder.op("eq", builder.op("amax", scores, axis=-1, keepdim=True),
+                           other=float("-inf"))
+        weights = builder.op("masked_fill", weights, empty, value=0.0)
+    return builder.op("matmul", weights, v)
+
+
+register(OpDef(
+    name="attention",
+    attrs=(AttrSpec("causal", "bool", default=False, positional=False,
+                    help="attend only to positions j <= i"),
+           AttrSpec("scale", "float", default=None, positional=False,
+                    help="the scores' factor; 1/sqrt(E) when left out")),
+    infer=_attention_infer,
+    reference=_attention_reference,
+    decompose=_attention_parts,
+    min_inputs=3,
+    max_inputs=4,
+    flops=lambda attrs, inputs, output: 2 * math.prod(output[:-1]) * inputs[1][-2] * (
+        inputs[0][-1] + output[-1]),
+    kind="gemm",
+    role="layout",  # never fused: the code generator computes its decomposition
+    dtypes=(*FLOAT_DTYPES, "bool"),
+    summary="`F.scaled_dot_product_attention(q, k, v, mask, is_causal=causal, scale=scale)`: "
+            "softmax(q k^T scale + mask) v; a bool mask is true where attending is allowed, a "
+            "float mask is added",
+    doc=OpDoc(shapes="q `[..., L, E]`, k `[..., S, E]`, v `[..., S, Ev]`, mask (4th tensor, "
+                     "optional) broadcast to `[..., L, S]` → `[..., L, Ev]`",
+              flops="2·L·S·(E + Ev) per batch item",
+              attrs="`scale` 1/sqrt(E) when left out; computed unfused (matmul, softmax, "
+                    "matmul)"),
+))

@@ -1,0 +1,331 @@
+"""Shape ops, with PyTorch's semantics: squeeze and unsqueeze (views), expand (a broadcast
+copy), stack (unsqueeze + concat), and the slicing ops the front end's indexing lowers to:
+`slice` (`x[:, 1:5]`, `x[..., ::2]`) and `select` (`x[:, 0]`, `x[:, -1]`).
+
+They move data of any dtype (token ids, masks) exactly. A slice or select reads a strided
+subset of its input, starting at an offset; the IR's views
+alias a whole buffer from its start, so both are `layout` ops (a gather kernel), not views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from netc.ir import ALL_DTYPES, Attrs, Dim, TensorType, format_shape
+from netc.ops.registry import (
+    AttrSpec,
+    Composer,
+    OpDef,
+    OpDoc,
+    ShapeError,
+    register,
+    require_batch_first,
+    resolve_axis,
+    same_dtype,
+)
+
+
+def _insert_axis(op: str, axis: int, rank: int) -> int:
+    """An axis of a result one rank larger (`unsqueeze`, `stack`), negative from the end."""
+    if not -rank - 1 <= axis <= rank:
+        raise ShapeError(f"`{op}` axis {axis} is out of range for a result of rank {rank + 1}")
+    return axis % (rank + 1)
+
+
+# squeeze / unsqueeze ---------------------------------------------------------------------
+
+
+def _squeeze_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    axis = resolve_axis("squeeze", attrs["axis"], x)
+    size = x.shape[axis]
+    if isinstance(size, str):
+        raise ShapeError(f"`squeeze` cannot squeeze axis {axis} of {format_shape(x.shape)}: "
+                         f"the named dimension {size} is not known to be 1")
+    if size != 1:
+        return x  # as torch.squeeze(x, dim): a dimension other than 1 stays
+    shape = x.shape[:axis] + x.shape[axis + 1:]
+    require_batch_first("squeeze", shape, x)
+    return TensorType(x.dtype, shape)
+
+
+register(OpDef(
+    name="squeeze",
+    dtypes=ALL_DTYPES,
+    attrs=(AttrSpec("axis", "int", help="the dimension to drop if its size is 1; negative "
+                    "counts from the end"),),
+    infer=_squeeze_infer,
+    reference=lambda attrs, x: x.reshape(
+        _squeeze_infer(attrs, [TensorType("f32", x.shape)]).shape),
+    normalize=lambda attrs, inputs: attrs.replace(
+        axis=resolve_axis("squeeze", attrs["axis"], inputs[0])),
+    kind="view",
+    role="view",
+    summary="drops dimension `axis` if its size is 1 (else the input unchanged, as PyTorch)",
+    doc=OpDoc(shapes="`[a, 1, b]` → `[a, b]`", flops="0"),
+))
+
+
+def _unsqueeze_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    axis = _insert_axis("unsqueeze", attrs["axis"], x.rank)
+    shape = (*x.shape[:axis], 1, *x.shape[axis:])
+    require_batch_first("unsqueeze", shape, x)
+    return TensorType(x.dtype, shape)
+
+
+register(OpDef(
+    name="unsqueeze",
+    dtypes=ALL_DTYPES,
+    attrs=(AttrSpec("axis", "int", help="where the new dimension of size 1 goes; negative "
+                    "counts from the end of the result"),),
+    infer=_unsqueeze_infer,
+    reference=lambda attrs, x: np.expand_dims(x, attrs["axis"]),
+    normalize=lambda attrs, inputs: attrs.replace(
+        axis=_insert_axis("unsqueeze", attrs["axis"], inputs[0].rank)),
+    kind="view",
+    role="view",
+    summary="inserts a dimension of size 1 at `axis`",
+    doc=OpDoc(shapes="`[a, b]` → `[a, 1, b]`", flops="0"),
+))
+
+
+# expand ----------------------------------------------------------------------------------
+
+
+def expanded_shape(op: str, x: TensorType, dims: Sequence[int]) -> tuple[Dim, ...]:
+    """`Tensor.expand(*dims)`: the full target shape, -1 keeping the input's size; new leading
+    dimensions must be given."""
+    shown = f"{format_shape(x.shape)} to {format_shape(tuple(dims))}"
+    if len(dims) < x.rank:
+        raise ShapeError(f"`{op}` needs at least as many sizes as the input has dimensions: "
+                         f"cannot expand {shown}")
+    lead = len(dims) - x.rank
+    shape: list[Dim] = []
+    for position, target in enumerate(dims):
+        if position < lead:
+            if target < 1:
+                raise ShapeError(f"`{op}` cannot expand {shown}: a new leading dimension "
+                                 f"needs a positive size, got {target}")
+            shape.append(target)
+            continue
+        size = x.shape[position - lead]
+        if target == -1 or target == size:
+            shape.append(size)
+        elif size == 1 and target >= 1:
+            shape.append(target)
+        else:
+            raise ShapeError(f"`{op}` cannot expand {shown}: dimension {position} of size "
+                             f"{size} can only be kept (-1) or expanded from 1")
+    result = tuple(shape)
+    require_batch_first(op, result, x)
+    return result
+
+
+def _expand_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    return TensorType(x.dtype, expanded_shape("expand", x, attrs["dims"]))
+
+
+def _expand_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
+    lead = len(attrs["dims"]) - x.ndim
+    shape = tuple(x.shape[p - lead] if d == -1 else d for p, d in enumerate(attrs["dims"]))
+    return np.ascontiguousarray(np.broadcast_to(x, shape))
+
+
+register(OpDef(
+    name="expand",
+    dtypes=ALL_DTYPES,
+    attrs=(AttrSpec("dims", "int_list", minimum=-1,
+                    help="the full target shape; -1 keeps a dimension"),),
+    infer=_expand_infer,
+    reference=_expand_reference,
+    normalize=lambda attrs, inputs: attrs.replace(dims=tuple(attrs["dims"])),
+    kind="layout",
+    role="layout",
+    summary="repeats dimensions of size 1 (and new leading ones) to the target shape, as "
+            "`Tensor.expand`",
+    doc=OpDoc(shapes="`[a, 1]` → `[d0, a, b]` with `dims = [d0, -1, b]`", flops="0",
+              attrs="a size other than -1 must equal the input's or expand a 1"),
+))
+
+
+# stack -----------------------------------------------------------------------------------
+
+
+def _stack_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    dtype = same_dtype("stack", inputs)
+    first = inputs[0]
+    if any(t.shape != first.shape for t in inputs):
+        shapes = ", ".join(format_shape(t.shape) for t in inputs)
+        raise ShapeError(f"`stack` needs inputs of one shape, got {shapes}")
+    axis = _insert_axis("stack", attrs["axis"], first.rank)
+    shape = (*first.shape[:axis], len(inputs), *first.shape[axis:])
+    require_batch_first("stack", shape, *inputs)
+    return TensorType(dtype, shape)
+
+
+def _stack_decompose(builder: Composer, attrs: Attrs, *inputs: str) -> str:
+    parts = [builder.op("unsqueeze", x, axis=attrs["axis"]) for x in inputs]
+    return parts[0] if len(parts) == 1 else builder.op("concat", *parts, axis=attrs["axis"])
+
+
+register(OpDef(
+    name="stack",
+    dtypes=ALL_DTYPES,
+    attrs=(AttrSpec("axis", "int", default=0, help="the new dimension's position; negative "
+                    "counts from the end of the result"),),
+    infer=_stack_infer,
+    reference=lambda attrs, *xs: np.stack(xs, axis=attrs["axis"]),
+    min_inputs=1,
+    max_inputs=None,
+    normalize=lambda attrs, inputs: attrs.replace(
+        axis=_insert_axis("stack", attrs["axis"], inputs[0].rank)),
+    decompose=_stack_decompose,
+    kind="layout",
+    role="layout",
+    summary="joins inputs of one shape along a new dimension `axis`",
+    doc=OpDoc(shapes="k × `[a, b]` → `[a, k, b]` (axis 1)", flops="0"),
+))
+
+
+# slice / select --------------------------------------------------------------------------
+
+
+def _bounds(op: str, x: TensorType, axis: int, start: int, end: int,
+            step: int) -> tuple[int, int]:
+    """(start, length) of a Python slice start:end:step of dimension `axis` of `x`: negative
+    bounds count from the end, out-of-range ones clamp; an empty result is an error."""
+    size = x.shape[axis]
+    if isinstance(size, str):
+        raise ShapeError(f"`{op}` cannot slice axis {axis} of {format_shape(x.shape)}: the "
+                         f"named dimension {size} has no known size")
+    begin, stop, _ = slice(start, end, step).indices(size)
+    length = max(0, -(-(stop - begin) // step))
+    if length == 0:
+        raise ShapeError(f"`{op}` {start}:{end}:{step} along axis {axis} of "
+                         f"{format_shape(x.shape)} is empty")
+    return begin, length
+
+
+def slice_plan(attrs: Attrs, x: TensorType) -> tuple[tuple[int, ...], tuple[int, ...],
+                                                     tuple[int, ...]]:
+    """Per dimension of `x`: (start, step, length) of the elements a `slice` keeps."""
+    axes, starts, ends = (tuple(attrs[name]) for name in ("axes", "starts", "ends"))
+    steps = tuple(attrs["steps"]) or (1,) * len(axes)
+    if not len(axes) == len(starts) == len(ends) == len(steps) or not axes:
+        raise ShapeError(f"`slice` needs one start, end (and step) per axis, got axes="
+                         f"{list(axes)}, starts={list(starts)}, ends={list(ends)}, steps="
+                         f"{list(steps)}")
+    begin = [0] * x.rank
+    stride = [1] * x.rank
+    shape: list[Dim] = list(x.shape)
+    seen: set[int] = set()
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        resolved = resolve_axis("slice", axis, x)
+        if resolved in seen:
+            raise ShapeError(f"`slice` slices each axis once, got axes={list(axes)}")
+        seen.add(resolved)
+        if step < 1:
+            raise ShapeError(f"`slice` needs steps of at least 1 (PyTorch has no negative "
+                             f"step), got {step}")
+        begin[resolved], shape[resolved] = _bounds("slice", x, resolved, start, end, step)
+        stride[resolved] = step
+    lengths = tuple(int(d) if isinstance(d, int) else -1 for d in shape)
+    return tuple(begin), tuple(stride), lengths
+
+
+def _slice_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    _, _, lengths = slice_plan(attrs, x)
+    return TensorType(x.dtype, tuple(d if length < 0 else length
+                                     for d, length in zip(x.shape, lengths)))
+
+
+def _slice_normalize(attrs: Attrs, inputs: Sequence[TensorType]) -> Attrs:
+    """Axes non-negative and sorted, each with its start clamped, its end the start's plus
+    the length times the step (so that applying the record again gives the same slice)."""
+    (x,) = inputs
+    begin, stride, lengths = slice_plan(attrs, x)
+    axes = sorted({resolve_axis("slice", a, x) for a in attrs["axes"]})
+    return attrs.replace(axes=tuple(axes), starts=tuple(begin[a] for a in axes),
+                         ends=tuple(begin[a] + (lengths[a] - 1) * stride[a] + 1 for a in axes),
+                         steps=tuple(stride[a] for a in axes))
+
+
+def _slice_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
+    index = [slice(None)] * x.ndim
+    steps = attrs["steps"] or (1,) * len(attrs["axes"])
+    for axis, start, end, step in zip(attrs["axes"], attrs["starts"], attrs["ends"], steps):
+        index[axis] = slice(start, end, step)
+    return np.ascontiguousarray(x[tuple(index)])
+
+
+register(OpDef(
+    name="slice",
+    dtypes=ALL_DTYPES,
+    attrs=(AttrSpec("axes", "int_list", help="the dimensions sliced; negative counts from "
+                    "the end"),
+           AttrSpec("starts", "int_list", help="the first index along each axis; negative "
+                    "counts from the end"),
+           AttrSpec("ends", "int_list", help="one past the last index along each axis; "
+                    "negative counts from the end, out-of-range clamps"),
+           AttrSpec("steps", "int_list", default=(), minimum=1,
+                    help="the step along each axis (default 1)")),
+    infer=_slice_infer,
+    reference=_slice_reference,
+    normalize=_slice_normalize,
+    kind="layout",
+    role="layout",
+    summary="`x[start:end:step]` along each listed axis, with Python's rules",
+    doc=OpDoc(shapes="`[a, b]` → `[a, ceil((end - start) / step)]`", flops="0",
+              attrs="one start, end and step per axis; each axis once; steps ≥ 1; the result "
+                    "must not be empty; a named dimension cannot be sliced"),
+))
+
+
+def _select_index(attrs: Attrs, x: TensorType) -> tuple[int, int]:
+    axis = resolve_axis("select", attrs["axis"], x)
+    size = x.shape[axis]
+    if isinstance(size, str):
+        raise ShapeError(f"`select` cannot index axis {axis} of {format_shape(x.shape)}: the "
+                         f"named dimension {size} has no known size")
+    index = attrs["index"]
+    if not -size <= index < size:
+        raise ShapeError(f"`select` index {index} is out of range for axis {axis} of "
+                         f"{format_shape(x.shape)} (size {size})")
+    return axis, index % size
+
+
+def _select_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    (x,) = inputs
+    axis, _ = _select_index(attrs, x)
+    shape = x.shape[:axis] + x.shape[axis + 1:]
+    require_batch_first("select", shape, x)
+    return TensorType(x.dtype, shape)
+
+
+def _select_normalize(attrs: Attrs, inputs: Sequence[TensorType]) -> Attrs:
+    axis, index = _select_index(attrs, inputs[0])
+    return attrs.replace(axis=axis, index=index)
+
+
+register(OpDef(
+    name="select",
+    dtypes=ALL_DTYPES,
+    attrs=(AttrSpec("axis", "int", help="the dimension indexed; negative counts from the end"),
+           AttrSpec("index", "int", help="the position along it; negative counts from the "
+                    "end")),
+    infer=_select_infer,
+    reference=lambda attrs, x: np.ascontiguousarray(np.take(x, attrs["index"],
+                                                            axis=attrs["axis"])),
+    normalize=_select_normalize,
+    kind="layout",
+    role="layout",
+    summary="`x[..., index]` along `axis`: one position, the dimension dropped",
+    doc=OpDoc(shapes="`[a, b, c]` → `[a, c]` (axis 1)", flops="0",
+              attrs="`index` within the dimension's size"),
+))
+
