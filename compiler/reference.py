@@ -14,7 +14,7 @@ import numpy as np
 
 from netc.diagnostics import CompileError, Diagnostic
 from netc.dtypes import round_to
-from netc.ir import INTEGER_DTYPES, Graph, IRError, Node, TensorType, format_shape
+from netc.ir import INTEGER_DTYPES, Attrs, Graph, IRError, Node, TensorType, format_shape
 from netc.ops import REGISTRY
 
 
@@ -65,7 +65,7 @@ def run_reference(graph: Graph, weights: Mapping[str, np.ndarray],
     given, sees every computed value (used by `netc compare --layers`; a node of several
     outputs is shown its output 0).
     """
-    bind_batch(graph, inputs)
+    sizes = bind_batch(graph, inputs)
     values: dict[str, np.ndarray] = {}
     for node in graph.nodes:
         if node.op == "input":
@@ -79,7 +79,7 @@ def run_reference(graph: Graph, weights: Mapping[str, np.ndarray],
             # NaN and inf in, NaN and inf out, as IEEE says: that is the meaning, not a
             # problem to warn about on the user's stderr (issue 9).
             with np.errstate(all="ignore"):
-                result = REGISTRY[node.op].reference(node.attrs, *args)
+                result = REGISTRY[node.op].reference(resolve_dims(node, sizes), *args)
             if node.extra_types:  # one array per output
                 if not isinstance(result, tuple) or len(result) != len(node.types):
                     raise IRError(f"{node.id}: `{node.op}`'s reference must give "
@@ -88,10 +88,45 @@ def run_reference(graph: Graph, weights: Mapping[str, np.ndarray],
                     values[ref] = round_to(kind.dtype, array)
                 result = result[0]
             value = round_to(node.type.dtype, result)
+            _check_size(node, value, sizes)
         values[node.id] = value
         if observe is not None:
             observe(node, value)
     return {name: values[node_id] for name, node_id in graph.outputs}
+
+
+def resolve_dims(node: Node, sizes: Mapping[str, int]) -> Attrs:
+    """`node`'s attributes with every dimension name in a `dim_list` or `dim` attribute
+    replaced by its size in this run (`pos[:, :T]` ends at the int T): what op references get."""
+    def size(dim: object) -> object:
+        if not isinstance(dim, str):
+            return dim
+        if dim not in sizes:
+            raise IRError(f"{node.id}: the named dimension {dim} has no size: no input has it")
+        return sizes[dim]
+
+    resolved: dict[str, object] = {}
+    for spec in REGISTRY[node.op].attrs:
+        value = node.attrs.get(spec.name)
+        if spec.kind == "dim_list" and isinstance(value, tuple):
+            resolved[spec.name] = tuple(size(d) for d in value)
+        elif spec.kind == "dim":
+            resolved[spec.name] = size(value)
+    return node.attrs.replace(**resolved) if resolved else node.attrs
+
+
+def _check_size(node: Node, value: np.ndarray, sizes: Mapping[str, int]) -> None:
+    """E0237 when a value's shape is not its type's at this run's sizes: an input's named
+    dimension larger than an op can take (`pos[:, :T]` with T beyond `pos`'s length)."""
+    if not node.type.symbolic:
+        return
+    expected = node.type.concrete(sizes)
+    if value.shape != expected:
+        named = ", ".join(f"{d}={sizes[d]}" for d in node.type.symbolic)
+        raise CompileError([Diagnostic(
+            "E0237", f"with {named}, `{node.op}` ({node.id}) gives shape "
+            f"{format_shape(value.shape)}, not {format_shape(expected)}: the inputs' named "
+            f"dimensions are larger than this op can take", node.span)])
 
 
 def random_inputs(graph: Graph, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

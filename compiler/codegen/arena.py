@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from netc.codegen.kernels import KernelLaunch
+from netc.ir import DTYPE_BYTES
 from netc.memory import ALIGNMENT, BufferLife, MemoryPlan, plan_arena, verify_plan
 from netc.plan import BatchBytes, Buffer
 
@@ -74,6 +75,7 @@ def _in_place_candidates(buffers: Sequence[Buffer], launches: Sequence[KernelLau
                          lives: dict[str, tuple[int, int]]) -> dict[str, tuple[str, ...]]:
     """For each arena buffer, the arena buffers its writing launch lets it take over."""
     root = {b.name: b.alias_of or b.name for b in buffers}
+    size = {b.name: DTYPE_BYTES[b.dtype] for b in buffers}
     candidates: dict[str, list[str]] = {}
     for launch in launches:
         offered: dict[str, set[str]] = {}
@@ -88,7 +90,10 @@ def _in_place_candidates(buffers: Sequence[Buffer], launches: Sequence[KernelLau
                 # (the same tensor passed again through a view is read at other elements).
                 others = {arg.buffer for arg in launch.args if arg.kind == "buffer"
                           and arg.buffer is not None and root[arg.buffer] == base}
-                if base in lives and base != output and others <= reads:
+                # Element i of each at the same offset only if their elements are one size
+                # (a bool written over an i64 would clobber elements other threads still read).
+                if base in lives and base != output and others <= reads and \
+                        size[base] == size[output]:
                     candidates.setdefault(output, [])
                     if base not in candidates[output]:
                         candidates[output].append(base)

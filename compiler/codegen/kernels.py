@@ -726,6 +726,11 @@ def _lower_slice(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kerne
         axis, index = node.attrs["axis"], node.attrs["index"]
         return _gather_launch(ctx, node, index * in_strides[axis],
                               in_strides[:axis] + in_strides[axis + 1:])
+    named = [end for end in node.attrs["ends"] if isinstance(end, str)]
+    if named:
+        # The kernel would read past the input for a run-time size beyond it: nothing checks.
+        raise CodegenLimit(f"a run-time check that {named[0]} is at most the length it slices "
+                           f"(`[:{named[0]}]`), which the kernels do not make (yet)")
     strides = list(in_strides)
     offset = 0
     for axis, start, step in zip(node.attrs["axes"], node.attrs["starts"], node.attrs["steps"]):

@@ -449,17 +449,15 @@ class Expander:
             if isinstance(size, str):
                 problem = (f"cannot slice the named dimension {size} of {value.type}: its size "
                            "is known only at run time")
-            elif isinstance(stop, DimName):
-                ends = REGISTRY["slice"].attr("ends")
-                if ends is None or ends.kind != "dim_list":
-                    problem = "a slice bound that is a named dimension is not supported yet"
+            elif isinstance(stop, DimName) and (start not in (None, 0) or step not in (None, 1)):
+                problem = (f"a slice ending at the named dimension {stop} is `:{stop}` (its "
+                           f"length is then {stop}); a start or step beside it is not supported")
             if problem is not None:
                 self.error("E0236", problem, expr.span)
                 return POISON
             slices["axes"].append(axis)
             slices["starts"].append(0 if start is None else start)
-            slices["ends"].append((size if isinstance(size, int) else DimName(size))
-                                  if stop is None else stop)
+            slices["ends"].append(size if stop is None else stop)
             slices["steps"].append(1 if step is None else step)
         result: Value = value
         if slices["axes"]:
@@ -777,7 +775,10 @@ class Expander:
         if value is POISON:
             return _FAILED
         try:
-            if isinstance(value, Tensor):
+            # A dimension is named by a name, `arange(T)`, never by a string, `arange("T")`.
+            strings = [v for v in (value if isinstance(value, tuple) else (value,))
+                       if isinstance(v, str) and not isinstance(v, DimName)]
+            if isinstance(value, Tensor) or (spec.kind in ("dim", "dim_list") and strings):
                 raise AttrError("E0205", f"attribute `{spec.name}` of {owner} must be "
                                 f"{_kind_words(spec)}, got {describe(value)}",
                                 f"`{spec.name}`: {spec.help}" if spec.help else None)

@@ -119,6 +119,22 @@ class Emitter:
                                                     list(values)))
         return name
 
+    def dims(self, stem: str, values: Sequence[int | str]) -> str:
+        """An int64 [len(values)] tensor of sizes, each int a constant and each dimension name
+        read off a value emitted so far that has it (`Shape`): `pos[:, :T]`'s end."""
+        if all(isinstance(v, int) for v in values):
+            return self.int64s(stem, [int(v) for v in values])
+        return self.node("Concat", [self.int64s(stem, [v]) if isinstance(v, int) else
+                                    self.dim_size(v) for v in values], axis=0)
+
+    def dim_size(self, dim: str) -> str:
+        """The run-time size of the named dimension `dim`, as an int64 [1] tensor."""
+        for name, kind in self.types.items():
+            if dim in kind.shape:
+                axis = kind.shape.index(dim)
+                return self.node("Shape", [name], start=axis, end=axis + 1)
+        raise ExportError(f"the named dimension {dim} is in no value before its use")
+
 
 Lowering = Callable[[Emitter, Node, list[str], str], None]
 """(emitter, IR node, ONNX names of its inputs, ONNX name its result must have)."""
@@ -452,10 +468,13 @@ def _pow(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
 
 @exports("reshape")
 def _reshape(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
-    # 0 copies the input's dimension: the batch stays symbolic instead of baked in.
-    # A named dimension is the one size left to run time (-1): the IR worked out any other -1.
-    shape = emit.int64s("reshape_shape", [0, *(-1 if isinstance(d, str) else d
-                                                for d in node.attrs["dims"])])
+    # 0 copies the input's dimension: the batch stays symbolic instead of baked in, and so
+    # does a named dimension kept in place. Any other named dimension is the one size left to
+    # run time (-1): the IR worked out any other -1.
+    kept = emit.types[inputs[0]].shape[1:]
+    shape = emit.int64s("reshape_shape", [0, *(
+        (0 if axis < len(kept) and kept[axis] == d else -1) if isinstance(d, str) else d
+        for axis, d in enumerate(node.attrs["dims"]))])
     emit.node("Reshape", [inputs[0], shape], output)
 
 
@@ -507,7 +526,7 @@ def _expand(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
 def _slice(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     attrs = node.attrs
     emit.node("Slice", [inputs[0], emit.int64s("starts", attrs["starts"]),
-                        emit.int64s("ends", attrs["ends"]), emit.int64s("axes", attrs["axes"]),
+                        emit.dims("ends", attrs["ends"]), emit.int64s("axes", attrs["axes"]),
                         emit.int64s("steps", attrs["steps"])], output)
 
 
@@ -587,8 +606,10 @@ def _embedding(emit: Emitter, node: Node, inputs: list[str], output: str) -> Non
 
 @exports("arange")
 def _arange(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
-    emit.node("Range", [emit.constant("arange_start", "i64", 0),
-                        emit.constant(f"arange_{node.attrs['n']}", "i64", node.attrs["n"]),
+    n = node.attrs["n"]
+    limit = emit.node("Squeeze", [emit.dim_size(n)]) if isinstance(n, str) else \
+        emit.constant(f"arange_{n}", "i64", n)
+    emit.node("Range", [emit.constant("arange_start", "i64", 0), limit,
                         emit.constant("arange_delta", "i64", 1)], output)
 
 
@@ -598,6 +619,25 @@ def _trilu(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
 
 
 exports("triu", "tril")(_trilu)
+
+
+# Losses (netc.ops.losses) -------------------------------------------------------------------
+
+
+@exports("cross_entropy", "nll_loss")
+def _class_loss(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # ONNX has no label smoothing: that cross_entropy is its decomposition. ONNX's ops fail on
+    # a class id outside [0, C), where netc gives NaN (PyTorch raises an error).
+    if node.attrs.get("label_smoothing", 0.0):
+        _decomposed(emit, node, inputs, output)
+        return
+    scores, target = inputs
+    if emit.types[scores].dtype != "f32":  # the loss is f32, as netc computes it
+        scores = emit.node("Cast", [scores], to=TensorProto.FLOAT)
+    op_type = "SoftmaxCrossEntropyLoss" if node.op == "cross_entropy" else \
+        "NegativeLogLikelihoodLoss"
+    emit.node(op_type, [scores, target], output, reduction="mean",
+              ignore_index=node.attrs["ignore_index"])
 exports("hardsigmoid")(_plain("HardSigmoid", alpha=1 / 6, beta=0.5))  # ONNX's alpha is 0.2
 
 

@@ -9,6 +9,7 @@ from netc.ops import (  # noqa: F401  (modules register their ops)
     integers,
     layout,
     linear,
+    losses,
     normalization,
     pooling,
     reductions,

@@ -37,6 +37,7 @@ KIND_WORDS = {
     "padding": 'an int, a list [h, w] of two ints, or "same"',
     "axes": "an int or a list of ints",
     "dim_list": "a list of ints and dimension names",
+    "dim": "an int or a dimension name",
 }
 """Each attribute kind's user-level forms, in words for messages."""
 
@@ -120,6 +121,8 @@ def fits(kind: str, value: object, canonical: bool = False) -> bool:
     if kind == "dim_list":
         return isinstance(value, tuple) and all(
             is_int(v) or (isinstance(v, str) and v.isidentifier()) for v in value)
+    if kind == "dim":
+        return is_int(value) or (isinstance(value, str) and value.isidentifier())
     return True  # a kind newer than this check: the op's normalize checks it
 
 

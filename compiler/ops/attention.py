@@ -11,6 +11,13 @@ row that may attend to nothing (all -inf) gives zeros, as PyTorch's safe softmax
 The CUDA code generator and the ONNX exporter (opset 17) compute it by its decomposition onto
 matmul, transpose, mul, masked_fill, softmax (and, for `causal`, tril): a correct unfused
 lowering; a fused kernel is another issue's. ONNX's own `Attention` (opset 23) imports as it.
+
+`multihead_attention(x, heads, causal=, bias=)` is self-attention as
+`nn.MultiheadAttention(E, heads, batch_first=True)` computes it, with its parameters and their
+names (`in_proj_weight`, `out_proj.weight`, ...): a NumPy reference, and a decomposition onto
+matmul, slice, reshape, transpose and `attention` that CUDA and ONNX export compute. Its ONNX
+export imports back as those parts without `causal` (a `causal` one stops at the -inf of
+`masked_fill`, E0606); no importer pattern reads it back as one op yet.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from netc.ops.registry import (
     Composer,
     OpDef,
     OpDoc,
+    ParamSpec,
     ShapeError,
     broadcast_shapes,
     register,
@@ -142,4 +150,121 @@ register(OpDef(
               flops="2·L·S·(E + Ev) per batch item",
               attrs="`scale` 1/sqrt(E) when left out; computed unfused (matmul, softmax, "
                     "matmul)"),
+))
+
+
+# multihead_attention ------------------------------------------------------------------------
+
+
+def _mha_sizes(inputs: Sequence[TensorType], heads: int) -> tuple[int, int]:
+    """(E, E / heads) of `multihead_attention`'s input [N, L, E]."""
+    (x,) = inputs
+    require_rank("multihead_attention", x, 3, 3)
+    embed = x.shape[-1]
+    if not isinstance(embed, int):
+        raise ShapeError(f"`multihead_attention` needs a known embedding size (last "
+                         f"dimension), got {format_shape(x.shape)}")
+    if embed % heads:
+        raise ShapeError(f"`multihead_attention` splits the embedding size {embed} of "
+                         f"{format_shape(x.shape)} into {heads} heads: it must divide by "
+                         f"{heads}")
+    return embed, embed // heads
+
+
+def _mha_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    _mha_sizes(inputs, attrs["heads"])
+    return inputs[0]
+
+
+def _mha_names(attrs: Attrs) -> tuple[str, ...]:
+    names = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+    return names if attrs["bias"] else names[::2]
+
+
+def _mha_params(attrs: Attrs, inputs: Sequence[TensorType]) -> tuple[ParamSpec, ...]:
+    embed, _ = _mha_sizes(inputs, attrs["heads"])
+    # nn.MultiheadAttention: xavier_uniform in_proj ([3E, E]: fans E and 3E), zero biases,
+    # out_proj an nn.Linear (U(±1/sqrt(E))) whose bias is then zeroed.
+    specs = {"in_proj_weight": ParamSpec("in_proj_weight", (3 * embed, embed),
+                                         ("uniform", math.sqrt(6.0 / (4 * embed)))),
+             "in_proj_bias": ParamSpec("in_proj_bias", (3 * embed,), ("const", 0.0)),
+             "out_proj.weight": ParamSpec("out_proj.weight", (embed, embed),
+                                          ("uniform", 1.0 / math.sqrt(embed))),
+             "out_proj.bias": ParamSpec("out_proj.bias", (embed,), ("const", 0.0))}
+    return tuple(specs[name] for name in _mha_names(attrs))
+
+
+def _mha_reference(attrs: Attrs, x: np.ndarray, *params: np.ndarray) -> np.ndarray:
+    if attrs["bias"]:
+        in_weight, in_bias, out_weight, out_bias = params
+    else:
+        (in_weight, out_weight), in_bias, out_bias = params, np.float32(0), np.float32(0)
+    batch, length, embed = x.shape
+    heads = attrs["heads"]
+
+    def split(part: np.ndarray) -> np.ndarray:  # [N, L, E] -> [N, heads, L, E / heads]
+        return part.reshape(batch, length, heads, embed // heads).transpose(0, 2, 1, 3)
+
+    q, k, v = np.split(x @ in_weight.T + in_bias, 3, axis=-1)
+    each = _attention_reference(Attrs(causal=attrs["causal"], scale=None),
+                                split(q), split(k), split(v))
+    return each.transpose(0, 2, 1, 3).reshape(batch, length, embed) @ out_weight.T + out_bias
+
+
+def _mha_parts(builder: Composer, attrs: Attrs, x: str, *params: str) -> str:
+    """The projections as matmuls with the transposed weights, the heads as a reshape to
+    [N, L, heads, E / heads] and a transpose, then `attention` and the output projection."""
+    x_type = builder.type_of(x)
+    embed, size = _mha_sizes([x_type], attrs["heads"])
+    length = x_type.shape[1]
+    in_weight, out_weight = (params[0], params[2]) if attrs["bias"] else params
+    biases = (params[1], params[3]) if attrs["bias"] else (None, None)
+
+    def project(value: str, weight: str, bias: str | None) -> str:
+        product = builder.op("matmul", value, builder.op("transpose", weight, perm=(1, 0)))
+        return product if bias is None else builder.op("add", product, bias)
+
+    qkv = project(x, in_weight, biases[0])
+    heads = []
+    for part in range(3):
+        piece = builder.op("slice", qkv, axes=(2,), starts=(part * embed,),
+                           ends=((part + 1) * embed,))
+        piece = builder.op("reshape", piece, dims=(length, attrs["heads"], size))
+        heads.append(builder.op("transpose", piece, perm=(0, 2, 1, 3)))
+    each = builder.op("attention", *heads, causal=attrs["causal"])
+    joined = builder.op("reshape", builder.op("transpose", each, perm=(0, 2, 1, 3)),
+                        dims=(length, embed))
+    return project(joined, out_weight, biases[1])
+
+
+def _mha_flops(attrs: Attrs, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
+    batch, length, embed = inputs[0]
+    projections = 2 * batch * length * embed * 4 * embed
+    return projections + 4 * batch * length * length * embed
+
+
+register(OpDef(
+    name="multihead_attention",
+    attrs=(AttrSpec("heads", "int", minimum=1, help="the number of heads; divides the "
+                    "embedding size"),
+           AttrSpec("causal", "bool", default=False, positional=False,
+                    help="each position attends only to itself and earlier ones"),
+           AttrSpec("bias", "bool", default=True, positional=False,
+                    help="the projections have biases")),
+    infer=_mha_infer,
+    reference=_mha_reference,
+    decompose=_mha_parts,
+    param_names=_mha_names,
+    params=_mha_params,
+    flops=_mha_flops,
+    kind="gemm",
+    role="layout",  # never fused: the code generator computes its decomposition
+    summary="self-attention, `nn.MultiheadAttention(E, heads, batch_first=True, bias=bias)` "
+            "applied as `mha(x, x, x, need_weights=False)` (with a causal mask if `causal`)",
+    doc=OpDoc(shapes="`[N, L, E]` → `[N, L, E]`",
+              params="`in_proj_weight [3E, E]` (xavier uniform), `in_proj_bias [3E]` (0), "
+                     "`out_proj.weight [E, E]` (U(±1/√E)), `out_proj.bias [E]` (0)",
+              flops="8·N·L·E² + 4·N·L²·E",
+              attrs="`heads` divides E; computed as its parts (matmul, reshape, transpose, "
+                    "`attention`)"),
 ))

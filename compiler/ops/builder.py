@@ -63,6 +63,10 @@ class GraphBuilder:
     def input(self, name: str, dtype: str, shape: Sequence[Dim]) -> str:
         return self._add(Node(name, "input", (), Attrs(), TensorType(dtype, tuple(shape))))
 
+    def param(self, name: str, dtype: str, shape: Sequence[Dim]) -> str:
+        """A free trained parameter (`param NAME: TYPE`), owned by no layer."""
+        return self._add(Node(name, "param", (), Attrs(), TensorType(dtype, tuple(shape))))
+
     def constant(self, value: float, dtype: str = "f32") -> str:
         return self._add(Node(self._fresh("constant"), "constant", (), Attrs(value=float(value)),
                               TensorType(dtype, ())))

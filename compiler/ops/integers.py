@@ -269,7 +269,8 @@ register(OpDef(
 
 register(OpDef(
     name="arange",
-    attrs=(AttrSpec("n", "int", minimum=1, help="how many: the result is 0, 1, ..., n - 1"),),
+    attrs=(AttrSpec("n", "dim", minimum=1, help="how many: the result is 0, 1, ..., n - 1; "
+                    "a dimension name T gives a T-long result"),),
     infer=lambda attrs, inputs: TensorType("i64", (attrs["n"],)),
     reference=lambda attrs: np.arange(attrs["n"], dtype=np.int64),
     min_inputs=0,
@@ -277,7 +278,7 @@ register(OpDef(
     flops=per_element_flops(0),
     summary="0, 1, ..., n - 1 as `i64` (`torch.arange(n)`)",
     doc=OpDoc(shapes="`[n]`, dtype `i64`", flops="0",
-              attrs="an int (a named dimension is not supported yet)"),
+              attrs="an int or a dimension name (`arange(T)`: `[T]`)"),
     # Element `index` of a 1-D result is the index itself (every member of a fused group has
     # this op's type, so a group computes it at the same index).
     expression=CudaExpression("index"),

@@ -67,11 +67,13 @@ REQUIRED: Any = object()
 """Marks an attribute without a default."""
 
 ATTR_KINDS = ("int", "float", "bool", "str", "int_pair", "int_list", "padding", "axes",
-              "dim_list")
+              "dim_list", "dim")
 """`int_pair`: an int or `[h, w]`, stored as a pair. `int_list`: `[a, b, ...]`, stored as a
 tuple. `padding`: an int, `[h, w]`, or the string "same". `axes`: an int or a list of ints,
 stored as a tuple. `dim_list`: a list whose elements are ints or dimension names (strings:
-`[T, 8, 32]`), stored as a tuple."""
+`[T, 8, 32]`), stored as a tuple. `dim`: an int or a dimension name (`arange(T)`). The
+reference interpreter gives an op's `reference` the sizes of the names in `dim_list` and `dim`
+attributes (`netc.reference.resolve_dims`); every other function sees the names."""
 
 
 class ShapeError(Exception):

@@ -211,8 +211,9 @@ def _bounds(op: str, x: TensorType, axis: int, start: int, end: int,
 
 
 def slice_plan(attrs: Attrs, x: TensorType) -> tuple[tuple[int, ...], tuple[int, ...],
-                                                     tuple[int, ...]]:
-    """Per dimension of `x`: (start, step, length) of the elements a `slice` keeps."""
+                                                     tuple[Dim, ...]]:
+    """Per dimension of `x`: (start, step, length) of the elements a `slice` keeps; a length
+    is a dimension name where the slice ends at that name (`pos[:, :T]`: the first T)."""
     axes, starts, ends = (tuple(attrs[name]) for name in ("axes", "starts", "ends"))
     steps = tuple(attrs["steps"]) or (1,) * len(axes)
     if not len(axes) == len(starts) == len(ends) == len(steps) or not axes:
@@ -231,27 +232,48 @@ def slice_plan(attrs: Attrs, x: TensorType) -> tuple[tuple[int, ...], tuple[int,
         if step < 1:
             raise ShapeError(f"`slice` needs steps of at least 1 (PyTorch has no negative "
                              f"step), got {step}")
-        begin[resolved], shape[resolved] = _bounds("slice", x, resolved, start, end, step)
+        if isinstance(end, str):
+            shape[resolved] = _named_end(x, resolved, start, end, step)
+        else:
+            begin[resolved], shape[resolved] = _bounds("slice", x, resolved, start, end, step)
         stride[resolved] = step
-    lengths = tuple(int(d) if isinstance(d, int) else -1 for d in shape)
-    return tuple(begin), tuple(stride), lengths
+    return tuple(begin), tuple(stride), tuple(shape)
+
+
+def _named_end(x: TensorType, axis: int, start: int, end: str, step: int) -> str:
+    """The length of `x[..., :end]` along `axis` for a dimension name `end`: `end` itself, so
+    only a plain prefix `:T` of a dimension of known size is one."""
+    size = x.shape[axis]
+    if isinstance(size, str):
+        raise ShapeError(f"`slice` cannot slice axis {axis} of {format_shape(x.shape)}: the "
+                         f"named dimension {size} has no known size")
+    if start != 0 or step != 1:
+        raise ShapeError(f"`slice` ending at the named dimension {end} must start at 0 with "
+                         f"step 1 (its length is then {end}), got {start}:{end}:{step} along "
+                         f"axis {axis} of {format_shape(x.shape)}")
+    return end
 
 
 def _slice_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     (x,) = inputs
     _, _, lengths = slice_plan(attrs, x)
-    return TensorType(x.dtype, tuple(d if length < 0 else length
-                                     for d, length in zip(x.shape, lengths)))
+    return TensorType(x.dtype, lengths)
 
 
 def _slice_normalize(attrs: Attrs, inputs: Sequence[TensorType]) -> Attrs:
     """Axes non-negative and sorted, each with its start clamped, its end the start's plus
-    the length times the step (so that applying the record again gives the same slice)."""
+    the length times the step (so that applying the record again gives the same slice); an
+    end that is a dimension name stays that name."""
     (x,) = inputs
     begin, stride, lengths = slice_plan(attrs, x)
     axes = sorted({resolve_axis("slice", a, x) for a in attrs["axes"]})
+
+    def end(axis: int) -> Dim:
+        length = lengths[axis]
+        return length if isinstance(length, str) else \
+            begin[axis] + (length - 1) * stride[axis] + 1
     return attrs.replace(axes=tuple(axes), starts=tuple(begin[a] for a in axes),
-                         ends=tuple(begin[a] + (lengths[a] - 1) * stride[a] + 1 for a in axes),
+                         ends=tuple(end(a) for a in axes),
                          steps=tuple(stride[a] for a in axes))
 
 
@@ -270,8 +292,9 @@ register(OpDef(
                     "the end"),
            AttrSpec("starts", "int_list", help="the first index along each axis; negative "
                     "counts from the end"),
-           AttrSpec("ends", "int_list", help="one past the last index along each axis; "
-                    "negative counts from the end, out-of-range clamps"),
+           AttrSpec("ends", "dim_list", help="one past the last index along each axis; "
+                    "negative counts from the end, out-of-range clamps; a dimension name T "
+                    "keeps the first T (`pos[:, :T]`)"),
            AttrSpec("steps", "int_list", default=(), minimum=1,
                     help="the step along each axis (default 1)")),
     infer=_slice_infer,
@@ -282,7 +305,8 @@ register(OpDef(
     summary="`x[start:end:step]` along each listed axis, with Python's rules",
     doc=OpDoc(shapes="`[a, b]` → `[a, ceil((end - start) / step)]`", flops="0",
               attrs="one start, end and step per axis; each axis once; steps ≥ 1; the result "
-                    "must not be empty; a named dimension cannot be sliced"),
+                    "must not be empty; a named dimension cannot be sliced; an end that is a "
+                    "dimension name T (start 0, step 1) gives length T"),
 ))
 
 

@@ -1806,6 +1806,12 @@ static void run_worker(Job* job) {
     }
     __atomic_fetch_add(&job->switches, w->switches, __ATOMIC_RELAXED);
     w->job = nullptr;
+    // Every compiled module holds its own copy of this runtime, so stacks kept for the next
+    // launch would stay mapped for as long as the process lives, per module and thread: a
+    // process that loads a few hundred modules then runs out of memory maps (Linux's
+    // vm.max_map_count, 65530), and thread creation and dlopen start failing. A launch maps
+    // at most one stack per thread of a block, so mapping them again costs little.
+    worker_release_stacks(w);
 }
 
 // ---- the worker pool: persistent helper threads; the launching thread is worker 0.

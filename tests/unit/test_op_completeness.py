@@ -48,6 +48,17 @@ IMPORTED_AS_OTHER_OPS = {
                           "GlobalAveragePool or AveragePool, which import as `global_avgpool` / "
                           "`avgpool2d` with the same numbers (tests/unit/test_ops_windows_v2.py, "
                           "test_export_matches_onnxruntime_and_imports_back)",
+    **{loss: "ONNX has no such loss op: netc exports it as its decomposition (Sub, Mul or Abs "
+             "or the stable logistic terms, then ReduceMean), which imports as those ops with "
+             "the same numbers (tests/unit/test_losses.py, "
+             "test_export_matches_onnxruntime_and_imports_back)"
+       for loss in ("mse_loss", "l1_loss", "bce_with_logits")},
+    "multihead_attention": "ONNX has no such op, and no pattern recognises the ~60 time-first "
+                           "nodes PyTorch's exporter writes for nn.MultiheadAttention yet; "
+                           "netc's own export of the non-causal op imports back as its parts "
+                           "with the same numbers (tests/unit/test_mha.py, "
+                           "test_the_export_imports_back_as_its_parts_with_the_same_numbers); "
+                           "the causal one does not (its -inf mask has no `.net` literal: E0606)",
 }
 """Ops no ONNX model can name, and why: their export imports back as other ops."""
 

@@ -594,9 +594,15 @@ def test_what_does_not_import_is_diagnosed() -> None:
     gelu_other = _model([helper.make_node("Gelu", ["x"], ["y"], approximate="sigmoid")],
                         {"x": ["N", 5]}, ["y"], opset=20)
     assert _codes(gelu_other) == ["E0602"]
+    # A constant tensor divisor is a free parameter in language v2, the division a `div`.
+    divisor = np.arange(1, 6, dtype=np.float32)
     div_vector = _model([helper.make_node("Div", ["x", "v"], ["y"])], {"x": ["N", 5]}, ["y"],
-                        [numpy_helper.from_array(np.arange(1, 6, dtype=np.float32), "v")])
-    assert _codes(div_vector) == ["E0606"]
+                        [numpy_helper.from_array(divisor, "v")])
+    imported = import_onnx(div_vector)
+    assert "param v: f32[5]" in imported.text and "x / v" in imported.text
+    x = np.linspace(-2, 2, 10, dtype=np.float32).reshape(2, 5)
+    (y,) = run_reference(imported.graph, imported.weights, {"x": x}).values()
+    np.testing.assert_array_equal(y, x / divisor)
     max_vector = _model([helper.make_node("Max", ["x", "v"], ["y"])], {"x": ["N", 5]}, ["y"],
                         [numpy_helper.from_array(np.arange(5, dtype=np.float32), "v")])
     assert _codes(max_vector) == ["E0606"]

@@ -17,12 +17,16 @@ How it works, in three passes over the ONNX graph (which ONNX keeps in topologic
    later. Constant operands that are trained parameters in `.net` (a Conv's W and B, a
    BatchNormalization's statistics, a Gemm's B) become the layer's weights under PyTorch's
    names (`<layer>.weight`); a constant scalar operand of Add/Sub/Mul becomes a number in the
-   text; a constant bias added right after a MatMul or a Conv is folded into that layer's bias.
+   text; a constant bias added right after a MatMul or a Conv is folded into that layer's bias;
+   any other f32 constant tensor (a class token, a positional embedding) becomes a free
+   parameter, `param NAME: f32[...]`, named after its initializer, its value in the weights.
+   Shape arithmetic (`Shape`, `Gather`, `Concat`, `Mul`, ... of a shape) is followed with named
+   dimensions as names (`shapes`), so that a Reshape target keeps them by name.
 
 The IR graph so built is then printed as `.net` text (`render_net`), one statement a value,
-named after the ONNX values (sanitised where they are not valid `.net` names). The batch: the
-first dimension of each graph input becomes `N`, also where the ONNX model fixes it (the
-generated file says so in a comment).
+named after the ONNX values (sanitised where they are not valid `.net` names). Dimensions: a
+size the ONNX model fixes stays fixed; a symbolic one becomes a named dimension, with its
+`dim_param` where that is a valid `.net` name, else `N`, `T`, ... (noted in a comment).
 
 Everything that cannot be imported is collected and raised as one `CompileError` with one
 diagnostic per problem (codes E06xx, documented in docs/onnx.md); nothing is dropped silently.

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from netc.frontend.unparse import is_valid_name
 from netc.ir import Attrs, Dim, TensorType, format_shape
 from netc.onnx.importer.model import (
     _DTYPES,
@@ -403,11 +404,18 @@ def _binary_constant(importer: _Importer, node: onnx.NodeProto, problems: _Probl
         number = importer.number(constant.flat[0], problems, tensor_type.dtype)
         operands = (tensor, number) if tensor_first else (number, tensor)
         return importer.apply(problems, op, *operands)
+    if constant.dtype == np.float32 and tensor_type.dtype == "f32":
+        # A constant tensor (a positional embedding): a free parameter holds it.
+        param = importer.constant_tensor(node.input[1 if tensor_first else 0], constant,
+                                         problems)
+        operands = (tensor, param) if tensor_first else (param, tensor)
+        return importer.apply(problems, op, *operands)
     problems.add(E_CONSTANT_TENSOR,
-                 f"its constant operand has shape {format_shape(constant.shape)} and is not a "
-                 "scalar; `.net` has numbers and layer parameters but no constant tensors",
+                 f"its constant operand has shape {format_shape(constant.shape)} and dtype "
+                 f"{constant.dtype} against a {tensor_type.dtype} tensor; `.net` holds constant "
+                 "tensors only as f32 parameters (`param`)",
                  help="a bias right after MatMul/Gemm/Conv is folded into that layer; other "
-                      "constant tensors cannot be imported")
+                      "constant tensors are imported as f32 parameters")
     raise _Poisoned
 
 
@@ -1393,68 +1401,69 @@ def _flatten(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: importer.apply(problems, "flatten", x)}
 
 
-@_handles("Reshape", ops=("reshape",), parameters=(1,))
+@_handles("Reshape", ops=("reshape", "unsqueeze", "squeeze"), parameters=(1,))
 def _reshape(importer: _Importer, index: int, node: onnx.NodeProto,
              problems: _Problems) -> dict[str, Value]:
+    """`.net` reshape keeps the first dimension and reshapes the rest, each named dimension
+    kept by name. A target that changes a fixed first dimension is written
+    `squeeze(reshape(unsqueeze(x, 0), [dims]), 0)`; one that would merge or split a named
+    dimension (`[N * 12, ...]`) has no `.net` form."""
     attrs = _attributes(node)
     x = importer.tensor(node, 0, problems)
-    target: np.ndarray | None
-    batch_kept_by_shape = False
+    target: list[int | str] | None
     if importer.opset < 5:
-        target = np.asarray(attrs.get("shape", ()), dtype=np.int64)
+        target = [int(d) for d in attrs.get("shape", ())]
     elif isinstance(shape_target := importer.operand(node, 1), _Shape):
-        # A target computed from the run-time shape: the batch entry copies the batch.
-        entries = shape_target.entries
-        if any(isinstance(e, str) for e in entries[1:]) or not isinstance(entries[0], str):
-            problems.add(E_NOT_EXPRESSIBLE, "reshapes to a run-time shape that moves the batch "
-                         "dimension")
+        target = list(shape_target.entries)  # named dimensions stand for themselves
+        computed = [e for e in target if isinstance(e, str) and not is_valid_name(e)]
+        if computed:
+            problems.add(E_NOT_EXPRESSIBLE, f"reshapes to a shape with the size {computed[0]}, "
+                         "computed from a run-time (named) dimension; a `.net` dimension is a "
+                         "name or a number, never a product or sum such as N*4",
+                         help="export with fixed sizes (no dynamic_axes), or keep the named "
+                              "dimension whole in the reshape")
             return {}
-        target = np.array([0, *entries[1:]], dtype=np.int64)
-        batch_kept_by_shape = True
     else:
         found = importer.constant(node, 1, problems, "shape")
-        target = None if found is None else np.asarray(found, dtype=np.int64).reshape(-1)
+        target = None if found is None else [int(d) for d in np.asarray(found).reshape(-1)]
     if x is None or target is None or problems.found:
         return {}
     shape = importer.type_of(x).shape
-    dims = [int(d) for d in target]
-    if batch_kept_by_shape and attrs.get("allowzero", 0):
-        attrs = {**attrs, "allowzero": 0}  # the 0 standing for the batch is ours
-    if attrs.get("allowzero", 0) and 0 in dims:
+    if attrs.get("allowzero", 0) and 0 in target:
         problems.add(E_UNSUPPORTED_ATTRIBUTE, "allowzero=1 with a 0 in the shape makes an "
                      "empty tensor")
         return {}
-    if not dims:
-        problems.add(E_NOT_EXPRESSIBLE, "reshapes to a scalar, dropping the batch")
+    if not target:
+        problems.add(E_NOT_EXPRESSIBLE, "reshapes to a scalar; `.net` reshape keeps the first "
+                     "dimension")
         return {}
-    for position, size in enumerate(dims[1:], start=1):
-        if size == 0:
+    dims: list[int | str] = []
+    for position, size in enumerate(target):
+        if size == 0:  # copies the input's dimension
             if position >= len(shape):
                 problems.add(E_SHAPE, f"copies dimension {position}, which the input "
                              f"{format_shape(shape)} does not have")
                 return {}
-            dims[position] = int(shape[position])
-    first = dims[0]
-    rest = dims[1:]
-    item = math.prod(int(d) for d in shape[1:]) if all(
-        isinstance(d, int) for d in shape[1:]) else None
-    keeps_batch = (
-        first == 0
-        or (isinstance(shape[0], int) and first == shape[0])
-        or (first == -1 and -1 not in rest and item is not None and math.prod(rest) == item)
-    )
-    if not keeps_batch and shape[0] == "N" and first == importer.batch_value:
-        keeps_batch = True
-        importer.notes.append(f"{importer.label(index)} fixes the batch at {first} in the ONNX "
-                              "model; imported as keeping the batch N")
-    if not keeps_batch:
-        problems.add(E_NOT_EXPRESSIBLE, f"reshapes {format_shape(shape)} to "
-                     f"{[int(d) for d in target]}, "
-                     "which changes the batch (first) dimension; `.net` reshape keeps it",
-                     help="export with the batch copied (0 or -1 first) or re-export with "
-                          "the reshape after the batch dimension")
-        return {}
-    return {node.output[0]: _reshape_to(importer, problems, x, rest)}
+            size = shape[position]
+        dims.append(size)
+    first, rest = dims[0], dims[1:]
+    fixed_rest = all(isinstance(d, int) for d in (*shape[1:], *rest))
+    item = math.prod(int(d) for d in shape[1:]) if fixed_rest else None
+    if first == shape[0] or (first == -1 and -1 not in rest and item is not None
+                             and math.prod(int(d) for d in rest) == item):
+        return {node.output[0]: importer.apply(problems, "reshape", x, dims=tuple(rest))}
+    if all(isinstance(d, int) for d in (*shape, *dims)):
+        # Every size is fixed: a new first dimension of 1 is kept, the rest reshaped.
+        lifted = importer.apply(problems, "unsqueeze", x, axis=0)
+        reshaped = importer.apply(problems, "reshape", lifted, dims=tuple(dims))
+        importer.proposed_names[reshaped] = node.output[0] + "_lifted"
+        return {node.output[0]: importer.apply(problems, "squeeze", reshaped, axis=0)}
+    problems.add(E_NOT_EXPRESSIBLE, f"reshapes {format_shape(shape)} to {format_shape(tuple(dims))}, "
+                 "which merges or splits a named (run-time) dimension; a `.net` dimension is a "
+                 "name or a number, never a product such as N * 12",
+                 help="export with fixed sizes (no dynamic_axes), or keep the named dimension "
+                      "whole in the reshape")
+    return {}
 
 
 @_handles("Transpose", ops=("transpose",))
@@ -1725,6 +1734,27 @@ def _split(importer: _Importer, index: int, node: onnx.NodeProto,
                                          [start + length], [1])
         start += length
     return results
+
+
+@_handles("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss",
+          ops=("cross_entropy", "nll_loss"))
+def _class_loss(importer: _Importer, index: int, node: onnx.NodeProto,
+                problems: _Problems) -> dict[str, Value]:
+    op = "cross_entropy" if node.op_type == "SoftmaxCrossEntropyLoss" else "nll_loss"
+    attrs = _attributes(node)
+    _expect(problems, attrs, "reduction", "mean",
+            f"`.net`'s `{op}` is PyTorch's default reduction=\"mean\"")
+    if len(node.input) > 2 and node.input[2]:
+        problems.add(E_NOT_EXPRESSIBLE, f"class weights (operand 2) are not supported: "
+                     f"`.net`'s `{op}` weighs every class alike")
+    _no_extra_outputs(node, problems, ["log_prob"])
+    scores = importer.tensor(node, 0, problems, "scores")
+    target = importer.tensor(node, 1, problems, "labels")
+    if scores is None or target is None or problems.found:
+        return {}
+    # Without ignore_index ONNX ignores no target; -100 (PyTorch's default) is no class id.
+    ignore = int(_decode(attrs["ignore_index"])) if "ignore_index" in attrs else -100
+    return {node.output[0]: importer.apply(problems, op, scores, target, ignore_index=ignore)}
 
 
 # Shape arithmetic handlers register here (`netc.onnx.importer.shapes`).

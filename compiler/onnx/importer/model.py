@@ -33,9 +33,9 @@ E_LIMIT = "E0611"
 # whose registry entry has a one-node ONNX form (`OpDef.onnx`) imports by that form without a
 # handler of its own. `supported_ops()` (also `SUPPORTED_OPS`) and `imported_ops()` list them.
 # Beyond the handlers: decomposed forms of ops (layer norm, GELU, attention, ...) are
-# recognised as one op (`patterns`), and Shape (with Gather, Slice, Concat, ... of its
-# result) only on shapes, a Reshape target that keeps a dynamic batch (`shapes`). Any op whose
-# inputs are all constants is evaluated at import time, whatever its type.
+# recognised as one op (`patterns`), and Shape (with Gather, Slice, Concat, Mul, ... of its
+# result) only on shapes, a Reshape target that keeps its named dimensions (`shapes`). Any op
+# whose inputs are all constants is evaluated at import time, whatever its type.
 
 PATTERN_OPS = ("Constant",)
 """Op types read by the constant pass rather than by a handler."""

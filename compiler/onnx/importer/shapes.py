@@ -1,6 +1,7 @@
-"""Shape arithmetic: exporters that keep the batch dynamic compute a Reshape's target from
-`Shape(x)`; these handlers follow such int vectors with the batch as a name, so that the
-Reshape can keep it."""
+"""Shape arithmetic: exporters that keep a size dynamic compute a Reshape's target from
+`Shape(x)`; these handlers follow such int vectors with each named dimension as its name, so
+that the Reshape can keep it (and arithmetic on it as text, `N*4`, so that the Reshape can say
+why it cannot)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ from netc.onnx.importer.translate import (
 )
 
 # Shape arithmetic -------------------------------------------------------------------------
-# Exporters that keep the batch dynamic compute a Reshape's target from `Shape(x)`; these
-# handlers follow such int vectors with the batch as a name, so the Reshape can keep it.
+# Exporters that keep a size dynamic compute a Reshape's target from `Shape(x)`; these
+# handlers follow such int vectors with named dimensions as names, so the Reshape keeps them.
 
 def _entries(value: Any, problems: _Problems) -> tuple[tuple[int | str, ...], bool]:
     """A shape operand as (entries, whether it is a scalar)."""
@@ -113,3 +114,51 @@ def _cast_shape(importer: _Importer, index: int, node: onnx.NodeProto,
         return {}
     return {node.output[0]: value}
 
+
+
+_ARITHMETIC = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "Mod": "%"}
+_IDENTITY = {"Add": 0, "Sub": 0, "Mul": 1, "Div": 1}
+"""The operand that leaves a named dimension as it is (`N * 1`)."""
+
+
+def _combine(op: str, a: int | str, b: int | str) -> int | str:
+    """One entry of shape arithmetic: ints computed as ONNX computes int64 tensors, a named
+    dimension kept where the other operand is the identity, else the expression as text
+    (`N*4`), which no `.net` dimension can be: a Reshape given it says so."""
+    if isinstance(a, int) and isinstance(b, int):
+        if op in ("Div", "Mod") and b == 0:
+            return f"{a}{_ARITHMETIC[op]}0"
+        return {"Add": a + b, "Sub": a - b, "Mul": a * b, "Div": int(a / b),
+                "Mod": a % b}[op]
+    if isinstance(a, str) and b == _IDENTITY.get(op):
+        return a
+    if isinstance(b, str) and op in ("Add", "Mul") and a == _IDENTITY[op]:
+        return b
+    return f"{a}{_ARITHMETIC[op]}{b}"
+
+
+@_shape_handles(*_ARITHMETIC)
+def _shape_arithmetic(importer: _Importer, index: int, node: onnx.NodeProto,
+                      problems: _Problems) -> dict[str, Value]:
+    (a, a_scalar), (b, b_scalar) = (_entries(importer.operand(node, i), problems)
+                                    for i in (0, 1))
+    if node.op_type == "Mod" and int(_attributes(node).get("fmod", 0)):
+        problems.add(E_NOT_EXPRESSIBLE, "fmod=1 on a run-time shape")
+        return {}
+    if len(a) != len(b) and 1 not in (len(a), len(b)):
+        problems.add(E_NOT_EXPRESSIBLE, f"combines shapes of lengths {len(a)} and {len(b)}")
+        return {}
+    size = max(len(a), len(b))
+    a, b = (a * size if len(a) == 1 else a), (b * size if len(b) == 1 else b)
+    entries = tuple(_combine(node.op_type, x, y) for x, y in zip(a, b))
+    return {node.output[0]: _Shape(entries, scalar=a_scalar and b_scalar).value()}
+
+
+@_shape_handles("ConstantOfShape")
+def _constant_of_shape(importer: _Importer, index: int, node: onnx.NodeProto,
+                       problems: _Problems) -> dict[str, Value]:
+    entries, _ = _entries(importer.operand(node, 0), problems)
+    problems.add(E_NOT_EXPRESSIBLE, f"fills a tensor of the run-time shape "
+                 f"[{', '.join(map(str, entries))}]; `.net` makes no tensor from a shape alone",
+                 help="export with fixed sizes (no dynamic_axes)")
+    return {}

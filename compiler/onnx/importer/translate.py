@@ -4,6 +4,7 @@ and the `.net` text written from the graph built."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -67,8 +68,9 @@ class _Problems:
 @dataclass(frozen=True)
 class _Shape:
     """An int64 vector (or scalar) computed from tensor shapes by Shape, Gather, Concat, ...:
-    each entry an int or the batch name. Exporters build a Reshape's target this way to keep
-    the batch dynamic (`x.view(x.size(0), -1)`); fully known ones become constants."""
+    each entry an int, a named dimension, or the text of arithmetic on one (`N*4`, which no
+    `.net` dimension can be). Exporters build a Reshape's target this way to keep a size
+    dynamic (`x.view(x.size(0), -1)`); fully known ones become constants."""
 
     entries: tuple[int | str, ...]
     scalar: bool = False
@@ -83,7 +85,7 @@ class _Shape:
 _POISON = object()
 Value = Any
 """str: an IR value id; np.ndarray: a constant known at import time; _Shape: a shape vector
-holding the batch; _POISON: unimportable."""
+holding a named dimension; _POISON: unimportable."""
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -113,6 +115,10 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
 def _is_scalar_for(constant: np.ndarray, rank: int) -> bool:
     """A constant that acts as a number against a tensor of `rank` (one value, no new dims)."""
     return constant.size == 1 and constant.ndim <= rank
+
+
+def _shown(dim_param: str) -> str:
+    return f"`{dim_param}`" if dim_param else "(unnamed)"
 
 
 def _float_kind(array: np.ndarray) -> bool:
@@ -160,8 +166,13 @@ class _Importer:
         name = network_name or self.graph.name or Path(source).stem or "imported"
         self.network = NameTable.sanitise(name, "imported") if not is_valid_name(name) else name
         self.builder = GraphBuilder(self.network)
-        self.batch_value: int | None = None
-        """The fixed first dimension of the first input, where the ONNX model fixes it."""
+        self.dimension_names: dict[str, str] = {}
+        """ONNX `dim_param` -> the `.net` named dimension it became."""
+        self.initializers: set[str] = set()
+        self.ranges: dict[str, int] = {}
+        """A folded constant `Range`'s output -> its node, made `arange` if a tensor needs it."""
+        self.free_params: dict[str, str] = {}
+        """ONNX value -> the free parameter (`param NAME`) that holds its constant value."""
         self.input_ids: dict[str, str] = {}
         self.unsupported_help_given = False
 
@@ -195,18 +206,72 @@ class _Importer:
             problems.add(E_MODEL, f"the {what} (operand {position}) is missing")
             return None
         if isinstance(value, np.ndarray):
+            if node.input[position] in self.ranges:
+                return self.arange(node.input[position], problems)
+            if value.dtype == np.float32:
+                return self.constant_tensor(node.input[position], value, problems)
             problems.add(E_CONSTANT_TENSOR,
                          f"the {what} (operand {position}, `{node.input[position]}`) is a constant "
-                         f"of shape {format_shape(value.shape)}; `.net` has no constant tensors",
-                         help="only scalar constants (numbers) and layer parameters are expressible")
+                         f"of shape {format_shape(value.shape)} and dtype {value.dtype}; `.net` "
+                         "holds constant tensors only as f32 parameters (`param`)",
+                         help="only f32 constant tensors, scalar constants (numbers) and layer "
+                              "parameters are expressible")
             return None
         if isinstance(value, _Shape):
             problems.add(E_NOT_EXPRESSIBLE,
                          f"the {what} (operand {position}, `{node.input[position]}`) is computed "
-                         "from the run-time batch size; `.net` uses it only as a Reshape target "
-                         "that keeps the batch")
+                         "from a run-time (named) size; `.net` uses it only as a Reshape target "
+                         "that keeps the named dimensions")
             return None
         return str(value)
+
+    def arange(self, name: str, problems: _Problems) -> str:
+        """The constant `Range` that wrote `name`, as the tensor `arange(n)`: a Range of
+        constants is folded (so that Swin's masks, computed from it, are constants), and
+        becomes an op only where a tensor is needed."""
+        from netc.onnx.importer.handlers import _handler
+
+        index = self.ranges.pop(name)
+        handler = _handler("Range")
+        assert handler is not None
+        results = handler(self, index, self.nodes[index], problems)
+        if name not in results:
+            raise _Poisoned
+        self.bind(name, results[name])
+        return str(results[name])
+
+    def constant_tensor(self, source: str, value: np.ndarray, problems: _Problems) -> str:
+        """An f32 constant tensor as a `param`, or, where an `Expand` of a smaller constant
+        made it (ViT's class token repeated for each image of a fixed batch), as `expand` of
+        that constant's `param`."""
+        producer = self.producer(source)
+        node = self.nodes[producer] if producer is not None else None
+        if node is not None and node.op_type == "Expand" and source not in self.free_params:
+            small = self.values.get(node.input[0])
+            if isinstance(small, np.ndarray) and small.dtype == np.float32 and \
+                    small.size < value.size and small.ndim <= value.ndim:
+                param = self.free_param(node.input[0], small)
+                self.free_params[source] = self.apply(problems, "expand", param,
+                                                      dims=tuple(value.shape))
+                self.proposed_names[self.free_params[source]] = source
+        return self.free_params.get(source) or self.free_param(source, value)
+
+    def free_param(self, source: str, value: np.ndarray) -> str:
+        """The free parameter (`param NAME: f32[...]`) that holds the constant `source`: one
+        per ONNX value, named after it (or the initializer it was computed from), sanitised;
+        its value goes into the weights under that name."""
+        if source not in self.free_params:
+            # Named after the initializer it was computed from (a transposed weight), else
+            # after the ONNX value itself.
+            origin = self.origin.get(source, source)
+            named = origin if origin in self.initializers else source
+            base = NameTable.sanitise(named, "param")
+            if base in self.input_ids.values():
+                base += "_param"
+            name = self.layer_names.claim(base, "param")
+            self.free_params[source] = self.builder.param(name, "f32", value.shape)
+            self.weights[name] = np.ascontiguousarray(value, dtype=np.float32)
+        return self.free_params[source]
 
     def constant(self, node: onnx.NodeProto, position: int, problems: _Problems, what: str,
                  required: bool = True) -> np.ndarray | None:
@@ -394,6 +459,7 @@ class _Importer:
                         help="densify them before import")
 
     def collect_constants(self) -> None:
+        self.initializers = {tensor.name for tensor in self.graph.initializer}
         for tensor in self.graph.initializer:
             try:
                 self.values[tensor.name] = numpy_helper.to_array(tensor)
@@ -403,7 +469,6 @@ class _Importer:
 
     def declare_inputs(self) -> None:
         names = NameTable()
-        batch_symbols: list[str] = []
         overridable = [i.name for i in self.graph.input if i.name in self.values]
         if overridable:
             self.notes.append("initializers also listed as graph inputs are imported as "
@@ -423,7 +488,7 @@ class _Importer:
                     problems.add(E_DTYPE, "has element type "
                                  f"{TensorProto.DataType.Name(tensor_type.elem_type)}; `.net` "
                                  "tensors are f32, f16, bf16, i32, i64 or bool")
-                shape = self.input_shape(info, tensor_type, problems, batch_symbols)
+                shape = self.input_shape(tensor_type, problems)
                 if not problems.found and dtype is not None and shape is not None:
                     net_name = names.claim(info.name, "input")
                     self.input_ids[info.name] = self.builder.input(net_name, dtype, shape)
@@ -431,12 +496,11 @@ class _Importer:
                     continue
             self.problems.extend(problems.found)
             self.values[info.name] = _POISON
-        if len(set(batch_symbols)) > 1:
-            self.notes.append("the batch dimensions " + ", ".join(sorted(set(batch_symbols)))
-                              + " of the ONNX inputs are all imported as N")
 
-    def input_shape(self, info: onnx.ValueInfoProto, tensor_type: onnx.TypeProto.Tensor,
-                    problems: _Problems, batch_symbols: list[str]) -> tuple[Dim, ...] | None:
+    def input_shape(self, tensor_type: onnx.TypeProto.Tensor,
+                    problems: _Problems) -> tuple[Dim, ...] | None:
+        """An input's shape: fixed sizes stay fixed, and each symbolic size (`dim_param`, or
+        none) becomes a named dimension (`dimension_name`)."""
         if not tensor_type.HasField("shape"):
             problems.add(E_SHAPE, "has no shape (unknown rank); `.net` inputs have a fixed rank",
                          help="give the input a shape, e.g. with onnx.shape_inference")
@@ -452,30 +516,48 @@ class _Importer:
             problems.add(E_SHAPE, f"has size {dims[empty].dim_value} at position {empty} (an "
                          "empty tensor); `.net` dimensions are positive")
             return None
-        shape: list[Dim] = ["N"]
-        first = dims[0]
-        if first.HasField("dim_value"):
-            size = first.dim_value
-            if self.batch_value is None and not self.input_ids and not batch_symbols:
-                self.batch_value = size
-            if size == self.batch_value:
-                self.notes.append(f"input `{info.name}` has a fixed first dimension {size} in "
-                                  "the ONNX model; it is imported as the batch N")
+        shape: list[Dim] = []
+        for dim in dims:
+            if dim.HasField("dim_value"):
+                shape.append(int(dim.dim_value))
             else:
-                shape = [size]  # a different size cannot be the batch; it stays fixed
-        else:
-            batch_symbols.append(first.dim_param or "?")
-        for position, dim in enumerate(dims[1:], start=1):
-            if dim.HasField("dim_value") and dim.dim_value > 0:
-                shape.append(dim.dim_value)
-            else:
-                what = f"`{dim.dim_param}`" if dim.dim_param else "unknown"
-                problems.add(E_SHAPE, f"has a dynamic dimension {what} at position {position}; "
-                             "`.net` allows a named (run-time) dimension only first, the batch",
-                             help="fix the other dimensions, e.g. with "
-                                  "onnx.tools.update_model_dims or by re-exporting")
-                return None
+                shape.append(self.dimension_name(dim.dim_param, first=not shape))
         return tuple(shape)
+
+    def dimension_name(self, dim_param: str, first: bool) -> str:
+        """The named dimension for an ONNX symbolic size: its own name where that is a valid
+        `.net` name (`batch`), else `N` for a first dimension and `T`, `S`, ... for the others.
+        One ONNX name is one `.net` name everywhere; the symbolic first dimensions of all
+        inputs are one, the batch (exporters name each input's apart); any other unnamed size
+        gets a name of its own."""
+        batch = self.dimension_names.get("?batch") if first else None
+        if batch is not None:
+            if dim_param not in self.dimension_names:
+                self.dimension_names[dim_param or "?"] = batch
+                if dim_param and dim_param != batch:
+                    self.notes.append(f"the ONNX dimension {_shown(dim_param)}, first in an "
+                                      f"input, is imported as the batch {batch}")
+            return batch
+        name = self.dimension_names.get(dim_param) if dim_param else None
+        if name is None:
+            taken = {*self.dimension_names.values(), *(
+                d.dim_param for i in self.graph.input if i.type.HasField("tensor_type")
+                for d in i.type.tensor_type.shape.dim if is_valid_name(d.dim_param))}
+            if is_valid_name(dim_param):
+                name = dim_param
+            else:
+                candidates = ("N", "T", "S", "L") if first else ("T", "S", "L", "N")
+                name = next((c for c in candidates if c not in taken), "")
+                count = 0
+                while not name or name in taken:
+                    count += 1
+                    name = f"D{count}"
+                self.notes.append(f"the ONNX dimension {_shown(dim_param)} is imported as the "
+                                  f"named dimension {name}")
+            self.dimension_names[dim_param or f"?{len(self.dimension_names)}"] = name
+        if first:
+            self.dimension_names["?batch"] = name
+        return name
 
     def fold_constants(self) -> None:
         for index, node in enumerate(self.nodes):
@@ -505,7 +587,7 @@ class _Importer:
 
         names = [n for n in node.input if n]
         if (not names or node.domain not in ("", "ai.onnx")
-                or node.op_type in _NONDETERMINISTIC or node.op_type == "Range"  # `arange`
+                or node.op_type in _NONDETERMINISTIC
                 or not all(isinstance(self.values.get(n), np.ndarray) for n in names)
                 or any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
                        for a in node.attribute)):
@@ -521,6 +603,8 @@ class _Importer:
         for name, result in zip(node.output, results):
             if name:
                 self.values[name] = np.asarray(result)
+        if node.op_type == "Range":
+            self.ranges[node.output[0]] = self.nodes.index(node)
         # A weight that the exporter transposed or cast keeps its name for the layer.
         sources = [self.origin.get(n, n) for n in names
                    if np.asarray(self.values[n]).size == np.asarray(results[0]).size]
@@ -657,8 +741,8 @@ class _Importer:
             handler = _SHAPE_HANDLERS[node.op_type]
         elif handler is not None and node.op_type not in ("Reshape", "Resize") and \
                 any(isinstance(v, _Shape) for v in operands):
-            problems.add(E_NOT_EXPRESSIBLE, "computes with the run-time batch size (from a "
-                         "`Shape` node); `.net` uses the batch only as a Reshape target that "
+            problems.add(E_NOT_EXPRESSIBLE, "computes with a run-time (named) size (from a "
+                         "`Shape` node); `.net` uses it only as a Reshape target that "
                          "keeps it")
             handler = None
         if handler is None and problems.found:
@@ -690,12 +774,25 @@ class _Importer:
         self.record(index, op_type, problems)
 
     def declare_outputs(self) -> dict[str, str]:
-        names = NameTable()
+        # The free parameters keep their names (the weights are stored under them); the
+        # `.net` text names outputs and values around them.
+        params = {value for value in self.free_params.values() if value in self.weights}
+        for value, proposal in list(self.proposed_names.items()):
+            if proposal in params or NameTable.sanitise(proposal) in params:
+                self.proposed_names[value] = f"{proposal}_value"
+        names = NameTable(tuple(params))
         output_map: dict[str, str] = {}
         for info in self.graph.output:
             value = self.values.get(info.name, _POISON)
             if value is _POISON:
                 continue
+            if isinstance(value, np.ndarray) and info.name in self.ranges:
+                problems = _Problems(f"graph output `{info.name}`")
+                with contextlib.suppress(_Poisoned):  # reported in `problems`
+                    value = self.arange(info.name, problems)
+                self.problems.extend(problems.found)
+                if problems.found:
+                    continue
             if isinstance(value, np.ndarray):
                 self.report(E_CONSTANT_TENSOR, f"graph output `{info.name}` is a constant; "
                             "`.net` outputs are computed from the inputs")
@@ -704,10 +801,10 @@ class _Importer:
                 what = f"the size {value.entries[0]}" if value.scalar else \
                     f"the shape {format_shape(value.entries)}"
                 self.report(E_NOT_EXPRESSIBLE, f"graph output `{info.name}` is {what} of a "
-                            "tensor, known only at run time (the batch size); `.net` has no op "
+                            "tensor, known only at run time (a named dimension); `.net` has no op "
                             "that outputs a shape",
                             help="leave this output out of the model; the caller knows the "
-                                 "batch size of its inputs")
+                                 "sizes of its inputs")
                 continue
             net_name = names.claim(info.name, "output")
             output_map[info.name] = net_name
