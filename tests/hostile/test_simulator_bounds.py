@@ -146,8 +146,12 @@ def test_ctrl_c_stops_an_endless_launch(tmp_path: Path, cache_dir: str, sanitize
         sys.exit(3)
     """))
     environment = {**os.environ, "TMPDIR": str(tmp_path)}
+    # The child starts with Ctrl-C's default action, as from a shell: a child inherits an
+    # ignored SIGINT, and Python then installs no KeyboardInterrupt handler at all, so a test
+    # run whose worker process ignores SIGINT would otherwise wait forever.
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=environment)
+                               stderr=subprocess.PIPE, text=True, env=environment,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "launching"
     time.sleep(1.0)  # well inside the launch
