@@ -29,7 +29,7 @@ def main() -> None:
     rows = [("network", "launches", "arena", "intermediates", "in place")]
     for model in models:
         plan = compile_graph(load_file(model), CompileOptions(level=args.level)).plan
-        memory = plan.memory_plan(args.batch)
+        memory = plan.memory_plan(plan.every_dim(args.batch))
         rows.append((Path(model).stem, str(len(plan.launches)),
                      f"{memory.arena_bytes / 1e6:.2f} MB", f"{memory.total_bytes / 1e6:.2f} MB",
                      str(memory.inplace_count)))

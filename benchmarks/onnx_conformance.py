@@ -56,6 +56,11 @@ KNOWN_ISSUES: dict[str, str] = {
         "attention computed in float64 from the same bf16 inputs and rounded to bf16, in all "
         "192 elements; the expected output differs from that in 48 elements, in one by 2 "
         "units in the last place (beyond the 1 allowed)"),
+    "test_attention_4d_causal_padded_kv_bf16": (
+        "as test_attention_4d_causal_bf16: netc's output equals attention (with its padded "
+        "key-value cache) computed in float64 from the same bf16 inputs and rounded to bf16, "
+        "in all 192 elements; the expected output differs from that in 57 elements, in one by "
+        "2 units in the last place (beyond the 1 allowed)"),
 }
 
 ULP = {"bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}

@@ -4,10 +4,10 @@
 
 For each network at -O0, -O1 and -O2 it prints, from the launch plan the compile driver makes:
   launches        kernel launches per forward pass
-  bytes moved     `LaunchPlan.bytes_moved(batch)`: per launch, every buffer argument (inputs,
+  bytes moved     `LaunchPlan.bytes_moved`: per launch, every buffer argument (inputs,
                   parameters, intermediates, outputs) read or written once, at batches 1 and 8
-  arena           `LaunchPlan.arena_bytes(1)`: the one allocation holding every intermediate
-  intermediates   `LaunchPlan.intermediate_bytes(1)`: their sum, what separate buffers take
+  arena           `LaunchPlan.arena_bytes`: the one allocation holding every intermediate
+  intermediates   `LaunchPlan.intermediate_bytes`: their sum, what separate buffers take
   compile ms      front end + passes + code generation, median of --repeat runs in this
                   process (device compile excluded)
   nvrtc ms        device compile of the module to PTX and cubin for sm_90 with NVRTC, each
@@ -121,13 +121,18 @@ def table(rows: list[Row]) -> list[str]:
     for row in rows:
         plan = row.plan
         cells = (row.network, f"-O{row.level}", str(len(plan.launches)),
-                 _mib(plan.bytes_moved(1)), _mib(plan.bytes_moved(BIG_BATCH)),
-                 _mib(plan.arena_bytes(1)), _mib(plan.intermediate_bytes(1)),
-                 f"{plan.arena_bytes(1) / plan.intermediate_bytes(1):.0%}",
+                 _mib(plan.bytes_moved(_at(plan, 1))), _mib(plan.bytes_moved(_at(plan, BIG_BATCH))),
+                 _mib(plan.arena_bytes(_at(plan, 1))), _mib(plan.intermediate_bytes(_at(plan, 1))),
+                 f"{plan.arena_bytes(_at(plan, 1)) / plan.intermediate_bytes(_at(plan, 1)):.0%}",
                  f"{row.compile_seconds * 1000:.0f}",
                  "n/a" if row.device_seconds is None else f"{row.device_seconds * 1000:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _at(plan: LaunchPlan, batch: int) -> dict[str, int]:
+    """Every named dimension (the batch, in these networks) at `batch`."""
+    return plan.every_dim(batch)
 
 
 def targets(rows: list[Row]) -> tuple[list[str], bool]:
@@ -137,19 +142,21 @@ def targets(rows: list[Row]) -> tuple[list[str], bool]:
         len(optimised.launches) <= MAX_LAUNCHES,
         f"launches at -O2: {len(optimised.launches)} (target <= {MAX_LAUNCHES})")]
     for batch in (1, BIG_BATCH):
-        moved, baseline = optimised.bytes_moved(batch), unoptimised.bytes_moved(batch)
+        moved = optimised.bytes_moved(_at(optimised, batch))
+        baseline = unoptimised.bytes_moved(_at(unoptimised, batch))
         checks.append((2 * moved <= baseline,
                        f"static bytes moved at batch {batch}: {_mib(moved)} MiB = "
                        f"{moved / baseline:.0%} of -O0's {_mib(baseline)} MiB (target <= 50%)"))
-    arena, total = optimised.arena_bytes(1), optimised.intermediate_bytes(1)
+    arena = optimised.arena_bytes(_at(optimised, 1))
+    total = optimised.intermediate_bytes(_at(optimised, 1))
     checks.append((2 * arena <= total,
                    f"arena at batch 1: {_mib(arena)} MiB = {arena / total:.0%} of the "
                    f"{_mib(total)} MiB of intermediates (target <= 50%)"))
     lines = ["ResNet-18 targets:"] + [f"  {'PASS' if ok else 'FAIL'}  {text}"
                                       for ok, text in checks]
     weights = (_parameter_bytes(unoptimised), _parameter_bytes(optimised))
-    activations = [plan.bytes_moved(1) - read for plan, read in zip((unoptimised, optimised),
-                                                                     weights)]
+    activations = [plan.bytes_moved(_at(plan, 1)) - read
+                   for plan, read in zip((unoptimised, optimised), weights)]
     lines.append(f"  (at batch 1, parameter reads are {_mib(weights[0])} MiB at -O0 and "
                  f"{_mib(weights[1])} MiB at -O2, whatever the batch; the rest, "
                  f"{_mib(activations[1])} MiB at -O2, is {activations[1] / activations[0]:.0%} "

@@ -193,6 +193,15 @@ def render(results: list[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
+HAND_WRITTEN = "## Examples written in `.net`"
+"""The page's hand-written part starts at this heading; a rewrite of the page keeps it."""
+
+
+def _written_by_hand() -> str:
+    old = DOCUMENT.read_text(encoding="utf-8") if DOCUMENT.exists() else ""
+    return "\n" + old[old.index(HAND_WRITTEN):] if HAND_WRITTEN in old else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print or args.models:
         print(text)
     else:
-        DOCUMENT.write_text(text, encoding="utf-8")
+        DOCUMENT.write_text(text + _written_by_hand(), encoding="utf-8")
         print(f"wrote {DOCUMENT}", file=sys.stderr)
     return 1 if any(r.outcome in ("wrong", "crashed") for r in results) else 0
 

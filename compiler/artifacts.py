@@ -124,20 +124,21 @@ def format_report(plan: LaunchPlan, binary: DeviceBinary | None) -> str:
         options = " ".join(binary.options) or "(none)"
         lines.append(f"compiled by {binary.compiler_version} for {', '.join(binary.archs)}; "
                      f"options: {options}")
-    batch_note = (f"grids at batch {plan.batch_dim}=1" if plan.batch_dim
-                  else "the network has no batch dimension")
-    sizes = plan.sizes(1)
+    sizes = plan.every_dim(1)
+    at = ", ".join(f"{d}=1" for d in plan.dims)
+    batch_note = (f"grids at {at}" if plan.dims else "the network has no named dimension")
     owned = [b for b in plan.buffers if b.alias_of is None]
     total = sum(b.nbytes(sizes) for b in owned)
     lines.append(f"{len(plan.buffers)} buffers ({len(owned)} with storage, "
-                 f"{_bytes(total)} at batch 1); {batch_note}")
-    intermediates = plan.intermediate_bytes(1)
+                 f"{_bytes(total)} at {at or 'its sizes'}); {batch_note}")
+    intermediates = plan.intermediate_bytes(sizes)
     if intermediates:
-        in_place = sum(1 for b in plan.arena_buffers if b.in_place_of is not None)
-        lines.append(f"arena {_bytes(plan.arena_bytes(1))} at batch 1 for "
+        memory = plan.memory_plan(sizes)
+        lines.append(f"arena {_bytes(memory.arena_bytes)} at {at or 'its sizes'} for "
                      f"{len(plan.arena_buffers)} intermediates totalling "
-                     f"{_bytes(intermediates)} ({plan.arena_bytes(1) / intermediates:.0%}), "
-                     f"{in_place} in place; static bytes moved {_bytes(plan.bytes_moved(1))}")
+                     f"{_bytes(intermediates)} ({memory.arena_bytes / intermediates:.0%}), "
+                     f"{memory.inplace_count} in place; static bytes moved "
+                     f"{_bytes(plan.bytes_moved(sizes))}")
 
     if binary is not None:
         lines += ["", f"kernels (a/b: the value for {archs} where they differ)"]
@@ -159,10 +160,11 @@ def format_report(plan: LaunchPlan, binary: DeviceBinary | None) -> str:
         if spilling:
             lines.append(f"  warning: {', '.join(spilling)} spill registers to local memory")
 
-    lines += ["", "launches, in order (grid at batch 1; smem = static + dynamic bytes)"]
+    lines += ["", f"launches, in order (grid at {at or 'its sizes'}; smem = static + dynamic "
+              "bytes)"]
     rows = [("#", "kernel", "grid", "block", "smem", "regs", "spills", "source")]
     for index, launch in enumerate(plan.launches, 1):
-        grid = "x".join(str(d) for d in launch.grid_size(1))
+        grid = "x".join(str(d) for d in launch.grid_size(sizes))
         block = "x".join(str(d) for d in launch.block)
         static = _per_arch(binary, launch.kernel, lambda u: u.shared_static_bytes)
         smem = f"{static}+{launch.shared_bytes}" if binary is not None else str(launch.shared_bytes)

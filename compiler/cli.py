@@ -173,7 +173,7 @@ the front end; a larger network is checked without it)."""
 
 def _warn_backend_limits(graph: Graph) -> None:
     """What `check` accepts, `compile` must not refuse by surprise: a valid network beyond a
-    limit of the CUDA backend (several named dimensions, a grid too large) is said here as a
+    limit of the CUDA backend (a grid too large) is said here as a
     warning (E0450), and the other backends still run it."""
     if len(graph.nodes) > CHECK_COMPILE_LIMIT:
         return

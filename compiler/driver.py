@@ -146,7 +146,7 @@ def _dump_memory_plan(plan: LaunchPlan, options: CompileOptions) -> None:
     assert options.dump_ir is not None
     directory = Path(options.dump_ir)
     number = len(list(directory.glob("[0-9][0-9]_*.txt")))
-    text = "\n".join(plan.memory_plan(options.batch).describe()) + "\n"
+    text = "\n".join(plan.memory_plan(plan.every_dim(options.batch)).describe()) + "\n"
     write_dump(directory, f"{number:02d}_memory_plan.txt", text)
 
 

@@ -323,9 +323,9 @@ def explain(graph: Graph, level: int = 2, arch: str = DEFAULT_ARCH, peaks: Peaks
     optimized, choices, plan = compiled.optimized, compiled.tiles, compiled.plan
     kernels = _kernel_rows(optimized.graph, plan, choices, batch, peaks)
     kernel_index = {row.node: row.index for row in kernels}
-    intermediates = plan.intermediate_bytes(batch)
-    arena = plan.arena_bytes(batch)
-    resident = _storage_bytes(plan, plan.sizes(batch), {"input", "param", "output"})
+    intermediates = plan.intermediate_bytes(plan.every_dim(batch))
+    arena = plan.arena_bytes(plan.every_dim(batch))
+    resident = _storage_bytes(plan, plan.every_dim(batch), {"input", "param", "output"})
     return Explanation(
         network=graph.name, level=level, arch=arch, peaks=peaks, batch=batch,
         layers=tuple(_layer_rows(graph, optimized, kernel_index)), kernels=tuple(kernels),
@@ -346,14 +346,14 @@ def _kernel_rows(graph: Graph, plan: LaunchPlan, choices: Sequence[TileChoice], 
     for position, launch in enumerate(plan.launches):
         grouped.setdefault(owner[launch.nodes[0]], []).append(position)
     tiles = {choice.node: choice for choice in choices}
-    sizes = plan.sizes(batch)
+    sizes = plan.every_dim(batch)
     rows = []
     for index, (node_id, positions) in enumerate(grouped.items(), 1):
         node = graph[node_id]
         launches = [plan.launches[position] for position in positions]
         flops = 0 if node.op in SOURCE_OPS else node_flops(
             node, [graph[value].type for value in node.inputs], sizes)
-        moved = sum(plan.launch_bytes(position, batch) for position in positions)
+        moved = sum(plan.launch_bytes(position, sizes) for position in positions)
         seconds = peaks.roofline_seconds(flops, moved)
         bound = "compute" if flops / peaks.flops_per_second >= \
             moved / peaks.bytes_per_second else "memory"

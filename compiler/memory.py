@@ -54,7 +54,8 @@ class MemoryPlan:
     total_bytes: int
     """The sum of every intermediate's size: what separate allocations would need."""
     alignment: int = ALIGNMENT
-    batch: int | None = None
+    sizes: tuple[tuple[str, int], ...] = ()
+    """The named dimensions' sizes it is planned at (none: the network has none)."""
 
     def placement(self, name: str) -> Placement:
         return next(p for p in self.placements if p.name == name)
@@ -64,7 +65,8 @@ class MemoryPlan:
         return sum(1 for p in self.placements if p.shares is not None)
 
     def summary(self) -> str:
-        where = f"at batch {self.batch}" if self.batch is not None else "(no batch dimension)"
+        where = (f"at {', '.join(f'{d}={n}' for d, n in self.sizes)}" if self.sizes
+                 else "(no named dimension)")
         saved = (f", {100 * (1 - self.arena_bytes / self.total_bytes):.0f}% less"
                  if self.total_bytes else "")
         return (f"arena {format_bytes(self.arena_bytes)} for {len(self.placements)} "
@@ -103,7 +105,7 @@ class _Storage:
 
 
 def plan_arena(buffers: Sequence[BufferLife], alignment: int = ALIGNMENT,
-               batch: int | None = None) -> MemoryPlan:
+               sizes: tuple[tuple[str, int], ...] = ()) -> MemoryPlan:
     """Offsets in one arena for `buffers` (see the module docstring for the rules)."""
     names = [b.name for b in buffers]
     if len(set(names)) != len(names):
@@ -155,7 +157,7 @@ def plan_arena(buffers: Sequence[BufferLife], alignment: int = ALIGNMENT,
                   shares.get(b.name))
         for b in buffers)
     arena = max((s.offset + _aligned(s.size, alignment) for s in storages), default=0)
-    return MemoryPlan(placements, arena, sum(b.size for b in buffers), alignment, batch)
+    return MemoryPlan(placements, arena, sum(b.size for b in buffers), alignment, sizes)
 
 
 def verify_plan(plan: MemoryPlan, buffers: Sequence[BufferLife] | None = None) -> None:

@@ -73,7 +73,9 @@ def run_reference(graph: Graph, weights: Mapping[str, np.ndarray],
         elif node.op == "param":
             value = round_to(node.type.dtype, weights[node.id])
         elif node.op == "constant":
-            value = round_to(node.type.dtype, np.float32(node.attrs["value"]))
+            # float64: exact for the integers of an `i64` constant (to 2^53), the same
+            # rounding to a float dtype as from float32.
+            value = round_to(node.type.dtype, np.float64(node.attrs["value"]))
         else:
             args = [values[i] for i in node.inputs]
             # NaN and inf in, NaN and inf out, as IEEE says: that is the meaning, not a

@@ -2,7 +2,7 @@
 
     runner = PlanRunner(plan, device, weights, binary)   # loads the module, uploads weights
     for batch in batches:
-        outputs = runner.run({"image": batch})
+        outputs = runner.run({"image": batch})   # any sizes of the named dimensions
 
 The executor compiles nothing: `binary` is the plan's module already built for `device` (a
 `DeviceBinary` of cubins and PTX for a GPU, a `SimBinary` for the simulator), made by the
@@ -17,10 +17,10 @@ the buffer's dtype (f16 as IEEE half, bf16 as the top 16 bits of a float32, roun
 even) and converted back to float32 on download. Integer and boolean tensors are int32, int64
 and bool arrays (bool stored as one byte, 0 or 1).
 
-Intermediates live in one arena per batch size, each at the offset the plan gives it
-(`Buffer.arena_offset`), so buffers whose lifetimes do not overlap share memory
-(`reuse_memory=False` allocates each on its own instead, for reading every intermediate after a
-run).
+Intermediates live in one arena per set of sizes of the named dimensions, each at the offset
+the plan's memory plan for those sizes gives it (`LaunchPlan.memory_plan`), so buffers whose
+lifetimes do not overlap share memory (`reuse_memory=False` allocates each on its own instead,
+for reading every intermediate after a run).
 
 With `poison=True` (the default) every output and intermediate is filled with NaN (integers
 with their lowest value, bools with a byte that is neither 0 nor 1, refused on download), so an
@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from netc.dtypes import INTEGER_RANGES, bf16_bits_to_f32, f32_to_bf16_bits, round_to
-from netc.plan import Arg, Buffer, Launch, LaunchPlan
+from netc.plan import Arg, Buffer, Launch, LaunchPlan, evaluate
 
 MAX_GRID_X = 2**31 - 1
 MAX_GRID_YZ = 65535
@@ -118,16 +118,15 @@ def _shape(buffer: Buffer, sizes: Mapping[str, int]) -> tuple[int, ...]:
     return tuple(sizes[d] if isinstance(d, str) else d for d in buffer.shape)
 
 
-def bind_batch(plan: LaunchPlan, inputs: Mapping[str, np.ndarray]) -> int:
-    """The batch size the inputs give; checks that every input is there with its shape.
-
-    A plan with no run-time dimension runs with batch 1 (no kernel reads it then)."""
+def bind_sizes(plan: LaunchPlan, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The size of every named dimension, read off the inputs; checks that every input is
+    there with its shape, that a name means one size everywhere, and the plan's bounds."""
     declared = {b.node: b for b in plan.buffers if b.role == "input"}
     problems = [f"missing input `{name}`" for name in declared if name not in inputs]
     problems += [f"unexpected input `{name}` (the inputs are "
                  f"{', '.join(f'`{n}`' for n in declared)})" for name in inputs
                  if name not in declared]
-    batch: int | None = None
+    sizes: dict[str, int] = {}
     for name, buffer in declared.items():
         if name not in inputs:
             continue
@@ -138,24 +137,28 @@ def bind_batch(plan: LaunchPlan, inputs: Mapping[str, np.ndarray]) -> int:
             continue
         for declared_dim, actual in zip(buffer.shape, shape):
             if isinstance(declared_dim, str):
-                if actual < 1 or (batch is not None and actual != batch):
+                known = sizes.get(declared_dim)
+                if actual < 1 or (known is not None and actual != known):
                     problems.append(f"input `{name}` has {declared_dim}={actual}, but "
-                                    + (f"another input gives {batch}" if batch is not None
+                                    + (f"another input gives {known}" if known is not None
                                        else "it must be at least 1"))
-                batch = actual if batch is None else batch
+                sizes.setdefault(declared_dim, actual)
             elif declared_dim != actual:
                 problems.append(f"input `{name}` must have shape [{expected}], got {list(shape)}")
                 break
+    for dim, largest, why in plan.bounds:
+        if dim in sizes and sizes[dim] > largest:
+            problems.append(f"{dim}={sizes[dim]} is larger than {largest}: {why}")
     if problems:
         raise PlanInputError("; ".join(problems))
-    return batch if batch is not None else 1
+    return {dim: sizes.get(dim, 1) for dim in plan.dims}
 
 
 def check_grid(kernel: str, grid: Sequence[int]) -> None:
     x, y, z = grid
     if x > MAX_GRID_X or y > MAX_GRID_YZ or z > MAX_GRID_YZ:
         raise PlanInputError(f"kernel `{kernel}` needs grid {tuple(grid)}, beyond CUDA's limits "
-                             f"({MAX_GRID_X}, {MAX_GRID_YZ}, {MAX_GRID_YZ}); use a smaller batch")
+                             f"({MAX_GRID_X}, {MAX_GRID_YZ}, {MAX_GRID_YZ}); use smaller inputs")
 
 
 def view(device: Device, buffer: Any, offset: int, nbytes: int) -> Any:
@@ -169,8 +172,8 @@ def view(device: Device, buffer: Any, offset: int, nbytes: int) -> Any:
 class PlanRunner:
     """A plan loaded on a device with its weights uploaded; `run` executes it on inputs.
 
-    Activation buffers (the arena, inputs, outputs) are kept between runs of the same batch
-    size. `reuse_memory=False` gives every intermediate its own allocation instead of a place
+    Activation buffers (the arena, inputs, outputs) are kept between runs at the same sizes
+    of the named dimensions. `reuse_memory=False` gives every intermediate its own allocation instead of a place
     in the arena, so that `buffer_value` can read any of them after a run. `close()` (or a
     `with` block) frees everything.
     """
@@ -194,12 +197,9 @@ class PlanRunner:
         self._owned: list[Any] = []
         """What `_free_activations` frees: the arena and the buffers allocated on their own."""
         self._arena: Any = None
-        self._batch: int | None = None
+        self._sizes: dict[str, int] | None = None
         self._births: dict[int, list[Buffer]] = {}
         """Arena buffers by the launch that writes them first (in-place ones left out)."""
-        for buffer in plan.arena_buffers:
-            if buffer.live is not None and buffer.in_place_of is None:
-                self._births.setdefault(buffer.live[0], []).append(buffer)
         try:
             self._upload_weights(weights)
         except BaseException:
@@ -221,53 +221,52 @@ class PlanRunner:
             self.device.upload(handle, to_storage(buffer.dtype, array))
 
     def _in_arena(self, buffer: Buffer) -> bool:
-        return self.reuse_memory and buffer.arena_offset is not None
+        return self.reuse_memory and buffer.in_arena
 
-    def _allocate(self, batch: int) -> None:
-        if self._batch == batch:
+    def _allocate(self, sizes: dict[str, int]) -> None:
+        if self._sizes == sizes:
             return
         self._free_activations()
-        sizes = self.plan.sizes(batch)
+        offsets: dict[str, int] = {}
         if self.reuse_memory and self.plan.arena_buffers:
-            self._arena = self.device.alloc(max(self.plan.arena_bytes(batch), 1))
+            memory = self.plan.memory_plan(sizes)
+            self._arena = self.device.alloc(max(memory.arena_bytes, 1))
             self._owned.append(self._arena)
+            offsets = {p.name: p.offset for p in memory.placements}
+            for p in memory.placements:
+                if p.shares is None:
+                    self._births.setdefault(p.start, []).append(self._buffers[p.name])
         for buffer in self.plan.buffers:
             if buffer.role == "param" or buffer.alias_of is not None:
                 continue
             if self._in_arena(buffer):
-                assert buffer.arena_offset is not None
-                handle = view(self.device, self._arena, buffer.arena_offset.at(batch),
+                handle = view(self.device, self._arena, offsets[buffer.name],
                               buffer.nbytes(sizes))
             else:
                 handle = self.device.alloc(max(buffer.nbytes(sizes), 1))
                 self._owned.append(handle)
             self._activations[buffer.name] = handle
-        self._batch = batch
+        self._sizes = dict(sizes)
 
     def _handle(self, name: str) -> Any:
         root = self._buffers[name].alias_of or name
         return self._params[root] if root in self._params else self._activations[root]
 
-    def _arg(self, arg: Arg, batch: int) -> Any:
+    def _arg(self, arg: Arg, sizes: Mapping[str, int]) -> Any:
         if arg.kind == "buffer":
             assert arg.buffer is not None
             return self._handle(arg.buffer)
-        if arg.kind == "batch":
-            return int(batch)
-        if arg.kind == "int":
-            return int(arg.value or 0)
-        return float(arg.value or 0.0)
+        if arg.kind == "float":
+            return float(arg.value or 0.0)
+        return evaluate(arg.value or 0, sizes)
 
     def run(self, inputs: Mapping[str, np.ndarray], *, poison: bool = True,
-            batch: int | None = None,
             progress: Callable[[int, int, Launch], None] | None = None) -> dict[str, np.ndarray]:
-        """Run the plan; returns every output by name, as float32. `batch`: the caller has
-        checked the inputs against the network already and read the batch off them.
-        `progress(index, count, launch)` is called before each launch."""
-        if batch is None:
-            batch = bind_batch(self.plan, inputs)
-        sizes = self.plan.sizes(batch)
-        self._allocate(batch)
+        """Run the plan; returns every output by name, as float32. The sizes of the named
+        dimensions are read off the inputs (`bind_sizes`). `progress(index, count, launch)`
+        is called before each launch."""
+        sizes = bind_sizes(self.plan, inputs)
+        self._allocate(sizes)
         for buffer in self.plan.buffers:
             if buffer.alias_of is not None:
                 continue
@@ -284,12 +283,12 @@ class PlanRunner:
             if poison and self._arena is not None:
                 for buffer in self._births.get(index, ()):
                     self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))
-            grid = launch.grid_size(batch)
+            grid = launch.grid_size(sizes)
             check_grid(launch.kernel, grid)
             try:
                 self._module.launch(launch.kernel, grid=grid, block=launch.block,
                                     shared_bytes=launch.shared_bytes,
-                                    args=[self._arg(arg, batch) for arg in launch.args])
+                                    args=[self._arg(arg, sizes) for arg in launch.args])
             except Exception as exc:
                 # A device error that can name the `.net` line of the launch (the simulator's
                 # time limit and stack overflow) is raised again naming it.
@@ -306,7 +305,7 @@ class PlanRunner:
         In the arena an intermediate keeps its value only until a later launch reuses its
         memory, so reading one that dies before the last launch raises: construct the runner
         with `reuse_memory=False` to read intermediates."""
-        if self._batch is None:
+        if self._sizes is None:
             raise RuntimeError("the plan has not run yet")
         buffer = self._buffers[name]
         root = self._buffers[buffer.alias_of or name]
@@ -317,7 +316,7 @@ class PlanRunner:
                 f"value is gone after the run; use PlanRunner(..., reuse_memory=False) to read "
                 f"intermediates")
         raw = self.device.download(self._handle(name), _STORAGE[buffer.dtype],
-                                   _shape(buffer, self.plan.sizes(self._batch)))
+                                   _shape(buffer, self._sizes))
         return from_storage(buffer.dtype, raw)
 
     def _free_activations(self) -> None:
@@ -326,7 +325,8 @@ class PlanRunner:
         self._owned.clear()
         self._activations.clear()
         self._arena = None
-        self._batch = None
+        self._births.clear()
+        self._sizes = None
 
     def close(self) -> None:
         self._free_activations()

@@ -18,7 +18,7 @@ an artifact directory gives it the module's binary. Which image a module runs fr
    must be at least as new as the compiler that wrote the PTX (NVRTC 13.5 writes PTX ISA 9.5).
 
 Launches are prepared (`Function.prepare` / `prepared_call`). Each kernel's argument format is
-derived from the launch plan's `Arg` kinds (`signatures_from_plan`: buffer -> "P", batch and
+derived from the launch plan's `Arg` kinds (`signatures_from_plan`: buffer -> "P", size and
 int -> "q" (int64), float -> "f") and checked against the kernel's parameter list in the PTX, so a
 plan that does not match its kernel fails loudly instead of passing misaligned arguments. Given
 no signatures, the format is the PTX's parameter list, each
@@ -98,7 +98,7 @@ def unavailable_reason() -> str:
 
 # Argument formats ---------------------------------------------------------------------------
 
-_KIND_CODES = {"buffer": "P", "batch": "q", "int": "q", "float": "f"}
+_KIND_CODES = {"buffer": "P", "size": "q", "int": "q", "float": "f"}
 # What each PTX parameter type may receive from the plan; both 8-byte codes pack the same way.
 _PTX_CODES = {
     "u64": "Pq", "s64": "Pq", "b64": "Pq",
@@ -107,7 +107,7 @@ _PTX_CODES = {
 
 
 def launch_signature(args: Sequence[Arg]) -> str:
-    """The `Function.prepare` format of a launch: buffer -> P, batch/int -> q, float -> f."""
+    """The `Function.prepare` format of a launch: buffer -> P, size/int -> q, float -> f."""
     try:
         return "".join(_KIND_CODES[arg.kind] for arg in args)
     except KeyError as exc:

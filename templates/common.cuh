@@ -6,9 +6,9 @@
 // tensors as int, long long and netc_bool, computed exactly. `netc_load` / `netc_store` are the
 // only places a stored value is converted, so a kernel never hard-codes its storage type.
 //
-// Sizes: a size that may depend on the run-time batch reaches a kernel as the pair
-// (per_batch, fixed) and is `per_batch * batch + fixed`, the same rule as the launch plan's
-// `GridDim`. Indices and offsets are 64-bit (`long long`) wherever they can pass 2^31 - 1.
+// Sizes: every size a kernel takes is a 64-bit argument; one that depends on a named
+// dimension (`N`, `T`) is evaluated by the runtime at launch (the launch plan's `Size`).
+// Indices and offsets are 64-bit (`long long`) wherever they can pass 2^31 - 1.
 //
 // Shared memory: every kernel takes its shared memory as one dynamic buffer,
 // `NETC_DYNAMIC_SHARED(type, name)`, sized by the launch plan's `shared_bytes`. The CPU
@@ -223,6 +223,24 @@ __device__ __forceinline__ float netc_max(float a, float b)
 __device__ __forceinline__ float netc_min(float a, float b)
 {
     return (a < b || a != a) ? a : b;
+}
+
+// The same on integers (i32 and i64 tensors are computed exactly, never through float).
+__device__ __forceinline__ int netc_max(int a, int b) { return a > b ? a : b; }
+__device__ __forceinline__ long long netc_max(long long a, long long b) { return a > b ? a : b; }
+__device__ __forceinline__ int netc_min(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ long long netc_min(long long a, long long b) { return a < b ? a : b; }
+
+// |x|: fabsf for floats (NaN stays NaN, -0 gives +0); for integers -x below 0, wrapping as
+// PyTorch does (|-2^31| is -2^31 in i32: negated in unsigned arithmetic, no overflow).
+__device__ __forceinline__ float netc_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ int netc_abs(int x)
+{
+    return x < 0 ? static_cast<int>(0u - static_cast<unsigned>(x)) : x;
+}
+__device__ __forceinline__ long long netc_abs(long long x)
+{
+    return x < 0 ? static_cast<long long>(0ull - static_cast<unsigned long long>(x)) : x;
 }
 
 // x limited to [low, high], NaN if x is NaN (torch.clamp, hardtanh); high when low > high.

@@ -18,7 +18,7 @@
 //           kernel_h * kernel_w / (stride_h * stride_w) * ceil(M / BM) times (once per window
 //           that covers it, per channel tile), each output element is written once.
 //
-// Launch: block THREADS; grid.x = ceil(N / BN) (grows with the batch), grid.y = ceil(M / BM),
+// Launch: block THREADS; grid.x = ceil(N / BN) (N grows with the images), grid.y = ceil(M / BM),
 // grid.z = groups; shared memory as gemm.cuh.
 // ---------------------------------------------------------------------------------------------
 

@@ -194,7 +194,7 @@ struct NetcRowMajorStore {
 // C is contiguous [matrices, M, N]; `epilogue` is applied to every element before it is stored.
 //
 // Launch: block THREADS; grid.x = ceil(M / BM) * matrices (the batch of matrices and the row
-// tiles share x, because either may grow with the run-time batch), grid.y = ceil(N / BN).
+// tiles share x, because either may depend on a named dimension), grid.y = ceil(N / BN).
 template <typename T, int BM, int BN, int BK, int TM, int TN, bool B_TRANSPOSED, bool HAS_BIAS,
           class Epilogue>
 __device__ __forceinline__ void netc_gemm(const T* __restrict__ a, const T* __restrict__ b,

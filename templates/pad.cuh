@@ -4,7 +4,7 @@
 //
 // Design note.
 //   The tensor is viewed as [outer, d_0, ..., d_(RANK-1)]: `outer` (what is left of the
-//   index, possibly the run-time batch) is never padded.
+//   index) is never padded.
 //   Thread: one output element. Walking the padded dims from the innermost, it turns the output
 //           coordinate o into the input coordinate o - before: constant mode writes `value`
 //           where that falls outside the input; reflect mirrors it once about each edge (pads

@@ -11,8 +11,9 @@
 //   Block:  ROWS_PER_BLOCK rows, THREADS_PER_ROW threads each (the row family's tiles and its
 //           netc_row_reduce, rowwise.cuh): a warp per row, or a whole block per long row.
 //   Thread: elements lane, lane + THREADS_PER_ROW, ... of the innermost reduced dim, at each
-//           position of the outer ones, combined in registers, then across the row. Every element is read once and accumulated in float, whatever
-//           the storage type.
+//           position of the outer ones, combined in registers, then across the row. Every element is read once and accumulated in float
+//           for the float dtypes (whatever the storage type); i32 and i64 inputs (sum, amax,
+//           amin, argmax) exactly, in int and long long, a sum wrapping around on overflow.
 //   Numerics: amax and amin return NaN for a row holding one (as PyTorch); logsumexp keeps a
 //           running (max, sum of exp(x - max)) pair, never subtracting an infinite max from
 //           itself, so all -inf gives -inf, a +inf gives +inf and a NaN gives NaN. argmax
@@ -25,39 +26,83 @@
 // shared memory ROWS_PER_BLOCK * (THREADS_PER_ROW / 32) * 8 bytes when a row spans warps.
 // ---------------------------------------------------------------------------------------------
 
-// x, unless it is NaN or y is larger (or y is NaN): PyTorch's NaN-propagating max.
-__device__ __forceinline__ float netc_max_propagating_nan(float x, float y)
+// x, unless it is NaN or y is larger (or y is NaN): PyTorch's NaN-propagating max. Also on
+// integers, where nothing is NaN.
+template <typename V>
+__device__ __forceinline__ V netc_max_propagating_nan(V x, V y)
 {
     return (x > y || x != x) ? x : y;
 }
 
-__device__ __forceinline__ float netc_min_propagating_nan(float x, float y)
+template <typename V>
+__device__ __forceinline__ V netc_min_propagating_nan(V x, V y)
 {
     return (x < y || x != x) ? x : y;
 }
 
-struct NetcReduceSum {
-    typedef float Value;
-    __device__ __forceinline__ Value start() const { return 0.0f; }
-    __device__ __forceinline__ Value add(Value total, float x, long long) const
-    {
-        return total + x;
-    }
-    __device__ __forceinline__ Value operator()(Value a, Value b) const { return a + b; }
-    __device__ __forceinline__ float result(Value total, long long) const { return total; }
+// Whether a computed type is float (not int or long long): known at compile time.
+template <typename T> struct netc_is_float { static constexpr bool value = false; };
+template <> struct netc_is_float<float> { static constexpr bool value = true; };
+
+// The start of a max and of a min: -inf and +inf for float, the ends of the range for i32
+// and i64 (a reduction computes in the input's computed type: float, int or long long).
+template <typename V> struct netc_limits;
+template <> struct netc_limits<float> {
+    __device__ __forceinline__ static float lowest() { return netc_negative_infinity(); }
+    __device__ __forceinline__ static float highest() { return -netc_negative_infinity(); }
+};
+template <> struct netc_limits<int> {
+    __device__ __forceinline__ static int lowest() { return -2147483647 - 1; }
+    __device__ __forceinline__ static int highest() { return 2147483647; }
+};
+template <> struct netc_limits<long long> {
+    __device__ __forceinline__ static long long lowest() { return -9223372036854775807LL - 1; }
+    __device__ __forceinline__ static long long highest() { return 9223372036854775807LL; }
 };
 
-struct NetcReduceMean : NetcReduceSum {
+// a + b; on integers wrapping around on overflow (computed unsigned: no undefined behaviour),
+// as an i32 or i64 sum does in PyTorch.
+__device__ __forceinline__ float netc_wrapping_add(float a, float b) { return a + b; }
+__device__ __forceinline__ int netc_wrapping_add(int a, int b)
+{
+    return static_cast<int>(static_cast<unsigned>(a) + static_cast<unsigned>(b));
+}
+__device__ __forceinline__ long long netc_wrapping_add(long long a, long long b)
+{
+    return static_cast<long long>(static_cast<unsigned long long>(a) +
+                                  static_cast<unsigned long long>(b));
+}
+
+// Each reduction takes V, the type the input is computed in: float for every float dtype, int
+// or long long for i32 and i64 (sum, amax, amin and argmax; mean and logsumexp take floats).
+template <typename V>
+struct NetcReduceSum {
+    typedef V Value;
+    __device__ __forceinline__ Value start() const { return 0; }
+    __device__ __forceinline__ Value add(Value total, V x, long long) const
+    {
+        return netc_wrapping_add(total, x);
+    }
+    __device__ __forceinline__ Value operator()(Value a, Value b) const
+    {
+        return netc_wrapping_add(a, b);
+    }
+    __device__ __forceinline__ V result(Value total, long long) const { return total; }
+};
+
+template <typename V>
+struct NetcReduceMean : NetcReduceSum<float> {
     __device__ __forceinline__ float result(Value total, long long length) const
     {
         return total / static_cast<float>(length);
     }
 };
 
+template <typename V>
 struct NetcReduceMax {
-    typedef float Value;
-    __device__ __forceinline__ Value start() const { return netc_negative_infinity(); }
-    __device__ __forceinline__ Value add(Value total, float x, long long) const
+    typedef V Value;
+    __device__ __forceinline__ Value start() const { return netc_limits<V>::lowest(); }
+    __device__ __forceinline__ Value add(Value total, V x, long long) const
     {
         return netc_max_propagating_nan(total, x);
     }
@@ -65,13 +110,14 @@ struct NetcReduceMax {
     {
         return netc_max_propagating_nan(a, b);
     }
-    __device__ __forceinline__ float result(Value total, long long) const { return total; }
+    __device__ __forceinline__ V result(Value total, long long) const { return total; }
 };
 
+template <typename V>
 struct NetcReduceMin {
-    typedef float Value;
-    __device__ __forceinline__ Value start() const { return -netc_negative_infinity(); }
-    __device__ __forceinline__ Value add(Value total, float x, long long) const
+    typedef V Value;
+    __device__ __forceinline__ Value start() const { return netc_limits<V>::highest(); }
+    __device__ __forceinline__ Value add(Value total, V x, long long) const
     {
         return netc_min_propagating_nan(total, x);
     }
@@ -79,9 +125,10 @@ struct NetcReduceMin {
     {
         return netc_min_propagating_nan(a, b);
     }
-    __device__ __forceinline__ float result(Value total, long long) const { return total; }
+    __device__ __forceinline__ V result(Value total, long long) const { return total; }
 };
 
+template <typename V>
 struct NetcReduceLogSumExp {
     typedef NetcMaxSum Value;
     __device__ __forceinline__ Value start() const { return {netc_negative_infinity(), 0.0f}; }
@@ -113,22 +160,25 @@ struct NetcReduceLogSumExp {
     }
 };
 
+template <typename V>
 struct NetcMaxIndex {
-    float max;
+    V max;
     long long index;
 };
 
-__device__ __forceinline__ NetcMaxIndex netc_shuffle_xor(NetcMaxIndex value, int offset)
+template <typename V>
+__device__ __forceinline__ NetcMaxIndex<V> netc_shuffle_xor(NetcMaxIndex<V> value, int offset)
 {
     return {__shfl_xor_sync(NETC_FULL_WARP, value.max, offset),
             __shfl_xor_sync(NETC_FULL_WARP, value.index, offset)};
 }
 
+template <typename V>
 struct NetcReduceArgMax {
-    typedef NetcMaxIndex Value;
+    typedef NetcMaxIndex<V> Value;
     __device__ __forceinline__ Value start() const
     {
-        return {netc_negative_infinity(), 0x7fffffffffffffffLL};
+        return {netc_limits<V>::lowest(), 0x7fffffffffffffffLL};
     }
     // The larger (a NaN above all), the first position among equals.
     __device__ __forceinline__ Value operator()(Value a, Value b) const
@@ -140,7 +190,7 @@ struct NetcReduceArgMax {
             return a.max > b.max ? a : b;
         return a.index <= b.index ? a : b;
     }
-    __device__ __forceinline__ Value add(Value total, float x, long long j) const
+    __device__ __forceinline__ Value add(Value total, V x, long long j) const
     {
         return (*this)(total, Value{x, j});
     }
@@ -157,9 +207,9 @@ __device__ __forceinline__ void netc_store_reduced(T* y, long long row,
     netc_store(y + row, epilogue(reduction.result(total, length), row));
 }
 
-template <typename T, class Epilogue>
-__device__ __forceinline__ void netc_store_reduced(T* y, long long row, NetcMaxIndex total,
-                                                   long long, const NetcReduceArgMax&,
+template <typename T, typename V, class Epilogue>
+__device__ __forceinline__ void netc_store_reduced(T* y, long long row, NetcMaxIndex<V> total,
+                                                   long long, const NetcReduceArgMax<V>&,
                                                    const Epilogue&)
 {
     netc_store(y + row, total.index);
@@ -195,9 +245,18 @@ __device__ __forceinline__ void netc_reduce_rows(
         long long coordinates[REDUCED_RANK] = {};
         long long outer_offset = start[0];
         for (long long step = 0; step < outer_steps; ++step) {
-            for (long long i = thread.lane; i < inner; i += THREADS_PER_ROW)
-                partial = reduction.add(partial, load(0.0f, outer_offset + i * inner_stride),
-                                        step * inner + i);
+            if (netc_is_float<decltype(load(0.0f, 0LL))>::value) {
+                for (long long i = thread.lane; i < inner; i += THREADS_PER_ROW)
+                    partial = reduction.add(partial, load(0.0f, outer_offset + i * inner_stride),
+                                            step * inner + i);
+            } else {
+                // Integer sums reassociate, and ptxas unrolls them into more registers than
+                // a block-per-row tile has (sm_80 spilled): one element at a time.
+#pragma unroll 1
+                for (long long i = thread.lane; i < inner; i += THREADS_PER_ROW)
+                    partial = reduction.add(partial, load(0.0f, outer_offset + i * inner_stride),
+                                            step * inner + i);
+            }
 #pragma unroll
             for (int d = LAST - 1; d >= 0; --d) {  // the next outer position
                 outer_offset += reduced_strides[0][d];

@@ -50,6 +50,18 @@ __device__ __forceinline__ float netc_shuffle_xor(float value, int offset)
     return __shfl_xor_sync(NETC_FULL_WARP, value, offset);
 }
 
+// The integer sums and extremes of reduce.cuh (declared before netc_row_reduce, which finds
+// overloads for built-in types only where it is defined).
+__device__ __forceinline__ int netc_shuffle_xor(int value, int offset)
+{
+    return __shfl_xor_sync(NETC_FULL_WARP, value, offset);
+}
+
+__device__ __forceinline__ long long netc_shuffle_xor(long long value, int offset)
+{
+    return __shfl_xor_sync(NETC_FULL_WARP, value, offset);
+}
+
 __device__ __forceinline__ NetcMaxSum netc_shuffle_xor(NetcMaxSum value, int offset)
 {
     return {__shfl_xor_sync(NETC_FULL_WARP, value.max, offset),

@@ -95,9 +95,15 @@ class PlanBackend:
         """`progress(index, count, launch)` before each launch (the CLI's progress line)."""
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sizes = bind_batch(self.compiled.source, inputs)
-        return self.runner.run(inputs, batch=next(iter(sizes.values()), 1),
-                               progress=self.progress)
+        from netc.runtime.executor import PlanInputError
+
+        bind_batch(self.compiled.source, inputs)
+        try:
+            return self.runner.run(inputs, progress=self.progress)
+        except PlanInputError as exc:  # the inputs fit the network: a size beyond a slice
+            raise CompileError([Diagnostic(
+                "E0237", f"{exc}: the inputs' named dimensions are larger than the network "
+                "can take")]) from None
 
 
 def _cudasim(graph: Graph, weights: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> Runner:
@@ -193,7 +199,7 @@ def prepare_artifact(artifact: Any, backend: str, weights: Mapping[str, np.ndarr
     import tempfile
     from pathlib import Path
 
-    from netc.runtime.executor import PlanInputError, PlanRunner, bind_batch
+    from netc.runtime.executor import PlanInputError, PlanRunner, bind_sizes
 
     if backend not in PLAN_BACKENDS:
         raise CompileError([Diagnostic("E0420", f"an artifact runs on the `cudasim` or `cuda` "
@@ -212,9 +218,9 @@ def prepare_artifact(artifact: Any, backend: str, weights: Mapping[str, np.ndarr
 
     def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            batch = bind_batch(artifact.plan, inputs)
+            bind_sizes(artifact.plan, inputs)
         except PlanInputError as exc:
             raise CompileError([Diagnostic("E0402", str(exc))]) from None
-        return runner.run(inputs, batch=batch, progress=options.get("progress"))
+        return runner.run(inputs, progress=options.get("progress"))
 
     return run

@@ -12,45 +12,22 @@ base; inputs, outputs and parameters are allocated one by one). Liveness is laun
   argument of the launch reads any other way.
 
 The planner is `netc.memory.plan_arena` (best fit by decreasing size, 256-byte alignment);
-`verify_plan` checks each result before it goes into the plan. This is the only memory plan:
-what `netc explain`, `--dump-ir` (`NN_memory_plan.txt`) and the executor show and use.
-
-The batch is a run-time value, and a shape names it at most once, as its first dim, so every
-size is `per_item * batch` or fixed. Batched intermediates are planned once, in bytes per batch
-item; at batch B every one of their offsets and sizes is multiplied by B, which keeps disjoint
-byte ranges disjoint and 256-byte-aligned offsets aligned. Fixed-size intermediates (a constant
-filled into memory, any network without a batch dim) are planned on their own and placed after
-the batched region:
-
-    batched:  offset(B) = offset_per_item * B
-    fixed:    offset(B) = region_per_item * B + offset
-    arena(B)  = region_per_item * B + fixed_region
-
-The price of planning once: each per-item size is rounded up to 256 bytes, so a batched buffer
-of fewer than 256 bytes an item (a [N, 10] f32 logits buffer) takes 256 * B bytes.
+`verify_plan` checks each result. Code generation records here what does not depend on the sizes
+(each arena buffer's lifetime and in-place candidates, in the launch plan's `Buffer.live` and
+`Buffer.in_place`); the placement depends on the named dimensions' sizes (a [N, T, 768] buffer
+against a [N, 12, T, T] one), so it is planned for each set of sizes a plan runs at
+(`LaunchPlan.memory_plan`), once per set by a runner. That plan is the only memory plan: what
+`netc explain`, `--dump-ir` (`NN_memory_plan.txt`) and the executor show and use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from netc.codegen.kernels import KernelLaunch
 from netc.ir import DTYPE_BYTES
-from netc.memory import ALIGNMENT, BufferLife, MemoryPlan, plan_arena, verify_plan
-from netc.plan import BatchBytes, Buffer
-
-
-@dataclass(frozen=True)
-class Arena:
-    buffers: tuple[Buffer, ...]
-    """The plan's buffers, arena buffers with `arena_offset`, `live` and `in_place_of` set."""
-    size: BatchBytes
-    batched: MemoryPlan
-    """The batched region at one batch item (sizes and offsets in bytes per item)."""
-    fixed: MemoryPlan
-    """The fixed-size region (offsets from its own start)."""
+from netc.plan import Buffer
 
 
 def lifetimes(buffers: Sequence[Buffer], launches: Sequence[KernelLaunch],
@@ -100,32 +77,11 @@ def _in_place_candidates(buffers: Sequence[Buffer], launches: Sequence[KernelLau
     return {name: tuple(found) for name, found in candidates.items()}
 
 
-def _region(buffers: Sequence[Buffer], lives: dict[str, tuple[int, int]],
-            candidates: dict[str, tuple[str, ...]]) -> MemoryPlan:
-    """`buffers` planned at one batch item, in place only within the region."""
-    names = {b.name for b in buffers}
-    records = [BufferLife(b.name, b.nbytes({d: 1 for d in b.shape if isinstance(d, str)}),
-                          *lives[b.name],
-                          tuple(c for c in candidates.get(b.name, ()) if c in names))
-               for b in buffers]
-    plan = plan_arena(records, ALIGNMENT)
-    verify_plan(plan, records)
-    return plan
-
-
 def plan_launch_arena(buffers: Sequence[Buffer], launches: Sequence[KernelLaunch],
-                      outputs: Iterable[str]) -> Arena:
-    """Place every intermediate of a plan in one arena. `outputs`: the output buffers."""
+                      outputs: Iterable[str]) -> tuple[Buffer, ...]:
+    """The plan's buffers with every arena buffer's lifetime and in-place candidates set.
+    `outputs`: the output buffers."""
     lives = lifetimes(buffers, launches, outputs)
     candidates = _in_place_candidates(buffers, launches, lives)
-    arena = [b for b in buffers if b.name in lives]
-    batched = _region([b for b in arena if b.batched], lives, candidates)
-    fixed = _region([b for b in arena if not b.batched], lives, candidates)
-    offsets = {p.name: (BatchBytes(p.offset, 0), p.shares) for p in batched.placements}
-    offsets.update({p.name: (BatchBytes(batched.arena_bytes, p.offset), p.shares)
-                    for p in fixed.placements})
-    placed = tuple(
-        dataclasses.replace(b, arena_offset=offsets[b.name][0], live=lives[b.name],
-                            in_place_of=offsets[b.name][1]) if b.name in offsets else b
-        for b in buffers)
-    return Arena(placed, BatchBytes(batched.arena_bytes, fixed.arena_bytes), batched, fixed)
+    return tuple(dataclasses.replace(b, live=lives[b.name], in_place=candidates.get(b.name, ()))
+                 if b.name in lives else b for b in buffers)

@@ -33,6 +33,7 @@ from netc.codegen.kernels import (
     TileT,
     fill_constant,
     kernel_family,
+    kernel_takes,
     tile_kind,
 )
 from netc.codegen.pointwise import computes
@@ -109,7 +110,8 @@ class Lowered:
     """A graph lowered to launches, before the module is rendered."""
 
     graph: Graph
-    batch_dims: tuple[str, ...]
+    dims: tuple[str, ...]
+    """The named dimensions, as the inputs name them."""
     buffers: tuple[Buffer, ...]
     buffer_of: Mapping[str, str]
     launches: tuple[tuple[Node, KernelLaunch], ...]
@@ -155,15 +157,14 @@ def lower(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> Lowered:
     """Buffers and launches for `graph`; `tiles` overrides tile configurations by node id.
     Every value has a buffer, so a node of several outputs has one per output (`buffer_of`
     is keyed by value reference: an id, or `id:k`)."""
-    graph = expand_decompositions(graph, lambda op: kernel_family(op) is not None)
+    graph = expand_decompositions(graph, lambda op: kernel_family(op) is not None, kernel_takes)
     verify(graph)
     problem = several_outputs_error(graph)
     if problem is not None:
         raise problem
     tiles = dict(tiles or {})
     _check_tiles(graph, tiles)
-    batch_dims = graph.batch_dims()
-    _one_batch_size(graph, batch_dims)
+    dims = graph.batch_dims()
     state = _Lowering(graph, tiles, outputs={node_id for _, node_id in graph.outputs})
     launches: list[tuple[Node, KernelLaunch]] = []
     memory_constants = _constants_in_memory(graph)
@@ -196,7 +197,7 @@ def lower(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> Lowered:
         except CodegenLimit as limit:
             raise cannot_compile(f"{_what(node)} (output {node.type}) needs {limit}",
                                  node.span) from None
-    return Lowered(graph, batch_dims, tuple(state.buffers), state.by_node, tuple(launches))
+    return Lowered(graph, dims, tuple(state.buffers), state.by_node, tuple(launches))
 
 
 OTHER_BACKENDS = ("run it with `--backend reference` or `--backend onnx`, or export it with "
@@ -214,33 +215,25 @@ def _what(node: Node) -> str:
     return "+".join(member.op for member in node.members)
 
 
-def _one_batch_size(graph: Graph, batch_dims: Sequence[str]) -> None:
-    """Refuse a network whose kernels would need more than one batch size: every kernel takes
-    one run-time size, the first dimension's. So at most one named dimension, first wherever
-    it stands (language v2 allows several, anywhere: `netc check`, the reference interpreter
-    and ONNX take them today)."""
-    first: dict[str, Node] = {}
-    for node in graph.inputs:
-        for dim in node.type.symbolic:
-            first.setdefault(dim, node)
-    if len(batch_dims) > 1:
-        shown = [f"`{first[dim].id}` ({first[dim].type})" for dim in batch_dims]
-        together = len({first[dim].id for dim in batch_dims}) == 1
-        what = (f"input {shown[0]} names several run-time dimensions" if together else
-                f"inputs {', '.join(shown[:-1])} and {shown[-1]} name different run-time "
-                "dimensions")
-        raise cannot_compile(
-            f"{what} ({', '.join(batch_dims)}); netc's kernels take one batch size (kernels "
-            "taking several sizes are later work)", first[batch_dims[1]].span)
-    for node in graph.nodes:
-        later = [dim for dim in node.type.shape[1:] if isinstance(dim, str)]
-        if later:
-            where = f"input `{node.id}`" if node.op == "input" else \
-                f"`{sanitize(node.id)}` ({_what(node)})"
-            raise cannot_compile(
-                f"{where} has the type {node.type}, with the named dimension {later[0]} not "
-                "first; netc's kernels take a run-time size only as the first (batch) "
-                "dimension", node.span)
+def slice_bounds(graph: Graph) -> tuple[tuple[str, int, str], ...]:
+    """(dimension, largest size, why) for every slice that ends at a named dimension
+    (`pos[:, :T]`): its kernel reads `[:T]` of the input, so T may not exceed that length
+    (checked when a plan's sizes are bound)."""
+    bounds = []
+    for node in graph.compute_nodes:
+        if node.op != "slice":
+            continue
+        in_shape = graph.value_type(node.inputs[0]).shape
+        for axis, end in zip(node.attrs["axes"], node.attrs["ends"]):
+            if not isinstance(end, str):
+                continue
+            length = in_shape[axis]
+            if isinstance(length, str):  # the front end refuses it (E0236)
+                raise CodegenError(f"{node.id}: a slice of the named dimension {length}")
+            where = f" ({node.span.file}:{node.span.line})" if node.span else ""
+            bounds.append((end, length, f"`{node.id}` slices [:{end}] of a length of "
+                                        f"{length}{where}"))
+    return tuple(bounds)
 
 
 def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPlan:
@@ -253,14 +246,14 @@ def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPla
     kernels = lowered.kernels
     source = render_module(module, graph.name, kernels.values(),
                            [(launch.kernel.name, node) for node, launch in lowered.launches])
-    arena = plan_launch_arena(lowered.buffers, [launch for _, launch in lowered.launches],
-                              [lowered.buffer_of[node_id] for _, node_id in graph.outputs])
+    buffers = plan_launch_arena(lowered.buffers, [launch for _, launch in lowered.launches],
+                                [lowered.buffer_of[node_id] for _, node_id in graph.outputs])
     return LaunchPlan(
         network=graph.name,
         module=module,
         source=source,
-        batch_dim=lowered.batch_dims[0] if lowered.batch_dims else None,
-        buffers=arena.buffers,
+        dims=lowered.dims,
+        buffers=buffers,
         launches=tuple(
             Launch(kernel=launch.kernel.name, grid=launch.grid, block=(launch.block, 1, 1),
                    shared_bytes=launch.shared_bytes, args=launch.args, nodes=_computed(node),
@@ -268,7 +261,7 @@ def generate(graph: Graph, tiles: Mapping[str, Tile] | None = None) -> LaunchPla
             for node, launch in lowered.launches),
         outputs=tuple((name, lowered.buffer_of[node_id]) for name, node_id in graph.outputs),
         kernels=tuple(kernels),
-        arena_size=arena.size,
+        bounds=slice_bounds(lowered.graph),
     )
 
 

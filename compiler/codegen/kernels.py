@@ -17,39 +17,41 @@ the matrix count from the op's `gemm_view`, as the tile heuristic does. Views (`
 with the rest of its body as prologue and epilogue, or, for a group of pointwise ops, as one
 elementwise kernel.
 
-Kernel arguments follow one rule: pointers of the family's own data first, then the run-time
-batch, then sizes (a size that may grow with the batch as the pair (per_batch, fixed)) and
-float attributes, then the arguments of the pointwise functors (prologue, then epilogue).
+Kernel arguments follow one rule: pointers of the family's own data first, then sizes (64-bit;
+one that depends on a named dimension is a `Size`, evaluated at launch) and float attributes,
+then the arguments of the pointwise functors (prologue, then epilogue).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from netc.codegen import pointwise
-from netc.codegen.layout import BatchLinear, broadcast_strides, coalesce, contiguous_strides
+from netc.codegen.layout import broadcast_strides, coalesce, contiguous_strides
 from netc.codegen.pointwise import CTYPES, IDENTITY, Pointwise, PointwiseCode
 from netc.codegen.render import render
 from netc.codegen.tiles import (
     DEFAULT_BLOCK,
     DEFAULT_GEMM,
     BlockTile,
+    DepthwiseTile,
     GemmTile,
     RowTile,
     Tile,
+    default_depthwise_tile,
     default_row_tile,
 )
-from netc.ir import Dim, Graph, Node, Region, TensorType
+from netc.ir import Attrs, Dim, Graph, Node, Region, TensorType
 from netc.ops import REGISTRY, GemmView
+from netc.ops.attention import scale_of
 from netc.ops.convolution import as_conv2d, height_one
 from netc.ops.registry import OpTable, RegistryView
 from netc.ops.spatial import pad_widths, source_ratio
 from netc.ops.windows import Window
-from netc.plan import Arg, GridDim
+from netc.plan import Arg, GridDim, SizeLike, exact_div, size_arg, size_of
 
 MAX_GRID_YZ = 65535
 
@@ -295,22 +297,34 @@ Lowering = Callable[[LoweringContext, Node, Fusion], list[KernelLaunch]]
 @dataclass(frozen=True)
 class KernelFamily:
     """How one op is lowered: the family's name (`gemm`, `conv2d`, `rowwise`, ...), the
-    function lowering a node, and the tile configuration type its kernels take."""
+    function lowering a node, and the tile configuration type its kernels take. `takes`, for
+    an op that also has a decomposition, says which nodes the family computes (by their input
+    types); the code generator computes the others by the decomposition."""
 
     name: str
     lower: Lowering
     tile: type[Tile]
+    takes: Callable[[Node, Sequence[TensorType]], bool] | None = None
 
 
 _REGISTERED: OpTable[KernelFamily] = OpTable("CUDA lowering")
 
 
-def lowers(*ops: str, family: str, tile: type[Tile] = BlockTile) -> Callable[[Lowering], Lowering]:
-    """Registers the decorated function as the CUDA lowering of `ops` (registered op names)."""
+def lowers(*ops: str, family: str, tile: type[Tile] = BlockTile,
+           takes: Callable[[Node, Sequence[TensorType]], bool] | None = None,
+           ) -> Callable[[Lowering], Lowering]:
+    """Registers the decorated function as the CUDA lowering of `ops` (registered op names),
+    of the nodes `takes` accepts when given (see `KernelFamily`)."""
     def register(function: Lowering) -> Lowering:
-        _REGISTERED.add(ops, KernelFamily(family, function, tile))
+        _REGISTERED.add(ops, KernelFamily(family, function, tile, takes))
         return function
     return register
+
+
+def kernel_takes(node: Node, inputs: Sequence[TensorType]) -> bool:
+    """Whether `node`'s kernel family computes it (a node of an op without one: False)."""
+    family = kernel_family(node.op)
+    return family is not None and (family.takes is None or family.takes(node, inputs))
 
 
 def kernel_family(op: str) -> KernelFamily | None:
@@ -339,23 +353,32 @@ def gemm_view(ctx: LoweringContext, node: Node) -> GemmView:
     return view(node.attrs, [ctx.type_of(i).shape for i in node.inputs], node.type.shape)
 
 
-ONE = GridDim(0, 1, 1)
-BATCH = Arg("batch")
+ONE = GridDim()
 
 
 def _buffer(name: str) -> Arg:
     return Arg("buffer", buffer=name)
 
 
-def _ints(*values: Dim) -> tuple[Arg, ...]:
-    return tuple(Arg("int", value=int(v)) for v in values)
+def _ints(*values: Dim | SizeLike | bool) -> tuple[Arg, ...]:
+    """64-bit arguments: constants, or sizes known at launch (named dimensions)."""
+    return tuple(size_arg(int(v) if isinstance(v, (bool, int)) else v) for v in values)
 
 
-def _fixed_grid(count: int, what: str) -> GridDim:
-    if count > MAX_GRID_YZ:
-        raise CodegenLimit(f"{count:,} thread blocks along grid y or z for {what} (CUDA "
-                           f"allows {MAX_GRID_YZ:,})")
-    return GridDim(0, count, 1)
+def _known(dim: Dim, what: str) -> int:
+    """A dimension that a kernel needs at compile time; a named one is a limit of the kernel."""
+    if isinstance(dim, str):
+        raise CodegenLimit(f"the {what} known when compiling, not the named dimension {dim}")
+    return dim
+
+
+def _yz_grid(blocks: SizeLike, divisor: int, what: str) -> GridDim:
+    """ceil(blocks / divisor) blocks along grid y or z: checked here when known, else by the
+    runtime at launch."""
+    if isinstance(blocks, int) and -(-blocks // divisor) > MAX_GRID_YZ:
+        raise CodegenLimit(f"{-(-blocks // divisor):,} thread blocks along grid y or z for "
+                           f"{what} (CUDA allows {MAX_GRID_YZ:,})")
+    return GridDim(blocks, divisor)
 
 
 def _no_prologue(node: Node, fusion: Fusion) -> Pointwise:
@@ -367,12 +390,12 @@ def _no_prologue(node: Node, fusion: Fusion) -> Pointwise:
 def elementwise_launch(node: Node, function: Pointwise, tile: BlockTile, out: str,
                        out_shape: tuple[Dim, ...]) -> KernelLaunch:
     """out[i] = function(i) for every element of `out_shape`."""
-    total = BatchLinear.of(out_shape)
-    args = (_buffer(out), BATCH, *total.args(), *function.args)
+    total = size_of(out_shape)
+    args = (_buffer(out), *_ints(total), *function.args)
     # Thread i loads every input element it needs, then stores out[i] once: an input read at
     # i alone may be the output's own storage.
     return KernelLaunch(elementwise_kernel(function.code, node.type.dtype, tile),
-                        (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args,
+                        (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0, args,
                         in_place=tuple((out, read) for read in function.own_index_buffers))
 
 
@@ -409,27 +432,25 @@ def _lower_transpose(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[K
 def fill_constant(node: Node, out: str) -> KernelLaunch:
     """Writes a scalar `constant` node into a buffer, for a consumer that reads memory (the
     pointwise ops take constants as kernel arguments instead)."""
-    return elementwise_launch(node, pointwise.fill(node.attrs["value"]), DEFAULT_BLOCK, out,
-                              node.type.shape)
+    function = pointwise.fill(node.attrs["value"], node.type.dtype)
+    return elementwise_launch(node, function, DEFAULT_BLOCK, out, node.type.shape)
 
 
 def _gemm_launch(ctx: LoweringContext, node: Node, epilogue: Pointwise, *, a: str, b: str,
-                 bias: str | None, m: BatchLinear, n: int, k: BatchLinear, count: BatchLinear,
-                 inner_count: int, a_strides: tuple[int, int], b_strides: tuple[int, int],
-                 b_transposed: bool) -> KernelLaunch:
+                 bias: str | None, m: SizeLike, n: SizeLike, k: SizeLike, count: SizeLike,
+                 inner_count: SizeLike, a_strides: tuple[SizeLike, SizeLike],
+                 b_strides: tuple[SizeLike, SizeLike], b_transposed: bool) -> KernelLaunch:
     """C [count, M, N] = A [.., M, K] . B [.., K, N] (or B^T for a [N, K] B) (+ bias[n]).
 
     The matrices are counted outer * inner_count + inner; *_strides are each operand's
     (outer, inner) strides in elements."""
     tile = ctx.tile(node, DEFAULT_GEMM)
-    if m.batched and count != BatchLinear(0, 1):
-        raise CodegenError(f"{node.id}: rows and matrix count both grow with the batch")
-    # One of the matrix count and the row count may grow with the batch; grid x covers both.
-    grid_x = m.grid(tile.bm) if m.batched else count.times(-(-m.fixed // tile.bm)).grid()
-    grid_y = _fixed_grid(-(-n // tile.bn), node.id)
+    # The matrices and the row tiles share grid x (either may depend on a named dimension).
+    grid_x = GridDim(m, tile.bm, times=count)
+    grid_y = _yz_grid(n, tile.bn, node.id)
     pointers = [_buffer(a), _buffer(b)] + ([_buffer(bias)] if bias else [])
-    args = (*pointers, _buffer(ctx.buffer(node.id)), BATCH, *m.args(), *_ints(n), *k.args(),
-            *_ints(inner_count, *a_strides, *b_strides), *epilogue.args)
+    args = (*pointers, _buffer(ctx.buffer(node.id)),
+            *_ints(m, n, k, inner_count, *a_strides, *b_strides), *epilogue.args)
     spec = gemm_kernel(node.type.dtype, tile, b_transposed=b_transposed,
                        has_bias=bias is not None, epilogue=epilogue.code)
     return KernelLaunch(spec, (grid_x, grid_y, ONE), tile.threads, tile.shared_bytes, args)
@@ -441,9 +462,9 @@ def _lower_dense(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kerne
     view = gemm_view(ctx, node)
     return [_gemm_launch(
         ctx, node, _no_prologue(node, fusion), a=ctx.buffer(x), b=ctx.buffer(weight),
-        bias=ctx.buffer(bias[0]) if bias else None, m=BatchLinear.of(view.m),
-        n=math.prod(int(d) for d in view.n), k=BatchLinear.of(view.k),
-        count=BatchLinear.of(view.count), inner_count=1, a_strides=(0, 0), b_strides=(0, 0),
+        bias=ctx.buffer(bias[0]) if bias else None, m=size_of(view.m), n=size_of(view.n),
+        k=size_of(view.k), count=size_of(view.count), inner_count=1, a_strides=(0, 0),
+        b_strides=(0, 0),
         b_transposed=True)]
 
 
@@ -460,10 +481,10 @@ def _lower_matmul(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
     batch_shape = gemm.count
     operands = [(ctx.buffer(i), shape) for i, shape in zip(node.inputs, (a_shape, b_shape))]
 
-    def batch_strides(shape: tuple[Dim, ...]) -> tuple[int, ...]:
+    def batch_strides(shape: tuple[Dim, ...]) -> tuple[SizeLike, ...]:
         if len(shape) == 2:
             return (0,) * len(batch_shape)
-        matrix = math.prod(int(d) for d in shape[-2:])
+        matrix = size_of(shape[-2:])
         return tuple(s * matrix for s in broadcast_strides(shape[:-2], batch_shape))
 
     view = coalesce(batch_shape, [batch_strides(shape) for _, shape in operands])
@@ -480,13 +501,13 @@ def _lower_matmul(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
                 DEFAULT_BLOCK, copy, expanded))
             operands[position] = (copy, expanded)
         view = coalesce(batch_shape, [batch_strides(shape) for _, shape in operands])
-    inner_count = int(view.sizes[1] or 0) if view.rank == 2 else 1
+    inner_count = view.sizes[1] if view.rank == 2 else 1
     a_strides, b_strides = (
         (strides[0], strides[1] if view.rank == 2 else 0) for strides in view.strides)
     launches.append(_gemm_launch(
         ctx, node, epilogue, a=operands[0][0], b=operands[1][0], bias=None,
-        m=BatchLinear.of(gemm.m), n=math.prod(int(d) for d in gemm.n), k=BatchLinear.of(gemm.k),
-        count=BatchLinear.of(gemm.count), inner_count=inner_count, a_strides=a_strides,
+        m=size_of(gemm.m), n=size_of(gemm.n), k=size_of(gemm.k),
+        count=size_of(gemm.count), inner_count=inner_count, a_strides=a_strides,
         b_strides=b_strides, b_transposed=False))
     return launches
 
@@ -495,22 +516,23 @@ def _lower_matmul(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
 def _lower_conv2d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     epilogue = _no_prologue(node, fusion)
     x, weight, *bias = node.inputs
-    tile = ctx.tile(node, DEFAULT_GEMM)
+    tile = ctx.tile(node, _NO_GEMM_TILE)
+    depthwise = depthwise_tile(node.op, node.attrs, ctx.type_of(x).shape, node.type.shape)
+    if tile is _NO_GEMM_TILE and depthwise is not None:
+        return [_depthwise_launch(ctx, node, epilogue, depthwise)]
     images, channels, height, width = ctx.type_of(x).shape
     _, filters, out_height, out_width = node.type.shape
     window = Window.from_attrs("conv2d", node.attrs)
     groups = node.attrs["groups"]
-    images_size = BatchLinear.of((images,))
     # One block a BM x BN tile of the GEMM: N (images x pixels) along x, M along y, a group
     # (matrix) along z.
     view = gemm_view(ctx, node)
-    grid = (BatchLinear.of(view.n).grid(tile.bn),
-            _fixed_grid(-(-math.prod(int(d) for d in view.m) // tile.bm), node.id),
-            _fixed_grid(math.prod(int(d) for d in view.count), node.id))
+    grid = (GridDim(size_of(view.n), tile.bn), _yz_grid(size_of(view.m), tile.bm, node.id),
+            _yz_grid(size_of(view.count), 1, node.id))
     pointers = [_buffer(ctx.buffer(x)), _buffer(ctx.buffer(weight))]
     pointers += [_buffer(ctx.buffer(bias[0]))] if bias else []
-    args = (*pointers, _buffer(ctx.buffer(node.id)), BATCH, *images_size.args(),
-            *_ints(channels, height, width, filters, out_height, out_width, *window.kernel,
+    args = (*pointers, _buffer(ctx.buffer(node.id)),
+            *_ints(images, channels, height, width, filters, out_height, out_width, *window.kernel,
                    *window.stride, window.padding[0], window.padding[1], *window.dilation,
                    groups), *epilogue.args)
     spec = conv2d_kernel(node.type.dtype, tile, has_bias=bool(bias), epilogue=epilogue.code)
@@ -543,6 +565,75 @@ def _lower_conv1d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
     return _lower_conv2d(_SeenAs(ctx, seen), as_2d, fusion)
 
 
+# Depthwise conv2d: groups = in channels, computed directly (templates/depthwise_conv2d.cuh)
+# rather than as an implicit GEMM whose K is kh * kw. `_lower_conv2d` hands it a depthwise
+# conv (conv1d's too) unless a GEMM tile was chosen for the node: the tiling plan chooses none
+# for one (`netc.codegen.tiling.gemm_shape`), a tile given by hand keeps the GEMM.
+
+_NO_GEMM_TILE = GemmTile()
+"""The default `_lower_conv2d` asks `ctx.tile` for: this very object back means that no GEMM
+tile was chosen for the node (equal to `DEFAULT_GEMM`, which the GEMM then takes)."""
+
+
+def depthwise_conv2d_kernel(dtype: str, tile: DepthwiseTile, kernel: tuple[int, int], *,
+                            has_bias: bool,
+                            epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+    """A depthwise conv2d of a `kernel` (kh, kw) filter, a compile-time size."""
+    tile.validate()
+    kernel_h, kernel_w = kernel
+    return KernelSpec(
+        f"netc_dwconv2d_{dtype}_k{kernel_h}x{kernel_w}_{tile.suffix}"
+        f"{'_bias' if has_bias else ''}{_fused_suffix(None, epilogue)}",
+        "depthwise_conv2d.jinja", ("elementwise.cuh", "depthwise_conv2d.cuh"), dtype,
+        tile.threads, (("tile", tile), ("kernel_h", kernel_h), ("kernel_w", kernel_w),
+                       ("has_bias", has_bias), ("epilogue", epilogue)))
+
+
+def depthwise_tile(op: str, attrs: Attrs, x_shape: Sequence[Dim],
+                   out_shape: Sequence[Dim]) -> DepthwiseTile | None:
+    """The depthwise kernel's tile for a conv2d or conv1d of `attrs` from `x_shape` to
+    `out_shape`, or None where the implicit GEMM computes it: a conv that is not depthwise
+    (groups = in channels > 1; any multiplier filters / groups), or one the kernel cannot take:
+    an output height or width known only at run time (the tile depends on the width), more
+    planes' positions than grid y holds."""
+    if op == "conv1d":
+        attrs, x_shape, out_shape = as_conv2d(attrs), height_one(x_shape), height_one(out_shape)
+    elif op != "conv2d":
+        return None
+    out_height, out_width = out_shape[2:]
+    if attrs["groups"] == 1 or x_shape[1] != attrs["groups"] or \
+            not isinstance(out_height, int) or not isinstance(out_width, int):
+        return None
+    tile = default_depthwise_tile(out_width)
+    positions = out_height * -(-out_width // tile.columns)
+    return tile if -(-positions // tile.threads) <= MAX_GRID_YZ else None
+
+
+def _depthwise_launch(ctx: LoweringContext, node: Node, epilogue: Pointwise,
+                      tile: DepthwiseTile) -> KernelLaunch:
+    """A block covers `channels_per_block` planes (channels of one image) times
+    `positions_per_block` (row, segment of `columns`) positions of each: all of a small plane,
+    or a part of a large one, the rest along grid y."""
+    x, weight, *bias = node.inputs
+    images, channels, height, width = ctx.type_of(x).shape
+    _, filters, out_height, out_width = node.type.shape
+    window = Window.from_attrs("conv2d", node.attrs)
+    positions = int(out_height) * -(-int(out_width) // tile.columns)
+    positions_per_block = min(positions, tile.threads)
+    channels_per_block = tile.threads // positions_per_block
+    grid = (GridDim(size_of((images,)), times=-(-int(filters) // channels_per_block)),
+            _yz_grid(positions, positions_per_block, node.id), ONE)
+    pointers = [_buffer(ctx.buffer(x)), _buffer(ctx.buffer(weight))]
+    pointers += [_buffer(ctx.buffer(bias[0]))] if bias else []
+    args = (*pointers, _buffer(ctx.buffer(node.id)),
+            *_ints(channels, height, width, filters, out_height, out_width, *window.stride,
+                   window.padding[0], window.padding[1], *window.dilation, positions_per_block,
+                   channels_per_block), *epilogue.args)
+    spec = depthwise_conv2d_kernel(node.type.dtype, tile, window.kernel, has_bias=bool(bias),
+                                   epilogue=epilogue.code)
+    return KernelLaunch(spec, grid, tile.threads, 0, args)
+
+
 @lowers("maxpool2d", "avgpool2d", "adaptive_avgpool2d", family="pool")
 def _lower_pool(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     epilogue = _no_prologue(node, fusion)
@@ -553,13 +644,14 @@ def _lower_pool(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kernel
     # An adaptive pool's windows come from the sizes alone; its window arguments are unused.
     window = (Window((1, 1), (1, 1), (1, 1), (0, 0, 0, 0)) if node.op == "adaptive_avgpool2d"
               else Window.from_attrs(node.op, node.attrs))
-    total = BatchLinear.of(node.type.shape)
-    args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(node.id)), BATCH, *total.args(),
-            *_ints(channels, height, width, out_height, out_width, *window.kernel,
+    total = size_of(node.type.shape)
+    args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(node.id)),
+            *_ints(total, channels, height, width, out_height, out_width, *window.kernel,
                    *window.stride, *window.padding,
                    node.attrs.get("count_include_pad", False)), *epilogue.args)
     spec = pool_kernel(node.op, node.type.dtype, tile, epilogue=epilogue.code)
-    return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
+    return [KernelLaunch(spec, (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0,
+                         args)]
 
 
 @lowers("pad", family="pad")
@@ -569,22 +661,21 @@ def _lower_pad(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelL
     (x,) = node.inputs
     in_shape = ctx.type_of(x).shape
     widths = pad_widths("pad", node.attrs, ctx.type_of(x))
-    # The kernel pads the last `rank` dims; a named dim is never padded, so it stays in the
-    # outer part, which the kernel takes as what is left of the index.
-    named = [axis for axis, d in enumerate(in_shape) if isinstance(d, str)]
-    rank = min(len(node.attrs["pads"]) // 2, len(in_shape) - 1 - max(named, default=-1))
+    # The kernel pads the last `rank` dims (`pads` covers them, last first); the dims before
+    # them are the outer part, which the kernel takes as what is left of the index.
+    rank = min(len(node.attrs["pads"]) // 2, len(in_shape))
     if any(widths[axis] != (0, 0) for axis in range(len(in_shape) - rank)):
-        raise CodegenError(f"{node.id}: pad of a dim before the named dim of "
-                           f"{ctx.type_of(x)}")
-    dims = [(int(node.type.shape[axis]), int(in_shape[axis]), widths[axis][0])
+        raise CodegenError(f"{node.id}: pad of a dim `pads` does not cover, {ctx.type_of(x)}")
+    dims = [(node.type.shape[axis], in_shape[axis], widths[axis][0])
             for axis in range(len(in_shape) - rank, len(in_shape))] or [(1, 1, 0)]
     tile = ctx.tile(node, DEFAULT_BLOCK)
-    total = BatchLinear.of(node.type.shape)
-    args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(node.id)), BATCH, *total.args(),
-            *_ints(*(size for dim in dims for size in dim)),
+    total = size_of(node.type.shape)
+    args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(node.id)),
+            *_ints(total, *(size for dim in dims for size in dim)),
             Arg("float", value=float(node.attrs["value"])))
     spec = pad_kernel(node.attrs["mode"], len(dims), node.type.dtype, tile)
-    return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
+    return [KernelLaunch(spec, (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0,
+                         args)]
 
 
 @lowers("interpolate", family="interpolate")
@@ -593,40 +684,46 @@ def _lower_interpolate(ctx: LoweringContext, node: Node,
     if fusion != NO_FUSION:
         raise CodegenError(f"{node.id}: interpolate takes no fused ops")
     (x,) = node.inputs
-    height, width = (int(d) for d in ctx.type_of(x).shape[2:])
-    out_height, out_width = (int(d) for d in node.type.shape[2:])
+    height, width = (_known(d, "input's height and width") for d in ctx.type_of(x).shape[2:])
+    out_height, out_width = (_known(d, "output's height and width")
+                             for d in node.type.shape[2:])
     tile = ctx.tile(node, DEFAULT_BLOCK)
-    total = BatchLinear.of(node.type.shape)
+    total = size_of(node.type.shape)
     ratios = (source_ratio(node.attrs, height, out_height),
               source_ratio(node.attrs, width, out_width))
-    args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(node.id)), BATCH, *total.args(),
-            *_ints(height, width, out_height, out_width),
+    args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(node.id)),
+            *_ints(total, height, width, out_height, out_width),
             *(Arg("float", value=float(ratio)) for ratio in ratios))
     spec = interpolate_kernel(node.attrs["mode"], node.attrs["align_corners"], node.type.dtype,
                               tile)
-    return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
+    return [KernelLaunch(spec, (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0,
+                         args)]
 
 
 def _row_launch(ctx: LoweringContext, node: Node, fusion: Fusion, operation: str,
                 shape: tuple[Dim, ...], axis: int, pointers: Sequence[str] = (),
-                floats: Sequence[float] = (), ints: Sequence[int] = ()) -> KernelLaunch:
+                floats: Sequence[float] = (), ints: Sequence[SizeLike] = ()) -> KernelLaunch:
     """Reduces the first input, viewed as `shape`, along `axis`: one row per position of the
     other dims. `pointers`, `ints` and `floats` are the operation's own parameters."""
-    length = BatchLinear.of(shape[axis:axis + 1])
-    rows = BatchLinear.of(shape[:axis] + shape[axis + 1:])
-    inner = math.prod(int(d) for d in shape[axis + 1:])
-    # A row as long as the batch is taken as long.
-    tile = ctx.tile(node, default_row_tile(1 << 30 if length.batched else length.fixed))
+    length = size_of(shape[axis:axis + 1])
+    rows = size_of(shape[:axis] + shape[axis + 1:])
+    inner = size_of(shape[axis + 1:])
+    tile = ctx.tile(node, default_row_tile(_planned_length(length)))
     prologue = fusion.prologue or pointwise.gather(shape, ctx.buffer(node.inputs[0]),
                                                    contiguous_strides(shape))
-    args = (_buffer(ctx.buffer(node.id)), *(_buffer(ctx.buffer(p)) for p in pointers), BATCH,
-            *rows.args(), *length.args(), *_ints(inner, *ints),
+    args = (_buffer(ctx.buffer(node.id)), *(_buffer(ctx.buffer(p)) for p in pointers),
+            *_ints(rows, length, inner, *ints),
             *(Arg("float", value=float(f)) for f in floats), *prologue.args,
             *fusion.epilogue.args)
     spec = row_kernel(operation, node.type.dtype, tile, prologue=prologue.code,
                       epilogue=fusion.epilogue.code)
-    return KernelLaunch(spec, (rows.grid(tile.rows_per_block), ONE, ONE), tile.threads,
+    return KernelLaunch(spec, (GridDim(rows, tile.rows_per_block), ONE, ONE), tile.threads,
                         tile.shared_bytes, args)
+
+
+def _planned_length(length: SizeLike) -> int:
+    """The row length a row tile is chosen for: a run-time length is taken as long."""
+    return length if isinstance(length, int) else 1 << 30
 
 
 @lowers("softmax", "log_softmax", family="rowwise", tile=RowTile)
@@ -649,10 +746,10 @@ def _lower_norm(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kernel
     shape = node.type.shape
     if node.op == "rmsnorm":
         return [_row_launch(ctx, node, fusion, "rmsnorm", shape, len(shape) - 1, params,
-                            (node.attrs["eps"],), (1, int(shape[-1]), 1))]
-    channels = int(shape[1])
+                            (node.attrs["eps"],), (1, size_of(shape[-1:]), 1))]
+    channels = _known(shape[1], "channel count")
     groups = node.attrs["groups"] if node.op == "groupnorm" else channels
-    spatial = math.prod(int(d) for d in shape[2:])
+    spatial = size_of(shape[2:])
     operation = "instancenorm_affine" if node.op == "instancenorm" and params else node.op
     return [_row_launch(ctx, node, fusion, operation,
                         (shape[0], groups, channels // groups * spatial), 2, params,
@@ -665,7 +762,7 @@ def _lower_global_avgpool(ctx: LoweringContext, node: Node,
     # A row is one channel of one image: [N, C, H, W] viewed as [N, C, H * W].
     images, channels, height, width = ctx.type_of(node.inputs[0]).shape
     return [_row_launch(ctx, node, fusion, "mean",
-                        (images, channels, int(height) * int(width)), 2)]
+                        (images, channels, size_of((height, width))), 2)]
 
 
 @lowers(*REDUCTIONS, family="reduce", tile=RowTile)
@@ -678,32 +775,27 @@ def _lower_reduce(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
     kept = [a for a in range(len(shape)) if a not in axes]
     kept_view = coalesce([shape[a] for a in kept], [[strides[a] for a in kept]])
     reduced_view = coalesce([shape[a] for a in axes], [[strides[a] for a in axes]])
-    rows = BatchLinear.of([shape[a] for a in kept])
-    length = BatchLinear.of([shape[a] for a in axes])
+    rows = size_of([shape[a] for a in kept])
+    length = size_of([shape[a] for a in axes])
     # The positions of the outer reduced dims (all but the innermost merged one).
-    innermost = int(reduced_view.sizes[-1] or 1) if reduced_view.rank > 1 else None
-    outer = (BatchLinear(0, 1) if innermost is None else
-             BatchLinear(length.per_batch // innermost, length.fixed // innermost))
-    # A row as long as the batch is taken as long.
-    tile = ctx.tile(node, default_row_tile(1 << 30 if length.batched else length.fixed))
+    outer = exact_div(length, reduced_view.sizes[-1]) if reduced_view.rank > 1 else 1
+    tile = ctx.tile(node, default_row_tile(_planned_length(length)))
     prologue = fusion.prologue or pointwise.gather(shape, ctx.buffer(node.inputs[0]), strides)
-    views = (*_ints(*(s or 0 for s in kept_view.sizes[1:])), *_ints(*kept_view.strides[0]),
-             *_ints(*(s or 0 for s in reduced_view.sizes[1:])),
-             *_ints(*reduced_view.strides[0]))
-    args = (_buffer(ctx.buffer(node.id)), BATCH, *rows.args(), *length.args(), *outer.args(),
-            *views,
+    views = _ints(*kept_view.sizes[1:], *kept_view.strides[0], *reduced_view.sizes[1:],
+                  *reduced_view.strides[0])
+    args = (_buffer(ctx.buffer(node.id)), *_ints(rows, length, outer), *views,
             *prologue.args, *fusion.epilogue.args)
     spec = reduce_kernel(node.op, ctx.type_of(node.inputs[0]).dtype, tile, kept_view.rank,
                          reduced_view.rank, prologue=prologue.code,
                          epilogue=fusion.epilogue.code)
     # The tile's shared memory holds 8-byte partials; an index reduction's take 16.
     shared = tile.shared_bytes * (2 if node.op in INDEX_REDUCTIONS else 1)
-    return [KernelLaunch(spec, (rows.grid(tile.rows_per_block), ONE, ONE), tile.threads,
+    return [KernelLaunch(spec, (GridDim(rows, tile.rows_per_block), ONE, ONE), tile.threads,
                          shared, args)]
 
 
-def _gather_launch(ctx: LoweringContext, node: Node, offset: int,
-                   strides: Sequence[int]) -> list[KernelLaunch]:
+def _gather_launch(ctx: LoweringContext, node: Node, offset: SizeLike,
+                   strides: Sequence[SizeLike]) -> list[KernelLaunch]:
     """out = the input read from element `offset` on with `strides` per output dimension."""
     if offset == 0:  # strides alone: an ordinary strided copy
         function = pointwise.gather(node.type.shape, ctx.buffer(node.inputs[0]), strides)
@@ -711,10 +803,10 @@ def _gather_launch(ctx: LoweringContext, node: Node, offset: int,
                                    ctx.buffer(node.id), node.type.shape)]
     tile = ctx.tile(node, DEFAULT_BLOCK)
     function = pointwise.gather(node.type.shape, ctx.buffer(node.inputs[0]), strides)
-    total = BatchLinear.of(node.type.shape)
-    args = (_buffer(ctx.buffer(node.id)), BATCH, *total.args(), *_ints(offset), *function.args)
+    total = size_of(node.type.shape)
+    args = (_buffer(ctx.buffer(node.id)), *_ints(total, offset), *function.args)
     return [KernelLaunch(gather_kernel(function.code, node.type.dtype, tile),
-                         (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
+                         (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0, args)]
 
 
 @lowers("slice", "select", family="elementwise")
@@ -726,13 +818,9 @@ def _lower_slice(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kerne
         axis, index = node.attrs["axis"], node.attrs["index"]
         return _gather_launch(ctx, node, index * in_strides[axis],
                               in_strides[:axis] + in_strides[axis + 1:])
-    named = [end for end in node.attrs["ends"] if isinstance(end, str)]
-    if named:
-        # The kernel would read past the input for a run-time size beyond it: nothing checks.
-        raise CodegenLimit(f"a run-time check that {named[0]} is at most the length it slices "
-                           f"(`[:{named[0]}]`), which the kernels do not make (yet)")
+    # An end that is a named dim (`[:T]`) reads within the input: `slice_bounds` bounds it.
     strides = list(in_strides)
-    offset = 0
+    offset: SizeLike = 0
     for axis, start, step in zip(node.attrs["axes"], node.attrs["starts"], node.attrs["steps"]):
         offset += start * in_strides[axis]
         strides[axis] = in_strides[axis] * step
@@ -755,13 +843,14 @@ def _lower_embedding(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[K
     if fusion != NO_FUSION:
         raise CodegenError(f"{node.id}: embedding takes no fused ops")
     ids, table = node.inputs
-    rows, dim = (int(d) for d in ctx.type_of(table).shape)
+    rows, dim = ctx.type_of(table).shape
     tile = ctx.tile(node, DEFAULT_BLOCK)
-    total = BatchLinear.of(node.type.shape)
+    total = size_of(node.type.shape)
     args = (_buffer(ctx.buffer(ids)), _buffer(ctx.buffer(table)), _buffer(ctx.buffer(node.id)),
-            BATCH, *total.args(), *_ints(dim, rows))
+            *_ints(total, dim, rows))
     spec = embedding_kernel(node.type.dtype, ctx.type_of(ids).dtype, tile)
-    return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
+    return [KernelLaunch(spec, (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0,
+                         args)]
 
 
 @lowers("triu", "tril", family="triangle")
@@ -769,12 +858,61 @@ def _lower_triangle(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Ke
     if fusion != NO_FUSION:
         raise CodegenError(f"{node.id}: {node.op} takes no fused ops")
     tile = ctx.tile(node, DEFAULT_BLOCK)
-    total = BatchLinear.of(node.type.shape)
-    rows, columns = (BatchLinear.of((d,)) for d in node.type.shape[-2:])
-    args = (_buffer(ctx.buffer(node.inputs[0])), _buffer(ctx.buffer(node.id)), BATCH,
-            *total.args(), *rows.args(), *columns.args(), *_ints(node.attrs["diagonal"]))
+    total = size_of(node.type.shape)
+    rows, columns = node.type.shape[-2:]
+    args = (_buffer(ctx.buffer(node.inputs[0])), _buffer(ctx.buffer(node.id)),
+            *_ints(total, rows, columns, node.attrs["diagonal"]))
     spec = triangle_kernel(node.op, node.type.dtype, tile)
-    return [KernelLaunch(spec, (total.grid(tile.threads), ONE, ONE), tile.threads, 0, args)]
+    return [KernelLaunch(spec, (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0,
+                         args)]
+
+
+ATTENTION_WARPS, ATTENTION_ROWS = 4, 4
+"""The fused attention kernel's block: 4 warps of 4 query rows each (16 rows a block)."""
+ATTENTION_MAX_FEATURES = 128
+"""The largest head size (q/k and v features) the fused kernel stages in shared memory."""
+
+
+def attention_kernel(dtype: str, features: int, value_features: int,
+                     causal: bool) -> KernelSpec:
+    return KernelSpec(
+        f"netc_attention_{dtype}_e{features}_ev{value_features}_w{ATTENTION_WARPS}"
+        f"_r{ATTENTION_ROWS}{'_causal' if causal else ''}", "attention.jinja",
+        ("attention.cuh",), dtype, ATTENTION_WARPS * 32,
+        (("features", features), ("value_features", value_features),
+         ("warps", ATTENTION_WARPS), ("rows", ATTENTION_ROWS), ("causal", causal)))
+
+
+def _fused_attention_takes(node: Node, inputs: Sequence[TensorType]) -> bool:
+    """No mask, one batch shape for q, k and v (no broadcasting), and head sizes the kernel
+    stages: the fused kernel's cases; any other attention runs as its decomposition."""
+    if len(inputs) != 3:
+        return False
+    q, k, v = inputs
+    features, value_features = q.shape[-1], v.shape[-1]
+    return q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and all(
+        isinstance(size, int) and size <= ATTENTION_MAX_FEATURES
+        for size in (features, value_features))
+
+
+@lowers("attention", family="attention", takes=_fused_attention_takes)
+def _lower_attention(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    """softmax(q k^T * scale) v in one kernel (`templates/attention.cuh`)."""
+    if fusion != NO_FUSION:
+        raise CodegenError(f"{node.id}: attention takes no fused ops")
+    q, k, v = node.inputs
+    q_shape, k_shape, v_shape = (ctx.type_of(i).shape for i in (q, k, v))
+    features, value_features = int(q_shape[-1]), int(v_shape[-1])
+    spec = attention_kernel(node.type.dtype, features, value_features, node.attrs["causal"])
+    rows = ATTENTION_WARPS * ATTENTION_ROWS
+    shared = 4 * (32 * (features + 1) + 32 * value_features + rows * features +
+                  ATTENTION_WARPS * 32)
+    scale = scale_of(node.attrs, features)
+    args = (_buffer(ctx.buffer(q)), _buffer(ctx.buffer(k)), _buffer(ctx.buffer(v)),
+            _buffer(ctx.buffer(node.id)), *_ints(q_shape[-2], k_shape[-2]),
+            Arg("float", value=scale))
+    grid = GridDim(size_of(q_shape[-2:-1]), rows, times=size_of(q_shape[:-2]))
+    return [KernelLaunch(spec, (grid, ONE, ONE), spec.threads, shared, args)]
 
 
 @lowers("concat", family="concat")
@@ -784,18 +922,18 @@ def _lower_concat(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
     axis = node.attrs["axis"]
     tile = ctx.tile(node, DEFAULT_BLOCK)
     out_shape = node.type.shape
-    inner = math.prod(int(d) for d in out_shape[axis + 1:])
-    pitch = int(out_shape[axis]) * inner
+    inner = size_of(out_shape[axis + 1:])
+    pitch = size_of(out_shape[axis:])
     launches = []
-    offset = 0
+    offset: SizeLike = 0
     for input_id in node.inputs:
         shape = ctx.type_of(input_id).shape
-        total = BatchLinear.of(shape)
-        chunk = int(shape[axis]) * inner
-        args = (_buffer(ctx.buffer(input_id)), _buffer(ctx.buffer(node.id)), BATCH,
-                *total.args(), *_ints(chunk, pitch, offset))
+        total = size_of(shape)
+        chunk = size_of((shape[axis], inner))
+        args = (_buffer(ctx.buffer(input_id)), _buffer(ctx.buffer(node.id)),
+                *_ints(total, chunk, pitch, offset))
         launches.append(KernelLaunch(concat_kernel(node.type.dtype, tile),
-                                     (total.grid(tile.threads), ONE, ONE), tile.threads, 0,
+                                     (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0,
                                      args))
         offset += chunk
     return launches

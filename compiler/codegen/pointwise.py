@@ -12,8 +12,9 @@ int, long long or bool for i32, i64 and bool (exact); a load whose dtype is not 
 The expressions are the ops' own (`OpDef.expression`, plain data in the registry: a pointwise op
 needs nothing here), filled in with netc-made variable names: x0, x1, ... (inputs loaded at
 `index`), p0, p1, ... (float arguments: scalar `constant` nodes and attributes such as
-leaky_relu's alpha or batchnorm's eps), v0, v1, ... (earlier members), `value`. No user text
-reaches them.
+leaky_relu's alpha or batchnorm's eps), v0, v1, ... (earlier members), `value`; an `i32` /
+`i64` constant is an integer literal instead (`integer_literal`: exact, where a float argument
+rounds beyond 2^24). No user text reaches them.
 
 A functor's *code* (statements, counts of loads and floats, rank) is part of the kernel's
 specialisation and names it; its *arguments* (input buffers, the merged dims' sizes and each
@@ -28,10 +29,10 @@ from dataclasses import dataclass
 
 from netc.codegen.layout import broadcast_strides, coalesce, contiguous_strides
 from netc.dtypes import round_scalar
-from netc.ir import Dim, Node, Region
+from netc.ir import INTEGER_DTYPES, Dim, Node, Region
 from netc.ops import REGISTRY, CudaExpression
 from netc.ops.decompose import decomposition_nodes
-from netc.plan import Arg
+from netc.plan import Arg, SizeLike, size_arg
 
 CTYPES = {"f32": "float", "f16": "netc_f16", "bf16": "netc_bf16", "i32": "int",
           "i64": "long long", "bool": "netc_bool"}
@@ -143,12 +144,24 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
     expanded = _inline_decompositions(body, inputs, seed)
     names: dict[str, str] = {} if seed is None else {seed: "value"}
     loads: dict[tuple[int, str], str] = {}
-    load_strides: list[tuple[int, ...]] = []
+    load_strides: list[tuple[SizeLike, ...]] = []
     load_buffers: list[str] = []
     load_dtypes: list[str] = []
     floats: list[float] = []
     statements: list[str] = []
     kinds: list[str] = []
+    literals: list[str] = []
+
+    def number(constant: Node) -> str:
+        """A scalar constant: an integer one as a literal of its type (exact: a float kernel
+        argument would round i64 values beyond 2^24), a float one as a float argument,
+        rounded to the dtype as the reference rounds it (70000.0 in f16 is inf)."""
+        literal = integer_literal(constant.type.dtype, float(constant.attrs["value"]))
+        if literal is not None:
+            literals.append(literal)
+            return literal
+        floats.append(round_scalar(constant.type.dtype, float(constant.attrs["value"])))
+        return f"p{len(floats) - 1}"
 
     def operand(ref: str, as_channel: bool) -> str:
         if ref in names:
@@ -160,9 +173,7 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
         source = inputs[position]
         if source.op == "constant":
             kinds.append("s")
-            # Rounded to the dtype as the reference rounds a constant: 70000.0 in f16 is inf.
-            floats.append(round_scalar(source.type.dtype, float(source.attrs["value"])))
-            return f"p{len(floats) - 1}"
+            return number(source)
         kinds.append("t")
         key = (position, "channel" if as_channel else "broadcast")
         if key not in loads:
@@ -174,9 +185,8 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
         return loads[key]
 
     for index, node in enumerate(expanded):
-        if node.op == "constant":  # from a decomposition: a float argument, like any constant
-            floats.append(round_scalar(node.type.dtype, float(node.attrs["value"])))
-            names[node.id] = f"p{len(floats) - 1}"
+        if node.op == "constant":  # from a decomposition: like any constant
+            names[node.id] = number(node)
             continue
         code = expression(node.op)
         if code is None:
@@ -196,16 +206,28 @@ def build(body: Sequence[Node], inputs: Sequence[Node], buffer: Callable[[str], 
     rank = 0 if view.contiguous else view.rank
     args: list[Arg] = [Arg("buffer", buffer=name) for name in load_buffers]
     if rank:
-        args += [Arg("int", value=size or 0) for size in view.sizes[1:]]
-        args += [Arg("int", value=stride) for strides in view.strides for stride in strides]
+        args += [size_arg(size) for size in view.sizes[1:]]
+        args += [size_arg(stride) for strides in view.strides for stride in strides]
     args += [Arg("float", value=value) for value in floats]
     own = body[-1].type.dtype
     code = PointwiseCode(_label(body, kinds), tuple(statements), names[body[-1].id],
                          len(load_buffers), len(floats), rank,
-                         labelled=len(expanded) == 1 and seed is None,
+                         labelled=len(expanded) == 1 and seed is None and not literals,
                          load_ctypes=tuple(CTYPES[d] for d in load_dtypes)
                          if any(d != own for d in load_dtypes) else ())
     return Pointwise(code, tuple(args), _same_index(out_shape, load_strides))
+
+
+def integer_literal(dtype: str, value: float) -> str | None:
+    """`value` as a C++ literal of an `i32` / `i64` constant's type (None for other dtypes):
+    `int` and `long long` (the smallest value written as a difference, which C++ needs)."""
+    if dtype not in INTEGER_DTYPES:
+        return None
+    number = int(value)
+    suffix = "LL" if dtype == "i64" else ""
+    if number < 0:
+        return f"({number + 1}{suffix} - 1{suffix})"
+    return f"{number}{suffix}"
 
 
 def _inline_decompositions(body: Sequence[Node], inputs: Sequence[Node],
@@ -234,26 +256,31 @@ def _inline_decompositions(body: Sequence[Node], inputs: Sequence[Node],
 
 
 def _same_index(out_shape: tuple[Dim, ...],
-                strides: Sequence[Sequence[int]]) -> tuple[bool, ...]:
+                strides: Sequence[Sequence[SizeLike]]) -> tuple[bool, ...]:
     """For each load, whether its strides are the contiguous output's own."""
     own = tuple(contiguous_strides(out_shape))
     return tuple(tuple(s) == own for s in strides)
 
 
-def gather(out_shape: tuple[Dim, ...], buffer: str, strides: Sequence[int]) -> Pointwise:
+def gather(out_shape: tuple[Dim, ...], buffer: str,
+           strides: Sequence[SizeLike]) -> Pointwise:
     """The functor reading `buffer` through `strides` (a transpose, a broadcast expansion)."""
     view = coalesce(out_shape, [strides])
     rank = 0 if view.contiguous else view.rank
     args: list[Arg] = [Arg("buffer", buffer=buffer)]
     if rank:
-        args += [Arg("int", value=size or 0) for size in view.sizes[1:]]
-        args += [Arg("int", value=stride) for stride in view.strides[0]]
+        args += [size_arg(size) for size in view.sizes[1:]]
+        args += [size_arg(stride) for stride in view.strides[0]]
     return Pointwise(PointwiseCode("copy", (), "x0", 1, 0, rank), tuple(args),
                      _same_index(out_shape, [strides]))
 
 
-def fill(value: float) -> Pointwise:
-    """The functor giving `value` everywhere (a constant some kernel reads from memory)."""
+def fill(value: float, dtype: str = "f32") -> Pointwise:
+    """The functor giving `value` everywhere (a constant some kernel reads from memory): a
+    float argument, or for an integer dtype a literal (exact beyond 2^24)."""
+    literal = integer_literal(dtype, value)
+    if literal is not None:
+        return Pointwise(PointwiseCode("fill", (), literal, 0, 0, 0, labelled=False), ())
     return Pointwise(PointwiseCode("fill", (), "p0", 0, 1, 0), (Arg("float", value=value),))
 
 

@@ -125,7 +125,33 @@ class BlockTile:
         return self
 
 
-Tile = GemmTile | RowTile | BlockTile
+MAX_DEPTHWISE_COLUMNS = 8
+"""A thread's outputs along a row, each a float accumulator of every tap."""
+
+
+@dataclass(frozen=True)
+class DepthwiseTile:
+    """The tiles of the depthwise convolution family (conv2d with groups = in channels).
+
+    A thread computes `columns` consecutive outputs of one output row in registers; a block of
+    `threads` threads covers consecutive positions of one or more channel planes.
+    """
+
+    threads: int = 256
+    columns: int = 4
+
+    @property
+    def suffix(self) -> str:
+        return f"c{self.columns}_b{self.threads}"
+
+    def validate(self) -> DepthwiseTile:
+        if not 1 <= self.columns <= MAX_DEPTHWISE_COLUMNS:
+            raise TileError(f"{self}: columns must be 1 to {MAX_DEPTHWISE_COLUMNS}")
+        _check_threads(self, self.threads)
+        return self
+
+
+Tile = GemmTile | RowTile | BlockTile | DepthwiseTile
 
 DEFAULT_GEMM = GemmTile()
 DEFAULT_BLOCK = BlockTile()
@@ -135,6 +161,14 @@ LONG_ROW = 1024
 
 def default_row_tile(length: int) -> RowTile:
     return RowTile(256, 1) if length >= LONG_ROW else RowTile(32, 8)
+
+
+def default_depthwise_tile(out_width: int) -> DepthwiseTile:
+    """4 columns a thread (each tap is loaded once for 4 outputs), fewer where a row's last
+    segment would waste more than a quarter of the columns the row computes (a row of 5: 2
+    columns; of 1 or 2: as many as the row has)."""
+    columns = next(c for c in (4, 2, 1) if 4 * (-out_width % c) <= -(-out_width // c) * c)
+    return DepthwiseTile(columns=columns)
 
 
 def _check_threads(tile: Tile, threads: int) -> None:

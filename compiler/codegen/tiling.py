@@ -4,7 +4,8 @@ target GPU's limits.
 `choose_tiles(graph, arch)` returns `{node id: GemmTile}` for every op with a GEMM view
 (`OpDef.gemm_view`: `dense`, `matmul` and `conv2d`), alone or as the anchor of a fused node (keyed by the fused node's id, which is the id
 `generate(graph, tiles)` looks up). `plan_tiles` returns the same choices with the GEMM shape
-and the reason for each, for the tables of `netc compile` and `netc explain`.
+and the reason for each, for the tables of `netc compile` and `netc explain`. A depthwise conv
+gets none: it has its own kernel (`netc.codegen.kernels.depthwise_tile` says which convs do).
 
 Every kernel of the GEMM family computes C[M x N] = A[M x K] . B[K x N] for `count`
 independent matrices, one BM x BN tile a block. The op's `gemm_view` says how (the CUDA
@@ -18,7 +19,7 @@ lowering reads the same view, so the tiles chosen fit the grid launched):
 
 The heuristic (sizes taken at `batch`, default 1, for a size that grows with the batch):
 
-1. **Shape class.** `narrow_m` when M <= 16 (dense at batch 1, depthwise and grouped convs),
+1. **Shape class.** `narrow_m` when M <= 16 (dense at batch 1, grouped convs),
    else `narrow_n` when N <= 16 (classifier heads), else `tall` (M >= N) or `wide` (M < N).
 2. **Candidates.** `TILE_TABLE[(family, class, arch)]` lists candidate names in order of
    preference, largest tiles first (more reuse of each staged element); the tiles themselves
@@ -54,7 +55,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from netc.codegen.kernels import kernel_family
+from netc.codegen.kernels import depthwise_tile, kernel_family
 from netc.codegen.targets import ARCHS, DEFAULT_ARCH, GpuArch, planning_arch
 from netc.codegen.tiles import GemmTile, TileError
 from netc.diagnostics import CompileError, Diagnostic, error
@@ -170,13 +171,15 @@ def anchor(graph: Graph, node: Node) -> tuple[Node, list[TensorType]] | None:
 
 def gemm_shape(graph: Graph, node: Node, batch: int = 1) -> GemmShape | None:
     """The GEMM `node`'s kernel computes, with every named dimension set to `batch`; None for a
-    node outside the GEMM family."""
+    node outside the GEMM family, a depthwise conv included (its own kernel takes no GEMM
+    tile)."""
     found = anchor(graph, node)
     if found is None:
         return None
     member, inputs = found
     view = REGISTRY[member.op].gemm_view
-    if view is None:
+    if view is None or depthwise_tile(member.op, member.attrs, inputs[0].shape,
+                                      member.type.shape) is not None:
         return None
     gemm = view(member.attrs, [t.shape for t in inputs], member.type.shape)
     m, n, k, count = gemm.concrete(dict.fromkeys(graph.batch_dims(), batch))
@@ -367,11 +370,16 @@ def _no_gemm_layer(graph: Graph, name: str) -> str:
                 if node.region is not None and member.id != node.region.anchor_id:
                     found = anchor(graph, node)
                     head = found[0] if found is not None else node
-                    if head.op in gemm_ops():
+                    if gemm_shape(graph, node) is not None:
                         return (f"--tile: layer `{name}` is fused into the kernel of "
                                 f"`{head.layer or head.id}`; give the tile for that layer")
-                    return (f"--tile: layer `{name}` is fused into a {head.op} kernel, which "
+                    # A GEMM-family op outside the GEMM family: a depthwise conv.
+                    what = f"depthwise {head.op}" if head.op in gemm_ops() else head.op
+                    return (f"--tile: layer `{name}` is fused into a {what} kernel, which "
                             "takes no GEMM tile")
+                if member.op in gemm_ops():
+                    return (f"--tile: layer `{name}` is a depthwise {member.op}, which has its "
+                            "own kernel and takes no GEMM tile")
                 return f"--tile: layer `{name}` is a {member.op}; tiles apply to " \
                        f"{_listed(gemm_ops())} layers"
     return f"--tile: no layer `{name}` in the optimised network"

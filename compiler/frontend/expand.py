@@ -57,6 +57,7 @@ from netc.ops.apply import (
 )
 from netc.ops.apply import is_int as _is_int
 from netc.ops.apply import is_number as _is_number
+from netc.ops.arithmetic import number_problem
 from netc.ops.verify import verify
 
 # Phase 3: expansion -----------------------------------------------------------------------
@@ -579,6 +580,11 @@ class Expander:
                     inputs.append(value)
                 else:
                     assert isinstance(value, (int, float))
+                    problem = number_problem(tensor.type.dtype, value)
+                    if problem is not None:
+                        self.error("E0315", problem, written.span,
+                                   f"`cast(x, \"f32\") {op} {value}` computes in float")
+                        return POISON
                     inputs.append(self._constant(float(value), tensor, written.span))
             return self._builtin(ARITHMETIC_OPS[op], inputs, expr.span, scope)
         for value, written in operands:

@@ -20,7 +20,7 @@ import numpy as np
 
 from netc.frontend.parser import RESERVED_WORDS
 from netc.frontend.values import ARITHMETIC_OPS, is_layer_path  # the front end's own check
-from netc.ir import Graph, Node
+from netc.ir import INTEGER_DTYPES, Graph, Node
 from netc.ops import REGISTRY
 from netc.ops.windows import Window
 
@@ -213,8 +213,9 @@ def render_net(graph: Graph, names: Mapping[str, str] | None = None,
 
     def operand(value_id: str) -> str:
         node = graph[value_id]
-        if node.op == "constant":
-            text = format_number(float(node.attrs["value"]))
+        if node.op == "constant":  # an integer tensor's number is an int literal
+            value = float(node.attrs["value"])
+            text = str(int(value)) if node.type.dtype in INTEGER_DTYPES else format_number(value)
             return f"({text})" if text.startswith("-") else text
         if node.op == "param" and value_id not in variables:
             return value_id

@@ -457,7 +457,9 @@ def _rsqrt(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
 def _pow(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     # torch.pow takes x^0.5 and x^-0.5 as sqrt and rsqrt (NaN at -inf, where Pow gives +inf).
     exponent = node.attrs["exponent"]
-    if exponent == 0.5:
+    if exponent is None:  # a tensor exponent: ONNX's Pow as it is (see ops.md on ±0.5)
+        emit.node("Pow", inputs, output)
+    elif exponent == 0.5:
         emit.node("Sqrt", inputs, output)
     elif exponent == -0.5:
         _rsqrt(emit, node, inputs, output)
@@ -517,9 +519,9 @@ def _expand(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     # ones included.
     in_shape = emit.types[inputs[0]].shape
     lead = node.type.rank - len(in_shape)
-    shape = [1 if axis >= lead and size == in_shape[axis - lead] else int(size)
+    shape = [1 if axis >= lead and size == in_shape[axis - lead] else size
              for axis, size in enumerate(node.type.shape)]
-    emit.node("Expand", [inputs[0], emit.int64s("expand_shape", shape)], output)
+    emit.node("Expand", [inputs[0], emit.dims("expand_shape", shape)], output)
 
 
 @exports("slice")
@@ -631,12 +633,13 @@ def _class_loss(emit: Emitter, node: Node, inputs: list[str], output: str) -> No
     if node.attrs.get("label_smoothing", 0.0):
         _decomposed(emit, node, inputs, output)
         return
-    scores, target = inputs
-    if emit.types[scores].dtype != "f32":  # the loss is f32, as netc computes it
-        scores = emit.node("Cast", [scores], to=TensorProto.FLOAT)
+    # The loss is f32, as netc computes it: so are the scores and the class weights.
+    operands = [value if i == 1 or emit.types[value].dtype == "f32" else
+                emit.node("Cast", [value], to=TensorProto.FLOAT)
+                for i, value in enumerate(inputs)]
     op_type = "SoftmaxCrossEntropyLoss" if node.op == "cross_entropy" else \
         "NegativeLogLikelihoodLoss"
-    emit.node(op_type, [scores, target], output, reduction="mean",
+    emit.node(op_type, operands, output, reduction=node.attrs["reduction"],
               ignore_index=node.attrs["ignore_index"])
 exports("hardsigmoid")(_plain("HardSigmoid", alpha=1 / 6, beta=0.5))  # ONNX's alpha is 0.2
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from netc.ir import Attrs, TensorType
+from netc.ir import FLOAT_DTYPES, Attrs, TensorType
 from netc.ops.registry import (
     AttrSpec,
     Composer,
@@ -106,6 +106,8 @@ class Unary:
     """Checks the attributes together (one at a time, `AttrSpec` does); raises `ShapeError`."""
     constraints: str = ""
     """What `check` requires, in words for docs/ops.md."""
+    dtypes: tuple[str, ...] = FLOAT_DTYPES
+    """The dtypes x may have (`OpDef.dtypes`)."""
 
 
 def _checked(check: Callable[[Attrs], None] | None
@@ -135,6 +137,7 @@ def register_unary(rows: Sequence[Unary]) -> None:
             expression=row.expression,
             onnx=row.onnx,
             decompose=row.decompose,
+            dtypes=row.dtypes,
             **extra,
         ))
 

@@ -8,9 +8,10 @@ tensor is the mask, broadcast to [..., L, S]: a `bool` mask is true where attend
 only for j <= i (`torch.ones(L, S).tril()`), together with a mask. With a mask or `causal`, a
 row that may attend to nothing (all -inf) gives zeros, as PyTorch's safe softmax does.
 
-The CUDA code generator and the ONNX exporter (opset 17) compute it by its decomposition onto
-matmul, transpose, mul, masked_fill, softmax (and, for `causal`, tril): a correct unfused
-lowering; a fused kernel is another issue's. ONNX's own `Attention` (opset 23) imports as it.
+The CUDA code generator computes it in one fused kernel when it has no mask, one batch shape
+for q, k and v and heads of up to 128 features (`templates/attention.cuh`), and otherwise, as
+the ONNX exporter (opset 17) always does, by its decomposition onto matmul, transpose, mul,
+masked_fill, softmax (and, for `causal`, tril). ONNX's own `Attention` (opset 23) imports as it.
 
 `multihead_attention(x, heads, causal=, bias=)` is self-attention as
 `nn.MultiheadAttention(E, heads, batch_first=True)` computes it, with its parameters and their
@@ -95,35 +96,66 @@ def _attention_reference(attrs: Attrs, q: np.ndarray, k: np.ndarray, v: np.ndarr
     return np.asarray(np.matmul(weights, v), dtype=np.float32)
 
 
-def _attention_parts(builder: Composer, attrs: Attrs, q: str, k: str, v: str,
-                     mask: str | None = None) -> str:
+def attention_steps(builder: Composer, q: str, k: str, v: str, mask: str | None = None, *,
+                    causal: bool = False, scale: float, softcap: float = 0.0,
+                    offset: int = 0, window: tuple[int, int] = (-1, -1),
+                    masked: Sequence[str] = ()) -> dict[str, str]:
+    """Attention computed step by step onto matmul, transpose, mul, masked_fill, softmax (and
+    triu for `causal`): `attention`'s decomposition, and, with the steps ONNX's `Attention`
+    adds (`softcap`: softcap·tanh(scores / softcap) before the mask; `offset`: a causal
+    diagonal moved right by that many positions, for keys cached before the queries;
+    `window` (left, right): only keys j with i + offset - left <= j <= i + offset + right,
+    a side of -1 unbounded; `masked`: bool tensors, true where a score is masked), the
+    importer's. Returns each step: `scores` (q k^T · scale, capped), `biased` (masked),
+    `weights` (the softmax; a row that may attend to nothing weighs nothing) and `output`."""
     q_type = builder.type_of(q)
     dtype, rank = q_type.dtype, builder.type_of(k).rank
     swap = (*range(rank - 2), rank - 1, rank - 2)
     scores = builder.op("matmul", q, builder.op("transpose", k, perm=swap))
-    scores = builder.op("mul", scores,
-                        builder.constant(scale_of(attrs, q_type.shape[-1]), dtype))
+    scores = builder.op("mul", scores, builder.constant(scale, dtype))
+    if softcap:
+        cap = builder.constant(softcap, dtype)
+        scores = builder.op("mul", builder.op("tanh", builder.op("div", scores, cap)), cap)
+    steps = {"scores": scores}
     if mask is not None and builder.type_of(mask).dtype == "bool":
         scores = builder.op("masked_fill", scores, builder.op("eq", mask, other=0.0),
                             value=float("-inf"))
     elif mask is not None:
         scores = builder.op("add", scores, mask)
-    if attrs["causal"]:
+    left, right = window
+    bands = ([("triu", 1 + offset)] if causal else []) + \
+        ([("triu", 1 + offset + right)] if right >= 0 else []) + \
+        ([("tril", offset - left - 1)] if left >= 0 else [])
+    if bands:
         # A bool of the scores' shape that is true everywhere (x * 0 + 1 is 1, or NaN for an
-        # infinite or NaN x: nonzero either way), above the diagonal: where j > i.
+        # infinite or NaN x: nonzero either way), above a diagonal (where j > i + offset for
+        # `causal`) or below one.
         zero, one = builder.constant(0.0, dtype), builder.constant(1.0, dtype)
         everywhere = builder.op("cast", builder.op("add", builder.op("mul", scores, zero), one),
                                 dtype="bool")
-        scores = builder.op("masked_fill", scores, builder.op("triu", everywhere, diagonal=1),
-                            value=float("-inf"))
+        for band, diagonal in bands:
+            scores = builder.op("masked_fill", scores,
+                                builder.op(band, everywhere, diagonal=diagonal),
+                                value=float("-inf"))
+    for more in masked:
+        scores = builder.op("masked_fill", scores, more, value=float("-inf"))
+    steps["biased"] = scores
     weights = builder.op("softmax", scores, axis=-1)
-    if mask is not None or attrs["causal"]:
+    if mask is not None or bands or masked:
         # A row that may attend to nothing (all -inf) weighs nothing, as PyTorch's safe
         # softmax (a softmax of it alone is NaN).
         empty = builder.op("eq", builder.op("amax", scores, axis=-1, keepdim=True),
                            other=float("-inf"))
         weights = builder.op("masked_fill", weights, empty, value=0.0)
-    return builder.op("matmul", weights, v)
+    steps["weights"] = weights
+    steps["output"] = builder.op("matmul", weights, v)
+    return steps
+
+
+def _attention_parts(builder: Composer, attrs: Attrs, q: str, k: str, v: str,
+                     mask: str | None = None) -> str:
+    scale = scale_of(attrs, builder.type_of(q).shape[-1])
+    return attention_steps(builder, q, k, v, mask, causal=attrs["causal"], scale=scale)["output"]
 
 
 register(OpDef(
@@ -140,7 +172,7 @@ register(OpDef(
     flops=lambda attrs, inputs, output: 2 * math.prod(output[:-1]) * inputs[1][-2] * (
         inputs[0][-1] + output[-1]),
     kind="gemm",
-    role="layout",  # never fused: the code generator computes its decomposition
+    role="layout",  # never fused: its kernel (or decomposition) stands alone
     dtypes=(*FLOAT_DTYPES, "bool"),
     summary="`F.scaled_dot_product_attention(q, k, v, mask, is_causal=causal, scale=scale)`: "
             "softmax(q k^T scale + mask) v; a bool mask is true where attending is allowed, a "
@@ -258,7 +290,7 @@ register(OpDef(
     params=_mha_params,
     flops=_mha_flops,
     kind="gemm",
-    role="layout",  # never fused: the code generator computes its decomposition
+    role="layout",  # never fused: its kernel (or decomposition) stands alone
     summary="self-attention, `nn.MultiheadAttention(E, heads, batch_first=True, bias=bias)` "
             "applied as `mha(x, x, x, need_weights=False)` (with a causal mask if `causal`)",
     doc=OpDoc(shapes="`[N, L, E]` → `[N, L, E]`",

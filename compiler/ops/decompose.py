@@ -112,18 +112,28 @@ def evaluate_decomposition(opdef: OpDef, attrs: Attrs,
     return values[result]
 
 
-def expand_decompositions(graph: Graph, computes: Callable[[str], bool]) -> Graph:
-    """`graph` with every node whose op a backend cannot compute (`computes(op)` false) but
-    which has a decomposition replaced by it, until only computable ops remain. Returns
-    `graph` itself when nothing changes."""
+def expand_decompositions(
+        graph: Graph, computes: Callable[[str], bool],
+        takes: Callable[[Node, Sequence[TensorType]], bool] | None = None) -> Graph:
+    """`graph` with every node whose op a backend cannot compute (`computes(op)` false), or
+    whose node it does not take (`takes(node, input types)` false: a fused kernel for some
+    shapes only), but which has a decomposition replaced by it, until only computable nodes
+    remain. Returns `graph` itself when nothing changes."""
+    types = {node.id: node.type for node in graph.nodes}
+
+    def type_of(ref: str) -> TensorType:
+        return types[ref] if ref in types else graph.value_type(ref)
+
     def expandable(node: Node) -> bool:
         opdef = REGISTRY.get(node.op)
-        return opdef is not None and opdef.decompose is not None and not computes(node.op)
+        if opdef is None or opdef.decompose is None:
+            return False
+        return not computes(node.op) or (
+            takes is not None and not takes(node, [type_of(i) for i in node.inputs]))
 
     if not any(expandable(node) for node in graph.nodes):
         return graph
     taken = {node.id for node in graph.nodes}
-    types = {node.id: node.type for node in graph.nodes}
     nodes: list[Node] = []
     pending = list(graph.nodes)
     while pending:
@@ -131,7 +141,7 @@ def expand_decompositions(graph: Graph, computes: Callable[[str], bool]) -> Grap
         if not expandable(node):
             nodes.append(node)
             continue
-        expanded = decomposition_nodes(node, [types[i] for i in node.inputs], taken)
+        expanded = decomposition_nodes(node, [type_of(i) for i in node.inputs], taken)
         for inner in expanded:
             taken.add(inner.id)
             types[inner.id] = inner.type

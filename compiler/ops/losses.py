@@ -2,7 +2,10 @@
 `nll_loss`, `mse_loss`, `l1_loss` and `bce_with_logits`.
 
 The mean is over all elements; for `cross_entropy` and `nll_loss` over the targets that are not
-`ignore_index` (all of them ignored gives NaN, 0/0, as PyTorch). Float inputs of any float dtype
+`ignore_index` (all of them ignored gives NaN, 0/0, as PyTorch), weighted by the optional
+class weights (a third tensor `[C]`, PyTorch's `weight=`). Those two also take PyTorch's
+`reduction=`: "sum", or "none" for the loss of each target (`[N, ...]`, 0 where ignored).
+Float inputs of any float dtype
 are computed in f32 (f16 logits accumulate in f32); the result is always `f32[]`. Where PyTorch
 raises, netc computes: a class id outside [0, C) that is not `ignore_index` makes the loss NaN.
 
@@ -50,7 +53,7 @@ def _require_float(op: str, tensor: TensorType, what: str) -> None:
 
 def _classes_infer(op: str) -> Infer:
     def infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
-        scores, target = inputs
+        scores, target = inputs[:2]
         _require_float(op, scores, "scores")
         if target.dtype not in INTEGER_DTYPES:
             raise DtypeError(f"`{op}` takes i32 or i64 class ids as its target, got {target}; "
@@ -66,28 +69,45 @@ def _classes_infer(op: str) -> Infer:
         smoothing = attrs.get("label_smoothing", 0.0)
         if not 0.0 <= smoothing <= 1.0:
             raise ShapeError(f"`{op}` needs label_smoothing in [0, 1], got {smoothing}")
-        return SCALAR
+        if len(inputs) == 3:
+            weight = inputs[2]
+            _require_float(op, weight, "class weights")
+            if weight.shape != (scores.shape[1],):
+                raise ShapeError(f"`{op}`'s class weights are one per class, "
+                                 f"[{scores.shape[1]}] for scores {format_shape(scores.shape)}, "
+                                 f"got {weight}")
+        return TensorType("f32", target.shape) if attrs["reduction"] == "none" else SCALAR
     return infer
 
 
-def _classes_reference(log_probs: np.ndarray, target: np.ndarray, ignore_index: int,
-                       smoothing: float) -> np.ndarray:
-    """The mean loss (float64) from log-probabilities [N, C, ...] and class ids [N, ...], as
-    PyTorch: (1 - s) nll + s / C * (the mean of -sum_c log p_c), both over the valid ids."""
+def _classes_reference(log_probs: np.ndarray, target: np.ndarray, attrs: Attrs,
+                       weight: np.ndarray | None = None) -> np.ndarray:
+    """The loss (float64, rounded to f32) from log-probabilities [N, C, ...] and class ids
+    [N, ...], as PyTorch: element i loses -w[t_i] log p[t_i] (0 where ignored); "mean"
+    divides their sum by that of the w[t_i] not ignored. With label smoothing s, (1 - s) of
+    that plus s / C of the same reduction of -sum_c w_c log p_c."""
     classes = log_probs.shape[1]
     target = np.asarray(target, dtype=np.int64)
-    valid = target != ignore_index
+    ignore, smoothing = attrs["ignore_index"], attrs.get("label_smoothing", 0.0)
+    weights = np.ones(classes) if weight is None else np.asarray(weight, dtype=np.float64)
+    valid = target != ignore
     in_range = (target >= 0) & (target < classes)
-    picked = np.take_along_axis(log_probs, np.expand_dims(np.where(in_range, target, 0), 1),
-                                axis=1).squeeze(1)
+    safe = np.where(in_range, target, 0)
+    picked = np.take_along_axis(log_probs, np.expand_dims(safe, 1), axis=1).squeeze(1)
+    # An id outside [0, C) weighs NaN (PyTorch raises an error).
+    chosen = np.where(in_range & valid, weights[safe], np.where(valid, np.nan, 0.0))
     with np.errstate(all="ignore"):  # NaN and infinity propagate as in PyTorch
-        def mean(losses: np.ndarray) -> np.ndarray:
-            return np.where(valid, losses, 0.0).sum() / valid.sum()
+        def reduce(losses: np.ndarray) -> np.ndarray:
+            losses = np.where(valid, losses, 0.0)
+            if attrs["reduction"] == "none":
+                return losses
+            return losses.sum() / chosen.sum() if attrs["reduction"] == "mean" else losses.sum()
 
-        total = mean(np.where(in_range, -picked, np.nan))
+        total = reduce(-picked * chosen)
         if smoothing:
-            total = (1.0 - smoothing) * total + smoothing / classes * mean(
-                -log_probs.sum(axis=1))
+            shape = (1, classes) + (1,) * (log_probs.ndim - 2)
+            total = (1.0 - smoothing) * total + smoothing / classes * reduce(
+                -(log_probs * weights.reshape(shape)).sum(axis=1))
     return np.asarray(total, dtype=np.float32)
 
 
@@ -98,38 +118,71 @@ def _log_softmax64(logits: np.ndarray) -> np.ndarray:
         return x - top - np.log(np.exp(x - top).sum(axis=1, keepdims=True))
 
 
-def _mean_over_valid(builder: Composer, losses: str, target: str, ignore_index: int) -> str:
-    """The mean of `losses` [N, ...] over the elements whose target is not `ignore_index`
-    (0 / 0, NaN, when there is none)."""
-    valid = builder.op("ne", target, other=float(ignore_index))
+def _reduced(builder: Composer, losses: str, valid: str, reduction: str,
+             weights: str) -> str:
+    """`losses` [N, ...] with the elements whose target is ignored (`valid` false) made 0,
+    reduced as `reduction` asks: "mean" divides their sum by that of `weights` (each target's
+    class weight, 0 where ignored; 0 / 0, NaN, when nothing is left)."""
+    losses = builder.op("where", valid, losses, builder.constant(0.0))
+    if reduction == "none":
+        return losses
     every = list(range(builder.type_of(losses).rank))
-    total = builder.op("sum", builder.op("where", valid, losses, builder.constant(0.0)),
-                       axis=every)
-    count = builder.op("sum", builder.op("cast", valid, dtype="f32"), axis=every)
-    return builder.op("div", total, count)
+    total = builder.op("sum", losses, axis=every)
+    if reduction == "sum":
+        return total
+    return builder.op("div", total, builder.op("sum", weights, axis=every))
 
 
-def _classes_parts(builder: Composer, log_probs: str, target: str, ignore_index: int) -> str:
-    """The mean of -log_probs[target] for log-probabilities [N, C, ...] (f32) and class ids
-    [N, ...]."""
-    scores = builder.type_of(log_probs)
+def _class_axis(builder: Composer, value: str, rank: int) -> str:
+    """A [C] tensor as [C, 1, ...], against scores of `rank` without their batch."""
+    for _ in range(rank - 2):
+        value = builder.op("unsqueeze", value, axis=1)
+    return value
+
+
+def _targets(builder: Composer, attrs: Attrs, scores: TensorType, target: str,
+             weight: str | None, classes_needed: bool = True
+             ) -> tuple[str | None, str, str, str | None]:
+    """For scores [N, C, ...] and class ids [N, ...]: which class each element's target is
+    (bool [N, C, ...]; None if not `classes_needed` and there are no class weights), which
+    targets are not ignored, each target's weight (f32 [N, ...]: its class weight or 1, 0
+    where ignored, NaN for an id outside [0, C)), and the class weights as [C, 1, ...] (None
+    without)."""
     classes = int(scores.shape[1])
     ids = builder.op("cast", target, dtype="i64")
-    # Class c of element (n, ...) is the target where c == target: arange as [C, 1, ...]
-    # against the target as [N, 1, ...]. A where, not a product with a one-hot mask: a -inf
-    # log-probability of another class must weigh nothing.
-    arange = builder.op("arange", n=classes)
-    for _ in range(scores.rank - 2):
-        arange = builder.op("unsqueeze", arange, axis=1)
-    chosen = builder.op("eq", arange, builder.op("unsqueeze", ids, axis=1))
-    terms = builder.op("where", chosen, log_probs, builder.constant(0.0))
-    losses = builder.op("neg", builder.op("sum", terms, axis=1))
+    valid = builder.op("ne", ids, other=float(attrs["ignore_index"]))
+    chosen = None
+    if classes_needed or weight is not None:
+        # Class c of element (n, ...) is the target where c == target: arange as [C, 1, ...]
+        # against the target as [N, 1, ...].
+        arange = _class_axis(builder, builder.op("arange", n=classes), scores.rank)
+        chosen = builder.op("eq", arange, builder.op("unsqueeze", ids, axis=1))
     # 1 for an id in [0, C), NaN (0 / 0) for one outside: the loss of an unknown class is NaN.
     in_range = builder.op("mul", builder.op("cast", builder.op("ge", ids, other=0.0), dtype="f32"),
                           builder.op("cast", builder.op("lt", ids, other=float(classes)),
                                      dtype="f32"))
-    losses = builder.op("mul", losses, builder.op("div", in_range, in_range))
-    return _mean_over_valid(builder, losses, ids, ignore_index)
+    weights = builder.op("div", in_range, in_range)
+    per_class = None if weight is None else \
+        _class_axis(builder, _as_f32(builder, weight), scores.rank)
+    if per_class is not None and chosen is not None:
+        picked = builder.op("where", chosen, per_class, builder.constant(0.0))
+        weights = builder.op("mul", builder.op("sum", picked, axis=1), weights)
+    return chosen, valid, builder.op("where", valid, weights, builder.constant(0.0)), per_class
+
+
+def _classes_parts(builder: Composer, attrs: Attrs, log_probs: str, target: str,
+                   weight: str | None) -> str:
+    """The loss without label smoothing for log-probabilities [N, C, ...] (f32), class ids
+    [N, ...] and optional class weights [C], as `_classes_reference`."""
+    chosen, valid, weights, _ = _targets(builder, attrs, builder.type_of(log_probs), target,
+                                         weight)
+    assert chosen is not None
+    # A where, not a product with a one-hot mask: a -inf log-probability of another class
+    # must weigh nothing.
+    terms = builder.op("where", chosen, log_probs, builder.constant(0.0))
+    losses = builder.op("neg", builder.op("sum", terms, axis=1))
+    return _reduced(builder, builder.op("mul", losses, weights), valid, attrs["reduction"],
+                    weights)
 
 
 def _as_f32(builder: Composer, value: str) -> str:
@@ -137,23 +190,30 @@ def _as_f32(builder: Composer, value: str) -> str:
         builder.op("cast", value, dtype="f32")
 
 
-def _cross_entropy_parts(builder: Composer, attrs: Attrs, logits: str, target: str) -> str:
-    ignore, smoothing = attrs["ignore_index"], attrs["label_smoothing"]
+def _cross_entropy_parts(builder: Composer, attrs: Attrs, logits: str, target: str,
+                         weight: str | None = None) -> str:
     log_probs = builder.op("log_softmax", _as_f32(builder, logits), axis=1)
+    smoothing = attrs["label_smoothing"]
     if not smoothing:
-        return _classes_parts(builder, log_probs, target, ignore)
-    # PyTorch's sum of two means: (1 - s) of the plain loss (itself a cross_entropy, so the
-    # ONNX export writes SoftmaxCrossEntropyLoss) and s / C of the mean of -sum_c log p_c.
-    classes = int(builder.type_of(logits).shape[1])
-    plain = builder.op("cross_entropy", logits, target, ignore_index=ignore)
-    spread = _mean_over_valid(builder, builder.op("neg", builder.op("sum", log_probs, axis=1)),
-                              target, ignore)
+        return _classes_parts(builder, attrs, log_probs, target, weight)
+    # PyTorch's sum of two losses: (1 - s) of the plain one (itself a cross_entropy, so the
+    # ONNX export writes SoftmaxCrossEntropyLoss) and s / C of the same reduction of
+    # -sum_c w_c log p_c.
+    scores = builder.type_of(logits)
+    plain = builder.op("cross_entropy", logits, target, *([] if weight is None else [weight]),
+                       ignore_index=attrs["ignore_index"], reduction=attrs["reduction"])
+    _, valid, weights, per_class = _targets(builder, attrs, scores, target, weight, False)
+    spread = log_probs if per_class is None else builder.op("mul", log_probs, per_class)
+    spread = _reduced(builder, builder.op("neg", builder.op("sum", spread, axis=1)), valid,
+                      attrs["reduction"], weights)
     return builder.op("add", builder.op("mul", plain, builder.constant(1.0 - smoothing)),
-                      builder.op("mul", spread, builder.constant(smoothing / classes)))
+                      builder.op("mul", spread,
+                                 builder.constant(smoothing / int(scores.shape[1]))))
 
 
-def _nll_loss_parts(builder: Composer, attrs: Attrs, log_probs: str, target: str) -> str:
-    return _classes_parts(builder, _as_f32(builder, log_probs), target, attrs["ignore_index"])
+def _nll_loss_parts(builder: Composer, attrs: Attrs, log_probs: str, target: str,
+                    weight: str | None = None) -> str:
+    return _classes_parts(builder, attrs, _as_f32(builder, log_probs), target, weight)
 
 
 def _classes_flops(per_element: int) -> Flops:
@@ -164,49 +224,58 @@ def _classes_flops(per_element: int) -> Flops:
 
 _IGNORE_INDEX = AttrSpec("ignore_index", "int", default=-100, positional=False,
                          help="a target equal to it adds nothing and is not counted")
+_REDUCTION = AttrSpec("reduction", "str", default="mean", choices=("mean", "sum", "none"),
+                      positional=False,
+                      help='"mean" (weighted by the class weights), "sum", or "none": the loss '
+                           "of each target (0 where ignored)")
 _CLASS_DOC = ("scores `[N, C]` or `[N, C, d1, ...]`, target `[N]` or `[N, d1, ...]` "
-              "(i32 or i64) → `[]` (f32)")
+              "(i32 or i64), optional class weights `[C]` → `[]` (f32), or `[N, ...]` "
+              "(f32) for reduction=\"none\"")
 
 register(OpDef(
     name="cross_entropy",
     attrs=(AttrSpec("label_smoothing", "float", default=0.0, minimum=0.0,
                     help="the share of the target spread evenly over all classes"),
-           _IGNORE_INDEX),
+           _IGNORE_INDEX, _REDUCTION),
     infer=_classes_infer("cross_entropy"),
-    reference=lambda attrs, logits, target: _classes_reference(
-        _log_softmax64(logits), target, attrs["ignore_index"], attrs["label_smoothing"]),
+    reference=lambda attrs, logits, target, weight=None: _classes_reference(
+        _log_softmax64(logits), target, attrs, weight),
     decompose=_cross_entropy_parts,
     min_inputs=2,
-    max_inputs=2,
+    max_inputs=3,
     flops=_classes_flops(8),
     kind="reduction",
     role="layout",  # never fused: the code generator computes its decomposition
     dtypes=(*FLOAT_DTYPES, *INTEGER_DTYPES),
-    summary="`F.cross_entropy(logits, target, ignore_index=ignore_index, "
-            "label_smoothing=label_smoothing)`: the mean over the targets not ignored of "
-            "-log_softmax(logits)[target] (all ignored: NaN); a class id outside [0, C) gives NaN "
-            "(PyTorch raises an error)",
+    summary="`F.cross_entropy(logits, target, weight, ignore_index=ignore_index, "
+            "label_smoothing=label_smoothing, reduction=reduction)`: -w[target] · "
+            "log_softmax(logits)[target] for each target not ignored, by default their mean "
+            "weighted by w (all ignored: NaN); a class id outside [0, C) gives NaN (PyTorch "
+            "raises an error)",
     doc=OpDoc(shapes=_CLASS_DOC, flops="8 in",
-              attrs="`label_smoothing` in [0, 1]; the class dimension is a number"),
+              attrs="`label_smoothing` in [0, 1]; the class dimension is a number; class "
+                    "weights of one per class"),
 ))
 
 register(OpDef(
     name="nll_loss",
-    attrs=(_IGNORE_INDEX,),
+    attrs=(_IGNORE_INDEX, _REDUCTION),
     infer=_classes_infer("nll_loss"),
-    reference=lambda attrs, log_probs, target: _classes_reference(
-        np.asarray(log_probs, dtype=np.float64), target, attrs["ignore_index"], 0.0),
+    reference=lambda attrs, log_probs, target, weight=None: _classes_reference(
+        np.asarray(log_probs, dtype=np.float64), target, attrs, weight),
     decompose=_nll_loss_parts,
     min_inputs=2,
-    max_inputs=2,
+    max_inputs=3,
     flops=_classes_flops(2),
     kind="reduction",
     role="layout",
     dtypes=(*FLOAT_DTYPES, *INTEGER_DTYPES),
-    summary="`F.nll_loss(logp, target, ignore_index=ignore_index)`: the mean over the targets "
-            "not ignored of -logp[target] (all ignored: NaN); a class id outside [0, C) gives "
-            "NaN (PyTorch raises an error)",
-    doc=OpDoc(shapes=_CLASS_DOC, flops="2 in", attrs="the class dimension is a number"),
+    summary="`F.nll_loss(logp, target, weight, ignore_index=ignore_index, "
+            "reduction=reduction)`: -w[target] · logp[target] for each target not ignored, by "
+            "default their mean weighted by w (all ignored: NaN); a class id outside [0, C) "
+            "gives NaN (PyTorch raises an error)",
+    doc=OpDoc(shapes=_CLASS_DOC, flops="2 in",
+              attrs="the class dimension is a number; class weights of one per class"),
 ))
 
 

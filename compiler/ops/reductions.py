@@ -11,6 +11,11 @@ so the ops have role `reduction`: one kernel of the "reduce over any axes" famil
 the input) and after (an epilogue). NaN propagates as in PyTorch: amax and amin return NaN
 for a slice holding one; logsumexp is max + log(sum(exp(x - max))) with an infinite max
 taken as is (all -inf gives -inf, a +inf gives +inf).
+
+`sum`, `amax`, `amin` and `argmax` also take `i32` and `i64` tensors, as PyTorch does, computed
+exactly in the tensor's own type: an integer sum wraps around on overflow and keeps the dtype
+(`torch.sum(x, dtype=x.dtype)` and ONNX's ReduceSum; PyTorch's plain `x.sum()` of an `i32`
+tensor is `i64`: write `sum(cast(x, "i64"), ...)` for that). `mean` and `logsumexp` stay float.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from netc.ir import Attrs, TensorType, format_shape
+from netc.ir import FLOAT_DTYPES, Attrs, TensorType, format_shape
+from netc.ops.arithmetic import NUMERIC_DTYPES
 from netc.ops.registry import (
     AttrSpec,
     OpDef,
@@ -81,12 +87,15 @@ def _flops(per_input: int) -> Callable[[Attrs, Sequence[tuple[int, ...]], tuple[
 
 
 def _numpy(function: Callable[..., Any]) -> Callable[..., np.ndarray]:
-    """A reference from a NumPy reduction taking `axis` and `keepdims`, computed in f32."""
+    """A reference from a NumPy reduction taking `axis` and `keepdims`, computed in f32, or
+    for an integer x in its own type (wrapping around on overflow)."""
     def reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
+        x = np.asarray(x)
+        dtype = x.dtype if x.dtype.kind in "iu" else np.dtype(np.float32)
         with np.errstate(invalid="ignore", over="ignore"):
-            result = function(x, axis=tuple(attrs["axis"]), keepdims=attrs["keepdim"])
-        return np.asarray(result, dtype=np.float32)
+            result = function(x.astype(dtype), axis=tuple(attrs["axis"]),
+                              keepdims=attrs["keepdim"])
+        return np.asarray(result, dtype=dtype)
     return reference
 
 
@@ -103,19 +112,22 @@ def _logsumexp(x: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarr
 
 REDUCTIONS = {
     "sum": (_numpy(lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims,
-                                                     dtype=np.float32)),
-            1, "the sum over the reduced axes"),
+                                                     dtype=x.dtype)),
+            1, "the sum over the reduced axes; of `i32` / `i64` too, in that type (wrapping "
+               "around on overflow, as torch.sum(x, dtype=x.dtype))", NUMERIC_DTYPES),
     "mean": (_numpy(lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims,
                                                        dtype=np.float32)),
-             1, "the mean over the reduced axes"),
-    "amax": (_numpy(np.max), 1, "the largest element over the reduced axes (NaN if any is)"),
-    "amin": (_numpy(np.min), 1, "the smallest element over the reduced axes (NaN if any is)"),
+             1, "the mean over the reduced axes", FLOAT_DTYPES),
+    "amax": (_numpy(np.max), 1, "the largest element over the reduced axes (NaN if any is); "
+             "`i32` and `i64` too", NUMERIC_DTYPES),
+    "amin": (_numpy(np.min), 1, "the smallest element over the reduced axes (NaN if any is); "
+             "`i32` and `i64` too", NUMERIC_DTYPES),
     "logsumexp": (_numpy(_logsumexp), 4,
-                  "log(sum(exp(x))) over the reduced axes, numerically stable"),
+                  "log(sum(exp(x))) over the reduced axes, numerically stable", FLOAT_DTYPES),
 }
-"""Each reduction: its reference, FLOPs per input element, summary."""
+"""Each reduction: its reference, FLOPs per input element, summary, input dtypes."""
 
-for _name, (_reference, _per_input, _summary) in REDUCTIONS.items():
+for _name, (_reference, _per_input, _summary, _dtypes) in REDUCTIONS.items():
     register(OpDef(
         name=_name,
         attrs=REDUCTION_ATTRS,
@@ -127,6 +139,7 @@ for _name, (_reference, _per_input, _summary) in REDUCTIONS.items():
         # Reads each element once, whatever the axes: a prologue of any length fuses.
         role="reduction",
         summary=_summary,
+        dtypes=_dtypes,
         doc=OpDoc(shapes="`[d0, d1, ...]` → the reduced axes dropped (size 1 with `keepdim`)",
                   flops=f"{_per_input} × in + out" if _per_input > 1 else "in + out",
                   attrs="`axis`: at least one, each once, in range; the named (batch) "
@@ -160,6 +173,7 @@ register(OpDef(
     # its own, never fused.
     role="layout",
     summary="the position (`i64`) of the largest element along `axis`: the first of equal "
-            "ones, of the first NaN if any (as PyTorch)",
+            "ones, of the first NaN if any (as PyTorch); x of any float dtype, `i32` or `i64`",
+    dtypes=NUMERIC_DTYPES,
     doc=OpDoc(shapes="`[a, b, c]` → `[a, c]` (axis 1), dtype `i64`", flops="in + out"),
 ))

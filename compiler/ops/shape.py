@@ -95,9 +95,9 @@ register(OpDef(
 # expand ----------------------------------------------------------------------------------
 
 
-def expanded_shape(op: str, x: TensorType, dims: Sequence[int]) -> tuple[Dim, ...]:
+def expanded_shape(op: str, x: TensorType, dims: Sequence[Dim]) -> tuple[Dim, ...]:
     """`Tensor.expand(*dims)`: the full target shape, -1 keeping the input's size; new leading
-    dimensions must be given."""
+    dimensions must be given. A size may be a named dimension (`expand(cls, [N, -1, -1])`)."""
     shown = f"{format_shape(x.shape)} to {format_shape(tuple(dims))}"
     if len(dims) < x.rank:
         raise ShapeError(f"`{op}` needs at least as many sizes as the input has dimensions: "
@@ -106,7 +106,7 @@ def expanded_shape(op: str, x: TensorType, dims: Sequence[int]) -> tuple[Dim, ..
     shape: list[Dim] = []
     for position, target in enumerate(dims):
         if position < lead:
-            if target < 1:
+            if isinstance(target, int) and target < 1:
                 raise ShapeError(f"`{op}` cannot expand {shown}: a new leading dimension "
                                  f"needs a positive size, got {target}")
             shape.append(target)
@@ -114,13 +114,15 @@ def expanded_shape(op: str, x: TensorType, dims: Sequence[int]) -> tuple[Dim, ..
         size = x.shape[position - lead]
         if target == -1 or target == size:
             shape.append(size)
-        elif size == 1 and target >= 1:
+        elif size == 1 and (isinstance(target, str) or target >= 1):
             shape.append(target)
         else:
             raise ShapeError(f"`{op}` cannot expand {shown}: dimension {position} of size "
                              f"{size} can only be kept (-1) or expanded from 1")
     result = tuple(shape)
-    require_batch_first(op, result, x)
+    # The named dimensions `dims` gives come from the network's inputs, as in `reshape`.
+    require_batch_first(op, result, x, TensorType(x.dtype, tuple(d for d in dims
+                                                                  if isinstance(d, str))))
     return result
 
 
@@ -138,8 +140,9 @@ def _expand_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
 register(OpDef(
     name="expand",
     dtypes=ALL_DTYPES,
-    attrs=(AttrSpec("dims", "int_list", minimum=-1,
-                    help="the full target shape; -1 keeps a dimension"),),
+    attrs=(AttrSpec("dims", "dim_list", minimum=-1,
+                    help="the full target shape; -1 keeps a dimension; a named dimension "
+                         "expands a 1 to its run-time size"),),
     infer=_expand_infer,
     reference=_expand_reference,
     normalize=lambda attrs, inputs: attrs.replace(dims=tuple(attrs["dims"])),

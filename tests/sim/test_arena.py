@@ -80,16 +80,16 @@ def _check(graph: Graph, level: int, batches: tuple[int, ...] = (1, 3)) -> Launc
 @pytest.mark.parametrize("example", ["lenet5.net", "transformer.net"])
 def test_examples_run_from_the_arena(example: str) -> None:
     plan = _check(load_file(EXAMPLES / example), 2)
-    assert plan.arena_bytes(3) < plan.intermediate_bytes(3)
+    assert plan.arena_bytes(plan.every_dim(3)) < plan.intermediate_bytes(plan.every_dim(3))
 
 
 @pytest.mark.parametrize("level", [0, 2])
 def test_a_small_resnet_runs_from_the_arena_in_place(level: int) -> None:
     plan = _check(load_string(SMALL_RESNET, filename="small_resnet.net"), level)
-    in_place = [b for b in plan.arena_buffers if b.in_place_of is not None]
+    memory = plan.memory_plan(plan.every_dim(3))
     # -O0 has relu/add/batchnorm kernels of their own; -O2 only the one across the view.
-    assert len(in_place) >= (10 if level == 0 else 1)
-    assert plan.arena_bytes(3) < plan.intermediate_bytes(3)
+    assert memory.inplace_count >= (10 if level == 0 else 1)
+    assert memory.arena_bytes < plan.intermediate_bytes(plan.every_dim(3))
 
 
 def test_without_reuse_every_intermediate_can_be_read_back() -> None:

@@ -54,5 +54,8 @@ def test_conv2d_gives_the_same_result_for_every_candidate_tile(
     # The heuristic picks among the tiles just run, for this shape too.
     node = graph[next(iter(tiles))]
     shape_found = gemm_shape(graph, node, batch=3)
+    if attrs.get("groups") == shape[0]:  # depthwise: its own kernel, which takes no GEMM tile
+        assert shape_found is None
+        return
     assert shape_found is not None
     assert heuristic_tile(shape_found)[0] in TILES

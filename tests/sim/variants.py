@@ -14,7 +14,7 @@ from netc.codegen import kernels, pointwise
 from netc.codegen.emit import lower
 from netc.codegen.kernels import KernelSpec
 from netc.codegen.pointwise import PointwiseCode
-from netc.codegen.tiles import BlockTile, GemmTile, RowTile
+from netc.codegen.tiles import BlockTile, DepthwiseTile, GemmTile, RowTile
 from netc.codegen.tiling import CANDIDATES, choose_tiles
 from netc.ir import ALL_DTYPES, FLOAT_DTYPES, INTEGER_DTYPES, Attrs, Node, Region, TensorType
 from netc.ops import REGISTRY
@@ -37,6 +37,24 @@ LOW_PRECISION_GEMM_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4))
 LOW_PRECISION_CONV_TILES = (GemmTile(),)
 LOW_PRECISION_ROW_TILES = (RowTile(32, 8), RowTile(256, 1))
 MAX_ELEMENTWISE_RANK = 5
+ATTENTION_HEADS = ((1, 1), (8, 8), (33, 7), (24, 40), (128, 128), (64, 64))
+"""(q/k features, v features) of the fused attention kernels the tests draw (compile-time in
+that family): odd and tiny ones, the largest it takes, and a common head size (last: the
+f16 and bf16 tests draw it alone)."""
+DEPTHWISE_KERNELS = ((3, 3), (5, 5), (7, 7), (1, 3), (3, 1))
+"""Kernel sizes (compile-time in the depthwise family) the f32 tests draw: MobileNet's,
+EfficientNet's, ConvNeXt's, oblong ones (and conv1d's 1 x k); f16 and bf16 draw the first."""
+DEPTHWISE_TILES = tuple(DepthwiseTile(columns=columns) for columns in (1, 2, 4))
+"""What `default_depthwise_tile` chooses, by output width."""
+DEPTHWISE_NETWORK = """
+# MobileNetV2's depthwise stage: conv (groups = channels) |> batchnorm |> relu6, a residual.
+network depthwise {
+    input x: DTYPE[N, 6, 9, 13]
+    y = conv2d(x, 6, kernel=3, padding=1, groups=6, bias=false) |> batchnorm |> relu6
+    output residual = x + y
+    output strided = conv2d(x, 12, kernel=5, stride=2, padding=2, groups=6) |> hardswish
+}
+"""
 
 
 def standalone(op: str, operands: str = "") -> PointwiseCode:
@@ -113,13 +131,23 @@ def catalog() -> dict[str, KernelSpec]:
             specs += [kernels.elementwise_kernel(dataclasses.replace(code, rank=rank), dtype,
                                                  block)
                       for code, ranks in _pointwise_variants() for rank in ranks]
-    for source, dtype in NETWORKS:
+    for dtype in ("f32", *LOW_PRECISION):
+        for kernel in DEPTHWISE_KERNELS[:1] if dtype in LOW_PRECISION else DEPTHWISE_KERNELS:
+            specs += [kernels.depthwise_conv2d_kernel(dtype, tile, kernel, has_bias=bias)
+                      for tile in DEPTHWISE_TILES for bias in (True, False)]
+    for source, dtype in [*NETWORKS, *((DEPTHWISE_NETWORK, d) for d in ("f32", *LOW_PRECISION))]:
         for level in (0, 2):
             graph = network(source, dtype, level)
             specs += lower(graph).kernels.values()
             # What the plan backends (cudasim, cuda) generate: the tiling heuristic's tiles.
             specs += lower(graph, choose_tiles(graph)).kernels.values()
     specs += integer_kernels()
+    specs += integer_arithmetic_kernels()
+    specs += [kernels.attention_kernel(dtype, features, value_features, causal)
+              for dtype in ("f32", *LOW_PRECISION)
+              for features, value_features in (ATTENTION_HEADS if dtype == "f32"
+                                               else ATTENTION_HEADS[-1:])
+              for causal in (False, True)]
     return {spec.name: spec for spec in specs}
 
 
@@ -142,4 +170,25 @@ def integer_kernels() -> list[KernelSpec]:
         for index, value in enumerate(values):
             builder.output(f"out{index}", value)
         specs += lower(builder.build()).kernels.values()
+    return specs
+
+
+def integer_arithmetic_kernels() -> list[KernelSpec]:
+    """The i32 and i64 kernels of arithmetic (an integer number inlined as a literal) and of
+    the reductions that take integers: a warp per row and a block per row."""
+    specs: list[KernelSpec] = []
+    for dtype in INTEGER_DTYPES:
+        builder = GraphBuilder(f"arithmetic_{dtype}")
+        x = builder.input("x", dtype, ("N", 5))
+        y = builder.input("y", dtype, (1, 5))
+        values = [builder.op(op, x, y) for op in ("add", "sub", "mul", "maximum", "minimum")]
+        values += [builder.op("add", x, builder.constant(-3.0, dtype)),
+                   builder.op("neg", x), builder.op("abs", x)]
+        for index, value in enumerate(values):
+            builder.output(f"out{index}", value)
+        specs += lower(builder.build()).kernels.values()
+        specs += [kernels.reduce_kernel(op, dtype, tile, 1, reduced)
+                  for tile in (ROW_TILES[0], ROW_TILES[-1])
+                  for op in ("sum", "amax", "amin", "argmax")
+                  for reduced in ((1,) if op in kernels.INDEX_REDUCTIONS else (1, 2))]
     return specs

@@ -1,5 +1,6 @@
 """The launch plan's arena (netc.codegen.arena): lifetimes over launches, in place only where an
-elementwise kernel allows it, offsets that scale with the batch, and the plan's byte counts.
+elementwise kernel allows it, an arena planned for each set of sizes of the named dimensions,
+and the plan's byte counts.
 
 The property test checks generated plans of random networks with its own overlap check and its
 own liveness walk, not only with the planner's `verify_plan`."""
@@ -19,7 +20,7 @@ from netc.ir import Graph
 from netc.memory import ALIGNMENT, verify_plan
 from netc.ops.builder import GraphBuilder
 from netc.passes import run_pipeline
-from netc.plan import Arg, BatchBytes, Buffer, GridDim, LaunchPlan
+from netc.plan import Arg, Buffer, GridDim, LaunchPlan
 from tests.unit.netgen import networks
 
 pytestmark = pytest.mark.unit
@@ -42,12 +43,14 @@ def test_an_elementwise_chain_runs_in_place_in_one_slot() -> None:
     plan = generate(_chain("relu", "sigmoid", "tanh", "gelu"))
     relu, sigmoid, tanh = plan.arena_buffers  # gelu's result is the output
     assert (relu.live, sigmoid.live, tanh.live) == ((0, 1), (1, 2), (2, 3))
-    assert sigmoid.in_place_of == relu.name and tanh.in_place_of == sigmoid.name
-    assert relu.arena_offset == sigmoid.arena_offset == tanh.arena_offset == BatchBytes(0, 0)
-    # 15 floats an item, rounded up to the alignment, scaled by the batch.
-    assert plan.arena_size == BatchBytes(ALIGNMENT, 0)
-    assert plan.arena_bytes(5) == 5 * ALIGNMENT
-    assert plan.intermediate_bytes(5) == 3 * 5 * 15 * 4
+    assert sigmoid.in_place == (relu.name,) and tanh.in_place == (sigmoid.name,)
+    memory = plan.memory_plan({"N": 5})
+    assert [memory.placement(b.name).shares for b in (relu, sigmoid, tanh)] == \
+        [None, relu.name, sigmoid.name]
+    assert {memory.placement(b.name).offset for b in (relu, sigmoid, tanh)} == {0}
+    # 5 items of 15 floats, rounded up to the alignment once.
+    assert plan.arena_bytes({"N": 5}) == ALIGNMENT * 2
+    assert plan.intermediate_bytes({"N": 5}) == 3 * 5 * 15 * 4
 
 
 def test_kernels_that_read_other_elements_never_write_in_place() -> None:
@@ -65,8 +68,8 @@ network mixed {
 """
     plan = generate(load_string(source, filename="mixed.net"))
     assert len(plan.arena_buffers) == 6
-    assert all(b.in_place_of is None for b in plan.arena_buffers)
-    verify_plan(plan.memory_plan(3))
+    assert all(b.in_place == () for b in plan.arena_buffers)
+    assert plan.memory_plan({"N": 3}).inplace_count == 0
 
 
 def test_an_input_that_lives_on_is_not_overwritten() -> None:
@@ -80,8 +83,11 @@ network fork {
 """
     plan = generate(load_string(source, filename="fork.net"))
     arena = _arena(plan)
-    assert arena["sigmoid#0"].in_place_of is None  # a is read again by the add
-    assert arena["sigmoid#0"].arena_offset != arena["relu#0"].arena_offset
+    memory = plan.memory_plan({"N": 2})
+    # Offered a's storage, b may not take it: a is read again by the add.
+    assert memory.placement(arena["sigmoid#0"].name).shares is None
+    assert memory.placement(arena["sigmoid#0"].name).offset != \
+        memory.placement(arena["relu#0"].name).offset
 
 
 def test_an_output_viewed_from_an_intermediate_lives_to_the_end() -> None:
@@ -97,9 +103,10 @@ network viewed {
     plan = generate(load_string(source, filename="viewed.net"))
     dense = _arena(plan)["dense_0"]
     assert dense.live == (0, len(plan.launches) - 1)
-    assert all(b.in_place_of != dense.name for b in plan.arena_buffers)
+    memory = plan.memory_plan({"N": 3})
+    assert all(p.shares != dense.name for p in memory.placements)
     flat = plan.buffer(dict(plan.outputs)["flat"])
-    assert flat.alias_of == dense.name and flat.arena_offset is None
+    assert flat.alias_of == dense.name and not flat.in_arena
 
 
 def test_in_place_through_a_view() -> None:
@@ -113,8 +120,9 @@ network through {
 """
     plan = generate(run_pipeline(load_string(source, filename="through.net"), 2).graph)
     arena = {b.name: b for b in plan.arena_buffers}
-    taken = [b for b in arena.values() if b.in_place_of is not None]
-    assert len(taken) == 1 and arena[taken[0].in_place_of].node.startswith("conv2d")
+    memory = plan.memory_plan({"N": 2})
+    taken = [p for p in memory.placements if p.shares is not None]
+    assert len(taken) == 1 and arena[str(taken[0].shares)].node.startswith("conv2d")
 
 
 def _spec(name: str) -> KernelSpec:
@@ -137,50 +145,65 @@ def test_an_input_also_read_through_another_view_is_not_taken_over() -> None:
     )
     offered = (("b", "a"),)
     # b = f(a, v): the launch reads a in place but v (the same storage) some other way.
-    arena = plan_launch_arena(buffers, [_launch("a", "x"), _launch("b", "a", "v",
-                                        in_place=offered), _launch("y", "b")], ["y"])
-    assert {b.name: b.in_place_of for b in arena.buffers}["b"] is None
+    placed = plan_launch_arena(buffers, [_launch("a", "x"), _launch("b", "a", "v",
+                               in_place=offered), _launch("y", "b")], ["y"])
+    assert {b.name: b.in_place for b in placed}["b"] == ()
     # Offered for both, the storage may be taken over.
-    arena = plan_launch_arena(buffers, [_launch("a", "x"), _launch(
+    placed = plan_launch_arena(buffers, [_launch("a", "x"), _launch(
         "b", "a", "v", in_place=(("b", "a"), ("b", "v"))), _launch("y", "b")], ["y"])
-    assert {b.name: b.in_place_of for b in arena.buffers}["b"] == "a"
+    assert {b.name: b.in_place for b in placed}["b"] == ("a",)
 
 
-def test_fixed_size_intermediates_go_after_the_batched_region() -> None:
+def _two_dim_plan() -> LaunchPlan:
+    """A [N, T, 8] buffer and a [N, 8, T, T] one, both live at launch 1."""
     buffers = (
-        Buffer("x", "input", "f32", ("N", 100), "x"),
+        Buffer("x", "input", "f32", ("N", "T", 8), "x"),
+        Buffer("a", "intermediate", "f32", ("N", "T", 8), "a"),
+        Buffer("s", "intermediate", "f32", ("N", 8, "T", "T"), "s"),
         Buffer("c", "intermediate", "f32", (10,), "c"),
-        Buffer("a", "intermediate", "f32", ("N", 100), "a"),
-        Buffer("y", "output", "f32", ("N", 100), "y"),
+        Buffer("y", "output", "f32", ("N", "T", 8), "y"),
     )
-    arena = plan_launch_arena(buffers, [_launch("c"), _launch("a", "x", "c"),
-                                        _launch("y", "a")], ["y"])
-    placed = {b.name: b for b in arena.buffers}
-    assert placed["a"].arena_offset == BatchBytes(0, 0)
-    assert placed["c"].arena_offset == BatchBytes(512, 0)  # 400 bytes an item, aligned
-    assert arena.size == BatchBytes(512, 256)
+    launches = [_launch("a", "x"), _launch("s", "a", "c"), _launch("y", "s", "a")]
+    placed = plan_launch_arena(buffers, launches, ["y"])
+    return LaunchPlan("two", "two", "", ("N", "T"), placed, (), (("y", "y"),))
 
 
-def test_a_network_without_a_batch_has_only_a_fixed_region() -> None:
+@pytest.mark.parametrize("sizes", [{"N": 1, "T": 1}, {"N": 2, "T": 7}, {"N": 3, "T": 129}])
+def test_the_arena_is_planned_for_each_set_of_sizes(sizes: dict[str, int]) -> None:
+    plan = _two_dim_plan()
+    memory = plan.memory_plan(sizes)
+    records = {b.name: b for b in plan.arena_buffers}
+    verify_plan(memory)
+    assert memory.sizes == tuple(sizes.items())
+    n, t = sizes["N"], sizes["T"]
+    # All three live together at launch 1: the arena holds them side by side, aligned.
+    expected = sum(-(-b.nbytes(sizes) // ALIGNMENT) * ALIGNMENT for b in records.values())
+    assert memory.arena_bytes == expected
+    assert records["s"].nbytes(sizes) == n * 8 * t * t * 4
+
+
+def test_a_network_without_a_named_dimension_plans_at_its_sizes() -> None:
     plan = generate(_chain("relu", "relu", shape=(4, 4)))
-    assert plan.batch_dim is None and plan.arena_size == BatchBytes(0, 256)
-    assert plan.memory_plan(1).batch is None
+    assert plan.dims == () and plan.every_dim() == {}
+    memory = plan.memory_plan({})
+    assert memory.sizes == () and memory.arena_bytes == ALIGNMENT
+    assert "no named dimension" in memory.summary()
 
 
 def test_bytes_moved_counts_each_buffer_argument_once_per_launch() -> None:
     plan = generate(_chain("relu", "sigmoid"))
     # relu reads x and writes its result; sigmoid reads that and writes y: 4 tensors.
-    assert plan.bytes_moved(2) == 4 * 2 * 15 * 4
-    assert plan.launch_bytes(0, 1) == 2 * 15 * 4
+    assert plan.bytes_moved({"N": 2}) == 4 * 2 * 15 * 4
+    assert plan.launch_bytes(0, {"N": 1}) == 2 * 15 * 4
 
 
-def test_plan_json_carries_offsets() -> None:
+def test_plan_json_carries_lifetimes_and_round_trips() -> None:
     plan = generate(_chain("relu", "sigmoid", "tanh"))
     document = json.loads(plan.to_json())
-    assert document["arena_size"] == {"per_batch": ALIGNMENT, "fixed": 0}
-    placed = [b for b in document["buffers"] if b["arena_offset"] is not None]
-    assert placed and all(b["role"] == "intermediate" and b["live"] for b in placed)
-    assert placed[1]["in_place_of"] == placed[0]["name"]
+    arena = [b for b in document["buffers"] if b["live"] is not None]
+    assert arena and all(b["role"] == "intermediate" for b in arena)
+    assert arena[1]["in_place"] == [arena[0]["name"]]
+    assert LaunchPlan.from_json(document, plan.source) == plan
 
 
 def test_resnet18_meets_the_launch_and_arena_targets() -> None:
@@ -191,8 +214,9 @@ def test_resnet18_meets_the_launch_and_arena_targets() -> None:
     graph = load_file(Path(__file__).resolve().parents[2] / "examples" / "resnet18.net")
     plan = generate(run_pipeline(graph, 2).graph)
     assert len(plan.launches) <= 24
-    assert plan.arena_bytes(1) <= plan.intermediate_bytes(1) / 2
-    verify_plan(plan.memory_plan(1))
+    sizes = plan.every_dim(1)
+    assert plan.arena_bytes(sizes) <= plan.intermediate_bytes(sizes) / 2
+    verify_plan(plan.memory_plan(sizes))
 
 
 # The property ----------------------------------------------------------------------------------
@@ -212,36 +236,39 @@ def _expected_lifetimes(plan: LaunchPlan) -> dict[str, tuple[int, int]]:
 
 
 def _check_arena(plan: LaunchPlan, batch: int) -> None:
-    sizes = plan.sizes(batch)
+    sizes = plan.every_dim(batch)
     arena = plan.arena_buffers
     expected = _expected_lifetimes(plan)
     assert {b.name for b in arena} == {
         b.name for b in plan.buffers if b.role == "intermediate" and b.alias_of is None}
     for buffer in arena:
         assert buffer.live == expected[buffer.name], buffer
+    memory = plan.memory_plan(sizes)
+    shares = {p.name: p.shares for p in memory.placements}
     placed = []
     for buffer in arena:
-        assert buffer.arena_offset is not None and buffer.live is not None
-        start = buffer.arena_offset.at(batch)
+        assert buffer.live is not None
+        start = memory.placement(buffer.name).offset
         assert start % ALIGNMENT == 0
-        assert start + buffer.nbytes(sizes) <= plan.arena_bytes(batch)
+        assert start + buffer.nbytes(sizes) <= memory.arena_bytes
         placed.append((buffer, start, start + buffer.nbytes(sizes)))
     for index, (first, first_low, first_high) in enumerate(placed):
         for second, second_low, second_high in placed[index + 1:]:
             assert first.live is not None and second.live is not None
             both_live = first.live[0] <= second.live[1] and second.live[0] <= first.live[1]
             bytes_shared = first_low < second_high and second_low < first_high
-            handover = (second.in_place_of == first.name and first.live[1] == second.live[0]) \
-                or (first.in_place_of == second.name and second.live[1] == first.live[0])
+            handover = (shares[second.name] == first.name and first.live[1] == second.live[0]) \
+                or (shares[first.name] == second.name and second.live[1] == first.live[0])
             assert not (both_live and bytes_shared and not handover), (
                 f"{first.name} {first.live} [{first_low}, {first_high}) and {second.name} "
                 f"{second.live} [{second_low}, {second_high}) overlap at batch {batch}")
     by_name = {b.name: b for b in plan.buffers}
     for buffer in arena:
-        if buffer.in_place_of is None:
+        shared = shares[buffer.name]
+        if shared is None:
             continue
-        assert buffer.live is not None
-        taken = by_name[buffer.in_place_of]
+        assert buffer.live is not None and shared in buffer.in_place
+        taken = by_name[shared]
         launch = plan.launches[buffer.live[0]]
         # Only the launch writing this buffer, over an input dying right there: an
         # elementwise kernel (its output comes first), or a kernel whose fused epilogue reads
@@ -255,8 +282,8 @@ def _check_arena(plan: LaunchPlan, batch: int) -> None:
             assert buffer.name in passed and passed.count(taken.name) == 1, launch
         assert taken.live is not None and taken.live[1] == buffer.live[0] > taken.live[0]
         assert taken.dtype == buffer.dtype and taken.nbytes(sizes) >= buffer.nbytes(sizes)
-        assert taken.arena_offset == buffer.arena_offset
-    verify_plan(plan.memory_plan(batch))
+        assert memory.placement(taken.name).offset == memory.placement(buffer.name).offset
+    verify_plan(memory)
 
 
 @settings(max_examples=max(100, settings().max_examples))

@@ -74,7 +74,7 @@ def test_dump_ir_of_a_compile_ends_with_the_memory_plan_that_runs(
     assert sorted(p.name for p in dump.iterdir() if p.suffix == ".txt") == [*PASSES_O2, "10_memory_plan.txt"]
     plan = compile_graph(load_file(RESNET18), CompileOptions()).plan
     assert (dump / "10_memory_plan.txt").read_text() == \
-        "\n".join(plan.memory_plan(1).describe()) + "\n"
+        "\n".join(plan.memory_plan(plan.every_dim(1)).describe()) + "\n"
 
 
 def test_explain_json_through_the_real_command_line() -> None:

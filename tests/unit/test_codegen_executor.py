@@ -123,9 +123,11 @@ def test_a_run_uploads_poisons_launches_and_downloads() -> None:
     assert device.loaded == [(BINARY, list(plan.kernels))]
     (gemm, relu) = device.launches
     assert gemm[0] == plan.launches[0].kernel and relu[0] == plan.launches[1].kernel
-    assert gemm[1] == plan.launches[0].grid_size(3) and gemm[3] == plan.launches[0].shared_bytes
-    batch_position = [arg.kind for arg in plan.launches[0].args].index("batch")
-    assert gemm[4][batch_position] == 3
+    assert gemm[1] == plan.launches[0].grid_size({"N": 3})
+    assert gemm[3] == plan.launches[0].shared_bytes
+    # The batch rows (M = N * 2) reach the kernel as a size evaluated at N = 3.
+    rows = [arg.kind for arg in plan.launches[0].args].index("size")
+    assert gemm[4][rows] == 6
     # Nothing ran, so every output still holds the poison.
     assert outputs["flat"].shape == (3, 8) and np.isnan(outputs["flat"]).all()
     assert np.isnan(outputs["act"]).all()
@@ -179,7 +181,7 @@ def test_inputs_must_agree_on_the_batch() -> None:
 
 def test_grids_beyond_cuda_limits_are_refused() -> None:
     check_grid("k", (2**31 - 1, 65535, 65535))
-    with pytest.raises(PlanInputError, match="smaller batch"):
+    with pytest.raises(PlanInputError, match="smaller inputs"):
         check_grid("k", (2**31, 1, 1))
     with pytest.raises(PlanInputError):
         check_grid("k", (1, 65536, 1))

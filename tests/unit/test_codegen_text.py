@@ -15,13 +15,14 @@ import pytest
 from netc.codegen import kernels, pointwise
 from netc.codegen.emit import describe_node, generate, sanitize
 from netc.codegen.kernels import LOWERINGS
-from netc.codegen.layout import BatchLinear, broadcast_strides, coalesce, contiguous_strides
+from netc.codegen.layout import broadcast_strides, coalesce, contiguous_strides
 from netc.codegen.render import render, template_names
-from netc.codegen.tiles import BlockTile, GemmTile, RowTile, TileError
+from netc.codegen.tiles import BlockTile, DepthwiseTile, GemmTile, RowTile, TileError
 from netc.diagnostics import CompileError, Span
 from netc.ir import Attrs, Graph, Node, Region, TensorType
 from netc.ops import REGISTRY
 from netc.ops.builder import GraphBuilder
+from netc.plan import GridDim, Size, exact_div, size_from_json, size_of, size_to_json
 from tests.sim.variants import standalone
 
 pytestmark = pytest.mark.unit
@@ -44,11 +45,14 @@ SAMPLE_SPECS = [
     kernels.pad_kernel("reflect", 3, "f32", BLOCK),
     kernels.interpolate_kernel("bilinear", True, "bf16", BLOCK),
     kernels.conv_transpose2d_kernel("f16", GemmTile(), has_bias=True, epilogue=RELU),
+    kernels.depthwise_conv2d_kernel("bf16", DepthwiseTile(), (3, 5), has_bias=True,
+                                    epilogue=RELU),
     *(kernels.elementwise_kernel(dataclasses.replace(standalone(op), rank=rank), "f32", BLOCK)
       for op in ("relu", "leaky_relu", "batchnorm", "add") for rank in (0, 3)),
     kernels.elementwise_kernel(pointwise.fill(1.0).code, "f16", BLOCK),
     kernels.elementwise_kernel(standalone("sub", "st"), "f32", BLOCK),
     kernels.embedding_kernel("f32", "i64", BLOCK),
+    kernels.attention_kernel("f16", 33, 7, causal=True),
     kernels.triangle_kernel("triu", "i32", BLOCK),
     kernels.reduce_kernel("logsumexp", "f16", ROW, 2, 1, prologue=EPILOGUE, epilogue=RELU),
     kernels.reduce_kernel("argmax", "bf16", ROW, 1, 2),
@@ -82,7 +86,7 @@ def test_every_template_renders_with_strict_undefined() -> None:
     for spec in SAMPLE_SPECS:
         text = spec.render()
         assert f"{spec.name}(" in text
-        assert f"__launch_bounds__({spec.threads})" in text
+        assert re.search(rf"__launch_bounds__\({spec.threads}(, \d+)?\)", text), spec.name
         assert not re.search(r"\{\{ | \}\}|\{%|%\}|\{#", text), "Jinja left in the output"
 
 
@@ -252,10 +256,12 @@ def test_views_alias_buffers_and_launch_nothing() -> None:
 def test_launch_geometry_follows_the_batch() -> None:
     plan = generate(_mlp())
     dense = plan.launches[0]
-    assert dense.grid_size(1) == (1, 1, 1)
-    assert dense.grid_size(65) == (2, 1, 1)  # 65 rows in 64-row tiles
+    assert dense.grid_size({"N": 1}) == (1, 1, 1)
+    assert dense.grid_size({"N": 65}) == (2, 1, 1)  # 65 rows in 64-row tiles
     assert dense.shared_bytes == GemmTile().shared_bytes
-    assert [arg.kind for arg in dense.args[:5]] == ["buffer"] * 4 + ["batch"]
+    # Pointers, then M (the batch rows, known at launch), N and K.
+    assert [arg.kind for arg in dense.args[:7]] == ["buffer"] * 4 + ["size", "int", "int"]
+    assert dense.arg_values({"N": 7})[4] == 7
 
 
 def test_every_op_has_a_kernel_or_is_a_view() -> None:
@@ -318,17 +324,20 @@ def test_fused_nodes_take_the_tiles_of_their_anchor() -> None:
         generate(graph, tiles={fused[0].id: BlockTile()})
 
 
-def test_two_batch_names_are_refused() -> None:
+def test_every_named_dimension_is_a_run_time_size() -> None:
     builder = GraphBuilder("two")
-    a = builder.input("a", "f32", ("N", 4))
+    a = builder.input("a", "f32", ("N", "T", 4))
     b = builder.input("b", "f32", ("M", 4))
-    builder.output("y", builder.op("relu", a))
+    builder.output("y", builder.op("softmax", a, axis=1))  # rows of length T
     builder.output("z", builder.op("relu", b))
-    with pytest.raises(CompileError, match="one batch size") as caught:
-        generate(builder.build())
-    assert [d.code for d in caught.value.diagnostics] == ["E0450"]
-    assert "`a` (f32[N, 4])" in str(caught.value) and "`b` (f32[M, 4])" in str(caught.value)
-    assert "--backend reference" in str(caught.value)
+    plan = generate(builder.build())
+    assert plan.dims == ("N", "T", "M")
+    softmax, relu = plan.launches
+    # rows = 4 N, length = T, inner = 4: evaluated at launch, nothing recompiled.
+    assert softmax.arg_values({"N": 3, "T": 11, "M": 1})[1:4] == [12, 11, 4]
+    assert softmax.grid_size({"N": 3, "T": 11, "M": 1}) == \
+        softmax.grid_size({"N": 3, "T": 500, "M": 1})
+    assert relu.arg_values({"N": 1, "T": 1, "M": 1000})[1] == 4000
 
 
 def test_a_grid_beyond_cuda_is_a_diagnostic_at_the_layer() -> None:
@@ -343,17 +352,25 @@ def test_a_grid_beyond_cuda_is_a_diagnostic_at_the_layer() -> None:
 # Layout helpers ---------------------------------------------------------------------------
 
 
-def test_batch_linear_sizes() -> None:
-    assert BatchLinear.of(("N", 3, 4)) == BatchLinear(12, 0)
-    assert BatchLinear.of((3, 4)) == BatchLinear(0, 12)
-    assert BatchLinear.of(()) == BatchLinear(0, 1)
-    assert BatchLinear(5, 0).grid(2).size(3) == 8
+def test_sizes_are_polynomials_in_the_named_dimensions() -> None:
+    nt = size_of(("N", 3, "T", 4))
+    assert isinstance(nt, Size) and nt.terms == ((12, ("N", "T")),)
+    assert nt.at({"N": 2, "T": 5}) == 120
+    assert size_of((3, 4)) == 12 and size_of(()) == 1  # no named dim: a plain int
+    assert str(nt + size_of(("T",)) * 2 + 1) == "1 + 12*N*T + 2*T"
+    assert exact_div(nt, 4) == size_of(("N", 3, "T"))
+    assert exact_div(nt, size_of(("T",))) == size_of((12, "N"))
+    with pytest.raises(ValueError):
+        exact_div(nt, 5)
+    assert GridDim(size_of(("N", 5)), 2).size({"N": 3}) == 8
+    assert GridDim(size_of(("T",)), 64, times=size_of(("N",))).size({"N": 3, "T": 65}) == 6
+    assert size_from_json(size_to_json(nt)) == nt and size_from_json(7) == 7
 
 
 def test_coalesce_merges_dims_walked_alike() -> None:
     shape = ("N", 3, 4, 5)
     view = coalesce(shape, [contiguous_strides(shape), broadcast_strides((4, 5), shape)])
-    assert view.sizes == (None, 20)
+    assert view.sizes == (size_of(("N", 3)), 20)
     assert view.strides == ((20, 1), (0, 1))
     assert coalesce(shape, [contiguous_strides(shape)]).contiguous
     transposed = coalesce((2, 5, 3), [(15, 1, 5)])  # [2, 3, 5] transposed to [2, 5, 3]

@@ -23,7 +23,7 @@ import pytest
 
 from netc import toolchain as device_compile
 from netc.artifacts import ArtifactError, format_report, write_artifacts
-from netc.plan import Arg, Buffer, GridDim, Launch, LaunchPlan
+from netc.plan import Arg, Buffer, GridDim, Launch, LaunchPlan, size_arg, size_of
 from netc.toolchain import (
     COMPILE_STATS,
     CompilerNotFound,
@@ -372,15 +372,15 @@ def _plan(source: str = MODULE) -> LaunchPlan:
         Buffer("buf2", "intermediate", "f32", (n, 256), "add_0"),
         Buffer("buf3", "output", "f32", (n,), "sum_0"),
     )
-    elementwise = GridDim(per_batch=256, constant=0, divisor=256)
+    elementwise = GridDim(size_of((n, 256)), 256)
     return LaunchPlan(
-        network="tiny", module="tiny", source=source, batch_dim=n, buffers=buffers,
+        network="tiny", module="tiny", source=source, dims=(n,), buffers=buffers,
         launches=(
             Launch("vector_add", (elementwise, GridDim(), GridDim()), (256, 1, 1), 0,
                    (Arg("buffer", "buf0"), Arg("buffer", "buf1"), Arg("buffer", "buf2"),
-                    Arg("batch")), ("add_0",), "tiny.net:3"),
+                    size_arg("N")), ("add_0",), "tiny.net:3"),
             Launch("block_sum", (elementwise, GridDim(), GridDim()), (256, 1, 1), 0,
-                   (Arg("buffer", "buf2"), Arg("buffer", "buf3"), Arg("batch")),
+                   (Arg("buffer", "buf2"), Arg("buffer", "buf3"), size_arg("N")),
                    ("sum_0",), "tiny.net:4"),
         ),
         outputs=(("y", "buf3"),), kernels=("vector_add", "block_sum"))

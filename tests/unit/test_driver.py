@@ -87,7 +87,7 @@ def test_explain_reports_the_plan_that_compiles() -> None:
     compiled = compile_graph(graph, CompileOptions(arch="sm_80"))
     report = explain(graph, 2, "sm_80")
     assert report.launches == len(compiled.plan.launches)
-    assert report.arena_bytes == compiled.plan.arena_bytes(1)
+    assert report.arena_bytes == compiled.plan.arena_bytes(compiled.plan.every_dim(1))
     assert [(c.node, c.tile) for c in report.tiles] == [(c.node, c.tile) for c in compiled.tiles]
 
 

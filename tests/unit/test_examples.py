@@ -24,6 +24,7 @@ pytestmark = pytest.mark.unit
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CASES = {  # example file: batch size used
     "mlp.net": 3, "lenet5.net": 2, "resnet18.net": 1, "vgg.net": 2, "transformer.net": 2,
+    "vit_tiny.net": 2, "unet_small.net": 1,
 }
 
 

@@ -1,6 +1,7 @@
 """examples/gpt.net against the PyTorch module it describes: the same network at small widths
 (a copy of the example's text with smaller numbers), PyTorch's state dict saved as safetensors
-and loaded by name, compared on the reference interpreter and through ONNX at T = 5 and 11."""
+and loaded by name, compared on the reference interpreter and through ONNX at T = 5 and 11, and
+on the generated CUDA (cudasim): one compiled plan, several lengths."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import torch
 from safetensors.torch import save_file
 
 from netc.codegen.emit import generate
-from netc.diagnostics import CompileError
+from netc.driver import build_binary
 from netc.frontend import load_file, load_string
 from netc.onnx.export import export_graph
+from netc.passes import run_pipeline
 from netc.reference import run_reference
+from netc.runtime.executor import PlanInputError, PlanRunner
+from netc.sim import CudaSim
 from netc.weights import load_state_dict
 
 pytestmark = pytest.mark.unit
@@ -105,8 +109,27 @@ def test_the_example_matches_pytorch(tmp_path: Path, length: int) -> None:
     np.testing.assert_allclose(onnx_logits, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_cuda_refuses_the_example_until_kernels_take_several_sizes() -> None:
-    with pytest.raises(CompileError) as caught:
-        generate(load_string(small_example(), "gpt.net"))
-    (problem,) = caught.value.diagnostics
-    assert problem.code == "E0450" and "several run-time dimensions (N, T)" in problem.message
+def test_one_compiled_plan_runs_every_length_on_cudasim(tmp_path: Path) -> None:
+    """The generated CUDA (cudasim), -O2, compiled once, at T = 1, 5 and 24 (the context) and
+    two batch sizes, against PyTorch; T = 25 is refused before anything runs."""
+    graph = load_string(small_example(), "gpt.net")
+    model = gpt_module()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              tmp_path / "gpt.safetensors")
+    weights = load_state_dict(graph, tmp_path / "gpt.safetensors")
+    optimized = run_pipeline(graph, 2, weights)
+    assert optimized.weights is not None
+    plan = generate(optimized.graph)
+    assert plan.dims == ("N", "T") and [b[:2] for b in plan.bounds] == [("T", CONTEXT)]
+    device = CudaSim()
+    with PlanRunner(plan, device, optimized.weights, build_binary(plan, device)) as runner:
+        for batch, length in ((2, 5), (1, 1), (1, CONTEXT)):
+            tokens = np.random.default_rng(length).integers(0, VOCAB, (batch, length),
+                                                            dtype=np.int64)
+            with torch.no_grad():
+                expected = model(torch.from_numpy(tokens)).numpy()
+            logits = runner.run({"tokens": tokens})["logits"]
+            np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+        too_long = np.zeros((1, CONTEXT + 1), dtype=np.int64)
+        with pytest.raises(PlanInputError, match=f"T={CONTEXT + 1} is larger than {CONTEXT}"):
+            runner.run({"tokens": too_long})

@@ -182,6 +182,6 @@ def test_code_generation_gives_every_output_a_buffer_and_the_arena_plans_them() 
             plan = generate(graph)
             assert dict(plan.outputs)["mean"] == second
             placed = {buffer.name: buffer for buffer in plan.buffers}
-            assert placed[first].arena_offset is not None
+            assert placed[first].in_arena
         finally:
             del kernels._REGISTERED.entries["center"]

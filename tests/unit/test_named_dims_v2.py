@@ -102,21 +102,41 @@ def test_a_dimension_is_named_by_a_name_not_a_string(call: str) -> None:
     assert codes(POSITIONS.replace("arange(T)", call)) == ["E0205"]
 
 
-def test_cuda_refuses_a_network_with_a_named_dimension_not_first() -> None:
-    with pytest.raises(CompileError) as caught:
-        generate(compile_text(POSITIONS))
-    assert [d.code for d in caught.value.diagnostics] == ["E0450"]
-
-
-def test_cuda_refuses_a_slice_ending_at_the_batch_dimension() -> None:
-    # The kernel could not check N against the parameter's length and would read past it.
+def test_cuda_bounds_a_slice_ending_at_a_named_dimension() -> None:
+    # The kernel reads `[:N]` of the parameter: N may not pass its length, checked at run time.
     graph = compile_text("""network n {
     input x: f32[N, 16]
     param pos: f32[64, 16]
     output y = x + pos[:N]
 }
 """)
-    with pytest.raises(CompileError) as caught:
-        generate(graph)
-    (problem,) = caught.value.diagnostics
-    assert problem.code == "E0450" and "`[:N]`" in problem.message
+    ((dim, largest, why),) = generate(graph).bounds
+    assert (dim, largest) == ("N", 64) and "[:N]" in why and "t.net:4" in why
+
+
+def test_expand_takes_a_named_dimension_as_a_size() -> None:
+    # torch.cat([class_token.expand(N, -1, -1), x], dim=1), as torchvision's ViT writes it.
+    graph = compile_text("""network n {
+    input x: f32[N, 4, 8]
+    param cls: f32[1, 1, 8]
+    output y = concat(expand(cls, [N, -1, -1]), x, axis=1)
+}
+""")
+    assert graph[graph.outputs[0][1]].type.shape == ("N", 5, 8)
+    weights = {"cls": np.arange(8, dtype=np.float32).reshape(1, 1, 8)}
+    x = np.ones((3, 4, 8), np.float32)
+    y = run_reference(graph, weights, {"x": x})["y"]
+    np.testing.assert_array_equal(y[:, 0], np.broadcast_to(weights["cls"][0], (3, 8)))
+    np.testing.assert_array_equal(y[:, 1:], x)
+
+
+def test_expand_makes_a_named_dimension_only_of_a_1() -> None:
+    text = """network n {
+    input x: f32[N, 1, 8]
+    input t: f32[N, T]
+    output y = expand(x, [N, T, 8])
+}
+"""
+    graph = compile_text(text)
+    assert graph[graph.outputs[0][1]].type.shape == ("N", "T", 8)
+    assert codes(text.replace("f32[N, 1, 8]", "f32[N, 4, 8]")) == ["E0304"]

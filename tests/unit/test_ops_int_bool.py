@@ -522,19 +522,6 @@ def test_an_infinite_number_in_a_where_is_rejected_not_written_unreadably() -> N
         import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
-def test_onnx_attention_attributes_netc_lacks_are_rejected() -> None:
-    from onnx import TensorProto, helper
-
-    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 1, 5, 4])
-              for name in "qkv"]
-    node = helper.make_node("Attention", ["q", "k", "v"], ["y"], left_window_size=1)
-    model = helper.make_model(helper.make_graph(
-        [node], "window", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
-        opset_imports=[helper.make_opsetid("", 23)])
-    with pytest.raises(CompileError, match=r"E0602.*left_window_size=1 is not supported"):
-        import_onnx(model)
-
-
 class _TokenModel(torch.nn.Module):
     """nn.Embedding, a mask from a comparison, masked_fill, a Linear."""
 

@@ -277,7 +277,7 @@ def _diagnostics(body: str) -> list[tuple[str, str]]:
     ("softplus(x, beta=0)", "E0304", "nonzero `beta`"),
     ('gelu(x, approximate="tan")', "E0212", '"none", "tanh"'),
     ("gelu(x, approximate=true)", "E0205", "must be a string"),
-    ("pow(x)", "E0206", "`pow` needs the attribute `exponent`"),
+    ("pow(x)", "E0304", "`pow` needs an exponent: a number or a tensor"),
     ('pow(x, "2")', "E0205", "must be a number"),
     ("clamp(x, lo=0)", "E0204", "`clamp` has no attribute `lo`"),
     ("maximum(x, 0.5)", "E0203", "must be a tensor"),
@@ -582,9 +582,10 @@ def _codes(model: onnx.ModelProto) -> list[str]:
 
 
 def test_what_does_not_import_is_diagnosed() -> None:
-    pow_tensor = _model([helper.make_node("Pow", ["x", "z"], ["y"])],
-                        {"x": ["N", 5], "z": ["N", 5]}, ["y"])
-    assert _codes(pow_tensor) == ["E0607"]
+    # A tensor exponent imports (`pow(x, z)`); a constant exponent of several values not.
+    pow_vector = _model([helper.make_node("Pow", ["x", "v"], ["y"])], {"x": ["N", 5]}, ["y"],
+                        [numpy_helper.from_array(np.arange(5, dtype=np.float32), "v")])
+    assert _codes(pow_vector) == ["E0607"]
     clip_runtime = _model([helper.make_node("ReduceMax", ["x"], ["z"], keepdims=0),
                            helper.make_node("Clip", ["x", "z"], ["y"])], {"x": ["N", 5]}, ["y"])
     assert _codes(clip_runtime) == ["E0603"]

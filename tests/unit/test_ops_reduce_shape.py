@@ -402,11 +402,10 @@ def test_gather_squeeze_unsqueeze_expand_import() -> None:
     assert "select(x, 2, index=3)" in text and "transpose(x, [1, 0, 2])" in text
 
 
-def test_a_gather_of_several_positions_is_rejected_clearly() -> None:
+def test_a_gather_of_several_positions_imports() -> None:
     model = _model([helper.make_node("Gather", ["x", "index"], ["y"], axis=1)],
-                   {"x": ["N", 6]}, ["y"], [_ints("index", [0, 2])])
-    with pytest.raises(CompileError, match=r"E06.*one constant position"):
-        import_onnx(model)
+                   {"x": ["N", 6]}, ["y"], [_ints("index", [0, 2, -1])])
+    check_import(model, {"x": (3, 6)})
 
 
 # A `.net` program ------------------------------------------------------------------------------

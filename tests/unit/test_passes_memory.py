@@ -111,16 +111,20 @@ def _plan(graph: Graph, level: int = 2) -> LaunchPlan:
     return compile_graph(graph, CompileOptions(level=level, verify=True)).plan
 
 
-def _arena(plan: LaunchPlan) -> dict[str, tuple[str, tuple[int, int] | None, str | None]]:
-    """Arena buffers by the IR node whose value they hold: (buffer, lifetime, in place of)."""
-    return {b.node: (b.name, b.live, b.in_place_of) for b in plan.arena_buffers}
+def _arena(plan: LaunchPlan,
+           batch: int = 1) -> dict[str, tuple[str, tuple[int, int] | None, str | None]]:
+    """Arena buffers by the IR node whose value they hold: (buffer, lifetime, in place of
+    at `batch`)."""
+    memory = plan.memory_plan(plan.every_dim(batch))
+    return {b.node: (b.name, b.live, memory.placement(b.name).shares)
+            for b in plan.arena_buffers}
 
 
 def test_unfused_lifetimes_and_elementwise_in_place() -> None:
     graph = _residual_graph()
     plan = _plan(graph, level=0)
-    verify_plan(plan.memory_plan(2))
-    arena = _arena(plan)
+    verify_plan(plan.memory_plan(plan.every_dim(2)))
+    arena = _arena(plan, 2)
     kernels = [n.id for n in graph.compute_nodes]
     y1, z, add = kernels[1], kernels[4], kernels[5]
     launch_of = {node: index for index, launch in enumerate(plan.launches)
@@ -135,14 +139,14 @@ def test_unfused_lifetimes_and_elementwise_in_place() -> None:
 def test_o2_plan_puts_residual_epilogues_in_place(skip_one: bool) -> None:
     graph = _residual_graph(skip_one)
     plan = _plan(graph)
-    memory = plan.memory_plan(1)
+    memory = plan.memory_plan(plan.every_dim(1))
     verify_plan(memory)
-    assert "at batch 1" in memory.summary()
+    assert "at N=1" in memory.summary()
     # The third kernel (conv + add + relu + mul + sigmoid) reads its residual elementwise in
     # its epilogue: when that residual is y1, which dies there, the output takes it over. When
     # it is y2, the conv reads it too (whole windows), so it must not be overwritten.
     names = [b.name for b in plan.arena_buffers]
-    shares = [b.in_place_of for b in plan.arena_buffers]
+    shares = [memory.placement(b.name).shares for b in plan.arena_buffers]
     assert shares == [None, None, (names[0] if skip_one else None)]
     # Either way two buffers' worth: in place, or in the storage of y1, dead by then.
     assert memory.arena_bytes == 2 * 8 * 8 * 8 * 4 and memory.total_bytes == 3 * 8 * 8 * 8 * 4
@@ -158,4 +162,4 @@ def test_views_alias_their_input() -> None:
     arena = _arena(plan)
     assert set(arena) == {y}  # no buffer for the view
     assert arena[y][1] == (0, 1)  # read through the view by the dense kernel
-    assert plan.memory_plan(4).total_bytes == 4 * 16 * 4
+    assert plan.memory_plan(plan.every_dim(4)).total_bytes == 4 * 16 * 4

@@ -150,8 +150,8 @@ def test_resnet18() -> None:
                if n.region is not None and n.region.kind == "conv_epilogue") == 17
     assert len(optimized.transforms) == 40
     assert "folded 20 batchnorms into conv2d" in optimized.log()
-    plan = generate(optimized.graph).memory_plan(1)
-    assert plan.batch == 1
+    plan = generate(optimized.graph).memory_plan({"N": 1})
+    assert plan.sizes == (("N", 1),)
     verify_plan(plan)
     assert plan.arena_bytes < plan.total_bytes / 2
     # Every source layer and op maps to the kernel that computes it.

@@ -146,11 +146,13 @@ def test_in_place_needs_the_same_type_not_only_the_same_bytes() -> None:
     relu, add, _ = (n.id for n in graph.compute_nodes)
     plan = _launch_plan(graph)
     arena = {b.node: b for b in plan.arena_buffers}
-    sizes = plan.sizes(1)
+    sizes = plan.every_dim(1)
     assert arena[relu].nbytes(sizes) == arena[add].nbytes(sizes)  # the size guard would pass
     # [1, 4] is not [N, 4]: it would not scale with N, and the add reads it broadcast.
-    assert arena[add].in_place_of is None
-    verify_plan(plan.memory_plan(1))
+    assert arena[add].in_place == ()
+    memory = plan.memory_plan(sizes)
+    verify_plan(memory)
+    assert memory.placement(arena[add].name).shares is None
 
 
 def _viewed_output_graph() -> Graph:
@@ -174,8 +176,9 @@ def test_an_output_that_is_a_view_pins_its_intermediate() -> None:
     # The output is a view of relu's buffer, so that buffer lives to the last launch...
     assert arena[relu].live == (0, len(plan.launches) - 1)
     # ...and the sigmoid may not take it over, though it reads it elementwise.
-    assert arena[sigmoid].in_place_of is None
-    assert plan.memory_plan(2).total_bytes == 2 * 2 * 16 * 4
+    memory = plan.memory_plan(plan.every_dim(2))
+    assert memory.placement(arena[sigmoid].name).shares is None
+    assert memory.total_bytes == 2 * 2 * 16 * 4
 
 
 # The planner's records and reports ---------------------------------------------------------------
@@ -211,9 +214,9 @@ def test_the_overlap_message_names_both_byte_ranges() -> None:
 def test_summary_and_description_are_exact() -> None:
     buffers = [BufferLife("a", 1000, 0, 1), BufferLife("b", 1000, 1, 2),
                BufferLife("c", 1000, 2, 3), BufferLife("d", 1000, 3, 4, inplace=("c",))]
-    plan = plan_arena(buffers, batch=4)
-    assert plan.summary() == ("arena 2.00 KiB for 4 intermediates totalling 3.91 KiB at batch 4, "
-                              "49% less; 1 in place")
+    plan = plan_arena(buffers, sizes=(("N", 4), ("T", 9)))
+    assert plan.summary() == ("arena 2.00 KiB for 4 intermediates totalling 3.91 KiB at N=4, "
+                              "T=9, 49% less; 1 in place")
     assert plan.describe()[0] == f"memory plan: {plan.summary()} (256-byte alignment)"
     assert plan.describe()[4] == "  d  offset          0  size       1000  kernels 3..4  in place of c"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from netc.plan import Arg, Buffer, GridDim, Launch, LaunchPlan
+from netc.plan import Arg, Buffer, GridDim, Launch, LaunchPlan, size_arg, size_of
 from netc.runtime import pycuda_device
 from netc.runtime.pycuda_device import (
     DeviceUnavailable,
@@ -103,13 +103,13 @@ def test_default_backend_falls_back_to_the_simulator() -> None:
 def _plan() -> LaunchPlan:
     buffers = (Buffer("buf0", "input", "f32", ("N", 4), "x"),
                Buffer("buf1", "output", "f32", ("N", 4), "y"))
-    grid = (GridDim(per_batch=4, constant=0, divisor=256), GridDim(), GridDim())
+    grid = (GridDim(size_of(("N", 4)), 256), GridDim(), GridDim())
     axpy = Launch("axpy", grid, (256, 1, 1), 0,
                   (Arg("buffer", "buf0"), Arg("buffer", "buf1"), Arg("float", value=2),
-                   Arg("batch")), ("y",), "t.net:2")
+                   size_arg("N")), ("y",), "t.net:2")
     fill = Launch("fill", grid, (256, 1, 1), 0, (Arg("buffer", "buf1"), Arg("int", value=4)),
                   ("y",), "t.net:3")
-    return LaunchPlan("t", "t", KERNELS, "N", buffers, (fill, axpy), (("y", "buf1"),),
+    return LaunchPlan("t", "t", KERNELS, ("N",), buffers, (fill, axpy), (("y", "buf1"),),
                       ("axpy", "fill"))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from netc.frontend.unparse import is_valid_name
-from netc.ir import Attrs, Dim, TensorType, format_shape
+from netc.ir import INTEGER_DTYPES, Attrs, Dim, TensorType, format_shape
 from netc.onnx.importer.model import (
     _DTYPES,
     _NUMPY_DTYPES,
@@ -40,6 +40,8 @@ from netc.onnx.importer.translate import (
     _Shape,
 )
 from netc.ops import REGISTRY, OpDef, ShapeError
+from netc.ops.arithmetic import number_problem
+from netc.ops.attention import attention_steps
 from netc.ops.windows import Window
 
 # Op handlers ------------------------------------------------------------------------------
@@ -91,7 +93,8 @@ def imported_ops() -> dict[str, tuple[str, ...]]:
     found: dict[str, list[str]] = {}
     builds: dict[str, tuple[str, ...]] = {
         op_type: (opdef.name,) for op_type, opdef in _one_node_forms().items()}
-    builds.update(_BUILDS)
+    for op_type, ops in _BUILDS.items():  # a handler may defer to the one-node form
+        builds[op_type] = (*builds.get(op_type, ()), *ops)
     for op_type, ops in builds.items():
         for op in ops:
             found.setdefault(op, []).append(op_type)
@@ -257,10 +260,29 @@ def _not(importer: _Importer, index: int, node: onnx.NodeProto,
 @_handles("Where", ops=("where", "masked_fill", "eq"))
 def _where(importer: _Importer, index: int, node: onnx.NodeProto,
            problems: _Problems) -> dict[str, Value]:
-    condition = importer.tensor(node, 0, problems, "condition")
     a, b = importer.operand(node, 1), importer.operand(node, 2)
+    known = importer.operand(node, 0)
+    if isinstance(known, np.ndarray) and known.size and (known.all() or not known.any()):
+        # A constant condition, the same everywhere (attention's rows that are never all
+        # masked): the operand it picks, where that already has the result's shape.
+        chosen, other = (a, b) if known.all() else (b, a)
+        if isinstance(chosen, str):
+            shape = importer.type_of(chosen).shape
+            others = (known.shape, other.shape if isinstance(other, np.ndarray)
+                      else importer.type_of(str(other)).shape)
+            if all(len(s) <= len(shape) and _broadcasts_into(s, shape) for s in others):
+                return {node.output[0]: chosen}
+    condition = importer.tensor(node, 0, problems, "condition")
     if condition is None or problems.found:
         return {}
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and _float_kind(a) and \
+            _float_kind(b) and a.dtype == b.dtype:
+        # Two constants (a loss's weights 0 and 1): parameters, of at least one dimension.
+        a, b = (importer.free_param(name, np.asarray(value, np.float32).reshape(
+            value.shape or (1,))) for name, value in zip(node.input[1:], (a, b)))
+        dtype = _NUMPY_DTYPES.get(np.asarray(importer.operand(node, 1)).dtype.name, "f32")
+        if dtype != "f32":
+            a, b = (importer.apply(problems, "cast", v, dtype=dtype) for v in (a, b))
     if isinstance(a, str) and isinstance(b, str):
         return {node.output[0]: importer.apply(problems, "where", condition, a, b)}
     # A number on one side: x with that number where (or where not) the condition holds.
@@ -292,7 +314,7 @@ def _integer_constant(importer: _Importer, node: onnx.NodeProto, position: int) 
     return int(value.reshape(()))
 
 
-@_handles("Trilu", ops=("triu", "tril"))
+@_handles("Trilu", ops=("triu", "tril"), parameters=(1,))
 def _trilu(importer: _Importer, index: int, node: onnx.NodeProto,
            problems: _Problems) -> dict[str, Value]:
     x = importer.tensor(node, 0, problems)
@@ -306,40 +328,223 @@ def _trilu(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: importer.apply(problems, op, x, diagonal=diagonal)}
 
 
-@_handles("Attention", ops=("attention",))
+_QK_STEPS = {0: "scores", 1: "scores", 2: "biased", 3: "weights"}
+"""ONNX Attention's qk_matmul_output_mode -> the step of `attention_steps` it outputs."""
+
+
+@_handles("Attention", ops=("attention", "reshape", "transpose", "concat", "unsqueeze", "expand",
+                            "matmul", "mul", "div", "tanh", "add", "eq", "masked_fill", "cast",
+                            "triu", "tril", "softmax", "amax", "where", "ge", "gt", "lt",
+                            "sub"))
 def _attention(importer: _Importer, index: int, node: onnx.NodeProto,
                problems: _Problems) -> dict[str, Value]:
-    """ONNX's Attention (opset 23) on 4-D q, k, v ([batch, heads, length, features]), with
-    an optional mask (bool: true attends; float: added), `is_causal` and `scale`."""
-    attrs = _attributes(node)
-    for name, plain in (("softcap", 0.0), ("qk_matmul_output_mode", 0)):
-        _expect(problems, attrs, name, plain, "`.net`'s attention has no such step")
-    # The head counts matter only for 3-D inputs (refused below); the softmax's precision is
-    # at least f32 in netc whatever it asks.
+    """ONNX's Attention (opset 23): q, k, v of [batch, heads, length, features], or 3-D
+    [batch, length, heads * features] split by `q_num_heads`/`kv_num_heads`; an optional
+    mask (bool: true attends; float: added), `is_causal`, `scale`; past_key/past_value
+    joined before k and v (their joins are the present_key/present_value outputs); kv heads
+    repeated for grouped queries. `.net` attention where it is that; with `softcap`, a causal
+    diagonal moved by a cache, or the qk_matmul_output used, its steps one by one."""
+    attrs = {name: _decode(value) for name, value in _attributes(node).items()}
+    # The softmax's precision is at least f32 in netc whatever it asks.
     known = {"softcap", "qk_matmul_output_mode", "is_causal", "scale", "q_num_heads",
-             "kv_num_heads", "softmax_precision"}
-    for name in sorted(set(attrs) - known):  # opset 25's attention windows, and what follows
-        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"{name}={_decode(attrs[name])!r} is not "
+             "kv_num_heads", "softmax_precision", "left_window_size", "right_window_size"}
+    for name in sorted(set(attrs) - known):  # what follows opset 25
+        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"{name}={attrs[name]!r} is not "
                      "supported (`.net`'s attention has no such attribute)")
-    if any(name for name in node.input[4:]):
-        problems.add(E_NOT_EXPRESSIBLE, "past_key/past_value (a key-value cache) are not "
-                     "supported; `.net`'s attention takes q, k, v and a mask")
-    _no_extra_outputs(node, problems, ["present_key", "present_value", "qk_matmul_output"])
+    mode = int(attrs.get("qk_matmul_output_mode", 0))
+    if mode not in _QK_STEPS:
+        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"qk_matmul_output_mode={mode} is not one of "
+                     "ONNX's modes 0 to 3")
     tensors = [importer.tensor(node, position, problems, what)
                for position, what in enumerate(("q", "k", "v"))]
-    mask = importer.tensor(node, 3, problems, "mask") if len(node.input) > 3 and \
-        node.input[3] else None
+    optional = [importer.tensor(node, position, problems, what)
+                if len(node.input) > position and node.input[position] else None
+                for position, what in ((3, "mask"), (4, "past_key"), (5, "past_value"))]
+    mask, past_key, past_value = optional
+    lengths = importer.tensor(node, 6, problems, "nonpad_kv_seqlen") \
+        if len(node.input) > 6 and node.input[6] else None
     if problems.found or any(t is None for t in tensors):
         return {}
-    if any(importer.type_of(str(t)).rank != 4 for t in tensors):
-        problems.add(E_NOT_EXPRESSIBLE, "only 4-D q, k and v ([batch, heads, length, features]) "
-                     "import; 3-D ones need their head counts split out")
+    if (past_key is None) != (past_value is None) or (lengths and past_key):
+        problems.add(E_MODEL, "has only one of past_key and past_value, or a past_key with "
+                     "nonpad_kv_seqlen")
         return {}
-    scale = float(attrs["scale"]) if "scale" in attrs else None
-    operands = [str(t) for t in tensors] + ([mask] if mask is not None else [])
-    return {node.output[0]: importer.apply(problems, "attention", *operands,
-                                           causal=bool(attrs.get("is_causal", 0)),
-                                           scale=scale)}
+    q, k, v = (str(t) for t in tensors)
+    ranks = {importer.type_of(t).rank for t in (q, k, v)}
+    if ranks == {3}:
+        heads = [attrs.get("q_num_heads"), attrs.get("kv_num_heads")]
+        if None in heads:
+            problems.add(E_MODEL, "3-D q, k and v need the q_num_heads and kv_num_heads "
+                         "attributes")
+            return {}
+        q, k, v = (_split_heads(importer, problems, t, int(str(n)))
+                   for t, n in ((q, heads[0]), (k, heads[1]), (v, heads[1])))
+    elif ranks != {4}:
+        problems.add(E_NOT_EXPRESSIBLE, "q, k and v are [batch, heads, length, features] "
+                     "(4-D) or [batch, length, hidden] (3-D), all three alike")
+        return {}
+    offset: Dim = 0
+    if past_key is not None and past_value is not None:
+        offset = importer.type_of(past_key).shape[2]
+        k = importer.apply(problems, "concat", past_key, k, axis=2)
+        v = importer.apply(problems, "concat", past_value, v, axis=2)
+    results: dict[str, Value] = {}
+    for position, value in ((1, k), (2, v)):
+        if len(node.output) > position and node.output[position]:
+            results[node.output[position]] = value
+    k, v = (_repeat_heads(importer, problems, t, importer.type_of(q).shape[1]) for t in (k, v))
+    causal = bool(attrs.get("is_causal", 0))
+    softcap = float(attrs.get("softcap", 0.0))
+    features = importer.type_of(q).shape[-1]
+    if "scale" in attrs:
+        scale = float(attrs["scale"])
+    elif isinstance(features, int):
+        scale = 1.0 / math.sqrt(features)
+    else:
+        problems.add(E_NOT_EXPRESSIBLE, "needs `scale` when the feature size is a named "
+                     "dimension")
+        return {}
+    qk_output = node.output[3] if len(node.output) > 3 and node.output[3] else None
+    operands = [q, k, v] + ([mask] if mask is not None else [])
+    window = (int(attrs.get("left_window_size", -1)), int(attrs.get("right_window_size", -1)))
+    steps = _Steps(importer, problems, node.output[0])
+    keys = importer.type_of(k).shape[2]
+    if mask is not None and isinstance(keys, int) and \
+            isinstance(given := importer.type_of(mask).shape[-1], int) and given < keys:
+        # A mask of fewer keys than there are masks the others (ONNX pads it).
+        if importer.type_of(mask).dtype == "bool":
+            fill = importer.apply(problems, "eq", importer.free_param(
+                f"{node.output[0]}_zero", np.zeros(1, np.float32)), other=1.0)
+        else:
+            fill = steps.minus_infinity(mask)
+        block = importer.apply(problems, "expand", fill,
+                               dims=(*importer.type_of(mask).shape[:-1], keys - given))
+        mask = importer.apply(problems, "concat", mask, block, axis=-1)
+    masked: list[str] = []
+    if lengths is not None:  # the keys from each item's length on, and its own diagonal
+        masked = _padded_cache(importer, problems, lengths, importer.type_of(q).shape[2],
+                               importer.type_of(k).shape[2], causal, window)
+        causal, window = False, (-1, -1)
+    if softcap <= 0 and qk_output is None and (not causal or offset == 0) and \
+            max(window) < 0 and not masked:
+        y = importer.apply(problems, "attention", *operands, causal=causal, scale=scale)
+    else:
+        if not isinstance(offset, int):
+            problems.add(E_NOT_EXPRESSIBLE, "a causal mask or window after a cache of named "
+                         "(run-time) length has no `.net` form")
+            return {}
+        # In f32 whatever the inputs' dtype (as `attention` computes), rounded once at the end.
+        dtype = importer.type_of(q).dtype
+        wide = [t if t is None or importer.type_of(t).dtype in ("f32", "bool") else
+                importer.apply(problems, "cast", t, dtype="f32") for t in (q, k, v, mask)]
+        parts = attention_steps(steps, str(wide[0]), str(wide[1]), str(wide[2]), wide[3],
+                                causal=causal, scale=scale, softcap=max(softcap, 0.0),
+                                offset=offset, window=window, masked=masked)
+        y = parts["output"] if dtype == "f32" else \
+            importer.apply(problems, "cast", parts["output"], dtype=dtype)
+        if qk_output is not None:
+            qk = parts[_QK_STEPS[mode]]
+            results[qk_output] = qk if dtype == "f32" else \
+                importer.apply(problems, "cast", qk, dtype=dtype)
+    if ranks == {3}:  # back to [batch, length, heads * features]
+        shape = importer.type_of(y).shape
+        y = importer.apply(problems, "transpose", y, perm=(0, 2, 1, 3))
+        y = _shaped(importer, problems, y, [shape[0], shape[2], _product(shape[1], shape[3])],
+                    node.output[0], "_heads")
+    results[node.output[0]] = y
+    return results
+
+
+def _padded_cache(importer: _Importer, problems: _Problems, lengths: str, queries: Dim,
+                  keys: Dim, causal: bool, window: tuple[int, int]) -> list[str]:
+    """The masks (true: masked) of a key-value cache padded per batch item, of `lengths`
+    [B] valid keys each: the keys j >= length, and, the queries being the last of the valid
+    keys (offset length - queries), a causal diagonal and window sides moved by that offset:
+    each [B, 1, L, S], from j - i (a parameter) against the offsets (f32: exact below 2^24)."""
+    if not isinstance(queries, int) or not isinstance(keys, int):
+        problems.add(E_NOT_EXPRESSIBLE, "nonpad_kv_seqlen with query or key lengths that are "
+                     "named (run-time) sizes has no `.net` form")
+        raise _Poisoned
+    valid = importer.apply(problems, "cast", lengths, dtype="f32")
+    for _ in range(3):
+        valid = importer.apply(problems, "unsqueeze", valid, axis=-1)  # [B, 1, 1, 1]
+    positions = importer.free_param(f"key_positions_{keys}", np.arange(keys, dtype=np.float32))
+    masked = [importer.apply(problems, "ge", positions, valid)]
+    offset = importer.apply(problems, "sub", valid, importer.builder.constant(float(queries)))
+    ahead = importer.free_param(f"key_minus_query_{queries}_{keys}",
+                                np.subtract.outer(np.arange(keys), np.arange(queries)).T
+                                .astype(np.float32))  # [L, S]: j - i
+    left, right = window
+    for bound, side in (((0 if causal else None), "gt"),
+                        ((right if right >= 0 else None), "gt"),
+                        ((-left if left >= 0 else None), "lt")):
+        if bound is not None:
+            edge = importer.apply(problems, "add", offset,
+                                  importer.builder.constant(float(bound)))
+            masked.append(importer.apply(problems, side, ahead, edge))
+    return masked
+
+
+class _Steps:
+    """The importer as the builder of `attention_steps`: each op through `importer.apply`, and
+    a -inf fill (`.net` has no literal for it) as `where` of a parameter holding -inf."""
+
+    def __init__(self, importer: _Importer, problems: _Problems, name: str) -> None:
+        self.importer, self.problems, self.name = importer, problems, name
+
+    def op(self, op: str, *inputs: str, **attrs: Any) -> str:
+        if op == "masked_fill" and attrs.get("value") == -math.inf:
+            x, mask = inputs
+            return self.importer.apply(self.problems, "where", mask, self.minus_infinity(x), x)
+        if op == "eq" and attrs.get("other") == -math.inf:
+            return self.importer.apply(self.problems, "eq", inputs[0],
+                                       self.minus_infinity(inputs[0]))
+        return self.importer.apply(self.problems, op, *inputs, **attrs)
+
+    def minus_infinity(self, like: str) -> str:
+        """-inf of `like`'s dtype, from a parameter [1] holding it."""
+        fill = self.importer.free_param(self.name + "_minus_infinity",
+                                        np.array([-np.inf], np.float32))
+        dtype = self.type_of(like).dtype
+        return fill if dtype == "f32" else self.importer.apply(self.problems, "cast", fill,
+                                                               dtype=dtype)
+
+    def constant(self, value: float, dtype: str = "f32") -> str:
+        return self.importer.builder.constant(value, dtype)
+
+    def type_of(self, value: str) -> TensorType:
+        return self.importer.type_of(value)
+
+
+def _product(a: Dim, b: Dim) -> Dim:
+    return a * b if isinstance(a, int) and isinstance(b, int) else f"{a}*{b}"
+
+
+def _split_heads(importer: _Importer, problems: _Problems, x: str, heads: int) -> str:
+    """[batch, length, heads * features] as [batch, heads, length, features]."""
+    batch, length, hidden = importer.type_of(x).shape
+    if not isinstance(hidden, int) or heads < 1 or hidden % heads:
+        problems.add(E_SHAPE, f"splits {format_shape((batch, length, hidden))} into {heads} "
+                     "heads, which do not divide its last dimension")
+        raise _Poisoned
+    split = importer.apply(problems, "reshape", x, dims=(length, heads, hidden // heads))
+    return importer.apply(problems, "transpose", split, perm=(0, 2, 1, 3))
+
+
+def _repeat_heads(importer: _Importer, problems: _Problems, x: str, heads: Dim) -> str:
+    """Keys or values [batch, kv_heads, length, features] for `heads` query heads: each kv
+    head repeated heads / kv_heads times in a row (grouped-query attention)."""
+    batch, kv_heads, length, features = importer.type_of(x).shape
+    if kv_heads == heads:
+        return x
+    if not (isinstance(heads, int) and isinstance(kv_heads, int) and heads % kv_heads == 0):
+        problems.add(E_SHAPE, f"{heads} query heads and {kv_heads} key/value heads: "
+                     "grouped-query attention needs kv heads that divide the query heads")
+        raise _Poisoned
+    lifted = importer.apply(problems, "unsqueeze", x, axis=2)
+    repeated = importer.apply(problems, "expand", lifted,
+                              dims=(batch, kv_heads, heads // kv_heads, length, features))
+    return importer.apply(problems, "reshape", repeated, dims=(heads, length, features))
 
 
 def _embedding(importer: _Importer, index: int, node: onnx.NodeProto,
@@ -361,7 +566,7 @@ def _embedding(importer: _Importer, index: int, node: onnx.NodeProto,
         params={"weight": table.astype(np.float32)})}
 
 
-@_handles("Dropout", ops=("dropout",), parameters=(1, 2))
+@_handles("Dropout", ops=("dropout", "mul", "add", "cast"), parameters=(1, 2))
 def _dropout(importer: _Importer, index: int, node: onnx.NodeProto,
              problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -382,18 +587,38 @@ def _dropout(importer: _Importer, index: int, node: onnx.NodeProto,
                              "random; `.net` runs dropout in inference mode only")
     elif attrs.get("is_test", 1) == 0 and importer.opset < 7:
         problems.add(E_UNSUPPORTED_ATTRIBUTE, "is_test=0 (training mode) is not supported")
-    _no_extra_outputs(node, problems, ["mask"])
     x = importer.tensor(node, 0, problems)
     if x is None or problems.found:
         return {}
-    if ratio is None or not 0.0 <= ratio <= 1.0:
-        return {node.output[0]: x}  # the identity at inference, whatever the ratio
-    return {node.output[0]: importer.apply(problems, "dropout", x, p=ratio)}
+    results: dict[str, Value] = {node.output[0]: x}  # the identity at inference
+    if ratio is not None and 0.0 <= ratio <= 1.0:
+        results[node.output[0]] = importer.apply(problems, "dropout", x, p=ratio)
+    if len(node.output) > 1 and node.output[1]:
+        # The mask keeps every element: true of x's shape (x * 0 + 1 is 1, or NaN for an
+        # infinite or NaN x: nonzero, true, either way).
+        dtype = importer.type_of(x).dtype
+        one = importer.apply(problems, "add", importer.apply(
+            problems, "mul", x, importer.builder.constant(0.0, dtype)),
+            importer.builder.constant(1.0, dtype))
+        results[node.output[1]] = importer.apply(problems, "cast", one, dtype="bool")
+    return results
 
 
 def _binary_constant(importer: _Importer, node: onnx.NodeProto, problems: _Problems,
                      op: str, tensor: str, constant: np.ndarray, tensor_first: bool) -> str:
     tensor_type = importer.type_of(tensor)
+    if tensor_type.dtype in INTEGER_DTYPES and constant.dtype.kind in "iu" and \
+            constant.size == 1 and len(constant.shape) <= tensor_type.rank:
+        # An integer number beside an integer tensor (`ids + 1`), exact to 2^53.
+        value = int(constant.reshape(()))
+        problem = number_problem(tensor_type.dtype, value)
+        if problem is not None or abs(value) > 2 ** 53:
+            problems.add(E_CONSTANT_TENSOR, problem or f"the constant {value} is beyond 2^53, "
+                         "where `.net` numbers are exact")
+            raise _Poisoned
+        number = importer.builder.constant(float(value), tensor_type.dtype)
+        operands = (tensor, number) if tensor_first else (number, tensor)
+        return importer.apply(problems, op, *operands)
     if not _float_kind(constant):
         problems.add(E_DTYPE, f"the constant operand has dtype {constant.dtype}")
         raise _Poisoned
@@ -569,15 +794,22 @@ def _reciprocal(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: importer.apply(problems, "div", one, x)}
 
 
-@_handles("Pow", ops=("pow",), parameters=(1,))
+@_handles("Pow", ops=("pow", "cast"))
 def _pow(importer: _Importer, index: int, node: onnx.NodeProto,
          problems: _Problems) -> dict[str, Value]:
     x = importer.tensor(node, 0, problems, "base")
     exponent = importer.operand(node, 1)
+    if isinstance(exponent, str) and x is not None and not problems.found:
+        # A tensor exponent (`pow(x, y)`, as torch.pow(x, y)): of x's float dtype; an integer
+        # exponent converted to it first, as ONNX's Pow and PyTorch compute x^y in x's type.
+        dtype = importer.type_of(x).dtype
+        if importer.type_of(exponent).dtype in INTEGER_DTYPES and dtype in _LARGEST:
+            exponent = importer.apply(problems, "cast", exponent, dtype=dtype)
+        return {node.output[0]: importer.apply(problems, "pow", x, exponent)}
     if not isinstance(exponent, np.ndarray) or exponent.size != 1 or \
             exponent.dtype.kind not in "fiu":
-        problems.add(E_NOT_EXPRESSIBLE, "only a constant scalar exponent has a `.net` form "
-                     "(`pow(x, exponent)` takes a number)")
+        problems.add(E_NOT_EXPRESSIBLE, "only a constant scalar exponent or a tensor exponent "
+                     "has a `.net` form (`pow(x, exponent)`, `pow(x, y)`)")
         return {}
     if x is None or problems.found:
         return {}
@@ -648,6 +880,245 @@ def _extremum(importer: _Importer, index: int, node: onnx.NodeProto,
     bound = max(values) if largest else min(values)
     return {node.output[0]: importer.apply(problems, "clamp", result,
                                            **{"min" if largest else "max": bound})}
+
+
+@_handles("Mean", ops=("add", "div"))
+def _mean(importer: _Importer, index: int, node: onnx.NodeProto,
+          problems: _Problems) -> dict[str, Value]:
+    """The sum of the operands (an `add` chain, broadcasting) divided by their count, as
+    ONNX's Mean computes it."""
+    tensors = [importer.tensor(node, i, problems, f"operand {i}") for i in range(len(node.input))]
+    if problems.found or not tensors or any(t is None for t in tensors):
+        return {}
+    total = str(tensors[0])
+    for other in tensors[1:]:
+        total = importer.apply(problems, "add", total, str(other))
+    if len(tensors) == 1:
+        return {node.output[0]: total}
+    count = importer.builder.constant(float(len(tensors)), importer.type_of(total).dtype)
+    return {node.output[0]: importer.apply(problems, "div", total, count)}
+
+
+@_handles("And", "Or", "Xor", ops=("where", "ne"))
+def _logical(importer: _Importer, index: int, node: onnx.NodeProto,
+             problems: _Problems) -> dict[str, Value]:
+    """On bools, exactly: a and b = where(a, b, a), a or b = where(a, a, b), a xor b =
+    a != b (all three broadcasting)."""
+    a, b = (importer.tensor(node, i, problems) for i in (0, 1))
+    if a is None or b is None or problems.found:
+        return {}
+    if importer.type_of(a).dtype != "bool" or importer.type_of(b).dtype != "bool":
+        problems.add(E_DTYPE, f"{node.op_type} takes bool tensors, got {importer.type_of(a)} "
+                     f"and {importer.type_of(b)}")
+        return {}
+    if node.op_type == "Xor":
+        return {node.output[0]: importer.apply(problems, "ne", a, b)}
+    operands = (b, a) if node.op_type == "And" else (a, b)
+    return {node.output[0]: importer.apply(problems, "where", a, *operands)}
+
+
+_LARGEST = {"f32": float(np.finfo(np.float32).max), "f16": 65504.0,
+            "bf16": 3.3895313892515355e38}
+"""Each float dtype's largest finite number: only an infinity is beyond it."""
+
+
+@_handles("IsNaN", "IsInf", ops=("ne", "gt", "lt", "abs"))
+def _is_special(importer: _Importer, index: int, node: onnx.NodeProto,
+                problems: _Problems) -> dict[str, Value]:
+    """IsNaN(x) = x != x; IsInf(x) = |x| > the dtype's largest finite number (x > it for
+    +inf only, x < -it for -inf only)."""
+    x = importer.tensor(node, 0, problems)
+    if x is None or problems.found:
+        return {}
+    dtype = importer.type_of(x).dtype
+    if dtype not in _LARGEST:
+        problems.add(E_DTYPE, f"{node.op_type} takes a float tensor, got {importer.type_of(x)}")
+        return {}
+    if node.op_type == "IsNaN":
+        return {node.output[0]: importer.apply(problems, "ne", x, x)}
+    attrs = _attributes(node)
+    positive, negative = int(attrs.get("detect_positive", 1)), int(attrs.get("detect_negative", 1))
+    largest = _LARGEST[dtype]
+    if positive and negative:
+        found = importer.apply(problems, "gt", importer.apply(problems, "abs", x), other=largest)
+    elif positive or negative:
+        found = importer.apply(problems, "gt" if positive else "lt", x,
+                               other=largest if positive else -largest)
+    else:
+        problems.add(E_UNSUPPORTED_ATTRIBUTE, "detect_positive=0 with detect_negative=0 (all "
+                     "false) is not supported")
+        return {}
+    return {node.output[0]: found}
+
+
+def _negation(importer: _Importer, problems: _Problems, condition: str) -> str:
+    """The negation of a bool tensor."""
+    return importer.apply(problems, "eq", condition, other=0.0)
+
+
+@_handles("Sign", "Softsign", "Selu", "ThresholdedRelu", "Shrink", "Celu",
+          ops=("where", "ne", "gt", "lt", "eq", "cast", "sub", "add", "abs", "div", "mul",
+               "elu", "masked_fill"))
+def _float_function(importer: _Importer, index: int, node: onnx.NodeProto,
+                    problems: _Problems) -> dict[str, Value]:
+    """ONNX activations that are functions of `.net` ops, as ONNX's definitions spell them
+    (NaN gives NaN except where ONNX's own definition gives 0: ThresholdedRelu, Shrink). An
+    op registered as exactly this node (`OpDef.onnx`) is imported as itself instead."""
+    own = _one_node_forms().get(node.op_type)
+    if own is not None:
+        return _one_node_handler(own)(importer, index, node, problems)
+    x = importer.tensor(node, 0, problems)
+    if x is None or problems.found:
+        return {}
+    dtype = importer.type_of(x).dtype
+    if dtype not in _LARGEST:
+        problems.add(E_DTYPE, f"{node.op_type} is imported for float tensors only, got "
+                     f"{importer.type_of(x)}")
+        return {}
+    attrs = _attributes(node)
+
+    def number(value: float) -> str:
+        return importer.number(np.asarray(value), problems, dtype)
+
+    def apply(op: str, *inputs: str, **values: Any) -> str:
+        return importer.apply(problems, op, *inputs, **values)
+
+    op = node.op_type
+    if op == "Sign":  # (x > 0) - (x < 0), NaN where x is NaN
+        steps = apply("sub", apply("cast", apply("gt", x, other=0.0), dtype=dtype),
+                      apply("cast", apply("lt", x, other=0.0), dtype=dtype))
+        result = apply("where", apply("ne", x, x), x, steps)
+    elif op == "Softsign":  # x / (1 + |x|)
+        result = apply("div", x, apply("add", apply("abs", x), number(1.0)))
+    elif op == "Selu":  # gamma · elu(x, alpha)
+        alpha = float(attrs.get("alpha", 1.67326319217681884765625))
+        gamma = float(attrs.get("gamma", 1.05070102214813232421875))
+        result = apply("mul", apply("elu", x, alpha=alpha), number(gamma))
+    elif op == "Celu":  # x where x > 0, else alpha · (exp(x / alpha) - 1) = alpha · elu(x / alpha)
+        alpha = float(attrs.get("alpha", 1.0))
+        if alpha == 1.0:
+            result = apply("elu", x, alpha=1.0)
+        else:
+            scaled = apply("mul", apply("elu", apply("div", x, number(alpha))), number(alpha))
+            result = apply("where", apply("gt", x, other=0.0), x, scaled)
+    elif op == "ThresholdedRelu":  # x where x > alpha, else 0 (NaN too)
+        alpha = float(attrs.get("alpha", 1.0))
+        below = _negation(importer, problems, apply("gt", x, other=alpha))
+        result = apply("masked_fill", x, below, value=0.0)
+    else:  # Shrink: x + bias below -lambd, x - bias above lambd, else 0 (NaN too)
+        lambd, bias = float(attrs.get("lambd", 0.5)), float(attrs.get("bias", 0.0))
+        above = apply("masked_fill", apply("sub", x, number(bias)) if bias else x,
+                      _negation(importer, problems, apply("gt", x, other=lambd)), value=0.0)
+        below = apply("lt", x, other=-lambd)
+        result = apply("where", below, apply("add", x, number(bias)) if bias else x, above)
+    return {node.output[0]: result}
+
+
+@_handles("Hardmax", ops=("argmax", "arange", "unsqueeze", "eq", "cast"))
+def _hardmax(importer: _Importer, index: int, node: onnx.NodeProto,
+             problems: _Problems) -> dict[str, Value]:
+    """1 at the first position of the max along `axis`, 0 elsewhere: `argmax` compared with
+    the positions (`arange`), exactly."""
+    x = importer.tensor(node, 0, problems)
+    if x is None or problems.found:
+        return {}
+    x_type = importer.type_of(x)
+    axis = int(_attributes(node).get("axis", -1 if importer.opset >= 13 else 1))
+    axis = axis + x_type.rank if axis < 0 else axis
+    if importer.opset < 13 and axis != x_type.rank - 1:
+        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"axis={axis} before opset 13 flattens the "
+                     "dimensions from it on into one; only the last axis imports")
+        return {}
+    if not 0 <= axis < x_type.rank or not isinstance(x_type.shape[axis], int):
+        problems.add(E_NOT_EXPRESSIBLE, f"Hardmax along axis {axis} of {x_type} needs a "
+                     "dimension of fixed size")
+        return {}
+    found = importer.apply(problems, "argmax", x, axis=axis, keepdim=True)
+    positions = importer.apply(problems, "arange", n=int(x_type.shape[axis]))
+    for _ in range(x_type.rank - axis - 1):
+        positions = importer.apply(problems, "unsqueeze", positions, axis=-1)
+    hot = importer.apply(problems, "eq", found, positions)
+    return {node.output[0]: importer.apply(problems, "cast", hot, dtype=x_type.dtype)}
+
+
+@_handles("PRelu", ops=("where", "lt", "mul"), parameters=(1,))
+def _prelu(importer: _Importer, index: int, node: onnx.NodeProto,
+           problems: _Problems) -> dict[str, Value]:
+    """x where x >= 0 (NaN too), slope · x below 0: `where(x < 0, x * slope, x)`; a slope of
+    one value is a number, a constant of several a parameter."""
+    x = importer.tensor(node, 0, problems)
+    slope = importer.operand(node, 1)
+    if x is not None and isinstance(slope, np.ndarray) and slope.size == 1 and \
+            _float_kind(slope):
+        factor: str | None = importer.number(slope, problems, importer.type_of(x).dtype)
+    else:
+        factor = importer.tensor(node, 1, problems, "slope")
+    if x is None or factor is None or problems.found:
+        return {}
+    scaled = importer.apply(problems, "mul", x, factor)
+    below = importer.apply(problems, "lt", x, other=0.0)
+    return {node.output[0]: importer.apply(problems, "where", below, scaled, x)}
+
+
+@_handles("GlobalMaxPool", ops=("amax",))
+def _global_maxpool(importer: _Importer, index: int, node: onnx.NodeProto,
+                    problems: _Problems) -> dict[str, Value]:
+    """The max over every dimension after the first two, kept with size 1."""
+    x = importer.tensor(node, 0, problems)
+    if x is None or problems.found:
+        return {}
+    rank = importer.type_of(x).rank
+    if rank < 3:
+        problems.add(E_SHAPE, f"GlobalMaxPool needs an input of rank 3 or more, got "
+                     f"{importer.type_of(x)}")
+        return {}
+    return {node.output[0]: importer.apply(problems, "amax", x, axis=tuple(range(2, rank)),
+                                           keepdim=True)}
+
+
+@_handles("DepthToSpace", "SpaceToDepth", ops=("reshape", "transpose", "unsqueeze", "squeeze"))
+def _depth_space(importer: _Importer, index: int, node: onnx.NodeProto,
+                 problems: _Problems) -> dict[str, Value]:
+    """ONNX's own definitions, a reshape to 6-D, a transpose and a reshape back (NCHW, the
+    channel, height and width of fixed size): DepthToSpace moves blocks of channels into
+    b x b pixels, SpaceToDepth the reverse (mode DCR or CRD)."""
+    x = importer.tensor(node, 0, problems)
+    if x is None or problems.found:
+        return {}
+    shape = importer.type_of(x).shape
+    attrs = _attributes(node)
+    block = int(attrs.get("blocksize", 0))
+    mode = _decode(attrs.get("mode", b"DCR"))
+    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or block < 1:
+        problems.add(E_NOT_EXPRESSIBLE, f"{node.op_type} needs an NCHW input with C, H and W "
+                     f"of fixed size and a blocksize of 1 or more, got {importer.type_of(x)}")
+        return {}
+    n, c, h, w = shape
+    c, h, w = int(c), int(h), int(w)
+    if node.op_type == "DepthToSpace":
+        split, perm = ([n, block, block, c // block ** 2, h, w], (0, 3, 4, 1, 5, 2)) \
+            if mode == "DCR" else ([n, c // block ** 2, block, block, h, w], (0, 1, 4, 2, 5, 3))
+        final = [n, c // block ** 2, h * block, w * block]
+        fits = c % (block * block) == 0
+    else:
+        split = [n, c, h // block, block, w // block, block]
+        perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+        final = [n, c * block * block, h // block, w // block]
+        fits = h % block == 0 and w % block == 0
+    if not fits or mode not in ("DCR", "CRD"):
+        problems.add(E_NOT_EXPRESSIBLE, f"{node.op_type} with blocksize {block} (mode {mode}) "
+                     f"does not fit {importer.type_of(x)}")
+        return {}
+    name = node.output[0]
+    blocks = _reshaped(importer, problems, x, split, name)
+    moved = importer.apply(problems, "transpose", str(blocks), perm=perm) \
+        if blocks is not None else None
+    result = _reshaped(importer, problems, moved, final, name) if moved is not None else None
+    if result is None:
+        problems.add(E_NOT_EXPRESSIBLE, f"{node.op_type} of {importer.type_of(x)} has no "
+                     "`.net` reshape")
+        return {}
+    return {node.output[0]: result}
 
 
 def _following_bias(importer: _Importer, output: str, channels: int,
@@ -1004,9 +1475,19 @@ def _extra_padding_is_ceil_mode(node: onnx.NodeProto, attrs: Mapping[str, Any],
         return False
 
 
-@_handles("MaxPool", "AveragePool", ops=("maxpool2d", "avgpool2d"))
+@_handles("MaxPool", "AveragePool", ops=("maxpool2d", "avgpool2d", "unsqueeze", "cast", "eq",
+                                          "arange", "where", "sum", "transpose", "matmul"))
 def _pool(importer: _Importer, index: int, node: onnx.NodeProto,
           problems: _Problems) -> dict[str, Value]:
+    """`.net`'s pools where they are that; else an AveragePool (any dilation, padding, rank)
+    of fixed sizes as its matrices over each axis (`_by_axis_matrices`)."""
+    pooled = _pooled(importer, node, problems)
+    return pooled if node.op_type == "MaxPool" else \
+        _or_by_axis_matrices(importer, node, problems, pooled)
+
+
+def _pooled(importer: _Importer, node: onnx.NodeProto, problems: _Problems
+            ) -> dict[str, Value]:
     attrs = _attributes(node)
     op = "maxpool2d" if node.op_type == "MaxPool" else "avgpool2d"
     dilation = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
@@ -1062,7 +1543,7 @@ def _global_avgpool(importer: _Importer, index: int, node: onnx.NodeProto,
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
 
 
-@_handles("Pad", ops=("pad",), parameters=(1, 2))
+@_handles("Pad", ops=("pad",), parameters=(1, 2, 3))
 def _pad(importer: _Importer, index: int, node: onnx.NodeProto,
          problems: _Problems) -> dict[str, Value]:
     attrs = _attributes(node)
@@ -1070,9 +1551,10 @@ def _pad(importer: _Importer, index: int, node: onnx.NodeProto,
     if mode not in _PAD_MODES:
         problems.add(E_UNSUPPORTED_ATTRIBUTE, f"mode={mode!r} is not supported (`.net`'s pad "
                      "has constant, reflect and edge as replicate)")
-    if importer.operand(node, 3) is not None:
-        problems.add(E_UNSUPPORTED_ATTRIBUTE, "the axes operand is not supported (pads for "
-                     "every axis only)")
+    axes_value = importer.operand(node, 3) if len(node.input) > 3 and node.input[3] else None
+    if axes_value is not None and not isinstance(axes_value, np.ndarray):
+        problems.add(E_NOT_CONSTANT, "the axes are computed at run time; `.net` needs them "
+                     "as a constant (an initializer)")
     if importer.opset < 11:
         pads_value: Any = np.asarray(attrs.get("pads", ()), dtype=np.int64)
         fill: Any = np.float32(attrs.get("value", 0.0))
@@ -1090,9 +1572,18 @@ def _pad(importer: _Importer, index: int, node: onnx.NodeProto,
         return {}
     rank = importer.type_of(x).rank
     onnx_pads = [int(p) for p in np.asarray(pads_value).reshape(-1)]
-    if len(onnx_pads) != 2 * rank:
-        problems.add(E_SHAPE, f"{len(onnx_pads)} pads for an input of rank {rank}")
+    axes = list(range(rank)) if axes_value is None else \
+        [int(a) + rank if int(a) < 0 else int(a) for a in np.asarray(axes_value).reshape(-1)]
+    if len(onnx_pads) != 2 * len(axes) or not all(0 <= a < rank for a in axes) or \
+            len(set(axes)) != len(axes):
+        problems.add(E_SHAPE, f"{len(onnx_pads)} pads for axes {axes} of an input of rank "
+                     f"{rank}")
         return {}
+    # The pads of the axes given (begins, then ends), as pads of every axis.
+    every = [0] * (2 * rank)
+    for position, axis in enumerate(axes):
+        every[axis], every[rank + axis] = onnx_pads[position], onnx_pads[len(axes) + position]
+    onnx_pads = every
     # F.pad's order: (begin, end) from the last axis backwards, leading unpadded axes left out.
     pairs = [(onnx_pads[axis], onnx_pads[rank + axis]) for axis in reversed(range(rank))]
     while len(pairs) > 1 and pairs[-1] == (0, 0):
@@ -1113,17 +1604,134 @@ _RESIZE_FORMS = {
 PyTorch's exporters write."""
 
 
-@_handles("Resize", ops=("interpolate",), parameters=(1, 2, 3))
+_MATRICES_EVALUATED = 1 << 20
+"""Elements: how much of ONNX's reference implementation the import may run to read a node's
+matrices (the input's size times the sum of its dimensions)."""
+
+
+def _axis_matrices(importer: _Importer, node: onnx.NodeProto, shape: Sequence[Dim]
+                   ) -> list[np.ndarray] | None:
+    """A node (a Resize, an AveragePool) of a fixed `shape` as one matrix per axis, [output
+    size, input size]: column j of axis d is what ONNX's reference implementation makes of an
+    input that is 1 at index j along d (and constant along the other axes). None where the
+    shape is not fixed, the work too large, the other operands not constants, or the node not
+    such a product of matrices (checked on a random input: tf_crop_and_resize's
+    extrapolation is not, nor padding counted in an average)."""
+    from onnx.reference import ReferenceEvaluator
+
+    if not all(isinstance(d, int) for d in shape):
+        return None
+    dims = [int(d) for d in shape]
+    if math.prod(dims) * (sum(dims) + 1) > _MATRICES_EVALUATED:
+        return None
+    feeds = {name: importer.values.get(name) for name in node.input[1:] if name}
+    if not all(isinstance(value, np.ndarray) for value in feeds.values()):
+        return None
+    try:
+        evaluator = ReferenceEvaluator(node, opsets={"": importer.opset})
+
+        def resized(x: np.ndarray) -> np.ndarray:
+            results: list[Any] = list(evaluator.run(None, {node.input[0]: x, **feeds}))
+            return np.asarray(results[0], np.float64)
+
+        matrices = []
+        for axis, size in enumerate(dims):
+            along = [1] * len(dims)
+            along[axis] = size
+            columns = [resized(np.broadcast_to(np.eye(size, dtype=np.float32)[j].reshape(along),
+                                               dims))
+                       for j in range(size)]
+            matrices.append(np.stack([c[tuple(slice(None) if a == axis else 0
+                                              for a in range(len(dims)))] for c in columns], 1))
+        sample = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+        expected, product = resized(sample), sample.astype(np.float64)
+        for axis, matrix in enumerate(matrices):
+            product = np.moveaxis(np.tensordot(matrix, product, axes=([1], [axis])), 0, axis)
+    except Exception:  # leave it to the diagnostics of the interpolate form
+        return None
+    if product.shape != expected.shape or not np.allclose(product, expected, rtol=1e-5,
+                                                          atol=1e-6):
+        return None
+    return matrices
+
+
+def _by_axis_matrices(importer: _Importer, node: onnx.NodeProto, problems: _Problems,
+                      x: str) -> str | None:
+    """A node as its matrix along each axis it changes (`_axis_matrices`): a gather
+    (`_gathered`, exact) where each output reads one input, else a matmul over that axis."""
+    matrices = _axis_matrices(importer, node, importer.type_of(x).shape)
+    if matrices is None:
+        return None
+    rank = len(matrices)
+    for axis, matrix in enumerate(matrices):
+        if matrix.shape[0] == matrix.shape[1] and np.array_equal(matrix, np.eye(len(matrix))):
+            continue
+        name = f"{node.output[0]}_axis_{axis}"
+        if np.all((matrix == 0) | (matrix == 1)) and np.all(matrix.sum(axis=1) == 1):
+            sources = np.argmax(matrix, axis=1).astype(np.float32)
+            x = _gathered(importer, problems, x, importer.free_param(name, sources), axis)
+            continue
+        # x with that axis last, times the matrix's transpose, and the axis back.
+        order = (*(a for a in range(rank) if a != axis), axis)
+        moved = importer.apply(problems, "transpose", x, perm=order)
+        weights = importer.free_param(name, matrix.T.astype(np.float32))
+        if importer.type_of(x).dtype != "f32":
+            weights = importer.apply(problems, "cast", weights, dtype=importer.type_of(x).dtype)
+        product = importer.apply(problems, "matmul", moved, weights)
+        x = importer.apply(problems, "transpose", product,
+                           perm=tuple(int(i) for i in np.argsort(order)))
+    return x
+
+
+@_handles("Resize", ops=("interpolate", "unsqueeze", "cast", "eq", "arange", "where", "sum",
+                         "transpose", "matmul"), parameters=(1, 2, 3))
 def _resize(importer: _Importer, index: int, node: onnx.NodeProto,
             problems: _Problems) -> dict[str, Value]:
+    """`interpolate` where it is that; else, every size fixed, the matrices of ONNX's own
+    Resize along each axis (`_by_axis_matrices`)."""
+    return _or_by_axis_matrices(importer, node, problems,
+                                _interpolated(importer, node, problems))
+
+
+@_handles("Upsample", ops=("unsqueeze", "cast", "eq", "arange", "where", "sum", "transpose",
+                           "matmul"), parameters=(1,))
+def _upsample(importer: _Importer, index: int, node: onnx.NodeProto,
+              problems: _Problems) -> dict[str, Value]:
+    """Resize's predecessor (opsets 7 to 9), as its matrices over each axis."""
+    x = importer.tensor(node, 0, problems)
+    if x is None:
+        return {}
+    problems.add(E_NOT_EXPRESSIBLE, "an Upsample imports only as matrices over each axis: "
+                 "every size fixed and constant scales")
+    return _or_by_axis_matrices(importer, node, problems, {})
+
+
+def _or_by_axis_matrices(importer: _Importer, node: onnx.NodeProto, problems: _Problems,
+                         results: dict[str, Value]) -> dict[str, Value]:
+    """`results` where the node was translated without problems; else, if it can be, the
+    node as its matrices over each axis (`_by_axis_matrices`), its problems dropped."""
+    x = importer.values.get(node.input[0])
+    if not problems.found or not isinstance(x, str):
+        return results
+    by_matrices = _Problems(problems.label)
+    value = _by_axis_matrices(importer, node, by_matrices, x)
+    if value is None or by_matrices.found:
+        return results
+    problems.found.clear()
+    return {node.output[0]: value}
+
+
+def _interpolated(importer: _Importer, node: onnx.NodeProto,
+                  problems: _Problems) -> dict[str, Value]:
     attrs = {name: _decode(value) for name, value in _attributes(node).items()}
     mode = attrs.get("mode", "nearest")
     transform = attrs.get("coordinate_transformation_mode", "half_pixel")
     form = _RESIZE_FORMS.get((mode, transform))
     if form is None:
         problems.add(E_UNSUPPORTED_ATTRIBUTE, f"mode={mode!r} with coordinate_transformation_"
-                     f"mode={transform!r} is not supported (nearest with asymmetric; linear "
-                     "with half_pixel, pytorch_half_pixel or align_corners)")
+                     f"mode={transform!r} is not supported (as `interpolate`: nearest with "
+                     "asymmetric; linear with half_pixel, pytorch_half_pixel or align_corners; "
+                     "as matrices over each axis: a resize of fixed sizes, linear in its input)")
     if mode == "nearest":
         _expect(problems, attrs, "nearest_mode", "floor", "only PyTorch's floor rule")
     for name, neutral in (("antialias", 0), ("exclude_outside", 0), ("axes", None),
@@ -1279,44 +1887,22 @@ def _groupnorm(importer: _Importer, index: int, node: onnx.NodeProto,
         layer=layer, params={"weight": weight, "bias": bias})}
 
 
-@_handles("RMSNormalization", ops=("rmsnorm",), parameters=(1,))
-def _rmsnorm(importer: _Importer, index: int, node: onnx.NodeProto,
-             problems: _Problems) -> dict[str, Value]:
-    attrs = _attributes(node)
-    x = importer.tensor(node, 0, problems)
-    scale = importer.constant(node, 1, problems, "scale")
-    if x is None or scale is None or problems.found:
-        return {}
-    shape = importer.type_of(x).shape
-    if int(attrs.get("axis", -1)) not in (-1, len(shape) - 1):
-        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"axis={attrs.get('axis')}: `.net` rmsnorm "
-                     "normalises over the last dimension only")
-        return {}
-    if scale.size != int(shape[-1]):
-        problems.add(E_SHAPE, f"scale of shape {format_shape(scale.shape)} does not match the "
-                     f"last dimension of {format_shape(shape)}")
-        return {}
-    layer = importer.layer_name(node, "rmsnorm")
-    return {node.output[0]: importer.apply(
-        problems, "rmsnorm", x, eps=float(attrs.get("epsilon", 1e-5)), layer=layer,
-        params={"weight": scale.reshape(-1).astype(np.float32)})}
+def _shaped(importer: _Importer, problems: _Problems, value: str, dims: Sequence[Dim],
+            name: str, suffix: str) -> str:
+    """`value` reshaped to `dims`, whose sizes that change are fixed (`_reshaped`)."""
+    if tuple(dims) == importer.type_of(value).shape:
+        return value
+    result = _reshaped(importer, problems, value, dims, name)
+    assert result is not None  # the callers check that the sizes that change are fixed
+    importer.proposed_names[result] = name + suffix
+    return result
 
 
-def _reshape_to(importer: _Importer, problems: _Problems, x: str,
-                dims: Sequence[int]) -> str:
-    return importer.apply(problems, "reshape", x, dims=tuple(int(d) for d in dims))
-
-
-@_handles("LayerNormalization", ops=("layernorm", "reshape"), parameters=(1, 2))
-def _layernorm(importer: _Importer, index: int, node: onnx.NodeProto,
-               problems: _Problems) -> dict[str, Value]:
-    attrs = _attributes(node)
-    _no_extra_outputs(node, problems, ["Mean", "InvStdDev"])
-    x = importer.tensor(node, 0, problems)
-    scale = importer.constant(node, 1, problems, "scale")
-    shift = importer.constant(node, 2, problems, "bias B", required=False)
-    if x is None or scale is None or problems.found:
-        return {}
+def _normalised_axes(importer: _Importer, problems: _Problems, x: str, attrs: Mapping[str, Any],
+                     parameter: np.ndarray) -> tuple[int, int] | None:
+    """The first normalised dimension (`axis`, from the end where negative) and the number
+    of elements normalised together, for a LayerNormalization or RMSNormalization of `x`
+    whose scale is `parameter`; None (and a problem) where `.net` has no form."""
     shape = importer.type_of(x).shape
     rank = len(shape)
     axis = int(attrs.get("axis", -1))
@@ -1324,29 +1910,107 @@ def _layernorm(importer: _Importer, index: int, node: onnx.NodeProto,
     if not 0 <= axis < rank:
         problems.add(E_UNSUPPORTED_ATTRIBUTE, f"axis={attrs.get('axis')} is out of range for "
                      f"{format_shape(shape)}")
-        return {}
-    if axis == 0:
-        problems.add(E_UNSUPPORTED_ATTRIBUTE, "axis=0 normalises over the batch dimension, "
-                     "which `.net` layernorm never does")
-        return {}
+        return None
+    if not all(isinstance(d, int) for d in shape[max(axis, 1):]) or (
+            axis == 0 and not isinstance(shape[0], int)):
+        problems.add(E_NOT_EXPRESSIBLE, f"normalises over dimensions {axis} on of "
+                     f"{format_shape(shape)}, one of them a named (run-time) size; `.net` "
+                     "normalises over one dimension of known size (their product)")
+        return None
     features = math.prod(int(d) for d in shape[axis:])
-    if scale.size != features or (shift is not None and shift.size != features):
-        problems.add(E_SHAPE, f"scale/bias of shape {format_shape(scale.shape)} do not match "
-                     f"the normalised dimensions {format_shape(shape[axis:])}")
+    if parameter.size != features:
+        problems.add(E_SHAPE, f"scale/bias of shape {format_shape(parameter.shape)} do not "
+                     f"match the normalised dimensions {format_shape(shape[axis:])}")
+        return None
+    return axis, features
+
+
+def _rows(importer: _Importer, problems: _Problems, x: str, axis: int, features: int,
+          name: str) -> str:
+    """`x` with its dimensions from `axis` on made one: [N, ..., features], or [1, features]
+    for axis 0 (every size fixed)."""
+    shape = importer.type_of(x).shape
+    return _shaped(importer, problems, x, [*shape[:axis], features] if axis else [1, features],
+                   name, "_rows")
+
+
+@_handles("RMSNormalization", ops=("rmsnorm", "reshape", "unsqueeze", "squeeze"), parameters=(1,))
+def _rmsnorm(importer: _Importer, index: int, node: onnx.NodeProto,
+             problems: _Problems) -> dict[str, Value]:
+    attrs = _attributes(node)
+    x = importer.tensor(node, 0, problems)
+    scale = importer.constant(node, 1, problems, "scale")
+    if x is None or scale is None or problems.found:
+        return {}
+    found = _normalised_axes(importer, problems, x, attrs, scale)
+    if found is None:
+        return {}
+    axis, features = found
+    layer = importer.layer_name(node, "rmsnorm")
+    normalised = importer.apply(
+        problems, "rmsnorm", _rows(importer, problems, x, axis, features, node.output[0]),
+        eps=float(attrs.get("epsilon", 1e-5)), layer=layer,
+        params={"weight": scale.reshape(-1).astype(np.float32)})
+    return {node.output[0]: _shaped(importer, problems, normalised, importer.type_of(x).shape,
+                                    node.output[0], "_normalised")}
+
+
+def _reshape_to(importer: _Importer, problems: _Problems, x: str,
+                dims: Sequence[int]) -> str:
+    return importer.apply(problems, "reshape", x, dims=tuple(int(d) for d in dims))
+
+
+@_handles("LayerNormalization", ops=("layernorm", "reshape", "unsqueeze", "squeeze", "mean",
+                                     "sub", "mul", "add", "rsqrt", "cast"), parameters=(1, 2))
+def _layernorm(importer: _Importer, index: int, node: onnx.NodeProto,
+               problems: _Problems) -> dict[str, Value]:
+    """Normalises over the dimensions from `axis` on: `.net` layernorm over the last one,
+    after a reshape that makes them one (and keeps the batch, or, every size fixed, folds it
+    in for axis 0). The Mean and InvStdDev outputs, where used, are computed beside it (f32,
+    ONNX's stash type), from `mean` and `rsqrt`."""
+    attrs = _attributes(node)
+    x = importer.tensor(node, 0, problems)
+    scale = importer.constant(node, 1, problems, "scale")
+    shift = importer.constant(node, 2, problems, "bias B", required=False)
+    if x is None or scale is None or problems.found:
+        return {}
+    found = _normalised_axes(importer, problems, x, attrs, scale)
+    if found is None:
+        return {}
+    axis, features = found
+    if shift is not None and shift.size != features:
+        problems.add(E_SHAPE, f"bias B of shape {format_shape(shift.shape)} does not match the "
+                     f"scale, of {features} elements")
         return {}
     bias = np.zeros(features, np.float32) if shift is None else shift.reshape(features)
     params = {"weight": scale.reshape(features), "bias": bias}
     eps = float(attrs.get("epsilon", 1e-5))
-    layer = importer.layer_name(node, "layernorm")
-    if axis == rank - 1:
-        return {node.output[0]: importer.apply(problems, "layernorm", x, eps=eps, layer=layer,
-                                               params=params)}
-    # Several normalised dimensions: flatten them into one, normalise, and restore the shape.
-    flat = _reshape_to(importer, problems, x, [*shape[1:axis], features])
-    importer.proposed_names[flat] = node.output[0] + "_flat"
-    normalised = importer.apply(problems, "layernorm", flat, eps=eps, layer=layer, params=params)
-    importer.proposed_names[normalised] = node.output[0] + "_normalised"
-    return {node.output[0]: _reshape_to(importer, problems, normalised, shape[1:])}
+    shape = importer.type_of(x).shape
+    name = node.output[0] or node.output[1]
+    rows = _rows(importer, problems, x, axis, features, name)
+    results: dict[str, Value] = {}
+    if node.output[0]:
+        layer = importer.layer_name(node, "layernorm")
+        normalised = importer.apply(problems, "layernorm", rows, eps=eps, layer=layer,
+                                    params=params)
+        results[node.output[0]] = _shaped(importer, problems, normalised, shape, name,
+                                          "_normalised")
+    if any(node.output[1:3]):
+        stats = rows if importer.type_of(rows).dtype == "f32" else \
+            importer.apply(problems, "cast", rows, dtype="f32")
+        mean = importer.apply(problems, "mean", stats, axis=-1, keepdim=True)
+        reduced = [*shape[:axis], *[1] * (len(shape) - axis)]
+        if len(node.output) > 1 and node.output[1]:
+            results[node.output[1]] = _shaped(importer, problems, mean, reduced, name, "_mean")
+        if len(node.output) > 2 and node.output[2]:
+            deviation = importer.apply(problems, "sub", stats, mean)
+            variance = importer.apply(problems, "mean", importer.apply(
+                problems, "mul", deviation, deviation), axis=-1, keepdim=True)
+            inverse = importer.apply(problems, "rsqrt", importer.apply(
+                problems, "add", variance, importer.builder.constant(eps)))
+            results[node.output[2]] = _shaped(importer, problems, inverse, reduced, name,
+                                              "_inv_std_dev")
+    return results
 
 
 @_handles("Softmax", "LogSoftmax", ops=("softmax", "log_softmax", "reshape"))
@@ -1379,26 +2043,55 @@ def _softmax(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: _reshape_to(importer, problems, result, shape[1:])}
 
 
-@_handles("Flatten", ops=("flatten",))
+@_handles("Flatten", ops=("flatten", "reshape", "unsqueeze", "squeeze"))
 def _flatten(importer: _Importer, index: int, node: onnx.NodeProto,
              problems: _Problems) -> dict[str, Value]:
+    """[prod(dims before axis), prod(the rest)]: `.net` flatten for axis 1, else a reshape
+    (every size fixed where the first dimension changes)."""
     axis = int(_attributes(node).get("axis", 1))
-
-    def reject(rank: int | None) -> dict[str, Value]:
-        on = f" on a rank-{rank} input" if rank is not None else ""
-        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"axis={axis}{on}: `.net` flatten keeps the "
-                     "batch and flattens the rest (axis=1 only)")
-        return {}
-
-    if axis == 0 or axis > 1:
-        reject(None)  # known without the input's rank, so reported even after an error
     x = importer.tensor(node, 0, problems)
     if x is None or problems.found:
         return {}
-    rank = importer.type_of(x).rank
-    if (axis + rank if axis < 0 else axis) != 1:
-        return reject(rank)
-    return {node.output[0]: importer.apply(problems, "flatten", x)}
+    shape = importer.type_of(x).shape
+    rank = len(shape)
+    if not -rank <= axis <= rank:
+        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"axis={axis} is out of range for "
+                     f"{format_shape(shape)}")
+        return {}
+    axis = axis + rank if axis < 0 else axis
+    if axis == 1:
+        return {node.output[0]: importer.apply(problems, "flatten", x)}
+    if all(isinstance(d, int) for d in shape):
+        dims = [math.prod(int(d) for d in shape[:axis]), math.prod(int(d) for d in shape[axis:])]
+        flat = _reshaped(importer, problems, x, dims, node.output[0])
+        if flat is not None:
+            return {node.output[0]: flat}
+    problems.add(E_NOT_EXPRESSIBLE, f"axis={axis} on {format_shape(shape)} merges the named "
+                 "(run-time) first dimension with others; a `.net` dimension is a name or a "
+                 "number, never a product such as N * 12",
+                 help="export with fixed sizes (no dynamic_axes)")
+    return {}
+
+
+def _reshaped(importer: _Importer, problems: _Problems, x: str, dims: Sequence[int | str],
+              name: str) -> str | None:
+    """`x` reshaped to `dims` (the first dimension included): `.net` reshape where the first
+    dimension stays, else, every size fixed, `squeeze(reshape(unsqueeze(x, 0), dims), 0)`;
+    None where neither is (a named dimension merged or split)."""
+    shape = importer.type_of(x).shape
+    first, rest = dims[0], dims[1:]
+    fixed_rest = all(isinstance(d, int) for d in (*shape[1:], *rest))
+    item = math.prod(int(d) for d in shape[1:]) if fixed_rest else None
+    if first == shape[0] or (first == -1 and -1 not in rest and item is not None
+                             and math.prod(int(d) for d in rest) == item):
+        return importer.apply(problems, "reshape", x, dims=tuple(rest))
+    if all(isinstance(d, int) for d in (*shape, *dims)):
+        # Every size is fixed: a new first dimension of 1 is kept, the rest reshaped.
+        lifted = importer.apply(problems, "unsqueeze", x, axis=0)
+        reshaped = importer.apply(problems, "reshape", lifted, dims=tuple(dims))
+        importer.proposed_names[reshaped] = name + "_lifted"
+        return importer.apply(problems, "squeeze", reshaped, axis=0)
+    return None
 
 
 @_handles("Reshape", ops=("reshape", "unsqueeze", "squeeze"), parameters=(1,))
@@ -1446,18 +2139,9 @@ def _reshape(importer: _Importer, index: int, node: onnx.NodeProto,
                 return {}
             size = shape[position]
         dims.append(size)
-    first, rest = dims[0], dims[1:]
-    fixed_rest = all(isinstance(d, int) for d in (*shape[1:], *rest))
-    item = math.prod(int(d) for d in shape[1:]) if fixed_rest else None
-    if first == shape[0] or (first == -1 and -1 not in rest and item is not None
-                             and math.prod(int(d) for d in rest) == item):
-        return {node.output[0]: importer.apply(problems, "reshape", x, dims=tuple(rest))}
-    if all(isinstance(d, int) for d in (*shape, *dims)):
-        # Every size is fixed: a new first dimension of 1 is kept, the rest reshaped.
-        lifted = importer.apply(problems, "unsqueeze", x, axis=0)
-        reshaped = importer.apply(problems, "reshape", lifted, dims=tuple(dims))
-        importer.proposed_names[reshaped] = node.output[0] + "_lifted"
-        return {node.output[0]: importer.apply(problems, "squeeze", reshaped, axis=0)}
+    reshaped = _reshaped(importer, problems, x, dims, node.output[0])
+    if reshaped is not None:
+        return {node.output[0]: reshaped}
     problems.add(E_NOT_EXPRESSIBLE, f"reshapes {format_shape(shape)} to {format_shape(tuple(dims))}, "
                  "which merges or splits a named (run-time) dimension; a `.net` dimension is a "
                  "name or a number, never a product such as N * 12",
@@ -1539,22 +2223,94 @@ def _reduce(importer: _Importer, index: int, node: onnx.NodeProto,
         if attrs.get("noop_with_empty_axes", 0):
             return {node.output[0]: x}
         axes = list(range(importer.type_of(x).rank))  # no axes: every dimension
-    return {node.output[0]: importer.apply(problems, _REDUCTIONS[node.op_type], x,
-                                           axis=tuple(axes),
-                                           keepdim=bool(attrs.get("keepdims", 1)))}
+    op = _REDUCTIONS[node.op_type]
+    keepdim = bool(attrs.get("keepdims", 1))
+    if importer.type_of(x).dtype == "bool" and op in ("amax", "amin"):
+        # Over bools, max is "any" and min "all": computed on 0.0 and 1.0, exactly.
+        number = importer.apply(problems, "cast", x, dtype="f32")
+        found = importer.apply(problems, op, number, axis=tuple(axes), keepdim=keepdim)
+        return {node.output[0]: importer.apply(problems, "cast", found, dtype="bool")}
+    return {node.output[0]: importer.apply(problems, op, x, axis=tuple(axes), keepdim=keepdim)}
 
 
-@_handles("ArgMax", ops=("argmax",))
-def _argmax(importer: _Importer, index: int, node: onnx.NodeProto,
-            problems: _Problems) -> dict[str, Value]:
+_SUM_OF = {"ReduceL1": "abs", "ReduceL2": "square", "ReduceSumSquare": "square",
+           "ReduceLogSum": None}
+"""The ONNX reductions `.net` writes as a `sum` of a term: what each sums (None: x itself);
+ReduceL2 takes the square root of the sum, ReduceLogSum its logarithm."""
+
+
+@_handles(*_SUM_OF, ops=("sum", "abs", "mul", "sqrt", "log"), parameters=(1,))
+def _reduce_sum_of(importer: _Importer, index: int, node: onnx.NodeProto,
+                   problems: _Problems) -> dict[str, Value]:
+    """ReduceL1 = sum(abs(x)), ReduceL2 = sqrt(sum(x·x)), ReduceSumSquare = sum(x·x),
+    ReduceLogSum = log(sum(x)): as ONNX's own function bodies compute them."""
     attrs = _attributes(node)
-    _expect(problems, attrs, "select_last_index", 0,
-            "`.net`'s argmax gives the first position of the max, as PyTorch")
+    axes = _axes(importer, node, problems, 18)
     x = importer.tensor(node, 0, problems)
     if x is None or problems.found:
         return {}
-    return {node.output[0]: importer.apply(problems, "argmax", x, axis=int(attrs.get("axis", 0)),
-                                           keepdim=bool(attrs.get("keepdims", 1)))}
+    if not axes:
+        if attrs.get("noop_with_empty_axes", 0):
+            problems.add(E_UNSUPPORTED_ATTRIBUTE, "noop_with_empty_axes=1 with no axes is not "
+                         "supported (ONNX leaves what it computes unclear for this op)")
+            return {}
+        axes = list(range(importer.type_of(x).rank))  # no axes: every dimension
+    term = _SUM_OF[node.op_type]
+    summed = x if term is None else importer.apply(problems, "abs", x) if term == "abs" \
+        else importer.apply(problems, "mul", x, x)
+    total = importer.apply(problems, "sum", summed, axis=tuple(axes),
+                           keepdim=bool(attrs.get("keepdims", 1)))
+    finish = {"ReduceL2": "sqrt", "ReduceLogSum": "log"}.get(node.op_type)
+    return {node.output[0]: total if finish is None else importer.apply(problems, finish, total)}
+
+
+@_handles("ArgMax", "ArgMin", ops=("argmax", "neg", "sub", "amax", "eq", "ne", "where",
+                                   "arange", "unsqueeze", "cast", "add", "mul"))
+def _argmax(importer: _Importer, index: int, node: onnx.NodeProto,
+            problems: _Problems) -> dict[str, Value]:
+    """ArgMax as `argmax`; ArgMin as the argmax of an order-reversed copy: -x for floats
+    (exact, NaN stays NaN, so the first NaN wins as in ONNX and PyTorch), -x - 1 (the
+    bitwise complement, which cannot overflow) for integers. With select_last_index, the
+    largest position holding the max (`_last_position`)."""
+    attrs = _attributes(node)
+    x = importer.tensor(node, 0, problems)
+    if x is None or problems.found:
+        return {}
+    dtype = importer.type_of(x).dtype
+    if node.op_type == "ArgMin":
+        x = importer.apply(problems, "neg", x)
+        if dtype in INTEGER_DTYPES:
+            x = importer.apply(problems, "sub", x, importer.builder.constant(1.0, dtype))
+    axis, keepdim = int(attrs.get("axis", 0)), bool(attrs.get("keepdims", 1))
+    if int(attrs.get("select_last_index", 0)):
+        return {node.output[0]: _last_position(importer, problems, x, axis, keepdim)}
+    return {node.output[0]: importer.apply(problems, "argmax", x, axis=axis, keepdim=keepdim)}
+
+
+def _last_position(importer: _Importer, problems: _Problems, x: str, axis: int,
+                   keepdim: bool) -> str:
+    """The last position of the max of `x` along `axis` (of the last NaN, if any), exactly:
+    the largest of (position + 1 where x is the max, else 0), minus 1, in `i64`."""
+    x_type = importer.type_of(x)
+    axis = axis % x_type.rank if -x_type.rank <= axis < x_type.rank else axis
+    if not 0 <= axis < x_type.rank or not isinstance(x_type.shape[axis], int):
+        problems.add(E_NOT_EXPRESSIBLE, f"select_last_index=1 along axis {axis} of {x_type} "
+                     "needs a dimension of fixed size")
+        raise _Poisoned
+    largest = importer.apply(problems, "amax", x, axis=(axis,), keepdim=True)
+    found = importer.apply(problems, "eq", x, largest)
+    if x_type.dtype in _LARGEST:  # a NaN is the max: where the max is NaN, take the NaNs
+        found = importer.apply(problems, "where", importer.apply(problems, "ne", largest, largest),
+                               importer.apply(problems, "ne", x, x), found)
+    one = importer.builder.constant(1.0, "i64")
+    positions = importer.apply(problems, "add", importer.apply(
+        problems, "arange", n=int(x_type.shape[axis])), one)
+    for _ in range(x_type.rank - axis - 1):
+        positions = importer.apply(problems, "unsqueeze", positions, axis=-1)
+    marked = importer.apply(problems, "mul", importer.apply(problems, "cast", found, dtype="i64"),
+                            positions)
+    last = importer.apply(problems, "amax", marked, axis=(axis,), keepdim=keepdim)
+    return importer.apply(problems, "sub", last, one)
 
 
 @_handles("Squeeze", "Unsqueeze", ops=("squeeze", "unsqueeze"), parameters=(1,))
@@ -1684,22 +2440,117 @@ def _slice(importer: _Importer, index: int, node: onnx.NodeProto,
     return {node.output[0]: _slice_value(importer, problems, x, axes, starts, ends, steps)}
 
 
-@_handles("Gather", ops=("select", "embedding"), parameters=(1,))
+@_handles("Gather", ops=("select", "embedding", "unsqueeze", "cast", "lt", "add", "where",
+                         "eq", "arange", "sum"), parameters=(1,))
 def _gather(importer: _Importer, index: int, node: onnx.NodeProto,
             problems: _Problems) -> dict[str, Value]:
+    """Rows of a constant table by a tensor of ids: `embedding`; one constant position:
+    `select`; else `_picked` (positions as a one-hot mask)."""
     indices = importer.operand(node, 1)
     if isinstance(indices, str) and isinstance(importer.operand(node, 0), np.ndarray):
         return _embedding(importer, index, node, problems)  # rows of a table by their ids
     x = importer.tensor(node, 0, problems)
     if x is None or problems.found:
         return {}
-    if not isinstance(indices, np.ndarray) or indices.ndim != 0 or indices.dtype.kind not in "iu":
-        problems.add(E_NOT_EXPRESSIBLE, "only a Gather of one constant position (a scalar "
-                     "index, PyTorch's `x[:, i]`) has a `.net` form (`select`)")
+    axis = int(_attributes(node).get("axis", 0))
+    if isinstance(indices, np.ndarray) and indices.ndim == 0 and indices.dtype.kind in "iu":
+        return {node.output[0]: importer.apply(problems, "select", x, axis=axis,
+                                               index=int(indices))}
+    shape = importer.type_of(x).shape
+    axis = axis + len(shape) if axis < 0 else axis
+    positions = _positions(importer, node, problems, shape, axis)
+    if positions is None:
         return {}
-    return {node.output[0]: importer.apply(problems, "select", x,
-                                           axis=int(_attributes(node).get("axis", 0)),
-                                           index=int(indices))}
+    return {node.output[0]: _gathered(importer, problems, x, positions, axis)}
+
+
+def _gathered(importer: _Importer, problems: _Problems, x: str, positions: str,
+              axis: int) -> str:
+    """Gather: `x` [..., C, ...] at the f32 `positions` [i, ..., j] along `axis`, giving
+    [..., i, ..., j, ...]: the data with a dimension of 1 for each of the positions' before the
+    gathered one, [..., 1, ..., 1, C, ...], and the positions [i, ..., j, 1, 1, ...] against
+    it (`_picked`)."""
+    rank, after = importer.type_of(positions).rank, importer.type_of(x).rank - axis - 1
+    for _ in range(rank):
+        x = importer.apply(problems, "unsqueeze", x, axis=axis)
+    for _ in range(after + 1):
+        positions = importer.apply(problems, "unsqueeze", positions, axis=-1)
+    return _picked(importer, problems, x, positions, axis + rank, after)
+
+
+@_handles("GatherElements", ops=("unsqueeze", "cast", "lt", "add", "where", "eq", "arange",
+                                 "sum"))
+def _gather_elements(importer: _Importer, index: int, node: onnx.NodeProto,
+                     problems: _Problems) -> dict[str, Value]:
+    """out[..., i, ...] = data[..., index[..., i, ...], ...] along `axis`, through `_picked`."""
+    x = importer.tensor(node, 0, problems)
+    if x is None or problems.found:
+        return {}
+    shape = importer.type_of(x).shape
+    axis = int(_attributes(node).get("axis", 0))
+    axis = axis + len(shape) if axis < 0 else axis
+    positions = _positions(importer, node, problems, shape, axis)
+    if positions is None:
+        return {}
+    # The positions and the data with a new dimension each, against which the other's
+    # gathered one lines up: [..., i, 1, ...] and [..., 1, C, ...].
+    positions = importer.apply(problems, "unsqueeze", positions, axis=axis + 1)
+    x = importer.apply(problems, "unsqueeze", x, axis=axis)
+    return {node.output[0]: _picked(importer, problems, x, positions, axis + 1,
+                                    len(shape) - axis - 1)}
+
+
+def _positions(importer: _Importer, node: onnx.NodeProto, problems: _Problems,
+               shape: Sequence[Dim], axis: int) -> str | None:
+    """The index operand (1) of a Gather or GatherElements along `axis` of data of `shape`,
+    as f32 positions in [0, size) (negative ones counted from the end): a parameter where it
+    is a constant (exact: the positions are below 2^24), else computed from the tensor."""
+    if not 0 <= axis < len(shape):
+        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"axis={axis} is out of range for "
+                     f"{format_shape(tuple(shape))}")
+        return None
+    size = shape[axis]
+    if not isinstance(size, int) or size >= 2 ** 24:
+        problems.add(E_NOT_EXPRESSIBLE, f"gathers along dimension {axis} of "
+                     f"{format_shape(tuple(shape))}, whose size is not a number below 2^24")
+        return None
+    value = importer.operand(node, 1)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iu" or value.ndim == 0:
+            problems.add(E_DTYPE, f"the indices have dtype {value.dtype} and shape "
+                         f"{format_shape(value.shape)}; integer tensors index")
+            return None
+        wrapped = np.where(value < 0, value + size, value).astype(np.float32)
+        # (Named after the operand, and the size that wrapped its negative positions.)
+        return importer.free_param(node.input[1] + (f"_wrapped_{size}" if (value < 0).any()
+                                                    else ""), wrapped)
+    ids = importer.tensor(node, 1, problems, "indices")
+    if ids is None:
+        return None
+    ids = importer.apply(problems, "cast", ids, dtype="f32")
+    negative = importer.apply(problems, "lt", ids, other=0.0)
+    return importer.apply(problems, "where", negative, importer.apply(
+        problems, "add", ids, importer.builder.constant(float(size))), ids)
+
+
+def _picked(importer: _Importer, problems: _Problems, x: str, positions: str, axis: int,
+            after: int) -> str:
+    """`x`'s elements at `positions` along `axis` (`after` dimensions follow it; the two
+    broadcast against each other, `positions` of size 1 there): the sum over that axis of `x`
+    where the position is the element's, 0 elsewhere (exact: one term; a position out of
+    range gives 0, where ONNX and PyTorch fail)."""
+    size = importer.type_of(x).shape[axis]
+    classes = importer.apply(problems, "cast", importer.apply(problems, "arange", n=size),
+                             dtype="f32")
+    for _ in range(after):
+        classes = importer.apply(problems, "unsqueeze", classes, axis=-1)
+    chosen = importer.apply(problems, "eq", positions, classes)
+    # `.net`'s where takes tensors: the zero is a parameter [1].
+    zero = importer.free_param(f"{positions}_zero", np.zeros(1, np.float32))
+    if importer.type_of(x).dtype != "f32":
+        zero = importer.apply(problems, "cast", zero, dtype=importer.type_of(x).dtype)
+    return importer.apply(problems, "sum", importer.apply(problems, "where", chosen, x, zero),
+                          axis=axis)
 
 
 @_handles("Split", ops=("slice",), parameters=(1,))
@@ -1737,24 +2588,33 @@ def _split(importer: _Importer, index: int, node: onnx.NodeProto,
 
 
 @_handles("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss",
-          ops=("cross_entropy", "nll_loss"))
+          ops=("cross_entropy", "nll_loss", "log_softmax"), parameters=(2,))
 def _class_loss(importer: _Importer, index: int, node: onnx.NodeProto,
                 problems: _Problems) -> dict[str, Value]:
+    """The two losses as `cross_entropy` and `nll_loss`, with their reduction and class
+    weights (a parameter); SoftmaxCrossEntropyLoss's log_prob output is `log_softmax`."""
     op = "cross_entropy" if node.op_type == "SoftmaxCrossEntropyLoss" else "nll_loss"
     attrs = _attributes(node)
-    _expect(problems, attrs, "reduction", "mean",
-            f"`.net`'s `{op}` is PyTorch's default reduction=\"mean\"")
-    if len(node.input) > 2 and node.input[2]:
-        problems.add(E_NOT_EXPRESSIBLE, f"class weights (operand 2) are not supported: "
-                     f"`.net`'s `{op}` weighs every class alike")
-    _no_extra_outputs(node, problems, ["log_prob"])
+    reduction = str(_decode(attrs.get("reduction", "mean")))
+    if reduction not in ("mean", "sum", "none"):
+        problems.add(E_UNSUPPORTED_ATTRIBUTE, f"reduction={reduction!r} is not one of ONNX's "
+                     "\"mean\", \"sum\" and \"none\"")
+    if op == "nll_loss":
+        _no_extra_outputs(node, problems, [])
     scores = importer.tensor(node, 0, problems, "scores")
     target = importer.tensor(node, 1, problems, "labels")
+    weight = importer.tensor(node, 2, problems, "class weights") \
+        if len(node.input) > 2 and node.input[2] else None
     if scores is None or target is None or problems.found:
         return {}
     # Without ignore_index ONNX ignores no target; -100 (PyTorch's default) is no class id.
     ignore = int(_decode(attrs["ignore_index"])) if "ignore_index" in attrs else -100
-    return {node.output[0]: importer.apply(problems, op, scores, target, ignore_index=ignore)}
+    results: dict[str, Value] = {node.output[0]: importer.apply(
+        problems, op, scores, target, *([] if weight is None else [weight]),
+        ignore_index=ignore, reduction=reduction)}
+    if len(node.output) > 1 and node.output[1]:
+        results[node.output[1]] = importer.apply(problems, "log_softmax", scores, axis=1)
+    return results
 
 
 # Shape arithmetic handlers register here (`netc.onnx.importer.shapes`).
