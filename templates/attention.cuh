@@ -2,8 +2,11 @@
 // attention.cuh: out = softmax(q k^T * scale) v in one kernel, FlashAttention's way: the scores
 // of a row are never stored, only a running maximum, a running sum and the weighted sum of the
 // value rows seen so far (the online softmax), so no L x S matrix reaches global memory.
-// `attention(q, k, v, causal=, scale=)` without a mask (PyTorch's
-// F.scaled_dot_product_attention), with q [B, L, E], k [B, S, E], v [B, S, EV] contiguous.
+// `attention(q, k, v[, mask], causal=, scale=)` (PyTorch's F.scaled_dot_product_attention),
+// with q [B, L, E], k [B, S, E], v [B, S, EV] contiguous and the mask read through strides
+// (MASK: 0 none, 1 bool where true attends, 2 added to the scores): element (b, i, j) is at
+// (b / inner) * outer_stride + (b % inner) * inner_stride + i * row_stride + j * key_stride, so
+// a mask broadcast over heads or items costs no copy.
 //
 // Design note.
 //   Block:  WARPS warps and ROWS query rows each: BQ = WARPS * ROWS rows of one matrix of the
@@ -18,17 +21,28 @@
 //   Math:   float throughout (f16/bf16 are converted on load and rounded once on store). NaN
 //           propagates as in the reference: the running maximum keeps a NaN (netc_max), and
 //           a NaN score makes the row's sum and result NaN. A row whose scores are all -inf
-//           gives NaN, or zeros under `causal` (PyTorch's safe softmax), as the reference.
+//           gives NaN, or zeros with a mask or `causal` (PyTorch's safe softmax), as the
+//           reference.
 //   Bytes:  q, k, v read once per block (k, v once per BQ query rows), out written once.
 //
 // Launch: block WARPS * 32, grid.x = B * ceil(L / BQ), dynamic shared memory
 // 4 * (32 * (E + 1) + 32 * EV + BQ * E + WARPS * 32) bytes.
 // ---------------------------------------------------------------------------------------------
 
-template <typename T, int E, int EV, int WARPS, int ROWS, bool CAUSAL>
+struct NetcMaskLayout {
+    long long inner;         // matrices of the batch a mask's outer stride steps over
+    long long outer_stride;
+    long long inner_stride;
+    long long row_stride;
+    long long key_stride;
+};
+
+template <typename T, typename M, int E, int EV, int WARPS, int ROWS, bool CAUSAL, int MASK>
 __device__ __forceinline__ void netc_attention(const T* __restrict__ q, const T* __restrict__ k,
                                                const T* __restrict__ v, T* __restrict__ out,
-                                               long long length, long long keys, float scale)
+                                               long long length, long long keys, float scale,
+                                               const M* __restrict__ mask,
+                                               const NetcMaskLayout& layout)
 {
     constexpr int TILE = 32;
     constexpr int BQ = WARPS * ROWS;
@@ -49,6 +63,9 @@ __device__ __forceinline__ void netc_attention(const T* __restrict__ q, const T*
     k += matrix * keys * E;
     v += matrix * keys * EV;
     out += matrix * length * EV;
+    if (MASK != 0)
+        mask += (matrix / layout.inner) * layout.outer_stride +
+                (matrix % layout.inner) * layout.inner_stride;
 
     for (int index = threadIdx.x; index < BQ * E; index += WARPS * 32) {
         const long long row = first_row + index / E;
@@ -86,7 +103,16 @@ __device__ __forceinline__ void netc_attention(const T* __restrict__ q, const T*
             for (int e = 0; e < E; ++e)
                 score += q_rows[local * E + e] * k_tile[lane * K_PITCH + e];
             score *= scale;
-            if (key >= keys || (CAUSAL && key > row))
+            bool allowed = key < keys && !(CAUSAL && key > row);
+            if (MASK != 0 && allowed && row < length) {
+                const auto given = netc_load(mask + row * layout.row_stride +
+                                             key * layout.key_stride);
+                if (MASK == 1)
+                    allowed = given;
+                else
+                    score += given;
+            }
+            if (!allowed)
                 score = netc_negative_infinity();
             const float tile_max = netc_warp_max(score);
             const float new_max = netc_max(maximum[r], tile_max);
@@ -120,12 +146,12 @@ __device__ __forceinline__ void netc_attention(const T* __restrict__ q, const T*
 #pragma unroll
         for (int slot = 0; slot < EV_SLOTS; ++slot) {
             const int feature = lane + 32 * slot;
-            // Every score -inf: PyTorch's softmax of the row is NaN, and a causal mask's
-            // safe softmax gives zeros (the reference's rule).
+            // Every score -inf: PyTorch's softmax of the row is NaN, and with a mask or
+            // `causal` its safe softmax gives zeros (the reference's rule).
             if (feature < EV)
                 netc_store(out + row * EV + feature,
                            sum[r] != 0.0f ? accumulated[r][slot] / sum[r]
-                                          : CAUSAL ? 0.0f : netc_quiet_nan());
+                           : CAUSAL || MASK != 0 ? 0.0f : netc_quiet_nan());
         }
     }
 }

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from netc.codegen import pointwise
-from netc.codegen.layout import broadcast_strides, coalesce, contiguous_strides
+from netc.codegen.layout import StridedView, broadcast_strides, coalesce, contiguous_strides
 from netc.codegen.pointwise import CTYPES, IDENTITY, Pointwise, PointwiseCode
 from netc.codegen.render import render
 from netc.codegen.tiles import (
@@ -873,23 +873,41 @@ ATTENTION_MAX_FEATURES = 128
 """The largest head size (q/k and v features) the fused kernel stages in shared memory."""
 
 
-def attention_kernel(dtype: str, features: int, value_features: int,
-                     causal: bool) -> KernelSpec:
+ATTENTION_MASKS = {"bool": "bool", "add": None}
+"""The mask kinds of the fused kernel: a bool mask (true attends), or one of the scores' dtype
+added to them (None: the scores' own dtype)."""
+
+
+def attention_kernel(dtype: str, features: int, value_features: int, causal: bool,
+                     mask: str | None = None) -> KernelSpec:
+    """`mask`: None, or a kind of `ATTENTION_MASKS`."""
+    mask_dtype = None if mask is None else ATTENTION_MASKS[mask] or dtype
     return KernelSpec(
         f"netc_attention_{dtype}_e{features}_ev{value_features}_w{ATTENTION_WARPS}"
-        f"_r{ATTENTION_ROWS}{'_causal' if causal else ''}", "attention.jinja",
-        ("attention.cuh",), dtype, ATTENTION_WARPS * 32,
+        f"_r{ATTENTION_ROWS}{'_causal' if causal else ''}{f'_m{mask}' if mask else ''}",
+        "attention.jinja", ("attention.cuh",), dtype, ATTENTION_WARPS * 32,
         (("features", features), ("value_features", value_features),
-         ("warps", ATTENTION_WARPS), ("rows", ATTENTION_ROWS), ("causal", causal)))
+         ("warps", ATTENTION_WARPS), ("rows", ATTENTION_ROWS), ("causal", causal),
+         ("mask", mask), ("mask_ctype", CTYPES[mask_dtype] if mask_dtype else None)))
+
+
+def _mask_view(q: TensorType, k: TensorType,
+               mask: TensorType) -> tuple[StridedView, SizeLike, SizeLike]:
+    """The mask read for the scores [*batch, L, S]: its batch dims' merged view, and its
+    strides along a row and a key (0 where it broadcasts)."""
+    batch = q.shape[:-2]
+    strides = broadcast_strides(mask.shape, (*batch, q.shape[-2], k.shape[-2]))
+    return coalesce(batch, [strides[:-2]]), strides[-2], strides[-1]
 
 
 def _fused_attention_takes(node: Node, inputs: Sequence[TensorType]) -> bool:
-    """No mask, one batch shape for q, k and v (no broadcasting), and head sizes the kernel
-    stages: the fused kernel's cases; any other attention runs as its decomposition."""
-    if len(inputs) != 3:
-        return False
-    q, k, v = inputs
+    """One batch shape for q, k and v (no broadcasting), head sizes the kernel stages, and a
+    mask (if any) whose batch dims merge into at most two strides: the fused kernel's cases;
+    any other attention runs as its decomposition."""
+    q, k, v = inputs[:3]
     features, value_features = q.shape[-1], v.shape[-1]
+    if len(inputs) == 4 and _mask_view(q, k, inputs[3])[0].rank > 2:
+        return False
     return q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and all(
         isinstance(size, int) and size <= ATTENTION_MAX_FEATURES
         for size in (features, value_features))
@@ -900,17 +918,26 @@ def _lower_attention(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[K
     """softmax(q k^T * scale) v in one kernel (`templates/attention.cuh`)."""
     if fusion != NO_FUSION:
         raise CodegenError(f"{node.id}: attention takes no fused ops")
-    q, k, v = node.inputs
+    q, k, v, *masks = node.inputs
     q_shape, k_shape, v_shape = (ctx.type_of(i).shape for i in (q, k, v))
     features, value_features = int(q_shape[-1]), int(v_shape[-1])
-    spec = attention_kernel(node.type.dtype, features, value_features, node.attrs["causal"])
+    mask_kind = None
+    mask_args: tuple[Arg, ...] = ()
+    if masks:
+        mask_type = ctx.type_of(masks[0])
+        mask_kind = "bool" if mask_type.dtype == "bool" else "add"
+        view, row_stride, key_stride = _mask_view(ctx.type_of(q), ctx.type_of(k), mask_type)
+        inner, inner_stride = (view.sizes[1], view.strides[0][1]) if view.rank == 2 else (1, 0)
+        mask_args = _ints(inner, view.strides[0][0], inner_stride, row_stride, key_stride)
+    spec = attention_kernel(node.type.dtype, features, value_features, node.attrs["causal"],
+                            mask_kind)
     rows = ATTENTION_WARPS * ATTENTION_ROWS
     shared = 4 * (32 * (features + 1) + 32 * value_features + rows * features +
                   ATTENTION_WARPS * 32)
     scale = scale_of(node.attrs, features)
     args = (_buffer(ctx.buffer(q)), _buffer(ctx.buffer(k)), _buffer(ctx.buffer(v)),
-            _buffer(ctx.buffer(node.id)), *_ints(q_shape[-2], k_shape[-2]),
-            Arg("float", value=scale))
+            *(_buffer(ctx.buffer(m)) for m in masks), _buffer(ctx.buffer(node.id)),
+            *_ints(q_shape[-2], k_shape[-2]), Arg("float", value=scale), *mask_args)
     grid = GridDim(size_of(q_shape[-2:-1]), rows, times=size_of(q_shape[:-2]))
     return [KernelLaunch(spec, (grid, ONE, ONE), spec.threads, shared, args)]
 

@@ -8,8 +8,9 @@ tensor is the mask, broadcast to [..., L, S]: a `bool` mask is true where attend
 only for j <= i (`torch.ones(L, S).tril()`), together with a mask. With a mask or `causal`, a
 row that may attend to nothing (all -inf) gives zeros, as PyTorch's safe softmax does.
 
-The CUDA code generator computes it in one fused kernel when it has no mask, one batch shape
-for q, k and v and heads of up to 128 features (`templates/attention.cuh`), and otherwise, as
+The CUDA code generator computes it in one fused kernel when q, k and v have one batch shape,
+heads of up to 128 features and a mask (if any) of at most two batch strides
+(`templates/attention.cuh`), and otherwise, as
 the ONNX exporter (opset 17) always does, by its decomposition onto matmul, transpose, mul,
 masked_fill, softmax (and, for `causal`, tril). ONNX's own `Attention` (opset 23) imports as it.
 

@@ -41,6 +41,8 @@ ATTENTION_HEADS = ((1, 1), (8, 8), (33, 7), (24, 40), (128, 128), (64, 64))
 """(q/k features, v features) of the fused attention kernels the tests draw (compile-time in
 that family): odd and tiny ones, the largest it takes, and a common head size (last: the
 f16 and bf16 tests draw it alone)."""
+ATTENTION_MASKED_HEADS = ((33, 7), (64, 64))
+"""The head sizes drawn with a bool and an additive mask too."""
 DEPTHWISE_KERNELS = ((3, 3), (5, 5), (7, 7), (1, 3), (3, 1))
 """Kernel sizes (compile-time in the depthwise family) the f32 tests draw: MobileNet's,
 EfficientNet's, ConvNeXt's, oblong ones (and conv1d's 1 x k); f16 and bf16 draw the first."""
@@ -143,11 +145,13 @@ def catalog() -> dict[str, KernelSpec]:
             specs += lower(graph, choose_tiles(graph)).kernels.values()
     specs += integer_kernels()
     specs += integer_arithmetic_kernels()
-    specs += [kernels.attention_kernel(dtype, features, value_features, causal)
+    specs += [kernels.attention_kernel(dtype, features, value_features, causal, mask)
               for dtype in ("f32", *LOW_PRECISION)
               for features, value_features in (ATTENTION_HEADS if dtype == "f32"
                                                else ATTENTION_HEADS[-1:])
-              for causal in (False, True)]
+              for causal in (False, True)
+              for mask in ((None, *kernels.ATTENTION_MASKS)
+                           if (features, value_features) in ATTENTION_MASKED_HEADS else (None,))]
     return {spec.name: spec for spec in specs}
 
 
