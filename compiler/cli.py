@@ -27,7 +27,7 @@ from netc.ir import Graph, TensorType, format_shape
 from netc.text import format_table
 
 if TYPE_CHECKING:
-    from netc.codegen.tiles import GemmTile
+    from netc.codegen.tiles import MatrixTile
     from netc.driver import CompileOptions
     from netc.passes.pipeline import Optimized
     from netc.plan import Launch, LaunchPlan
@@ -98,7 +98,7 @@ def _optimize(graph: Graph, args: argparse.Namespace, level: int | None = None,
     return optimized
 
 
-def _tile_overrides(args: argparse.Namespace) -> dict[str, GemmTile]:
+def _tile_overrides(args: argparse.Namespace) -> dict[str, MatrixTile]:
     from netc.codegen.tiling import parse_tile_overrides
 
     return parse_tile_overrides(getattr(args, "tile", None) or [])
@@ -111,7 +111,8 @@ def _compile_options(args: argparse.Namespace, arch: str = DEFAULT_ARCH) -> Comp
 
     return CompileOptions(level=args.level, arch=arch, tile_overrides=_tile_overrides(args),
                           tuning_db=getattr(args, "tuning_db", None),
-                          dump_ir=getattr(args, "dump_ir", None))
+                          dump_ir=getattr(args, "dump_ir", None),
+                          precision=getattr(args, "precision", "f32"))
 
 
 def _human(count: float) -> str:
@@ -343,7 +344,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _optimize(graph, args)
     started = time.perf_counter()
     progress = _LaunchProgress()
-    run = prepare(backend, graph, weights, **options, progress=progress)
+    run = prepare(backend, graph, weights, **options, progress=progress,
+                  precision=args.precision)
     outputs = run(inputs)
     progress.done()
     _report_outputs(graph.name, backend, time.perf_counter() - started, outputs, args)
@@ -523,6 +525,7 @@ def _simulator_build(plan: LaunchPlan) -> tuple[dict[str, Any], bytes | None]:
 def _compile_onnx(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path:
     from netc.artifacts import write_directory
     from netc.onnx.export import export_graph, save_model
+    from netc.precision import with_precision
     from netc.weights import check_weights
 
     if args.dump_ir:
@@ -530,7 +533,7 @@ def _compile_onnx(graph: Graph, args: argparse.Namespace, out_dir: Path) -> Path
 
     weights = _weights_for(graph, args)
     check_weights(graph, weights, source=args.weights or "weights")
-    model = export_graph(graph, weights)
+    model = export_graph(with_precision(graph, args.precision), weights)
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = Path(scratch) / f"{graph.name}.onnx"
         save_model(model, onnx_path)
@@ -588,14 +591,18 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from netc.compare import compare
+    from netc.precision import TOLERANCES
 
     graph = _load(args)
     weights = _weights_for(graph, args)
     inputs = _inputs_for({n.id: n.type for n in graph.inputs}, args)
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     progress = _LaunchProgress()
+    rtol, atol = TOLERANCES[args.precision]
     report = compare(graph, weights, inputs, backends, layers=args.layers,
-                     rtol=args.rtol, atol=args.atol, compile_options=_compile_options(args),
+                     rtol=rtol if args.rtol is None else args.rtol,
+                     atol=atol if args.atol is None else args.atol,
+                     compile_options=_compile_options(args),
                      options={name: {"progress": progress} for name in ("cudasim", "cuda")})
     progress.done()
     print(report.format())
@@ -612,7 +619,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.dump_ir:
         _optimize(graph, args, batch=args.batch)
     report = explain(graph, args.level, args.arch, batch=args.batch,
-                     overrides=_tile_overrides(args), tuning_db=args.tuning_db)
+                     overrides=_tile_overrides(args), tuning_db=args.tuning_db,
+                     compile=not args.no_compile)
     sys.stdout.write(report.to_json() if args.json else report.format())
     return 0
 
@@ -649,6 +657,15 @@ def _add_optimization(command: argparse.ArgumentParser, default: int | None = 2,
     command.add_argument("--dump-ir", metavar="DIR",
                          help="write the IR before the first pass and after each pass to "
                               "DIR/NN_<pass>.txt (00_input.txt, 01_remove_dropout.txt, ...)")
+
+
+def _add_precision(command: argparse.ArgumentParser) -> None:
+    from netc.precision import PRECISIONS
+
+    command.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                         help="store every f32 tensor of the network in f16 or bf16 (weights "
+                              "converted once; GEMMs on tensor cores; kernels accumulate in "
+                              "f32); default f32, the network as written")
 
 
 def _add_tiling(command: argparse.ArgumentParser) -> None:
@@ -715,6 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optimization(run, 2, "; cudasim and cuda run the optimised plan, the other backends "
                       "the source graph")
     _add_tiling(run)
+    _add_precision(run)
     run.set_defaults(handler=cmd_run)
 
     compile_ = sub("compile", "Compile a model: CUDA kernels (source, PTX and a cubin per GPU "
@@ -752,6 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optimization(compile_, 2, "; for --target cuda (ONNX and TensorRT get the source "
                       "graph)")
     _add_tiling(compile_)
+    _add_precision(compile_)
     compile_.set_defaults(handler=cmd_compile)
 
     graph = sub("graph", "Draw the network before or after optimisation: SVG (needs Graphviz's "
@@ -791,17 +810,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--layers", action="store_true",
                          help="also find the first layer where a backend parts from the baseline")
     _add_inputs(compare, default_batch=2)
-    compare.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (1e-3)")
-    compare.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
+    compare.add_argument("--rtol", type=float, help="relative tolerance (default 1e-3; "
+                         "1e-2 with --precision f16, 5e-2 with bf16)")
+    compare.add_argument("--atol", type=float, help="absolute tolerance (default 1e-4; 1e-2 "
+                         "with --precision f16, 5e-2 with bf16)")
     _add_optimization(compare, 2, "; cudasim and cuda run the optimised plan, the reference "
                       "and onnx the source graph")
     _add_tiling(compare)
+    _add_precision(compare)
     compare.set_defaults(handler=cmd_compare)
 
     explain = sub("explain", "Explain how a model compiles: for every source layer (file:line) "
                   "the kernel it landed in and what it was fused with, or why not; per kernel "
-                  "tiles, FLOPs, bytes moved, arithmetic intensity and roofline time on the "
-                  "GPU of --arch; totals for launches, bytes, memory and predicted time.",
+                  "tiles, FLOPs, bytes moved, arithmetic intensity, roofline time, blocks, "
+                  "occupancy and a time bound with grid fill on the GPU of --arch; totals for "
+                  "launches, bytes, memory and predicted time.",
                   "netc explain examples/resnet18.net\n"
                   "  netc explain examples/resnet18.net -O0 --arch sm_80 --json > o0.json")
     explain.add_argument("--arch", choices=tuple(ARCHS), default=DEFAULT_ARCH,
@@ -812,6 +835,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print the same as JSON, totals at the top level")
     explain.add_argument("--batch", type=_positive, default=1,
                          help="batch size for shapes, bytes and times (default 1)")
+    explain.add_argument("--no-compile", action="store_true",
+                         help="estimate registers from the tiles instead of compiling the "
+                              "kernels for ptxas' counts (the default when no CUDA compiler "
+                              "is found)")
     _add_optimization(explain, 2)
     _add_tiling(explain)
     explain.set_defaults(handler=cmd_explain)

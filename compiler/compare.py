@@ -151,6 +151,8 @@ class CompareReport:
     atol: float
     results: list[BackendResult]
     layers: bool
+    precision: str = "f32"
+    """What the plan backends (cudasim, cuda) stored the f32 tensors in (`--precision`)."""
 
     @property
     def baseline(self) -> str | None:
@@ -171,7 +173,9 @@ class CompareReport:
         sizes = ", ".join(f"{k}={v}" for k, v in self.batch.items())
         lines = [f"compare {self.network}" + (f" ({sizes})" if sizes else "")
                  + f" against {self.baseline or 'nothing (no backend ran)'}; tolerance "
-                 f"rtol {self.rtol:g}, atol {self.atol:g}"]
+                 f"rtol {self.rtol:g}, atol {self.atol:g}"
+                 + (f"; cudasim and cuda in {self.precision}" if self.precision != "f32"
+                    else "")]
         rows = [("backend", "output", "max abs", "max rel", "beyond tol", "result")]
         for result in self.results:
             if result.status in ("skipped", "failed"):
@@ -465,7 +469,8 @@ def compare(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str
                 else:
                     result.layer_note = f"{divergence.compared_before} nodes agree before it{unseen}"
         results.append(result)
-    return CompareReport(graph.name, batch, rtol, atol, results, layers)
+    return CompareReport(graph.name, batch, rtol, atol, results, layers,
+                         compile_options.precision if compile_options else "f32")
 
 
 def _probe(probes: Mapping[str, LayerProbe], backend: str, run: Any, graph: Graph,

@@ -43,7 +43,7 @@ from netc.passes.pipeline import Optimized, run_pipeline
 from netc.plan import LaunchPlan
 
 if TYPE_CHECKING:
-    from netc.codegen.tiles import GemmTile
+    from netc.codegen.tiles import MatrixTile
     from netc.codegen.tiling import TuningDb
     from netc.toolchain import DeviceBinary
 
@@ -64,7 +64,7 @@ class CompileOptions:
     """The GPU architecture tiles are chosen for."""
     batch: int = 1
     """The batch size tiles are chosen for (the plan runs at any batch)."""
-    tile_overrides: Mapping[str, GemmTile] = field(default_factory=dict)
+    tile_overrides: Mapping[str, MatrixTile] = field(default_factory=dict)
     """`--tile`: by layer name, node id or `all`."""
     tuning_db: TuningDb | str | Path | None = None
     """A tuning database or its file (default: the file `$NETC_TUNING_DB` names)."""
@@ -72,12 +72,15 @@ class CompileOptions:
     """Write the IR after each pass here (`--dump-ir DIR`)."""
     verify: bool = False
     """Run the IR verifier before and after every pass."""
+    precision: str = "f32"
+    """`--precision`: f16 or bf16 stores every f32 tensor in 16 bits (`netc.precision`)."""
 
     def to_json(self) -> dict[str, Any]:
         """The options as an artifact's manifest records them."""
         from netc.codegen.tiling import tile_text
 
         return {"level": self.level, "arch": self.arch, "batch": self.batch,
+                "precision": self.precision,
                 "tile_overrides": {name: tile_text(tile)
                                    for name, tile in sorted(self.tile_overrides.items())},
                 "tuning_db": None if self.tuning_db is None else str(
@@ -113,7 +116,10 @@ class Compiled:
 def compile_graph(graph: Graph, options: CompileOptions | None = None, *,
                   progress: Progress = _quiet) -> Compiled:
     """`graph` through the passes, tiling and code generation: its launch plan."""
+    from netc.precision import with_precision
+
     options = options or CompileOptions()
+    graph = with_precision(graph, options.precision)
     problem = several_outputs_error(graph)  # before the passes, which do not take them either
     if problem is not None:
         raise problem

@@ -1,7 +1,7 @@
 """`netc explain`: where every source layer ended up, and what each kernel costs on a GPU.
 
     from netc.explain import explain
-    report = explain(graph, level=2, arch="sm_90", batch=1)
+    report = explain(graph, level=2, arch="sm_90", batch=1)   # compile=False: no ptxas
     print(report.format())          # text tables
     data = report.to_json()         # the same as a JSON string
 
@@ -20,19 +20,31 @@ The network goes through the `-O` pipeline, the tiling heuristic and code genera
   its members'), bytes moved (every buffer argument of every launch read or written once: the
   compulsory traffic, not the re-reads that tiles cost: `LaunchPlan.launch_bytes`), arithmetic
   intensity (FLOPs a byte)
-  and the roofline time `max(FLOPs / peak FLOP/s, bytes / peak bandwidth)`.
+  and the roofline time `max(FLOPs / peak FLOP/s, bytes / peak bandwidth)`, where the peak is
+  the tensor cores' for a tensor-core GEMM (a kernel named `..._mma_...`) and fp32 otherwise.
+* **Occupancy and grid fill** (`netc.codegen.occupancy`), per launch: the blocks its grid
+  launches at `batch`, the blocks an SM holds (from registers, shared memory and warps; the
+  `limiter` says which), the waves they run in, and the utilisation: the share of the GPU's
+  peak the grid can use. Registers come from ptxas (`netc.toolchain.compile_module`, cached)
+  when a CUDA compiler is available and `compile` is true ("ptxas"), else from the tile's
+  `registers_estimate`, else `DEFAULT_REGISTERS` ("estimate"); shared memory is the launch's
+  dynamic shared memory plus ptxas' static count. A kernel's predicted time is the sum over
+  its launches of `roofline / utilisation` (its FLOPs counted in its last launch, the one
+  that computes); its blocks, occupancy and registers are those of its slowest launch.
 * **Totals.** Launches, FLOPs, bytes moved, the arena (`LaunchPlan.arena_bytes`: the
   intermediates placed by lifetime over the launches, as the executor allocates them), the sum
-  of every intermediate's size (`LaunchPlan.intermediate_bytes`), peak memory (inputs, parameters and outputs plus the
-  arena) and the predicted time: the sum of the kernels' roofline times (no launch overhead).
+  of every intermediate's size (`LaunchPlan.intermediate_bytes`), peak memory (inputs,
+  parameters and outputs plus the arena), the roofline time (the sum of the kernels' roofline
+  times) and the predicted time: the sum of the kernels' predicted times (no launch overhead).
 
 Peaks come from the architecture (`netc.codegen.targets`): sm_90 is an H100 SXM (66.9 TFLOP/s
-fp32, 3.35 TB/s), sm_80 an A100 SXM (19.5 TFLOP/s, 2.04 TB/s); `peaks=` overrides them.
-Sizes are taken at `batch` (default 1).
+fp32, 989.4 TFLOP/s f16/bf16 on tensor cores, 3.35 TB/s), sm_80 an A100 SXM (19.5, 312 and
+2.04); `peaks=` overrides them. Sizes are taken at `batch` (default 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -40,19 +52,26 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from netc.codegen.targets import DEFAULT_ARCH, Peaks, planning_arch
-from netc.codegen.tiles import GemmTile
+from netc.codegen.occupancy import grid_fill, occupancy
+from netc.codegen.targets import DEFAULT_ARCH, GpuArch, Peaks, planning_arch
+from netc.codegen.tiles import MatrixTile
 from netc.codegen.tiling import TileChoice, TuningDb, format_tile_table, tile_text
 from netc.ir import SOURCE_OPS, Graph, Node
 from netc.ops import REGISTRY, node_flops
 from netc.passes.fusion import why_not_fused
 from netc.passes.pipeline import Optimized
-from netc.plan import LaunchPlan
+from netc.plan import Launch, LaunchPlan
 from netc.text import format_table
+from netc.toolchain import KernelResources
 
 TOTALS = ("launches", "bytes_moved", "arena_bytes", "intermediate_bytes", "flops",
-          "predicted_time_s", "peak_memory_bytes")
+          "roofline_time_s", "predicted_time_s", "peak_memory_bytes")
 """The totals `to_json` puts at the top level of its document."""
+DEFAULT_REGISTERS = 32
+"""Registers a thread assumed for a kernel without ptxas' count or a tile's estimate (the
+pointwise, pooling and row kernels: short bodies, few live values)."""
+TENSOR_CORE_MARK = "_mma_"
+"""In a kernel's name: a tensor-core GEMM (`MmaTile.suffix`), predicted at the tensor peak."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,28 @@ class LayerRow:
     """The other layers computed by the same kernel."""
     note: str
     """How it was fused, or why not."""
+
+
+@dataclass(frozen=True)
+class LaunchCost:
+    """A launch's occupancy, grid fill and predicted time (`netc.codegen.occupancy`)."""
+
+    blocks: int
+    """Blocks it launches at the batch."""
+    blocks_per_sm: int
+    occupancy: float
+    """Resident warps an SM over the most it can hold."""
+    limiter: str
+    """What limits `blocks_per_sm`: warps | registers | shared memory | blocks."""
+    registers: int
+    """Registers a thread."""
+    registers_source: str
+    """ptxas | estimate"""
+    waves: int
+    utilisation: float
+    """The share of the GPU's peak the grid can use (`netc.codegen.occupancy.grid_fill`)."""
+    predicted_time_s: float
+    """Roofline time over utilisation."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +137,11 @@ class KernelRow:
     """Roofline time."""
     bound: str
     """compute | memory"""
+    tensor_cores: bool
+    """Its FLOPs run on the tensor cores (a `..._mma_...` kernel)."""
+    cost: LaunchCost
+    """Its slowest launch's occupancy and grid fill, with the predicted time of all its
+    launches."""
 
     @property
     def launches(self) -> int:
@@ -122,7 +168,10 @@ class Explanation:
     arena_bytes: int
     intermediate_bytes: int
     peak_memory_bytes: int
+    roofline_time_s: float
     predicted_time_s: float
+    registers_from: str
+    """Where the register counts came from: `ptxas (<compiler>)`, or `estimate (<why>)`."""
     pipeline_log: str
 
     def totals(self) -> dict[str, int | float]:
@@ -132,8 +181,10 @@ class Explanation:
         return {
             "network": self.network, "level": self.level, "arch": self.arch, "batch": self.batch,
             "gpu": {"name": self.peaks.gpu, "flops_per_second": self.peaks.flops_per_second,
+                    "tensor_flops_per_second": self.peaks.tensor_flops_per_second,
                     "bytes_per_second": self.peaks.bytes_per_second},
             **self.totals(),
+            "registers_from": self.registers_from,
             "kernels_count": len(self.kernels),
             "layers": [{"layer": r.layer, "node": r.node, "op": r.op, "location": r.location,
                         "kernel": r.kernel, "fused_with": list(r.fused_with), "note": r.note}
@@ -143,7 +194,9 @@ class Explanation:
                          "functions": list(k.functions), "launches": k.launches,
                          "tile": k.tile, "gemm": k.gemm, "flops": k.flops,
                          "bytes_moved": k.bytes_moved, "intensity": k.intensity,
-                         "roofline_s": k.seconds, "bound": k.bound} for k in self.kernels],
+                         "roofline_s": k.seconds, "bound": k.bound,
+                         "tensor_cores": k.tensor_cores, **dataclasses.asdict(k.cost)}
+                        for k in self.kernels],
             "tiles": [choice.to_json() for choice in self.tiles],
         }
 
@@ -154,7 +207,9 @@ class Explanation:
         p = self.peaks
         lines = [f"{self.network} at -O{self.level} for {self.arch} ({p.gpu}: "
                  f"{p.flops_per_second / 1e12:.1f} TFLOP/s fp32, "
-                 f"{p.bytes_per_second / 1e12:.2f} TB/s), batch {self.batch}", ""]
+                 f"{p.bytes_per_second / 1e12:.2f} TB/s) with "
+                 f"{p.tensor_flops_per_second / 1e12:.1f} TFLOP/s on f16/bf16 tensor cores, "
+                 f"batch {self.batch}; registers from {self.registers_from}", ""]
         lines.append("layers, in source order")
         rows: list[tuple[str, ...]] = [("layer", "op", "source", "kernel", "with",
                                         "how, or why not fused")]
@@ -163,14 +218,23 @@ class Explanation:
             rows.append((r.layer, r.op, r.location or "-", kernel,
                          ", ".join(r.fused_with) or "-", r.note))
         lines += format_table(rows, right={3}, indent="  ")
-        lines += ["", "kernels, in launch order (roofline: max(FLOPs / peak, bytes / bandwidth))"]
+        lines += ["", "kernels, in launch order (roofline: max(FLOPs / peak, bytes / bandwidth); "
+                  "per SM: resident blocks, occupancy and its limiter; regs: a thread's, ~ for "
+                  "an estimate; fill: share of the peak the grid can use; predicted: roofline "
+                  "/ fill)"]
         rows = [("#", "node", "computes", "launches", "tile", "M x N x K", "FLOPs", "bytes",
-                 "FLOP/B", "roofline", "bound")]
+                 "FLOP/B", "roofline", "bound", "blocks", "per SM", "regs", "fill",
+                 "predicted")]
         for k in self.kernels:
+            c = k.cost
+            regs = f"{c.registers}" if c.registers_source == "ptxas" else f"~{c.registers}"
             rows.append((str(k.index), k.node, k.what, str(k.launches), k.tile or "-",
                          k.gemm or "-", _si(k.flops), _si(k.bytes_moved, "B"),
-                         f"{k.intensity:.1f}", _seconds(k.seconds), k.bound))
-        lines += format_table(rows, right={0, 3, 6, 7, 8, 9}, indent="  ")
+                         f"{k.intensity:.1f}", _seconds(k.seconds),
+                         k.bound + (" (tensor)" if k.tensor_cores else ""), str(c.blocks),
+                         f"{c.blocks_per_sm} {c.occupancy:.0%} {c.limiter}", regs,
+                         f"{c.utilisation:.0%}", _seconds(c.predicted_time_s)))
+        lines += format_table(rows, right={0, 3, 6, 7, 8, 9, 11, 13, 14, 15}, indent="  ")
         lines += ["", "tiles of the GEMM and convolution kernels", format_tile_table(self.tiles)]
         lines += ["", "totals",
                   f"  launches            {self.launches} ({len(self.kernels)} kernels)",
@@ -181,8 +245,10 @@ class Explanation:
                   f"  intermediates       {_si(self.intermediate_bytes, 'B')} (their sum)",
                   f"  peak memory         {_si(self.peak_memory_bytes, 'B')} (inputs, "
                   f"parameters, outputs and the arena)",
+                  f"  roofline time       {_seconds(self.roofline_time_s)} (sum of the "
+                  f"kernels' roofline times at peak)",
                   f"  predicted time      {_seconds(self.predicted_time_s)} (sum of the "
-                  f"kernels' roofline times, no launch overhead)"]
+                  f"kernels' roofline / fill, no launch overhead)"]
         return "\n".join(lines) + "\n"
 
 
@@ -308,11 +374,13 @@ def _kernel_note(graph: Graph, kernel: Node, node: Node, level: int) -> str:
 
 
 def explain(graph: Graph, level: int = 2, arch: str = DEFAULT_ARCH, peaks: Peaks | None = None,
-            *, batch: int = 1, overrides: Mapping[str, GemmTile] | None = None,
-            tuning_db: TuningDb | str | Path | None = None) -> Explanation:
+            *, batch: int = 1, overrides: Mapping[str, MatrixTile] | None = None,
+            tuning_db: TuningDb | str | Path | None = None,
+            compile: bool = True) -> Explanation:
     """Optimise `graph` at `level`, tile it for `arch`, generate its kernels and account for
     every layer and kernel (see the module docstring). `overrides` are `--tile` values by
-    layer name; `tuning_db` as for `netc.codegen.tiling.plan_tiles`."""
+    layer name; `tuning_db` as for `netc.codegen.tiling.plan_tiles`; `compile=False` takes
+    registers from estimates instead of compiling the kernels for ptxas' counts."""
     from netc.driver import CompileOptions, compile_graph
 
     target = planning_arch(arch)
@@ -321,7 +389,8 @@ def explain(graph: Graph, level: int = 2, arch: str = DEFAULT_ARCH, peaks: Peaks
         level=level, arch=arch, batch=batch, tile_overrides=dict(overrides or {}),
         tuning_db=tuning_db))
     optimized, choices, plan = compiled.optimized, compiled.tiles, compiled.plan
-    kernels = _kernel_rows(optimized.graph, plan, choices, batch, peaks)
+    resources, registers_from = _ptxas_resources(plan, arch, compile)
+    kernels = _kernel_rows(optimized.graph, plan, choices, batch, peaks, target, resources)
     kernel_index = {row.node: row.index for row in kernels}
     intermediates = plan.intermediate_bytes(plan.every_dim(batch))
     arena = plan.arena_bytes(plan.every_dim(batch))
@@ -333,11 +402,52 @@ def explain(graph: Graph, level: int = 2, arch: str = DEFAULT_ARCH, peaks: Peaks
         flops=sum(k.flops for k in kernels), bytes_moved=sum(k.bytes_moved for k in kernels),
         arena_bytes=arena, intermediate_bytes=intermediates,
         peak_memory_bytes=resident + arena,
-        predicted_time_s=math.fsum(k.seconds for k in kernels), pipeline_log=optimized.log())
+        roofline_time_s=math.fsum(k.seconds for k in kernels),
+        predicted_time_s=math.fsum(k.cost.predicted_time_s for k in kernels),
+        registers_from=registers_from, pipeline_log=optimized.log())
+
+
+def _ptxas_resources(plan: LaunchPlan, arch: str,
+                     compile: bool) -> tuple[dict[str, KernelResources], str]:
+    """ptxas' resource usage of every kernel of `plan` on `arch`, and where registers come
+    from: empty, with the reason, when compilation is off or no CUDA compiler is found."""
+    from netc.toolchain import CompilerNotFound, compile_module
+
+    if not compile:
+        return {}, "estimate (compilation off)"
+    try:
+        binary = compile_module(plan.source, plan.module, archs=(arch,))
+    except CompilerNotFound:
+        return {}, "estimate (no CUDA compiler)"
+    return binary.kernel_resources(arch), f"ptxas ({binary.compiler_version})"
+
+
+
+
+def _launch_cost(launch: Launch, sizes: Mapping[str, int], target: GpuArch,
+                 resources: Mapping[str, KernelResources], choice: TileChoice | None,
+                 roofline_s: float) -> LaunchCost:
+    """Occupancy, grid fill and predicted time of one launch whose roofline time is
+    `roofline_s`."""
+    usage = resources.get(launch.kernel)
+    if usage is not None:
+        registers, static_shared, source = usage.registers, usage.shared_static_bytes, "ptxas"
+    else:
+        tile = choice.tile if choice is not None and choice.tile.suffix in launch.kernel else None
+        registers = getattr(tile, "registers_estimate", DEFAULT_REGISTERS)
+        static_shared, source = 0, "estimate"
+    x, y, z = launch.block
+    occ = occupancy(target, x * y * z, registers, launch.shared_bytes + static_shared)
+    gx, gy, gz = launch.grid_size(sizes)
+    fill = grid_fill(target, gx * gy * gz, occ)
+    return LaunchCost(fill.blocks, occ.blocks_per_sm, occ.fraction, occ.limiter,
+                       registers, source, fill.waves, fill.utilisation,
+                       roofline_s / fill.utilisation)
 
 
 def _kernel_rows(graph: Graph, plan: LaunchPlan, choices: Sequence[TileChoice], batch: int,
-                 peaks: Peaks) -> list[KernelRow]:
+                 peaks: Peaks, target: GpuArch,
+                 resources: Mapping[str, KernelResources]) -> list[KernelRow]:
     owner: dict[str, str] = {}
     for node in graph.nodes:
         for member in _members(node):
@@ -354,10 +464,17 @@ def _kernel_rows(graph: Graph, plan: LaunchPlan, choices: Sequence[TileChoice], 
         flops = 0 if node.op in SOURCE_OPS else node_flops(
             node, [graph[value].type for value in node.inputs], sizes)
         moved = sum(plan.launch_bytes(position, sizes) for position in positions)
-        seconds = peaks.roofline_seconds(flops, moved)
-        bound = "compute" if flops / peaks.flops_per_second >= \
+        tensor_cores = TENSOR_CORE_MARK in launches[-1].kernel
+        seconds = peaks.roofline_seconds(flops, moved, tensor_cores=tensor_cores)
+        bound = "compute" if flops / peaks.compute_rate(tensor_cores) >= \
             moved / peaks.bytes_per_second else "memory"
         choice = tiles.get(node_id)
+        costs = [_launch_cost(
+            plan.launches[position], sizes, target, resources, choice, peaks.roofline_seconds(
+                flops if position == positions[-1] else 0, plan.launch_bytes(position, sizes),
+                tensor_cores=tensor_cores))
+            for position in positions]
+        slowest = max(costs, key=lambda cost: cost.predicted_time_s)
         tile = (tile_text(choice.tile) if choice is not None
                 else f"{launches[-1].block[0]} threads")
         members = _members(node)
@@ -365,5 +482,7 @@ def _kernel_rows(graph: Graph, plan: LaunchPlan, choices: Sequence[TileChoice], 
             index, node_id, "fill" if node.op == "constant" else _what(node),
             tuple(dict.fromkeys(_name(m) for m in members)), _where(node),
             tuple(launch.kernel for launch in launches), tile,
-            str(choice.shape) if choice is not None else "", flops, moved, seconds, bound))
+            str(choice.shape) if choice is not None else "", flops, moved, seconds, bound,
+            tensor_cores, dataclasses.replace(
+                slowest, predicted_time_s=math.fsum(cost.predicted_time_s for cost in costs))))
     return rows

@@ -16,7 +16,7 @@ SCHEDULES = ("in_order", "reversed", "shuffled")
 _SCHEDULE_CODE = {name: i for i, name in enumerate(SCHEDULES)}
 # Bumped whenever the generated shims or compile flags change meaning (cache key).
 _DRIVER_VERSION = "cudasim-driver-1"
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _ERRLEN = 16384
 _DYN_SHARED_RESERVE = 64 << 20  # must match kDynSharedReserve in cudasim.h
 _BUFFER_ALIGN = 256  # cudaMalloc's alignment

@@ -187,6 +187,33 @@ struct NetcRowMajorStore {
     }
 };
 
+// Where a block of the batched GEMM's grid (below) works: its matrix of the batch
+// (outer * inner_count + inner) and the first row and column of its tile of C.
+struct NetcGemmBlock {
+    long long matrix, outer, inner, m0, n0;
+
+    // The operand's matrix: outer * outer_stride + inner * inner_stride elements in.
+    template <typename T>
+    __device__ __forceinline__ const T* matrix_of(const T* operand, long long outer_stride,
+                                                  long long inner_stride) const
+    {
+        return operand + outer * outer_stride + inner * inner_stride;
+    }
+};
+
+__device__ __forceinline__ NetcGemmBlock netc_gemm_block(long long m, int bm, int bn,
+                                                         long long inner_count)
+{
+    // The tile and matrix counts are below grid.x's limit of 2^31 - 1, so 32-bit division
+    // does (64-bit division is a slow subroutine call).
+    const unsigned m_tiles = static_cast<unsigned>(netc_ceil_div(m, bm));
+    const unsigned matrix = blockIdx.x / m_tiles;
+    return {matrix, matrix / static_cast<unsigned>(inner_count),
+            matrix % static_cast<unsigned>(inner_count),
+            static_cast<long long>(blockIdx.x % m_tiles) * bm,
+            static_cast<long long>(blockIdx.y) * bn};
+}
+
 // The batched GEMM behind `dense` (B_TRANSPOSED: B is the [N, K] weight, C = A . W^T + bias)
 // and `matmul` (B is [K, N]). The batch of matrices is indexed outer * inner_count + inner;
 // each operand's matrix starts at outer * outer_stride + inner * inner_stride (a stride of 0
@@ -204,24 +231,17 @@ __device__ __forceinline__ void netc_gemm(const T* __restrict__ a, const T* __re
                                           long long a_inner_stride, long long b_outer_stride,
                                           long long b_inner_stride, const Epilogue& epilogue)
 {
-    // The tile and matrix counts are below grid.x's limit of 2^31 - 1, so 32-bit division
-    // does (64-bit division is a slow subroutine call).
-    const unsigned m_tiles = static_cast<unsigned>(netc_ceil_div(m, BM));
-    const unsigned matrix = blockIdx.x / m_tiles;
-    const long long m0 = static_cast<long long>(blockIdx.x % m_tiles) * BM;
-    const long long n0 = static_cast<long long>(blockIdx.y) * BN;
-    const long long outer = matrix / static_cast<unsigned>(inner_count);
-    const long long inner = matrix % static_cast<unsigned>(inner_count);
-
-    const NetcMatrixSource<T, true> a_source{a + outer * a_outer_stride + inner * a_inner_stride,
+    const NetcGemmBlock block = netc_gemm_block(m, BM, BN, inner_count);
+    const NetcMatrixSource<T, true> a_source{block.matrix_of(a, a_outer_stride, a_inner_stride),
                                              k};
     const NetcMatrixSource<T, B_TRANSPOSED> b_source{
-        b + outer * b_outer_stride + inner * b_inner_stride, B_TRANSPOSED ? k : n};
+        block.matrix_of(b, b_outer_stride, b_inner_stride), B_TRANSPOSED ? k : n};
 
     NETC_DYNAMIC_SHARED(float, shared);
     float acc[TM][TN];
-    netc_gemm_mainloop<BM, BN, BK, TM, TN>(a_source, b_source, m0, n0, m, n, k, shared, acc);
-    const NetcRowMajorStore<T, HAS_BIAS, Epilogue> store{
-        c, bias, n, static_cast<long long>(matrix) * m * n, epilogue};
-    netc_gemm_epilogue<BM, BN, TM, TN>(acc, m0, n0, m, n, store);
+    netc_gemm_mainloop<BM, BN, BK, TM, TN>(a_source, b_source, block.m0, block.n0, m, n, k,
+                                           shared, acc);
+    const NetcRowMajorStore<T, HAS_BIAS, Epilogue> store{c, bias, n, block.matrix * m * n,
+                                                         epilogue};
+    netc_gemm_epilogue<BM, BN, TM, TN>(acc, block.m0, block.n0, m, n, store);
 }

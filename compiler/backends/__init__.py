@@ -171,11 +171,15 @@ _FACTORIES: dict[str, Callable[[Graph, Mapping[str, np.ndarray], Mapping[str, An
 
 def prepare(backend: str, graph: Graph, weights: Mapping[str, np.ndarray],
             **options: Any) -> Runner:
-    """A callable running `graph` with `weights` on `backend`; checks the weights first."""
+    """A callable running `graph` with `weights` on `backend`; checks the weights first.
+    `precision="f16"` or `"bf16"` runs an f32 network with 16-bit storage (`netc.precision`)."""
+    from netc.precision import with_precision
+
     if backend not in _FACTORIES:
         raise CompileError([Diagnostic("E0420", f"unknown backend `{backend}`; choose one of "
                                        + ", ".join(BACKENDS))])
     check_weights(graph, weights)
+    graph = with_precision(graph, options.pop("precision", "f32"))
     return _FACTORIES[backend](graph, weights, options)
 
 

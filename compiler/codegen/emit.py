@@ -38,7 +38,7 @@ from netc.codegen.kernels import (
 )
 from netc.codegen.pointwise import computes
 from netc.codegen.render import header, render
-from netc.codegen.tiles import Tile, TileError
+from netc.codegen.tiles import MatrixTile, Tile, TileError
 from netc.diagnostics import CompileError, Diagnostic, Span
 from netc.ir import Dim, Graph, Node, TensorType
 from netc.ops import REGISTRY, verify
@@ -95,7 +95,9 @@ class _Lowering:
 
     def tile(self, node: Node, default: TileT) -> TileT:
         chosen = self.tiles.get(node.id, default)
-        if not isinstance(chosen, type(default)):
+        # A GEMM takes either matrix tile: a SIMT one, or tensor cores for 16-bit operands.
+        kind = MatrixTile if isinstance(default, MatrixTile) else type(default)
+        if not isinstance(chosen, kind):
             raise TileError(f"{node.id} ({node.op}) takes a {type(default).__name__}, "
                             f"got {chosen}")
         return chosen.validate()
@@ -276,8 +278,8 @@ def _check_tiles(graph: Graph, tiles: Mapping[str, Tile]) -> None:
             raise TileError(f"a tile for {node_id!r}, which is no node with a kernel")
         wanted = tile_kind(graph[node_id])
         if not isinstance(tile, wanted):
-            raise TileError(f"{node_id} ({graph[node_id].op}) takes a {wanted.__name__}, "
-                            f"got {tile}")
+            raise TileError(f"{node_id} ({graph[node_id].op}) takes a "
+                            f"{getattr(wanted, '__name__', wanted)}, got {tile}")
         tile.validate()
 
 

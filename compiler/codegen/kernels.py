@@ -25,6 +25,7 @@ then the arguments of the pointwise functors (prologue, then epilogue).
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -36,9 +37,12 @@ from netc.codegen.render import render
 from netc.codegen.tiles import (
     DEFAULT_BLOCK,
     DEFAULT_GEMM,
+    DEFAULT_MMA,
     BlockTile,
     DepthwiseTile,
     GemmTile,
+    MatrixTile,
+    MmaTile,
     RowTile,
     Tile,
     default_depthwise_tile,
@@ -89,14 +93,26 @@ def _fused_suffix(prologue: PointwiseCode | None, epilogue: PointwiseCode) -> st
     return suffix + (f"_ep_{epilogue.tag}" if epilogue != IDENTITY.code else "")
 
 
-def gemm_kernel(dtype: str, tile: GemmTile, *, b_transposed: bool, has_bias: bool,
+TENSOR_CORE_DTYPES = ("f16", "bf16")
+"""The dtypes whose GEMMs run on tensor cores (an MmaTile) unless given a SIMT tile."""
+
+
+def gemm_kernel(dtype: str, tile: MatrixTile, *, b_transposed: bool, has_bias: bool,
                 epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+    """The GEMM family's kernel: SIMT for a GemmTile, tensor cores for an MmaTile (f16 and
+    bf16 only; `templates/gemm_mma.cuh`)."""
     tile.validate()
     layout = "nt" if b_transposed else "nn"
+    headers: tuple[str, ...] = ("elementwise.cuh", "gemm.cuh")
+    if isinstance(tile, MmaTile):
+        if dtype not in TENSOR_CORE_DTYPES:
+            raise CodegenError(f"a tensor-core tile ({tile.suffix}) for a {dtype} GEMM; "
+                               f"tensor cores take {' and '.join(TENSOR_CORE_DTYPES)}")
+        headers += ("mma.cuh", "gemm_mma.cuh")
     return KernelSpec(
         f"netc_gemm_{dtype}_{tile.suffix}_{layout}{'_bias' if has_bias else ''}"
         f"{_fused_suffix(None, epilogue)}",
-        "gemm.jinja", ("elementwise.cuh", "gemm.cuh"), dtype, tile.threads,
+        "gemm.jinja", headers, dtype, tile.threads,
         (("tile", tile), ("b_transposed", b_transposed), ("has_bias", has_bias),
          ("epilogue", epilogue)))
 
@@ -264,7 +280,9 @@ class Fusion:
 
 
 NO_FUSION = Fusion()
-TileT = TypeVar("TileT", GemmTile, RowTile, BlockTile)
+TileKind = type[Tile] | types.UnionType
+"""The tile configuration type(s) a kernel family takes (the GEMM family: `MatrixTile`)."""
+TileT = TypeVar("TileT", GemmTile, MmaTile, RowTile, BlockTile)
 
 
 class LoweringContext(Protocol):
@@ -303,14 +321,14 @@ class KernelFamily:
 
     name: str
     lower: Lowering
-    tile: type[Tile]
+    tile: TileKind
     takes: Callable[[Node, Sequence[TensorType]], bool] | None = None
 
 
 _REGISTERED: OpTable[KernelFamily] = OpTable("CUDA lowering")
 
 
-def lowers(*ops: str, family: str, tile: type[Tile] = BlockTile,
+def lowers(*ops: str, family: str, tile: TileKind = BlockTile,
            takes: Callable[[Node, Sequence[TensorType]], bool] | None = None,
            ) -> Callable[[Lowering], Lowering]:
     """Registers the decorated function as the CUDA lowering of `ops` (registered op names),
@@ -444,7 +462,8 @@ def _gemm_launch(ctx: LoweringContext, node: Node, epilogue: Pointwise, *, a: st
 
     The matrices are counted outer * inner_count + inner; *_strides are each operand's
     (outer, inner) strides in elements."""
-    tile = ctx.tile(node, DEFAULT_GEMM)
+    default: MatrixTile = DEFAULT_MMA if node.type.dtype in TENSOR_CORE_DTYPES else DEFAULT_GEMM
+    tile = ctx.tile(node, default)
     # The matrices and the row tiles share grid x (either may depend on a named dimension).
     grid_x = GridDim(m, tile.bm, times=count)
     grid_y = _yz_grid(n, tile.bn, node.id)
@@ -456,7 +475,7 @@ def _gemm_launch(ctx: LoweringContext, node: Node, epilogue: Pointwise, *, a: st
     return KernelLaunch(spec, (grid_x, grid_y, ONE), tile.threads, tile.shared_bytes, args)
 
 
-@lowers("dense", family="gemm", tile=GemmTile)
+@lowers("dense", family="gemm", tile=MatrixTile)
 def _lower_dense(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     x, weight, *bias = node.inputs
     view = gemm_view(ctx, node)
@@ -468,7 +487,7 @@ def _lower_dense(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kerne
         b_transposed=True)]
 
 
-@lowers("matmul", family="gemm", tile=GemmTile)
+@lowers("matmul", family="gemm", tile=MatrixTile)
 def _lower_matmul(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     epilogue = _no_prologue(node, fusion)
     launches: list[KernelLaunch] = []
@@ -1066,7 +1085,7 @@ class _SeenAs:
         return self.outer.tile(node, default)
 
 
-def tile_kind(node: Node) -> type[Tile]:
+def tile_kind(node: Node) -> TileKind:
     """The tile configuration type a node's kernel takes (for validating overrides)."""
     op = node.op
     region = node.region

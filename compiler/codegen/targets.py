@@ -2,13 +2,24 @@
 
 One record per architecture (`ARCHS`), keyed by the name `--arch` takes. The limits are those
 every kernel netc generates lives within (no opt-in to more shared memory, so 48 KiB a block);
-the peaks are the datasheet numbers of the SXM parts, dense fp32 without tensor cores (netc's
-GEMMs are FMA loops), and HBM bandwidth:
+the peaks are the datasheet numbers of the SXM parts: dense fp32 on the CUDA cores (netc's SIMT
+GEMMs are FMA loops), dense f16/bf16 on the tensor cores with fp32 accumulation (the `mma.sync`
+GEMMs, kernels named `..._mma_...`), and HBM bandwidth:
 
-| arch | GPU | SMs | fp32 peak | memory bandwidth |
-| --- | --- | --- | --- | --- |
-| sm_80 | A100 SXM | 108 | 19.5 TFLOP/s | 2.04 TB/s |
-| sm_90 | H100 SXM | 132 | 66.9 TFLOP/s | 3.35 TB/s |
+| arch | GPU | SMs | fp32 peak | f16/bf16 tensor peak | memory bandwidth |
+| --- | --- | --- | --- | --- | --- |
+| sm_80 | A100 SXM | 108 | 19.5 TFLOP/s | 312 TFLOP/s | 2.04 TB/s |
+| sm_90 | H100 SXM | 132 | 66.9 TFLOP/s | 989.4 TFLOP/s | 3.35 TB/s |
+
+The per-SM limits that decide occupancy (`netc.codegen.occupancy`) are the same on sm_80 and
+sm_90 but for shared memory: 64 resident warps (2048 threads) and 32 resident blocks an SM,
+65536 registers an SM allocated per warp in units of 256, shared memory allocated per block in
+units of 128 bytes plus 1 KiB the CUDA runtime reserves for every block (compute capability 8.0
+and later), 164 KiB (A100) or 228 KiB (H100) of shared memory an SM. Sources: the CUDA C++
+Programming Guide, "Technical Specifications per Compute Capability"; the CUDA Occupancy
+Calculator (docs.nvidia.com/cuda/cuda-occupancy-calculator, now Nsight Compute's occupancy
+calculator) for the allocation units; the NVIDIA Ampere and Hopper Tuning Guides for the
+shared memory an SM and the 1 KiB reserved per block.
 
 An architecture netc has no record for (`sm_86`, `sm_89`) is planned as the newest known one not
 newer than it, and an older one (`sm_75`) as sm_80 (`planning_arch`): the limits that matter
@@ -33,10 +44,17 @@ class Peaks:
     """Dense fp32 FLOP/s without tensor cores."""
     bytes_per_second: float
     """Device-memory bandwidth."""
+    tensor_flops_per_second: float
+    """Dense f16/bf16 FLOP/s on the tensor cores (fp32 accumulation)."""
 
-    def roofline_seconds(self, flops: float, bytes_moved: float) -> float:
+    def roofline_seconds(self, flops: float, bytes_moved: float, *,
+                         tensor_cores: bool = False) -> float:
         """The time a kernel needs at best: bound by arithmetic or by memory traffic."""
-        return max(flops / self.flops_per_second, bytes_moved / self.bytes_per_second)
+        return max(flops / self.compute_rate(tensor_cores), bytes_moved / self.bytes_per_second)
+
+    def compute_rate(self, tensor_cores: bool = False) -> float:
+        """Peak FLOP/s of the tensor cores or of the fp32 CUDA cores."""
+        return self.tensor_flops_per_second if tensor_cores else self.flops_per_second
 
     @property
     def ridge_intensity(self) -> float:
@@ -44,8 +62,8 @@ class Peaks:
         return self.flops_per_second / self.bytes_per_second
 
 
-H100 = Peaks("H100 SXM", 66.9e12, 3.35e12)
-A100 = Peaks("A100 SXM", 19.5e12, 2.04e12)
+H100 = Peaks("H100 SXM", 66.9e12, 3.35e12, 989.4e12)
+A100 = Peaks("A100 SXM", 19.5e12, 2.04e12, 312e12)
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,17 @@ class GpuArch:
     """Without opting in (cudaFuncSetAttribute), which netc's launches never do."""
     shared_bytes_per_sm: int = 164 * 1024
     max_blocks_per_sm: int = 32
+    max_warps_per_sm: int = 64
+    register_allocation_unit: int = 256
+    """Registers are allocated per warp in multiples of this."""
+    shared_allocation_unit: int = 128
+    """Shared memory is allocated per block in multiples of this many bytes."""
+    shared_reserved_bytes_per_block: int = 1024
+    """Shared memory the CUDA runtime keeps for itself in every resident block (sm_80+)."""
+    warps_for_peak: int = 16
+    """Resident warps an SM needs to run at its peak rate in `netc explain`'s time model: four
+    for each of its four warp schedulers, enough to cover a dependent FMA's ~4-cycle latency
+    without relying on a kernel's instruction-level parallelism (`netc.codegen.occupancy`)."""
 
 
 ARCHS: dict[str, GpuArch] = {

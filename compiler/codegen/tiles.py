@@ -59,19 +59,72 @@ class GemmTile:
         return f"bm{self.bm}_bn{self.bn}_bk{self.bk}_tm{self.tm}_tn{self.tn}"
 
     def validate(self) -> GemmTile:
-        for field_name in ("bm", "bn", "bk", "tm", "tn"):
-            if getattr(self, field_name) < 1:
-                raise TileError(f"{self}: {field_name} must be positive")
+        _check_positive(self, ("bm", "bn", "bk", "tm", "tn"))
         if self.bm % self.tm or self.bn % self.tn:
             raise TileError(f"{self}: tm must divide bm and tn must divide bn")
-        _check_threads(self, self.threads)
-        _check_shared(self, self.shared_bytes)
-        register_limit = min(MAX_REGISTERS_PER_THREAD, REGISTERS_PER_SM // self.threads)
-        if self.registers_estimate > register_limit:
-            raise TileError(
-                f"{self}: about {self.registers_estimate} registers a thread, but "
-                f"{self.threads} threads a block leave {register_limit}; shrink tm * tn")
+        _check_block(self, "shrink tm * tn")
         return self
+
+
+HALF_BYTES = 2
+MMA_SHAPE = (16, 8, 16)
+"""m, n, k of the tensor-core instruction the MMA family issues (mma.sync m16n8k16)."""
+
+
+@dataclass(frozen=True)
+class MmaTile:
+    """The tiles of the tensor-core GEMM (16-bit dense and matmul; `templates/gemm_mma.cuh`).
+
+    A block computes a `bm` x `bn` tile of the output with `wm` x `wn` warps, each warp a
+    (bm / wm) x (bn / wn) sub-tile of 16x8 mma tiles, walking the reduction in steps of `bk`
+    through `stages` shared-memory buffers filled by cp.async.
+    """
+
+    bm: int = 128
+    bn: int = 128
+    bk: int = 32
+    wm: int = 2
+    wn: int = 4
+    stages: int = 2
+
+    @property
+    def threads(self) -> int:
+        return WARP * self.wm * self.wn
+
+    @property
+    def shared_bytes(self) -> int:
+        # A [bm][bk + 8] and B as [bn][bk + 8] or [bk][bn + 8] a stage, whichever layout is
+        # larger; at least what the SIMT fallback (sm_75) stages.
+        a = self.bm * (self.bk + 8)
+        b = max(self.bn * (self.bk + 8), self.bk * (self.bn + 8))
+        fallback = FLOAT_BYTES * 8 * (self.bm + 1 + self.bn + 1)
+        return max(HALF_BYTES * self.stages * (a + b), fallback)
+
+    @property
+    def registers_estimate(self) -> int:
+        # Accumulators (a warp's tile over 32 lanes) plus one k-step's A and B fragments.
+        warp_m, warp_n = self.bm // self.wm, self.bn // self.wn
+        return (warp_m * warp_n // WARP + 4 * (warp_m // 16) + 2 * (warp_n // 8)
+                + GEMM_OVERHEAD_REGISTERS)
+
+    @property
+    def suffix(self) -> str:
+        return f"mma_bm{self.bm}_bn{self.bn}_bk{self.bk}_wm{self.wm}_wn{self.wn}_s{self.stages}"
+
+    def validate(self) -> MmaTile:
+        _check_positive(self, ("bm", "bn", "bk", "wm", "wn"))
+        if self.bm % (16 * self.wm) or self.bn % (16 * self.wn):
+            raise TileError(f"{self}: a warp's tile (bm/wm x bn/wn) must be whole 16x16 steps")
+        if self.bk % 16:
+            raise TileError(f"{self}: bk must be a multiple of 16")
+        if self.stages < 2:
+            raise TileError(f"{self}: the cp.async pipeline needs 2 stages at least")
+        _check_block(self, "use more warps")
+        return self
+
+
+MatrixTile = GemmTile | MmaTile
+"""A tile of the GEMM family: SIMT (any dtype) or tensor cores (16-bit dense and matmul)."""
 
 
 @dataclass(frozen=True)
@@ -151,9 +204,10 @@ class DepthwiseTile:
         return self
 
 
-Tile = GemmTile | RowTile | BlockTile | DepthwiseTile
+Tile = GemmTile | MmaTile | RowTile | BlockTile | DepthwiseTile
 
 DEFAULT_GEMM = GemmTile()
+DEFAULT_MMA = MmaTile()
 DEFAULT_BLOCK = BlockTile()
 LONG_ROW = 1024
 """Rows at least this long get a block of 256 threads each, shorter ones a warp."""
@@ -169,6 +223,24 @@ def default_depthwise_tile(out_width: int) -> DepthwiseTile:
     columns; of 1 or 2: as many as the row has)."""
     columns = next(c for c in (4, 2, 1) if 4 * (-out_width % c) <= -(-out_width // c) * c)
     return DepthwiseTile(columns=columns)
+
+
+def _check_positive(tile: Tile, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(tile, name) < 1:
+            raise TileError(f"{tile}: {name} must be positive")
+
+
+def _check_block(tile: GemmTile | MmaTile, fewer_registers: str) -> None:
+    """A matrix tile's threads, shared memory and registers fit a block; `fewer_registers`
+    says how to need fewer."""
+    _check_threads(tile, tile.threads)
+    _check_shared(tile, tile.shared_bytes)
+    register_limit = min(MAX_REGISTERS_PER_THREAD, REGISTERS_PER_SM // tile.threads)
+    if tile.registers_estimate > register_limit:
+        raise TileError(
+            f"{tile}: about {tile.registers_estimate} registers a thread, but "
+            f"{tile.threads} threads a block leave {register_limit}; {fewer_registers}")
 
 
 def _check_threads(tile: Tile, threads: int) -> None:

@@ -1,7 +1,7 @@
 """Tiling: the tile configuration of every GEMM and convolution kernel, from its shape and the
 target GPU's limits.
 
-`choose_tiles(graph, arch)` returns `{node id: GemmTile}` for every op with a GEMM view
+`choose_tiles(graph, arch)` returns `{node id: GemmTile or MmaTile}` for every op with a GEMM view
 (`OpDef.gemm_view`: `dense`, `matmul` and `conv2d`), alone or as the anchor of a fused node (keyed by the fused node's id, which is the id
 `generate(graph, tiles)` looks up). `plan_tiles` returns the same choices with the GEMM shape
 and the reason for each, for the tables of `netc compile` and `netc explain`. A depthwise conv
@@ -37,6 +37,12 @@ The heuristic (sizes taken at `batch`, default 1, for a size that grows with the
 5. **Fill the GPU.** The first remaining candidate giving at least one block per SM (132 on
    H100, 108 on A100) is taken; when none does, the one giving the most blocks.
 
+Tensor cores: an f16 or bf16 `dense` or `matmul` takes an `MmaTile` (the `mma` family of
+`TILE_TABLE`, the `mma_*` candidates: 32 to 256 threads, BK 32, 2 to 4 cp.async stages within
+48 KiB) by the same steps; a `GemmTile` given for one (`--tile`, the tuning database) forces the
+SIMT kernel, and an `MmaTile` for any other GEMM is refused (E0441; for `--tile all=` it applies
+to the kernels that take it).
+
 K-tile: 8 for the square tiles (a k-step stages 8·(BM+BN) floats, enough per barrier); 16 for
 the narrow ones, which stage fewer elements a step. Stages: 1 (the kernel stages a k-step,
 synchronises, multiplies; no software pipelining yet).
@@ -55,9 +61,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from netc.codegen.kernels import depthwise_tile, kernel_family
+from netc.codegen.kernels import TENSOR_CORE_DTYPES, depthwise_tile, kernel_family
 from netc.codegen.targets import ARCHS, DEFAULT_ARCH, GpuArch, planning_arch
-from netc.codegen.tiles import GemmTile, TileError
+from netc.codegen.tiles import GemmTile, MatrixTile, MmaTile, TileError
 from netc.diagnostics import CompileError, Diagnostic, error
 from netc.ir import Graph, Node, TensorType
 from netc.ops import REGISTRY
@@ -83,7 +89,7 @@ NARROW = 16
 MIN_COVERAGE = 0.5
 """The least fraction of a candidate's computed area that must be real output."""
 
-CANDIDATES: dict[str, GemmTile] = {
+CANDIDATES: dict[str, MatrixTile] = {
     "large": GemmTile(128, 64, 8, 8, 4),
     "wide": GemmTile(64, 128, 8, 4, 8),
     "medium": GemmTile(64, 64, 8, 4, 4),
@@ -92,6 +98,14 @@ CANDIDATES: dict[str, GemmTile] = {
     "narrow_m_small": GemmTile(16, 32, 16, 1, 2),
     "narrow_n": GemmTile(64, 16, 16, 2, 2),
     "narrow_n_small": GemmTile(32, 16, 16, 2, 1),
+    # Tensor cores (f16 and bf16 dense and matmul): bm, bn, bk, warps along m and n, stages.
+    "mma_large": MmaTile(128, 128, 32, 2, 4, 2),
+    "mma_tall": MmaTile(128, 64, 32, 2, 2, 3),
+    "mma_wide": MmaTile(64, 128, 32, 2, 2, 3),
+    "mma_medium": MmaTile(64, 64, 32, 2, 2, 3),
+    "mma_small": MmaTile(32, 32, 32, 1, 1, 4),
+    "mma_narrow_m": MmaTile(16, 64, 32, 1, 2, 4),
+    "mma_narrow_n": MmaTile(64, 16, 32, 2, 1, 4),
 }
 """Every tile the heuristic may choose, by name."""
 
@@ -101,10 +115,17 @@ _PREFERENCES: dict[str, tuple[str, ...]] = {
     "narrow_m": ("narrow_m", "narrow_m_small"),
     "narrow_n": ("narrow_n", "narrow_n_small"),
 }
+_MMA_PREFERENCES: dict[str, tuple[str, ...]] = {
+    "tall": ("mma_large", "mma_tall", "mma_medium", "mma_small"),
+    "wide": ("mma_large", "mma_wide", "mma_medium", "mma_small"),
+    "narrow_m": ("mma_narrow_m", "mma_small"),
+    "narrow_n": ("mma_narrow_n", "mma_small"),
+}
 TILE_TABLE: dict[tuple[str, str, str], tuple[str, ...]] = {
     (family, shape_class, arch): names
-    for family in ("gemm", "conv2d") for arch in ARCHS
-    for shape_class, names in _PREFERENCES.items()
+    for family, preferences in (("gemm", _PREFERENCES), ("conv2d", _PREFERENCES),
+                                ("mma", _MMA_PREFERENCES))
+    for arch in ARCHS for shape_class, names in preferences.items()
 }
 """(family, shape class, arch) -> candidate names, preferred first. The same lists serve
 every family and architecture today; measured tuning may give each its own."""
@@ -127,11 +148,12 @@ class GemmShape:
     k: int
     count: int = 1
     """Independent matrices: matmul's batch, conv2d's groups."""
+    dtype: str = "f32"
 
-    def blocks(self, tile: GemmTile) -> int:
+    def blocks(self, tile: MatrixTile) -> int:
         return -(-self.m // tile.bm) * -(-self.n // tile.bn) * self.count
 
-    def coverage(self, tile: GemmTile) -> float:
+    def coverage(self, tile: MatrixTile) -> float:
         """The fraction of the blocks' tiles that is real output (ragged edges waste the rest)."""
         covered = -(-self.m // tile.bm) * tile.bm * -(-self.n // tile.bn) * tile.bn
         return self.m * self.n / covered if covered else 1.0
@@ -146,9 +168,16 @@ class GemmShape:
 
     @property
     def family(self) -> str:
-        """The kernel family computing it (`gemm` or `conv2d`), which keys `TILE_TABLE`."""
+        """The kernel family computing it, which keys `TILE_TABLE`: `gemm`, `conv2d`, or `mma`
+        for a GEMM on tensor cores (f16 and bf16)."""
         found = kernel_family(self.op)
-        return found.name if found is not None else "gemm"
+        family = found.name if found is not None else "gemm"
+        return "mma" if family == "gemm" and self.dtype in TENSOR_CORE_DTYPES else family
+
+    def takes(self, tile: MatrixTile) -> bool:
+        """Whether its kernel can take `tile` (any GEMM a SIMT tile; tensor-core tiles only the
+        `mma` family)."""
+        return isinstance(tile, GemmTile) or self.family == "mma"
 
     def __str__(self) -> str:
         count = f" x{self.count}" if self.count > 1 else ""
@@ -183,13 +212,13 @@ def gemm_shape(graph: Graph, node: Node, batch: int = 1) -> GemmShape | None:
         return None
     gemm = view(member.attrs, [t.shape for t in inputs], member.type.shape)
     m, n, k, count = gemm.concrete(dict.fromkeys(graph.batch_dims(), batch))
-    return GemmShape(member.op, m, n, k, count)
+    return GemmShape(member.op, m, n, k, count, member.type.dtype)
 
 
 # Limits and the heuristic --------------------------------------------------------------------
 
 
-def misfit(tile: GemmTile, arch: GpuArch) -> str | None:
+def misfit(tile: MatrixTile, arch: GpuArch) -> str | None:
     """Why `tile` cannot run on `arch` (None: it can)."""
     try:
         tile.validate()
@@ -207,12 +236,14 @@ def misfit(tile: GemmTile, arch: GpuArch) -> str | None:
     return None
 
 
-def tile_text(tile: GemmTile) -> str:
-    """`bm64,bn64,bk8,tm4,tn4`: the form `--tile` takes."""
+def tile_text(tile: MatrixTile) -> str:
+    """`bm64,bn64,bk8,tm4,tn4` (or `bm128,bn128,bk32,wm2,wn4,stages2`): the form `--tile`
+    takes."""
     return ",".join(f"{f.name}{getattr(tile, f.name)}" for f in fields(tile))
 
 
-def heuristic_tile(shape: GemmShape, arch: str | GpuArch = DEFAULT_ARCH) -> tuple[GemmTile, str]:
+def heuristic_tile(shape: GemmShape,
+                   arch: str | GpuArch = DEFAULT_ARCH) -> tuple[MatrixTile, str]:
     """The heuristic's tile for `shape` on `arch`, and why (see the module docstring)."""
     target = arch if isinstance(arch, GpuArch) else planning_arch(arch)
     names = TILE_TABLE.get((shape.family, shape.shape_class, target.name)) or \
@@ -251,9 +282,9 @@ class TuningDb:
     """
 
     path: str
-    entries: Mapping[TuningKey, GemmTile]
+    entries: Mapping[TuningKey, MatrixTile]
 
-    def lookup(self, shape: GemmShape, arch: str) -> GemmTile | None:
+    def lookup(self, shape: GemmShape, arch: str) -> MatrixTile | None:
         return self.entries.get((shape.op, shape.m, shape.n, shape.k, arch))
 
 
@@ -270,12 +301,12 @@ def load_tuning_db(path: str | Path) -> TuningDb:
             not isinstance(document.get("entries"), list):
         raise error("E0442", f"tuning database `{where}` is not a netc tuning database",
                     help=f'expected {{"format": {TUNING_DB_FORMAT}, "entries": [...]}}')
-    entries: dict[TuningKey, GemmTile] = {}
+    entries: dict[TuningKey, MatrixTile] = {}
     for index, entry in enumerate(document["entries"]):
         try:
             key = (str(entry["op"]), int(entry["m"]), int(entry["n"]), int(entry["k"]),
                    str(entry["arch"]))
-            tile = GemmTile(**{name: int(value) for name, value in entry["tile"].items()})
+            tile = matrix_tile({name: int(value) for name, value in entry["tile"].items()})
             tile.validate()
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise error("E0442", f"tuning database `{where}`, entry {index}: {exc}",
@@ -299,27 +330,42 @@ def _tuning_db(tuning_db: TuningDb | str | Path | None) -> TuningDb | None:
 # --tile ------------------------------------------------------------------------------------
 
 
-def parse_tile(text: str) -> GemmTile:
-    """`bm64,bn64,bk8,tm4,tn4` (any of the five, in any order; the others take GemmTile's
-    defaults) as a tile. Validity against a GPU is checked when it is applied."""
+def matrix_tile(values: Mapping[str, int]) -> MatrixTile:
+    """A tile from its fields: tensor cores (MmaTile) when any of `wm`, `wn`, `stages` is
+    given, else SIMT (GemmTile); the fields not given take the type's defaults."""
+    mma = {f.name for f in fields(MmaTile)} - {f.name for f in fields(GemmTile)}
+    kind = MmaTile if mma & set(values) else GemmTile
+    return kind(**values)
+
+
+def parse_tile(text: str) -> MatrixTile:
+    """`bm64,bn64,bk8,tm4,tn4` (SIMT: any of the five, in any order) or
+    `bm128,bn128,bk32,wm2,wn4,stages2` (tensor cores) as a tile, the fields not given taking
+    the type's defaults. Validity against a GPU is checked when it is applied."""
     values: dict[str, int] = {}
-    names = [f.name for f in fields(GemmTile)]
+    simt = [f.name for f in fields(GemmTile)]
+    names = simt + [f.name for f in fields(MmaTile) if f.name not in simt]
     for part in (p.strip() for p in text.split(",")):
         name = next((n for n in names if part.startswith(n)), None)
         digits = part[len(name):] if name else ""
         if name is None or not digits.isdigit():
             raise TileSpecError(f"`{part}` in `{text}` is not one of {', '.join(names)} followed "
-                                f"by a number (e.g. bm64)")
+                                f"by a number (e.g. bm64; wm, wn, stages make a tensor-core "
+                                f"tile)")
         if name in values:
             raise TileSpecError(f"`{name}` appears twice in `{text}`")
         values[name] = int(digits)
-    return GemmTile(**values)
+    try:
+        return matrix_tile(values)
+    except TypeError:
+        raise TileSpecError(f"`{text}` mixes SIMT fields (tm, tn) with tensor-core fields "
+                            "(wm, wn, stages)") from None
 
 
-def parse_tile_overrides(specs: Sequence[str]) -> dict[str, GemmTile]:
+def parse_tile_overrides(specs: Sequence[str]) -> dict[str, MatrixTile]:
     """`--tile` values (`LAYER=bm64,bn64,bk8,tm4,tn4`, or `all=...`) by layer name; errors are
     one `CompileError` (E0440) listing every bad value."""
-    overrides: dict[str, GemmTile] = {}
+    overrides: dict[str, MatrixTile] = {}
     problems = []
     for spec in specs:
         layer, sep, text = spec.partition("=")
@@ -345,13 +391,18 @@ def _names(graph: Graph, node: Node) -> set[str]:
     return names
 
 
-def resolve_overrides(graph: Graph, overrides: Mapping[str, GemmTile]) -> dict[str, GemmTile]:
+def resolve_overrides(graph: Graph,
+                      overrides: Mapping[str, MatrixTile]) -> dict[str, MatrixTile]:
     """Tile overrides by layer name (`basic_0.conv2d_1`), node id or `all`, as tiles by the id
-    `generate` looks up; an unknown or non-GEMM name is a `CompileError` (E0441)."""
+    `generate` looks up; an unknown or non-GEMM name is a `CompileError` (E0441). A
+    tensor-core tile given for `all` applies to the kernels that take one (f16 and bf16 dense
+    and matmul); the others keep their tiles."""
     kernels = [node for node in graph.compute_nodes if gemm_shape(graph, node) is not None]
-    resolved: dict[str, GemmTile] = {}
+    resolved: dict[str, MatrixTile] = {}
     if "all" in overrides:
-        resolved.update(dict.fromkeys((node.id for node in kernels), overrides["all"]))
+        every = overrides["all"]
+        resolved.update(dict.fromkeys(
+            (node.id for node in kernels if _shape(graph, node).takes(every)), every))
     for name, tile in overrides.items():
         if name == "all":
             continue
@@ -361,6 +412,12 @@ def resolve_overrides(graph: Graph, overrides: Mapping[str, GemmTile]) -> dict[s
                         help="layers with GEMM tiles here: " + _listing(graph, kernels))
         resolved[node.id] = tile
     return resolved
+
+
+def _shape(graph: Graph, node: Node) -> GemmShape:
+    shape = gemm_shape(graph, node)
+    assert shape is not None, node.id
+    return shape
 
 
 def _no_gemm_layer(graph: Graph, name: str) -> str:
@@ -412,7 +469,7 @@ class TileChoice:
     layer: str
     """The anchor's layer name (`basic_0.conv2d_1`), or its node id."""
     shape: GemmShape
-    tile: GemmTile
+    tile: MatrixTile
     source: str
     """heuristic | tuning-db | --tile"""
     why: str
@@ -424,12 +481,13 @@ class TileChoice:
     def to_json(self) -> dict[str, object]:
         return {"node": self.node, "layer": self.layer, "op": self.shape.op, "m": self.shape.m,
                 "n": self.shape.n, "k": self.shape.k, "count": self.shape.count,
-                "tile": tile_text(self.tile), "stages": 1, "blocks": self.blocks,
+                "tile": tile_text(self.tile), "stages": getattr(self.tile, "stages", 1),
+                "blocks": self.blocks,
                 "source": self.source, "why": self.why}
 
 
 def plan_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
-               overrides: Mapping[str, GemmTile] | None = None, *, batch: int = 1,
+               overrides: Mapping[str, MatrixTile] | None = None, *, batch: int = 1,
                tuning_db: TuningDb | str | Path | None = None) -> list[TileChoice]:
     """The tile of every GEMM and convolution kernel of `graph`, in graph order, with why.
 
@@ -453,22 +511,24 @@ def plan_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
         else:
             tile, why = heuristic_tile(shape, target)
             source = "heuristic"
-        problem = misfit(tile, target)
+        problem = misfit(tile, target) if shape.takes(tile) else (
+            f"tensor-core tiles take f16 and bf16 dense and matmul, not {shape.dtype} "
+            f"{shape.op}")
         if problem is not None:
             raise error("E0441", f"tile {tile_text(tile)} for layer `{layer}` ({source}) "
                         f"cannot run: {problem}",
-                        help="threads = (bm/tm)*(bn/tn) must be whole warps, at most "
-                             f"{target.max_threads_per_block}; shared memory "
-                             "4*bk*(bm+bn+2) bytes at most "
-                             f"{target.shared_bytes_per_block}")
+                        help="threads = (bm/tm)*(bn/tn) (SIMT) or 32*wm*wn (tensor cores) "
+                             "must be whole warps, at most "
+                             f"{target.max_threads_per_block}; shared memory at most "
+                             f"{target.shared_bytes_per_block} bytes (docs/kernels.md)")
         choices.append(TileChoice(node.id, layer, shape, tile, source, why))
     return choices
 
 
 def choose_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
-                 overrides: Mapping[str, GemmTile] | None = None, *, batch: int = 1,
-                 tuning_db: TuningDb | str | Path | None = None) -> dict[str, GemmTile]:
-    """`{node id: GemmTile}` for every GEMM and convolution kernel of `graph`: what
+                 overrides: Mapping[str, MatrixTile] | None = None, *, batch: int = 1,
+                 tuning_db: TuningDb | str | Path | None = None) -> dict[str, MatrixTile]:
+    """`{node id: GemmTile or MmaTile}` for every GEMM and convolution kernel of `graph`: what
     `generate(graph, tiles=...)` takes. See `plan_tiles`."""
     return {choice.node: choice.tile
             for choice in plan_tiles(graph, arch, overrides, batch=batch, tuning_db=tuning_db)}
@@ -476,7 +536,7 @@ def choose_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
 
 def format_tile_table(choices: Sequence[TileChoice]) -> str:
     """The table of tile choices for reports: layer, op, M/N/K, tile, blocks, why."""
-    rows = [("layer", "op", "M x N x K", "tile (stages 1)", "blocks", "why")]
+    rows = [("layer", "op", "M x N x K", "tile", "blocks", "why")]
     rows += [(c.layer, c.shape.op, str(c.shape), tile_text(c.tile), str(c.blocks),
               c.why if c.source == "heuristic" else f"{c.source}: {c.why}") for c in choices]
     lines = format_table(rows, right={4}, indent="  ")

@@ -64,7 +64,7 @@
 //    back to ucontext (swapcontext: correct but ~30x slower, a syscall per switch).
 //
 // Not supported (see docs/simulator.md): texture/surface objects, cooperative groups,
-// wmma/mma, inline PTX, __constant__ upload from the host, dynamic parallelism,
+// wmma, inline PTX (mma.sync m16n8k16, ldmatrix and cp.async are emulated: cudasim::ptx), __constant__ upload from the host, dynamic parallelism,
 // clusters / distributed shared memory, cuda::pipeline / memcpy_async, and threads of
 // one block spin-waiting on each other (fibers are cooperative: a spin loop on a value
 // another thread of the same block must write never ends).
@@ -72,7 +72,7 @@
 #define NETC_CUDASIM_H
 
 #define NETC_CUDASIM 1
-#define CUDASIM_ABI_VERSION 1
+#define CUDASIM_ABI_VERSION 2
 
 // Every standard header this file needs comes first.  <memory> is included although
 // the runtime does not need it: libstdc++'s shared_ptr_base.h spells
@@ -354,7 +354,7 @@ enum : int { F_READY = 0, F_BARRIER = 1, F_WARP = 2, F_EXITED = 3, F_ABORTED = 4
 enum : int { BAR_PLAIN = 0, BAR_COUNT = 1, BAR_AND = 2, BAR_OR = 3 };
 enum : int {
     W_SYNC = 0, W_SHFL, W_BALLOT, W_ANY, W_ALL, W_ADD, W_MIN, W_MAX, W_UMIN, W_UMAX,
-    W_AND, W_OR, W_XOR, W_MATCH_ANY, W_MATCH_ALL
+    W_AND, W_OR, W_XOR, W_MATCH_ANY, W_MATCH_ALL, W_COLLECTIVE
 };
 
 // Layout of the int64 launch configuration array passed by the driver.
@@ -368,6 +368,19 @@ constexpr int kMaxWorkers = 256;
 constexpr unsigned kMaxBlockThreads = 1024;
 
 struct Worker;
+
+// One cp.async copy issued by a thread and not yet waited for (see cudasim::ptx).
+struct CpAsyncCopy {
+    void* dst;
+    const void* src;
+    unsigned size, src_size;
+    unsigned group;  // the commit group it belongs to (the thread's count of commits at issue)
+};
+constexpr unsigned kMaxCpAsync = 64;  // copies in flight per thread
+
+// A warp-collective operation's work, run once by the last lane to arrive with the data
+// pointers of all 32 lanes (null for lanes not taking part) while the others wait.
+typedef void (*CollectiveFn)(void* const* lanes, unsigned eff);
 
 struct Context {
 #if defined(CUDASIM_UCONTEXT)
@@ -409,6 +422,10 @@ struct Fiber {
     int wsrc;
     unsigned long long wval;
     unsigned long long wres;
+    CollectiveFn wfn;
+    // cp.async copies in flight, and the commit groups this thread has closed.
+    CpAsyncCopy cp[kMaxCpAsync];
+    unsigned ncp, cp_groups;
 };
 
 struct Job {
@@ -502,6 +519,8 @@ CUDASIM_HIDDEN int block_barrier(int kind, int pred, const char* file, int line)
 CUDASIM_HIDDEN unsigned long long warp_op(int kind, const char* op, unsigned mask,
                                           unsigned long long val, int src, const char* file,
                                           int line);
+CUDASIM_HIDDEN void warp_collective(CollectiveFn fn, void* data, const char* op, unsigned mask,
+                                    const char* file, int line);
 CUDASIM_HIDDEN int run_launch(const char* kernel, const long long* cfg, void (*entry)(void*),
                               void* ctx, char* err, long long errlen);
 }  // namespace detail
@@ -697,6 +716,177 @@ static inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_C
 static inline void __threadfence_block() { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
 // Cooperative fibers cannot wait for each other in a spin loop; sleeping is a no-op.
 static inline void __nanosleep(unsigned) {}
+
+// ---------------------------------------------------------------------------------
+// PTX's tensor-core and asynchronous-copy instructions (cudasim::ptx), which CUDA C++
+// reaches only through inline assembly.  Device code calls them through small wrappers
+// (netc's templates/mma.cuh) that are the PTX instruction on a GPU and these functions here.
+// Each follows the PTX ISA's definition lane by lane:
+//  * mma_m16n8k16 (mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32): a warp
+//    collective; every lane brings its fragments in the ISA's layout (groupID = lane / 4,
+//    t = lane % 4: A's register i holds row groupID + 8 * (i % 2), columns 2t + 8 * (i / 2)
+//    and + 1; B's register i holds rows 2t + 8 * i and + 1 of column groupID; C and D's
+//    element i is row groupID + 8 * (i / 2), column 2t + i % 2), the last lane to arrive
+//    computes D = A . B + C for the warp, and every lane takes its own fragment of D.  The
+//    16-bit products are exact in float; they are added to C in float in k order 0..15 (the
+//    GPU's order of addition inside the instruction is not specified).
+//  * ldmatrix (ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16): a warp collective;
+//    lanes 8j..8j+7 give the addresses of the 8 rows (16 bytes each, 16-byte aligned) of
+//    matrix j, and lane i receives in register j the elements (i / 4, 2 (i % 4)) and
+//    (i / 4, 2 (i % 4) + 1) of matrix j, or with .trans (2 (i % 4), i / 4) and
+//    (2 (i % 4) + 1, i / 4); the low half holds the first.
+//  * cp_async (cp.async.{ca,cg}.shared.global, 4, 8 or 16 bytes, src-size for zero fill),
+//    cp_async_commit_group, cp_async_wait_group(n): a copy is only recorded when issued and
+//    lands when the issuing thread waits for its group -- the latest moment the ISA allows --
+//    so a kernel that reads shared memory before waiting reads the 0xFF poison (NaN in
+//    float, f16 and bf16), and a thread that exits with copies never waited for fails the
+//    launch.
+// ---------------------------------------------------------------------------------
+namespace cudasim {
+namespace ptx {
+namespace detail {
+using ::cudasim::detail::fiber_fail;
+
+struct MmaLane {
+    float* d;
+    const unsigned* a;
+    const unsigned* b;
+    const float* c;
+};
+
+template <bool BF16>
+static inline float half_at(unsigned reg, int which) {
+    const unsigned short bits = (unsigned short)(which ? reg >> 16 : reg & 0xffffu);
+    return BF16 ? ::cudasim::detail::bf16_to_f32(bits) : ::cudasim::detail::f16_to_f32(bits);
+}
+
+template <bool BF16>
+static void mma_m16n8k16_warp(void* const* lanes, unsigned eff) {
+    if (eff != 0xffffffffu) fiber_fail("mma.sync.aligned needs all 32 lanes of the warp (mask 0x%08x)", eff);
+    float a[16][16], b[16][8], c[16][8];
+    for (int lane = 0; lane < 32; ++lane) {
+        const MmaLane* l = static_cast<const MmaLane*>(lanes[lane]);
+        const int g = lane / 4, t = lane % 4;
+        for (int i = 0; i < 4; ++i) {
+            const int row = g + 8 * (i % 2), col = 2 * t + 8 * (i / 2);
+            a[row][col] = half_at<BF16>(l->a[i], 0);
+            a[row][col + 1] = half_at<BF16>(l->a[i], 1);
+            c[g + 8 * (i / 2)][2 * t + i % 2] = l->c[i];
+        }
+        for (int i = 0; i < 2; ++i) {
+            b[2 * t + 8 * i][g] = half_at<BF16>(l->b[i], 0);
+            b[2 * t + 8 * i + 1][g] = half_at<BF16>(l->b[i], 1);
+        }
+    }
+    for (int lane = 0; lane < 32; ++lane) {
+        const MmaLane* l = static_cast<const MmaLane*>(lanes[lane]);
+        const int g = lane / 4, t = lane % 4;
+        for (int i = 0; i < 4; ++i) {
+            const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+            float sum = c[row][col];
+            for (int k = 0; k < 16; ++k) sum += a[row][k] * b[k][col];
+            l->d[i] = sum;
+        }
+    }
+}
+
+struct LdmatrixLane {
+    unsigned* r;
+    const void* row;
+};
+
+template <int NUM, bool TRANS>
+static void ldmatrix_warp(void* const* lanes, unsigned eff) {
+    if (eff != 0xffffffffu) fiber_fail("ldmatrix.sync.aligned needs all 32 lanes of the warp (mask 0x%08x)", eff);
+    unsigned short m[NUM][8][8];
+    for (int j = 0; j < NUM; ++j) {
+        for (int row = 0; row < 8; ++row) {
+            const void* p = static_cast<const LdmatrixLane*>(lanes[8 * j + row])->row;
+            if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+                fiber_fail("ldmatrix: lane %d's row address %p is not 16-byte aligned", 8 * j + row, p);
+            }
+            std::memcpy(m[j][row], p, 16);
+        }
+    }
+    for (int lane = 0; lane < 32; ++lane) {
+        unsigned* r = static_cast<const LdmatrixLane*>(lanes[lane])->r;
+        const int row = lane / 4, col = 2 * (lane % 4);
+        for (int j = 0; j < NUM; ++j) {
+            const unsigned lo = TRANS ? m[j][col][row] : m[j][row][col];
+            const unsigned hi = TRANS ? m[j][col + 1][row] : m[j][row][col + 1];
+            r[j] = lo | (hi << 16);
+        }
+    }
+}
+}  // namespace detail
+
+// d = a . b + c for the warp's 16x8x16 tile (f16 or bf16 inputs, float accumulators).
+template <bool BF16>
+static inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                                const float (&c)[4], const char* file = __builtin_FILE(),
+                                int line = __builtin_LINE()) {
+    float out[4];
+    detail::MmaLane mine{out, a, b, c};
+    ::cudasim::detail::warp_collective(&detail::mma_m16n8k16_warp<BF16>, &mine,
+                                       "mma.sync.aligned.m16n8k16", 0xffffffffu, file, line);
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+// NUM 8x8 matrices of 16-bit elements from shared memory; `row` is this lane's row address.
+template <int NUM, bool TRANS>
+static inline void ldmatrix(unsigned (&r)[NUM], const void* row, const char* file = __builtin_FILE(),
+                            int line = __builtin_LINE()) {
+    static_assert(NUM == 1 || NUM == 2 || NUM == 4, "ldmatrix loads 1, 2 or 4 matrices");
+    detail::LdmatrixLane mine{r, row};
+    ::cudasim::detail::warp_collective(&detail::ldmatrix_warp<NUM, TRANS>, &mine,
+                                       TRANS ? "ldmatrix.sync.aligned.trans" : "ldmatrix.sync.aligned",
+                                       0xffffffffu, file, line);
+}
+
+// Copies `size` bytes (4, 8 or 16) from global to shared memory asynchronously: the first
+// `src_size` bytes from `src`, zeros after them.
+static inline void cp_async(void* dst, const void* src, unsigned size, unsigned src_size) {
+    using namespace ::cudasim::detail;
+    Fiber* f = t_fiber;
+    if (f == nullptr) fiber_fail("cp.async called outside a kernel launch");
+    if (size != 4 && size != 8 && size != 16) fiber_fail("cp.async copies 4, 8 or 16 bytes, not %u", size);
+    if (src_size > size) fiber_fail("cp.async: src-size %u is more than the %u bytes copied", src_size, size);
+    if (reinterpret_cast<uintptr_t>(dst) % size != 0 || (src_size != 0 && reinterpret_cast<uintptr_t>(src) % size != 0)) {
+        fiber_fail("cp.async of %u bytes: the addresses %p (shared) and %p (global) must be %u-byte aligned",
+                   size, dst, src, size);
+    }
+    if (f->ncp == kMaxCpAsync) {
+        fiber_fail("more than %u cp.async copies in flight in one thread (wait for some with cp.async.wait_group)",
+                   kMaxCpAsync);
+    }
+    f->cp[f->ncp++] = CpAsyncCopy{dst, src, size, src_size, f->cp_groups};
+}
+
+static inline void cp_async_commit_group() {
+    ::cudasim::detail::Fiber* f = ::cudasim::detail::t_fiber;
+    if (f == nullptr) ::cudasim::detail::fiber_fail("cp.async.commit_group called outside a kernel launch");
+    ++f->cp_groups;
+}
+
+// Completes every committed group but the `n` most recent ones.
+static inline void cp_async_wait_group(unsigned n) {
+    using namespace ::cudasim::detail;
+    Fiber* f = t_fiber;
+    if (f == nullptr) fiber_fail("cp.async.wait_group called outside a kernel launch");
+    unsigned kept = 0;
+    for (unsigned i = 0; i < f->ncp; ++i) {
+        const CpAsyncCopy& copy = f->cp[i];
+        if (copy.group + n < f->cp_groups) {
+            if (copy.src_size) std::memcpy(copy.dst, copy.src, copy.src_size);
+            std::memset(static_cast<char*>(copy.dst) + copy.src_size, 0, copy.size - copy.src_size);
+        } else {
+            f->cp[kept++] = copy;
+        }
+    }
+    f->ncp = kept;
+}
+}  // namespace ptx
+}  // namespace cudasim
 
 __attribute__((noreturn)) static inline void __trap() { cudasim::detail::fiber_fail("__trap() called"); }
 __attribute__((noreturn)) static inline void __brkpt() { cudasim::detail::fiber_fail("__brkpt() called"); }
@@ -1331,6 +1521,8 @@ static void fiber_main(void* arg) {
     // returns).
     char what[256];
     bool threw = false;
+    f->ncp = 0;
+    f->cp_groups = 0;
     try {
         w->job->entry(w->job->ctx);
     } catch (const std::exception& e) {
@@ -1341,6 +1533,10 @@ static void fiber_main(void* arg) {
         what[0] = 0;
     }
     if (threw) fiber_fail("C++ exception escaped the kernel%s", what);
+    if (f->ncp != 0) {
+        fiber_fail("the thread exited with %u cp.async copies never waited for "
+                   "(cp.async.wait_group / wait_all): their data never lands", f->ncp);
+    }
     f->state = F_EXITED;
     leave_fiber(f);
 }
@@ -2114,6 +2310,13 @@ static void warp_complete(Worker* w, unsigned warp, unsigned eff, int kind) {
             default: f->wres = 0;
         }
     }
+    if (kind == W_COLLECTIVE) {
+        void* data[32];
+        for (unsigned l = 0; l < 32; ++l) {
+            data[l] = ((eff >> l) & 1u) ? reinterpret_cast<void*>(lanes[l].wval) : nullptr;
+        }
+        lanes[__builtin_ctz(eff)].wfn(data, eff);
+    }
     for (unsigned l = 0; l < 32; ++l) {
         if (!((eff >> l) & 1u)) continue;
         if (kind == W_MATCH_ALL) {
@@ -2165,11 +2368,27 @@ unsigned long long warp_op(int kind, const char* op, unsigned mask, unsigned lon
                                warp, lane, op, file, line, l, g->op, g->file, g->line);
                 }
             }
+            if (kind == W_COLLECTIVE) {
+                for (unsigned l = 0; l < 32; ++l) {
+                    if (((eff >> l) & 1u) && lanes[l].wfn != f->wfn) {
+                        fiber_fail("lanes of warp %u disagree: lane %u is in %s at %s:%d while lane %u is in %s at %s:%d",
+                                   warp, lane, op, file, line, l, lanes[l].op, lanes[l].file, lanes[l].line);
+                    }
+                }
+            }
             warp_complete(w, warp, eff, kind);
         }
     }
     if (f->state != F_READY) yield_to_scheduler(f);
     return f->wres;
+}
+
+void warp_collective(CollectiveFn fn, void* data, const char* op, unsigned mask, const char* file,
+                     int line) {
+    Fiber* f = t_fiber;
+    if (f == nullptr) fiber_fail("%s called outside a kernel launch", op);
+    f->wfn = fn;
+    warp_op(W_COLLECTIVE, op, mask, reinterpret_cast<unsigned long long>(data), 0, file, line);
 }
 
 }  // namespace detail

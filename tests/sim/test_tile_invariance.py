@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import pytest
 
+from netc.codegen.tiles import GemmTile
 from netc.codegen.tiling import CANDIDATES, gemm_shape, heuristic_tile
 from tests.sim.codegen_support import check_graph
 from tests.sim.graph_builder import parallel
 
 pytestmark = pytest.mark.sim
 
-TILES = tuple(CANDIDATES.values())
+TILES = tuple(tile for tile in CANDIDATES.values() if isinstance(tile, GemmTile))
+"""The SIMT tiles (any dtype); the tensor-core ones: tests/sim/test_gemm_mma.py."""
 
 
 @pytest.mark.parametrize("m, n, k", [(1, 129, 33), (31, 1, 127), (33, 127, 1), (129, 31, 31),

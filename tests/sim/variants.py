@@ -14,7 +14,7 @@ from netc.codegen import kernels, pointwise
 from netc.codegen.emit import lower
 from netc.codegen.kernels import KernelSpec
 from netc.codegen.pointwise import PointwiseCode
-from netc.codegen.tiles import BlockTile, DepthwiseTile, GemmTile, RowTile
+from netc.codegen.tiles import BlockTile, DepthwiseTile, GemmTile, MmaTile, RowTile
 from netc.codegen.tiling import CANDIDATES, choose_tiles
 from netc.ir import ALL_DTYPES, FLOAT_DTYPES, INTEGER_DTYPES, Attrs, Node, Region, TensorType
 from netc.ops import REGISTRY
@@ -29,9 +29,13 @@ CONV_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4), GemmTile(48, 24, 5, 3, 3))
 ROW_TILES = (RowTile(32, 8), RowTile(64, 2), RowTile(96, 1), RowTile(256, 1))
 """A warp per row, and rows over 2, 3 and 8 warps."""
 BLOCK_TILES = (BlockTile(256), BlockTile(96))
-TILING_TILES = tuple(tile for tile in CANDIDATES.values() if tile not in GEMM_TILES)
-"""Every other tile the tiling heuristic may choose, for GEMMs and convs in every dtype
+TILING_TILES = tuple(tile for tile in CANDIDATES.values()
+                     if isinstance(tile, GemmTile) and tile not in GEMM_TILES)
+"""Every other SIMT tile the tiling heuristic may choose, for GEMMs and convs in every dtype
 (tests/sim/test_tile_invariance.py runs each on ragged shapes)."""
+MMA_TILES = tuple(tile for tile in CANDIDATES.values() if isinstance(tile, MmaTile))
+"""Every tensor-core tile the heuristic may choose (f16 and bf16 dense, with and without a
+bias, and matmul; tests/sim/test_gemm_mma.py)."""
 LOW_PRECISION = ("f16", "bf16")
 LOW_PRECISION_GEMM_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4))
 LOW_PRECISION_CONV_TILES = (GemmTile(),)
@@ -114,6 +118,9 @@ def catalog() -> dict[str, KernelSpec]:
                       for transposed, bias in flags]
             specs += [kernels.conv2d_kernel(dtype, tile, has_bias=bias)
                       for bias in ((True,) if low else (True, False))]
+        for tile in MMA_TILES if low else ():
+            specs += [kernels.gemm_kernel(dtype, tile, b_transposed=transposed, has_bias=bias)
+                      for transposed, bias in ((True, True), (True, False), (False, False))]
         for tile in LOW_PRECISION_ROW_TILES if low else ROW_TILES:
             specs += [kernels.row_kernel(op, dtype, tile) for op in kernels.ROW_OPERATIONS]
             # Reductions over any axes: up to two kept and two reduced dims after merging

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+import netc.toolchain
 from netc.codegen.emit import generate
 from netc.codegen.targets import A100, H100
-from netc.explain import TOTALS, Explanation, explain
+from netc.codegen.tiles import GemmTile
+from netc.explain import DEFAULT_REGISTERS, TOTALS, Explanation, explain
 from netc.frontend import load_file, load_string
 from netc.ir import Graph
 from netc.ops import REGISTRY
@@ -108,7 +110,7 @@ def test_kernel_costs_follow_the_roofline() -> None:
         assert kernel.seconds == pytest.approx(expected)
         assert kernel.bound == ("compute" if kernel.flops / H100.flops_per_second
                                 >= kernel.bytes_moved / H100.bytes_per_second else "memory")
-    assert report.predicted_time_s == pytest.approx(math.fsum(k.seconds for k in report.kernels))
+    assert report.roofline_time_s == pytest.approx(math.fsum(k.seconds for k in report.kernels))
     assert report.flops == sum(k.flops for k in report.kernels)
     convs = [k for k in report.kernels if k.what.startswith("conv2d")]
     assert len(convs) == 20 and all(k.tile.startswith("bm") and k.gemm for k in convs)
@@ -147,7 +149,7 @@ def test_json_report_has_the_totals_at_the_top_level() -> None:
         assert isinstance(data[name], int | float), name
     assert data["launches"] == 23 and data["level"] == 2 and data["arch"] == "sm_90"
     assert data["gpu"] == {"name": "H100 SXM", "flops_per_second": 66.9e12,
-                           "bytes_per_second": 3.35e12}
+                           "tensor_flops_per_second": 989.4e12, "bytes_per_second": 3.35e12}
     assert len(data["layers"]) == len(resnet18().compute_nodes)
     assert data["layers"][0] == {"layer": "conv1", "node": "conv1", "op": "conv2d",
                                  "location": "resnet18.net:9", "kernel": 1,
@@ -155,3 +157,120 @@ def test_json_report_has_the_totals_at_the_top_level() -> None:
                                  "note": "anchors a conv epilogue kernel"}
     assert data["bytes_moved"] == sum(k["bytes_moved"] for k in data["kernels"])
     assert {t["layer"] for t in data["tiles"]} >= {"conv1", "fc"}
+
+
+# Occupancy, grid fill and the predicted time --------------------------------------------------
+
+DENSE = """
+network t {
+    input x: f32[N, 64]
+    output y = dense(x, 96)
+}
+"""
+SMALL_TILE = {"dense_0": GemmTile(bm=16, bn=32, bk=8, tm=1, tn=2)}
+"""256 threads (8 warps); a block computes 16 rows by 32 columns of y."""
+
+
+def _compiler_missing(*args: object, **kwargs: object) -> None:
+    raise netc.toolchain.CompilerNotFound("hidden by the test")
+
+
+def test_blocks_follow_the_named_dimension() -> None:
+    graph = load_string(DENSE, filename="t.net")
+    for batch, blocks in ((1, 1 * 3), (40, 3 * 3)):  # ceil(N / 16) * ceil(96 / 32)
+        (kernel,) = explain(graph, batch=batch, overrides=SMALL_TILE, compile=False).kernels
+        assert kernel.cost.blocks == blocks, batch
+        assert kernel.cost.waves == 1
+
+
+def test_grid_fill_makes_a_small_grid_slower_than_its_roofline() -> None:
+    graph = load_string(DENSE, filename="t.net")
+    report = explain(graph, batch=1, overrides=SMALL_TILE, compile=False)
+    (kernel,) = report.kernels
+    # 3 blocks of 8 warps on 132 SMs that each need 16 warps for peak.
+    assert kernel.cost.utilisation == pytest.approx(3 * 8 / (132 * 16))
+    assert kernel.cost.predicted_time_s == pytest.approx(kernel.seconds / kernel.cost.utilisation)
+    assert kernel.cost.predicted_time_s > 80 * kernel.seconds
+    assert report.predicted_time_s == kernel.cost.predicted_time_s
+    assert report.roofline_time_s == kernel.seconds
+
+
+def test_resnet18_at_batch_1_is_predicted_well_above_its_roofline() -> None:
+    report = resnet18_at(2)
+    for kernel in report.kernels:
+        assert kernel.cost.predicted_time_s >= kernel.seconds
+        assert kernel.cost.predicted_time_s == pytest.approx(kernel.seconds / kernel.cost.utilisation)
+    # Most of its kernels launch a few dozen to a few hundred blocks on 132 SMs.
+    assert report.predicted_time_s > 3 * report.roofline_time_s
+
+
+def test_registers_come_from_ptxas_when_a_compiler_is_present() -> None:
+    try:
+        netc.toolchain.resolve_compiler()
+    except netc.toolchain.CompilerNotFound as missing:
+        pytest.skip(f"no CUDA compiler: {missing}")
+    graph = load_file(EXAMPLES / "lenet5.net")
+    report = explain(graph)
+    assert report.registers_from.startswith("ptxas (")
+    from netc.driver import CompileOptions, compile_graph
+    plan = compile_graph(graph, CompileOptions(level=2, arch="sm_90")).plan
+    usage = netc.toolchain.compile_module(plan.source, plan.module,
+                                          archs=("sm_90",)).kernel_resources("sm_90")
+    for kernel in report.kernels:
+        assert kernel.cost.registers_source == "ptxas"
+        assert kernel.cost.registers == usage[kernel.functions[-1]].registers, kernel.node
+
+
+def test_registers_are_estimated_without_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netc.toolchain, "compile_module", _compiler_missing)
+    report = explain(load_file(EXAMPLES / "lenet5.net"))
+    assert report.registers_from == "estimate (no CUDA compiler)"
+    tiles = {choice.node: choice.tile for choice in report.tiles}
+    for kernel in report.kernels:
+        assert kernel.cost.registers_source == "estimate"
+        expected = (tiles[kernel.node].registers_estimate if kernel.node in tiles
+                    else DEFAULT_REGISTERS)
+        assert kernel.cost.registers == expected, kernel.node
+    assert any(kernel.node in tiles for kernel in report.kernels)
+    off = explain(load_file(EXAMPLES / "lenet5.net"), compile=False)
+    assert off.registers_from == "estimate (compilation off)"
+    assert off.predicted_time_s == report.predicted_time_s
+
+
+def test_tensor_core_gemms_use_the_tensor_core_peak() -> None:
+    graph = load_string(DENSE.replace("f32", "f16"), filename="t.net")
+    (kernel,) = explain(graph, batch=4096, compile=False).kernels
+    assert "_mma_" in kernel.functions[-1] and kernel.tensor_cores
+    assert kernel.seconds == pytest.approx(max(kernel.flops / H100.tensor_flops_per_second,
+                                               kernel.bytes_moved / H100.bytes_per_second))
+    (simt,) = explain(load_string(DENSE, filename="t.net"), batch=4096, compile=False).kernels
+    assert not simt.tensor_cores
+
+
+def test_json_kernels_have_occupancy_and_predicted_time() -> None:
+    data = json.loads(resnet18_at(2).to_json())
+    assert data["registers_from"]
+    assert data["predicted_time_s"] == pytest.approx(
+        math.fsum(k["predicted_time_s"] for k in data["kernels"]))
+    for kernel in data["kernels"]:
+        assert isinstance(kernel["blocks"], int) and kernel["blocks"] >= 1
+        assert 1 <= kernel["blocks_per_sm"] <= 32
+        assert 0 < kernel["occupancy"] <= 1 and 0 < kernel["utilisation"] <= 1
+        assert kernel["limiter"] in ("warps", "registers", "shared memory", "blocks")
+        assert kernel["registers_source"] in ("ptxas", "estimate")
+        assert kernel["registers"] >= 1 and kernel["waves"] >= 1
+        assert kernel["predicted_time_s"] >= kernel["roofline_s"]
+        assert isinstance(kernel["tensor_cores"], bool)
+    first = data["kernels"][0]  # conv1 at batch 1: 64 x 12544 in 64 x 64 tiles
+    assert first["blocks"] == 196
+    text = resnet18_at(2).format()
+    assert "predicted time" in text and "roofline time" in text and " fill " in text
+
+
+def test_the_command_line_can_turn_compilation_off(capsys: pytest.CaptureFixture[str]) -> None:
+    from netc.cli import main
+
+    assert main(["explain", str(EXAMPLES / "lenet5.net"), "--json", "--no-compile"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["registers_from"] == "estimate (compilation off)"
+    assert {k["registers_source"] for k in data["kernels"]} == {"estimate"}

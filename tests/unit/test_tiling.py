@@ -9,7 +9,7 @@ import pytest
 
 from netc.codegen.emit import generate
 from netc.codegen.targets import ARCHS, H100, GpuArch, planning_arch
-from netc.codegen.tiles import GemmTile
+from netc.codegen.tiles import GemmTile, MmaTile
 from netc.codegen.tiling import (
     CANDIDATES,
     TILE_TABLE,
@@ -79,9 +79,11 @@ def test_heuristic_choices(shape: GemmShape, arch: str, expected: str) -> None:
 
 def test_the_table_is_data_keyed_by_family_class_and_arch() -> None:
     for (family, shape_class, arch), names in TILE_TABLE.items():
-        assert family in ("gemm", "conv2d") and arch in ARCHS
+        assert family in ("gemm", "conv2d", "mma") and arch in ARCHS
         assert shape_class in ("narrow_m", "narrow_n", "tall", "wide")
         assert names and all(name in CANDIDATES for name in names)
+        # Tensor-core tiles for the mma family alone, SIMT tiles for the others.
+        assert all(isinstance(CANDIDATES[name], MmaTile) == (family == "mma") for name in names)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -214,7 +216,7 @@ def test_parse_tile() -> None:
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("conv=bq32", "`bq32` in `bq32` is not one of bm, bn, bk, tm, tn"),
+    ("conv=bq32", "`bq32` in `bq32` is not one of bm, bn, bk, tm, tn, wm, wn, stages"),
     ("conv=bm", "`bm` in `bm` is not one of"),
     ("conv=bm32,bm64", "`bm` appears twice"),
     ("conv", "is not of the form LAYER=bm64,bn64,bk8,tm4,tn4"),
