@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite on a lent device (see benchmarks/gpu/README.md). Installs PyCUDA from the kit
-# in .devkit/ when it is missing, then runs the suite; extra arguments go to suite.py
-# (--quick, --problems gemm,attention, --out DIR). Exit 0 only if every correctness check passed.
+# in .devkit/ when it is missing, runs the gpu test tier (tests/gpu, log in $OUT/gpu_tier.log),
+# then the suite; extra arguments go to suite.py (--quick, --problems gemm,attention, --out DIR).
+# Exit 0 only if the tier and every correctness check passed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -31,4 +32,12 @@ python3 -c "import netc.driver" || {
   exit 2
 }
 out=${OUT:-$root/benchmarks/gpu/results}
-exec python3 "$root/benchmarks/gpu/suite.py" --out "$out" "$@"
+mkdir -p "$out"
+# The gpu test tier first (pytest is in the device image): kernels against NumPy on the card,
+# and the simulator's mma/ldmatrix/cp.async emulation against the hardware.
+tier=0
+python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/gpu_tier.log" || tier=1
+status=0
+python3 "$root/benchmarks/gpu/suite.py" --out "$out" "$@" || status=$?
+[ "$status" -ne 0 ] && exit "$status"
+exit "$tier"

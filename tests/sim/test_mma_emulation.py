@@ -6,6 +6,7 @@ diagnostics for misuse: copies never waited for, misaligned addresses, partial w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,13 +102,14 @@ extern "C" __global__ void misaligned(const unsigned short* src)
 """
 
 NAMES = ["mma_f16", "mma_bf16", "ldmatrix4", "copy16", "two_groups", "misaligned"]
+SOURCE = "\n".join((TEMPLATES / name).read_text() for name in ("common.cuh", "mma.cuh")) + KERNELS
+"""The module, as the simulator and a GPU (tests/gpu/test_mma_gpu.py) compile it."""
 
 
 @pytest.fixture(scope="module")
 def module(tmp_path_factory: pytest.TempPathFactory):
-    source = "\n".join((TEMPLATES / name).read_text() for name in ("common.cuh", "mma.cuh"))
     with CudaSim(workers=1, cache_dir=str(tmp_path_factory.mktemp("cache"))) as sim:
-        yield sim, sim.load(source + KERNELS, NAMES, name="mma_emulation")
+        yield sim, sim.load(SOURCE, NAMES, name="mma_emulation")
 
 
 def _bits(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -122,43 +124,74 @@ def _values(bits: np.ndarray, dtype: str) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
-def _upload(sim: CudaSim, array: np.ndarray):
-    buffer = sim.alloc(array.nbytes)
-    sim.upload(buffer, array)
+def _upload(device: Any, array: np.ndarray):
+    buffer = device.alloc(array.nbytes)
+    device.upload(buffer, array)
     return buffer
 
 
-@pytest.mark.parametrize("dtype", ["f16", "bf16"])
-def test_mma_follows_the_isa_fragment_layout(module, dtype: str) -> None:
-    sim, mod = module
+# The checks take a device (CudaSim or netc.runtime.pycuda_device.PyCudaDevice) and a module of
+# SOURCE loaded on it, so that a GPU checks the same instructions against the same tables.
+
+
+def check_mma(device: Any, module: Any, dtype: str) -> None:
     rng = np.random.default_rng(1)
     # Small integers times powers of two: every product and sum is exact in float, so the
     # result does not depend on the order of addition and must match exactly.
     a = _bits(rng.integers(-8, 9, (16, 16)) * 0.25, dtype)
     b = _bits(rng.integers(-8, 9, (16, 8)) * 0.5, dtype)
     c = rng.integers(-50, 50, (16, 8)).astype(np.float32)
-    d = sim.alloc(16 * 8 * 4)
-    sim.upload(d, np.full((16, 8), np.nan, np.float32))
-    mod.launch(f"mma_{dtype}", grid=1, block=32,
-               args=[_upload(sim, a), _upload(sim, b), _upload(sim, c), d])
+    d = _upload(device, np.full((16, 8), np.nan, np.float32))
+    module.launch(f"mma_{dtype}", (1, 1, 1), (32, 1, 1), 0,
+                  [_upload(device, a), _upload(device, b), _upload(device, c), d])
     expected = _values(a, dtype) @ _values(b, dtype) + c
-    np.testing.assert_array_equal(sim.download(d, np.float32, (16, 8)), expected)
+    np.testing.assert_array_equal(device.download(d, np.float32, (16, 8)), expected)
 
 
-@pytest.mark.parametrize("pad", [0, 8])
-def test_ldmatrix_gives_each_lane_its_elements(module, pad: int) -> None:
-    sim, mod = module
+def check_ldmatrix(device: Any, module: Any, pad: int) -> None:
     m = np.arange(256, dtype=np.uint16).reshape(4, 8, 8) * 3 + 1
-    out, out_t = sim.alloc(32 * 4 * 4), sim.alloc(32 * 4 * 4)
-    mod.launch("ldmatrix4", grid=1, block=32, shared_bytes=2 * 32 * (8 + pad),
-               args=[_upload(sim, m), out, out_t, pad])
+    out, out_t = device.alloc(32 * 4 * 4), device.alloc(32 * 4 * 4)
+    module.launch("ldmatrix4", (1, 1, 1), (32, 1, 1), 2 * 32 * (8 + pad),
+                  [_upload(device, m), out, out_t, pad])
     lane = np.arange(32)[:, None]
     j = np.arange(4)[None, :]
     row, col = lane // 4, 2 * (lane % 4)
     plain = m[j, row, col].astype(np.uint32) | m[j, row, col + 1].astype(np.uint32) << 16
     trans = m[j, col, row].astype(np.uint32) | m[j, col + 1, row].astype(np.uint32) << 16
-    np.testing.assert_array_equal(sim.download(out, np.uint32, (32, 4)), plain)
-    np.testing.assert_array_equal(sim.download(out_t, np.uint32, (32, 4)), trans)
+    np.testing.assert_array_equal(device.download(out, np.uint32, (32, 4)), plain)
+    np.testing.assert_array_equal(device.download(out_t, np.uint32, (32, 4)), trans)
+
+
+def check_cp_async(device: Any, module: Any) -> np.ndarray:
+    """Copies with zero fill; returns what shared memory held before the wait."""
+    src = np.arange(1, 8 * 32 + 1, dtype=np.uint16)
+    seen, out = device.alloc(512), device.alloc(512)
+    module.launch("copy16", (1, 1, 1), (32, 1, 1), 512, [_upload(device, src), seen, out, 20, 1])
+    expected = src.copy()
+    expected[8 * 20:] = 0
+    np.testing.assert_array_equal(device.download(out, np.uint16, 256), expected)
+    return device.download(seen, np.uint16, 256)
+
+
+def check_two_groups(device: Any, module: Any) -> np.ndarray:
+    """wait_group 1 lands the older group; returns the newer group's bytes after it."""
+    src = np.arange(1, 17, dtype=np.uint16)
+    out = device.alloc(64)
+    module.launch("two_groups", (1, 1, 1), (1, 1, 1), 32, [_upload(device, src), out])
+    got = device.download(out, np.uint16, (2, 16))
+    np.testing.assert_array_equal(got[0, :8], src[:8])
+    np.testing.assert_array_equal(got[1], src)
+    return got[0, 8:]
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_mma_follows_the_isa_fragment_layout(module, dtype: str) -> None:
+    check_mma(*module, dtype)
+
+
+@pytest.mark.parametrize("pad", [0, 8])
+def test_ldmatrix_gives_each_lane_its_elements(module, pad: int) -> None:
+    check_ldmatrix(*module, pad)
 
 
 def test_ldmatrix_rejects_a_misaligned_row(module) -> None:
@@ -170,26 +203,14 @@ def test_ldmatrix_rejects_a_misaligned_row(module) -> None:
 
 
 def test_cp_async_lands_at_the_wait_and_zero_fills(module) -> None:
-    sim, mod = module
-    src = np.arange(1, 8 * 32 + 1, dtype=np.uint16)
-    seen, out = sim.alloc(512), sim.alloc(512)
-    mod.launch("copy16", grid=1, block=32, shared_bytes=512,
-               args=[_upload(sim, src), seen, out, 20, 1])
+    before = check_cp_async(*module)
     # Before the wait: the block's poisoned shared memory, not the data.
-    assert (sim.download(seen, np.uint16, 256) == 0xFFFF).all()
-    expected = src.copy()
-    expected[8 * 20:] = 0
-    np.testing.assert_array_equal(sim.download(out, np.uint16, 256), expected)
+    assert (before == 0xFFFF).all()
 
 
 def test_wait_group_keeps_the_newest_groups_in_flight(module) -> None:
-    sim, mod = module
-    src = np.arange(1, 17, dtype=np.uint16)
-    out = sim.alloc(64)
-    mod.launch("two_groups", grid=1, block=1, shared_bytes=32, args=[_upload(sim, src), out])
-    got = sim.download(out, np.uint16, (2, 16))
-    np.testing.assert_array_equal(got[0], np.r_[src[:8], np.full(8, 0xFFFF, np.uint16)])
-    np.testing.assert_array_equal(got[1], src)
+    newer = check_two_groups(*module)
+    assert (newer == 0xFFFF).all()  # not landed yet: the latest moment the ISA allows
 
 
 def test_copies_never_waited_for_fail_the_launch(module) -> None:
