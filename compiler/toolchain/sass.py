@@ -144,14 +144,18 @@ def loops(instructions: Sequence[Instruction]) -> list[tuple[Instruction, ...]]:
     return bodies
 
 
+def innermost_loops(instructions: Sequence[Instruction]) -> list[tuple[Instruction, ...]]:
+    """The bodies of the loops that hold no other loop."""
+    spans = [(body[0].address, body[-1].address, body) for body in loops(instructions)]
+    return [body for first, last, body in spans
+            if not any(first <= other_first and other_last <= last
+                       and (other_first, other_last) != (first, last)
+                       for other_first, other_last, _ in spans)]
+
+
 def main_loop(instructions: Sequence[Instruction]) -> tuple[Instruction, ...]:
     """The largest innermost loop's body (see the module docstring); () without a loop."""
-    spans = [(body[0].address, body[-1].address, body) for body in loops(instructions)]
-    innermost = [body for first, last, body in spans
-                 if not any(first <= other_first and other_last <= last
-                            and (other_first, other_last) != (first, last)
-                            for other_first, other_last, _ in spans)]
-    return max(innermost, key=len, default=())
+    return max(innermost_loops(instructions), key=len, default=())
 
 
 def instruction_mix(instructions: Iterable[Instruction]) -> Counter[str]:

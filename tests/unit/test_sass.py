@@ -15,6 +15,7 @@ and the main loop's instruction mix is checked:
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -217,3 +218,28 @@ def test_tensor_core_gemm_main_loops_use_hmma_ldsm_and_cp_async(
         assert mix["HMMA"] >= 0.2 * sum(mix.values()), format_mix(mix)
         assert all(i.opcode.endswith(".128") for i in body if i.base == "LDGSTS"), \
             "cp.async of less than 16 bytes"
+
+
+def test_the_static_benchmark_shows_tensor_cores_replacing_ffma(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/static_kernels.py on the 4096³ bf16 GEMM before (SIMT) and after (tensor
+    cores): the hot loop's math instruction and the predicted time."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "static_kernels.py"
+    spec = importlib.util.spec_from_file_location("static_kernels", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    try:
+        assert script.main(["--cases", "gemm_bf16_before,gemm_bf16"]) == 0
+    except (CompilerNotFound, ToolNotFound) as missing:
+        pytest.skip(str(missing))
+    before, after = (section for section in capsys.readouterr().out.split("## ")[1:])
+    assert "FFMA 256" in before and "HMMA" not in before
+    assert "HMMA 32" in after and "FFMA" not in after.split("\n")[-3]
+
+    def predicted(section: str) -> float:
+        return float(section.split("predicted ")[1].split(" us")[0])
+
+    assert predicted(after) < predicted(before) / 10
