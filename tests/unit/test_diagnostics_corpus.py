@@ -91,7 +91,10 @@ def test_corpus_file_in_process(path: Path) -> None:
            first.span.column)
     assert got == (expected.code, expected.file, expected.line, expected.column), \
         caught.value.render()
-    assert elapsed < 1.0, f"{path.name} took {elapsed:.2f} s of CPU time"
+    # The budget catches blow-ups (a limit found only after exponential work), not speed:
+    # limit_too_many_nodes_blocks legitimately expands 10,000 nodes first (0.85-1.1 s of CPU
+    # on a 2-core CI machine, more when the other core is busy).
+    assert elapsed < 2.0, f"{path.name} took {elapsed:.2f} s of CPU time"
     rendered = caught.value.render()
     assert f"error[{expected.code}]" in rendered
 
