@@ -340,12 +340,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from netc.driver import compile_graph
 
         options["compiled"] = compile_graph(graph, _compile_options(args), progress=_progress)
-    elif args.dump_ir:
-        _optimize(graph, args)
+    else:
+        options["precision"] = args.precision  # the plan backends': in `compiled`
+        if args.dump_ir:
+            _optimize(graph, args)
     started = time.perf_counter()
     progress = _LaunchProgress()
-    run = prepare(backend, graph, weights, **options, progress=progress,
-                  precision=args.precision)
+    run = prepare(backend, graph, weights, **options, progress=progress)
     outputs = run(inputs)
     progress.done()
     _report_outputs(graph.name, backend, time.perf_counter() - started, outputs, args)

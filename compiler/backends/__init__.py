@@ -49,15 +49,16 @@ SIMULATOR_OPTIONS = ("schedule", "seed", "workers", "sanitize", "check_races")
 
 def compile_options(options: Mapping[str, Any]) -> Any:
     """The driver's `CompileOptions` from a plan backend's options: `compile_options` itself,
-    or `level` (default 2, as `netc run`) and `tiles` (tile overrides by layer name, node id
-    or `all`)."""
+    or `level` (default 2, as `netc run`), `tiles` (tile overrides by layer name, node id
+    or `all`) and `precision`."""
     from netc.driver import CompileOptions
 
     given = options.get("compile_options")
     if given is not None:
         return given
     return CompileOptions(level=options.get("level", 2),
-                          tile_overrides=dict(options.get("tiles") or {}))
+                          tile_overrides=dict(options.get("tiles") or {}),
+                          precision=options.get("precision", "f32"))
 
 
 def simulator(options: Mapping[str, Any]) -> Any:
@@ -172,14 +173,17 @@ _FACTORIES: dict[str, Callable[[Graph, Mapping[str, np.ndarray], Mapping[str, An
 def prepare(backend: str, graph: Graph, weights: Mapping[str, np.ndarray],
             **options: Any) -> Runner:
     """A callable running `graph` with `weights` on `backend`; checks the weights first.
-    `precision="f16"` or `"bf16"` runs an f32 network with 16-bit storage (`netc.precision`)."""
+    `precision="f16"` or `"bf16"` runs an f32 network with 16-bit storage (`netc.precision`):
+    the plan backends compile with it (`compile_options`), the others run the rewritten
+    graph."""
     from netc.precision import with_precision
 
     if backend not in _FACTORIES:
         raise CompileError([Diagnostic("E0420", f"unknown backend `{backend}`; choose one of "
                                        + ", ".join(BACKENDS))])
     check_weights(graph, weights)
-    graph = with_precision(graph, options.pop("precision", "f32"))
+    if backend not in PLAN_BACKENDS:
+        graph = with_precision(graph, options.pop("precision", "f32"))
     return _FACTORIES[backend](graph, weights, options)
 
 

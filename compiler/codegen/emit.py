@@ -98,8 +98,8 @@ class _Lowering:
         # A GEMM takes either matrix tile: a SIMT one, or tensor cores for 16-bit operands.
         kind = MatrixTile if isinstance(default, MatrixTile) else type(default)
         if not isinstance(chosen, kind):
-            raise TileError(f"{node.id} ({node.op}) takes a {type(default).__name__}, "
-                            f"got {chosen}")
+            raise TileError(f"{node.id} ({node.op}) takes a "
+                            f"{getattr(kind, '__name__', kind)}, got {chosen}")
         return chosen.validate()
 
     def root(self, name: str) -> str:

@@ -378,6 +378,13 @@ struct CpAsyncCopy {
 };
 constexpr unsigned kMaxCpAsync = 64;  // copies in flight per thread
 
+// A thread's cp.async copies in flight and the commit groups it has closed.  Kept outside
+// the Fiber (which the scheduler walks) and allocated at a thread slot's first cp.async.
+struct CpAsyncQueue {
+    CpAsyncCopy copy[kMaxCpAsync];
+    unsigned n, groups;
+};
+
 // A warp-collective operation's work, run once by the last lane to arrive with the data
 // pointers of all 32 lanes (null for lanes not taking part) while the others wait.
 typedef void (*CollectiveFn)(void* const* lanes, unsigned eff);
@@ -423,9 +430,7 @@ struct Fiber {
     unsigned long long wval;
     unsigned long long wres;
     CollectiveFn wfn;
-    // cp.async copies in flight, and the commit groups this thread has closed.
-    CpAsyncCopy cp[kMaxCpAsync];
-    unsigned ncp, cp_groups;
+    CpAsyncQueue* cp;  // null until this slot's first cp.async; freed with the worker
 };
 
 struct Job {
@@ -855,17 +860,22 @@ static inline void cp_async(void* dst, const void* src, unsigned size, unsigned 
         fiber_fail("cp.async of %u bytes: the addresses %p (shared) and %p (global) must be %u-byte aligned",
                    size, dst, src, size);
     }
-    if (f->ncp == kMaxCpAsync) {
+    if (f->cp == nullptr) {
+        f->cp = static_cast<CpAsyncQueue*>(calloc(1, sizeof(CpAsyncQueue)));
+        if (f->cp == nullptr) fiber_fail("cp.async: out of memory for the copies in flight");
+    }
+    CpAsyncQueue& queue = *f->cp;
+    if (queue.n == kMaxCpAsync) {
         fiber_fail("more than %u cp.async copies in flight in one thread (wait for some with cp.async.wait_group)",
                    kMaxCpAsync);
     }
-    f->cp[f->ncp++] = CpAsyncCopy{dst, src, size, src_size, f->cp_groups};
+    queue.copy[queue.n++] = CpAsyncCopy{dst, src, size, src_size, queue.groups};
 }
 
 static inline void cp_async_commit_group() {
     ::cudasim::detail::Fiber* f = ::cudasim::detail::t_fiber;
     if (f == nullptr) ::cudasim::detail::fiber_fail("cp.async.commit_group called outside a kernel launch");
-    ++f->cp_groups;
+    if (f->cp != nullptr) ++f->cp->groups;  // without copies yet, every group is empty
 }
 
 // Completes every committed group but the `n` most recent ones.
@@ -873,17 +883,19 @@ static inline void cp_async_wait_group(unsigned n) {
     using namespace ::cudasim::detail;
     Fiber* f = t_fiber;
     if (f == nullptr) fiber_fail("cp.async.wait_group called outside a kernel launch");
+    if (f->cp == nullptr) return;
+    CpAsyncQueue& queue = *f->cp;
     unsigned kept = 0;
-    for (unsigned i = 0; i < f->ncp; ++i) {
-        const CpAsyncCopy& copy = f->cp[i];
-        if (copy.group + n < f->cp_groups) {
+    for (unsigned i = 0; i < queue.n; ++i) {
+        const CpAsyncCopy& copy = queue.copy[i];
+        if (copy.group + n < queue.groups) {
             if (copy.src_size) std::memcpy(copy.dst, copy.src, copy.src_size);
             std::memset(static_cast<char*>(copy.dst) + copy.src_size, 0, copy.size - copy.src_size);
         } else {
-            f->cp[kept++] = copy;
+            queue.copy[kept++] = copy;
         }
     }
-    f->ncp = kept;
+    queue.n = kept;
 }
 }  // namespace ptx
 }  // namespace cudasim
@@ -1521,8 +1533,10 @@ static void fiber_main(void* arg) {
     // returns).
     char what[256];
     bool threw = false;
-    f->ncp = 0;
-    f->cp_groups = 0;
+    if (f->cp != nullptr) {
+        f->cp->n = 0;
+        f->cp->groups = 0;
+    }
     try {
         w->job->entry(w->job->ctx);
     } catch (const std::exception& e) {
@@ -1533,9 +1547,9 @@ static void fiber_main(void* arg) {
         what[0] = 0;
     }
     if (threw) fiber_fail("C++ exception escaped the kernel%s", what);
-    if (f->ncp != 0) {
+    if (f->cp != nullptr && f->cp->n != 0) {
         fiber_fail("the thread exited with %u cp.async copies never waited for "
-                   "(cp.async.wait_group / wait_all): their data never lands", f->ncp);
+                   "(cp.async.wait_group / wait_all): their data never lands", f->cp->n);
     }
     f->state = F_EXITED;
     leave_fiber(f);
@@ -1582,6 +1596,7 @@ struct WorkerHolder {
         }
         worker_release_stacks(w);
         free(w->stacks);
+        for (unsigned i = 0; i < kMaxBlockThreads; ++i) free(w->threads[i].cp);
         free(w->threads);
         free(w->order);
         if (w->dyn_shared) munmap(w->dyn_shared, kDynSharedReserve);

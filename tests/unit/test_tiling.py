@@ -259,3 +259,34 @@ def test_an_invalid_tile_is_a_diagnostic() -> None:
     assert "4096 threads" in caught.value.render()
     with pytest.raises(CompileError, match="shared memory"):
         plan_tiles(graph, "sm_90", parse_tile_overrides(["all=bm512,bn512,bk16,tm16,tn16"]))
+
+
+def test_tensor_core_tiles_go_to_16_bit_gemms_only(tmp_path: Path) -> None:
+    graph = net("y = dense(flatten(x), 24, name=\"head\")\n    output z = conv2d(x, 4, kernel=3)"
+                "\n    output w = y", inputs="input x: bf16[N, 16, 12, 12]")
+    mma = "bm64,bn64,bk32,wm2,wn2,stages3"
+    # `all=` gives the tensor-core tile to the bf16 dense and leaves the conv its own.
+    choices = {c.shape.op: c for c in plan_tiles(graph, "sm_90",
+                                                 parse_tile_overrides([f"all={mma}"]))}
+    assert choices["dense"].tile == MmaTile(64, 64, 32, 2, 2, 3)
+    assert choices["dense"].source == "--tile" and choices["conv2d"].source == "heuristic"
+    assert isinstance(choices["conv2d"].tile, GemmTile)
+    # Named, a layer that cannot take one is refused.
+    conv = next(c.layer for c in choices.values() if c.shape.op == "conv2d")
+    with pytest.raises(CompileError, match="E0441") as caught:
+        plan_tiles(graph, "sm_90", parse_tile_overrides([f"{conv}={mma}"]))
+    assert "tensor-core tiles take f16 and bf16 dense and matmul, not bf16 conv2d" in \
+        caught.value.render()
+    # And the tuning database takes them as the command line does.
+    db = write_db(tmp_path / "tuning.json", [{
+        "op": "dense", "m": 1, "n": 24, "k": 2304, "arch": "sm_90",
+        "tile": {"bm": 16, "bn": 32, "bk": 32, "wm": 1, "wn": 2, "stages": 2}}])
+    tuned = {c.shape.op: c for c in plan_tiles(graph, "sm_90", tuning_db=db)}
+    assert tuned["dense"].tile == MmaTile(16, 32, 32, 1, 2, 2)
+    assert tuned["dense"].source == "tuning-db"
+
+
+def test_a_tile_mixing_simt_and_tensor_core_fields_is_refused() -> None:
+    with pytest.raises(CompileError, match="mixes SIMT fields"):
+        parse_tile_overrides(["all=bm64,tm4,wm2"])
+    assert tile_text(parse_tile("wm1,stages3")) == "bm128,bn128,bk32,wm1,wn4,stages3"
