@@ -116,3 +116,12 @@ def test_compile_records_the_precision_and_16_bit_buffers(tmp_path: Path,
     assert "netc_gemm_f16_mma_" in source
     manifest = json.loads((out / "netc.json").read_text())
     assert '"precision": "f16"' in json.dumps(manifest)
+
+
+def test_a_plan_backend_compiles_with_the_precision_it_is_given() -> None:
+    from netc.backends import prepare
+
+    model = loads(NET)
+    runner = prepare("cudasim", model.graph, model.init_weights(seed=1), precision="bf16")
+    assert runner.compiled.options.precision == "bf16"
+    assert any(k.startswith("netc_gemm_bf16_mma_") for k in runner.compiled.plan.kernels)
