@@ -11,11 +11,12 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -335,7 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     weights = _weights_for(graph, args)
     inputs = _inputs_for({n.id: n.type for n in graph.inputs}, args)
     backend = _backend(args)
-    options: dict[str, object] = {}
+    options: dict[str, object] = _graph_option(args, backend)
     if backend in PLAN_BACKENDS:
         from netc.driver import compile_graph
 
@@ -347,10 +348,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     progress = _LaunchProgress()
     run = prepare(backend, graph, weights, **options, progress=progress)
-    outputs = run(inputs)
-    progress.done()
+    outputs = _repeat(run, inputs, progress, args.repeat)
     _report_outputs(graph.name, backend, time.perf_counter() - started, outputs, args)
     return 0
+
+
+def _graph_option(args: argparse.Namespace, backend: str) -> dict[str, object]:
+    if args.cuda_graph and backend != "cuda":
+        raise CompileError([Diagnostic(
+            "E0420", f"--cuda-graph needs the cuda backend, not `{backend}`",
+            help="drop --cuda-graph, or run on a GPU with --backend cuda")])
+    return {} if args.cuda_graph is None else {"cuda_graph": args.cuda_graph}
+
+
+def _repeat(run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]],
+            inputs: Mapping[str, np.ndarray], progress: _LaunchProgress,
+            times: int) -> dict[str, np.ndarray]:
+    """Run `times` times; past one, print the first run's time and the median of the rest."""
+    seconds = []
+    for _ in range(times):
+        began = time.perf_counter()
+        outputs = run(inputs)
+        seconds.append(time.perf_counter() - began)
+        progress.done()
+    if times > 1:
+        print(f"{times} runs: first {seconds[0] * 1e3:.3f} ms, then median "
+              f"{statistics.median(seconds[1:]) * 1e3:.3f} ms a run (inputs uploaded and "
+              f"outputs downloaded each time)")
+    return outputs
 
 
 def _report_outputs(network: str, backend: str, elapsed: float,
@@ -379,11 +404,11 @@ def _run_artifact(args: argparse.Namespace) -> int:
     inputs = _inputs_for({b.node: TensorType(b.dtype, b.shape)
                           for b in artifact.plan.buffers if b.role == "input"}, args)
     backend = _backend(args)
+    graph_option = _graph_option(args, backend)
     started = time.perf_counter()
     progress = _LaunchProgress()
-    run = prepare_artifact(artifact, backend, weights, progress=progress)
-    outputs = run(inputs)
-    progress.done()
+    run = prepare_artifact(artifact, backend, weights, progress=progress, **graph_option)
+    outputs = _repeat(run, inputs, progress, args.repeat)
     _report_outputs(artifact.network, backend, time.perf_counter() - started, outputs, args)
     return 0
 
@@ -730,6 +755,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "cuda (PyCUDA on a GPU), onnx (onnxruntime), tensorrt; default: cuda "
                           "when a GPU is present, else cudasim")
     run.add_argument("-o", "--output", metavar="OUT.npz", help="write every output here")
+    run.add_argument("--repeat", type=_positive, default=1, metavar="N",
+                     help="run N times on the same inputs and print the median time of the "
+                          "runs after the first (which launches kernel by kernel); default 1")
+    run.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                     help="cuda backend: from the second run on (--repeat), replay the whole "
+                          "plan from a CUDA graph, one driver call instead of one per kernel "
+                          "(default: on where the driver has graphs)")
     _add_optimization(run, 2, "; cudasim and cuda run the optimised plan, the other backends "
                       "the source graph")
     _add_tiling(run)

@@ -29,12 +29,20 @@ element a kernel forgets to write shows up in the result instead of passing by l
 before the launch that writes it, since memory it shares held an earlier buffer's good values
 during the same run. A buffer written in place over its input is not poisoned: an element the
 kernel skipped would still hold the input's value, which only `reuse_memory=False` exposes.
+
+CUDA graphs: on a device that can capture them (`capture` and `supports_graphs()`, the PyCUDA
+device with a CUDA 11.4+ driver), the first run at a set of sizes launches kernel by kernel
+(each launch checked, a failure naming its `.net` line); the second captures the same launches
+into a graph and every later run at those sizes replays it with one driver call, uploads and
+downloads staying outside the graph. With poisoning, the graph also holds the arena poison
+fills, as device-to-device copies from a buffer of poison made once per dtype. `cuda_graph=False`
+turns graphs off; `True` requires them. New sizes free the graphs (their addresses are stale).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -72,6 +80,23 @@ class Device(Protocol):
     # `buf`; without it the executor calls `buf.view(offset, nbytes)`.
 
     def load_binary(self, binary: Any, kernels: Sequence[str]) -> Module: ...
+
+
+def graphs_supported(device: Device) -> bool:
+    """Whether `device` can capture a plan's launches into a CUDA graph."""
+    supports = getattr(device, "supports_graphs", None)
+    return callable(supports) and bool(supports())
+
+
+class GraphDevice(Device, Protocol):
+    """A device that captures CUDA graphs (the executor's graph mode)."""
+
+    def supports_graphs(self) -> bool: ...
+
+    def capture(self, record: Callable[[Any], None]) -> Any:
+        """A graph of what `record(stream)` enqueues on `stream`; its `launch()` replays it."""
+
+    def copy(self, destination: Any, source: Any, nbytes: int, stream: Any = None) -> None: ...
 
 
 class PlanInputError(ValueError):
@@ -179,10 +204,21 @@ class PlanRunner:
     """
 
     def __init__(self, plan: LaunchPlan, device: Device, weights: Mapping[str, np.ndarray],
-                 binary: Any = None, *, reuse_memory: bool = True):
+                 binary: Any = None, *, reuse_memory: bool = True,
+                 cuda_graph: bool | None = None):
+        if cuda_graph and not graphs_supported(device):
+            raise ValueError(f"{device!r} cannot capture CUDA graphs (a GPU with PyCUDA and a "
+                             "CUDA 11.4+ driver can); run without cuda_graph=True")
         self.plan = plan
         self.device = device
         self.reuse_memory = reuse_memory
+        self.cuda_graph = graphs_supported(device) if cuda_graph is None else cuda_graph
+        """Later runs at the same sizes replay a CUDA graph (see the module docstring)."""
+        self._graphs: dict[bool, Any] = {}
+        """The captured launches at the current sizes, with and without poisoning."""
+        self._runs_at_sizes = 0
+        self._poison_sources: dict[str, Any] = {}
+        """A device buffer of poison per dtype, the source of a graph's poison fills."""
         self._buffers = {buffer.name: buffer for buffer in plan.buffers}
         # A network of views alone (`output y = flatten(x)`) has no kernel to load.
         self._module: Module | None = None
@@ -276,19 +312,50 @@ class PlanRunner:
             elif (poison and buffer.role in ("output", "intermediate")
                   and not self._in_arena(buffer)):
                 self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))
+        self._launch_all(sizes, poison, progress)
+        return {name: self.buffer_value(buffer) for name, buffer in self.plan.outputs}
+
+    def launch_all(self) -> None:
+        """The plan's launches alone, on the buffers as the last `run` left them (no uploads,
+        no downloads, no poisoning): what a benchmark times. From a CUDA graph after the
+        first run when graphs are on."""
+        if self._sizes is None:
+            raise RuntimeError("the plan has not run yet")
+        self._launch_all(self._sizes, False, None)
+
+    def _launch_all(self, sizes: dict[str, int], poison: bool,
+                    progress: Callable[[int, int, Launch], None] | None) -> None:
+        self._runs_at_sizes += 1
+        if not self.cuda_graph or self._runs_at_sizes == 1 or not self.plan.launches:
+            self._record(sizes, poison, progress, None)
+            return
+        if poison not in self._graphs:
+            if poison:  # before the capture: an upload during it would join the stream
+                self._make_poison_sources(sizes)
+            self._graphs[poison] = cast(GraphDevice, self.device).capture(
+                lambda stream: self._record(sizes, poison, progress, stream))
+        self._graphs[poison].launch()
+
+    def _record(self, sizes: dict[str, int], poison: bool,
+                progress: Callable[[int, int, Launch], None] | None, stream: Any) -> None:
+        """Issue the launches (and the arena's poison fills) in order: run now on the default
+        stream, or enqueued on `stream` while a CUDA graph captures it."""
+        module = self._module
+        if module is None:  # a plan of views alone
+            return
+        on_stream = {} if stream is None else {"stream": stream}
         for index, launch in enumerate(self.plan.launches):
-            assert self._module is not None, "a plan with launches has kernels"
             if progress is not None:
                 progress(index, len(self.plan.launches), launch)
             if poison and self._arena is not None:
                 for buffer in self._births.get(index, ()):
-                    self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))
+                    self._poison_buffer(buffer, sizes, stream)
             grid = launch.grid_size(sizes)
             check_grid(launch.kernel, grid)
             try:
-                self._module.launch(launch.kernel, grid=grid, block=launch.block,
-                                    shared_bytes=launch.shared_bytes,
-                                    args=[self._arg(arg, sizes) for arg in launch.args])
+                module.launch(launch.kernel, grid=grid, block=launch.block,
+                              shared_bytes=launch.shared_bytes,
+                              args=[self._arg(arg, sizes) for arg in launch.args], **on_stream)
             except Exception as exc:
                 # A device error that can name the `.net` line of the launch (the simulator's
                 # time limit and stack overflow) is raised again naming it.
@@ -296,7 +363,29 @@ class PlanRunner:
                 if callable(located) and launch.source:
                     raise located(launch.source) from None
                 raise
-        return {name: self.buffer_value(buffer) for name, buffer in self.plan.outputs}
+
+    def _poison_buffer(self, buffer: Buffer, sizes: Mapping[str, int], stream: Any) -> None:
+        handle = self._activations[buffer.name]
+        if stream is None:
+            self.device.upload(handle, _poison(buffer, sizes))
+            return
+        cast(GraphDevice, self.device).copy(handle, self._poison_sources[buffer.dtype],
+                                            buffer.nbytes(sizes), stream)
+
+    def _make_poison_sources(self, sizes: Mapping[str, int]) -> None:
+        """Per dtype, a device buffer of poison as large as the largest the arena poisons."""
+        largest: dict[str, Buffer] = {}
+        for births in self._births.values():
+            for buffer in births:
+                known = largest.get(buffer.dtype)
+                if known is None or buffer.nbytes(sizes) > known.nbytes(sizes):
+                    largest[buffer.dtype] = buffer
+        for dtype, buffer in largest.items():
+            if dtype not in self._poison_sources:
+                source = self.device.alloc(max(buffer.nbytes(sizes), 1))
+                self.device.upload(source, _poison(buffer, sizes))
+                self._owned.append(source)
+                self._poison_sources[dtype] = source
 
     def buffer_value(self, name: str) -> np.ndarray:
         """What buffer `name` holds after the last run, as float32 (outputs, and intermediates
@@ -320,6 +409,11 @@ class PlanRunner:
         return from_storage(buffer.dtype, raw)
 
     def _free_activations(self) -> None:
+        for graph in self._graphs.values():
+            graph.close()
+        self._graphs.clear()
+        self._runs_at_sizes = 0
+        self._poison_sources.clear()
         for handle in self._owned:
             self.device.free(handle)
         self._owned.clear()

@@ -33,7 +33,7 @@ PyCUDA is imported only when a device is constructed: importing this module neve
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -281,7 +281,9 @@ class PyCudaModule:
         self._shared_opt_in[name] = nbytes
 
     def launch(self, name: str, grid: Sequence[int], block: Sequence[int], shared_bytes: int,
-               args: Sequence[Any]) -> None:
+               args: Sequence[Any], stream: Any = None) -> None:
+        """Launch `name`; on the legacy default stream, or on `stream` (a PyCUDA `Stream`,
+        which is how a CUDA graph capture records the launch)."""
         parameters = self._parameters_of(name)
         signature = self._signatures.get(name) or _signature_from_values(name, parameters, args)
         if len(args) != len(signature):
@@ -291,8 +293,26 @@ class PyCudaModule:
         if shared_bytes > DEFAULT_DYNAMIC_SHARED_LIMIT:
             self._opt_in_shared(name, function, int(shared_bytes))
         values = [_coerce(code, value) for code, value in zip(signature, args)]
-        function.prepared_call(tuple(int(g) for g in grid), tuple(int(b) for b in block),
-                               *values, shared_size=int(shared_bytes))
+        grid_size, block_size = tuple(int(g) for g in grid), tuple(int(b) for b in block)
+        if stream is None:
+            function.prepared_call(grid_size, block_size, *values, shared_size=int(shared_bytes))
+        else:
+            function.prepared_async_call(grid_size, block_size, stream, *values,
+                                         shared_size=int(shared_bytes))
+
+
+@dataclass
+class CapturedGraph:
+    """A plan's launches captured on `stream`: `launch()` replays them there."""
+
+    graph: Any
+    stream: Any
+
+    def launch(self) -> None:
+        self.graph.launch(self.stream.handle)
+
+    def close(self) -> None:
+        self.graph.close()
 
 
 def _pointer(buf: Any) -> Any:
@@ -323,6 +343,8 @@ class PyCudaDevice:
         self.compiler = compiler
         self.options = tuple(options)
         self.last_image: ImageChoice | None = None
+        self._stream: Any = None
+        """The stream CUDA graphs are captured on and replayed on (made at first capture)."""
 
     def __repr__(self) -> str:
         return f"<PyCudaDevice {self.name} ({self.arch})>"
@@ -356,6 +378,32 @@ class PyCudaDevice:
 
     def synchronize(self) -> None:
         self._driver.Context.synchronize()
+
+    def copy(self, destination: Any, source: Any, nbytes: int, stream: Any = None) -> None:
+        """Copy `nbytes` between device buffers (asynchronously on `stream` when given)."""
+        if stream is None:
+            self._driver.memcpy_dtod(_pointer(destination), _pointer(source), int(nbytes))
+        else:
+            self._driver.memcpy_dtod_async(_pointer(destination), _pointer(source), int(nbytes),
+                                           stream)
+
+    # CUDA graphs (netc.runtime.cuda_graph)
+
+    def supports_graphs(self) -> bool:
+        from netc.runtime import cuda_graph
+
+        return cuda_graph.available()
+
+    def capture(self, record: Callable[[Any], None]) -> CapturedGraph:
+        """A CUDA graph of what `record(stream)` launches and copies on `stream`, replayed by
+        the result's `launch()` on the same stream. The legacy default stream, which uploads
+        and downloads use, waits for the replay (the stream is a blocking one)."""
+        from netc.runtime import cuda_graph
+
+        if self._stream is None:
+            self._stream = self._driver.Stream()
+        stream = self._stream
+        return CapturedGraph(cuda_graph.capture(stream.handle, lambda: record(stream)), stream)
 
     # modules
 

@@ -10,7 +10,8 @@ The plan backends (cudasim, cuda) compile `graph` through the compile driver
 (`netc.driver.compile_graph`): at `-O2` by default, as `netc run` does; the options `level`,
 `tiles` (overrides by layer name) or a whole `compile_options` change that, and `compiled`
 passes a plan compiled already. Their weights are the source network's; the folded ones are
-derived from them.
+derived from them. `cuda_graph` (cuda only; default on where the driver has graphs) replays
+the launches from a CUDA graph from the second call at the same sizes on.
 
 Imports of optional components (the simulator, PyCUDA, onnxruntime, TensorRT) happen inside
 the backend that needs them, so `netc` imports without them.
@@ -76,6 +77,18 @@ def gpu(options: Mapping[str, Any]) -> Any:
         raise BackendUnavailable(str(exc)) from None
 
 
+def graph_option(device: Any, options: Mapping[str, Any]) -> bool | None:
+    """The executor's `cuda_graph` from the option of the same name (None: where the device
+    can; see `netc.runtime.executor`), refused for a device that cannot."""
+    from netc.runtime.executor import graphs_supported
+
+    wanted = options.get("cuda_graph")
+    if wanted and not graphs_supported(device):
+        raise BackendUnavailable("CUDA graphs (cuda_graph=True, --cuda-graph) need the cuda "
+                                 "backend: a GPU, PyCUDA and a CUDA 11.4+ driver")
+    return wanted
+
+
 class PlanBackend:
     """A network compiled by the driver and loaded on a device (the simulator or a GPU): call
     it on inputs. `runner` is the loaded plan (for reading intermediates after a run when
@@ -91,7 +104,8 @@ class PlanBackend:
         self.runner = PlanRunner(self.compiled.plan, device,
                                  self.compiled.optimized.derive_weights(weights),
                                  build_binary(self.compiled.plan, device),
-                                 reuse_memory=options.get("reuse_memory", True))
+                                 reuse_memory=options.get("reuse_memory", True),
+                                 cuda_graph=graph_option(device, options))
         self.progress = options.get("progress")
         """`progress(index, count, launch)` before each launch (the CLI's progress line)."""
 
@@ -216,13 +230,16 @@ def prepare_artifact(artifact: Any, backend: str, weights: Mapping[str, np.ndarr
     params = artifact.weights_for(weights)
     if backend == "cudasim":
         device = simulator(options)
+        graph_option(device, options)
         with tempfile.TemporaryDirectory(prefix="netc-artifact-") as private:
             binary = artifact.simulator_binary(Path(private))
             runner = PlanRunner(artifact.plan, device, params, binary)
     else:
         if artifact.binary is None:
             raise BackendUnavailable(f"the artifact `{artifact.path}` holds no cubins")
-        runner = PlanRunner(artifact.plan, gpu(options), params, artifact.binary)
+        device = gpu(options)
+        runner = PlanRunner(artifact.plan, device, params, artifact.binary,
+                            cuda_graph=graph_option(device, options))
 
     def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

@@ -224,3 +224,25 @@ def test_help_documents_the_options_with_examples(capsys: pytest.CaptureFixture[
         assert "--tile LAYER=TILE" in text and "--tuning-db FILE" in text
     if command == "explain":
         assert "--arch {sm_80,sm_90}" in text and "--json" in text
+
+
+def test_run_repeat_reports_the_median_and_keeps_the_outputs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    once, repeated = tmp_path / "once.npz", tmp_path / "repeated.npz"
+    common = [LENET, "--random-input", "--backend", "cudasim", "--seed", "3"]
+    assert netc(capsys, "run", *common, "-o", str(once))[0] == 0
+    code, out, _ = netc(capsys, "run", *common, "--repeat", "3", "-o", str(repeated))
+    assert code == 0
+    assert "3 runs: first " in out and " ms, then median " in out
+    with np.load(once) as a, np.load(repeated) as b:
+        np.testing.assert_array_equal(a["logits"], b["logits"])
+
+
+def test_cuda_graph_needs_the_cuda_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = netc(capsys, "run", LENET, "--random-input", "--backend", "cudasim",
+                          "--cuda-graph")
+    assert code == 1 and "--cuda-graph needs the cuda backend, not `cudasim`" in err
+    assert "generated" not in err  # refused before anything is compiled
+    code, _, _ = netc(capsys, "run", LENET, "--random-input", "--backend", "cudasim",
+                      "--no-cuda-graph")
+    assert code == 0
