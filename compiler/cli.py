@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -51,23 +52,16 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class _LaunchProgress:
-    """`[12/23] netc_conv2d_f32_... (resnet18.net:14)` on one terminal line, redrawn before
-    each kernel launch once a run has taken `$NETC_PROGRESS_DELAY` seconds (default 1), and
-    cleared at the end. Nothing at all when stderr is not a terminal (pipes, CI, files)."""
+class _StatusLine:
+    """One line of stderr, redrawn in place and cleared by `done()`; nothing at all when
+    stderr is not a terminal (pipes, CI, files)."""
 
     def __init__(self) -> None:
-        self.started = time.perf_counter()
         self.enabled = sys.stderr.isatty()
-        self.delay = float(os.environ.get("NETC_PROGRESS_DELAY", "1"))
         self.width = 0
 
-    def __call__(self, index: int, count: int, launch: Launch) -> None:
-        if not self.enabled or time.perf_counter() - self.started < self.delay:
-            return
-        where = f" ({Path(launch.source).name})" if launch.source else ""
-        columns = shutil.get_terminal_size().columns - 1
-        text = f"[{index + 1}/{count}] {launch.kernel}{where}"[:columns]
+    def show(self, text: str) -> None:
+        text = text[:shutil.get_terminal_size().columns - 1]
         sys.stderr.write("\r" + text.ljust(self.width))
         sys.stderr.flush()
         self.width = max(self.width, len(text))
@@ -77,6 +71,22 @@ class _LaunchProgress:
             sys.stderr.write("\r" + " " * self.width + "\r")
             sys.stderr.flush()
             self.width = 0
+
+
+class _LaunchProgress(_StatusLine):
+    """`[12/23] netc_conv2d_f32_... (resnet18.net:14)`, redrawn before each kernel launch once
+    a run has taken `$NETC_PROGRESS_DELAY` seconds (default 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = time.perf_counter()
+        self.delay = float(os.environ.get("NETC_PROGRESS_DELAY", "1"))
+
+    def __call__(self, index: int, count: int, launch: Launch) -> None:
+        if not self.enabled or time.perf_counter() - self.started < self.delay:
+            return
+        where = f" ({Path(launch.source).name})" if launch.source else ""
+        self.show(f"[{index + 1}/{count}] {launch.kernel}{where}")
 
 
 def _load(args: argparse.Namespace) -> Graph:
@@ -126,6 +136,110 @@ def _human(count: float) -> str:
 # netc check -----------------------------------------------------------------------------
 
 
+def _check_training(args: argparse.Namespace, network: str) -> None:
+    """`netc check` also checks the network's `train` section, if the file has one, and
+    summarises it."""
+    from netc.frontend import load_training, parse
+    from netc.weights import param_specs
+
+    module = parse(Path(args.model).read_text(encoding="utf-8"), args.model)
+    if not any(train.network.text == network for train in module.trains):
+        return
+    spec = load_training(args.model, network)
+    hyper = ", ".join(f"{key}={_setting(value)}" for key, value in spec.optimizer.hyper.items())
+    specs = param_specs(spec.graph)
+    trained = sum(math.prod(specs[p].shape) for p in spec.trainable if p in specs)
+    schedule = spec.schedule.kind + (f", warmup {spec.schedule.warmup} steps"
+                                     if spec.schedule.warmup else "")
+    print()
+    print(f"train {network}: loss {spec.graph[dict(spec.graph.outputs)['loss']].op}, "
+          f"{spec.optimizer.name}({hyper}), schedule {schedule}")
+    print(f"  {trained:,} parameters trained"
+          + (f"; frozen: {', '.join(spec.frozen)}" if spec.frozen else "")
+          + (f"; gradients clipped to norm {spec.clip_grad_norm:g}"
+             if spec.clip_grad_norm is not None else ""))
+
+
+def _setting(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from netc.frontend import load_file, load_training
+    from netc.training import Trainer, fit, load_checkpoint, load_dataset
+    from netc.weights import WEIGHT_SUFFIXES, save_weights
+
+    if args.precision != "f32":
+        raise CompileError([Diagnostic(
+            "E0460", f"`netc train --precision {args.precision}` is not built yet: training "
+            "runs in f32 today", help="drop --precision (docs/training.md)")])
+    if Path(args.output).suffix not in WEIGHT_SUFFIXES:
+        raise CompileError([Diagnostic("E0413", f"cannot write weights to `{args.output}`: the "
+                                       "file name must end in .safetensors or .npz")])
+    spec = load_training(args.model, args.network)
+    data = load_dataset(args.data, spec)
+    val = load_dataset(args.val, spec) if args.val else None
+    count = len(next(iter(data.values())))
+    per_epoch = -(-count // args.batch)
+    total = args.steps or (args.epochs or 1) * per_epoch
+    if args.resume:
+        weights, state, meta = load_checkpoint(args.resume)
+        given = {"seed": str(args.seed), "batch": str(args.batch),
+                 "shuffle": str(not args.no_shuffle), "network": spec.network}
+        differ = [f"{key} {meta.get(key)} (now {value})" for key, value in given.items()
+                  if meta.get(key) != value]
+        if differ:
+            raise CompileError([Diagnostic(
+                "E0462", f"`{args.resume}` was written by a run with " + ", ".join(differ),
+                help="resume with the options of the run that wrote it")])
+    else:
+        network = load_file(args.model, spec.network)
+        weights, state = _weights_for(network, args), None
+    trainer = Trainer(spec, weights, backend=args.backend)
+    if state is not None:
+        trainer.state = state
+    bar = _TrainProgress()
+    _progress(f"training {spec.network}: {count:,} examples, batches of {args.batch}, "
+              f"{total - trainer.state.steps} steps from step {trainer.state.steps}")
+    try:
+        ended = fit(trainer, data, batch=args.batch, total_steps=total,
+                    shuffle=not args.no_shuffle, seed=args.seed, val=val,
+                    checkpoint_dir=args.checkpoint_dir, progress=bar)
+    except KeyboardInterrupt:
+        bar.done()
+        print(f"interrupted after step {trainer.state.steps}; checkpoints already written "
+              "are intact", file=sys.stderr)
+        return 130
+    bar.done()
+    for end in ended:
+        extra = "" if end.val_loss is None else f", val loss {end.val_loss:.4f}"
+        extra += "" if end.val_accuracy is None else f", val accuracy {end.val_accuracy:.2%}"
+        extra += f" (checkpoint {end.checkpoint})" if end.checkpoint else ""
+        print(f"epoch {end.epoch}: loss {end.loss:.4f}{extra}, {end.seconds:.1f} s")
+    names = {node.id for node in load_file(args.model, spec.network).params}
+    save_weights({k: v for k, v in trainer.weights.items() if k in names}, args.output)
+    print(f"wrote {len(names)} tensors to {args.output}")
+    return 0
+
+
+class _TrainProgress(_StatusLine):
+    """`epoch 2/5 [#####.....] 23/45 loss 0.4312 1,234 ex/s 0:12 left` after each step (the
+    per-epoch lines follow the run)."""
+
+    def __call__(self, at: Any) -> None:
+        if not self.enabled:
+            return
+        filled = 20 * at.batch // at.batches
+        left = int(at.seconds_left)
+        self.show(f"epoch {at.epoch}/{at.epochs} [{'#' * filled}{'.' * (20 - filled)}] "
+                  f"{at.batch}/{at.batches} loss {at.loss:.4f} {at.examples_per_s:,.0f} ex/s "
+                  f"{left // 60}:{left % 60:02d} left")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from netc.api import Model
     from netc.ir import print_graph
@@ -161,6 +275,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print()
     print(f"{len(layers)} ops, {trainable:,} parameters{extra}, {_human(total_flops)}FLOPs per "
           f"batch item; checked in {elapsed * 1000:.0f} ms")
+    _check_training(args, graph.name)
     if optimized is not None:
         print()
         print(optimized.log())
@@ -646,7 +761,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _optimize(graph, args, batch=args.batch)
     report = explain(graph, args.level, args.arch, batch=args.batch,
                      overrides=_tile_overrides(args), tuning_db=args.tuning_db,
-                     compile=not args.no_compile)
+                     compile=not args.no_compile, precision=args.precision)
     sys.stdout.write(report.to_json() if args.json else report.format())
     return 0
 
@@ -691,7 +806,8 @@ def _add_precision(command: argparse.ArgumentParser) -> None:
     command.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
                          help="store every f32 tensor of the network in f16 or bf16 (weights "
                               "converted once; GEMMs on tensor cores; kernels accumulate in "
-                              "f32); default f32, the network as written")
+                              "f32), or keep f32 and run dense and matmul on TF32 tensor cores "
+                              "(tf32); default f32, the network as written")
 
 
 def _add_tiling(command: argparse.ArgumentParser) -> None:
@@ -740,6 +856,52 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the weights file to write (.safetensors or .npz)")
     init.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     init.set_defaults(handler=cmd_init)
+
+    train = sub("train", "Train a network with the `train` section of its file: forward, loss, "
+                "gradients and optimizer step over batches of the data, for epochs or steps.",
+                "netc train examples/train_lenet5.net --data digits_train.npz "
+                "--val digits_test.npz --epochs 5 --batch 32 -o lenet5_trained.safetensors\n"
+                "  netc train model.net --data d.npz --steps 100 --checkpoint-dir ckpt -o w.safetensors\n"
+                "  netc train model.net --data d.npz --steps 200 --resume ckpt/step-000100.safetensors "
+                "-o w.safetensors")
+    train.add_argument("--data", required=True, metavar="TRAIN.npz",
+                       help="one array per network input and per train-section input, keyed by "
+                            "name, the examples along the first axis")
+    train.add_argument("--weights", metavar="INIT",
+                       help="initial weights (default: fresh, as `netc init --seed S` makes them)")
+    train.add_argument("--val", metavar="VAL.npz",
+                       help="validation data, as --data: the loss (and for a classification "
+                            "loss the accuracy) after each epoch")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_positive, metavar="E",
+                        help="passes over the data (default 1)")
+    length.add_argument("--steps", type=_positive, metavar="K",
+                        help="stop after K optimizer steps instead")
+    train.add_argument("--batch", type=_positive, default=32, metavar="B",
+                       help="examples a step (default 32; the last batch of an epoch may be "
+                            "smaller)")
+    train.add_argument("--no-shuffle", action="store_true",
+                       help="take batches in order ([0:B], [B:2B], ...) instead of a seeded "
+                            "shuffle per epoch")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of the fresh weights and the shuffle (default 0)")
+    train.add_argument("--backend", choices=("reference", "cudasim", "cuda"),
+                       default="reference",
+                       help="reference (NumPy; default), or the forward and backward kernels "
+                            "as one launch plan on cudasim (the CPU simulator) or cuda (a GPU); "
+                            "the optimizer update runs on the host")
+    train.add_argument("--precision", choices=("f32", "bf16-mixed", "f16-mixed"),
+                       default="f32", help="f32 (default); mixed precision is not built yet")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="write a checkpoint (weights, optimizer state, step) after each "
+                            "epoch and at the end, atomically, as DIR/step-NNNNNN.safetensors")
+    train.add_argument("--resume", metavar="CHECKPOINT",
+                       help="continue a run from one of its checkpoints, exactly as if it had "
+                            "not stopped (same data, --batch, --seed and shuffling)")
+    train.add_argument("-o", "--output", required=True, metavar="TRAINED.safetensors",
+                       help="the trained parameters and buffers under the network's names "
+                            "(.safetensors or .npz), for `netc run --weights`")
+    train.set_defaults(handler=cmd_train)
 
     run = sub("run", "Run a model on inputs and write every output to an .npz file.",
               "netc run examples/lenet5.net --weights lenet5.safetensors "
@@ -844,9 +1006,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also find the first layer where a backend parts from the baseline")
     _add_inputs(compare, default_batch=2)
     compare.add_argument("--rtol", type=float, help="relative tolerance (default 1e-3; "
-                         "1e-2 with --precision f16, 5e-2 with bf16)")
+                         "1e-2 with --precision tf32 or f16, 5e-2 with bf16)")
     compare.add_argument("--atol", type=float, help="absolute tolerance (default 1e-4; 1e-2 "
-                         "with --precision f16, 5e-2 with bf16)")
+                         "with --precision tf32 or f16, 5e-2 with bf16)")
     _add_optimization(compare, 2, "; cudasim and cuda run the optimised plan, the reference "
                       "and onnx the source graph")
     _add_tiling(compare)
@@ -874,6 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "is found)")
     _add_optimization(explain, 2)
     _add_tiling(explain)
+    _add_precision(explain)
     explain.set_defaults(handler=cmd_explain)
     return parser
 

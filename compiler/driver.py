@@ -73,7 +73,8 @@ class CompileOptions:
     verify: bool = False
     """Run the IR verifier before and after every pass."""
     precision: str = "f32"
-    """`--precision`: f16 or bf16 stores every f32 tensor in 16 bits (`netc.precision`)."""
+    """`--precision`: f16 or bf16 stores every f32 tensor in 16 bits; tf32 keeps f32 storage and
+    runs f32 dense and matmul on TF32 tensor cores (`netc.precision`)."""
 
     def to_json(self) -> dict[str, Any]:
         """The options as an artifact's manifest records them."""
@@ -133,7 +134,8 @@ def compile_graph(graph: Graph, options: CompileOptions | None = None, *,
         progress(f"wrote the IR after each pass to {options.dump_ir}")
     started = time.perf_counter()
     choices = tuple(plan_tiles(optimized.graph, options.arch, options.tile_overrides,
-                               batch=options.batch, tuning_db=options.tuning_db))
+                               batch=options.batch, tuning_db=options.tuning_db,
+                               precision=options.precision))
     seconds["tiling"] = time.perf_counter() - started
     started = time.perf_counter()
     plan = generate(optimized.graph, tiles={choice.node: choice.tile for choice in choices})

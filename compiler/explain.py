@@ -21,7 +21,8 @@ The network goes through the `-O` pipeline, the tiling heuristic and code genera
   compulsory traffic, not the re-reads that tiles cost: `LaunchPlan.launch_bytes`), arithmetic
   intensity (FLOPs a byte)
   and the roofline time `max(FLOPs / peak FLOP/s, bytes / peak bandwidth)`, where the peak is
-  the tensor cores' for a tensor-core GEMM (a kernel named `..._mma_...`) and fp32 otherwise.
+  the tensor cores' for a tensor-core GEMM (a kernel named `..._mma_...`; half of it for TF32,
+  `..._tf32_mma_...`) and fp32 otherwise.
 * **Occupancy and grid fill** (`netc.codegen.occupancy`), per launch: the blocks its grid
   launches at `batch`, the blocks an SM holds (from registers, shared memory and warps; the
   `limiter` says which), the waves they run in, and the utilisation: the share of the GPU's
@@ -72,6 +73,8 @@ DEFAULT_REGISTERS = 32
 pointwise, pooling and row kernels: short bodies, few live values)."""
 TENSOR_CORE_MARK = "_mma_"
 """In a kernel's name: a tensor-core GEMM (`MmaTile.suffix`), predicted at the tensor peak."""
+TF32_MARK = "_tf32_mma_"
+"""In a kernel's name: a TF32 tensor-core GEMM (`Tf32Tile.suffix`), at half that peak."""
 
 
 @dataclass(frozen=True)
@@ -376,18 +379,19 @@ def _kernel_note(graph: Graph, kernel: Node, node: Node, level: int) -> str:
 def explain(graph: Graph, level: int = 2, arch: str = DEFAULT_ARCH, peaks: Peaks | None = None,
             *, batch: int = 1, overrides: Mapping[str, MatrixTile] | None = None,
             tuning_db: TuningDb | str | Path | None = None,
-            compile: bool = True) -> Explanation:
+            compile: bool = True, precision: str = "f32") -> Explanation:
     """Optimise `graph` at `level`, tile it for `arch`, generate its kernels and account for
     every layer and kernel (see the module docstring). `overrides` are `--tile` values by
     layer name; `tuning_db` as for `netc.codegen.tiling.plan_tiles`; `compile=False` takes
-    registers from estimates instead of compiling the kernels for ptxas' counts."""
+    registers from estimates instead of compiling the kernels for ptxas' counts; `precision`
+    as `netc compile --precision` (f16/bf16 storage, or TF32 tensor cores)."""
     from netc.driver import CompileOptions, compile_graph
 
     target = planning_arch(arch)
     peaks = peaks or target.peaks
     compiled = compile_graph(graph, CompileOptions(
         level=level, arch=arch, batch=batch, tile_overrides=dict(overrides or {}),
-        tuning_db=tuning_db))
+        tuning_db=tuning_db, precision=precision))
     optimized, choices, plan = compiled.optimized, compiled.tiles, compiled.plan
     resources, registers_from = _ptxas_resources(plan, arch, compile)
     kernels = _kernel_rows(optimized.graph, plan, choices, batch, peaks, target, resources)
@@ -465,14 +469,15 @@ def _kernel_rows(graph: Graph, plan: LaunchPlan, choices: Sequence[TileChoice], 
             node, [graph[value].type for value in node.inputs], sizes)
         moved = sum(plan.launch_bytes(position, sizes) for position in positions)
         tensor_cores = TENSOR_CORE_MARK in launches[-1].kernel
-        seconds = peaks.roofline_seconds(flops, moved, tensor_cores=tensor_cores)
-        bound = "compute" if flops / peaks.compute_rate(tensor_cores) >= \
+        tf32 = TF32_MARK in launches[-1].kernel
+        seconds = peaks.roofline_seconds(flops, moved, tensor_cores=tensor_cores, tf32=tf32)
+        bound = "compute" if flops / peaks.compute_rate(tensor_cores, tf32) >= \
             moved / peaks.bytes_per_second else "memory"
         choice = tiles.get(node_id)
         costs = [_launch_cost(
             plan.launches[position], sizes, target, resources, choice, peaks.roofline_seconds(
                 flops if position == positions[-1] else 0, plan.launch_bytes(position, sizes),
-                tensor_cores=tensor_cores))
+                tensor_cores=tensor_cores, tf32=tf32))
             for position in positions]
         slowest = max(costs, key=lambda cost: cost.predicted_time_s)
         tile = (tile_text(choice.tile) if choice is not None

@@ -1,4 +1,5 @@
-"""Precision: a network written in f32 run with 16-bit storage (`--precision f16|bf16`).
+"""Precision: a network written in f32 run with 16-bit storage (`--precision f16|bf16`), or with
+TF32 tensor cores (`--precision tf32`).
 
     graph16 = with_precision(graph, "bf16")
 
@@ -13,7 +14,15 @@ holds every float tensor as float32 on the host and stores it in the buffer's dt
 on tensor cores (`netc.codegen.kernels.TENSOR_CORE_DTYPES`); every kernel computes and
 accumulates in float whatever it stores (softmax, norms, reductions included: see
 docs/kernels.md). `netc compare --precision bf16` reports the difference from the f32
-reference. `f32` is the network as written; TF32 is not built.
+reference. `f32` is the network as written.
+
+`tf32` keeps every tensor f32 (`with_precision` returns the graph as it is): only the f32
+`dense` and `matmul` kernels change, to TF32 tensor cores (`templates/gemm_tf32.cuh`: operands
+rounded to TF32, 10 mantissa bits, as they are read; fp32 accumulation). It reaches the code
+generator the one way a plan backend's precision does, through `CompileOptions.precision`:
+`plan_tiles(..., precision="tf32")` gives those kernels a `Tf32Tile`. Convolutions, the GEMV
+kernel (M <= 8) and every other kernel stay f32; the reference interpreter and the ONNX
+export compute the f32 network, so `netc compare --precision tf32` reports the TF32 error.
 """
 
 from __future__ import annotations
@@ -23,11 +32,15 @@ import dataclasses
 from netc.ir import SOURCE_OPS, Graph, TensorType, split_value
 from netc.ops.verify import node_types, verify
 
-PRECISIONS = ("f32", "f16", "bf16")
+PRECISIONS = ("f32", "tf32", "f16", "bf16")
 """What `--precision` takes; the first is the default."""
-TOLERANCES = {"f32": (1e-3, 1e-4), "f16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
+TOLERANCES = {"f32": (1e-3, 1e-4), "tf32": (1e-2, 1e-2), "f16": (1e-2, 1e-2),
+              "bf16": (5e-2, 5e-2)}
 """`netc compare`'s default (rtol, atol) against the f32 reference, by precision: a few units
-in the last place of the 16-bit formats (11 and 8 significant bits)."""
+in the last place of the reduced formats (11 significant bits for TF32 and f16, 8 for bf16;
+TF32 has f32's range, so only its rounding of GEMM operands counts)."""
+STORAGE = {"tf32": "f32"}
+"""The dtype a precision stores f32 tensors in, where it is not the precision itself."""
 
 
 class PrecisionError(ValueError):
@@ -38,7 +51,7 @@ def with_precision(graph: Graph, precision: str) -> Graph:
     """`graph` with every f32 tensor stored in `precision` (see the module docstring)."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision `{precision}` is not one of {', '.join(PRECISIONS)}")
-    if precision == "f32":
+    if STORAGE.get(precision, precision) == "f32":
         return graph
     types: dict[str, tuple[TensorType, ...]] = {}
     nodes = []

@@ -61,7 +61,11 @@ def param_specs(graph: Graph) -> dict[str, ParamSpec]:
         all_specs = opdef.params(node.attrs, tensors)
         by_name = {spec.name: spec for spec in all_specs}
         for name, param_id in zip(names, param_ids):
-            specs[param_id] = by_name[name]
+            # A backward graph (`netc.autodiff`) applies ops with parameters to values
+            # that are no parameters, and to a layer's weight again (conv2d's data gradient
+            # is a conv_transpose2d by it): the layer that owns a parameter names it first.
+            if graph.producer(param_id).op == "param":
+                specs.setdefault(param_id, by_name[name])
         layer = node.layer or param_ids[0][: -len(names[0]) - 1]  # ids are `<layer>.<name>`
         for spec in all_specs:
             if not spec.operand:

@@ -256,6 +256,17 @@ class PlanRunner:
             self._params[buffer.name] = handle
             self.device.upload(handle, to_storage(buffer.dtype, array))
 
+    def update_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Upload new values of the plan's parameters (all of them, as at construction) into
+        the buffers they already have: a training step's updated weights."""
+        for buffer in self.plan.buffers:
+            if buffer.role == "param":
+                array = np.asarray(weights[buffer.node])
+                if tuple(array.shape) != tuple(buffer.shape):
+                    raise PlanInputError(f"weight `{buffer.node}` must have shape "
+                                         f"{list(buffer.shape)}, got {list(array.shape)}")
+                self.device.upload(self._params[buffer.name], to_storage(buffer.dtype, array))
+
     def _in_arena(self, buffer: Buffer) -> bool:
         return self.reuse_memory and buffer.in_arena
 

@@ -59,8 +59,10 @@ from netc.sim.elf import (
 from netc.sim.protocol import (
     _ASAN_FLAGS,
     _BASE_FLAGS,
+    _CONTRACT_FLAGS,
     _DRIVER_VERSION,
     _DYN_SHARED_RESERVE,
+    _ISA_TAG,
     _LINK_FLAGS,
     _OPT_FLAGS,
     _SCHEDULE_CODE,
@@ -302,11 +304,13 @@ def _short_repr(a: Any) -> str:
 
 @functools.cache
 def driver_id() -> str:
-    """This simulator's identity for a compiled module: the driver version and a digest of
-    cudasim.h (whose runtime half is linked into every module)."""
+    """This simulator's identity for a compiled module: the driver version, a digest of
+    cudasim.h (whose runtime half is linked into every module) and the instruction set the
+    module needs (`protocol._contraction_flags`)."""
     import hashlib
 
-    return f"{_DRIVER_VERSION}+{hashlib.sha256(_header_text().encode()).hexdigest()[:16]}"
+    digest = hashlib.sha256(_header_text().encode()).hexdigest()[:16]
+    return f"{_DRIVER_VERSION}+{digest}+{_ISA_TAG}"
 
 
 @dataclass(frozen=True)
@@ -321,7 +325,7 @@ class SimBinary:
     """The `extern __shared__` arrays the source rewrite found (their storage is per block)."""
     sanitize: bool
     driver: str
-    """The simulator it was built for (`driver_id()`: its version and header digest)."""
+    """The simulator it was built for (`driver_id()`: its version, header digest and ISA)."""
     cached: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -436,7 +440,7 @@ class CudaSim:
     # ---- compilation
     def compile_flags(self) -> list[str]:
         """The compiler flags used for modules (before the user's ``options``)."""
-        return [*_BASE_FLAGS, *(_ASAN_FLAGS if self.sanitize else _OPT_FLAGS)]
+        return [*_BASE_FLAGS, *_CONTRACT_FLAGS, *(_ASAN_FLAGS if self.sanitize else _OPT_FLAGS)]
 
     def load(self, source: str, kernels: Sequence[str], *, options: Sequence[str] = (),
              name: str = "module") -> CudaModule:

@@ -1,16 +1,32 @@
 // ---------------------------------------------------------------------------------------------
-// gemm.cuh: tiled shared-memory GEMM, C[M x N] = A[M x K] . B[K x N] (+ bias), batched.
+// gemm.cuh: warp-tiled, double-buffered shared-memory GEMM, C[M x N] = A[M x K] . B[K x N]
+// (+ bias), batched.
 //
 // Design note.
-//   Block:  computes one BM x BN tile of C for one matrix of the batch. It walks K in steps of
-//           BK: the block stages an A tile (BM x BK) and a B tile (BK x BN) in shared memory,
-//           converted to float, then every thread multiplies out of shared memory.
-//   Thread: THREADS = (BM / TM) * (BN / TN) threads; the thread at (row, col) of that grid
-//           holds a TM x TN register tile of float accumulators for rows row + i * (BM / TM) and
-//           columns col + j * (BN / TN). The interleaved ownership makes a warp's shared-memory
-//           reads of B and its global writes of C consecutive in n.
-//   Shared: BK * (BM + 1 + BN + 1) floats; the +1 pads each k-row so that a tile staged with
-//           k as the fastest index does not hit one bank with every thread.
+//   Block:  computes one BM x BN tile of C for one matrix of the batch. It walks K in k-tiles
+//           of BK: the block stages an A tile (BK x BM) and a B tile (BK x BN) in shared
+//           memory, converted to float, and every thread multiplies out of shared memory.
+//   Thread: THREADS = (BM / TM) * (BN / TN) threads, each a TM x TN register tile of float
+//           accumulators. Its rows come in TM / VM groups of VM consecutive rows (VM = 4, 2 or
+//           1, whatever divides TM), group g at g * BM / (TM / VM); likewise its columns (VN).
+//           A k-step reads each group with one 128-bit (64-, 32-bit) shared load, so a thread
+//           issues TM / 4 + TN / 4 loads for TM * TN FFMA (8 x 8: 4 loads, 64 FFMA).
+//   Warps:  where the thread grid allows, the 32 lanes of a warp form a 4 x 8 grid of
+//           register tiles (else a row of threads): a k-step's fragment loads of a warp touch
+//           4 distinct A and 8 distinct B vectors, one shared-memory wavefront each.
+//   Pipeline: two shared buffers. While the block multiplies k-tile t out of one, each thread
+//           holds its share of k-tile t + 1 in registers (loaded before the math, so the
+//           global latency hides behind it) and writes it into the other buffer after the
+//           math: one barrier per k-tile.
+//   Staging: aligned operands whose rows are whole 16-byte vectors (K % 4 == 0 for A and
+//           dense's [N, K] B, N % 4 == 0 for matmul's [K, N] B) are read with 128-bit loads,
+//           4 elements along the contiguous index (NetcGemmVectorStager); anything else, and
+//           any source that is not a plain matrix (conv2d.cuh's im2col), element by element
+//           (NetcGemmStager). The choice is made per block at run time between two
+//           instantiations of the main loop, so that each main loop holds one way of staging.
+//   Shared: 2 * BK * (A_PITCH + B_PITCH) floats, a pitch being the extent rounded up to 4
+//           plus 4: vectors stay 16-byte aligned, and the 4 k-rows a thread writes from one
+//           128-bit load of a K-contiguous operand fall in different banks.
 //   Ragged: any M, N, K. Staging writes zeros outside the matrix, so the inner product needs
 //           no bounds checks; the epilogue stores only inside C.
 //   Bytes:  each element of A is read from global memory ceil(N / BN) times (once per column
@@ -20,9 +36,17 @@
 //
 // The main loop is generic over where A and B come from (a "source" of the element at (x, k),
 // where x is m for A and n for B): a plain strided matrix here, an im2col view of the input in
-// conv2d.cuh. `K_CONTIGUOUS` tells the staging loop which index to run fastest across threads,
-// so that global reads are coalesced for either memory order.
+// conv2d.cuh. `K_CONTIGUOUS` tells the staging which index to run fastest across threads, so
+// that global reads are coalesced for either memory order.
 // ---------------------------------------------------------------------------------------------
+
+__host__ __device__ constexpr int netc_gcd(int a, int b) { return b == 0 ? a : netc_gcd(b, a % b); }
+
+// The widest vector (4, 2 or 1 floats) whose length divides `extent`.
+__host__ __device__ constexpr int netc_vector_width(int extent)
+{
+    return extent % 4 == 0 ? 4 : extent % 2 == 0 ? 2 : 1;
+}
 
 template <int BM, int BN, int BK, int TM, int TN>
 struct NetcGemmShape {
@@ -30,14 +54,46 @@ struct NetcGemmShape {
     static constexpr int THREADS_M = BM / TM;
     static constexpr int THREADS_N = BN / TN;
     static constexpr int THREADS = THREADS_M * THREADS_N;
-    static constexpr int A_PITCH = BM + 1;
-    static constexpr int B_PITCH = BN + 1;
-    static constexpr int SHARED_FLOATS = BK * (A_PITCH + B_PITCH);
+    static constexpr int VM = netc_vector_width(TM);  // consecutive rows a thread owns
+    static constexpr int VN = netc_vector_width(TN);  // consecutive columns
+    // The lanes of a warp as a LANES_M x LANES_N grid of threads.
+    static constexpr bool WARP_TILED = THREADS_M % 4 == 0 && THREADS_N % 8 == 0;
+    static constexpr int LANES_M = WARP_TILED ? 4 : 1;
+    static constexpr int LANES_N = WARP_TILED ? 8 : THREADS_N;
+    static constexpr int A_PITCH = (BM + 3) / 4 * 4 + 4;
+    static constexpr int B_PITCH = (BN + 3) / 4 * 4 + 4;
+    static constexpr int A_STAGE = BK * A_PITCH;  // floats of one buffer
+    static constexpr int B_STAGE = BK * B_PITCH;
+    static constexpr int SHARED_FLOATS = 2 * (A_STAGE + B_STAGE);
+
+    // This thread's first row (column) of C in the block tile: rows row() + g * BM / (TM / VM)
+    // + v for groups g < TM / VM and v < VM.
+    __device__ __forceinline__ static int row()
+    {
+        const int warp = threadIdx.x / (LANES_M * LANES_N);
+        const int lane = threadIdx.x % (LANES_M * LANES_N);
+        return (warp / (THREADS_N / LANES_N) * LANES_M + lane / LANES_N) * VM;
+    }
+    __device__ __forceinline__ static int col()
+    {
+        const int warp = threadIdx.x / (LANES_M * LANES_N);
+        const int lane = threadIdx.x % (LANES_M * LANES_N);
+        return (warp % (THREADS_N / LANES_N) * LANES_N + lane % LANES_N) * VN;
+    }
+    // Row (column) i of the register tile, relative to row() (col()).
+    __host__ __device__ static constexpr int m_of(int i) { return i / VM * THREADS_M * VM + i % VM; }
+    __host__ __device__ static constexpr int n_of(int j) { return j / VN * THREADS_N * VN + j % VN; }
 };
 
-// A source hands out the elements of A (x = m) or B (x = n) in two steps: `column(x)` does
-// the work that depends only on x (once per staged column), `at(column, k)` reads one element.
-// Both are called only for x < x_end and k < k_end.
+// Sources -------------------------------------------------------------------------------------
+//
+// A source hands out the elements of A (x = m) or B (x = n) in parts that a thread computes
+// once: `column(x)` what depends only on x, `tap(k)` what depends only on k, and
+// `at(column, tap)` reads one element (called only for x < x_end and k < k_end).
+// `advance(tap, by)` moves a tap k to k + j, `by` being tap(j): each thread stages the same k
+// lanes of every k-tile, so it carries its taps from one lane and k-tile to the next instead
+// of recomputing them. A source with only `column(x)` and `at(column, k)`
+// (conv_transpose2d.cuh's) gets taps that are k itself (NetcTapsOf).
 
 // A matrix in memory with one unit-stride index. K_CONTIGUOUS: element (x, k) is at
 // x * pitch + k (A as [M, K], or B stored as [N, K]); otherwise it is at k * pitch + x
@@ -51,69 +107,256 @@ struct NetcMatrixSource {
     struct Column {
         const T* first;  // element (x, 0)
     };
+    typedef long long Tap;  // the offset of k from element (x, 0)
 
     __device__ __forceinline__ Column column(long long x) const
     {
         return {data + (K_CONTIGUOUS ? x * pitch : x)};
     }
-
-    __device__ __forceinline__ float at(const Column& column, long long k) const
+    __device__ __forceinline__ Tap tap(long long k) const { return K_CONTIGUOUS ? k : k * pitch; }
+    __device__ __forceinline__ void advance(Tap& tap, Tap by) const { tap += by; }
+    __device__ __forceinline__ float at(const Column& column, Tap tap) const
     {
-        return netc_load(column.first + (K_CONTIGUOUS ? k : k * pitch));
+        return netc_load(column.first + tap);
     }
 };
 
-__host__ __device__ constexpr int netc_gcd(int a, int b) { return b == 0 ? a : netc_gcd(b, a % b); }
+template <class...> struct NetcVoid { typedef void type; };
 
-// Stages tile[kk * PITCH + x] = source(x0 + x, k0 + kk) for x < EXTENT, kk < BK, and zero
-// outside [0, x_end) x [0, k_end). The threads are split into FAST lanes along the index that is
-// contiguous in memory (so a warp's reads are coalesced) and THREADS / FAST along the other;
-// FAST divides both THREADS and that extent, so every element is staged exactly once.
-template <int EXTENT, int BK, int PITCH, int THREADS, class Source>
-__device__ __forceinline__ void netc_gemm_stage(float* tile, const Source& source, long long x0,
-                                                long long x_end, long long k0, long long k_end)
+// The taps of a source: its own (Source::Tap), or k for a source read as at(column, k).
+template <class Source, class = void>
+struct NetcTapsOf {
+    typedef long long Tap;
+    __device__ __forceinline__ static Tap tap(const Source&, long long k) { return k; }
+    __device__ __forceinline__ static void advance(const Source&, Tap& k, Tap by) { k += by; }
+};
+
+template <class Source>
+struct NetcTapsOf<Source, typename NetcVoid<typename Source::Tap>::type> {
+    typedef typename Source::Tap Tap;
+    __device__ __forceinline__ static Tap tap(const Source& source, long long k)
+    {
+        return source.tap(k);
+    }
+    __device__ __forceinline__ static void advance(const Source& source, Tap& tap,
+                                                   const Tap& by)
+    {
+        source.advance(tap, by);
+    }
+};
+
+// Stagers -------------------------------------------------------------------------------------
+//
+// A stager is one thread's share of staging an operand's k-tiles: `fetch(k0, k)` loads the
+// k-tile starting at k0 (the one after the previous fetch's) into registers, `store(tile)`
+// writes them into a shared buffer, tile[kk * PITCH + x] for kk < BK, x < EXTENT, zero outside
+// the matrix.
+
+// How many of the k-tile at k0's BK k lie below k: one 64-bit comparison a k-tile, 32-bit
+// ones per element.
+template <int BK>
+__device__ __forceinline__ int netc_k_left(long long k0, long long k)
 {
-    constexpr bool K_FAST = Source::K_CONTIGUOUS;
-    constexpr int FAST = netc_gcd(THREADS, K_FAST ? BK : EXTENT);
-    constexpr int X_LANES = K_FAST ? THREADS / FAST : FAST;
-    constexpr int K_LANES = K_FAST ? FAST : THREADS / FAST;
-    const int x_lane = K_FAST ? threadIdx.x / FAST : threadIdx.x % FAST;
-    const int k_lane = K_FAST ? threadIdx.x % FAST : threadIdx.x / FAST;
-    // Fixed trip counts, so that the compiler unrolls both loops.
+    return k - k0 < BK ? static_cast<int>(k - k0) : BK;
+}
+
+// Element by element from any source. The threads are split into FAST lanes along the index
+// that is contiguous in memory (so a warp's reads are coalesced) and THREADS / FAST along the
+// other; FAST divides both THREADS and that extent, so every element is staged exactly once.
+// A thread's columns and k lanes are fixed: it looks its columns up once and carries one tap,
+// its first k lane's, from lane to lane (K_LANES apart) and k-tile to k-tile (BK apart).
+template <int EXTENT, int BK, int PITCH, int THREADS, class Source>
+struct NetcGemmStager {
+    typedef NetcTapsOf<Source> Taps;
+    static constexpr bool K_FAST = Source::K_CONTIGUOUS;
+    static constexpr int FAST = netc_gcd(THREADS, K_FAST ? BK : EXTENT);
+    static constexpr int X_LANES = K_FAST ? THREADS / FAST : FAST;
+    static constexpr int K_LANES = K_FAST ? FAST : THREADS / FAST;
+    static constexpr int X_SLOTS = (EXTENT + X_LANES - 1) / X_LANES;
+    static constexpr int K_SLOTS = (BK + K_LANES - 1) / K_LANES;
+    const Source& source;
+    int x_lane, k_lane;
+    typename Source::Column columns[X_SLOTS];
+    bool inside[X_SLOTS];  // the column is in the matrix
+    typename Taps::Tap first;                // k0 + k_lane of the next k-tile
+    typename Taps::Tap lane_step, tile_step;  // K_LANES and BK along k
+    float staged[X_SLOTS][K_SLOTS];
+
+    // Slots past the tile exist only where the lanes do not divide it.
+    __device__ __forceinline__ bool x_slot(int s) const
+    {
+        return EXTENT % X_LANES == 0 || s * X_LANES + x_lane < EXTENT;
+    }
+    __device__ __forceinline__ bool k_slot(int s) const
+    {
+        return BK % K_LANES == 0 || s * K_LANES + k_lane < BK;
+    }
+
+    __device__ __forceinline__ NetcGemmStager(const Source& source, long long x0, long long x_end)
+        : source(source),
+          x_lane(K_FAST ? threadIdx.x / FAST : threadIdx.x % FAST),
+          k_lane(K_FAST ? threadIdx.x % FAST : threadIdx.x / FAST)
+    {
 #pragma unroll
-    for (int x_step = 0; x_step < EXTENT; x_step += X_LANES) {
-        const int x = x_step + x_lane;
-        if (EXTENT % X_LANES != 0 && x >= EXTENT)
-            break;
-        const long long global_x = x0 + x;
-        const bool inside = global_x < x_end;
-        const typename Source::Column column = source.column(inside ? global_x : x0);
-#pragma unroll
-        for (int k_step = 0; k_step < BK; k_step += K_LANES) {
-            const int kk = k_step + k_lane;
-            if (BK % K_LANES != 0 && kk >= BK)
-                break;
-            const long long global_k = k0 + kk;
-            tile[kk * PITCH + x] =
-                (inside && global_k < k_end) ? source.at(column, global_k) : 0.0f;
+        for (int s = 0; s < X_SLOTS; ++s) {
+            const long long x = x0 + s * X_LANES + x_lane;
+            inside[s] = x_slot(s) && x < x_end;
+            columns[s] = source.column(inside[s] ? x : x0);
         }
+        first = Taps::tap(source, k_lane);
+        lane_step = Taps::tap(source, K_LANES);
+        tile_step = Taps::tap(source, BK);
+    }
+
+    __device__ __forceinline__ void fetch(long long k0, long long k)
+    {
+        const int k_left = netc_k_left<BK>(k0, k);
+        typename Taps::Tap tap = first;
+#pragma unroll
+        for (int t = 0; t < K_SLOTS; ++t) {
+            const bool k_inside = t * K_LANES + k_lane < k_left;
+#pragma unroll
+            for (int s = 0; s < X_SLOTS; ++s)
+                staged[s][t] = inside[s] && k_inside ? source.at(columns[s], tap) : 0.0f;
+            if (t + 1 < K_SLOTS)
+                Taps::advance(source, tap, lane_step);
+        }
+        Taps::advance(source, first, tile_step);
+    }
+
+    __device__ __forceinline__ void store(float* tile) const
+    {
+#pragma unroll
+        for (int t = 0; t < K_SLOTS; ++t)
+#pragma unroll
+            for (int s = 0; s < X_SLOTS; ++s)
+                if (x_slot(s) && k_slot(t))
+                    tile[(t * K_LANES + k_lane) * PITCH + s * X_LANES + x_lane] = staged[s][t];
+    }
+};
+
+// Four consecutive elements as floats: one 128-bit load for f32 (`p` 16-byte aligned), four
+// loads of 16 bits for f16 and bf16.
+template <typename T>
+__device__ __forceinline__ float4 netc_load4(const T* p)
+{
+    return make_float4(netc_load(p), netc_load(p + 1), netc_load(p + 2), netc_load(p + 3));
+}
+
+__device__ __forceinline__ float4 netc_load4(const float* p)
+{
+    return *reinterpret_cast<const float4*>(p);
+}
+
+// Whether a stager can read `matrix` (pitch `pitch` elements) 4 elements at a time.
+template <typename T>
+__device__ __forceinline__ bool netc_vector_ok(const T* matrix, long long pitch)
+{
+    return pitch % 4 == 0 && reinterpret_cast<unsigned long long>(matrix) % (4 * sizeof(T)) == 0;
+}
+
+// A row-major matrix (`pitch` elements a row, a multiple of 4, 4-element aligned), 4 elements
+// along its rows at a time. K_CONTIGUOUS: the rows are x and run along k (A, dense's B), else
+// the rows are k and run along x (matmul's B). Chunk c of a tile is thread c % THREADS's.
+// A K-contiguous chunk is written as 4 k-rows of the tile, an x-contiguous one as one vector.
+template <typename T, int EXTENT, int BK, int PITCH, int THREADS, bool K_CONTIGUOUS>
+struct NetcGemmVectorStager {
+    static constexpr int ROW = K_CONTIGUOUS ? BK : EXTENT;  // elements along a matrix row
+    static constexpr int ROWS = K_CONTIGUOUS ? EXTENT : BK;
+    static_assert(ROW % 4 == 0 && PITCH % 4 == 0, "a tile row is whole vectors");
+    static constexpr int CHUNKS = ROWS * ROW / 4;
+    static constexpr int PER_THREAD = (CHUNKS + THREADS - 1) / THREADS;
+    const T* source[PER_THREAD];  // the chunk in the next k-tile
+    int destination[PER_THREAD];  // its first element in the tile
+    int k_offset[PER_THREAD];     // its first k in the k-tile
+    bool inside[PER_THREAD];      // a chunk of the tile, in the matrix along x
+    long long step;               // elements from one k-tile to the next
+    float4 staged[PER_THREAD];
+
+    __device__ __forceinline__ bool chunk(int i) const
+    {
+        return CHUNKS % THREADS == 0 || i * THREADS + static_cast<int>(threadIdx.x) < CHUNKS;
+    }
+
+    __device__ __forceinline__ NetcGemmVectorStager(const T* matrix, long long pitch,
+                                                    long long x0, long long x_end)
+    {
+#pragma unroll
+        for (int i = 0; i < PER_THREAD; ++i) {
+            const int c = i * THREADS + static_cast<int>(threadIdx.x);
+            const int r = c / (ROW / 4);
+            const int along = c % (ROW / 4) * 4;
+            const int x = K_CONTIGUOUS ? r : along;
+            const int kk = K_CONTIGUOUS ? along : r;
+            inside[i] = chunk(i) && x0 + x < x_end;
+            k_offset[i] = kk;
+            destination[i] = kk * PITCH + x;
+            source[i] = matrix + (K_CONTIGUOUS ? (x0 + x) * pitch + kk : kk * pitch + x0 + x);
+        }
+        step = K_CONTIGUOUS ? BK : BK * pitch;
+    }
+
+    __device__ __forceinline__ void fetch(long long k0, long long k)
+    {
+        const int k_left = netc_k_left<BK>(k0, k);
+#pragma unroll
+        for (int i = 0; i < PER_THREAD; ++i) {
+            // K % 4 == 0 (or N % 4 == 0): a chunk is wholly inside or wholly outside.
+            staged[i] = inside[i] && k_offset[i] < k_left ? netc_load4(source[i])
+                                                          : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            source[i] += step;
+        }
+    }
+
+    __device__ __forceinline__ void store(float* tile) const
+    {
+#pragma unroll
+        for (int i = 0; i < PER_THREAD; ++i) {
+            if (!chunk(i))
+                break;
+            float* first = tile + destination[i];
+            if (K_CONTIGUOUS) {
+                first[0] = staged[i].x;
+                first[PITCH] = staged[i].y;
+                first[2 * PITCH] = staged[i].z;
+                first[3 * PITCH] = staged[i].w;
+            } else {
+                *reinterpret_cast<float4*>(first) = staged[i];
+            }
+        }
+    }
+};
+
+// The main loop -------------------------------------------------------------------------------
+
+// V consecutive floats of shared memory (`p` V-float aligned) in one load.
+template <int V>
+__device__ __forceinline__ void netc_shared_read(const float* p, float* out)
+{
+    if constexpr (V == 4) {
+        const float4 v = *reinterpret_cast<const float4*>(p);
+        out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+    } else if constexpr (V == 2) {
+        const float2 v = *reinterpret_cast<const float2*>(p);
+        out[0] = v.x; out[1] = v.y;
+    } else {
+        out[0] = *p;
     }
 }
 
-// acc[i][j] = sum over k of A(m0 + row + i * THREADS_M, k) * B(k, n0 + col + j * THREADS_N)
-// for this thread's (row, col); `shared` holds Shape::SHARED_FLOATS floats. Every thread of
-// the block must call it (it synchronises the block).
-template <int BM, int BN, int BK, int TM, int TN, class ASource, class BSource>
-__device__ __forceinline__ void netc_gemm_mainloop(const ASource& a, const BSource& b,
-                                                   long long m0, long long n0, long long m,
-                                                   long long n, long long k, float* shared,
-                                                   float (&acc)[TM][TN])
+// acc[i][j] = sum over k < `k` of A(m0 + Shape::row() + Shape::m_of(i), k) *
+// B(k, n0 + Shape::col() + Shape::n_of(j)), the operands staged by `a` and `b` (stagers, above);
+// `shared` holds Shape::SHARED_FLOATS floats. Every thread of the block must call it (it
+// synchronises the block).
+template <int BM, int BN, int BK, int TM, int TN, class AStager, class BStager>
+__device__ __forceinline__ void netc_gemm_pipeline(AStager& a, BStager& b, long long k,
+                                                   float* shared, float (&acc)[TM][TN])
 {
     using Shape = NetcGemmShape<BM, BN, BK, TM, TN>;
-    float* a_tile = shared;                      // [BK][A_PITCH]
-    float* b_tile = shared + BK * Shape::A_PITCH;  // [BK][B_PITCH]
-    const int row = threadIdx.x / Shape::THREADS_N;
-    const int col = threadIdx.x % Shape::THREADS_N;
+    float* const a_tiles = shared;                      // [2][BK][A_PITCH]
+    float* const b_tiles = shared + 2 * Shape::A_STAGE;  // [2][BK][B_PITCH]
+    const int row = Shape::row();
+    const int col = Shape::col();
 
 #pragma unroll
     for (int i = 0; i < TM; ++i)
@@ -121,28 +364,58 @@ __device__ __forceinline__ void netc_gemm_mainloop(const ASource& a, const BSour
         for (int j = 0; j < TN; ++j)
             acc[i][j] = 0.0f;
 
+    a.fetch(0, k);
+    b.fetch(0, k);
+    a.store(a_tiles);
+    b.store(b_tiles);
+    __syncthreads();
+    int stage = 0;
     for (long long k0 = 0; k0 < k; k0 += BK) {
-        netc_gemm_stage<BM, BK, Shape::A_PITCH, Shape::THREADS>(a_tile, a, m0, m, k0, k);
-        netc_gemm_stage<BN, BK, Shape::B_PITCH, Shape::THREADS>(b_tile, b, n0, n, k0, k);
-        __syncthreads();
+        const bool more = k0 + BK < k;
+        if (more) {  // k-tile t + 1 into registers, in flight during the math
+            a.fetch(k0 + BK, k);
+            b.fetch(k0 + BK, k);
+        }
+        const float* a_tile = a_tiles + stage * Shape::A_STAGE + row;
+        const float* b_tile = b_tiles + stage * Shape::B_STAGE + col;
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             float a_fragment[TM];
             float b_fragment[TN];
 #pragma unroll
-            for (int i = 0; i < TM; ++i)
-                a_fragment[i] = a_tile[kk * Shape::A_PITCH + row + i * Shape::THREADS_M];
+            for (int i = 0; i < TM; i += Shape::VM)
+                netc_shared_read<Shape::VM>(a_tile + kk * Shape::A_PITCH + Shape::m_of(i),
+                                            a_fragment + i);
 #pragma unroll
-            for (int j = 0; j < TN; ++j)
-                b_fragment[j] = b_tile[kk * Shape::B_PITCH + col + j * Shape::THREADS_N];
+            for (int j = 0; j < TN; j += Shape::VN)
+                netc_shared_read<Shape::VN>(b_tile + kk * Shape::B_PITCH + Shape::n_of(j),
+                                            b_fragment + j);
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
                 for (int j = 0; j < TN; ++j)
                     acc[i][j] = fmaf(a_fragment[i], b_fragment[j], acc[i][j]);
         }
-        __syncthreads();  // the next k-step overwrites the tiles
+        stage ^= 1;
+        if (more) {  // the other buffer was last read before the previous barrier
+            a.store(a_tiles + stage * Shape::A_STAGE);
+            b.store(b_tiles + stage * Shape::B_STAGE);
+        }
+        __syncthreads();
     }
+}
+
+// The main loop over two sources, staged element by element (see netc_gemm_pipeline).
+template <int BM, int BN, int BK, int TM, int TN, class ASource, class BSource>
+__device__ __forceinline__ void netc_gemm_mainloop(const ASource& a, const BSource& b,
+                                                   long long m0, long long n0, long long m,
+                                                   long long n, long long k, float* shared,
+                                                   float (&acc)[TM][TN])
+{
+    using Shape = NetcGemmShape<BM, BN, BK, TM, TN>;
+    NetcGemmStager<BM, BK, Shape::A_PITCH, Shape::THREADS, ASource> a_stager(a, m0, m);
+    NetcGemmStager<BN, BK, Shape::B_PITCH, Shape::THREADS, BSource> b_stager(b, n0, n);
+    netc_gemm_pipeline<BM, BN, BK, TM, TN>(a_stager, b_stager, k, shared, acc);
 }
 
 // Calls store(m, n, value) for every element of this thread's register tile inside the matrix.
@@ -151,16 +424,15 @@ __device__ __forceinline__ void netc_gemm_epilogue(const float (&acc)[TM][TN], l
                                                    long long n0, long long m, long long n,
                                                    const Store& store)
 {
-    constexpr int THREADS_M = BM / TM;
-    constexpr int THREADS_N = BN / TN;
-    const int row = threadIdx.x / THREADS_N;
-    const int col = threadIdx.x % THREADS_N;
+    using Shape = NetcGemmShape<BM, BN, 1, TM, TN>;
+    const long long row = m0 + Shape::row();
+    const long long col = n0 + Shape::col();
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const long long global_m = m0 + row + i * THREADS_M;
+        const long long global_m = row + Shape::m_of(i);
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
-            const long long global_n = n0 + col + j * THREADS_N;
+            const long long global_n = col + Shape::n_of(j);
             if (global_m < m && global_n < n)
                 store(global_m, global_n, acc[i][j]);
         }
@@ -231,16 +503,30 @@ __device__ __forceinline__ void netc_gemm(const T* __restrict__ a, const T* __re
                                           long long a_inner_stride, long long b_outer_stride,
                                           long long b_inner_stride, const Epilogue& epilogue)
 {
+    using Shape = NetcGemmShape<BM, BN, BK, TM, TN>;
     const NetcGemmBlock block = netc_gemm_block(m, BM, BN, inner_count);
-    const NetcMatrixSource<T, true> a_source{block.matrix_of(a, a_outer_stride, a_inner_stride),
-                                             k};
-    const NetcMatrixSource<T, B_TRANSPOSED> b_source{
-        block.matrix_of(b, b_outer_stride, b_inner_stride), B_TRANSPOSED ? k : n};
+    const T* a_matrix = block.matrix_of(a, a_outer_stride, a_inner_stride);
+    const T* b_matrix = block.matrix_of(b, b_outer_stride, b_inner_stride);
+    const long long b_pitch = B_TRANSPOSED ? k : n;
 
     NETC_DYNAMIC_SHARED(float, shared);
     float acc[TM][TN];
-    netc_gemm_mainloop<BM, BN, BK, TM, TN>(a_source, b_source, block.m0, block.n0, m, n, k,
-                                           shared, acc);
+    // 128-bit staging needs k-tiles (or, for matmul's B, column tiles) of whole vectors.
+    constexpr bool VECTOR_TILES = BK % 4 == 0 && (B_TRANSPOSED || BN % 4 == 0);
+    if (VECTOR_TILES && netc_vector_ok(a_matrix, k) && netc_vector_ok(b_matrix, b_pitch)) {
+        if constexpr (VECTOR_TILES) {
+            NetcGemmVectorStager<T, BM, BK, Shape::A_PITCH, Shape::THREADS, true> a_stager(
+                a_matrix, k, block.m0, m);
+            NetcGemmVectorStager<T, BN, BK, Shape::B_PITCH, Shape::THREADS, B_TRANSPOSED>
+                b_stager(b_matrix, b_pitch, block.n0, n);
+            netc_gemm_pipeline<BM, BN, BK, TM, TN>(a_stager, b_stager, k, shared, acc);
+        }
+    } else {
+        const NetcMatrixSource<T, true> a_source{a_matrix, k};
+        const NetcMatrixSource<T, B_TRANSPOSED> b_source{b_matrix, b_pitch};
+        netc_gemm_mainloop<BM, BN, BK, TM, TN>(a_source, b_source, block.m0, block.n0, m, n, k,
+                                               shared, acc);
+    }
     const NetcRowMajorStore<T, HAS_BIAS, Epilogue> store{c, bias, n, block.matrix * m * n,
                                                          epilogue};
     netc_gemm_epilogue<BM, BN, TM, TN>(acc, block.m0, block.n0, m, n, store);

@@ -27,20 +27,31 @@
 //           run time, so that each main loop holds one way of staging.
 //   Fallback: where there are no tensor cores (sm_75, and nvcc's host pass), the same launch
 //           runs netc_gemm with a SIMT tile of the same block shape and thread count.
+//   Shared with the tensor-core conv (conv2d_mma.cuh): the shape (NetcMmaShape), the A staging
+//           (NetcMmaCopies, netc_mma_stage), the fragment loop of one k-tile
+//           (netc_mma_tile_product) and the epilogue walk (netc_mma_store).
 // ---------------------------------------------------------------------------------------------
 
-template <int BM, int BN, int BK, int WM, int WN, int STAGES, bool B_TRANSPOSED>
+// K_PAD: elements padding a k-contiguous row, 16 bytes (8 16-bit elements, 4 floats for TF32,
+// gemm_tf32.cuh); K_STEP: the instruction's k (16, or 8 for TF32).
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, bool B_TRANSPOSED, int K_PAD = 8,
+          int K_STEP = 16>
 struct NetcMmaShape {
     static constexpr int WARP_M = BM / WM;  // a warp's rows of C
     static constexpr int WARP_N = BN / WN;  // and columns
     static constexpr int MI = WARP_M / 16;  // its mma tiles along m
     static constexpr int NI = WARP_N / 8;   // and along n
     static constexpr int THREADS = WM * WN * 32;
-    static constexpr int A_PITCH = BK + 8;  // elements
-    static constexpr int B_PITCH = B_TRANSPOSED ? BK + 8 : BN + 8;
+    static constexpr int A_PITCH = BK + K_PAD;  // elements
+    static constexpr int B_PITCH = B_TRANSPOSED ? BK + K_PAD : BN + 8;
     static constexpr int A_STAGE = BM * A_PITCH;
     static constexpr int B_STAGE = (B_TRANSPOSED ? BN : BK) * B_PITCH;
-    static_assert(BM % (16 * WM) == 0 && BN % (16 * WN) == 0 && BK % 16 == 0,
+    static constexpr int M_TILE = BM;
+    static constexpr int K_TILE = BK;
+    static constexpr int STAGE_COUNT = STAGES;
+    static constexpr int WARPS_N = WN;
+    static constexpr bool B_ROWS_ARE_N = B_TRANSPOSED;  // B staged [BN][..], else [BK][..]
+    static_assert(BM % (16 * WM) == 0 && BN % (16 * WN) == 0 && BK % K_STEP == 0,
                   "a warp's tile is whole 16x16 steps (B fragments load two n8 tiles at once)");
     static_assert(STAGES >= 2, "the pipeline needs two buffers at least");
 };
@@ -122,6 +133,94 @@ __device__ __forceinline__ void netc_mma_stage(unsigned short* tile, const unsig
 }
 
 #if NETC_HAS_MMA
+// The warp's part of one k-tile, shared by the GEMM and the implicit-GEMM conv: for each 16-deep
+// k step, ldmatrix the warp's A fragments (MI of 16x16) and B fragments (NI of 16x8) from the
+// staged tiles (A [BM][A_PITCH]; B [BN][B_PITCH] when Shape::B_ROWS_ARE_N, else [BK][B_PITCH])
+// and accumulate their mma.sync products into acc (layout: netc_mma_mainloop).
+template <bool BF16, class Shape>
+__device__ __forceinline__ void netc_mma_tile_product(const unsigned short* a_tile,
+                                                      const unsigned short* b_tile,
+                                                      float (&acc)[Shape::MI][Shape::NI][4])
+{
+    constexpr int MI = Shape::MI;
+    constexpr int NI = Shape::NI;
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    const int warp_m = warp / Shape::WARPS_N;
+    const int warp_n = warp % Shape::WARPS_N;
+#pragma unroll
+    for (int kk = 0; kk < Shape::K_TILE; kk += 16) {
+        unsigned a_fragment[MI][4];
+        unsigned b_fragment[NI][2];
+#pragma unroll
+        for (int i = 0; i < MI; ++i) {
+            const int row = warp_m * Shape::WARP_M + i * 16 + lane % 16;
+            netc_ldmatrix_x4<false>(a_fragment[i],
+                                    a_tile + row * Shape::A_PITCH + kk + lane / 16 * 8);
+        }
+#pragma unroll
+        for (int j = 0; j < NI; j += 2) {
+            unsigned r[4];
+            const int n_first = warp_n * Shape::WARP_N + j * 8;
+            if (Shape::B_ROWS_ARE_N)  // [N][K]: rows n, two n8 tiles x two k halves
+                netc_ldmatrix_x4<false>(
+                    r, b_tile + (n_first + lane % 8 + lane / 16 * 8) * Shape::B_PITCH + kk +
+                           lane / 8 % 2 * 8);
+            else  // [K][N]: rows k, transposed on the way in
+                netc_ldmatrix_x4<true>(
+                    r, b_tile + (kk + lane % 8 + lane / 8 % 2 * 8) * Shape::B_PITCH +
+                           n_first + lane / 16 * 8);
+            b_fragment[j][0] = r[0];
+            b_fragment[j][1] = r[1];
+            b_fragment[j + 1][0] = r[2];
+            b_fragment[j + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+            for (int j = 0; j < NI; ++j)
+                netc_mma_m16n8k16<BF16>(acc[i][j], a_fragment[i], b_fragment[j], acc[i][j]);
+    }
+}
+
+template <class Shape>
+__device__ __forceinline__ void netc_mma_zero(float (&acc)[Shape::MI][Shape::NI][4])
+{
+#pragma unroll
+    for (int i = 0; i < Shape::MI; ++i)
+#pragma unroll
+        for (int j = 0; j < Shape::NI; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+                acc[i][j][r] = 0.0f;
+}
+#endif  // NETC_HAS_MMA
+
+// Hands each element of C this lane holds (acc, as netc_mma_mainloop lays it out) inside the
+// m x n matrix to store(row, column, value): the GEMM's and the conv's epilogue.
+template <class Shape, class Store>
+__device__ __forceinline__ void netc_mma_store(const float (&acc)[Shape::MI][Shape::NI][4],
+                                               long long m0, long long n0, long long m,
+                                               long long n, const Store& store)
+{
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    const long long row0 = m0 + warp / Shape::WARPS_N * Shape::WARP_M + lane / 4;
+    const long long col0 = n0 + warp % Shape::WARPS_N * Shape::WARP_N + lane % 4 * 2;
+#pragma unroll
+    for (int i = 0; i < Shape::MI; ++i)
+#pragma unroll
+        for (int j = 0; j < Shape::NI; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const long long row = row0 + i * 16 + r / 2 * 8;
+                const long long col = col0 + j * 8 + r % 2;
+                if (row < m && col < n)
+                    store(row, col, acc[i][j][r]);
+            }
+}
+
+#if NETC_HAS_MMA
 // acc[i][j][r] = the element (m0 + warp_m * WARP_M + i * 16 + lane / 4 + 8 * (r / 2),
 // n0 + warp_n * WARP_N + j * 8 + 2 * (lane % 4) + r % 2) of A . B for this lane's warp.
 // VECTOR: both operands are copied by cp.async (NetcMmaCopies), else staged element by element
@@ -135,23 +234,10 @@ __device__ __forceinline__ void netc_mma_mainloop(
                 [NetcMmaShape<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED>::NI][4])
 {
     using Shape = NetcMmaShape<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED>;
-    constexpr int MI = Shape::MI;
-    constexpr int NI = Shape::NI;
     unsigned short* a_tiles = shared;                             // [STAGES][BM][A_PITCH]
     unsigned short* b_tiles = shared + STAGES * Shape::A_STAGE;  // [STAGES][...][B_PITCH]
-    const int lane = threadIdx.x % 32;
-    const int warp = threadIdx.x / 32;
-    const int warp_m = warp / WN;
-    const int warp_n = warp % WN;
     const long long b_pitch = B_TRANSPOSED ? k : n;
-
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r)
-                acc[i][j][r] = 0.0f;
+    netc_mma_zero<Shape>(acc);
 
     const long long k_tiles = (k + BK - 1) / BK;
     NetcMmaCopies<BM, BK, Shape::A_PITCH, Shape::THREADS, true> a_copies(a, k, m0, m);
@@ -193,42 +279,9 @@ __device__ __forceinline__ void netc_mma_mainloop(
         netc_cp_async_commit();
         write_buffer = write_buffer == STAGES - 1 ? 0 : write_buffer + 1;
 
-        const unsigned short* a_tile = a_tiles + read_buffer * Shape::A_STAGE;
-        const unsigned short* b_tile = b_tiles + read_buffer * Shape::B_STAGE;
+        netc_mma_tile_product<BF16, Shape>(a_tiles + read_buffer * Shape::A_STAGE,
+                                           b_tiles + read_buffer * Shape::B_STAGE, acc);
         read_buffer = read_buffer == STAGES - 1 ? 0 : read_buffer + 1;
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            unsigned a_fragment[MI][4];
-            unsigned b_fragment[NI][2];
-#pragma unroll
-            for (int i = 0; i < MI; ++i) {
-                const int row = warp_m * Shape::WARP_M + i * 16 + lane % 16;
-                netc_ldmatrix_x4<false>(a_fragment[i],
-                                        a_tile + row * Shape::A_PITCH + kk + lane / 16 * 8);
-            }
-#pragma unroll
-            for (int j = 0; j < NI; j += 2) {
-                unsigned r[4];
-                const int n_first = warp_n * Shape::WARP_N + j * 8;
-                if (B_TRANSPOSED)  // [N][K]: rows n, two n8 tiles x two k halves
-                    netc_ldmatrix_x4<false>(
-                        r, b_tile + (n_first + lane % 8 + lane / 16 * 8) * Shape::B_PITCH + kk +
-                               lane / 8 % 2 * 8);
-                else  // [K][N]: rows k, transposed on the way in
-                    netc_ldmatrix_x4<true>(
-                        r, b_tile + (kk + lane % 8 + lane / 8 % 2 * 8) * Shape::B_PITCH +
-                               n_first + lane / 16 * 8);
-                b_fragment[j][0] = r[0];
-                b_fragment[j][1] = r[1];
-                b_fragment[j + 1][0] = r[2];
-                b_fragment[j + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int i = 0; i < MI; ++i)
-#pragma unroll
-                for (int j = 0; j < NI; ++j)
-                    netc_mma_m16n8k16<BF16>(acc[i][j], a_fragment[i], b_fragment[j], acc[i][j]);
-        }
     }
     netc_cp_async_wait<0>();  // only empty groups are left; nothing is in flight at exit
 }
@@ -274,21 +327,7 @@ __device__ __forceinline__ void netc_gemm_mma(const T* __restrict__ a, const T* 
 
     const NetcRowMajorStore<T, HAS_BIAS, Epilogue> store{
         c, bias, n, block.matrix * m * n, epilogue};
-    const int lane = threadIdx.x % 32;
-    const int warp = threadIdx.x / 32;
-    const long long row0 = m0 + warp / WN * Shape::WARP_M + lane / 4;
-    const long long col0 = n0 + warp % WN * Shape::WARP_N + lane % 4 * 2;
-#pragma unroll
-    for (int i = 0; i < Shape::MI; ++i)
-#pragma unroll
-        for (int j = 0; j < Shape::NI; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const long long row = row0 + i * 16 + r / 2 * 8;
-                const long long col = col0 + j * 8 + r % 2;
-                if (row < m && col < n)
-                    store(row, col, acc[i][j][r]);
-            }
+    netc_mma_store<Shape>(acc, m0, n0, m, n, store);
 #else
     // The SIMT kernel with this block's shape: (BM / TM) * (BN / TN) = WM * WN * 32 threads.
     netc_gemm<T, BM, BN, 8, Shape::WARP_M / 8, Shape::WARP_N / 4, B_TRANSPOSED, HAS_BIAS>(

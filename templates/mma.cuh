@@ -8,6 +8,10 @@
 //                                        d = a . b + c for the warp's 16x8 tile, k = 16; a, b are
 //                                        the ISA's fragments (4 and 2 registers of two 16-bit
 //                                        elements), c and d 4 floats a lane.
+//   netc_mma_m16n8k8_tf32(d, a, b, c)     mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: k = 8,
+//                                        a, b 4 and 2 registers of one TF32 element each.
+//   netc_cvt_tf32(x)                     cvt.rna.tf32.f32: x rounded to TF32 (nearest, ties away),
+//                                        its 32-bit pattern.
 //   netc_ldmatrix_x4<TRANS>(r, row)      ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four
 //                                        8x8 matrices; lanes 8j..8j+7 address matrix j's rows.
 //   netc_cp_async_16(dst, src, bytes)    cp.async.cg.shared.global, 16 bytes, the first `bytes`
@@ -35,6 +39,14 @@ __device__ __forceinline__ void netc_mma_m16n8k16(float (&d)[4], const unsigned 
 {
     cudasim::ptx::mma_m16n8k16<BF16>(d, a, b, c);
 }
+
+__device__ __forceinline__ void netc_mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4],
+                                                      const unsigned (&b)[2], const float (&c)[4])
+{
+    cudasim::ptx::mma_m16n8k8_tf32(d, a, b, c);
+}
+
+__device__ __forceinline__ unsigned netc_cvt_tf32(float x) { return cudasim::ptx::cvt_rna_tf32(x); }
 
 template <bool TRANS>
 __device__ __forceinline__ void netc_ldmatrix_x4(unsigned (&r)[4], const void* row)
@@ -72,6 +84,24 @@ __device__ __forceinline__ void netc_mma_m16n8k16(float (&d)[4], const unsigned 
             : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]),
               "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+__device__ __forceinline__ void netc_mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4],
+                                                      const unsigned (&b)[2], const float (&c)[4])
+{
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+          "f"(c[2]), "f"(c[3]));
+}
+
+__device__ __forceinline__ unsigned netc_cvt_tf32(float x)
+{
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
 }
 
 __device__ __forceinline__ unsigned netc_shared_address(const void* pointer)

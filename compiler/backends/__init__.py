@@ -189,7 +189,8 @@ def prepare(backend: str, graph: Graph, weights: Mapping[str, np.ndarray],
     """A callable running `graph` with `weights` on `backend`; checks the weights first.
     `precision="f16"` or `"bf16"` runs an f32 network with 16-bit storage (`netc.precision`):
     the plan backends compile with it (`compile_options`), the others run the rewritten
-    graph."""
+    graph; `"tf32"` puts the plan backends' f32 dense and matmul on TF32 tensor cores (the
+    others run the f32 network)."""
     from netc.precision import with_precision
 
     if backend not in _FACTORIES:

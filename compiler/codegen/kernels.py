@@ -41,9 +41,11 @@ from netc.codegen.tiles import (
     BlockTile,
     DepthwiseTile,
     GemmTile,
+    GemvTile,
     MatrixTile,
     MmaTile,
     RowTile,
+    Tf32Tile,
     Tile,
     default_depthwise_tile,
     default_row_tile,
@@ -100,11 +102,25 @@ TENSOR_CORE_DTYPES = ("f16", "bf16")
 def gemm_kernel(dtype: str, tile: MatrixTile, *, b_transposed: bool, has_bias: bool,
                 epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
     """The GEMM family's kernel: SIMT for a GemmTile, tensor cores for an MmaTile (f16 and
-    bf16 only; `templates/gemm_mma.cuh`)."""
+    bf16 only; `templates/gemm_mma.cuh`; TF32 for f32 with a Tf32Tile, `templates/gemm_tf32.cuh`),
+    the GEMV kernel for a GemvTile (few rows;
+    `templates/gemv.cuh`, the same arguments)."""
     tile.validate()
     layout = "nt" if b_transposed else "nn"
     headers: tuple[str, ...] = ("elementwise.cuh", "gemm.cuh")
-    if isinstance(tile, MmaTile):
+    if isinstance(tile, GemvTile):
+        return KernelSpec(
+            f"netc_gemv_{dtype}_{tile.suffix}_{layout}{'_bias' if has_bias else ''}"
+            f"{_fused_suffix(None, epilogue)}",
+            "gemv.jinja", (*headers, "gemv.cuh"), dtype, tile.threads,
+            (("tile", tile), ("b_transposed", b_transposed), ("has_bias", has_bias),
+             ("epilogue", epilogue)))
+    tf32 = isinstance(tile, Tf32Tile)
+    if tf32:  # f32 on TF32 tensor cores (--precision tf32)
+        if dtype != "f32":
+            raise CodegenError(f"a TF32 tile ({tile.suffix}) for a {dtype} GEMM; TF32 takes f32")
+        headers += ("mma.cuh", "gemm_mma.cuh", "gemm_tf32.cuh")  # its shape is the MMA one
+    elif isinstance(tile, MmaTile):
         if dtype not in TENSOR_CORE_DTYPES:
             raise CodegenError(f"a tensor-core tile ({tile.suffix}) for a {dtype} GEMM; "
                                f"tensor cores take {' and '.join(TENSOR_CORE_DTYPES)}")
@@ -113,17 +129,42 @@ def gemm_kernel(dtype: str, tile: MatrixTile, *, b_transposed: bool, has_bias: b
         f"netc_gemm_{dtype}_{tile.suffix}_{layout}{'_bias' if has_bias else ''}"
         f"{_fused_suffix(None, epilogue)}",
         "gemm.jinja", headers, dtype, tile.threads,
-        (("tile", tile), ("b_transposed", b_transposed), ("has_bias", has_bias),
+        (("tile", tile), ("tf32", tf32), ("b_transposed", b_transposed), ("has_bias", has_bias),
          ("epilogue", epilogue)))
 
 
-def conv2d_kernel(dtype: str, tile: GemmTile, *, has_bias: bool,
+def conv_mma_misfit(tile: MmaTile) -> str | None:
+    """Why the tensor-core conv (`templates/conv2d_mma.cuh`) cannot take `tile` (None: it
+    can): a thread gathers whole pixels' runs of k, stored 16 bytes at a time, so the threads
+    must divide the pixels (bn) or the pixels the threads, and each run (bk * bn / threads
+    elements, bk when bn >= threads) must be a multiple of 8."""
+    threads, bn = tile.threads, tile.bn
+    if threads % bn and bn % threads:
+        return f"{threads} threads and bn {bn}: one must divide the other"
+    splits = max(threads // bn, 1)
+    if tile.bk % (8 * splits):
+        return (f"a thread's run of k, bk / max(threads / bn, 1) = {tile.bk} / {splits}, "
+                "must be a multiple of 8")
+    return None
+
+
+def conv2d_kernel(dtype: str, tile: GemmTile | MmaTile, *, has_bias: bool,
                   epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+    """The conv2d implicit GEMM: SIMT for a GemmTile, tensor cores for an MmaTile (f16 and
+    bf16; `templates/conv2d_mma.cuh`)."""
     tile.validate()
+    headers: tuple[str, ...] = ("elementwise.cuh", "gemm.cuh", "conv2d.cuh")
+    if isinstance(tile, MmaTile):
+        problem = (conv_mma_misfit(tile) if dtype in TENSOR_CORE_DTYPES else
+                   f"tensor cores take {' and '.join(TENSOR_CORE_DTYPES)}")
+        if problem is not None:
+            raise CodegenError(f"a tensor-core tile ({tile.suffix}) for a {dtype} conv2d: "
+                               f"{problem}")
+        headers += ("mma.cuh", "gemm_mma.cuh", "conv2d_mma.cuh")
     return KernelSpec(
         f"netc_conv2d_{dtype}_{tile.suffix}{'_bias' if has_bias else ''}"
         f"{_fused_suffix(None, epilogue)}",
-        "conv2d.jinja", ("elementwise.cuh", "gemm.cuh", "conv2d.cuh"), dtype, tile.threads,
+        "conv2d.jinja", headers, dtype, tile.threads,
         (("tile", tile), ("has_bias", has_bias), ("epilogue", epilogue)))
 
 
@@ -464,15 +505,18 @@ def _gemm_launch(ctx: LoweringContext, node: Node, epilogue: Pointwise, *, a: st
     (outer, inner) strides in elements."""
     default: MatrixTile = DEFAULT_MMA if node.type.dtype in TENSOR_CORE_DTYPES else DEFAULT_GEMM
     tile = ctx.tile(node, default)
+    rows, columns, shared_bytes = (
+        (tile.rows, tile.columns(b_transposed), 0 if b_transposed else tile.shared_bytes)
+        if isinstance(tile, GemvTile) else (tile.bm, tile.bn, tile.shared_bytes))
     # The matrices and the row tiles share grid x (either may depend on a named dimension).
-    grid_x = GridDim(m, tile.bm, times=count)
-    grid_y = _yz_grid(n, tile.bn, node.id)
+    grid_x = GridDim(m, rows, times=count)
+    grid_y = _yz_grid(n, columns, node.id)
     pointers = [_buffer(a), _buffer(b)] + ([_buffer(bias)] if bias else [])
     args = (*pointers, _buffer(ctx.buffer(node.id)),
             *_ints(m, n, k, inner_count, *a_strides, *b_strides), *epilogue.args)
     spec = gemm_kernel(node.type.dtype, tile, b_transposed=b_transposed,
                        has_bias=bias is not None, epilogue=epilogue.code)
-    return KernelLaunch(spec, (grid_x, grid_y, ONE), tile.threads, tile.shared_bytes, args)
+    return KernelLaunch(spec, (grid_x, grid_y, ONE), tile.threads, shared_bytes, args)
 
 
 @lowers("dense", family="gemm", tile=MatrixTile)
@@ -487,8 +531,9 @@ def _lower_dense(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kerne
         b_transposed=True)]
 
 
-@lowers("matmul", family="gemm", tile=MatrixTile)
+@lowers("matmul", "matmul_nt", family="gemm", tile=MatrixTile)
 def _lower_matmul(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    """matmul, and matmul_nt: b's matrices stored [N, K] (read as dense reads its weight)."""
     epilogue = _no_prologue(node, fusion)
     launches: list[KernelLaunch] = []
     a_type, b_type = (ctx.type_of(i) for i in node.inputs)
@@ -527,18 +572,20 @@ def _lower_matmul(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
         ctx, node, epilogue, a=operands[0][0], b=operands[1][0], bias=None,
         m=size_of(gemm.m), n=size_of(gemm.n), k=size_of(gemm.k),
         count=size_of(gemm.count), inner_count=inner_count, a_strides=a_strides,
-        b_strides=b_strides, b_transposed=False))
+        b_strides=b_strides, b_transposed=node.op == "matmul_nt"))
     return launches
 
 
-@lowers("conv2d", family="conv2d", tile=GemmTile)
+@lowers("conv2d", family="conv2d", tile=GemmTile | MmaTile)
 def _lower_conv2d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     epilogue = _no_prologue(node, fusion)
     x, weight, *bias = node.inputs
-    tile = ctx.tile(node, _NO_GEMM_TILE)
+    tile: GemmTile | MmaTile = ctx.tile(node, _NO_GEMM_TILE)
     depthwise = depthwise_tile(node.op, node.attrs, ctx.type_of(x).shape, node.type.shape)
     if tile is _NO_GEMM_TILE and depthwise is not None:
         return [_depthwise_launch(ctx, node, epilogue, depthwise)]
+    if tile is _NO_GEMM_TILE and node.op == "conv2d" and node.type.dtype in TENSOR_CORE_DTYPES:
+        tile = DEFAULT_MMA  # as dense and matmul (conv_transpose2d keeps the SIMT kernel)
     images, channels, height, width = ctx.type_of(x).shape
     _, filters, out_height, out_width = node.type.shape
     window = Window.from_attrs("conv2d", node.attrs)
@@ -555,6 +602,7 @@ def _lower_conv2d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
                    *window.stride, window.padding[0], window.padding[1], *window.dilation,
                    groups), *epilogue.args)
     spec = conv2d_kernel(node.type.dtype, tile, has_bias=bool(bias), epilogue=epilogue.code)
+    # An MmaTile's shared_bytes covers the conv: B takes two of the `stages` B buffers.
     return [KernelLaunch(spec, grid, tile.threads, tile.shared_bytes, args)]
 
 
@@ -573,7 +621,7 @@ def _lower_conv_transpose2d(ctx: LoweringContext, node: Node,
     return [dataclasses.replace(launch, kernel=spec)]
 
 
-@lowers("conv1d", family="conv2d", tile=GemmTile)
+@lowers("conv1d", family="conv2d", tile=GemmTile | MmaTile)
 def _lower_conv1d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     """conv1d as the conv2d over a height-1 input: the same buffers, seen with a height of 1
     (the weight [filters, C/groups, k] is [filters, C/groups, 1, k] in memory)."""

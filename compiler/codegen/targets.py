@@ -48,13 +48,17 @@ class Peaks:
     """Dense f16/bf16 FLOP/s on the tensor cores (fp32 accumulation)."""
 
     def roofline_seconds(self, flops: float, bytes_moved: float, *,
-                         tensor_cores: bool = False) -> float:
+                         tensor_cores: bool = False, tf32: bool = False) -> float:
         """The time a kernel needs at best: bound by arithmetic or by memory traffic."""
-        return max(flops / self.compute_rate(tensor_cores), bytes_moved / self.bytes_per_second)
+        return max(flops / self.compute_rate(tensor_cores, tf32),
+                   bytes_moved / self.bytes_per_second)
 
-    def compute_rate(self, tensor_cores: bool = False) -> float:
-        """Peak FLOP/s of the tensor cores or of the fp32 CUDA cores."""
-        return self.tensor_flops_per_second if tensor_cores else self.flops_per_second
+    def compute_rate(self, tensor_cores: bool = False, tf32: bool = False) -> float:
+        """Peak FLOP/s of the tensor cores (TF32: half the 16-bit rate, on A100 and H100
+        alike) or of the fp32 CUDA cores."""
+        if not tensor_cores:
+            return self.flops_per_second
+        return self.tensor_flops_per_second / (2 if tf32 else 1)
 
     @property
     def ridge_intensity(self) -> float:

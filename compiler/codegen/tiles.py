@@ -47,8 +47,9 @@ class GemmTile:
 
     @property
     def shared_bytes(self) -> int:
-        # A [bk][bm + 1] and B [bk][bn + 1] in float; the +1 avoids bank conflicts.
-        return FLOAT_BYTES * self.bk * (self.bm + 1 + self.bn + 1)
+        # Two buffers of A [bk][pitch(bm)] and B [bk][pitch(bn)] in float (templates/gemm.cuh,
+        # NetcGemmShape): a pitch keeps rows 16-byte aligned and off each other's banks.
+        return FLOAT_BYTES * 2 * self.bk * (_gemm_pitch(self.bm) + _gemm_pitch(self.bn))
 
     @property
     def registers_estimate(self) -> int:
@@ -64,6 +65,11 @@ class GemmTile:
             raise TileError(f"{self}: tm must divide bm and tn must divide bn")
         _check_block(self, "shrink tm * tn")
         return self
+
+
+def _gemm_pitch(extent: int) -> int:
+    """A shared tile row of the SIMT GEMM: `extent` rounded up to 4 floats, plus 4."""
+    return -(-extent // 4) * 4 + 4
 
 
 HALF_BYTES = 2
@@ -97,7 +103,7 @@ class MmaTile:
         # larger; at least what the SIMT fallback (sm_75) stages.
         a = self.bm * (self.bk + 8)
         b = max(self.bn * (self.bk + 8), self.bk * (self.bn + 8))
-        fallback = FLOAT_BYTES * 8 * (self.bm + 1 + self.bn + 1)
+        fallback = GemmTile(self.bm, self.bn, 8).shared_bytes
         return max(HALF_BYTES * self.stages * (a + b), fallback)
 
     @property
@@ -123,8 +129,101 @@ class MmaTile:
         return self
 
 
-MatrixTile = GemmTile | MmaTile
-"""A tile of the GEMM family: SIMT (any dtype) or tensor cores (16-bit dense and matmul)."""
+TF32_MMA_SHAPE = (16, 8, 8)
+"""m, n, k of the TF32 tensor-core instruction (mma.sync m16n8k8 .tf32)."""
+
+
+@dataclass(frozen=True)
+class Tf32Tile(MmaTile):
+    """The tiles of the TF32 tensor-core GEMM (f32 dense and matmul under `--precision tf32`;
+    `templates/gemm_tf32.cuh`): an `MmaTile`'s fields and block, with f32 staged in shared
+    memory and k-steps of 8. An MmaTile given for such a GEMM (`--tile`, the tuning database)
+    becomes one (`Tf32Tile.of`)."""
+
+    bk: int = 16
+
+    @classmethod
+    def of(cls, tile: MmaTile) -> Tf32Tile:
+        return tile if isinstance(tile, Tf32Tile) else cls(
+            tile.bm, tile.bn, tile.bk, tile.wm, tile.wn, tile.stages)
+
+    @property
+    def shared_bytes(self) -> int:
+        # A [bm][bk + 4] and B as [bn][bk + 4] or [bk][bn + 8] a stage, in float.
+        a = self.bm * (self.bk + 4)
+        b = max(self.bn * (self.bk + 4), self.bk * (self.bn + 8))
+        fallback = GemmTile(self.bm, self.bn, 8).shared_bytes
+        return max(FLOAT_BYTES * self.stages * (a + b), fallback)
+
+    @property
+    def suffix(self) -> str:
+        return f"tf32_{super().suffix}"
+
+    def validate(self) -> Tf32Tile:
+        _check_positive(self, ("bm", "bn", "bk", "wm", "wn"))
+        if self.bm % (16 * self.wm) or self.bn % (16 * self.wn):
+            raise TileError(f"{self}: a warp's tile (bm/wm x bn/wn) must be whole 16x16 steps")
+        if self.bk % TF32_MMA_SHAPE[2]:
+            raise TileError(f"{self}: bk must be a multiple of {TF32_MMA_SHAPE[2]}")
+        if self.stages < 2:
+            raise TileError(f"{self}: the cp.async pipeline needs 2 stages at least")
+        _check_block(self, "use more warps")
+        return self
+
+
+GEMV_MAX_ROWS = 8
+"""The most rows (float accumulators a thread) a GemvTile takes."""
+GEMV_OVERHEAD_REGISTERS = 24
+"""Registers a GEMV thread needs besides its accumulators: one 16-byte weight vector and one of
+A (as floats, at most 8 + 8 for 16-bit types), addresses, loop counters."""
+
+
+@dataclass(frozen=True)
+class GemvTile:
+    """The tiles of the GEMV kernel (dense and matmul with few rows; `templates/gemv.cuh`).
+
+    A block of `warps` warps computes `rows` rows of C, each thread a float accumulator per
+    row: dense (B the [N, K] weight) a column a warp, the lanes splitting K; matmul (B as
+    [K, N]) 32 columns a block, a column a lane, the warps splitting K.
+    """
+
+    rows: int = 1
+    warps: int = 4
+
+    @property
+    def threads(self) -> int:
+        return WARP * self.warps
+
+    def columns(self, b_transposed: bool) -> int:
+        """The columns of C a block computes: a warp's each (dense), or a lane's (matmul)."""
+        return self.warps if b_transposed else WARP
+
+    @property
+    def shared_bytes(self) -> int:
+        # Matmul's partial sums, one a row and thread; dense uses none (`kernels` launches 0).
+        return FLOAT_BYTES * self.rows * self.threads
+
+    @property
+    def registers_estimate(self) -> int:
+        return self.rows + 16 + GEMV_OVERHEAD_REGISTERS
+
+    @property
+    def suffix(self) -> str:
+        return f"rows{self.rows}_warps{self.warps}"
+
+    def validate(self) -> GemvTile:
+        _check_positive(self, ("rows", "warps"))
+        if self.rows > GEMV_MAX_ROWS:
+            raise TileError(f"{self}: at most {GEMV_MAX_ROWS} rows (float accumulators a "
+                            "thread); more rows take a GemmTile")
+        _check_threads(self, self.threads)
+        _check_shared(self, self.shared_bytes)
+        return self
+
+
+MatrixTile = GemmTile | MmaTile | GemvTile
+"""A tile of the GEMM family: SIMT (any dtype), tensor cores (16-bit dense and matmul) or the
+GEMV kernel (dense and matmul with few rows)."""
 
 
 @dataclass(frozen=True)
@@ -204,7 +303,7 @@ class DepthwiseTile:
         return self
 
 
-Tile = GemmTile | MmaTile | RowTile | BlockTile | DepthwiseTile
+Tile = GemmTile | MmaTile | GemvTile | RowTile | BlockTile | DepthwiseTile
 
 DEFAULT_GEMM = GemmTile()
 DEFAULT_MMA = MmaTile()

@@ -37,15 +37,38 @@ The heuristic (sizes taken at `batch`, default 1, for a size that grows with the
 5. **Fill the GPU.** The first remaining candidate giving at least one block per SM (132 on
    H100, 108 on A100) is taken; when none does, the one giving the most blocks.
 
-Tensor cores: an f16 or bf16 `dense` or `matmul` takes an `MmaTile` (the `mma` family of
+GEMV: a `dense`, `matmul` or `matmul_nt` with M <= `GEMV_MAX_M` (8: batch-1 dense layers,
+decoding steps) takes a `GemvTile` (`templates/gemv.cuh`; any dtype, before the tensor-core and
+SIMT tables) with `rows` the least of 1 or 8 that holds M, and `warps` the most of 8, 4, 2 whose
+grid has at least one block per SM, else the one giving the most blocks. With B stored [N, K]
+(dense, matmul_nt) a block computes a column a warp, `warps` columns; with B as [K, N] (matmul)
+32 columns whatever `warps`, so it takes 8, splitting K the most. Grid y is N / columns: a
+layer wider than 65535 of them keeps the GEMM. A 512 -> 1000 classifier at batch 1 on an H100
+takes rows1_warps4: 250 blocks of 128 threads for 132 SMs (the 16 x 32 tile launched 32
+blocks of 256 threads, 15 of their 16 rows padding). `--tile LAYER=rows1,warps4` and the
+tuning database (`"tile": {"rows": 1, "warps": 4}`) give one to other such layers; conv layers
+refuse it (E0441).
+
+Tensor cores: an f16 or bf16 `dense`, `matmul`, `conv2d` or `conv1d` (the GEMM-family ops whose
+lowering takes an `MmaTile`; not `conv_transpose2d`, nor depthwise convs, which have their own
+kernel) takes an `MmaTile` (the `mma` family of
 `TILE_TABLE`, the `mma_*` candidates: 32 to 256 threads, BK 32, 2 to 4 cp.async stages within
 48 KiB) by the same steps; a `GemmTile` given for one (`--tile`, the tuning database) forces the
 SIMT kernel, and an `MmaTile` for any other GEMM is refused (E0441; for `--tile all=` it applies
-to the kernels that take it).
+to the kernels that take it), as is one the conv kernel's gather cannot split
+(`netc.codegen.kernels.conv_mma_misfit`; every `mma_*` candidate fits). Grouped convs take
+tensor cores too, whatever M per group: a 16-row tile computes a group of fewer than 16
+channels with idle rows, still cheaper than the SIMT kernel's FFMAs.
+
+TF32: with `precision="tf32"` (`--precision tf32`), an f32 `dense` or `matmul` is a `tf32` GEMM
+(`GemmShape.dtype`): the `tf32` family of `TILE_TABLE`, the `tf32_*` candidates (`Tf32Tile`:
+f32 staged, so BK 16 or 3 stages where the 16-bit tiles have 32 and 4), by the same steps;
+an `MmaTile` given for one (`--tile`, the tuning database) becomes a `Tf32Tile`. M <= 8 keeps
+the f32 GEMV kernel, and convolutions their f32 kernels.
 
 K-tile: 8 for the square tiles (a k-step stages 8·(BM+BN) floats, enough per barrier); 16 for
-the narrow ones, which stage fewer elements a step. Stages: 1 (the kernel stages a k-step,
-synchronises, multiplies; no software pipelining yet).
+the narrow ones, which stage fewer elements a step. The SIMT kernels double-buffer shared
+memory, prefetching the next k-tile into registers during the math (templates/gemm.cuh).
 
 The choice is data, for measured tuning later: a tuning database (`NETC_TUNING_DB` or
 `--tuning-db FILE`, a JSON file of entries keyed by op, M, N, K and arch) overrides the
@@ -61,9 +84,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from netc.codegen.kernels import TENSOR_CORE_DTYPES, depthwise_tile, kernel_family
+from netc.codegen.kernels import (
+    MAX_GRID_YZ,
+    TENSOR_CORE_DTYPES,
+    conv_mma_misfit,
+    depthwise_tile,
+    kernel_family,
+)
 from netc.codegen.targets import ARCHS, DEFAULT_ARCH, GpuArch, planning_arch
-from netc.codegen.tiles import GemmTile, MatrixTile, MmaTile, TileError
+from netc.codegen.tiles import (
+    DEFAULT_MMA,
+    GEMV_MAX_ROWS,
+    GemmTile,
+    GemvTile,
+    MatrixTile,
+    MmaTile,
+    Tf32Tile,
+    TileError,
+)
 from netc.diagnostics import CompileError, Diagnostic, error
 from netc.ir import Graph, Node, TensorType
 from netc.ops import REGISTRY
@@ -88,9 +126,17 @@ NARROW = 16
 """M or N at most this takes a narrow tile."""
 MIN_COVERAGE = 0.5
 """The least fraction of a candidate's computed area that must be real output."""
+GEMV_MAX_M = GEMV_MAX_ROWS
+"""A dense or matmul with at most this many rows takes the GEMV kernel."""
+GEMV_OPS = {"dense": True, "matmul": False, "matmul_nt": True}
+"""The ops the GEMV kernel computes -> whether B is stored [N, K] (else [K, N])."""
+GEMV_ROWS = (1, GEMV_MAX_ROWS)
+GEMV_WARPS = (8, 4, 2)
+"""The GEMV tiles' rows and warps, in the order the heuristic tries them."""
 
 CANDIDATES: dict[str, MatrixTile] = {
-    "large": GemmTile(128, 64, 8, 8, 4),
+    "large": GemmTile(128, 128, 8, 8, 8),
+    "tall": GemmTile(128, 64, 8, 8, 4),
     "wide": GemmTile(64, 128, 8, 4, 8),
     "medium": GemmTile(64, 64, 8, 4, 4),
     "small": GemmTile(32, 32, 8, 2, 2),
@@ -106,11 +152,23 @@ CANDIDATES: dict[str, MatrixTile] = {
     "mma_small": MmaTile(32, 32, 32, 1, 1, 4),
     "mma_narrow_m": MmaTile(16, 64, 32, 1, 2, 4),
     "mma_narrow_n": MmaTile(64, 16, 32, 2, 1, 4),
+    # TF32 tensor cores (f32 dense and matmul under --precision tf32): f32 in shared memory,
+    # so half the k-tile or fewer stages of the 16-bit tiles within 48 KiB.
+    "tf32_large": Tf32Tile(128, 128, 16, 2, 4, 2),
+    "tf32_tall": Tf32Tile(128, 64, 16, 2, 2, 3),
+    "tf32_wide": Tf32Tile(64, 128, 16, 2, 2, 3),
+    "tf32_medium": Tf32Tile(64, 64, 32, 2, 2, 2),
+    "tf32_small": Tf32Tile(32, 32, 32, 1, 1, 3),
+    "tf32_narrow_m": Tf32Tile(16, 64, 32, 1, 2, 3),
+    "tf32_narrow_n": Tf32Tile(64, 16, 32, 2, 1, 3),
+    # GEMV (dense and matmul with M <= 8): rows of C a block, warps a block.
+    **{f"gemv_rows{rows}_warps{warps}": GemvTile(rows, warps)
+       for rows in GEMV_ROWS for warps in GEMV_WARPS},
 }
 """Every tile the heuristic may choose, by name."""
 
 _PREFERENCES: dict[str, tuple[str, ...]] = {
-    "tall": ("large", "medium", "small"),
+    "tall": ("large", "tall", "medium", "small"),
     "wide": ("wide", "medium", "small"),
     "narrow_m": ("narrow_m", "narrow_m_small"),
     "narrow_n": ("narrow_n", "narrow_n_small"),
@@ -124,7 +182,10 @@ _MMA_PREFERENCES: dict[str, tuple[str, ...]] = {
 TILE_TABLE: dict[tuple[str, str, str], tuple[str, ...]] = {
     (family, shape_class, arch): names
     for family, preferences in (("gemm", _PREFERENCES), ("conv2d", _PREFERENCES),
-                                ("mma", _MMA_PREFERENCES))
+                                ("mma", _MMA_PREFERENCES),
+                                ("tf32", {shape_class: tuple(name.replace("mma_", "tf32_")
+                                                             for name in names)
+                                          for shape_class, names in _MMA_PREFERENCES.items()}))
     for arch in ARCHS for shape_class, names in preferences.items()
 }
 """(family, shape class, arch) -> candidate names, preferred first. The same lists serve
@@ -149,14 +210,24 @@ class GemmShape:
     count: int = 1
     """Independent matrices: matmul's batch, conv2d's groups."""
     dtype: str = "f32"
+    """The element type multiplied: the output's dtype, or `tf32` for an f32 dense or matmul
+    under `--precision tf32` (`gemm_shape`)."""
 
     def blocks(self, tile: MatrixTile) -> int:
-        return -(-self.m // tile.bm) * -(-self.n // tile.bn) * self.count
+        rows, columns = self._block_tile(tile)
+        return -(-self.m // rows) * -(-self.n // columns) * self.count
 
     def coverage(self, tile: MatrixTile) -> float:
         """The fraction of the blocks' tiles that is real output (ragged edges waste the rest)."""
-        covered = -(-self.m // tile.bm) * tile.bm * -(-self.n // tile.bn) * tile.bn
+        rows, columns = self._block_tile(tile)
+        covered = -(-self.m // rows) * rows * -(-self.n // columns) * columns
         return self.m * self.n / covered if covered else 1.0
+
+    def _block_tile(self, tile: MatrixTile) -> tuple[int, int]:
+        """The rows and columns of C a block of `tile` computes."""
+        if isinstance(tile, GemvTile):
+            return tile.rows, tile.columns(GEMV_OPS[self.op])
+        return tile.bm, tile.bn
 
     @property
     def shape_class(self) -> str:
@@ -168,16 +239,28 @@ class GemmShape:
 
     @property
     def family(self) -> str:
-        """The kernel family computing it, which keys `TILE_TABLE`: `gemm`, `conv2d`, or `mma`
-        for a GEMM on tensor cores (f16 and bf16)."""
+        """The kernel family computing it, which keys `TILE_TABLE`: `gemm`, `conv2d`, `mma`
+        for a GEMM on tensor cores (f16 and bf16), or `tf32` for one on TF32 tensor cores."""
         found = kernel_family(self.op)
         family = found.name if found is not None else "gemm"
-        return "mma" if family == "gemm" and self.dtype in TENSOR_CORE_DTYPES else family
+        if family == "gemm" and self.dtype == "tf32":
+            return "tf32"
+        tensor_cores = found is None or isinstance(DEFAULT_MMA, found.tile)
+        return "mma" if tensor_cores and self.dtype in TENSOR_CORE_DTYPES else family
 
     def takes(self, tile: MatrixTile) -> bool:
         """Whether its kernel can take `tile` (any GEMM a SIMT tile; tensor-core tiles only the
-        `mma` family)."""
-        return isinstance(tile, GemmTile) or self.family == "mma"
+        `mma` family; GEMV tiles dense and matmul in any dtype)."""
+        if isinstance(tile, GemvTile):
+            return self.op in GEMV_OPS
+        return isinstance(tile, GemmTile) or (self.family in ("mma", "tf32") and
+                                              self.conv_misfit(tile) is None)
+
+    def conv_misfit(self, tile: MatrixTile) -> str | None:
+        """Why the tensor-core conv cannot take `tile` (None: it can, or this is no conv)."""
+        found = kernel_family(self.op)
+        conv = found is not None and found.name == "conv2d" and self.family == "mma"
+        return conv_mma_misfit(tile) if conv and isinstance(tile, MmaTile) else None
 
     def __str__(self) -> str:
         count = f" x{self.count}" if self.count > 1 else ""
@@ -198,10 +281,11 @@ def anchor(graph: Graph, node: Node) -> tuple[Node, list[TensorType]] | None:
     return member, [region.resolve(ref, arguments, types) for ref in member.inputs]
 
 
-def gemm_shape(graph: Graph, node: Node, batch: int = 1) -> GemmShape | None:
+def gemm_shape(graph: Graph, node: Node, batch: int = 1,
+               precision: str = "f32") -> GemmShape | None:
     """The GEMM `node`'s kernel computes, with every named dimension set to `batch`; None for a
     node outside the GEMM family, a depthwise conv included (its own kernel takes no GEMM
-    tile)."""
+    tile). `precision` `tf32` makes an f32 dense or matmul a `tf32` one (`netc.precision`)."""
     found = anchor(graph, node)
     if found is None:
         return None
@@ -212,7 +296,10 @@ def gemm_shape(graph: Graph, node: Node, batch: int = 1) -> GemmShape | None:
         return None
     gemm = view(member.attrs, [t.shape for t in inputs], member.type.shape)
     m, n, k, count = gemm.concrete(dict.fromkeys(graph.batch_dims(), batch))
-    return GemmShape(member.op, m, n, k, count, member.type.dtype)
+    shape = GemmShape(member.op, m, n, k, count, member.type.dtype)
+    if precision == "tf32" and shape.dtype == "f32" and shape.family == "gemm":
+        return GemmShape(member.op, m, n, k, count, "tf32")
+    return shape
 
 
 # Limits and the heuristic --------------------------------------------------------------------
@@ -246,6 +333,9 @@ def heuristic_tile(shape: GemmShape,
                    arch: str | GpuArch = DEFAULT_ARCH) -> tuple[MatrixTile, str]:
     """The heuristic's tile for `shape` on `arch`, and why (see the module docstring)."""
     target = arch if isinstance(arch, GpuArch) else planning_arch(arch)
+    gemv = gemv_tile(shape, target)
+    if gemv is not None:
+        return gemv
     names = TILE_TABLE.get((shape.family, shape.shape_class, target.name)) or \
         TILE_TABLE[(shape.family, shape.shape_class, DEFAULT_ARCH)]
     fitting = [name for name in names if misfit(CANDIDATES[name], target) is None]
@@ -263,6 +353,24 @@ def heuristic_tile(shape: GemmShape,
     name = max(kept, key=lambda n: shape.blocks(CANDIDATES[n]))
     return CANDIDATES[name], (f"{shape.shape_class}: {name}, the most blocks, "
                               f"{shape.blocks(CANDIDATES[name])} for {target.sms} SMs")
+
+
+def gemv_tile(shape: GemmShape, target: GpuArch) -> tuple[GemvTile, str] | None:
+    """The GEMV kernel's tile for a dense or matmul with few rows, and why; None for any other
+    GEMM (see the module docstring)."""
+    if shape.m > GEMV_MAX_M or not shape.takes(GemvTile()):
+        return None
+    rows = next(r for r in GEMV_ROWS if r >= shape.m)
+    tiles = [GemvTile(rows, warps) for warps in GEMV_WARPS]
+    tiles = [tile for tile in tiles if misfit(tile, target) is None and
+             -(-shape.n // tile.columns(GEMV_OPS[shape.op])) <= MAX_GRID_YZ]
+    if not tiles:
+        return None
+    # Else the most blocks (the first of equals: matmul's blocks do not depend on warps).
+    tile = next((t for t in tiles if shape.blocks(t) >= target.sms),
+                max(tiles, key=shape.blocks))
+    return tile, (f"{shape.shape_class}: gemv_{tile.suffix} (M <= {GEMV_MAX_M}), "
+                  f"{shape.blocks(tile)} blocks for {target.sms} SMs")
 
 
 # The tuning database ---------------------------------------------------------------------
@@ -331,20 +439,25 @@ def _tuning_db(tuning_db: TuningDb | str | Path | None) -> TuningDb | None:
 
 
 def matrix_tile(values: Mapping[str, int]) -> MatrixTile:
-    """A tile from its fields: tensor cores (MmaTile) when any of `wm`, `wn`, `stages` is
-    given, else SIMT (GemmTile); the fields not given take the type's defaults."""
+    """A tile from its fields: GEMV (GemvTile) when `rows` or `warps` is given, tensor cores
+    (MmaTile) when any of `wm`, `wn`, `stages` is, else SIMT (GemmTile); the fields not given
+    take the type's defaults."""
     mma = {f.name for f in fields(MmaTile)} - {f.name for f in fields(GemmTile)}
-    kind = MmaTile if mma & set(values) else GemmTile
+    gemv = {f.name for f in fields(GemvTile)}
+    kind: type[MatrixTile] = (GemvTile if gemv & set(values) else
+                              MmaTile if mma & set(values) else GemmTile)
     return kind(**values)
 
 
 def parse_tile(text: str) -> MatrixTile:
     """`bm64,bn64,bk8,tm4,tn4` (SIMT: any of the five, in any order) or
-    `bm128,bn128,bk32,wm2,wn4,stages2` (tensor cores) as a tile, the fields not given taking
-    the type's defaults. Validity against a GPU is checked when it is applied."""
+    `bm128,bn128,bk32,wm2,wn4,stages2` (tensor cores) or `rows1,warps4` (GEMV) as a tile, the
+    fields not given taking the type's defaults. Validity against a GPU is checked when it is
+    applied."""
     values: dict[str, int] = {}
     simt = [f.name for f in fields(GemmTile)]
     names = simt + [f.name for f in fields(MmaTile) if f.name not in simt]
+    names += [f.name for f in fields(GemvTile)]
     for part in (p.strip() for p in text.split(",")):
         name = next((n for n in names if part.startswith(n)), None)
         digits = part[len(name):] if name else ""
@@ -359,7 +472,7 @@ def parse_tile(text: str) -> MatrixTile:
         return matrix_tile(values)
     except TypeError:
         raise TileSpecError(f"`{text}` mixes SIMT fields (tm, tn) with tensor-core fields "
-                            "(wm, wn, stages)") from None
+                            "(wm, wn, stages) or GEMV fields (rows, warps)") from None
 
 
 def parse_tile_overrides(specs: Sequence[str]) -> dict[str, MatrixTile]:
@@ -391,18 +504,19 @@ def _names(graph: Graph, node: Node) -> set[str]:
     return names
 
 
-def resolve_overrides(graph: Graph,
-                      overrides: Mapping[str, MatrixTile]) -> dict[str, MatrixTile]:
+def resolve_overrides(graph: Graph, overrides: Mapping[str, MatrixTile],
+                      precision: str = "f32") -> dict[str, MatrixTile]:
     """Tile overrides by layer name (`basic_0.conv2d_1`), node id or `all`, as tiles by the id
     `generate` looks up; an unknown or non-GEMM name is a `CompileError` (E0441). A
     tensor-core tile given for `all` applies to the kernels that take one (f16 and bf16 dense
-    and matmul); the others keep their tiles."""
+    and matmul, and f32 ones under `precision` tf32); the others keep their tiles."""
     kernels = [node for node in graph.compute_nodes if gemm_shape(graph, node) is not None]
     resolved: dict[str, MatrixTile] = {}
     if "all" in overrides:
         every = overrides["all"]
         resolved.update(dict.fromkeys(
-            (node.id for node in kernels if _shape(graph, node).takes(every)), every))
+            (node.id for node in kernels if _shape(graph, node, precision).takes(every)),
+            every))
     for name, tile in overrides.items():
         if name == "all":
             continue
@@ -414,8 +528,8 @@ def resolve_overrides(graph: Graph,
     return resolved
 
 
-def _shape(graph: Graph, node: Node) -> GemmShape:
-    shape = gemm_shape(graph, node)
+def _shape(graph: Graph, node: Node, precision: str = "f32") -> GemmShape:
+    shape = gemm_shape(graph, node, precision=precision)
     assert shape is not None, node.id
     return shape
 
@@ -437,8 +551,9 @@ def _no_gemm_layer(graph: Graph, name: str) -> str:
                 if member.op in gemm_ops():
                     return (f"--tile: layer `{name}` is a depthwise {member.op}, which has its "
                             "own kernel and takes no GEMM tile")
+                written = [op for op in gemm_ops() if not REGISTRY[op].internal]
                 return f"--tile: layer `{name}` is a {member.op}; tiles apply to " \
-                       f"{_listed(gemm_ops())} layers"
+                       f"{_listed(written)} layers"
     return f"--tile: no layer `{name}` in the optimised network"
 
 
@@ -488,18 +603,21 @@ class TileChoice:
 
 def plan_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
                overrides: Mapping[str, MatrixTile] | None = None, *, batch: int = 1,
-               tuning_db: TuningDb | str | Path | None = None) -> list[TileChoice]:
+               tuning_db: TuningDb | str | Path | None = None,
+               precision: str = "f32") -> list[TileChoice]:
     """The tile of every GEMM and convolution kernel of `graph`, in graph order, with why.
 
     `overrides` (by layer name, node id or `all`) win over `tuning_db` (default: the file
     named by `NETC_TUNING_DB`, if set), which wins over the heuristic. Every tile is checked
-    against `arch`'s limits; an override that breaks them is a `CompileError` (E0441)."""
+    against `arch`'s limits; an override that breaks them is a `CompileError` (E0441).
+    `precision` `tf32` puts f32 dense and matmul on TF32 tensor cores (a `Tf32Tile`, where a
+    tensor-core tile is given as an `MmaTile`)."""
     target = planning_arch(arch)
     database = _tuning_db(tuning_db)
-    forced = resolve_overrides(graph, overrides or {})
+    forced = resolve_overrides(graph, overrides or {}, precision)
     choices = []
     for node in graph.compute_nodes:
-        shape = gemm_shape(graph, node, batch)
+        shape = gemm_shape(graph, node, batch, precision)
         if shape is None:
             continue
         layer = _layer_name(graph, node)
@@ -511,9 +629,13 @@ def plan_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
         else:
             tile, why = heuristic_tile(shape, target)
             source = "heuristic"
+        if shape.family == "tf32" and isinstance(tile, MmaTile):
+            tile = Tf32Tile.of(tile)
         problem = misfit(tile, target) if shape.takes(tile) else (
-            f"tensor-core tiles take f16 and bf16 dense and matmul, not {shape.dtype} "
-            f"{shape.op}")
+            f"GEMV tiles take dense and matmul, not {shape.op}" if isinstance(tile, GemvTile)
+            else shape.conv_misfit(tile)
+            or f"tensor-core tiles take f16 and bf16 dense, matmul and conv2d (f32 dense and "
+                 f"matmul with --precision tf32), not {shape.dtype} {shape.op}")
         if problem is not None:
             raise error("E0441", f"tile {tile_text(tile)} for layer `{layer}` ({source}) "
                         f"cannot run: {problem}",
@@ -527,11 +649,13 @@ def plan_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
 
 def choose_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
                  overrides: Mapping[str, MatrixTile] | None = None, *, batch: int = 1,
-                 tuning_db: TuningDb | str | Path | None = None) -> dict[str, MatrixTile]:
+                 tuning_db: TuningDb | str | Path | None = None,
+                 precision: str = "f32") -> dict[str, MatrixTile]:
     """`{node id: GemmTile or MmaTile}` for every GEMM and convolution kernel of `graph`: what
     `generate(graph, tiles=...)` takes. See `plan_tiles`."""
     return {choice.node: choice.tile
-            for choice in plan_tiles(graph, arch, overrides, batch=batch, tuning_db=tuning_db)}
+            for choice in plan_tiles(graph, arch, overrides, batch=batch, tuning_db=tuning_db,
+                                     precision=precision)}
 
 
 def format_tile_table(choices: Sequence[TileChoice]) -> str:

@@ -43,12 +43,46 @@ def check_structure(module: ast.Module, reporter: Reporter) -> None:
         _check_network(network, reporter)
     for block in module.blocks:
         _check_block(block, reporter)
+    sections: dict[str, ast.TrainDef] = {}
     for train in module.trains:
-        keyword = Span(train.span.file, train.span.line, train.span.column, train.span.line,
-                       train.span.column + len("train"))
-        reporter.error("E0122", "training sections are not supported yet", keyword,
-                       f"remove `train {train.network.text} {{ ... }}` to compile the network; "
-                       "netc compiles networks for inference today")
+        earlier = sections.setdefault(train.network.text, train)
+        if earlier is not train:
+            reporter.error("E0126", f"network `{train.network.text}` has two train sections",
+                           train.network.span, "merge them into one",
+                           [f"the other is at {earlier.network.span}"])
+        _check_train(train, reporter)
+
+
+TRAIN_SETTINGS = ("loss", "optimizer", "clip_grad_norm")
+"""What a train section assigns: `loss = ...`, `optimizer = ...`, `clip_grad_norm = ...`."""
+
+
+def _check_train(train: ast.TrainDef, reporter: Reporter) -> None:
+    """A train section holds `input`s, one `loss`, one `optimizer`, at most one
+    `clip_grad_norm` and `freeze` lines, nothing else."""
+    given: dict[str, ast.AssignStmt] = {}
+    for statement in train.body:
+        if isinstance(statement, (ast.InputStmt, ast.FreezeStmt)):
+            continue
+        if isinstance(statement, ast.AssignStmt) and statement.target.text in TRAIN_SETTINGS:
+            earlier = given.setdefault(statement.target.text, statement)
+            if earlier is not statement:
+                reporter.error("E0126", f"`{statement.target.text}` is given twice in the "
+                               f"train section of `{train.network.text}`",
+                               statement.target.span, notes=[f"the first is at {earlier.span}"])
+            continue
+        what = (f"`{statement.target.text} = ...`" if isinstance(statement, ast.AssignStmt)
+                else type(statement).__name__.removesuffix("Stmt").lower())
+        reporter.error("E0125", f"a train section does not take {what}", statement.span,
+                       "it holds `input NAME: TYPE`, `loss = ...`, `optimizer = ...`, "
+                       "`freeze LAYER, ...` and `clip_grad_norm = ...`; compute values in "
+                       "the network and mark them `output`")
+    for required in ("loss", "optimizer"):
+        if required not in given:
+            reporter.error("E0126", f"the train section of `{train.network.text}` has no "
+                           f"`{required}`", train.network.span,
+                           "add `loss = cross_entropy(logits, label)`" if required == "loss"
+                           else "add `optimizer = sgd(lr=0.1)` (or adam, adamw)")
 
 
 def _check_network(network: ast.NetworkDef, reporter: Reporter) -> None:
@@ -151,6 +185,17 @@ def choose_network(module: ast.Module, imported: Sequence[ast.NetworkDef], wante
                        "a file compiles to the network in `network NAME { ... }`")
         return None
     return networks[-1] if not module.networks else module.networks[-1]
+
+
+def check_train_networks(module: ast.Module, imported: Sequence[ast.NetworkDef],
+                         reporter: Reporter) -> None:
+    """Every train section names a network of the file or of the files it imports."""
+    names = [n.name.text for n in (*module.networks, *imported)]
+    for train in module.trains:
+        if train.network.text not in names:
+            reporter.error("E0122", f"`train {train.network.text}`: no network "
+                           f"`{train.network.text}` in `{module.file}` or the files it imports",
+                           train.network.span, did_you_mean(train.network.text, names))
 
 
 def check_network_names(module: ast.Module, imported: Sequence[ast.NetworkDef],

@@ -42,7 +42,7 @@ from netc.frontend.values import (
     is_layer_path,
     user_callable,
 )
-from netc.ir import ALL_DTYPES, Attrs, Graph, Node, TensorType
+from netc.ir import ALL_DTYPES, FLOAT_DTYPES, Attrs, Graph, Node, TensorType
 from netc.ops import REGISTRY, AttrSpec, OpDef, ShapeError
 from netc.ops.apply import (
     AttrError,
@@ -134,6 +134,59 @@ class Expander:
         graph = Graph(network.name.text, tuple(self.nodes), tuple(self.outputs))
         verify(graph)  # an IRError here is a bug in netc, never the user's fault
         return graph
+
+    def train(self, network: ast.NetworkDef, section: ast.TrainDef) -> Graph | None:
+        """The training graph of `section` (v2): the network, the section's inputs and its
+        loss as the output `loss`. The loss sees the network's inputs and outputs only, and
+        must be a float scalar (E0316)."""
+        scope = _Scope(self.main, "", {})
+        errors_before = len(self.reporter)
+        try:
+            self._run(network.body, scope)
+            visible = [n.id for n in self.nodes if n.op == "input"] + list(self.output_spans)
+            section_scope = _Scope(self.main, "", {name: scope.env[name] for name in visible
+                                                   if name in scope.env})
+            for statement in section.body:
+                if isinstance(statement, ast.InputStmt):
+                    self._input(statement, section_scope)
+            (loss,) = (s for s in section.body
+                       if isinstance(s, ast.AssignStmt) and s.target.text == "loss")
+            self._loss(loss.value, network, scope, section_scope)
+        except _Abort as abort:
+            self.reporter.add(abort.diagnostic)
+            return None
+        if len(self.reporter) > errors_before:
+            return None
+        graph = Graph(network.name.text, tuple(self.nodes), tuple(self.outputs))
+        verify(graph)
+        return graph
+
+    def _loss(self, expr: ast.Expr, network: ast.NetworkDef, scope: _Scope,
+              section: _Scope) -> None:
+        inside = [sub for sub in ast.subexpressions(expr) if isinstance(sub, ast.NameRef)
+                  and sub.name not in section.env and sub.name in scope.env]
+        if inside:
+            first = min(inside, key=lambda sub: (sub.span.line, sub.span.column))
+            self.error("E0129", f"`{first.name}` is a value inside network "
+                       f"`{network.name.text}`, not one of its outputs", first.span,
+                       f"mark it `output {first.name}` in the network to use it in the loss")
+            return
+        value = self._eval(expr, section)
+        if value is POISON:
+            return
+        if not isinstance(value, Tensor) or value.type.rank != 0 or \
+                value.type.dtype not in FLOAT_DTYPES:
+            self.error("E0316", f"the loss must be a float scalar (f32[]), got "
+                       f"{describe(value)}",
+                       expr.span, "reduce it to one number, e.g. `mean(...)` or a loss op with "
+                       "its default reduction=\"mean\"")
+            return
+        if "loss" in self.output_spans:
+            self.error("E0129", f"network `{network.name.text}` has an output named `loss`, "
+                       "which the train section's loss would shadow",
+                       self.output_spans["loss"], "rename the network's output")
+            return
+        self.outputs.append(("loss", value.node))
 
     def _add_node(self, node: Node) -> None:
         if len(self.nodes) >= MAX_NODES:

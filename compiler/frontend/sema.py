@@ -28,7 +28,9 @@ every other node `<op>#<k>` (a `#` cannot occur in a user name, so ids never cla
 Version 2 adds `param`, `LAYER.PARAM` (a parameter of an earlier layer of the same scope),
 indexing (lowered to `slice` and `select`), `/` and unary `-` on tensors (`div`, `neg`),
 named dimensions anywhere (a dimension's name is a value in attribute expressions), networks
-of imported files, and a `train` section that is refused (E0122) until training lands.
+of imported files, and `train` sections (`netc.frontend.train`: `compile_training` checks the
+chosen network's section and builds its training graph; compiling the network alone ignores
+the sections, which must still name a network the file sees).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pathlib import Path
 from netc.diagnostics import CompileError, SourceMap
 from netc.frontend.check import (
     check_network_names,
+    check_train_networks,
     choose_network,
 )
 from netc.frontend.expand import (
@@ -48,6 +51,7 @@ from netc.frontend.load import (
     SourceFile,
 )
 from netc.frontend.parser import normalize_newlines
+from netc.frontend.train import TrainSpec, train_spec
 from netc.frontend.values import (
     Reporter,
 )
@@ -59,6 +63,24 @@ from netc.ir import Graph
 def compile_source(text: str, display: str, path: Path | None, directory: Path,
                    display_directory: str, network: str | None, sources: SourceMap) -> Graph:
     """Parse, load imports, check and expand; raises `CompileError` with every diagnostic."""
+    graph = _compile(text, display, path, directory, display_directory, network, sources, False)
+    assert isinstance(graph, Graph)
+    return graph
+
+
+def compile_training(text: str, display: str, path: Path | None, directory: Path,
+                     display_directory: str, network: str | None,
+                     sources: SourceMap) -> TrainSpec:
+    """The `train` section of the chosen network, checked against it (`netc.frontend.train`);
+    E0126 when the main file has none for it."""
+    spec = _compile(text, display, path, directory, display_directory, network, sources, True)
+    assert isinstance(spec, TrainSpec)
+    return spec
+
+
+def _compile(text: str, display: str, path: Path | None, directory: Path,
+             display_directory: str, network: str | None, sources: SourceMap,
+             training: bool) -> Graph | TrainSpec:
     reporter = Reporter()
     sources.add(display, normalize_newlines(text))
     loader = Loader(reporter, sources)
@@ -71,12 +93,27 @@ def compile_source(text: str, display: str, path: Path | None, directory: Path,
                   for n in source.module.networks}
         imported = [n for source in dict.fromkeys(main.imports) for n in source.module.networks]
         check_network_names(main.module, imported, reporter)
+        check_train_networks(main.module, imported, reporter)
         if not reporter.diagnostics:
             chosen = choose_network(main.module, imported, network, reporter)
     if main is None or chosen is None or reporter.diagnostics:
         raise CompileError(reporter.in_source_order(sources.texts), sources)
     home = owners.get(id(chosen), main)
-    graph = Expander(home, loader.all_blocks, reporter).network(chosen)
-    if graph is None or reporter.diagnostics:
+    expander = Expander(home, loader.all_blocks, reporter)
+    if not training:
+        graph = expander.network(chosen)
+        if graph is None or reporter.diagnostics:
+            raise CompileError(reporter.in_source_order(sources.texts), sources)
+        return graph
+    section = next((t for t in main.module.trains if t.network.text == chosen.name.text), None)
+    if section is None:
+        reporter.error("E0126", f"`{main.module.file}` has no train section for network "
+                       f"`{chosen.name.text}`", chosen.name.span,
+                       f"add `train {chosen.name.text} {{ input label: i64[N]  loss = ...  "
+                       "optimizer = ... }` (see the language's \"Training\" section)")
         raise CompileError(reporter.in_source_order(sources.texts), sources)
-    return graph
+    graph = expander.train(chosen, section)
+    spec = train_spec(section, graph, reporter) if graph is not None else None
+    if spec is None or reporter.diagnostics:
+        raise CompileError(reporter.in_source_order(sources.texts), sources)
+    return spec

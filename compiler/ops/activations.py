@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from netc.ir import FLOAT_DTYPES, Attrs, TensorType
+from netc.ops.gradients import Gradients, Vjp, both, elementwise, passed_where, scaled
 from netc.ops.registry import (
     AttrSpec,
     Composer,
@@ -108,6 +109,8 @@ class Unary:
     """What `check` requires, in words for docs/ops.md."""
     dtypes: tuple[str, ...] = FLOAT_DTYPES
     """The dtypes x may have (`OpDef.dtypes`)."""
+    vjp: Vjp | None = None
+    """The vector-Jacobian product (`OpDef.vjp`); None: through `decompose`, if any."""
 
 
 def _checked(check: Callable[[Attrs], None] | None
@@ -138,6 +141,7 @@ def register_unary(rows: Sequence[Unary]) -> None:
             onnx=row.onnx,
             decompose=row.decompose,
             dtypes=row.dtypes,
+            vjp=row.vjp,
             **extra,
         ))
 
@@ -199,13 +203,72 @@ def _bound(name: str, default: float | None, help: str) -> AttrSpec:
     return AttrSpec(name, "float", default=default, help=help)
 
 
+# Gradients, with PyTorch's value at the kinks (relu'(0) = 0, hardtanh's bounds pass nothing,
+# clamp's bounds pass the gradient). gelu, silu and mish are differentiated through their
+# decompositions.
+
+
+def _compare(op: str, value: float) -> Callable[[Composer, Attrs, str], str]:
+    return lambda builder, attrs, x: builder.op(op, x, other=value)
+
+
+def _inside(builder: Composer, x: str, low: float | None, high: float | None,
+            strict: bool) -> str:
+    """Where low < x < high (or <= with `strict` false); a bound left out is no bound."""
+    tests = [builder.op("gt" if strict else "ge", x, other=low)] if low is not None else []
+    if high is not None:
+        tests.append(builder.op("lt" if strict else "le", x, other=high))
+    return tests[0] if len(tests) == 1 else both(builder, *tests)
+
+
+def _one_minus(builder: Composer, value: str) -> str:
+    return builder.op("sub", builder.constant(1.0, builder.type_of(value).dtype), value)
+
+
+def _leaky_relu_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                    cotangent: str) -> Gradients:
+    positive = builder.op("gt", inputs[0], other=0.0)
+    return (builder.op("where", positive, cotangent, scaled(builder, cotangent, attrs["alpha"])),)
+
+
+def _hardswish_derivative(builder: Composer, attrs: Attrs, x: str, y: str) -> str:
+    # 0 below -3, x/3 + 1/2 up to 3, 1 above (PyTorch's hardswish_backward).
+    dtype = builder.type_of(x).dtype
+    middle = builder.op("add", scaled(builder, x, 1 / 3), builder.constant(0.5, dtype))
+    upper = builder.op("where", builder.op("le", x, other=3.0), middle,
+                       builder.constant(1.0, dtype))
+    return builder.op("where", builder.op("lt", x, other=-3.0), builder.constant(0.0, dtype),
+                      upper)
+
+
+def _elu_derivative(builder: Composer, attrs: Attrs, x: str, y: str) -> str:
+    dtype = builder.type_of(x).dtype
+    negative = scaled(builder, builder.op("exp", x), attrs["alpha"])
+    return builder.op("where", builder.op("gt", x, other=0.0), builder.constant(1.0, dtype),
+                      negative)
+
+
+def _softplus_derivative(builder: Composer, attrs: Attrs, x: str, y: str) -> str:
+    scaled_x = scaled(builder, x, attrs["beta"])
+    return builder.op("where", builder.op("gt", scaled_x, other=attrs["threshold"]),
+                      builder.constant(1.0, builder.type_of(x).dtype),
+                      builder.op("sigmoid", scaled_x))
+
+
+_relu_vjp = passed_where(_compare("gt", 0.0))
+_sigmoid_vjp = elementwise(lambda builder, attrs, x, y:
+                           builder.op("mul", y, _one_minus(builder, y)))
+_tanh_vjp = elementwise(lambda builder, attrs, x, y:
+                        _one_minus(builder, builder.op("mul", y, y)))
+
+
 ACTIVATIONS = (
     Unary("relu", lambda attrs, x: np.maximum(x, np.float32(0)), 1, "max(x, 0)",
-          CudaExpression("({0} < 0.0f ? 0.0f : {0})"), OnnxForm("Relu")),
+          CudaExpression("({0} < 0.0f ? 0.0f : {0})"), OnnxForm("Relu"), vjp=_relu_vjp),
     Unary("sigmoid", lambda attrs, x: _sigmoid(x), 4, "1 / (1 + exp(-x))",
-          CudaExpression("1.0f / (1.0f + expf(-{0}))"), OnnxForm("Sigmoid")),
+          CudaExpression("1.0f / (1.0f + expf(-{0}))"), OnnxForm("Sigmoid"), vjp=_sigmoid_vjp),
     Unary("tanh", lambda attrs, x: np.tanh(x), 5, "tanh(x)", CudaExpression("tanhf({0})"),
-          OnnxForm("Tanh")),
+          OnnxForm("Tanh"), vjp=_tanh_vjp),
     # ONNX's Gelu needs opset 20: exported as the decomposition, imported in both forms. The
     # decomposition is also the CUDA code (one expression cannot follow `approximate`).
     Unary("gelu", _gelu, 8,
@@ -222,29 +285,39 @@ ACTIVATIONS = (
           "x if x >= 0 else alpha * x",
           CudaExpression("({0} >= 0.0f ? {0} : {0} * {1})", floats=("alpha",)),
           OnnxForm("LeakyRelu", (("alpha", "alpha"),), since=6),
-          (AttrSpec("alpha", "float", default=0.01, help="slope for negative inputs"),)),
+          (AttrSpec("alpha", "float", default=0.01, help="slope for negative inputs"),),
+          vjp=_leaky_relu_vjp),
     Unary("relu6", lambda attrs, x: _clip(x, 0.0, 6.0), 2, "min(max(x, 0), 6)",
-          CudaExpression("netc_clamp({0}, 0.0f, 6.0f)")),
+          CudaExpression("netc_clamp({0}, 0.0f, 6.0f)"),
+          vjp=passed_where(lambda builder, attrs, x: _inside(builder, x, 0.0, 6.0, True))),
     Unary("hardtanh", lambda attrs, x: _clip(x, attrs["min"], attrs["max"]), 2,
           "min(max(x, min), max)",
           CudaExpression("netc_clamp({0}, {1}, {2})", floats=("min", "max")),
           attrs=(_bound("min", -1.0, "the lower bound"), _bound("max", 1.0, "the upper bound")),
-          check=_check_hardtanh, constraints="min ≤ max"),
+          check=_check_hardtanh, constraints="min ≤ max",
+          vjp=passed_where(lambda builder, attrs, x: _inside(builder, x, attrs["min"],
+                                                             attrs["max"], True))),
     Unary("clamp", lambda attrs, x: _clip(x, attrs["min"], attrs["max"]), 2,
           "min(max(x, min), max), a bound left out is not applied (torch.clamp)",
           attrs=(_bound("min", None, "the lower bound; leave out for none"),
                  _bound("max", None, "the upper bound; leave out for none")),
           decompose=_clamp_parts, check=_check_clamp,
-          constraints="at least one of `min`, `max`; with min > max every element is max"),
+          constraints="at least one of `min`, `max`; with min > max every element is max",
+          vjp=passed_where(lambda builder, attrs, x: _inside(builder, x, attrs["min"],
+                                                             attrs["max"], False))),
     Unary("hardswish", lambda attrs, x: _hardswish(x), 5, "x·min(max(x + 3, 0), 6) / 6",
           CudaExpression("{0} * netc_clamp({0} + 3.0f, 0.0f, 6.0f) / 6.0f"),
-          OnnxForm("HardSwish", since=14)),
+          OnnxForm("HardSwish", since=14), vjp=elementwise(_hardswish_derivative)),
     Unary("hardsigmoid", lambda attrs, x: _hardsigmoid(x), 4, "min(max(x + 3, 0), 6) / 6",
-          CudaExpression("netc_clamp({0} + 3.0f, 0.0f, 6.0f) / 6.0f")),
+          CudaExpression("netc_clamp({0} + 3.0f, 0.0f, 6.0f) / 6.0f"),
+          vjp=elementwise(lambda builder, attrs, x, y: scaled(builder, builder.op(
+              "cast", _inside(builder, x, -3.0, 3.0, True), dtype=builder.type_of(x).dtype),
+              1 / 6))),
     Unary("elu", _elu, 3, "x if x > 0 else alpha·(exp(x) - 1)",
           CudaExpression("({0} > 0.0f ? {0} : {1} * expm1f({0}))", floats=("alpha",)),
           OnnxForm("Elu", (("alpha", "alpha"),), since=6),
-          (AttrSpec("alpha", "float", default=1.0, help="the value for x → -∞ is -alpha"),)),
+          (AttrSpec("alpha", "float", default=1.0, help="the value for x → -∞ is -alpha"),),
+          vjp=elementwise(_elu_derivative)),
     Unary("softplus", _softplus, 4,
           "log(1 + exp(beta·x)) / beta, or x where beta·x > threshold",
           CudaExpression("({0} * {1} > {2} ? {0} : log1pf(expf({0} * {1})) / {1})",
@@ -252,7 +325,8 @@ ACTIVATIONS = (
           attrs=(AttrSpec("beta", "float", default=1.0, help="the sharpness, nonzero"),
                  AttrSpec("threshold", "float", default=20.0,
                           help="above this, beta·x is returned as x (linear)")),
-          check=_check_softplus, constraints="beta ≠ 0"),
+          check=_check_softplus, constraints="beta ≠ 0",
+          vjp=elementwise(_softplus_derivative)),
     Unary("mish", None, 6, "x·tanh(softplus(x))", decompose=_mish_parts),
 )
 
@@ -291,9 +365,26 @@ def _log_softmax_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
                                                 dtype=np.float32))
 
 
-for _name, _reference, _summary in (
-    ("softmax", _softmax_reference, "exp(x) / sum(exp(x)) along axis, computed stably"),
-    ("log_softmax", _log_softmax_reference, "x - log(sum(exp(x))) along axis, computed stably"),
+def _softmax_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                 cotangent: str) -> Gradients:
+    # y · (g - sum(g · y)) along the axis.
+    total = builder.op("sum", builder.op("mul", cotangent, output), axis=attrs["axis"],
+                       keepdim=True)
+    return (builder.op("mul", output, builder.op("sub", cotangent, total)),)
+
+
+def _log_softmax_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                     cotangent: str) -> Gradients:
+    # g - exp(y) · sum(g) along the axis.
+    total = builder.op("sum", cotangent, axis=attrs["axis"], keepdim=True)
+    return (builder.op("sub", cotangent, builder.op("mul", builder.op("exp", output), total)),)
+
+
+for _name, _reference, _summary, _vjp in (
+    ("softmax", _softmax_reference, "exp(x) / sum(exp(x)) along axis, computed stably",
+     _softmax_vjp),
+    ("log_softmax", _log_softmax_reference, "x - log(sum(exp(x))) along axis, computed stably",
+     _log_softmax_vjp),
 ):
     register(OpDef(
         name=_name,
@@ -308,4 +399,5 @@ for _name, _reference, _summary in (
         reduced_axis=lambda attrs, rank: int(attrs["axis"]),
         summary=_summary,
         doc=OpDoc(flops="5·out"),
+        vjp=_vjp,
     ))

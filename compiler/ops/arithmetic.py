@@ -18,6 +18,7 @@ disagree, so netc asks for a `cast` first).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -25,8 +26,10 @@ import numpy as np
 from netc.dtypes import INTEGER_RANGES
 from netc.ir import FLOAT_DTYPES, INTEGER_DTYPES, Attrs, TensorType
 from netc.ops.activations import Unary, erf, register_unary
+from netc.ops.gradients import Gradients, Vjp, both, elementwise, scaled, unbroadcast
 from netc.ops.registry import (
     AttrSpec,
+    Composer,
     CudaExpression,
     OnnxForm,
     OpDef,
@@ -87,6 +90,54 @@ def number_problem(dtype: str, value: float) -> str | None:
         return f"the number {value} is outside the range of {dtype}, [{low}, {high}]"
     return None
 
+# Gradients ------------------------------------------------------------------------------
+#
+# A binary op's gradient with respect to a broadcast operand is summed back to its shape.
+# maximum and minimum give half the gradient to each operand where they are equal, as
+# PyTorch does; abs'(0) is 0.
+
+
+def _binary_vjp(local: Callable[[Composer, str, str, str, str], tuple[str, str]]) -> Vjp:
+    """The VJP of a broadcasting op from `local(builder, a, b, y, g)`, the gradients with
+    respect to a and b in the result's shape."""
+    def vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+            cotangent: str) -> Gradients:
+        a, b = inputs
+        first, second = local(builder, a, b, output, cotangent)
+        return (unbroadcast(builder, first, builder.type_of(a).shape),
+                unbroadcast(builder, second, builder.type_of(b).shape))
+    return vjp
+
+
+def _div_local(builder: Composer, a: str, b: str, y: str, g: str) -> tuple[str, str]:
+    over_b = builder.op("div", g, b)
+    return over_b, builder.op("neg", builder.op("mul", over_b, y))
+
+
+def _pick_local(op: str) -> Callable[[Composer, str, str, str, str], tuple[str, str]]:
+    """maximum (op "gt") or minimum ("lt"): the gradient to the operand that wins, half of
+    it to each where they tie."""
+    def local(builder: Composer, a: str, b: str, y: str, g: str) -> tuple[str, str]:
+        dtype = builder.type_of(g).dtype
+        wins = builder.op("cast", builder.op(op, a, b), dtype=dtype)
+        ties = scaled(builder, builder.op("cast", builder.op("eq", a, b), dtype=dtype), 0.5)
+        share = builder.op("add", wins, ties)
+        first = builder.op("mul", g, share)
+        return first, builder.op("sub", g, first)
+    return local
+
+
+_BINARY_VJPS: dict[str, Vjp] = {
+    "add": _binary_vjp(lambda builder, a, b, y, g: (g, g)),
+    "sub": _binary_vjp(lambda builder, a, b, y, g: (g, builder.op("neg", g))),
+    "mul": _binary_vjp(lambda builder, a, b, y, g: (builder.op("mul", g, b),
+                                                      builder.op("mul", g, a))),
+    "div": _binary_vjp(_div_local),
+    "maximum": _binary_vjp(_pick_local("gt")),
+    "minimum": _binary_vjp(_pick_local("lt")),
+}
+
+
 for _name, _function, _summary, _code, _onnx, _dtypes in (
     ("add", np.add, "a + b, NumPy broadcasting" + _INTEGERS, "{0} + {1}", OnnxForm("Add"),
      NUMERIC_DTYPES),
@@ -114,6 +165,7 @@ for _name, _function, _summary, _code, _onnx, _dtypes in (
         expression=CudaExpression(_code),
         onnx=_onnx,
         dtypes=_dtypes,
+        vjp=_BINARY_VJPS[_name],
     ))
 
 
@@ -156,26 +208,73 @@ def _pow_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     return inputs[0]
 
 
+def _sign(builder: Composer, attrs: Attrs, x: str, y: str) -> str:
+    """1, -1 or 0 (at 0 and for NaN), as torch.sign: abs's derivative."""
+    dtype = builder.type_of(x).dtype
+    return builder.op("sub", builder.op("cast", builder.op("gt", x, other=0.0), dtype=dtype),
+                      builder.op("cast", builder.op("lt", x, other=0.0), dtype=dtype))
+
+
+def _rsqrt_derivative(builder: Composer, attrs: Attrs, x: str, y: str) -> str:
+    return scaled(builder, builder.op("mul", builder.op("mul", y, y), y), -0.5)
+
+
+def _erf_derivative(builder: Composer, attrs: Attrs, x: str, y: str) -> str:
+    return scaled(builder, builder.op("exp", builder.op("neg", builder.op("mul", x, x))),
+                  2 / math.sqrt(math.pi))
+
+
 register_unary((
     Unary("neg", _math(np.negative), 1, "-x; `i32` and `i64` too (wrapping: -(-2^31) is "
-          "-2^31 in i32)", CudaExpression("(-{0})"), OnnxForm("Neg"), dtypes=NUMERIC_DTYPES),
-    Unary("exp", _math(np.exp), 1, "e^x", CudaExpression("expf({0})"), OnnxForm("Exp")),
+          "-2^31 in i32)", CudaExpression("(-{0})"), OnnxForm("Neg"), dtypes=NUMERIC_DTYPES,
+          vjp=lambda builder, attrs, inputs, output, g: (builder.op("neg", g),)),
+    Unary("exp", _math(np.exp), 1, "e^x", CudaExpression("expf({0})"), OnnxForm("Exp"),
+          vjp=elementwise(lambda builder, attrs, x, y: y)),
     Unary("log", _math(np.log), 1, "the natural logarithm (-inf at 0, NaN below)",
-          CudaExpression("logf({0})"), OnnxForm("Log")),
+          CudaExpression("logf({0})"), OnnxForm("Log"),
+          vjp=lambda builder, attrs, inputs, output, g: (builder.op("div", g, inputs[0]),)),
     Unary("sqrt", _math(np.sqrt), 1, "√x (NaN below 0)", CudaExpression("sqrtf({0})"),
-          OnnxForm("Sqrt")),
+          OnnxForm("Sqrt"), vjp=lambda builder, attrs, inputs, output, g: (
+              builder.op("div", g, scaled(builder, output, 2.0)),)),
     # ONNX has no rsqrt: exported as Reciprocal(Sqrt(x)).
     Unary("rsqrt", _math(_rsqrt), 2, "1 / √x (inf at 0)",
-          CudaExpression("rsqrtf({0})")),
+          CudaExpression("rsqrtf({0})"), vjp=elementwise(_rsqrt_derivative)),
     Unary("abs", _math(np.abs), 1, "|x|; `i32` and `i64` too (wrapping: |-2^31| is -2^31 in "
-          "i32)", CudaExpression("netc_abs({0})"), OnnxForm("Abs"), dtypes=NUMERIC_DTYPES),
+          "i32)", CudaExpression("netc_abs({0})"), OnnxForm("Abs"), dtypes=NUMERIC_DTYPES,
+          vjp=elementwise(_sign)),
     Unary("erf", _math(erf), 1, "the error function", CudaExpression("erff({0})"),
-          OnnxForm("Erf", since=9)),
+          OnnxForm("Erf", since=9), vjp=elementwise(_erf_derivative)),
     Unary("sin", _math(np.sin), 1, "sin x (radians)", CudaExpression("sinf({0})"),
-          OnnxForm("Sin", since=7)),
+          OnnxForm("Sin", since=7),
+          vjp=elementwise(lambda builder, attrs, x, y: builder.op("cos", x))),
     Unary("cos", _math(np.cos), 1, "cos x (radians)", CudaExpression("cosf({0})"),
-          OnnxForm("Cos", since=7)),
+          OnnxForm("Cos", since=7), vjp=elementwise(
+              lambda builder, attrs, x, y: builder.op("neg", builder.op("sin", x)))),
 ))
+
+def _pow_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+             cotangent: str) -> Gradients:
+    """As PyTorch's pow_backward: g·p·x^(p-1), 0 where p is 0; for a tensor exponent also
+    g·y·log(x), 0 where x is 0 and p >= 0."""
+    x = inputs[0]
+    dtype = builder.type_of(x).dtype
+    zero = builder.constant(0.0, dtype)
+    if len(inputs) == 1:
+        exponent = attrs["exponent"]
+        if exponent == 0:
+            return (builder.op("mul", cotangent, zero),)
+        local = scaled(builder, builder.op("pow", x, exponent=exponent - 1.0), exponent)
+        return (builder.op("mul", cotangent, local),)
+    p = inputs[1]
+    power = builder.op("pow", x, builder.op("sub", p, builder.constant(1.0, dtype)))
+    to_x = builder.op("where", builder.op("eq", p, other=0.0), zero,
+                      builder.op("mul", cotangent, builder.op("mul", p, power)))
+    to_p = builder.op("mul", cotangent, builder.op("mul", output, builder.op("log", x)))
+    at_zero = both(builder, builder.op("eq", x, other=0.0), builder.op("ge", p, other=0.0))
+    to_p = builder.op("where", at_zero, zero, to_p)
+    return (unbroadcast(builder, to_x, builder.type_of(x).shape),
+            unbroadcast(builder, to_p, builder.type_of(p).shape))
+
 
 register(OpDef(
     name="pow",
@@ -196,4 +295,5 @@ register(OpDef(
     # exponent as a second input: a number is exported as an initializer.
     expression=CudaExpression("({1} == 0.5f ? sqrtf({0}) : ({1} == -0.5f ? rsqrtf({0}) "
                               ": powf({0}, {1})))", floats=("exponent",)),
+    vjp=_pow_vjp,
 ))

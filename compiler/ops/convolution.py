@@ -16,9 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from netc.ir import Attrs, Dim, TensorType, format_shape
+from netc.ops.gradients import Gradients
 from netc.ops.registry import (
     REGISTRY,
     AttrSpec,
+    Composer,
     GemmView,
     OpDef,
     OpDoc,
@@ -87,6 +89,18 @@ def _gemm_view(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> GemmView
     return view(as_conv2d(attrs), [height_one(shape) for shape in inputs], height_one(output))
 
 
+def _conv1d_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                cotangent: str) -> Gradients:
+    """conv2d's, on the height-1 views of every operand (`as_conv2d`)."""
+    vjp = REGISTRY["conv2d"].vjp
+    assert vjp is not None
+    x, weight, *bias = inputs
+    tall = [builder.op("unsqueeze", value, axis=2) for value in (x, weight, output, cotangent)]
+    gradients = vjp(builder, as_conv2d(attrs), (tall[0], tall[1], *bias), tall[2], tall[3])
+    return (builder.op("squeeze", gradients[0], axis=2),
+            builder.op("squeeze", gradients[1], axis=2), *gradients[2:])
+
+
 register(OpDef(
     name="conv1d",
     attrs=(
@@ -100,6 +114,7 @@ register(OpDef(
     ),
     infer=_infer,
     reference=_reference,
+    vjp=_conv1d_vjp,
     param_names=lambda attrs: ("weight", "bias") if attrs["bias"] else ("weight",),
     params=_params,
     flops=_flops,

@@ -21,8 +21,10 @@ import numpy as np
 
 from netc.dtypes import round_scalar, round_to
 from netc.ir import ALL_DTYPES, FLOAT_DTYPES, INTEGER_DTYPES, Attrs, TensorType, format_shape
+from netc.ops.gradients import Gradients, unbroadcast
 from netc.ops.registry import (
     AttrSpec,
+    Composer,
     CudaExpression,
     OnnxForm,
     OpDef,
@@ -43,11 +45,21 @@ def _cast_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     return TensorType(attrs["dtype"], inputs[0].shape)
 
 
+def _cast_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+              cotangent: str) -> Gradients:
+    """Between float dtypes, the cotangent cast back; from an integer or bool, none."""
+    dtype = builder.type_of(inputs[0]).dtype
+    if dtype not in FLOAT_DTYPES:
+        return (None,)
+    return (builder.op("cast", cotangent, dtype=dtype),)
+
+
 register(OpDef(
     name="cast",
     attrs=(AttrSpec("dtype", "str", choices=ALL_DTYPES, help="the dtype to convert to"),),
     infer=_cast_infer,
     reference=lambda attrs, x: round_to(attrs["dtype"], x),
+    vjp=_cast_vjp,
     flops=per_element_flops(0),
     dtypes=ALL_DTYPES,
     summary="x converted to `dtype`, as `Tensor.to`: float to integer truncates toward zero "
@@ -149,10 +161,22 @@ def _where_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     return TensorType(dtype, broadcast_shapes("where", condition, a, second_dims=values))
 
 
+def _where_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+               cotangent: str) -> Gradients:
+    condition, a, b = inputs
+    zero = builder.constant(0.0, builder.type_of(cotangent).dtype)
+    return (None,
+            unbroadcast(builder, builder.op("where", condition, cotangent, zero),
+                        builder.type_of(a).shape),
+            unbroadcast(builder, builder.op("where", condition, zero, cotangent),
+                        builder.type_of(b).shape))
+
+
 register(OpDef(
     name="where",
     infer=_where_infer,
     reference=lambda attrs, condition, a, b: np.where(condition, a, b),
+    vjp=_where_vjp,
     min_inputs=3,
     max_inputs=3,
     flops=per_element_flops(1),
@@ -201,6 +225,8 @@ register(OpDef(
     infer=_masked_fill_infer,
     reference=lambda attrs, x, mask: np.where(mask, round_to_like(x, attrs["value"]), x),
     normalize=_masked_fill_normalize,
+    vjp=lambda builder, attrs, inputs, output, g: (builder.op(
+        "where", inputs[1], builder.constant(0.0, builder.type_of(g).dtype), g), None),
     min_inputs=2,
     max_inputs=2,
     flops=per_element_flops(1),
@@ -243,6 +269,26 @@ def embedding_rows(ids: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return rows
 
 
+def _embedding_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                   cotangent: str) -> Gradients:
+    """The table's gradient: each row the sum of the cotangents of the positions that read
+    it, as onehot(ids)^T @ g (an id outside the table reads no row, so adds nothing)."""
+    ids, _ = inputs
+    rank = builder.type_of(ids).rank
+    rows = builder.op("arange", n=attrs["num_embeddings"])
+    onehot = builder.op("cast", builder.op("eq", builder.op("unsqueeze", builder.op(
+        "cast", ids, dtype="i64"), axis=rank), rows), dtype=builder.type_of(cotangent).dtype)
+    if rank == 0:
+        return (None, builder.op("mul", builder.op("unsqueeze", onehot, axis=1),
+                                 builder.op("unsqueeze", cotangent, axis=0)))
+    # [..., rows, positions] @ [..., positions, dim], summed over the leading dims.
+    swapped = builder.op("transpose", onehot, perm=[*range(rank - 1), rank, rank - 1])
+    table = builder.op("matmul", swapped, cotangent)
+    if rank > 1:
+        table = builder.op("sum", table, axis=list(range(rank - 1)))
+    return (None, table)
+
+
 register(OpDef(
     name="embedding",
     attrs=(AttrSpec("num_embeddings", "int", minimum=1, help="rows of the table (vocabulary)"),
@@ -251,6 +297,7 @@ register(OpDef(
                     help="the table's (and the result's) dtype")),
     infer=_embedding_infer,
     reference=lambda attrs, ids, weight: embedding_rows(ids, weight),
+    vjp=_embedding_vjp,
     param_names=lambda attrs: ("weight",),
     params=_embedding_params,
     flops=per_element_flops(0),
@@ -317,6 +364,8 @@ for _name, _where in (("triu", "on and above"), ("tril", "on and below")):
                         help="0 the main diagonal, positive above it, negative below"),),
         infer=_triangle_infer(_name),
         reference=_triangle_reference(_name),
+        vjp=lambda builder, attrs, inputs, output, g, op=_name: (
+            builder.op(op, g, diagonal=attrs["diagonal"]),),
         flops=per_element_flops(0),
         kind="layout",
         role="layout",

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from netc.ir import ALL_DTYPES, Attrs, Dim, TensorType, format_shape
+from netc.ops.gradients import Gradients, identity
 from netc.ops.registry import (
     AttrSpec,
+    Composer,
     OnnxForm,
     OpDef,
     OpDoc,
@@ -42,11 +44,18 @@ def _flatten_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     return TensorType(x.dtype, (x.shape[0], _item_size("flatten", x)))
 
 
+def _reshape_back(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                  cotangent: str) -> Gradients:
+    """flatten's and reshape's gradient: the cotangent in the input's shape."""
+    return (builder.op("reshape", cotangent, dims=list(builder.type_of(inputs[0]).shape[1:])),)
+
+
 register(OpDef(
     name="flatten",
     dtypes=ALL_DTYPES,
     infer=_flatten_infer,
     reference=lambda attrs, x: x.reshape(x.shape[0], -1),
+    vjp=_reshape_back,
     kind="view",
     role="view",
     summary="[N, ...] to [N, prod(...)]",
@@ -113,6 +122,7 @@ register(OpDef(
     infer=_reshape_infer,
     reference=_reshape_reference,
     normalize=_reshape_normalize,
+    vjp=_reshape_back,
     kind="view",
     role="view",
     summary="a new shape for each item; the batch dimension is kept",
@@ -133,6 +143,13 @@ def _transpose_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     return TensorType(x.dtype, shape)
 
 
+def _transpose_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                   cotangent: str) -> Gradients:
+    perm = list(attrs["perm"])
+    return (builder.op("transpose", cotangent, perm=[perm.index(axis)
+                                                     for axis in range(len(perm))]),)
+
+
 register(OpDef(
     name="transpose",
     dtypes=ALL_DTYPES,
@@ -141,6 +158,7 @@ register(OpDef(
     infer=_transpose_infer,
     reference=lambda attrs, x: np.ascontiguousarray(x.transpose(attrs["perm"])),
     normalize=lambda attrs, inputs: attrs.replace(perm=tuple(attrs["perm"])),
+    vjp=_transpose_vjp,
     kind="layout",
     role="layout",
     onnx=OnnxForm("Transpose", (("perm", "perm"),)),
@@ -174,6 +192,18 @@ def _concat_normalize(attrs: Attrs, inputs: Sequence[TensorType]) -> Attrs:
     return attrs.replace(axis=resolve_axis("concat", attrs["axis"], inputs[0]))
 
 
+def _concat_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                cotangent: str) -> Gradients:
+    """Each input's slice of the cotangent along the axis."""
+    axis, start, gradients = attrs["axis"], 0, []
+    for value in inputs:
+        size = int(builder.type_of(value).shape[axis])
+        gradients.append(builder.op("slice", cotangent, axes=[axis], starts=[start],
+                                    ends=[start + size]))
+        start += size
+    return tuple(gradients)
+
+
 register(OpDef(
     name="concat",
     dtypes=ALL_DTYPES,
@@ -183,6 +213,7 @@ register(OpDef(
     min_inputs=2,
     max_inputs=None,
     normalize=_concat_normalize,
+    vjp=_concat_vjp,
     kind="layout",
     role="layout",
     onnx=OnnxForm("Concat", (("axis", "axis"),), since=4),
@@ -202,6 +233,8 @@ register(OpDef(
     attrs=(AttrSpec("p", "float", default=0.5, minimum=0.0, help="ignored at inference"),),
     infer=_dropout_infer,
     reference=lambda attrs, x: x,
+    # The identity's: training-mode dropout (a mask from a seeded RNG) is not built yet.
+    vjp=identity,
     kind="view",
     role="view",
     summary="the identity (inference mode)",

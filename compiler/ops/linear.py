@@ -1,4 +1,4 @@
-"""Ops built on matrix products: dense, conv2d and matmul."""
+"""Ops built on matrix products: dense, conv2d, matmul and matmul_nt."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from netc.ir import Attrs, TensorType, format_shape
+from netc.ops.gradients import Gradients, unbroadcast
 from netc.ops.registry import (
     AttrSpec,
+    Composer,
     GemmView,
     OnnxForm,
     OpDef,
@@ -24,7 +26,7 @@ from netc.ops.registry import (
     require_rank,
     same_dtype,
 )
-from netc.ops.windows import Window, spatial_output
+from netc.ops.windows import Window, crop_padding, spatial_output
 
 
 def _bias_names(attrs: Attrs) -> tuple[str, ...]:
@@ -67,6 +69,33 @@ def _dense_gemm(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> GemmVie
     return GemmView(m=x[:-1], n=(attrs["units"],), k=x[-1:])
 
 
+def _swap_last(builder: Composer, value: str) -> str:
+    """`value` with its last two dimensions swapped."""
+    rank = builder.type_of(value).rank
+    return builder.op("transpose", value, perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+def _dense_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+               cotangent: str) -> Gradients:
+    """dx = g @ W; dW = g^T @ x summed over every row (the batch and any middle dims);
+    db = g summed the same way."""
+    x, weight = inputs[:2]
+    rank = builder.type_of(x).rank
+    to_x = builder.op("matmul", cotangent, weight)
+    if rank == 1:
+        to_weight = builder.op("mul", builder.op("unsqueeze", cotangent, axis=1),
+                               builder.op("unsqueeze", x, axis=0))
+    else:
+        # [..., units, rows] @ [..., rows, in], then the sum over the leading dims.
+        to_weight = builder.op("matmul", _swap_last(builder, cotangent), x)
+        if rank > 2:
+            to_weight = builder.op("sum", to_weight, axis=list(range(rank - 2)))
+    if not attrs["bias"]:
+        return (to_x, to_weight)
+    to_bias = builder.op("sum", cotangent, axis=list(range(rank - 1))) if rank > 1 else cotangent
+    return (to_x, to_weight, to_bias)
+
+
 register(OpDef(
     name="dense",
     attrs=(
@@ -81,6 +110,7 @@ register(OpDef(
     kind="gemm",
     role="gemm",
     gemm_view=_dense_gemm,
+    vjp=_dense_vjp,
     summary="y = x @ weight.T + bias, on the last dimension",
     doc=OpDoc(shapes="`[..., in]` → `[..., units]`",
               params="`weight [units, in]`, `bias [units]`: U(±1/√in)",
@@ -152,6 +182,55 @@ def _conv2d_gemm(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> GemmVi
                     k=(channels // groups * kernel_h * kernel_w,), count=(groups,))
 
 
+def _conv2d_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                cotangent: str) -> Gradients:
+    """dx is the transposed convolution of g by the same weight; dW a GEMM of g by the
+    input's window columns per image, summed over the batch; db g summed over all but the
+    channels."""
+    x, weight = inputs[:2]
+    x_type = builder.type_of(x)
+    window = Window.from_attrs("conv2d", attrs)
+    groups = attrs["groups"]
+    _, channels, height, width = x_type.shape
+    out_h, out_w = (int(d) for d in builder.type_of(output).shape[2:])
+    (kernel_h, kernel_w), (stride_h, stride_w) = window.kernel, window.stride
+    dilation_h, dilation_w = window.dilation
+    top, left, bottom, right = window.padding
+    shared = dict(filters=channels, kernel=window.kernel, stride=window.stride,
+                  dilation=window.dilation, groups=groups, bias=False)
+    if (top, left) == (bottom, right):
+        # The transposed convolution gives (out - 1)·stride + dilation·(kernel - 1) + 1
+        # rows: the padded input's up to the last a window reads; output_padding adds the
+        # rest.
+        extra = [int(height) + 2 * top - (out_h - 1) * stride_h - dilation_h * (kernel_h - 1) - 1,
+                 int(width) + 2 * left - (out_w - 1) * stride_w - dilation_w * (kernel_w - 1) - 1]
+        to_x = builder.op("conv_transpose2d", cotangent, weight, padding=(top, left),
+                          output_padding=extra, **shared)
+    else:  # asymmetric ("same" with an even kernel): crop the padding afterwards
+        to_x = crop_padding(builder, builder.op("conv_transpose2d", cotangent, weight,
+                                                **shared), window, x_type)
+    # dW[f, c, i, j] = sum over n, y, x of g[n, f, y, x] · x_padded[n, c, y·s + i·d, x·s + j·d]:
+    # per image and group a GEMM of g [filters, pixels] by the window columns [pixels,
+    # channels · taps] (im2col), summed over the images.
+    filters, per_group = attrs["filters"], channels // groups
+    padded = builder.op("pad", x, pads=[left, right, top, bottom]) if any(window.padding) else x
+    taps = [builder.op("slice", padded, axes=[2, 3], starts=[i * dilation_h, j * dilation_w],
+                       ends=[i * dilation_h + (out_h - 1) * stride_h + 1,
+                             j * dilation_w + (out_w - 1) * stride_w + 1],
+                       steps=[stride_h, stride_w])
+            for i in range(kernel_h) for j in range(kernel_w)]
+    columns = builder.op("reshape", builder.op("stack", *taps, axis=2),
+                         dims=[groups, per_group * kernel_h * kernel_w, out_h * out_w])
+    rows = builder.op("reshape", cotangent, dims=[groups, filters // groups, out_h * out_w])
+    per_image = builder.op("matmul", rows, _swap_last(builder, columns))
+    to_weight = builder.op("sum", builder.op("reshape", per_image,
+                                             dims=[filters, per_group, kernel_h, kernel_w]),
+                           axis=0)
+    if not attrs["bias"]:
+        return (to_x, to_weight)
+    return (to_x, to_weight, builder.op("sum", cotangent, axis=[0, 2, 3]))
+
+
 register(OpDef(
     name="conv2d",
     attrs=(
@@ -173,6 +252,7 @@ register(OpDef(
     kind="conv",
     role="conv",
     gemm_view=_conv2d_gemm,
+    vjp=_conv2d_vjp,
     summary="2-D cross-correlation over NCHW; padding kept as (top, left, bottom, right)",
     doc=OpDoc(shapes="`[N, C, H, W]` → `[N, filters, H', W']`",
               params="`weight [filters, C/groups, kh, kw]`, `bias [filters]`: U(±1/√fan_in), "
@@ -218,6 +298,25 @@ def _matmul_gemm(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> GemmVi
     return GemmView(m=a_matrix[-2:-1], n=b_matrix[-1:], k=a_matrix[-1:], count=batch)
 
 
+def _matmul_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                cotangent: str) -> Gradients:
+    """da = g @ b^T and db = a^T @ g, each summed back over the batch dims it was broadcast
+    along; a vector operand is a 1-row (a) or 1-column (b) matrix, as in the forward op."""
+    a, b = inputs
+    a_vector, b_vector = builder.type_of(a).rank == 1, builder.type_of(b).rank == 1
+    a_matrix = builder.op("unsqueeze", a, axis=0) if a_vector else a
+    b_matrix = builder.op("unsqueeze", b, axis=1) if b_vector else b
+    g = builder.op("unsqueeze", cotangent, axis=-1) if b_vector else cotangent
+    g = builder.op("unsqueeze", g, axis=-2 if builder.type_of(g).rank else 0) \
+        if a_vector else g
+    to_a = unbroadcast(builder, builder.op("matmul", g, _swap_last(builder, b_matrix)),
+                       builder.type_of(a_matrix).shape)
+    to_b = unbroadcast(builder, builder.op("matmul", _swap_last(builder, a_matrix), g),
+                       builder.type_of(b_matrix).shape)
+    return (builder.op("squeeze", to_a, axis=0) if a_vector else to_a,
+            builder.op("squeeze", to_b, axis=1) if b_vector else to_b)
+
+
 register(OpDef(
     name="matmul",
     infer=_matmul_infer,
@@ -229,6 +328,47 @@ register(OpDef(
     role="gemm",
     gemm_view=_matmul_gemm,
     onnx=OnnxForm("MatMul"),
+    vjp=_matmul_vjp,
     summary="a @ b, batched with NumPy's broadcasting rules",
     doc=OpDoc(shapes="NumPy `matmul` rules, 1-D operands included", flops="2·out·k"),
+))
+
+
+# matmul_nt (made by the fold_transposes pass) --------------------------------------------
+
+
+def _swap_last_two(shape: Shape) -> Shape:
+    return (*shape[:-2], shape[-1], shape[-2])
+
+
+def _matmul_nt_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    a, b = inputs
+    require_rank("matmul_nt", a, 2, what="first input")
+    require_rank("matmul_nt", b, 2, what="second input")
+    return _matmul_infer(attrs, [a, TensorType(b.dtype, _swap_last_two(b.shape))])
+
+
+def _matmul_nt_gemm(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> GemmView:
+    return _matmul_gemm(attrs, (inputs[0], _swap_last_two(inputs[1])), output)
+
+
+def _matmul_nt_decompose(builder: Composer, attrs: Attrs, a: str, b: str) -> str:
+    rank = builder.type_of(b).rank
+    swapped = builder.op("transpose", b, perm=[*range(rank - 2), rank - 1, rank - 2])
+    return builder.op("matmul", a, swapped)
+
+
+register(OpDef(
+    name="matmul_nt",
+    infer=_matmul_nt_infer,
+    decompose=_matmul_nt_decompose,
+    min_inputs=2,
+    max_inputs=2,
+    flops=lambda attrs, inputs, output: 2 * math.prod(output) * inputs[0][-1],
+    kind="gemm",
+    role="gemm",
+    gemm_view=_matmul_nt_gemm,
+    internal=True,
+    summary="a @ bᵀ with b's last two dims swapped, batched as matmul: what fold_transposes "
+            "makes of a matmul of a transpose, so that the GEMM reads b where it is",
 ))

@@ -25,6 +25,7 @@ import numpy as np
 
 from netc.ir import FLOAT_DTYPES, INTEGER_DTYPES, Attrs, TensorType, format_shape
 from netc.ops.apply import DtypeError
+from netc.ops.gradients import Gradients, Vjp, count
 from netc.ops.registry import (
     AttrSpec,
     Composer,
@@ -216,6 +217,54 @@ def _nll_loss_parts(builder: Composer, attrs: Attrs, log_probs: str, target: str
     return _classes_parts(builder, attrs, _as_f32(builder, log_probs), target, weight)
 
 
+def _classes_vjp(from_logits: bool) -> Vjp:
+    """cross_entropy's (`from_logits`) or nll_loss's gradient with respect to the scores.
+
+    Each target's loss has the cotangent `scale` (the loss's; divided by the sum of the
+    targets' weights for "mean"), weighted by its target's weight w_t (0 where ignored):
+    nll_loss gives -w_t·scale to the target's class; cross_entropy w_t·scale·(p - onehot),
+    p = softmax(logits), and with label smoothing s that times (1 - s) plus
+    (s / C)·scale·(p·sum_c w_c - w) for each target not ignored (w the class weights, 1
+    without). No gradient for the class ids or the class weights."""
+    def vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+            cotangent: str) -> Gradients:
+        scores, target = inputs[:2]
+        weight = inputs[2] if len(inputs) == 3 else None
+        scores_type = builder.type_of(scores)
+        chosen, valid, weights, per_class = _targets(builder, attrs, scores_type, target,
+                                                     weight)
+        assert chosen is not None
+        scale = cotangent
+        if attrs["reduction"] == "mean":
+            every = list(range(builder.type_of(weights).rank))
+            scale = builder.op("div", scale, builder.op("sum", weights, axis=every))
+        onehot = builder.op("cast", chosen, dtype="f32")
+        per_target = builder.op("unsqueeze", builder.op("mul", weights, scale), axis=1)
+        if not from_logits:
+            gradient = builder.op("neg", builder.op("mul", onehot, per_target))
+        else:
+            probs = builder.op("softmax", _as_f32(builder, scores), axis=1)
+            gradient = builder.op("mul", builder.op("sub", probs, onehot), per_target)
+            smoothing = attrs["label_smoothing"]
+            if smoothing:
+                classes = int(scores_type.shape[1])
+                counted = builder.op("mul", builder.op("cast", valid, dtype="f32"), scale)
+                if per_class is None:
+                    spread = builder.op("sub", builder.op("mul", probs, builder.constant(
+                        float(classes))), builder.constant(1.0))
+                else:
+                    total = builder.op("sum", per_class, axis=0)
+                    spread = builder.op("sub", builder.op("mul", probs, total), per_class)
+                spread = builder.op("mul", spread, builder.op("unsqueeze", counted, axis=1))
+                gradient = builder.op("add", builder.op(
+                    "mul", gradient, builder.constant(1.0 - smoothing)), builder.op(
+                    "mul", spread, builder.constant(smoothing / classes)))
+        if scores_type.dtype != "f32":
+            gradient = builder.op("cast", gradient, dtype=scores_type.dtype)
+        return (gradient, None, *([None] if weight is not None else []))
+    return vjp
+
+
 def _classes_flops(per_element: int) -> Flops:
     def flops(attrs: Attrs, inputs: Sequence[tuple[int, ...]], output: tuple[int, ...]) -> int:
         return per_element * math.prod(inputs[0]) + 4 * math.prod(inputs[1])
@@ -241,6 +290,7 @@ register(OpDef(
     reference=lambda attrs, logits, target, weight=None: _classes_reference(
         _log_softmax64(logits), target, attrs, weight),
     decompose=_cross_entropy_parts,
+    vjp=_classes_vjp(from_logits=True),
     min_inputs=2,
     max_inputs=3,
     flops=_classes_flops(8),
@@ -264,6 +314,7 @@ register(OpDef(
     reference=lambda attrs, log_probs, target, weight=None: _classes_reference(
         np.asarray(log_probs, dtype=np.float64), target, attrs, weight),
     decompose=_nll_loss_parts,
+    vjp=_classes_vjp(from_logits=False),
     min_inputs=2,
     max_inputs=3,
     flops=_classes_flops(2),
@@ -321,6 +372,20 @@ def _bce_parts(builder: Composer, attrs: Attrs, logits: str, target: str) -> str
     return _mean_all(builder, builder.op("add", linear, tail))
 
 
+def _mse_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+             cotangent: str) -> Gradients:
+    """2·(a - b)·g / numel to a, its negation to b (l1_loss and bce_with_logits go through
+    their decompositions)."""
+    a, b = inputs
+    a_type = builder.type_of(a)
+    numel = count(builder, a_type.shape, range(a_type.rank), "f32")
+    factor = builder.op("div", builder.op("mul", cotangent, builder.constant(2.0)), numel)
+    to_a = builder.op("mul", _difference(builder, a, b), factor)
+    if a_type.dtype != "f32":
+        to_a = builder.op("cast", to_a, dtype=a_type.dtype)
+    return (to_a, builder.op("neg", to_a))
+
+
 def _bce_reference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         return (1.0 - y) * x - np.minimum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
@@ -336,21 +401,22 @@ def _pair_reference(function: Pairwise) -> Callable[..., np.ndarray]:
 
 _PAIRS = (
     ("mse_loss", lambda a, b: (a - b) ** 2, _mse_parts, 3, "a, b",
-     "`F.mse_loss(a, b)`: the mean of (a - b)^2"),
+     "`F.mse_loss(a, b)`: the mean of (a - b)^2", _mse_vjp),
     ("l1_loss", lambda a, b: np.abs(a - b), _l1_parts, 3, "a, b",
-     "`F.l1_loss(a, b)`: the mean of |a - b|"),
+     "`F.l1_loss(a, b)`: the mean of |a - b|", None),
     ("bce_with_logits", _bce_reference, _bce_parts, 8, "logits, target",
      "`F.binary_cross_entropy_with_logits(logits, target)`: the mean of "
      "-(y log σ(x) + (1 - y) log(1 - σ(x))), computed stably as (1 - y) x - min(x, 0) + "
-     "log(1 + exp(-|x|))"),
+     "log(1 + exp(-|x|))", None),
 )
 
-for _name, _function, _parts, _flops, _operands, _summary in _PAIRS:
+for _name, _function, _parts, _flops, _operands, _summary, _vjp in _PAIRS:
     register(OpDef(
         name=_name,
         infer=_pair_infer(_name),
         reference=_pair_reference(_function),
         decompose=_parts,
+        vjp=_vjp,
         min_inputs=2,
         max_inputs=2,
         flops=lambda attrs, inputs, output, per=_flops: per * math.prod(inputs[0]),

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from netc.ir import Attrs, TensorType, format_shape
+from netc.ops.gradients import Gradients
 from netc.ops.registry import (
     AttrSpec,
+    Composer,
     CudaExpression,
     OnnxForm,
     OpDef,
@@ -114,11 +116,51 @@ def _layernorm_reference(attrs: Attrs, x: np.ndarray, weight: np.ndarray,
     return centered / np.sqrt(variance + np.float32(attrs["eps"])) * weight + bias
 
 
+def _row_mean(builder: Composer, value: str) -> str:
+    return builder.op("mean", value, axis=-1, keepdim=True)
+
+
+def _normalized_vjp(builder: Composer, x: str, centered: str, mean_square: str, eps: float,
+                    weight: str, cotangent: str, subtract_mean: bool) -> tuple[str, str]:
+    """The gradients with respect to x and the weight of y = x̂·weight (+ bias) along the
+    last dimension, x̂ = centered / sqrt(mean_square + eps): with gw = g·weight,
+    dx = (gw - [mean(gw)] - x̂·mean(gw·x̂)) / sqrt(mean_square + eps), the bracket for
+    layernorm only; dweight = g·x̂ summed over every row."""
+    scale = builder.op("rsqrt", builder.op("add", mean_square,
+                                           builder.constant(eps, builder.type_of(x).dtype)))
+    normalized = builder.op("mul", centered, scale)
+    scaled_g = builder.op("mul", cotangent, weight)
+    inner = builder.op("sub", scaled_g, builder.op(
+        "mul", normalized, _row_mean(builder, builder.op("mul", scaled_g, normalized))))
+    if subtract_mean:
+        inner = builder.op("sub", inner, _row_mean(builder, scaled_g))
+    return builder.op("mul", inner, scale), _over_rows(builder, builder.op("mul", cotangent,
+                                                                           normalized))
+
+
+def _over_rows(builder: Composer, value: str) -> str:
+    """`value` summed over every dimension but the last (a per-feature parameter's
+    gradient)."""
+    rank = builder.type_of(value).rank
+    return builder.op("sum", value, axis=list(range(rank - 1))) if rank > 1 else value
+
+
+def _layernorm_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                   cotangent: str) -> Gradients:
+    x, weight, _ = inputs
+    centered = builder.op("sub", x, _row_mean(builder, x))
+    variance = _row_mean(builder, builder.op("mul", centered, centered))
+    to_x, to_weight = _normalized_vjp(builder, x, centered, variance, attrs["eps"], weight,
+                                      cotangent, subtract_mean=True)
+    return (to_x, to_weight, _over_rows(builder, cotangent))
+
+
 register(OpDef(
     name="layernorm",
     attrs=(EPS,),
     infer=_layernorm_infer,
     reference=_layernorm_reference,
+    vjp=_layernorm_vjp,
     param_names=lambda attrs: ("weight", "bias"),
     params=_layernorm_params,
     # mean, subtract, square, sum, normalise, scale and shift: about 7 per element.
@@ -259,6 +301,10 @@ register(OpDef(
                          "machine epsilon: give it to match a model)"),),
     infer=_rmsnorm_infer,
     reference=_rmsnorm_reference,
+    vjp=lambda builder, attrs, inputs, output, g: _normalized_vjp(
+        builder, inputs[0], inputs[0],
+        _row_mean(builder, builder.op("mul", inputs[0], inputs[0])), attrs["eps"], inputs[1],
+        g, subtract_mean=False),
     param_names=lambda attrs: ("weight",),
     params=_rmsnorm_params,
     # square, sum, rsqrt, scale twice.

@@ -22,8 +22,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from netc.ir import Attrs, TensorType, format_shape
+from netc.ops.gradients import Gradients, count, spread
 from netc.ops.registry import (
     AttrSpec,
+    Composer,
     OnnxForm,
     OpDef,
     OpDoc,
@@ -32,7 +34,7 @@ from netc.ops.registry import (
     register,
     require_rank,
 )
-from netc.ops.windows import Window, spatial_output
+from netc.ops.windows import Window, crop_padding, spatial_output
 
 POOL_ATTRS = (
     AttrSpec("kernel", "int_pair", minimum=1, help="window size: an int or [h, w]"),
@@ -98,16 +100,96 @@ def _window_flops(extra_per_output: int) -> Callable[
     return flops
 
 
+# Gradients ----------------------------------------------------------------------------------
+#
+# Each output's cotangent goes back to the elements of its window: in equal shares for an
+# average, all of it to the first largest element (in row-major window order, as PyTorch's
+# CPU kernel) for a max. The shares are scattered into the padded input's coordinates by
+# transposed convolutions, then the padding is cropped (`crop_padding`).
+
+
+def _ones_kernel(builder: Composer, channels: int, kernel: tuple[int, int], dtype: str) -> str:
+    """A depthwise [C, 1, kh, kw] weight of ones (a transposed convolution by it adds each
+    input element to every position of its window)."""
+    return builder.op("expand", builder.constant(1.0, dtype), dims=[channels, 1, *kernel])
+
+
+def _scatter(builder: Composer, shares: str, window: Window, kernel: tuple[int, int]) -> str:
+    """Each element of `shares` [N, C, H', W'] added to its window of size `kernel` in the
+    padded input's coordinates (window i starts at row i·stride)."""
+    channels = int(builder.type_of(shares).shape[1])
+    dtype = builder.type_of(shares).dtype
+    return builder.op("conv_transpose2d", shares, _ones_kernel(builder, channels, kernel, dtype),
+                      filters=channels, kernel=kernel, stride=window.stride, groups=channels,
+                      bias=False)
+
+
+def _avgpool_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                 cotangent: str) -> Gradients:
+    x = inputs[0]
+    window = _pool_window("avgpool2d", attrs)
+    if window.ceil_mode:
+        raise ShapeError("the gradient of `avgpool2d` with ceil_mode is not built yet")
+    kernel_h, kernel_w = window.kernel
+    share = builder.op("div", cotangent, builder.constant(float(kernel_h * kernel_w),
+                                                          builder.type_of(x).dtype))
+    if not attrs["count_include_pad"] and any(window.padding):
+        # Divided by the real elements of each window: kh·kw times the average of ones
+        # with the padding counted.
+        ones = builder.op("expand", builder.constant(1.0, builder.type_of(x).dtype),
+                          dims=[1, 1, *builder.type_of(x).shape[2:]])
+        share = builder.op("div", share, builder.op("avgpool2d", ones, kernel=window.kernel,
+                                                    stride=window.stride,
+                                                    padding=window.padding[:2]))
+    full = _scatter(builder, share, window, window.kernel)
+    return (crop_padding(builder, full, window, builder.type_of(x)),)
+
+
+def _maxpool_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                 cotangent: str) -> Gradients:
+    x = inputs[0]
+    x_type = builder.type_of(x)
+    window = _pool_window("maxpool2d", attrs)
+    (kernel_h, kernel_w), (stride_h, stride_w) = window.kernel, window.stride
+    top, left, bottom, right = window.padding
+    out_h, out_w = (int(d) for d in builder.type_of(output).shape[2:])
+    reach_h, reach_w = (out_h - 1) * stride_h + kernel_h, (out_w - 1) * stride_w + kernel_w
+    height, width = int(x_type.shape[2]), int(x_type.shape[3])
+    padded = builder.op("pad", x, value=float("-inf"), pads=[
+        left, max(right, reach_w - width - left), top, max(bottom, reach_h - height - top)])
+    dtype = x_type.dtype
+    free = builder.op("expand", builder.constant(1.0, dtype),
+                      dims=list(builder.type_of(output).shape))
+    full = None
+    for row in range(kernel_h):
+        for column in range(kernel_w):
+            # The window element at (row, column) of every window.
+            tap = builder.op("slice", padded, axes=[2, 3], starts=[row, column],
+                             ends=[row + (out_h - 1) * stride_h + 1,
+                                   column + (out_w - 1) * stride_w + 1],
+                             steps=[stride_h, stride_w])
+            hit = builder.op("mul", builder.op("cast", builder.op("eq", tap, output),
+                                               dtype=dtype), free)
+            free = builder.op("sub", free, hit)
+            spaced = _scatter(builder, builder.op("mul", cotangent, hit), window, (1, 1))
+            placed = builder.op("pad", spaced, pads=[column, kernel_w - 1 - column,
+                                                     row, kernel_h - 1 - row])
+            full = placed if full is None else builder.op("add", full, placed)
+    assert full is not None
+    return (crop_padding(builder, full, window, x_type),)
+
+
 _POOL_SHAPES = "`[N, C, H, W]` → `[N, C, H', W']`"
 _POOL_CONSTRAINTS = ("`stride` defaults to the kernel; `padding` at most kernel//2 on each "
                      "side; `ceil_mode` drops a last window that would start in the "
                      "bottom/right padding")
 
-for _name, _attrs, _reference, _extra, _summary, _flops in (
+for _name, _attrs, _reference, _extra, _summary, _flops, _vjp in (
     ("maxpool2d", POOL_ATTRS, _maxpool_reference, 0, "max over each window; padding never wins",
-     "out·kh·kw"),
+     "out·kh·kw", _maxpool_vjp),
     ("avgpool2d", AVGPOOL_ATTRS, _avgpool_reference, 1,
-     "mean over each window; padding counted unless count_include_pad=false", "out·(kh·kw+1)"),
+     "mean over each window; padding counted unless count_include_pad=false", "out·(kh·kw+1)",
+     _avgpool_vjp),
 ):
     register(OpDef(
         name=_name,
@@ -116,6 +198,7 @@ for _name, _attrs, _reference, _extra, _summary, _flops in (
         reference=_reference,
         normalize=_pool_normalize(_name),
         flops=_window_flops(_extra),
+        vjp=_vjp,
         kind="pool",
         role="pool",
         summary=_summary,
@@ -197,6 +280,9 @@ register(OpDef(
     name="global_avgpool",
     infer=_global_avgpool_infer,
     reference=lambda attrs, x: x.mean(axis=(2, 3), keepdims=True, dtype=np.float32),
+    vjp=lambda builder, attrs, inputs, output, g: (builder.op(
+        "div", spread(builder, g, builder.type_of(inputs[0]).shape, (2, 3), True),
+        count(builder, builder.type_of(inputs[0]).shape, (2, 3), builder.type_of(g).dtype)),),
     flops=_global_avgpool_flops,
     kind="pool",
     # A mean over each channel: the row-wise kernel family, each element read once.

@@ -28,8 +28,10 @@ import numpy as np
 
 from netc.ir import FLOAT_DTYPES, Attrs, TensorType, format_shape
 from netc.ops.arithmetic import NUMERIC_DTYPES
+from netc.ops.gradients import Gradients, Vjp, count, spread
 from netc.ops.registry import (
     AttrSpec,
+    Composer,
     OpDef,
     OpDoc,
     ShapeError,
@@ -110,6 +112,51 @@ def _logsumexp(x: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarr
     return result if keepdims else np.squeeze(result, axis=axis)
 
 
+# Gradients: the cotangent spread back over the reduced axes, times the local derivative:
+# 1 (sum), 1/count (mean), exp(x - y) (logsumexp), and for amax / amin an equal share for
+# every element that attains the extreme (PyTorch's rule for ties).
+
+
+def _reduction_vjp(local: Callable[[Composer, Attrs, str, str, str], str] | None) -> Vjp:
+    """The VJP of a reduction from `local(builder, attrs, x, y spread back, g spread back)`,
+    the gradient with respect to x (None: the spread cotangent itself, as for sum)."""
+    def vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+            cotangent: str) -> Gradients:
+        x = inputs[0]
+        shape = builder.type_of(x).shape
+        axes, keepdim = attrs["axis"], attrs["keepdim"]
+        spread_g = spread(builder, cotangent, shape, axes, keepdim)
+        if local is None:
+            return (spread_g,)
+        spread_y = spread(builder, output, shape, axes, keepdim)
+        return (local(builder, attrs, x, spread_y, spread_g),)
+    return vjp
+
+
+def _mean_local(builder: Composer, attrs: Attrs, x: str, y: str, g: str) -> str:
+    x_type = builder.type_of(x)
+    return builder.op("div", g, count(builder, x_type.shape, attrs["axis"], x_type.dtype))
+
+
+def _logsumexp_local(builder: Composer, attrs: Attrs, x: str, y: str, g: str) -> str:
+    return builder.op("mul", g, builder.op("exp", builder.op("sub", x, y)))
+
+
+def _extreme_local(builder: Composer, attrs: Attrs, x: str, y: str, g: str) -> str:
+    dtype = builder.type_of(x).dtype
+    hits = builder.op("cast", builder.op("eq", x, y), dtype=dtype)
+    ties = builder.op("sum", hits, axis=list(attrs["axis"]), keepdim=True)
+    return builder.op("mul", g, builder.op("div", hits, ties))
+
+
+_REDUCTION_VJPS = {
+    "sum": _reduction_vjp(None),
+    "mean": _reduction_vjp(_mean_local),
+    "amax": _reduction_vjp(_extreme_local),
+    "amin": _reduction_vjp(_extreme_local),
+    "logsumexp": _reduction_vjp(_logsumexp_local),
+}
+
 REDUCTIONS = {
     "sum": (_numpy(lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims,
                                                      dtype=x.dtype)),
@@ -140,6 +187,7 @@ for _name, (_reference, _per_input, _summary, _dtypes) in REDUCTIONS.items():
         role="reduction",
         summary=_summary,
         dtypes=_dtypes,
+        vjp=_REDUCTION_VJPS[_name],
         doc=OpDoc(shapes="`[d0, d1, ...]` → the reduced axes dropped (size 1 with `keepdim`)",
                   flops=f"{_per_input} × in + out" if _per_input > 1 else "in + out",
                   attrs="`axis`: at least one, each once, in range; the named (batch) "

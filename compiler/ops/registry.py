@@ -17,7 +17,8 @@ An op is one `OpDef` registered with `register`. Its entry gives:
   computes the decomposition instead (the reference interpreter, when the entry gives no
   `reference`; the CUDA code generator and the ONNX exporter, when they have no rule; a
   `pointwise` op given so still fuses, its decomposition inlined into the kernel);
-* `vjp`: the slot for the vector-Jacobian product (autodiff fills it; nothing reads it yet).
+* `vjp`: the op's vector-Jacobian product, which `netc.autodiff` calls to build the backward
+  graph (convention below; the shared pieces are in `netc.ops.gradients`).
 
 Backends that need code of their own (a kernel family, an ONNX spelling of several nodes)
 keep it in their own package and *register* it for the op by name (`codegen.kernels.lowers`,
@@ -49,6 +50,19 @@ Conventions for the functions an `OpDef` holds:
 * `decompose(builder, attrs, *inputs)` gets a `Composer` (`GraphBuilder` is one) and the ids of
   all IR inputs, applies other ops with `builder.op(...)` / `builder.constant(...)`, and
   returns the id of the result.
+* `vjp(builder, attrs, inputs, output, cotangent)` gets a `Composer` (which, unlike a
+  decomposition's, also applies ops with parameters: pass them after the tensor inputs, as
+  the IR does), the ids of all IR inputs (tensor inputs, then parameters), the id of the
+  forward output and the id of its cotangent (the loss's gradient with respect to the output,
+  of the output's type). It builds the backward nodes with other ops and returns one entry per
+  IR input: the id of the gradient with respect to it, of exactly that input's type (summed
+  back over broadcast axes), or None where there is none: an integer or boolean input (class
+  ids, a mask, a condition) or one the op does not differentiate (running statistics). It may
+  read `inputs` and `output` (the forward values are kept) and raise `ShapeError` for
+  attributes it cannot differentiate yet; `netc.autodiff` reports that at the node's line.
+  Ops of several outputs have no VJP yet. An op without a `vjp` is differentiated through its
+  `decompose` when it has one; ops whose result is an integer or a boolean (comparisons,
+  `argmax`, `arange`, a cast to an integer) need none, as no gradient flows through them.
 """
 
 from __future__ import annotations
@@ -268,7 +282,7 @@ class OpDef:
     onnx: OnnxForm | None = None
     decompose: Decomposition | None = None
     vjp: Callable[..., Any] | None = None
-    """Slot for the vector-Jacobian product (autodiff); not used yet."""
+    """The vector-Jacobian product (`netc.autodiff`; convention in the module doc)."""
     internal: bool = False
     """Made by passes only, never written in `.net` source (`fused`)."""
     infer_extra: Callable[[Attrs, Sequence[TensorType]], tuple[TensorType, ...]] | None = None

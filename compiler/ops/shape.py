@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from netc.ir import ALL_DTYPES, Attrs, Dim, TensorType, format_shape
+from netc.ops.gradients import Gradients, unbroadcast
 from netc.ops.registry import (
     AttrSpec,
     Composer,
@@ -51,6 +52,12 @@ def _squeeze_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     return TensorType(x.dtype, shape)
 
 
+def _squeeze_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                 cotangent: str) -> Gradients:
+    squeezed = builder.type_of(output).rank < builder.type_of(inputs[0]).rank
+    return (builder.op("unsqueeze", cotangent, axis=attrs["axis"]) if squeezed else cotangent,)
+
+
 register(OpDef(
     name="squeeze",
     dtypes=ALL_DTYPES,
@@ -61,6 +68,7 @@ register(OpDef(
         _squeeze_infer(attrs, [TensorType("f32", x.shape)]).shape),
     normalize=lambda attrs, inputs: attrs.replace(
         axis=resolve_axis("squeeze", attrs["axis"], inputs[0])),
+    vjp=_squeeze_vjp,
     kind="view",
     role="view",
     summary="drops dimension `axis` if its size is 1 (else the input unchanged, as PyTorch)",
@@ -85,6 +93,8 @@ register(OpDef(
     reference=lambda attrs, x: np.expand_dims(x, attrs["axis"]),
     normalize=lambda attrs, inputs: attrs.replace(
         axis=_insert_axis("unsqueeze", attrs["axis"], inputs[0].rank)),
+    vjp=lambda builder, attrs, inputs, output, g: (
+        builder.op("squeeze", g, axis=attrs["axis"]),),
     kind="view",
     role="view",
     summary="inserts a dimension of size 1 at `axis`",
@@ -137,6 +147,52 @@ def _expand_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(x, shape))
 
 
+def _expand_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                cotangent: str) -> Gradients:
+    return (unbroadcast(builder, cotangent, builder.type_of(inputs[0]).shape),)
+
+
+def _slice_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+               cotangent: str) -> Gradients:
+    """The cotangent padded with zeros back to the input's shape (steps of 1 only); a slice
+    ending at a dimension name T (`pos[:, :T]`) puts it in the first T places by a product
+    with a T-column identity, as T is known at run time only."""
+    x_type = builder.type_of(inputs[0])
+    begin, stride, lengths = slice_plan(attrs, x_type)
+    if any(step != 1 for step in stride):
+        raise ShapeError("the gradient of a `slice` with a step other than 1 is not built yet")
+    named = [axis for axis in attrs["axes"] if isinstance(lengths[axis], str)]
+    if not named:
+        return (_pad_back(builder, cotangent, x_type, begin),)
+    if len(attrs["axes"]) > 1 or x_type.rank < 2:
+        raise ShapeError("the gradient of a `slice` ending at a dimension name is built for "
+                         "one sliced axis of a tensor of rank 2 or more only")
+    axis, rank = named[0], x_type.rank
+    place = builder.op("eq", builder.op("unsqueeze", builder.op("arange", n=x_type.shape[axis]),
+                                        axis=1),
+                       builder.op("unsqueeze", builder.op("arange", n=lengths[axis]), axis=0))
+    place = builder.op("cast", place, dtype=x_type.dtype)
+    swap = list(range(rank))
+    swap[axis], swap[rank - 2] = rank - 2, axis
+    moved = cotangent if axis == rank - 2 else builder.op("transpose", cotangent, perm=swap)
+    placed = builder.op("matmul", place, moved)
+    return (placed if axis == rank - 2 else builder.op("transpose", placed, perm=swap),)
+
+
+def _pad_back(builder: Composer, value: str, x: TensorType, begin: Sequence[int]) -> str:
+    """`value`, a block of `x`'s shape starting at `begin`, padded with zeros to `x`."""
+    shape = builder.type_of(value).shape
+    pads: list[int] = []
+    for axis in reversed(range(x.rank)):
+        before = begin[axis]
+        after = 0 if shape[axis] == x.shape[axis] else int(x.shape[axis]) - before - int(
+            shape[axis])
+        pads.extend((before, after))
+    while pads[-2:] == [0, 0]:  # F.pad lists the last dimension first: trim the front ones
+        pads = pads[:-2]
+    return builder.op("pad", value, pads=pads) if pads else value
+
+
 register(OpDef(
     name="expand",
     dtypes=ALL_DTYPES,
@@ -146,6 +202,7 @@ register(OpDef(
     infer=_expand_infer,
     reference=_expand_reference,
     normalize=lambda attrs, inputs: attrs.replace(dims=tuple(attrs["dims"])),
+    vjp=_expand_vjp,
     kind="layout",
     role="layout",
     summary="repeats dimensions of size 1 (and new leading ones) to the target shape, as "
@@ -303,6 +360,7 @@ register(OpDef(
     infer=_slice_infer,
     reference=_slice_reference,
     normalize=_slice_normalize,
+    vjp=_slice_vjp,
     kind="layout",
     role="layout",
     summary="`x[start:end:step]` along each listed axis, with Python's rules",
@@ -349,6 +407,10 @@ register(OpDef(
     reference=lambda attrs, x: np.ascontiguousarray(np.take(x, attrs["index"],
                                                             axis=attrs["axis"])),
     normalize=_select_normalize,
+    vjp=lambda builder, attrs, inputs, output, g: (_pad_back(
+        builder, builder.op("unsqueeze", g, axis=attrs["axis"]), builder.type_of(inputs[0]),
+        [attrs["index"] if axis == attrs["axis"] else 0
+         for axis in range(builder.type_of(inputs[0]).rank)]),),
     kind="layout",
     role="layout",
     summary="`x[..., index]` along `axis`: one position, the dimension dropped",

@@ -25,8 +25,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from netc.ir import Attrs, TensorType, format_shape
+from netc.ops.gradients import Gradients
 from netc.ops.registry import (
     AttrSpec,
+    Composer,
     OpDef,
     OpDoc,
     ShapeError,
@@ -91,6 +93,14 @@ def _pad_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     return np.pad(cropped, positive, mode="reflect" if mode == "reflect" else "edge")
 
 
+def _pad_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+             cotangent: str) -> Gradients:
+    """Constant padding's gradient crops what it added (and pads back what it cropped)."""
+    if attrs["mode"] != "constant":
+        raise ShapeError(f"the gradient of `pad` in mode \"{attrs['mode']}\" is not built yet")
+    return (builder.op("pad", cotangent, pads=[-p for p in attrs["pads"]]),)
+
+
 register(OpDef(
     name="pad",
     attrs=(
@@ -100,6 +110,7 @@ register(OpDef(
     ),
     infer=_pad_infer,
     reference=_pad_reference,
+    vjp=_pad_vjp,
     kind="layout",
     role="layout",
     summary="F.pad: constant (negative pads crop), reflect or replicate padding",

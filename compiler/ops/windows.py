@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from netc.ir import Attrs, TensorType, format_shape
-from netc.ops.registry import ShapeError, int_pair, require_rank
+from netc.ops.registry import Composer, ShapeError, int_pair, require_rank
 
 
 def _padding(op: str, value: Any, kernel: tuple[int, int], stride: tuple[int, int],
@@ -132,3 +132,15 @@ class Window:
 def spatial_output(op: str, attrs: Attrs, inputs: Sequence[TensorType]) -> tuple[int, int]:
     """The output (height, width) of a windowed op on its one NCHW input."""
     return Window.from_attrs(op, attrs).output_size(op, inputs[0])
+
+
+def crop_padding(builder: Composer, full: str, window: Window, x: TensorType) -> str:
+    """The gradient of a windowed op with respect to its input `x` [N, C, H, W], from `full`,
+    the same in the coordinates of the padded input (row 0 is the top padding's first; it
+    may stop short of the padded input's end, or reach past it in ceil mode): the padding
+    cropped, rows and columns no window reached filled with zeros."""
+    height, width = int(x.shape[2]), int(x.shape[3])
+    full_h, full_w = (int(d) for d in builder.type_of(full).shape[2:])
+    top, left = window.padding[0], window.padding[1]
+    pads = [-left, width + left - full_w, -top, height + top - full_h]
+    return full if not any(pads) else builder.op("pad", full, pads=pads)

@@ -24,7 +24,7 @@ from netc.passes.pass_manager import Pass, PassContext
 from netc.passes.rewrite import rebuild
 
 
-def _swaps_last_two(node: Node) -> bool:
+def swaps_last_two(node: Node) -> bool:
     perm = node.attrs["perm"]
     rank = len(perm)
     return rank >= 2 and tuple(perm) == (*range(rank - 2), rank - 1, rank - 2)
@@ -72,7 +72,7 @@ def fuse_attention(graph: Graph, context: PassContext) -> Graph:
         if product is not scores and not only_step(product):
             continue
         q, transposed = (graph.producer(ref) for ref in product.inputs)
-        if transposed.op != "transpose" or not _swaps_last_two(transposed) or \
+        if transposed.op != "transpose" or not swaps_last_two(transposed) or \
                 q.type.rank < 2 or v.type.rank < 2:
             continue
         opdef = REGISTRY["attention"]

@@ -22,6 +22,7 @@ from netc.passes.eliminate_common_subexpressions import ELIMINATE_COMMON_SUBEXPR
 from netc.passes.eliminate_dead_code import ELIMINATE_DEAD_CODE
 from netc.passes.fold_batchnorm import FOLD_BATCHNORM
 from netc.passes.fold_constants import FOLD_CONSTANTS
+from netc.passes.fold_transposes import FOLD_TRANSPOSES
 from netc.passes.fuse_attention import FUSE_ATTENTION
 from netc.passes.fuse_elementwise import FUSE_ELEMENTWISE
 from netc.passes.fuse_epilogues import FUSE_EPILOGUES
@@ -46,6 +47,7 @@ PIPELINE: tuple[tuple[int, Pass], ...] = (
     (1, ELIMINATE_COMMON_SUBEXPRESSIONS),  # equal computations merged (after folding made them so)
     (1, ELIMINATE_DEAD_CODE),              # last cleanup: nothing unused reaches fusion
     (2, FUSE_ATTENTION),                   # matmul(softmax(q kᵀ · s), v): one attention kernel
+    (2, FOLD_TRANSPOSES),                  # matmul(a, transpose(b)) reads b in place
     (2, FUSE_EPILOGUES),                   # pointwise chains after conv/GEMM/pool/reduction
     (2, FUSE_REDUCTION_PROLOGUES),         # pointwise chains feeding only a softmax/layernorm/gap
     (2, FUSE_ELEMENTWISE),                 # what is left: pointwise groups as one kernel each

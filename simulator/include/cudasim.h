@@ -8,8 +8,10 @@
 //    and at warp-synchronous operations (__syncwarp, __shfl*_sync,
 //    __ballot/__any/__all_sync, __match_*, __reduce_*).  A thread holds a stack
 //    (128 KiB by default, with a guard page) from its first run until it exits, and
-//    the stack then serves the next thread: kernels without barriers run a whole
-//    block on one cache-hot stack;
+//    the stack then serves the next thread, which runs on it without a context switch:
+//    a kernel without barriers runs a whole block as a loop on one cache-hot stack.
+//    There is no scheduler between threads: one that waits or exits switches straight
+//    to the next in the schedule (next_fiber), one switch per thread and barrier;
 //  * a block runs on one OS worker thread from start to end; the blocks of a grid are
 //    handed out to `workers` OS threads (the calling thread is worker 0);
 //  * the fibers of a block are resumed in the launch's schedule order (in order,
@@ -407,9 +409,18 @@ struct Stack {
     size_t map_size;
     char* lo;
     size_t size;
+    size_t color;  // bytes left unused at the top (see stack_create)
     void* asan_fake;
     Stack* next_free;
     bool dirty;  // abandoned mid-kernel: AddressSanitizer's shadow needs clearing
+    // Where a switch to this stack starts reading (the saved registers, then the frames).
+    const void* ctx_top() const {
+#if defined(CUDASIM_UCONTEXT)
+        return &ctx;
+#else
+        return ctx.sp;
+#endif
+    }
 };
 
 // One GPU thread of the block being run.
@@ -467,6 +478,7 @@ struct Worker {
     const void* sched_stack_lo;
     size_t sched_stack_size;
     void* sched_asan_fake;
+    bool sched_entry;  // run_block switched to the running fiber (see fiber_main)
     Fiber* threads;   // kMaxBlockThreads entries
     unsigned* order;  // kMaxBlockThreads entries (shuffled schedule)
     Stack** stacks;   // every stack this worker made (to free them)
@@ -487,6 +499,16 @@ struct Worker {
     unsigned warp_arrived[kMaxBlockThreads / 32];
     unsigned warp_present[kMaxBlockThreads / 32];
     unsigned long long switches;
+    // The schedule: position in the current pass over the threads, whether any thread ran
+    // in it, and the shuffled schedule's generator (see next_fiber).
+    unsigned pos;
+    bool ran;
+    unsigned long long rng;
+    // The barrier being reached: threads arrived, how many with a true predicate, the
+    // first of them, and whether one came to another call site than the first.
+    unsigned bar_arrived, bar_true;
+    const Fiber* bar_first;
+    bool bar_mixed;
     // Stopping a running GPU thread from a signal handler (a cancelled launch, a stack
     // overflow): run_block's return point, whether a fiber (not the scheduler) runs now,
     // and what stopped it.
@@ -759,6 +781,24 @@ struct MmaLane {
     const float* c;
 };
 
+// D = A . B + C of one warp's 16x8xK tile, gathered from the lanes as matrices; each lane's d
+// gets its four elements (groupID = lane / 4, t = lane % 4: rows groupID and groupID + 8,
+// columns 2t and 2t + 1), each summed in float in k order 0..K-1 onto C.
+template <int K>
+static void mma_accumulate(void* const* lanes, const float (&a)[16][K], const float (&b)[K][8],
+                           const float (&c)[16][8]) {
+    for (int lane = 0; lane < 32; ++lane) {
+        const MmaLane* l = static_cast<const MmaLane*>(lanes[lane]);
+        const int g = lane / 4, t = lane % 4;
+        for (int i = 0; i < 4; ++i) {
+            const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+            float sum = c[row][col];
+            for (int k = 0; k < K; ++k) sum += a[row][k] * b[k][col];
+            l->d[i] = sum;
+        }
+    }
+}
+
 template <bool BF16>
 static inline float half_at(unsigned reg, int which) {
     const unsigned short bits = (unsigned short)(which ? reg >> 16 : reg & 0xffffu);
@@ -783,16 +823,7 @@ static void mma_m16n8k16_warp(void* const* lanes, unsigned eff) {
             b[2 * t + 8 * i + 1][g] = half_at<BF16>(l->b[i], 1);
         }
     }
-    for (int lane = 0; lane < 32; ++lane) {
-        const MmaLane* l = static_cast<const MmaLane*>(lanes[lane]);
-        const int g = lane / 4, t = lane % 4;
-        for (int i = 0; i < 4; ++i) {
-            const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-            float sum = c[row][col];
-            for (int k = 0; k < 16; ++k) sum += a[row][k] * b[k][col];
-            l->d[i] = sum;
-        }
-    }
+    mma_accumulate(lanes, a, b, c);
 }
 
 struct LdmatrixLane {
@@ -834,6 +865,50 @@ static inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const uns
     detail::MmaLane mine{out, a, b, c};
     ::cudasim::detail::warp_collective(&detail::mma_m16n8k16_warp<BF16>, &mine,
                                        "mma.sync.aligned.m16n8k16", 0xffffffffu, file, line);
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+// TF32 (netc's --precision tf32): cvt.rna.tf32.f32 rounds a float to TF32 (10 mantissa bits,
+// round to nearest, ties away from zero) in a 32-bit register, low 13 bits zero; NaN stays NaN
+// (canonical 0x7fffffff).  mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 is a warp
+// collective in the ISA's layout (groupID = lane / 4, t = lane % 4: A's register i holds row
+// groupID + 8 * (i % 2), column t + 4 * (i / 2); B's register i holds row t + 4 * i of column
+// groupID; C and D as for m16n8k16); it reads the top 19 bits of each operand (the low 13 are
+// ignored, as by the hardware for operands not rounded first), the products are exact in
+// float, added to C in float in k order 0..7.
+namespace detail {
+static inline float tf32_at(unsigned reg) { return ::cudasim::detail::bit_cast<float>(reg & 0xffffe000u); }
+
+static void mma_m16n8k8_tf32_warp(void* const* lanes, unsigned eff) {
+    if (eff != 0xffffffffu) fiber_fail("mma.sync.aligned needs all 32 lanes of the warp (mask 0x%08x)", eff);
+    float a[16][8], b[8][8], c[16][8];
+    for (int lane = 0; lane < 32; ++lane) {
+        const MmaLane* l = static_cast<const MmaLane*>(lanes[lane]);
+        const int g = lane / 4, t = lane % 4;
+        for (int i = 0; i < 4; ++i) {
+            a[g + 8 * (i % 2)][t + 4 * (i / 2)] = tf32_at(l->a[i]);
+            c[g + 8 * (i / 2)][2 * t + i % 2] = l->c[i];
+        }
+        for (int i = 0; i < 2; ++i) b[t + 4 * i][g] = tf32_at(l->b[i]);
+    }
+    mma_accumulate(lanes, a, b, c);
+}
+}  // namespace detail
+
+static inline unsigned cvt_rna_tf32(float x) {
+    const unsigned bits = ::cudasim::detail::bit_cast<unsigned>(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fffffffu;
+    return (bits + 0x1000u) & 0xffffe000u;  // past the largest finite TF32: infinity, as rna
+}
+
+// d = a . b + c for the warp's 16x8x8 tile (TF32 inputs in 32-bit registers, float accumulators).
+static inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                                    const float (&c)[4], const char* file = __builtin_FILE(),
+                                    int line = __builtin_LINE()) {
+    float out[4];
+    detail::MmaLane mine{out, a, b, c};
+    ::cudasim::detail::warp_collective(&detail::mma_m16n8k8_tf32_warp, &mine,
+                                       "mma.sync.aligned.m16n8k8.tf32", 0xffffffffu, file, line);
     for (int i = 0; i < 4; ++i) d[i] = out[i];
 }
 
@@ -1018,8 +1093,9 @@ template <class T> static inline void __stwt(T* p, T v) { *p = v; }
 
 // ---------------------------------------------------------------------------------
 // Math.  <cmath> supplies expf, logf, sqrtf, tanhf, erff, fmaf, ...; these are the
-// CUDA-only names.  No -ffast-math: results are IEEE, and the intrinsics (__expf,
-// __fdividef, ...) are computed as their accurate counterparts.
+// CUDA-only names.  No -ffast-math: results are IEEE (a product feeding an addition is
+// contracted into one FMA, as on the GPU), and the intrinsics (__expf, __fdividef, ...) are
+// computed as their accurate counterparts.
 // ---------------------------------------------------------------------------------
 #define CUDART_INF_F (__builtin_inff())
 #define CUDART_NAN_F (__builtin_nanf(""))
@@ -1056,13 +1132,36 @@ static inline float fdividef(float a, float b) { return a / b; }
 static inline float __frcp_rn(float x) { return 1.0f / x; }
 static inline float __frsqrt_rn(float x) { return 1.0f / sqrtf(x); }
 static inline float __fsqrt_rn(float x) { return sqrtf(x); }
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline float __fmul_rn(float a, float b) { return a * b; }
+// The modules build with -ffp-contract=fast, as nvcc's -fmad=true (protocol.py says what
+// that guarantees).  The _rn intrinsics are never contracted on a GPU: their operand and
+// result go through `opaque`, an empty asm statement the compiler cannot see through, so it
+// neither fuses the operation into a later addition nor merges it with an equal a * b
+// elsewhere (a product with a use that is not an addition is fused nowhere by g++).
+namespace cudasim {
+namespace detail {
+template <class T>
+static inline T opaque(T v) {
+#if defined(__x86_64__)
+    __asm__("" : "+x"(v));
+#elif defined(__aarch64__)
+    __asm__("" : "+w"(v));
+#else
+    volatile T copy = v;
+    v = copy;
+#endif
+    return v;
+}
+}  // namespace detail
+}  // namespace cudasim
+#define CUDASIM_UNCONTRACTED(T, NAME, OP) \
+    static inline T NAME(T a, T b) { return cudasim::detail::opaque(cudasim::detail::opaque(a) OP b); }
+CUDASIM_UNCONTRACTED(float, __fadd_rn, +)
+CUDASIM_UNCONTRACTED(float, __fsub_rn, -)
+CUDASIM_UNCONTRACTED(float, __fmul_rn, *)
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
-static inline double __dadd_rn(double a, double b) { return a + b; }
-static inline double __dmul_rn(double a, double b) { return a * b; }
+CUDASIM_UNCONTRACTED(double, __dadd_rn, +)
+CUDASIM_UNCONTRACTED(double, __dmul_rn, *)
 static inline double __ddiv_rn(double a, double b) { return a / b; }
 static inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
 static inline double __drcp_rn(double x) { return 1.0 / x; }
@@ -1366,7 +1465,7 @@ static void stack_reset(Stack* s, Fiber* f) {
 #if defined(CUDASIM_UCONTEXT)
     getcontext(&s->ctx.uc);
     s->ctx.uc.uc_stack.ss_sp = s->lo;
-    s->ctx.uc.uc_stack.ss_size = s->size;
+    s->ctx.uc.uc_stack.ss_size = s->size - s->color;
     s->ctx.uc.uc_link = nullptr;
     const uintptr_t p = reinterpret_cast<uintptr_t>(f);
     makecontext(&s->ctx.uc, (void (*)())fiber_entry_uc, 2, (unsigned)(p >> 32),
@@ -1375,7 +1474,7 @@ static void stack_reset(Stack* s, Fiber* f) {
     // Initial frame consumed by cudasim_swap_context: r15 r14 r13 r12 rbx rbp ret.
     // top - 72 makes rsp 16-byte aligned when the trampoline is entered, so the
     // call into fiber_main sees the ABI's alignment.
-    char* top = s->lo + s->size;
+    char* top = s->lo + s->size - s->color;
     void** sp = reinterpret_cast<void**>(top - 72);
     sp[0] = nullptr;                                             // r15
     sp[1] = nullptr;                                             // r14
@@ -1388,9 +1487,14 @@ static void stack_reset(Stack* s, Fiber* f) {
 #endif
 }
 
-static Stack* stack_create(size_t size) {
+// Stack `index` of a worker starts `color` bytes below the top of its mapping.  Without
+// it, the hot top frames of all the stacks (mapped page-aligned) would share the same few
+// sets of the L1 cache, whose ways are 4 KiB: 17 cache lines apart, 64 colours spread them
+// over all 64 sets.  (Its gain alone was within the noise of the shared development VM.)
+static Stack* stack_create(size_t size, unsigned index) {
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size = (size + page - 1) / page * page;
+    const size_t color = (size_t)(index % 64) * 17 * 64;
+    size = (size + color + page - 1) / page * page;
     const size_t map_size = size + page;
     void* m = mmap(nullptr, map_size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
@@ -1406,6 +1510,7 @@ static Stack* stack_create(size_t size) {
     s->map_size = map_size;
     s->lo = s->map_base + page;
     s->size = size;
+    s->color = color;
     return s;
 }
 
@@ -1431,7 +1536,7 @@ static Stack* take_stack(Worker* w) {
         w->stacks = grown;
         w->stacks_cap = cap;
     }
-    s = stack_create(w->stack_size);
+    s = stack_create(w->stack_size, w->nstacks);
     if (s != nullptr) w->stacks[w->nstacks++] = s;
     return s;
 }
@@ -1442,44 +1547,102 @@ static inline void give_stack(Worker* w, Fiber* f) {
     f->stack = nullptr;
 }
 
-// Scheduler -> fiber, until the fiber waits or finishes.  False: out of memory.
-static inline bool resume(Worker* w, Fiber* f) {
-    if (f->stack == nullptr) {
-        Stack* s = take_stack(w);
-        if (s == nullptr) return false;
-        stack_reset(s, f);
-        f->stack = s;
+// ---- switching between the threads of a block.  There is no scheduler loop between two
+// threads: a thread that waits (barrier, warp operation) or exits picks the next one itself
+// (next_fiber: the launch's schedule order) and switches straight to it; one that has not
+// started yet runs on the exiting thread's stack without any switch.  Only the end of the
+// block (all exited, a failure, a deadlock, a cancelled launch) goes back to run_block.
+static Fiber* next_fiber(Worker* w);
+
+// Gives `f` a fresh stack that starts it at fiber_main.  False: out of memory (the block
+// fails with a message).
+static bool start_stack(Worker* w, Fiber* f) {
+    Stack* s = take_stack(w);
+    if (s == nullptr) {
+        w->failed = true;
+        snprintf(w->fail_msg, sizeof w->fail_msg,
+                 "thread (%u,%u,%u): cannot allocate a fiber stack (%zu KiB)", f->tid.x,
+                 f->tid.y, f->tid.z, w->stack_size >> 10);
+        return false;
     }
+    stack_reset(s, f);
+    f->stack = s;
+    return true;
+}
+
+// run_block -> the block's first thread; returns when the block is over.
+static void enter_block(Worker* w, Fiber* f) {
     Stack* s = f->stack;
     *w->fiber_slot = f;
     ++w->switches;
+    w->sched_entry = true;
     asan_start_switch(&w->sched_asan_fake, s->lo, s->size);
     w->in_fiber = 1;
     ctx_switch(&w->sched, &s->ctx);
     w->in_fiber = 0;
     asan_finish_switch(w->sched_asan_fake, nullptr, nullptr);
     *w->fiber_slot = nullptr;
-    if (f->state == F_EXITED) give_stack(w, f);
-    return true;
 }
 
-// Fiber -> scheduler; returns when the scheduler resumes this fiber.
-static inline void yield_to_scheduler(Fiber* f) {
-    Worker* w = f->worker;
-    Stack* s = f->stack;
+// The running thread `from` (on stack `own`; null when its context is abandoned) -> thread
+// `to` (null: back to run_block, the block is over).
+static inline void switch_to(Worker* w, Stack* own, Context* save, Fiber* to) {
     ++w->switches;
-    asan_start_switch(&s->asan_fake, w->sched_stack_lo, w->sched_stack_size);
-    ctx_switch(&s->ctx, &w->sched);
-    asan_finish_switch(s->asan_fake, &w->sched_stack_lo, &w->sched_stack_size);
+    if (to == nullptr) {
+        asan_start_switch(own ? &own->asan_fake : nullptr, w->sched_stack_lo, w->sched_stack_size);
+        ctx_switch(save, &w->sched);
+    } else {
+        *w->fiber_slot = to;
+        asan_start_switch(own ? &own->asan_fake : nullptr, to->stack->lo, to->stack->size);
+        ctx_switch(save, &to->stack->ctx);
+    }
+    if (own != nullptr) asan_finish_switch(own->asan_fake, nullptr, nullptr);
 }
 
-// Fiber -> scheduler for good (the thread exited or failed): this context is never
-// resumed; the scheduler gives its stack to the next thread.
+// Thread `f` waits (its state says for what); returns when it may go on.  The bookkeeping
+// runs with in_fiber clear: a cancelling signal must not jump out of take_stack's malloc.
+static inline void wait_for_others(Fiber* f) {
+    Worker* w = f->worker;
+    w->in_fiber = 0;
+    Fiber* to = next_fiber(w);
+    if (to == f) {  // released at once, and first in the next pass
+        w->in_fiber = 1;
+        return;
+    }
+    if (to != nullptr && to->stack == nullptr && !start_stack(w, to)) to = nullptr;
+    w->in_fiber = 1;
+    switch_to(w, f->stack, &f->stack->ctx, to);  // to == null: never resumed
+}
+
+// Thread `f` exited: the next one, if it has not started, runs on this stack (the caller's
+// loop); if it is suspended, this stack goes back to the free list and the switch to it
+// never returns.
+static inline Fiber* after_exit(Fiber* f) {
+    Worker* w = f->worker;
+    w->in_fiber = 0;
+    Fiber* to = next_fiber(w);
+    if (to != nullptr && to->stack == nullptr) {
+        to->stack = f->stack;
+        f->stack = nullptr;
+        *w->fiber_slot = to;
+        w->in_fiber = 1;
+        return to;
+    }
+    // Nothing runs on this stack once the switch below is made, and nothing else takes it
+    // from the free list before then (one OS thread per worker).  Its frames are abandoned,
+    // not returned from: AddressSanitizer's redzones in them are cleared at its next use.
+    f->stack->dirty = true;
+    give_stack(w, f);
+    w->in_fiber = to != nullptr;
+    Context abandoned;
+    switch_to(w, nullptr, &abandoned, to);
+    abort();  // never resumed
+}
+
+// A failed thread -> run_block, for good (the block is over).
 __attribute__((noreturn)) static void leave_fiber(Fiber* f) {
     Worker* w = f->worker;
-    ++w->switches;
-    asan_start_switch(nullptr, w->sched_stack_lo, w->sched_stack_size);
-    ctx_switch(&f->stack->ctx, &w->sched);
+    switch_to(w, nullptr, &f->stack->ctx, nullptr);
     abort();  // never resumed
 }
 
@@ -1523,11 +1686,8 @@ void fiber_fail(const char* fmt, ...) {
     leave_fiber(f);
 }
 
-static void fiber_main(void* arg) {
-    Fiber* f = static_cast<Fiber*>(arg);
-    Worker* w = f->worker;
-    // Learn the bounds of the scheduler's stack for the switches back.
-    asan_finish_switch(nullptr, &w->sched_stack_lo, &w->sched_stack_size);
+// Runs GPU thread `f`'s kernel to its end (or fails the block).
+static inline void run_thread(Worker* w, Fiber* f) {
     // The C++ runtime's exception-handling state is per OS thread, i.e. shared by all
     // fibers of a worker: leave the catch block before failing (fiber_fail never
     // returns).
@@ -1552,7 +1712,24 @@ static void fiber_main(void* arg) {
                    "(cp.async.wait_group / wait_all): their data never lands", f->cp->n);
     }
     f->state = F_EXITED;
-    leave_fiber(f);
+}
+
+// A fiber stack's first frame: runs threads one after another as long as each exits and
+// the next has not started (a kernel without barriers: one stack, no switches).
+static void fiber_main(void* arg) {
+    Fiber* f = static_cast<Fiber*>(arg);
+    Worker* w = f->worker;
+    // Entered from run_block: learn the bounds of its stack for the switches back.
+    if (w->sched_entry) {
+        w->sched_entry = false;
+        asan_finish_switch(nullptr, &w->sched_stack_lo, &w->sched_stack_size);
+    } else {
+        asan_finish_switch(nullptr, nullptr, nullptr);
+    }
+    for (;;) {
+        run_thread(w, f);
+        f = after_exit(f);
+    }
 }
 
 // The Workers of this module's threads, for the signal handlers, which must not touch
@@ -1692,29 +1869,25 @@ static bool same_site(const Fiber* a, const Fiber* b) {
 static bool block_quiescent(Worker* w, bool* done) {
     const unsigned n = w->nthreads;
     Fiber* fs = w->threads;
+    *done = false;
+    // Every thread waits at the same barrier (block_barrier counted and compared them).
+    if (w->bar_arrived == n && !w->bar_mixed) {
+        switch (w->bar_first->kind) {
+            case BAR_COUNT: w->bar_result = (int)w->bar_true; break;
+            case BAR_AND: w->bar_result = w->bar_true == n; break;
+            case BAR_OR: w->bar_result = w->bar_true != 0; break;
+            default: w->bar_result = 0;
+        }
+        for (unsigned i = 0; i < n; ++i) fs[i].state = F_READY;
+        w->bar_arrived = w->bar_true = 0;
+        return true;
+    }
     unsigned exited = 0, barrier = 0;
     for (unsigned i = 0; i < n; ++i) {
         exited += fs[i].state == F_EXITED;
         barrier += fs[i].state == F_BARRIER;
     }
     if (exited == n) { *done = true; return true; }
-    *done = false;
-    if (barrier == n) {
-        bool same = true;
-        for (unsigned i = 1; i < n && same; ++i) same = same_site(&fs[0], &fs[i]);
-        if (same) {
-            int count = 0;
-            for (unsigned i = 0; i < n; ++i) count += fs[i].pred != 0;
-            switch (fs[0].kind) {
-                case BAR_COUNT: w->bar_result = count; break;
-                case BAR_AND: w->bar_result = count == (int)n; break;
-                case BAR_OR: w->bar_result = count != 0; break;
-                default: w->bar_result = 0;
-            }
-            for (unsigned i = 0; i < n; ++i) fs[i].state = F_READY;
-            return true;
-        }
-    }
     // Stuck.  Group the threads by what they are doing and say so.
     const bool warp_issue = barrier + exited < n;
     Msg m{w->fail_msg, sizeof w->fail_msg, 0};
@@ -1782,6 +1955,63 @@ static unsigned shuffled_order_pass(Worker* w, unsigned long long& rng, unsigned
         unsigned t = o[i]; o[i] = o[j]; o[j] = t;
     }
     return n;
+}
+
+// A new pass over the block's threads in the launch's schedule order (a new permutation
+// for each pass of the shuffled schedule).
+static inline void start_pass(Worker* w) {
+    w->pos = 0;
+    w->ran = false;
+    if (w->job->schedule == SCHED_SHUFFLED) shuffled_order_pass(w, w->rng, w->nthreads);
+}
+
+// The thread at position `k` of the current pass.
+static inline unsigned thread_at(const Worker* w, unsigned k) {
+    const int schedule = w->job->schedule;
+    return schedule == SCHED_IN_ORDER ? k
+         : schedule == SCHED_REVERSED ? w->nthreads - 1 - k
+                                      : w->order[k];
+}
+
+// The thread to run next: the next ready one of the pass, in schedule order.  A pass that
+// ran nobody, or ends with every thread at a barrier, ends in block_quiescent, which
+// releases a barrier all threads reached (and a new pass starts) or finds the block done or
+// stuck.  Null: the block is over (done, failed, stuck or cancelled; w->failed tells
+// which).
+static Fiber* next_fiber(Worker* w) {
+    Job* job = w->job;
+    const unsigned n = w->nthreads;
+    for (;;) {
+        while (w->pos < n) {
+            Fiber* f = &w->threads[thread_at(w, w->pos++)];
+            if (f->state != F_READY) continue;
+            if (__atomic_load_n(&job->cancel, __ATOMIC_RELAXED) != CANCEL_NONE) {
+                w->failed = true;
+                snprintf(w->fail_msg, sizeof w->fail_msg,
+                         "thread (%u,%u,%u): stopped: the launch was cancelled", f->tid.x,
+                         f->tid.y, f->tid.z);
+                return nullptr;
+            }
+            w->ran = true;
+            // The thread after this one in the pass is likely the next to run: load the top
+            // of its stack, which its switch and frames read first, while this one runs (a
+            // block's suspended stacks do not fit in L1: 12% of ResNet-18's time).
+            if (w->pos < n) {
+                const Stack* next = w->threads[thread_at(w, w->pos)].stack;
+                if (next != nullptr) {
+                    const char* top = static_cast<const char*>(next->ctx_top());
+                    for (int line = 0; line < 6; ++line) __builtin_prefetch(top + 64 * line);
+                }
+            }
+            return f;
+        }
+        // Every thread at one barrier: the next pass would run nobody; release it now.
+        if (!w->ran || w->bar_arrived == n) {
+            bool done = false;
+            if (!block_quiescent(w, &done) || done) return nullptr;
+        }
+        start_pass(w);
+    }
 }
 
 // ---- stopping a running thread: a cancelled launch (Ctrl-C, the time limit) and a
@@ -1895,7 +2125,9 @@ static bool run_block(Worker* w, Job* job, unsigned long long lin) {
         w->warp_arrived[wi] = 0;
         w->warp_present[wi] = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
     }
-    unsigned long long rng = job->seed * 0x9e3779b97f4a7c15ull ^ (lin + 1) * 0xd1b54a32d192ed03ull;
+    w->bar_arrived = w->bar_true = 0;
+    w->bar_mixed = false;
+    w->rng = job->seed * 0x9e3779b97f4a7c15ull ^ (lin + 1) * 0xd1b54a32d192ed03ull;
     w->abort_reason = ABORT_NONE;
     if (sigsetjmp(w->abort_jmp, 0) != 0) {
         // A signal handler stopped the running thread mid-kernel (see on_interrupt_signal).
@@ -1918,43 +2150,16 @@ static bool run_block(Worker* w, Job* job, unsigned long long lin) {
         reclaim_stacks(w, n);
         return false;
     }
-    for (;;) {
-        bool ran = false;
-        if (job->schedule == SCHED_SHUFFLED) shuffled_order_pass(w, rng, n);
-        for (unsigned k = 0; k < n; ++k) {
-            unsigned i = job->schedule == SCHED_IN_ORDER ? k
-                       : job->schedule == SCHED_REVERSED ? n - 1 - k
-                                                         : w->order[k];
-            Fiber* f = &w->threads[i];
-            if (f->state != F_READY) continue;
-            if (__atomic_load_n(&job->cancel, __ATOMIC_RELAXED) != CANCEL_NONE) {
-                w->failed = true;
-                snprintf(w->fail_msg, sizeof w->fail_msg,
-                         "thread (%u,%u,%u): stopped: the launch was cancelled", f->tid.x,
-                         f->tid.y, f->tid.z);
-                reclaim_stacks(w, n);
-                return false;
-            }
-            if (!resume(w, f)) {
-                w->failed = true;
-                snprintf(w->fail_msg, sizeof w->fail_msg,
-                         "thread (%u,%u,%u): cannot allocate a fiber stack (%zu KiB)", f->tid.x,
-                         f->tid.y, f->tid.z, w->stack_size >> 10);
-            }
-            ran = true;
-            if (w->failed) {
-                reclaim_stacks(w, n);
-                return false;
-            }
-        }
-        if (ran) continue;
-        bool done = false;
-        if (!block_quiescent(w, &done)) {
-            reclaim_stacks(w, n);
-            return false;
-        }
-        if (done) return true;
+    // The threads hand over to each other (next_fiber); control comes back here when the
+    // block is over.
+    start_pass(w);
+    Fiber* first = next_fiber(w);
+    if (first != nullptr && start_stack(w, first)) enter_block(w, first);
+    if (w->failed) {
+        reclaim_stacks(w, n);
+        return false;
     }
+    return true;
 }
 
 static void job_fail(Job* job, Worker* w) {
@@ -2272,7 +2477,15 @@ int block_barrier(int kind, int pred, const char* file, int line) {
     f->pred = pred;
     f->file = file;
     f->line = line;
-    yield_to_scheduler(f);
+    // Count the arrivals and compare each with the first, for block_quiescent.
+    Worker* w = f->worker;
+    if (w->bar_arrived++ == 0) {
+        w->bar_first = f;
+    } else if (!same_site(w->bar_first, f)) {
+        w->bar_mixed = true;
+    }
+    w->bar_true += pred != 0;
+    wait_for_others(f);
     return f->worker->bar_result;
 }
 
@@ -2394,7 +2607,7 @@ unsigned long long warp_op(int kind, const char* op, unsigned mask, unsigned lon
             warp_complete(w, warp, eff, kind);
         }
     }
-    if (f->state != F_READY) yield_to_scheduler(f);
+    if (f->state != F_READY) wait_for_others(f);
     return f->wres;
 }
 

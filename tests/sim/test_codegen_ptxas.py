@@ -60,8 +60,8 @@ def test_every_kernel_variant_compiles_without_spills(arch: str,
 
 def test_the_catalog_covers_every_family() -> None:
     families = {Path(spec.template).stem for spec in catalog().values()}
-    assert families == {"gemm", "conv2d", "pool", "rowwise", "concat", "elementwise", "reduce",
-                        "gather", "pad", "interpolate", "embedding", "triangle",
+    assert families == {"gemm", "gemv", "conv2d", "pool", "rowwise", "concat", "elementwise",
+                        "reduce", "gather", "pad", "interpolate", "embedding", "triangle",
                         "conv_transpose2d", "depthwise_conv2d", "attention"}
 
 

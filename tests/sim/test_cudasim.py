@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from netc.sim import CudaSim, SimulatorError, parse_signature, rewrite_dynamic_shared
+from netc.sim.protocol import _ISA_TAG, _contraction_flags
 
 pytestmark = pytest.mark.sim
 
@@ -121,7 +122,7 @@ static_assert(warpSize == 32, "warpSize");
 
 __global__ void math_check(const float* x, float* out) {
     const float a = x[0], b = x[1], c = x[2];
-    out[0] = a * b + c;  // -ffp-contract=off: rounded product, then the sum
+    out[0] = a * b + c;  // contracted into one FMA, as nvcc's default -fmad=true does
     out[1] = fmaf(a, b, c);
     out[2] = rsqrtf(x[3]);
     out[3] = __expf(x[4]) + expf(x[4]);
@@ -132,6 +133,9 @@ __global__ void math_check(const float* x, float* out) {
     out[8] = erff(x[8]) + tanhf(x[8]);
     out[9] = INFINITY == CUDART_INF_F ? 1.0f : 0.0f;
     out[10] = __int_as_float(__float_as_int(x[7])) + (float)__popc(0xF0F0u) + (float)__clz(1);
+    out[11] = __fadd_rn(__fmul_rn(a, b), c);  // never contracted, on a GPU either
+    const float product = a * b;  // contracted across statements too (its only use)
+    out[12] = product + c;
 }
 
 // 32 KiB of locals per thread, alive across a barrier: each fiber has its own stack.
@@ -228,18 +232,32 @@ def test_large_stack_frames(sim: CudaSim, basic) -> None:
     np.testing.assert_array_equal(sim.download(out, np.float32, 256), per_thread * np.arange(256, dtype=np.float32))
 
 
-def test_math_is_ieee_without_contraction(sim: CudaSim, basic) -> None:
+def test_math_is_ieee_and_contracts_as_the_gpu(sim: CudaSim, basic) -> None:
     e = np.float32(2.0**-12)
     x = np.array([1 + e, 1 + e, -(1 + 2 * e), 4.0, 0.5, 3.0, 7.0, -1.25, 0.3], np.float32)
-    out = nan_buffer(sim, 11)
+    out = nan_buffer(sim, 13)
     basic.launch("math_check", grid=1, block=1, args=[upload(sim, x), out])
-    got = sim.download(out, np.float32, 11)
-    assert got[0] == x[0] * x[1] + x[2] == 0.0  # numpy does not fuse either
-    assert got[1] == np.float32(2.0**-24)  # the fused result keeps the product's low bit
+    got = sim.download(out, np.float32, 13)
+    # (1 + e)^2 - (1 + 2e) = e^2 = 2^-24 exactly: one rounding (an FMA) keeps it, two (the
+    # product rounded first, as numpy computes) lose it.
+    fused, separate = np.float32(2.0**-24), x[0] * x[1] + x[2]
+    assert separate == 0.0
+    assert got[1] == fused  # fmaf
+    assert got[11] == separate  # __fmul_rn and __fadd_rn
+    # a * b + c contracts as nvcc contracts it, where the CPU has FMA (protocol.py).
+    contracts = _ISA_TAG != "x86-64"
+    assert got[0] == got[12] == (fused if contracts else separate)
     assert got[2] == 0.5 and abs(got[3] - 2 * np.exp(0.5)) < 1e-6
     assert got[4] == np.float32(3.0) / np.float32(7.0) and got[5] == 10.0 and got[6] == 5.0
     assert got[7] == -1.25 and got[9] == 1.0 and got[10] == -1.25 + 8 + 31
     assert abs(got[8] - (np.tanh(0.3) + 0.32862675945912745)) < 1e-6
+
+
+def test_contraction_needs_fma_instructions() -> None:
+    assert _contraction_flags("x86_64", "sse2 avx fma avx2") == (("-mfma",), "x86-64+fma")
+    # No FMA: nothing to contract into, and a tag that keeps FMA modules off this CPU.
+    assert _contraction_flags("x86_64", "sse2 avx") == ((), "x86-64")
+    assert _contraction_flags("aarch64", "fp asimd") == ((), "aarch64")
 
 
 def test_wrong_arguments_are_clear_errors(sim: CudaSim, basic) -> None:
@@ -867,5 +885,7 @@ def test_switches_are_counted(sim: CudaSim) -> None:
     mod = sim.load(src, ["barriers"], name="barriers")
     before = mod.switch_count()
     mod.launch("barriers", grid=3, block=64)
-    # Each of the 64 threads of each block is resumed 11 times: 2 switches each.
-    assert mod.switch_count() - before == 3 * 64 * 11 * 2
+    # One switch into each block's first thread, then each of its 64 threads switches
+    # straight to the next one 11 times (at the 10 barriers and at its exit; the last exit
+    # goes back to the launch): no scheduler in between.
+    assert mod.switch_count() - before == 3 * (1 + 64 * 11)

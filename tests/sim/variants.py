@@ -14,7 +14,15 @@ from netc.codegen import kernels, pointwise
 from netc.codegen.emit import lower
 from netc.codegen.kernels import KernelSpec
 from netc.codegen.pointwise import PointwiseCode
-from netc.codegen.tiles import BlockTile, DepthwiseTile, GemmTile, MmaTile, RowTile
+from netc.codegen.tiles import (
+    BlockTile,
+    DepthwiseTile,
+    GemmTile,
+    GemvTile,
+    MmaTile,
+    RowTile,
+    Tf32Tile,
+)
 from netc.codegen.tiling import CANDIDATES, choose_tiles
 from netc.ir import ALL_DTYPES, FLOAT_DTYPES, INTEGER_DTYPES, Attrs, Node, Region, TensorType
 from netc.ops import REGISTRY
@@ -33,9 +41,15 @@ TILING_TILES = tuple(tile for tile in CANDIDATES.values()
                      if isinstance(tile, GemmTile) and tile not in GEMM_TILES)
 """Every other SIMT tile the tiling heuristic may choose, for GEMMs and convs in every dtype
 (tests/sim/test_tile_invariance.py runs each on ragged shapes)."""
-MMA_TILES = tuple(tile for tile in CANDIDATES.values() if isinstance(tile, MmaTile))
+GEMV_TILES = tuple(tile for tile in CANDIDATES.values() if isinstance(tile, GemvTile))
+"""Every GEMV tile the heuristic may choose, in every dtype: dense with and without a bias,
+and matmul (tests/sim/test_gemv.py)."""
+MMA_TILES = tuple(tile for tile in CANDIDATES.values() if type(tile) is MmaTile)
 """Every tensor-core tile the heuristic may choose (f16 and bf16 dense, with and without a
-bias, and matmul; tests/sim/test_gemm_mma.py)."""
+bias, and matmul, tests/sim/test_gemm_mma.py; conv2d, tests/sim/test_conv_mma.py)."""
+TF32_TILES = tuple(tile for tile in CANDIDATES.values() if isinstance(tile, Tf32Tile))
+"""Every TF32 tile the heuristic may choose (f32 dense with and without a bias, and matmul,
+under --precision tf32; tests/sim/test_gemm_tf32.py)."""
 LOW_PRECISION = ("f16", "bf16")
 LOW_PRECISION_GEMM_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4))
 LOW_PRECISION_CONV_TILES = (GemmTile(),)
@@ -59,6 +73,16 @@ network depthwise {
     y = conv2d(x, 6, kernel=3, padding=1, groups=6, bias=false) |> batchnorm |> relu6
     output residual = x + y
     output strided = conv2d(x, 12, kernel=5, stride=2, padding=2, groups=6) |> hardswish
+}
+"""
+GEMV_NETWORK = """
+# Layers the GEMV kernel takes at batch 1 (M = N): dense with and without a bias, epilogues fused.
+network gemv {
+    input x: DTYPE[N, 33]
+    input w: DTYPE[33, 40]
+    output y = dense(x, 127) |> relu
+    output z = dense(x, 31, bias=false)
+    output p = matmul(x, w) |> sigmoid
 }
 """
 
@@ -118,9 +142,16 @@ def catalog() -> dict[str, KernelSpec]:
                       for transposed, bias in flags]
             specs += [kernels.conv2d_kernel(dtype, tile, has_bias=bias)
                       for bias in ((True,) if low else (True, False))]
-        for tile in MMA_TILES if low else ():
+        specs += [kernels.gemm_kernel(dtype, tile, b_transposed=transposed, has_bias=bias)
+                  for tile in GEMV_TILES
+                  for transposed, bias in ((True, True), (True, False), (False, False))]
+        for tile in MMA_TILES if low else TF32_TILES:
             specs += [kernels.gemm_kernel(dtype, tile, b_transposed=transposed, has_bias=bias)
                       for transposed, bias in ((True, True), (True, False), (False, False))]
+        for tile in MMA_TILES if low else ():
+            # The tensor-core conv (tests/sim/test_conv_mma.py; with a bias: without one it
+            # differs by a template flag only, and the networks' convs have their own forms).
+            specs.append(kernels.conv2d_kernel(dtype, tile, has_bias=True))
         for tile in LOW_PRECISION_ROW_TILES if low else ROW_TILES:
             specs += [kernels.row_kernel(op, dtype, tile) for op in kernels.ROW_OPERATIONS]
             # Reductions over any axes: up to two kept and two reduced dims after merging
@@ -144,7 +175,8 @@ def catalog() -> dict[str, KernelSpec]:
         for kernel in DEPTHWISE_KERNELS[:1] if dtype in LOW_PRECISION else DEPTHWISE_KERNELS:
             specs += [kernels.depthwise_conv2d_kernel(dtype, tile, kernel, has_bias=bias)
                       for tile in DEPTHWISE_TILES for bias in (True, False)]
-    for source, dtype in [*NETWORKS, *((DEPTHWISE_NETWORK, d) for d in ("f32", *LOW_PRECISION))]:
+    for source, dtype in [*NETWORKS, *((DEPTHWISE_NETWORK, d) for d in ("f32", *LOW_PRECISION)),
+                          *((GEMV_NETWORK, d) for d in ("f32", *LOW_PRECISION))]:
         for level in (0, 2):
             graph = network(source, dtype, level)
             specs += lower(graph).kernels.values()

@@ -21,8 +21,8 @@ RESNET18 = str(EXAMPLES / "resnet18.net")
 PASSES_O2 = ["00_input.txt", "01_remove_dropout.txt", "02_simplify_views.txt",
              "03_fold_constants.txt", "04_fold_batchnorm.txt",
              "05_eliminate_common_subexpressions.txt", "06_eliminate_dead_code.txt",
-             "07_fuse_attention.txt", "08_fuse_epilogues.txt",
-             "09_fuse_reduction_prologues.txt", "10_fuse_elementwise.txt"]
+             "07_fuse_attention.txt", "08_fold_transposes.txt", "09_fuse_epilogues.txt",
+             "10_fuse_reduction_prologues.txt", "11_fuse_elementwise.txt"]
 
 
 def netc(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -49,7 +49,7 @@ def test_check_with_o_appends_the_pass_log(capsys: pytest.CaptureFixture[str]) -
     assert "fuse_epilogues" not in out
 
 
-@pytest.mark.parametrize("level, count", [(0, 1), (1, 7), (2, 11)])
+@pytest.mark.parametrize("level, count", [(0, 1), (1, 7), (2, 12)])
 def test_dump_ir_writes_the_ir_after_each_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                level: int, count: int) -> None:
     dump = tmp_path / "ir"
@@ -58,7 +58,7 @@ def test_dump_ir_writes_the_ir_after_each_pass(tmp_path: Path, capsys: pytest.Ca
     assert sorted(p.name for p in dump.iterdir() if p.suffix == ".txt") == PASSES_O2[:count]
     assert f"wrote the IR after each pass to {dump}" in err
     if level == 2:
-        assert "fused(" in (dump / "08_fuse_epilogues.txt").read_text()
+        assert "fused(" in (dump / "09_fuse_epilogues.txt").read_text()
 
 
 def test_dump_ir_of_a_compile_ends_with_the_memory_plan_that_runs(
@@ -71,9 +71,9 @@ def test_dump_ir_of_a_compile_ends_with_the_memory_plan_that_runs(
     code, _, _ = netc(capsys, "compile", RESNET18, "-O2", "--dump-ir", str(dump), "-o",
                       str(tmp_path / "out"), "--arch", "sm_90")
     assert code == 0
-    assert sorted(p.name for p in dump.iterdir() if p.suffix == ".txt") == [*PASSES_O2, "11_memory_plan.txt"]
+    assert sorted(p.name for p in dump.iterdir() if p.suffix == ".txt") == [*PASSES_O2, "12_memory_plan.txt"]
     plan = compile_graph(load_file(RESNET18), CompileOptions()).plan
-    assert (dump / "11_memory_plan.txt").read_text() == \
+    assert (dump / "12_memory_plan.txt").read_text() == \
         "\n".join(plan.memory_plan(plan.every_dim(1)).describe()) + "\n"
 
 
@@ -239,7 +239,7 @@ def test_run_repeat_reports_the_median_and_keeps_the_outputs(
 
 
 def test_cuda_graph_needs_the_cuda_backend(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = netc(capsys, "run", LENET, "--random-input", "--backend", "cudasim",
+    code, _, err = netc(capsys, "run", LENET, "--random-input", "--backend", "cudasim",
                           "--cuda-graph")
     assert code == 1 and "--cuda-graph needs the cuda backend, not `cudasim`" in err
     assert "generated" not in err  # refused before anything is compiled

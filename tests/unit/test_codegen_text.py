@@ -17,7 +17,7 @@ from netc.codegen.emit import describe_node, generate, sanitize
 from netc.codegen.kernels import LOWERINGS
 from netc.codegen.layout import broadcast_strides, coalesce, contiguous_strides
 from netc.codegen.render import render, template_names
-from netc.codegen.tiles import BlockTile, DepthwiseTile, GemmTile, RowTile, TileError
+from netc.codegen.tiles import BlockTile, DepthwiseTile, GemmTile, GemvTile, RowTile, TileError
 from netc.diagnostics import CompileError, Span
 from netc.ir import Attrs, Graph, Node, Region, TensorType
 from netc.ops import REGISTRY
@@ -35,6 +35,8 @@ SAMPLE_SPECS = [
     kernels.gemm_kernel("f32", GemmTile(), b_transposed=True, has_bias=True),
     kernels.gemm_kernel("f16", GemmTile(32, 32, 8, 4, 4), b_transposed=False, has_bias=False,
                         epilogue=EPILOGUE),
+    kernels.gemm_kernel("bf16", GemvTile(8, 2), b_transposed=True, has_bias=True,
+                        epilogue=RELU),
     kernels.conv2d_kernel("bf16", GemmTile(), has_bias=True),
     kernels.conv2d_kernel("f32", GemmTile(16, 64, 4, 2, 8), has_bias=False, epilogue=RELU),
     kernels.pool_kernel("maxpool2d", "f32", BLOCK),

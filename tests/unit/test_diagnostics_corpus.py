@@ -2,7 +2,8 @@
 
 Every file in tests/corpus/errors/ starts with `# expect: CODE LINE:COL` (or
 `# expect: CODE FILE:LINE:COL` when the first diagnostic is in an imported file, FILE relative
-to the corpus folder). Each file goes through the front end in-process, and a sample (all of
+to the corpus folder). Each file goes through the front end in-process (its network, then its
+train section if it has one, as `netc check` does), and a sample (all of
 them with NETC_CORPUS_CLI=all) through the real command line, `netc check FILE`, which must
 exit 1 with the diagnostic first on stderr and no traceback.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from netc.diagnostics import CompileError
-from netc.frontend import load_file
+from netc.frontend import load_file, load_training, parse
 
 pytestmark = pytest.mark.unit
 
@@ -84,6 +85,8 @@ def test_corpus_file_in_process(path: Path) -> None:
     started = time.thread_time()
     with pytest.raises(CompileError) as caught:
         load_file(path)
+        if parse(path.read_text("utf-8", errors="replace"), path.name).trains:
+            load_training(path)  # what `netc check` also checks
     elapsed = time.thread_time() - started
     first = caught.value.diagnostics[0]
     assert first.span is not None

@@ -274,3 +274,14 @@ def test_the_command_line_can_turn_compilation_off(capsys: pytest.CaptureFixture
     data = json.loads(capsys.readouterr().out)
     assert data["registers_from"] == "estimate (compilation off)"
     assert {k["registers_source"] for k in data["kernels"]} == {"estimate"}
+
+
+def test_tf32_gemms_use_half_the_tensor_core_peak() -> None:
+    # 2·4096·1024² FLOPs over 37.7 MB: compute-bound at TF32's rate, not at the 16-bit one.
+    wide = DENSE.replace("f32[N, 64]", "f32[N, 1024]").replace("dense(x, 96)", "dense(x, 1024)")
+    graph = load_string(wide, filename="t.net")
+    (kernel,) = explain(graph, batch=4096, compile=False, precision="tf32").kernels
+    assert "_tf32_mma_" in kernel.functions[-1] and kernel.tensor_cores
+    assert kernel.seconds == pytest.approx(max(kernel.flops / (H100.tensor_flops_per_second / 2),
+                                               kernel.bytes_moved / H100.bytes_per_second))
+    assert kernel.bound == "compute"

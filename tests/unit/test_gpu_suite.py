@@ -53,8 +53,8 @@ def test_an_unknown_problem_is_refused(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_the_timed_replay_alone_recomputes_a_poisoned_output() -> None:
-    """What the GPU run times (the plan's launches replayed without uploads) does the whole work:
-    on cudasim, an output overwritten with NaN after a run is computed again by the replay."""
+    """What the GPU run times (the plan's launches alone, `PlanRunner.launch_all`) does the
+    whole work: on cudasim, an output overwritten with NaN after a run is computed again."""
     import numpy as np
 
     from netc.driver import build_binary
@@ -71,7 +71,7 @@ def test_the_timed_replay_alone_recomputes_a_poisoned_output() -> None:
         ((_, output),) = compiled.plan.outputs
         device.upload(runner._handle(output), np.full(first.shape, np.nan, np.float32))
         assert np.isnan(runner.buffer_value(output)).all()
-        suite._replay(runner, inputs)()
+        runner.launch_all()
         again = runner.buffer_value(output)
     np.testing.assert_array_equal(again, first)
     assert suite._rel_error(again, suite._reference64(problem, model, weights, inputs)) < 1e-5

@@ -635,21 +635,6 @@ train lenet5 {
 """
 
 
-def test_a_train_section_parses_and_is_refused_in_words(tmp_path: Path) -> None:
-    with pytest.raises(CompileError) as caught:
-        load_string(LENET, "lenet.net")
-    (found,) = caught.value.diagnostics
-    assert found.code == "E0122" and found.message == "training sections are not supported yet"
-    assert found.span is not None and (found.span.line, found.span.column) == (11, 1)
-    source = tmp_path / "lenet.net"
-    source.write_text(LENET)
-    done = netc("check", str(source))
-    assert done.returncode == 1 and "error[E0122]" in done.stderr
-    assert "Traceback" not in done.stderr
-    without = LENET[:LENET.index("train")]
-    assert load_string(without, "lenet.net").name == "lenet5"
-
-
 def test_only_freeze_may_start_a_train_statement_with_a_name() -> None:
     with pytest.raises(CompileError) as caught:
         load_string(LENET.replace("freeze conv2d_0", "frieze conv2d_0"), "lenet.net")

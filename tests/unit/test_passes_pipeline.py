@@ -39,7 +39,7 @@ def test_levels() -> None:
     names = {level: [p.name for p in passes] for level, passes in PIPELINES.items()}
     assert names[1] == ["remove_dropout", "simplify_views", "fold_constants", "fold_batchnorm",
                         "eliminate_common_subexpressions", "eliminate_dead_code"]
-    assert names[2] == names[1] + ["fuse_attention", "fuse_epilogues",
+    assert names[2] == names[1] + ["fuse_attention", "fold_transposes", "fuse_epilogues",
                                    "fuse_reduction_prologues", "fuse_elementwise"]
     assert [lowest for lowest, _ in PIPELINE] == sorted(lowest for lowest, _ in PIPELINE)
 
@@ -102,16 +102,16 @@ def test_dump_ir_writes_each_pass(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("the user's")
     # A shorter pipeline removes the files the longer one wrote, and nothing else.
     run_pipeline(graph, 1, dump_dir=tmp_path)
-    assert not (tmp_path / "10_fuse_elementwise.txt").exists()
+    assert not (tmp_path / "11_fuse_elementwise.txt").exists()
     optimized = run_pipeline(graph, 2, dump_dir=tmp_path, verify=True)
     files = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert files == ["00_input.txt"] + [f"{i:02d}_{p.name}.txt"
                                         for i, p in enumerate(PIPELINES[2], start=1)] + \
         ["notes.txt"]
     assert (tmp_path / "00_input.txt").read_text() == print_graph(graph) + "\n"
-    final = (tmp_path / "10_fuse_elementwise.txt").read_text()
+    final = (tmp_path / "11_fuse_elementwise.txt").read_text()
     assert final.startswith(print_graph(optimized.graph) + "\n")
-    assert "fused(" in (tmp_path / "08_fuse_epilogues.txt").read_text()
+    assert "fused(" in (tmp_path / "09_fuse_epilogues.txt").read_text()
     assert "batchnorm(" not in (tmp_path / "04_fold_batchnorm.txt").read_text()
 
 

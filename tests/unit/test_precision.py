@@ -56,17 +56,19 @@ def test_every_f32_tensor_becomes_16_bit_and_integers_stay(precision: str) -> No
     assert cast.attrs["dtype"] == precision
 
 
-def test_f32_is_the_network_as_written_and_others_are_refused() -> None:
+def test_f32_and_tf32_store_the_network_as_written_and_others_are_refused() -> None:
     graph = _graph()
     assert with_precision(graph, "f32") is graph
-    with pytest.raises(PrecisionError, match="tf32"):
-        with_precision(graph, "tf32")
+    assert with_precision(graph, "tf32") is graph  # f32 storage; TF32 is the GEMMs' tiles'
+    with pytest.raises(PrecisionError, match="f64"):
+        with_precision(graph, "f64")
 
 
 def test_the_driver_compiles_16_bit_gemms_for_tensor_cores() -> None:
     graph = _graph()
-    plain = compile_graph(graph, CompileOptions())
-    half = compile_graph(graph, CompileOptions(precision="bf16"))
+    # At batch 64: a batch of 1 takes the GEMV kernel (M <= 8) whatever the precision.
+    plain = compile_graph(graph, CompileOptions(batch=64))
+    half = compile_graph(graph, CompileOptions(precision="bf16", batch=64))
     assert not any("_mma_" in k for k in plain.plan.kernels)
     assert any(k.startswith("netc_gemm_bf16_mma_") for k in half.plan.kernels)
     assert half.options.to_json()["precision"] == "bf16"
@@ -113,7 +115,7 @@ def test_compile_records_the_precision_and_16_bit_buffers(tmp_path: Path,
     assert main(["compile", MLP, "--precision", "f16", "--arch", "sm_80", "-o", str(out)]) == 0
     capsys.readouterr()
     source = (out / "mlp.cu").read_text()
-    assert "netc_gemm_f16_mma_" in source
+    assert "netc_gemv_f16_" in source  # batch 1: 16-bit GEMV kernels
     manifest = json.loads((out / "netc.json").read_text())
     assert '"precision": "f16"' in json.dumps(manifest)
 
@@ -124,4 +126,4 @@ def test_a_plan_backend_compiles_with_the_precision_it_is_given() -> None:
     model = loads(NET)
     runner = prepare("cudasim", model.graph, model.init_weights(seed=1), precision="bf16")
     assert runner.compiled.options.precision == "bf16"
-    assert any(k.startswith("netc_gemm_bf16_mma_") for k in runner.compiled.plan.kernels)
+    assert any(k.startswith("netc_gemv_bf16_") for k in runner.compiled.plan.kernels)

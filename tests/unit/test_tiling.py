@@ -9,7 +9,7 @@ import pytest
 
 from netc.codegen.emit import generate
 from netc.codegen.targets import ARCHS, H100, GpuArch, planning_arch
-from netc.codegen.tiles import GemmTile, MmaTile
+from netc.codegen.tiles import GemmTile, MmaTile, Tf32Tile
 from netc.codegen.tiling import (
     CANDIDATES,
     TILE_TABLE,
@@ -61,9 +61,10 @@ def name_of(tile: GemmTile) -> str:
     # 120 blocks of 64x64: enough for an A100's 108 SMs, not an H100's 132.
     (GemmShape("conv2d", 64, 7680, 576), "sm_80", "medium"),
     (GemmShape("conv2d", 64, 7680, 576), "sm_90", "small"),
-    # A dense layer at batch 1 (M = 1), and a classifier head (N = 10).
-    (GemmShape("dense", 1, 1000, 512), "sm_90", "narrow_m_small"),
-    (GemmShape("dense", 1, 16384, 512), "sm_90", "narrow_m"),
+    # A dense layer at batch 1 (M = 1): the GEMV kernel, 4 warps (columns) a block give 250
+    # blocks (8 would give 125); and a classifier head (N = 10).
+    (GemmShape("dense", 1, 1000, 512), "sm_90", "gemv_rows1_warps4"),
+    (GemmShape("dense", 1, 16384, 512), "sm_90", "gemv_rows1_warps8"),
     (GemmShape("dense", 16384, 10, 512), "sm_90", "narrow_n"),
     (GemmShape("dense", 2048, 10, 512), "sm_90", "narrow_n_small"),
     # Depthwise: one output channel per group.
@@ -79,11 +80,13 @@ def test_heuristic_choices(shape: GemmShape, arch: str, expected: str) -> None:
 
 def test_the_table_is_data_keyed_by_family_class_and_arch() -> None:
     for (family, shape_class, arch), names in TILE_TABLE.items():
-        assert family in ("gemm", "conv2d", "mma") and arch in ARCHS
+        assert family in ("gemm", "conv2d", "mma", "tf32") and arch in ARCHS
         assert shape_class in ("narrow_m", "narrow_n", "tall", "wide")
         assert names and all(name in CANDIDATES for name in names)
-        # Tensor-core tiles for the mma family alone, SIMT tiles for the others.
-        assert all(isinstance(CANDIDATES[name], MmaTile) == (family == "mma") for name in names)
+        # Tensor-core tiles for the mma and tf32 families alone (TF32 ones for tf32), SIMT
+        # tiles for the others.
+        assert all(isinstance(CANDIDATES[name], MmaTile) == (family in ("mma", "tf32")) and
+                   isinstance(CANDIDATES[name], Tf32Tile) == (family == "tf32") for name in names)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -99,7 +102,8 @@ def test_limits_of_a_smaller_gpu_rule_out_candidates() -> None:
     # 16384 registers for 256 threads leave 64 a thread: the 8x4 register tile (about 84) is out.
     assert misfit(CANDIDATES["large"], few_registers) is not None
     assert name_of(heuristic_tile(shape, few_registers)[0]) == "medium"
-    little_shared = GpuArch("sm_90", H100, sms=132, shared_bytes_per_block=4096)
+    # 5 KiB: the 32 x 32 tile's two buffers (4608 bytes) fit, the 64 x 64 tile's do not.
+    little_shared = GpuArch("sm_90", H100, sms=132, shared_bytes_per_block=5120)
     assert "shared memory" in (misfit(CANDIDATES["large"], little_shared) or "")
     assert name_of(heuristic_tile(shape, little_shared)[0]) == "small"
 
@@ -265,18 +269,29 @@ def test_tensor_core_tiles_go_to_16_bit_gemms_only(tmp_path: Path) -> None:
     graph = net("y = dense(flatten(x), 24, name=\"head\")\n    output z = conv2d(x, 4, kernel=3)"
                 "\n    output w = y", inputs="input x: bf16[N, 16, 12, 12]")
     mma = "bm64,bn64,bk32,wm2,wn2,stages3"
-    # `all=` gives the tensor-core tile to the bf16 dense and leaves the conv its own.
+    # `all=` gives the tensor-core tile to the bf16 dense and conv.
     choices = {c.shape.op: c for c in plan_tiles(graph, "sm_90",
                                                  parse_tile_overrides([f"all={mma}"]))}
-    assert choices["dense"].tile == MmaTile(64, 64, 32, 2, 2, 3)
-    assert choices["dense"].source == "--tile" and choices["conv2d"].source == "heuristic"
-    assert isinstance(choices["conv2d"].tile, GemmTile)
-    # Named, a layer that cannot take one is refused.
+    assert choices["dense"].tile == choices["conv2d"].tile == MmaTile(64, 64, 32, 2, 2, 3)
+    assert choices["dense"].source == choices["conv2d"].source == "--tile"
+    # A tile whose threads split the conv's k-tile into runs of 4 (not whole 16-byte stores):
+    # the dense takes it, the conv keeps the heuristic's; named, the conv refuses it.
+    odd = "bm64,bn16,bk32,wm4,wn1,stages2"
+    choices = {c.shape.op: c for c in plan_tiles(graph, "sm_90",
+                                                 parse_tile_overrides([f"all={odd}"]))}
+    assert choices["dense"].tile == MmaTile(64, 16, 32, 4, 1, 2)
+    assert choices["conv2d"].source == "heuristic"
+    assert isinstance(choices["conv2d"].tile, MmaTile)
     conv = next(c.layer for c in choices.values() if c.shape.op == "conv2d")
     with pytest.raises(CompileError, match="E0441") as caught:
-        plan_tiles(graph, "sm_90", parse_tile_overrides([f"{conv}={mma}"]))
-    assert "tensor-core tiles take f16 and bf16 dense and matmul, not bf16 conv2d" in \
-        caught.value.render()
+        plan_tiles(graph, "sm_90", parse_tile_overrides([f"{conv}={odd}"]))
+    assert "a thread's run of k, bk / max(threads / bn, 1) = 32 / 8, must be a multiple of 8" \
+        in caught.value.render()
+    # An f32 conv takes no tensor-core tile.
+    f32 = net("output z = conv2d(x, 4, kernel=3)", inputs="input x: f32[N, 16, 12, 12]")
+    (f32_conv,) = plan_tiles(f32, "sm_90")
+    with pytest.raises(CompileError, match="not f32 conv2d"):
+        plan_tiles(f32, "sm_90", parse_tile_overrides([f"{f32_conv.layer}={mma}"]))
     # And the tuning database takes them as the command line does.
     db = write_db(tmp_path / "tuning.json", [{
         "op": "dense", "m": 1, "n": 24, "k": 2304, "arch": "sm_90",
