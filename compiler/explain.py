@@ -55,7 +55,7 @@ from typing import Any
 
 from netc.codegen.occupancy import grid_fill, occupancy
 from netc.codegen.targets import DEFAULT_ARCH, GpuArch, Peaks, planning_arch
-from netc.codegen.tiles import MatrixTile
+from netc.codegen.tiles import GemmTile, MatrixTile, MmaTile
 from netc.codegen.tiling import TileChoice, TuningDb, format_tile_table, tile_text
 from netc.ir import SOURCE_OPS, Graph, Node
 from netc.ops import REGISTRY, node_flops
@@ -428,22 +428,32 @@ def _ptxas_resources(plan: LaunchPlan, arch: str,
 
 
 
+def _chains(tile: object) -> int:
+    """Independent accumulation chains a warp of the tile's kernel issues: a SIMT GEMM
+    thread's tm x tn accumulators, a tensor-core warp's tiles; 1 for any other kernel."""
+    if isinstance(tile, GemmTile):
+        return tile.tm * tile.tn
+    if isinstance(tile, MmaTile):  # Tf32Tile too
+        return (tile.bm // tile.wm // 16) * (tile.bn // tile.wn // 8)
+    return 1
+
+
 def _launch_cost(launch: Launch, sizes: Mapping[str, int], target: GpuArch,
                  resources: Mapping[str, KernelResources], choice: TileChoice | None,
                  roofline_s: float) -> LaunchCost:
     """Occupancy, grid fill and predicted time of one launch whose roofline time is
     `roofline_s`."""
     usage = resources.get(launch.kernel)
+    tile = choice.tile if choice is not None and choice.tile.suffix in launch.kernel else None
     if usage is not None:
         registers, static_shared, source = usage.registers, usage.shared_static_bytes, "ptxas"
     else:
-        tile = choice.tile if choice is not None and choice.tile.suffix in launch.kernel else None
         registers = getattr(tile, "registers_estimate", DEFAULT_REGISTERS)
         static_shared, source = 0, "estimate"
     x, y, z = launch.block
     occ = occupancy(target, x * y * z, registers, launch.shared_bytes + static_shared)
     gx, gy, gz = launch.grid_size(sizes)
-    fill = grid_fill(target, gx * gy * gz, occ)
+    fill = grid_fill(target, gx * gy * gz, occ, _chains(tile))
     return LaunchCost(fill.blocks, occ.blocks_per_sm, occ.fraction, occ.limiter,
                        registers, source, fill.waves, fill.utilisation,
                        roofline_s / fill.utilisation)

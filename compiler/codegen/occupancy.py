@@ -17,11 +17,17 @@ and that resource is the `limiter` (the first of the order above on a tie). Occu
 fraction is the resident warps over `max_warps_per_sm`. The limits are `GpuArch`'s.
 
 **Grid fill** turns a launch's blocks into the share of the GPU's peak it can use. The blocks
-run in `waves = ceil(blocks / (SMs * blocks_per_sm))`; averaged over the waves an SM holds
-`blocks * warps per block / (waves * SMs)` warps, and an SM runs at its peak rate with
-`warps_for_peak` of them (16: four per warp scheduler):
+run in `waves = ceil(blocks / (SMs * blocks_per_sm))`. An SM holding b blocks runs at
+`rate(b) = min(1, b * warps per block / needed)` of its peak, where `needed` is
+`warps_for_peak` (16: four per warp scheduler, each warp issuing one dependent chain) or fewer
+when each warp has independent chains to issue (`chains`: a GEMM thread's tm x tn
+accumulators, a warp's tensor-core tiles), down to one warp per scheduler at four chains:
+`needed = warps_for_peak / min(chains, 4)`. A full wave takes `blocks_per_sm / rate(...)` block
+times, the last one (r blocks left, at most `ceil(r / SMs)` on an SM) `ceil(r / SMs) /
+rate(ceil(r / SMs))`; the utilisation is the ideal time, `blocks / SMs` block times at peak,
+over their sum:
 
-    utilisation = min(1, blocks * warps per block / (waves * SMs * warps_for_peak))
+    utilisation = (blocks / SMs) / ((waves - 1) * bps / rate(bps) + last / rate(last))
 
 It counts the SMs a small grid leaves idle, the warps too few to hide latency on the busy ones,
 and a last wave that fills only part of the GPU. A kernel's predicted time is its roofline time
@@ -101,11 +107,24 @@ class GridFill:
     """The share of the GPU's peak rate the launch can use, in (0, 1]."""
 
 
-def grid_fill(arch: GpuArch, blocks: int, occ: Occupancy) -> GridFill:
-    """The waves and utilisation of `blocks` blocks of a kernel with occupancy `occ` (see the
-    module docstring for the formula)."""
+MAX_CHAINS = 4
+"""Independent chains a warp needs to keep its scheduler's pipe full on its own (a dependent
+FMA's ~4-cycle latency)."""
+
+
+def grid_fill(arch: GpuArch, blocks: int, occ: Occupancy, chains: int = 1) -> GridFill:
+    """The waves and utilisation of `blocks` blocks of a kernel with occupancy `occ` whose
+    warps each issue `chains` independent chains (see the module docstring)."""
     if blocks < 1:
         raise ValueError(f"a launch has at least one block, not {blocks}")
-    waves = -(-blocks // (arch.sms * occ.blocks_per_sm))
+    per_wave = arch.sms * occ.blocks_per_sm
+    waves = -(-blocks // per_wave)
     warps_per_sm = blocks * occ.warps_per_block / (waves * arch.sms)
-    return GridFill(blocks, waves, warps_per_sm, min(1.0, warps_per_sm / arch.warps_for_peak))
+    needed = arch.warps_for_peak / min(max(chains, 1), MAX_CHAINS)
+
+    def block_times(held: int) -> float:  # a wave whose busiest SM holds `held` blocks
+        return held / min(1.0, held * occ.warps_per_block / needed)
+
+    last = -(-(blocks - (waves - 1) * per_wave) // arch.sms)
+    spent = (waves - 1) * block_times(occ.blocks_per_sm) + block_times(last)
+    return GridFill(blocks, waves, warps_per_sm, min(1.0, blocks / arch.sms / spent))

@@ -95,7 +95,8 @@ class GpuArch:
     warps_for_peak: int = 16
     """Resident warps an SM needs to run at its peak rate in `netc explain`'s time model: four
     for each of its four warp schedulers, enough to cover a dependent FMA's ~4-cycle latency
-    without relying on a kernel's instruction-level parallelism (`netc.codegen.occupancy`)."""
+    without relying on a kernel's instruction-level parallelism; fewer for warps with
+    independent chains (`netc.codegen.occupancy.grid_fill`)."""
 
 
 ARCHS: dict[str, GpuArch] = {

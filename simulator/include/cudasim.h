@@ -412,7 +412,6 @@ struct Stack {
     size_t color;  // bytes left unused at the top (see stack_create)
     void* asan_fake;
     Stack* next_free;
-    bool dirty;  // abandoned mid-kernel: AddressSanitizer's shadow needs clearing
     // Where a switch to this stack starts reading (the saved registers, then the frames).
     const void* ctx_top() const {
 #if defined(CUDASIM_UCONTEXT)
@@ -1457,10 +1456,11 @@ static void fiber_entry_uc(unsigned hi, unsigned lo) {
 // Prepares a stack to start thread `f` at fiber_main.
 static void stack_reset(Stack* s, Fiber* f) {
 #if defined(CUDASIM_ASAN)
-    // Frames abandoned mid-kernel leave poisoned redzones behind on the stack.
-    if (s->dirty) __asan_unpoison_memory_region(s->lo, s->size);
+    // A thread starts on a clean stack: frames abandoned mid-kernel, and the scopes of
+    // earlier threads, leave poisoned redzones behind (a flag set where a stack is abandoned
+    // missed some: a false stack-use-after-scope in the next thread's start).
+    __asan_unpoison_memory_region(s->lo, s->size);
 #endif
-    s->dirty = false;
     s->asan_fake = nullptr;
 #if defined(CUDASIM_UCONTEXT)
     getcontext(&s->ctx.uc);
@@ -1631,7 +1631,6 @@ static inline Fiber* after_exit(Fiber* f) {
     // Nothing runs on this stack once the switch below is made, and nothing else takes it
     // from the free list before then (one OS thread per worker).  Its frames are abandoned,
     // not returned from: AddressSanitizer's redzones in them are cleared at its next use.
-    f->stack->dirty = true;
     give_stack(w, f);
     w->in_fiber = to != nullptr;
     Context abandoned;
@@ -1646,14 +1645,11 @@ __attribute__((noreturn)) static void leave_fiber(Fiber* f) {
     abort();  // never resumed
 }
 
-// After a failed block: threads stopped mid-kernel give their stacks back (dirty).
+// After a failed block: threads stopped mid-kernel give their stacks back.
 static void reclaim_stacks(Worker* w, unsigned n) {
     for (unsigned i = 0; i < n; ++i) {
         Fiber* f = &w->threads[i];
-        if (f->stack != nullptr) {
-            f->stack->dirty = true;
-            give_stack(w, f);
-        }
+        if (f->stack != nullptr) give_stack(w, f);
     }
 }
 

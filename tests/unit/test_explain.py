@@ -187,10 +187,11 @@ def test_grid_fill_makes_a_small_grid_slower_than_its_roofline() -> None:
     graph = load_string(DENSE, filename="t.net")
     report = explain(graph, batch=1, overrides=SMALL_TILE, compile=False)
     (kernel,) = report.kernels
-    # 3 blocks of 8 warps on 132 SMs that each need 16 warps for peak.
-    assert kernel.cost.utilisation == pytest.approx(3 * 8 / (132 * 16))
+    # 3 blocks of 8 warps on 132 SMs that each need 16 / 2 warps for peak (2 accumulators a
+    # thread): 3 SMs busy at full rate.
+    assert kernel.cost.utilisation == pytest.approx(3 / 132)
     assert kernel.cost.predicted_time_s == pytest.approx(kernel.seconds / kernel.cost.utilisation)
-    assert kernel.cost.predicted_time_s > 80 * kernel.seconds
+    assert kernel.cost.predicted_time_s > 40 * kernel.seconds
     assert report.predicted_time_s == kernel.cost.predicted_time_s
     assert report.roofline_time_s == kernel.seconds
 
@@ -200,8 +201,13 @@ def test_resnet18_at_batch_1_is_predicted_well_above_its_roofline() -> None:
     for kernel in report.kernels:
         assert kernel.cost.predicted_time_s >= kernel.seconds
         assert kernel.cost.predicted_time_s == pytest.approx(kernel.seconds / kernel.cost.utilisation)
-    # Most of its kernels launch a few dozen to a few hundred blocks on 132 SMs.
-    assert report.predicted_time_s > 3 * report.roofline_time_s
+    # Most of its kernels launch a few dozen to a few hundred blocks on 132 SMs: layer 4's
+    # convs keep 32 of them busy, so even at full rate on those they take 132 / 32 times
+    # their roofline.
+    assert report.predicted_time_s > 2 * report.roofline_time_s
+    (layer4,) = [k for k in report.kernels if k.node == "fused_15"]
+    assert layer4.cost.blocks == 32
+    assert layer4.cost.predicted_time_s >= 132 / 32 * layer4.seconds * (1 - 1e-9)
 
 
 def test_registers_come_from_ptxas_when_a_compiler_is_present() -> None:

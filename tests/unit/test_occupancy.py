@@ -70,3 +70,17 @@ def test_grid_fill_counts_idle_sms_starved_sms_and_the_last_wave() -> None:
     assert small.utilisation == pytest.approx(32 * 8 / (132 * 16))
     with pytest.raises(ValueError):
         grid_fill(H100, 0, occ)
+
+
+def test_independent_chains_lower_the_warps_an_sm_needs() -> None:
+    occ = occupancy(H100, 256, 151, 0)  # one block of 8 warps an SM: the 128x128 SGEMM tile
+    assert grid_fill(H100, 132, occ).utilisation == pytest.approx(8 / 16)
+    assert grid_fill(H100, 132, occ, chains=2).utilisation == pytest.approx(8 / 8)
+    assert grid_fill(H100, 132, occ, chains=64).utilisation == 1.0  # 4 warps an SM would do
+    few = occupancy(H100, 64, 40, 0)  # 2 warps a block
+    assert grid_fill(H100, 132, few, chains=64).utilisation == pytest.approx(
+        grid_fill(H100, 132, few, chains=4).utilisation)  # 4 chains a warp is the most counted
+    assert grid_fill(H100, 132, few, chains=64).utilisation == pytest.approx(2 / 4)
+    # Idle SMs stay idle: 32 blocks of 8 warps, each SM at full rate with 4 chains, use 32 of
+    # the 132 SMs (the warps of a busy SM above those it needs do not make up for them).
+    assert grid_fill(H100, 32, occ, chains=4).utilisation == pytest.approx(32 / 132)
