@@ -196,9 +196,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CompileError([Diagnostic(
                 "E0462", f"`{args.resume}` was written by a run with " + ", ".join(differ),
                 help="resume with the options of the run that wrote it")])
-    else:
-        network = load_file(args.model, spec.network)
-        weights, state = _weights_for(network, args), None
+    else:  # as `netc init --seed S` / `netc run --weights` make them for the network
+        weights, state = _weights_for(load_file(args.model, spec.network), args), None
     trainer = Trainer(spec, weights, backend=args.backend)
     if state is not None:
         trainer.state = state
@@ -220,9 +219,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra += "" if end.val_accuracy is None else f", val accuracy {end.val_accuracy:.2%}"
         extra += f" (checkpoint {end.checkpoint})" if end.checkpoint else ""
         print(f"epoch {end.epoch}: loss {end.loss:.4f}{extra}, {end.seconds:.1f} s")
-    names = {node.id for node in load_file(args.model, spec.network).params}
-    save_weights({k: v for k, v in trainer.weights.items() if k in names}, args.output)
-    print(f"wrote {len(names)} tensors to {args.output}")
+    # The training graph adds no parameters: its params are the network's.
+    save_weights(trainer.weights, args.output)
+    print(f"wrote {len(trainer.weights)} tensors to {args.output}")
     return 0
 
 

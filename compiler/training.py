@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -77,12 +77,7 @@ class OptimizerState:
     of updates taken (Adam's bias correction)."""
 
     steps: int = 0
-    buffers: dict[str, dict[str, np.ndarray]] | None = None
-
-    def of(self, param: str) -> dict[str, np.ndarray]:
-        if self.buffers is None:
-            self.buffers = {}
-        return self.buffers.setdefault(param, {})
+    buffers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def update(name: str, hyper: Mapping[str, object], lr: float, param: np.ndarray,
@@ -184,7 +179,7 @@ class Trainer:
                              self.state.steps, self.total_steps)
 
     def gradients(self, batch: Mapping[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
-        """The loss on `batch` and its gradient for every trainable parameter."""
+        """The loss on `batch` and its gradient for every trainable parameter it reads."""
         if self.backend == "reference":
             outputs = run_reference(self.graph, self.weights, batch)
         else:
@@ -202,7 +197,10 @@ class Trainer:
 
         if self._graph is None:
             try:
-                self._graph = backward(self.spec.graph, "loss", wrt=self.spec.trainable)
+                # As PyTorch skips a parameter whose .grad is None, one the loss does not
+                # read gets no gradient: it is neither clipped, updated nor decayed.
+                self._graph = backward(self.spec.graph, "loss",
+                                       wrt=[p for p in self.spec.trainable if p in self.reached])
             except AutodiffError as exc:
                 raise CompileError([Diagnostic(
                     "E0460", f"cannot train `{self.spec.network}` yet: {exc}",
@@ -227,9 +225,6 @@ class Trainer:
 
     def step(self, batch: Mapping[str, np.ndarray]) -> float:
         loss, grads = self.gradients(batch)
-        # As PyTorch skips a parameter whose .grad is None: one the loss does not read is
-        # neither clipped, updated nor decayed.
-        grads = {name: grad for name, grad in grads.items() if name in self.reached}
         if self.spec.clip_grad_norm is not None:
             clip_gradients(grads, self.spec.clip_grad_norm)
         lr = self.lr
@@ -238,11 +233,13 @@ class Trainer:
         for name, grad in grads.items():
             self.weights[name] = update(optimizer.name, optimizer.hyper, lr,
                                         self.weights[name].astype(np.float32), grad,
-                                        self.state.of(name), self.state.steps)
+                                        self.state.buffers.setdefault(name, {}),
+                                        self.state.steps)
         return loss
 
     def evaluate(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The training graph's outputs (the network's and `loss`) on `batch`, no update."""
+        """The training graph's outputs (the network's and `loss`) on `batch`, no update, on
+        the reference interpreter whatever the backend (validation needs no gradients)."""
         return run_reference(self.spec.graph, self.weights, batch)
 
 
@@ -300,7 +297,7 @@ def save_checkpoint(path: str, trainer: Trainer, meta: Mapping[str, object]) -> 
     from netc.files import atomic_path
 
     tensors = {name: np.ascontiguousarray(value) for name, value in trainer.weights.items()}
-    for param, buffers in (trainer.state.buffers or {}).items():
+    for param, buffers in trainer.state.buffers.items():
         for buffer, value in buffers.items():
             tensors[f"{OPTIMIZER_PREFIX}{buffer}.{param}"] = np.ascontiguousarray(value)
     metadata = {"format": CHECKPOINT_FORMAT, "steps": str(trainer.state.steps),
@@ -332,7 +329,7 @@ def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], OptimizerState, d
     for key, value in tensors.items():
         if key.startswith(OPTIMIZER_PREFIX):
             buffer, param = key[len(OPTIMIZER_PREFIX):].split(".", 1)
-            state.of(param)[buffer] = value.astype(np.float32)
+            state.buffers.setdefault(param, {})[buffer] = value.astype(np.float32)
     return weights, state, metadata
 
 

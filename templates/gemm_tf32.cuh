@@ -157,14 +157,7 @@ __device__ __forceinline__ void netc_tf32_mainloop(
     const int warp_m = warp / WN;
     const int warp_n = warp % WN;
     const long long b_pitch = B_TRANSPOSED ? k : n;
-
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r)
-                acc[i][j][r] = 0.0f;
+    netc_mma_zero<Shape>(acc);
 
     const long long k_tiles = (k + BK - 1) / BK;
     NetcTf32Copies<BM, BK, Shape::A_PITCH, Shape::THREADS, true> a_copies(a, k, m0, m);
@@ -293,21 +286,7 @@ __device__ __forceinline__ void netc_gemm_tf32(const T* __restrict__ a, const T*
 
     const NetcRowMajorStore<T, HAS_BIAS, Epilogue> store{
         c, bias, n, block.matrix * m * n, epilogue};
-    const int lane = threadIdx.x % 32;
-    const int warp = threadIdx.x / 32;
-    const long long row0 = m0 + warp / WN * Shape::WARP_M + lane / 4;
-    const long long col0 = n0 + warp % WN * Shape::WARP_N + lane % 4 * 2;
-#pragma unroll
-    for (int i = 0; i < Shape::MI; ++i)
-#pragma unroll
-        for (int j = 0; j < Shape::NI; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const long long row = row0 + i * 16 + r / 2 * 8;
-                const long long col = col0 + j * 8 + r % 2;
-                if (row < m && col < n)
-                    store(row, col, acc[i][j][r]);
-            }
+    netc_mma_store<Shape>(acc, m0, n0, m, n, store);
 #else
     // The SIMT kernel with this block's shape: (BM / TM) * (BN / TN) = WM * WN * 32 threads.
     netc_gemm<T, BM, BN, 8, Shape::WARP_M / 8, Shape::WARP_N / 4, B_TRANSPOSED, HAS_BIAS>(

@@ -175,3 +175,11 @@ def test_graphs_are_off_when_asked_and_refused_where_unsupported(compiled: Any) 
     with PlanRunner(plan, simulator(), plan_weights,
                     build_binary(plan, simulator())) as plain:
         assert not plain.cuda_graph
+
+
+def test_the_api_refuses_cuda_graphs_off_the_gpu(compiled: Any) -> None:
+    from netc.backends import BackendUnavailable, prepare
+
+    graph, weights, _, _ = compiled
+    with pytest.raises(BackendUnavailable, match=r"CUDA graphs .* need the cuda backend"):
+        prepare("cudasim", graph, weights, cuda_graph=True)

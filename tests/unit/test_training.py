@@ -110,7 +110,7 @@ def test_steps_match_pytorch(optimizer: str, extra: str) -> None:
         np.testing.assert_allclose(trainer.weights[name], value, rtol=2e-5, atol=2e-6,
                                    err_msg=name)
     got_state = {f"{buffer}.{param}": value
-                 for param, buffers in (trainer.state.buffers or {}).items()
+                 for param, buffers in trainer.state.buffers.items()
                  for buffer, value in buffers.items()}
     assert set(got_state) == set(expected_state)
     for key, value in expected_state.items():
