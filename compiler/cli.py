@@ -173,10 +173,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from netc.training import Trainer, fit, load_checkpoint, load_dataset
     from netc.weights import WEIGHT_SUFFIXES, save_weights
 
-    if args.precision != "f32":
-        raise CompileError([Diagnostic(
-            "E0460", f"`netc train --precision {args.precision}` is not built yet: training "
-            "runs in f32 today", help="drop --precision (docs/training.md)")])
     if Path(args.output).suffix not in WEIGHT_SUFFIXES:
         raise CompileError([Diagnostic("E0413", f"cannot write weights to `{args.output}`: the "
                                        "file name must end in .safetensors or .npz")])
@@ -189,7 +185,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         weights, state, meta = load_checkpoint(args.resume)
         given = {"seed": str(args.seed), "batch": str(args.batch),
-                 "shuffle": str(not args.no_shuffle), "network": spec.network}
+                 "shuffle": str(not args.no_shuffle), "network": spec.network,
+                 "precision": args.precision}
+        meta.setdefault("precision", "f32")  # written before mixed precision
         differ = [f"{key} {meta.get(key)} (now {value})" for key, value in given.items()
                   if meta.get(key) != value]
         if differ:
@@ -198,9 +196,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 help="resume with the options of the run that wrote it")])
     else:  # as `netc init --seed S` / `netc run --weights` make them for the network
         weights, state = _weights_for(load_file(args.model, spec.network), args), None
-    trainer = Trainer(spec, weights, backend=args.backend)
+    trainer = Trainer(spec, weights, backend=args.backend, seed=args.seed,
+                      precision=args.precision)
     if state is not None:
         trainer.state = state
+        if trainer.scaler is not None:  # f16-mixed: the loss scale where the run was
+            trainer.scaler.load(meta)
     bar = _TrainProgress()
     _progress(f"training {spec.network}: {count:,} examples, batches of {args.batch}, "
               f"{total - trainer.state.steps} steps from step {trainer.state.steps}")
@@ -889,8 +890,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reference (NumPy; default), or the forward and backward kernels "
                             "as one launch plan on cudasim (the CPU simulator) or cuda (a GPU); "
                             "the optimizer update runs on the host")
-    train.add_argument("--precision", choices=("f32", "bf16-mixed", "f16-mixed"),
-                       default="f32", help="f32 (default); mixed precision is not built yet")
+    from netc.mixed_precision import PRECISIONS as TRAINING_PRECISIONS
+
+    train.add_argument("--precision", choices=TRAINING_PRECISIONS,
+                       default=TRAINING_PRECISIONS[0],
+                       help="f32 (default), or the forward and backward pass stored in bf16 "
+                            "or f16 with f32 master weights (f16-mixed with dynamic loss "
+                            "scaling, as torch.amp.GradScaler; docs/training.md)")
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="write a checkpoint (weights, optimizer state, step) after each "
                             "epoch and at the end, atomically, as DIR/step-NNNNNN.safetensors")

@@ -294,8 +294,10 @@ def plan_values(run: PlanBackend) -> dict[str, np.ndarray]:
     for buffer in run.compiled.plan.buffers:
         if buffer.role == "param" or buffer.node not in graph:
             continue
-        if graph[buffer.node].op in SOURCE_OPS:
+        if graph[buffer.node].op in SOURCE_OPS or buffer.node in values:
             continue
+        # A node's value buffer comes first; those its lowering adds for itself follow
+        # (split-K's float partials, a broadcast operand's copy).
         values[buffer.node] = run.runner.buffer_value(buffer.name)
     return values
 

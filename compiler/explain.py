@@ -30,8 +30,11 @@ The network goes through the `-O` pipeline, the tiling heuristic and code genera
   when a CUDA compiler is available and `compile` is true ("ptxas"), else from the tile's
   `registers_estimate`, else `DEFAULT_REGISTERS` ("estimate"); shared memory is the launch's
   dynamic shared memory plus ptxas' static count. A kernel's predicted time is the sum over
-  its launches of `roofline / utilisation` (its FLOPs counted in its last launch, the one
-  that computes); its blocks, occupancy and registers are those of its slowest launch.
+  its launches of `roofline / utilisation` (its FLOPs counted in the launch that computes:
+  the one running its tile's kernel, else its last); its blocks, occupancy and registers are
+  those of that launch. A split-K GEMM or conv (`splits` in its tile) launches its main
+  kernel with the splits along grid z (so its blocks count them) and writes the float
+  partials, which the reduce launch after it reads back: both launches' bytes count them.
 * **Totals.** Launches, FLOPs, bytes moved, the arena (`LaunchPlan.arena_bytes`: the
   intermediates placed by lifetime over the launches, as the executor allocates them), the sum
   of every intermediate's size (`LaunchPlan.intermediate_bytes`), peak memory (inputs,
@@ -55,8 +58,14 @@ from typing import Any
 
 from netc.codegen.occupancy import grid_fill, occupancy
 from netc.codegen.targets import DEFAULT_ARCH, GpuArch, Peaks, planning_arch
-from netc.codegen.tiles import GemmTile, MatrixTile, MmaTile
-from netc.codegen.tiling import TileChoice, TuningDb, format_tile_table, tile_text
+from netc.codegen.tiles import MatrixTile
+from netc.codegen.tiling import (
+    TileChoice,
+    TuningDb,
+    format_tile_table,
+    tile_chains,
+    tile_text,
+)
 from netc.ir import SOURCE_OPS, Graph, Node
 from netc.ops import REGISTRY, node_flops
 from netc.passes.fusion import why_not_fused
@@ -143,8 +152,8 @@ class KernelRow:
     tensor_cores: bool
     """Its FLOPs run on the tensor cores (a `..._mma_...` kernel)."""
     cost: LaunchCost
-    """Its slowest launch's occupancy and grid fill, with the predicted time of all its
-    launches."""
+    """The occupancy and grid fill of its launch that computes (its tile's kernel; split-K's
+    main kernel, not its reduce), with the predicted time of all its launches."""
 
     @property
     def launches(self) -> int:
@@ -428,16 +437,6 @@ def _ptxas_resources(plan: LaunchPlan, arch: str,
 
 
 
-def _chains(tile: object) -> int:
-    """Independent accumulation chains a warp of the tile's kernel issues: a SIMT GEMM
-    thread's tm x tn accumulators, a tensor-core warp's tiles; 1 for any other kernel."""
-    if isinstance(tile, GemmTile):
-        return tile.tm * tile.tn
-    if isinstance(tile, MmaTile):  # Tf32Tile too
-        return (tile.bm // tile.wm // 16) * (tile.bn // tile.wn // 8)
-    return 1
-
-
 def _launch_cost(launch: Launch, sizes: Mapping[str, int], target: GpuArch,
                  resources: Mapping[str, KernelResources], choice: TileChoice | None,
                  roofline_s: float) -> LaunchCost:
@@ -453,7 +452,7 @@ def _launch_cost(launch: Launch, sizes: Mapping[str, int], target: GpuArch,
     x, y, z = launch.block
     occ = occupancy(target, x * y * z, registers, launch.shared_bytes + static_shared)
     gx, gy, gz = launch.grid_size(sizes)
-    fill = grid_fill(target, gx * gy * gz, occ, _chains(tile))
+    fill = grid_fill(target, gx * gy * gz, occ, tile_chains(tile))
     return LaunchCost(fill.blocks, occ.blocks_per_sm, occ.fraction, occ.limiter,
                        registers, source, fill.waves, fill.utilisation,
                        roofline_s / fill.utilisation)
@@ -478,18 +477,22 @@ def _kernel_rows(graph: Graph, plan: LaunchPlan, choices: Sequence[TileChoice], 
         flops = 0 if node.op in SOURCE_OPS else node_flops(
             node, [graph[value].type for value in node.inputs], sizes)
         moved = sum(plan.launch_bytes(position, sizes) for position in positions)
-        tensor_cores = TENSOR_CORE_MARK in launches[-1].kernel
-        tf32 = TF32_MARK in launches[-1].kernel
+        choice = tiles.get(node_id)
+        # The launch that computes: its tile's kernel (split-K's reduce launch follows it).
+        computing = next((position for position in reversed(positions) if choice is not None
+                          and choice.tile.suffix in plan.launches[position].kernel),
+                         positions[-1])
+        tensor_cores = TENSOR_CORE_MARK in plan.launches[computing].kernel
+        tf32 = TF32_MARK in plan.launches[computing].kernel
         seconds = peaks.roofline_seconds(flops, moved, tensor_cores=tensor_cores, tf32=tf32)
         bound = "compute" if flops / peaks.compute_rate(tensor_cores, tf32) >= \
             moved / peaks.bytes_per_second else "memory"
-        choice = tiles.get(node_id)
         costs = [_launch_cost(
             plan.launches[position], sizes, target, resources, choice, peaks.roofline_seconds(
-                flops if position == positions[-1] else 0, plan.launch_bytes(position, sizes),
+                flops if position == computing else 0, plan.launch_bytes(position, sizes),
                 tensor_cores=tensor_cores, tf32=tf32))
             for position in positions]
-        slowest = max(costs, key=lambda cost: cost.predicted_time_s)
+        computed = costs[positions.index(computing)]
         tile = (tile_text(choice.tile) if choice is not None
                 else f"{launches[-1].block[0]} threads")
         members = _members(node)
@@ -499,5 +502,5 @@ def _kernel_rows(graph: Graph, plan: LaunchPlan, choices: Sequence[TileChoice], 
             tuple(launch.kernel for launch in launches), tile,
             str(choice.shape) if choice is not None else "", flops, moved, seconds, bound,
             tensor_cores, dataclasses.replace(
-                slowest, predicted_time_s=math.fsum(cost.predicted_time_s for cost in costs))))
+                computed, predicted_time_s=math.fsum(cost.predicted_time_s for cost in costs))))
     return rows

@@ -14,13 +14,25 @@ options: not foreach-fused, no amsgrad), in float32 as PyTorch computes them; fr
 
 Backends: `reference` runs the graph with gradients in NumPy; `cudasim` and `cuda` compile it
 with the driver (-O2, one launch plan of forward and backward kernels, for every batch size)
-and run it on the CPU simulator or a GPU. The optimizer update runs on the host (NumPy) on every
-backend for now, not yet as a fused kernel.
+and run it on the CPU simulator or a GPU. There the clipping and the update run on the same
+device as multi-tensor kernels (`netc.optimizer_kernel`, templates/optimizer.cuh) on the plan's
+own parameter buffers and gradient outputs, the optimizer state kept on the device: a step
+moves the batch in and the loss and the network's outputs out; `weights` and `state.buffers`
+download when read.
+The kernels do `update`'s float32 operations in its order, so they give its bits; `update`
+and `clip_gradients` (NumPy) are the reference backend's step and the oracle, and the step of
+mixed precision (whose unscaling and skipped steps are the host's) on every backend.
 
-What this slice of training covers (docs/training.md): f32, networks without training-mode
-ops. Batchnorm in training mode (batch statistics, running statistics updated) and dropout (a
-counter-based RNG) are refused with a clear error until the training-mode ops land, as is
-mixed precision.
+The graph is the network in training mode (`netc.training_mode`): batchnorm on batch
+statistics, whose updated running statistics come out as the outputs `buffer:<id>` and replace
+the weights' after each step (and `num_batches_tracked` counts the step), and dropout with a
+Philox mask drawn from (seed, step, layer, element), identical on every backend, so a resumed
+run needs no generator state beyond the step and the seed.
+
+Precision: f32, or `bf16-mixed` / `f16-mixed` (`netc.mixed_precision`): the step's graph
+stored in 16 bits with the loss in f32, f32 master weights in `weights`, and for f16 a
+`LossScaler` (torch.amp.GradScaler's dynamic loss scale); a step whose gradients overflowed
+is skipped (`step`), the optimizer's own count (`updates`) not advancing.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,15 +49,19 @@ from netc.autodiff import GRADIENT_PREFIX, backward
 from netc.diagnostics import CompileError, Diagnostic
 from netc.frontend.train import Schedule, TrainSpec
 from netc.ir import Graph
+from netc.mixed_precision import LOSS_SCALE_INPUT, PRECISIONS, SCALED, LossScaler, mixed_forward
 from netc.reference import run_reference
+from netc.training_mode import (
+    BUFFER_PREFIX,
+    SEED_INPUT,
+    STEP_INPUT,
+    batchnorm_counters,
+    training_mode,
+)
 
-TRAINING_MODE_OPS = {"batchnorm": "batchnorm in training mode (batch statistics, running "
-                                  "statistics updated)",
-                     "dropout": "dropout in training mode (a counter-based RNG)"}
-"""Ops whose training-mode meaning differs from inference and is not built yet."""
 BACKENDS = ("reference", "cudasim", "cuda")
 """Where the forward and backward graph runs: NumPy, or netc's kernels (one launch plan) on
-the CPU simulator or a GPU; the optimizer update runs on the host in every case."""
+the CPU simulator or a GPU, the optimizer update with them (on the host for mixed precision)."""
 CLIP_EPSILON = 1e-6
 """`clip_grad_norm_` divides by the norm plus this."""
 
@@ -71,19 +87,47 @@ def learning_rate(base: float, schedule: Schedule, step: int, total: int | None)
     return base
 
 
-@dataclass
 class OptimizerState:
     """Per parameter: SGD's momentum buffer, or Adam's first and second moments; the count
-    of updates taken (Adam's bias correction)."""
+    of updates taken (Adam's bias correction).
 
-    steps: int = 0
-    buffers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    While a device optimizer steps (`netc.optimizer_kernel`, cudasim and cuda), the buffers
+    live on the device and `buffers` downloads them when read after a step. Give new buffers
+    by assigning `buffers` (or a new state to `Trainer.state`), not by changing the arrays."""
+
+    def __init__(self, steps: int = 0,
+                 buffers: dict[str, dict[str, np.ndarray]] | None = None):
+        self.steps = steps
+        self._buffers = {} if buffers is None else buffers
+        self._download: Callable[[], dict[str, dict[str, np.ndarray]]] | None = None
+        self.version = 0
+        """Counts assignments to `buffers`: a device optimizer reloads them when it changes."""
+
+    @property
+    def buffers(self) -> dict[str, dict[str, np.ndarray]]:
+        if self._download is not None:
+            self._buffers, self._download = self._download(), None
+        return self._buffers
+
+    @buffers.setter
+    def buffers(self, value: dict[str, dict[str, np.ndarray]]) -> None:
+        self._buffers, self._download = value, None
+        self.version += 1
+
+    def on_device(self, download: Callable[[], dict[str, dict[str, np.ndarray]]]) -> None:
+        """The buffers were updated on a device: `download()` returns them when read."""
+        self._download = download
+
+    def __repr__(self) -> str:
+        return f"OptimizerState(steps={self.steps}, buffers={sorted(self.buffers)})"
 
 
 def update(name: str, hyper: Mapping[str, object], lr: float, param: np.ndarray,
            grad: np.ndarray, state: dict[str, np.ndarray], step: int) -> np.ndarray:
     """The parameter after one update of optimizer `name` (`step`: 1 for the first), in
-    float32 as PyTorch's single-tensor implementations compute it; `state` is updated."""
+    float32 as PyTorch's single-tensor implementations compute it; `state` is updated.
+    templates/optimizer.cuh does the same operations in the same order on the device (keep
+    the two in step: tests/sim/test_optimizer_kernel.py compares their bits)."""
     f32 = np.float32
     lr32 = f32(lr)
     decay = f32(hyper["weight_decay"])  # type: ignore[arg-type]
@@ -120,7 +164,8 @@ def update(name: str, hyper: Mapping[str, object], lr: float, param: np.ndarray,
 
 def clip_gradients(grads: dict[str, np.ndarray], max_norm: float) -> float:
     """Scale `grads` in place so that their global L2 norm is at most `max_norm`
-    (`clip_grad_norm_`); returns the norm before clipping."""
+    (`clip_grad_norm_`); returns the norm before clipping. (On a device:
+    `netc_optimizer_clip`, whose double sum gives a coefficient within 1e-6 of this one.)"""
     norms = np.array([np.linalg.norm(g.ravel()) for g in grads.values()], np.float32)
     total = float(np.linalg.norm(norms))
     coefficient = np.float32(min(max_norm / (total + CLIP_EPSILON), 1.0))
@@ -129,26 +174,21 @@ def clip_gradients(grads: dict[str, np.ndarray], max_norm: float) -> float:
     return total
 
 
-def refuse_training_mode_ops(graph: Graph) -> None:
-    """A located error for the first op whose training-mode meaning is not built yet."""
-    for node in graph.compute_nodes:
-        if node.op in TRAINING_MODE_OPS:
-            raise CompileError([Diagnostic(
-                "E0460", f"training `{graph.name}` needs {TRAINING_MODE_OPS[node.op]}, "
-                "which netc does not have yet", node.span,
-                help="train a network without it for now (docs/training.md says what "
-                     "training covers today)")])
-
-
 class Trainer:
     """A train section's network with its weights and optimizer state: `step(batch)` takes
     one optimizer step on a batch and returns the loss before the update."""
 
     def __init__(self, spec: TrainSpec, weights: Mapping[str, np.ndarray], *,
-                 total_steps: int | None = None, backend: str = "reference"):
-        refuse_training_mode_ops(spec.graph)
+                 total_steps: int | None = None, backend: str = "reference", seed: int = 0,
+                 precision: str = "f32"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown training backend {backend!r}; one of {BACKENDS}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown training precision {precision!r}; one of {PRECISIONS}")
+        self.precision = precision
+        """f32, or bf16-/f16-mixed: the step in 16 bits, f32 weights (netc.mixed_precision)."""
+        self.scaler = LossScaler() if precision in SCALED else None
+        """f16-mixed's dynamic loss scale (torch.amp.GradScaler's)."""
         self.spec = spec
         self.backend = backend
         self._graph: Graph | None = None
@@ -159,6 +199,8 @@ class Trainer:
         self.weights = {k: np.asarray(v).copy() for k, v in weights.items()}
         self.state = OptimizerState()
         self.total_steps = total_steps
+        self.seed = seed
+        """Dropout's masks are drawn from (seed, step): `netc train --seed`."""
 
     @functools.cached_property
     def reached(self) -> frozenset[str]:
@@ -179,27 +221,63 @@ class Trainer:
                              self.state.steps, self.total_steps)
 
     def gradients(self, batch: Mapping[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
-        """The loss on `batch` and its gradient for every trainable parameter it reads."""
-        if self.backend == "reference":
-            outputs = run_reference(self.graph, self.weights, batch)
-        else:
-            compiled, runner = self._runner()
-            runner.update_weights(compiled.optimized.derive_weights(self.weights))
-            outputs = runner.run(batch)
+        """The loss on `batch` and its gradient (f32) for every trainable parameter it reads.
+
+        Mixed precision (`netc.mixed_precision`): the step's graph stores the network in 16
+        bits, the f32 weights rounded as they are read. f16-mixed feeds the loss scale, unscales
+        the gradients and updates the scale (`GradScaler.unscale_` and `update`); then
+        `scaler.should_skip()` says whether the gradients overflowed, and `step` skips them."""
+        if self.scaler is not None:
+            batch = {**batch, LOSS_SCALE_INPUT: np.float32(self.scaler.scale)}
+        outputs = self._run(batch)
         grads = {name[len(GRADIENT_PREFIX):]: value.astype(np.float32)
                  for name, value in outputs.items() if name.startswith(GRADIENT_PREFIX)}
+        if self.scaler is not None:
+            self.scaler.unscale(grads)
+            self.scaler.update()
         return float(outputs["loss"]), grads
 
     @property
+    def updates(self) -> int:
+        """The optimizer updates taken (Adam's step count): the steps less those f16-mixed
+        skipped because their gradients overflowed."""
+        return self.state.steps - (self.scaler.skipped if self.scaler is not None else 0)
+
+    def _run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The training graph's outputs on `batch` at this step; the buffers' new values
+        (`buffer:<id>`: running statistics) replace the weights', and every batchnorm's
+        `num_batches_tracked` counts the step."""
+        inputs = dict(batch)
+        if STEP_INPUT in self.graph:
+            inputs[SEED_INPUT] = np.int64(self.seed)
+            inputs[STEP_INPUT] = np.int64(self.state.steps)
+        if self.backend == "reference":
+            outputs = run_reference(self.graph, self.weights, inputs)
+        else:
+            outputs = self._run_plan(inputs)
+        # The host's dict, not `weights`: reading that would download the parameters a device
+        # optimizer holds. A replaced array is uploaded at the next step.
+        host = self._host_weights
+        for name, value in outputs.items():
+            if name.startswith(BUFFER_PREFIX):
+                buffer = name[len(BUFFER_PREFIX):]
+                host[buffer] = value.astype(host[buffer].dtype)
+        for counter in batchnorm_counters(self.spec.graph):
+            host[counter] = np.asarray(host.get(counter, 0), np.int64) + 1
+        return outputs
+
+    @property
     def graph(self) -> Graph:
-        """The training graph with the gradient outputs (`netc.autodiff`)."""
+        """The training graph: the network in training mode (`netc.training_mode`) with the
+        gradient outputs (`netc.autodiff`)."""
         from netc.autodiff import AutodiffError
 
         if self._graph is None:
             try:
                 # As PyTorch skips a parameter whose .grad is None, one the loss does not
                 # read gets no gradient: it is neither clipped, updated nor decayed.
-                self._graph = backward(self.spec.graph, "loss",
+                self._graph = backward(*mixed_forward(training_mode(self.spec.graph),
+                                                      self.precision),
                                        wrt=[p for p in self.spec.trainable if p in self.reached])
             except AutodiffError as exc:
                 raise CompileError([Diagnostic(
@@ -224,7 +302,16 @@ class Trainer:
         return self._plan
 
     def step(self, batch: Mapping[str, np.ndarray]) -> float:
+        """One optimizer step on `batch`; returns the loss before the update. On cudasim and
+        cuda the update runs on the device (`_device_step`), elsewhere in NumPy (`update`,
+        the oracle)."""
+        device_optimizer = self._device_optimizer()
+        if device_optimizer is not None:
+            return self._device_step(batch, device_optimizer)
         loss, grads = self.gradients(batch)
+        if self.scaler is not None and self.scaler.should_skip():
+            self.state.steps += 1  # overflowed: the schedule moves on, no weight or state does
+            return loss
         if self.spec.clip_grad_norm is not None:
             clip_gradients(grads, self.spec.clip_grad_norm)
         lr = self.lr
@@ -234,7 +321,117 @@ class Trainer:
             self.weights[name] = update(optimizer.name, optimizer.hyper, lr,
                                         self.weights[name].astype(np.float32), grad,
                                         self.state.buffers.setdefault(name, {}),
-                                        self.state.steps)
+                                        self.updates)
+        return loss
+
+    # The optimizer on the device (cudasim, cuda): netc.optimizer_kernel. Class-level
+    # defaults, so that __init__ sets none of it.
+    _optimizer: Any = None
+    """The `DeviceOptimizer` updating the plan's parameters in place, once made."""
+    _optimizer_decided = False
+    _weights_on_device = False
+    """The device holds newer values of the optimizer's parameters than `_host_weights`."""
+    _keep_gradients = False
+    """While a device step runs the plan: the gradient outputs stay on the device."""
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        """The network's parameters and buffers, on the host, by name. With a device optimizer
+        (cudasim, cuda) the parameters it updates live on the device: reading `weights`
+        after a step downloads them, once. Give a parameter a new value by replacing its array
+        (`trainer.weights[name] = value`), not by writing into it: a step uploads the arrays
+        that were replaced."""
+        if self._weights_on_device:
+            self._weights_on_device = False
+            _, runner = self._runner()
+            for name in self._optimizer.names:
+                self._host_weights[name] = self._uploaded[name] = runner.param_value(name)
+        return self._host_weights
+
+    @weights.setter
+    def weights(self, value: dict[str, np.ndarray]) -> None:
+        self._host_weights = value
+        self._weights_on_device = False
+        self._uploaded: dict[str, np.ndarray] = {}
+        """By parameter: the host array whose value the plan's buffer holds (uploaded or
+        downloaded last)."""
+
+    def _device_optimizer(self) -> Any:
+        """The `DeviceOptimizer` (netc.optimizer_kernel) that updates the plan's parameters in
+        place from its gradient outputs; None where the update runs on the host: on the
+        reference backend, in mixed precision (unscaling and skipped steps are the host's),
+        or for a plan whose parameters are not the f32 weights themselves."""
+        from netc.optimizer_kernel import OPTIMIZERS, DeviceOptimizer
+
+        if self._optimizer_decided:
+            return self._optimizer
+        self._optimizer_decided = True
+        optimizer = self.spec.optimizer
+        if (self.backend == "reference" or self.precision != "f32"
+                or optimizer.name not in OPTIMIZERS):
+            return None
+        compiled, runner = self._runner()
+        outputs = dict(compiled.plan.outputs)
+        buffers = {buffer.name: buffer for buffer in compiled.plan.buffers}
+        shapes = {}
+        for name, _ in self.graph.outputs:
+            if not name.startswith(GRADIENT_PREFIX):
+                continue
+            param_name = name[len(GRADIENT_PREFIX):]
+            try:
+                param, _ = runner.param_handle(param_name)
+            except KeyError:
+                return None
+            grad = buffers[outputs[name]]
+            if (compiled.optimized.transforms or param.dtype != "f32" or grad.dtype != "f32"
+                    or tuple(grad.shape) != tuple(param.shape)):
+                return None
+            shapes[param_name] = tuple(param.shape)
+        self._optimizer = DeviceOptimizer(runner.device, optimizer.name, optimizer.hyper,
+                                          shapes, clip_grad_norm=self.spec.clip_grad_norm)
+        return self._optimizer
+
+    def _run_plan(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The plan's outputs on `inputs`, the weights uploaded first: all of them, or with a
+        device optimizer those whose arrays changed since (the optimizer's stay on the
+        device); during a device step the gradient outputs are not downloaded."""
+        compiled, runner = self._runner()
+        if self._device_optimizer() is None:
+            runner.update_weights(compiled.optimized.derive_weights(self.weights))
+            return runner.run(inputs)
+        host = self._host_weights
+        changed = {buffer.node: host[buffer.node] for buffer in compiled.plan.buffers
+                   if buffer.role == "param"
+                   and self._uploaded.get(buffer.node) is not host[buffer.node]}
+        runner.update_weights(changed, partial=True)
+        self._uploaded.update(changed)
+        if not self._keep_gradients:
+            return runner.run(inputs)
+        return runner.run(inputs, download=[name for name, _ in compiled.plan.outputs
+                                            if not name.startswith(GRADIENT_PREFIX)])
+
+    def _device_step(self, batch: Mapping[str, np.ndarray], optimizer: Any) -> float:
+        """`step` on cudasim/cuda: the plan leaves the gradients on the device, where the
+        optimizer kernels clip them and update the parameters and the state in place; nothing
+        but the loss (and the network's other outputs) comes back."""
+        self._keep_gradients = True
+        try:
+            loss, _ = self.gradients(batch)
+        finally:
+            self._keep_gradients = False
+        state = self.state
+        if optimizer.owner is None or optimizer.owner[0] is not state or \
+                optimizer.owner[1] != state.version:
+            optimizer.load_state(state.buffers)  # a new run's, or a resumed one's
+            optimizer.owner = (state, state.version)
+        lr = self.lr
+        state.steps += 1
+        _, runner = self._runner()
+        optimizer.step({name: runner.param_handle(name)[1] for name in optimizer.names},
+                       {name: runner.output_handle(GRADIENT_PREFIX + name)[1]
+                        for name in optimizer.names}, lr, self.updates)
+        state.on_device(optimizer.state)
+        self._weights_on_device = True
         return loss
 
     def evaluate(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -296,11 +493,14 @@ def save_checkpoint(path: str, trainer: Trainer, meta: Mapping[str, object]) -> 
 
     from netc.files import atomic_path
 
-    tensors = {name: np.ascontiguousarray(value) for name, value in trainer.weights.items()}
+    # Not np.ascontiguousarray, which makes a 0-d buffer (num_batches_tracked) 1-d.
+    tensors = {name: np.asarray(value).copy(order="C") for name, value in trainer.weights.items()}
     for param, buffers in trainer.state.buffers.items():
         for buffer, value in buffers.items():
             tensors[f"{OPTIMIZER_PREFIX}{buffer}.{param}"] = np.ascontiguousarray(value)
     metadata = {"format": CHECKPOINT_FORMAT, "steps": str(trainer.state.steps),
+                "precision": trainer.precision,
+                **(trainer.scaler.metadata() if trainer.scaler is not None else {}),
                 **{key: str(value) for key, value in meta.items()}}
     with atomic_path(path) as temp:
         save_file(tensors, str(temp), metadata=metadata)

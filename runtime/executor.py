@@ -30,6 +30,12 @@ before the launch that writes it, since memory it shares held an earlier buffer'
 during the same run. A buffer written in place over its input is not poisoned: an element the
 kernel skipped would still hold the input's value, which only `reuse_memory=False` exposes.
 
+Kernels beside the plan (a training step's optimizer, `netc.optimizer_kernel`) work on the
+plan's own device buffers: `param_handle(node)` is a parameter's buffer (written in place, later
+runs compute with the new values), `output_handle(name)` an output's after a run, and
+`run(..., download=names)` downloads only some outputs, so that the others (the gradients) stay
+on the device; `update_weights(weights, partial=True)` uploads some parameters alone.
+
 CUDA graphs: on a device that can capture them (`capture` and `supports_graphs()`, the PyCUDA
 device with a CUDA 11.4+ driver), the first run at a set of sizes launches kernel by kernel
 (each launch checked, a failure naming its `.net` line); the second captures the same launches
@@ -41,7 +47,7 @@ turns graphs off; `True` requires them. New sizes free the graphs (their address
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -256,16 +262,42 @@ class PlanRunner:
             self._params[buffer.name] = handle
             self.device.upload(handle, to_storage(buffer.dtype, array))
 
-    def update_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+    def update_weights(self, weights: Mapping[str, np.ndarray], *, partial: bool = False) -> None:
         """Upload new values of the plan's parameters (all of them, as at construction) into
-        the buffers they already have: a training step's updated weights."""
+        the buffers they already have: a training step's updated weights. `partial=True`
+        uploads those in `weights` alone (the others keep what the device holds)."""
         for buffer in self.plan.buffers:
-            if buffer.role == "param":
+            if buffer.role == "param" and (not partial or buffer.node in weights):
                 array = np.asarray(weights[buffer.node])
                 if tuple(array.shape) != tuple(buffer.shape):
                     raise PlanInputError(f"weight `{buffer.node}` must have shape "
                                          f"{list(buffer.shape)}, got {list(array.shape)}")
                 self.device.upload(self._params[buffer.name], to_storage(buffer.dtype, array))
+
+    # Device buffers, for kernels run beside the plan (the training step's optimizer,
+    # netc.optimizer_kernel, updates the parameters in place from the gradient outputs).
+
+    def param_handle(self, node: str) -> tuple[Buffer, Any]:
+        """The plan's buffer of parameter `node` (its dtype and shape) and the device handle
+        holding it; a kernel that writes it changes what later runs compute with."""
+        for buffer in self.plan.buffers:
+            if buffer.role == "param" and buffer.node == node:
+                return buffer, self._params[buffer.name]
+        raise KeyError(f"the plan has no parameter `{node}`")
+
+    def param_value(self, node: str) -> np.ndarray:
+        """What the device holds for parameter `node`, as float32 (integers as they are)."""
+        buffer, handle = self.param_handle(node)
+        return from_storage(buffer.dtype, self.device.download(handle, _STORAGE[buffer.dtype],
+                                                               _shape(buffer, {})))
+
+    def output_handle(self, name: str) -> tuple[Buffer, Any]:
+        """After a run, output `name`'s buffer and the device handle holding its value, valid
+        until the next run (whose poisoning or kernels may overwrite it); raises as
+        `buffer_value` does for an arena buffer that a later launch reuses."""
+        buffer_name = dict(self.plan.outputs)[name]
+        self._check_readable(buffer_name)
+        return self._buffers[buffer_name], self._handle(buffer_name)
 
     def _in_arena(self, buffer: Buffer) -> bool:
         return self.reuse_memory and buffer.in_arena
@@ -308,8 +340,10 @@ class PlanRunner:
         return evaluate(arg.value or 0, sizes)
 
     def run(self, inputs: Mapping[str, np.ndarray], *, poison: bool = True,
-            progress: Callable[[int, int, Launch], None] | None = None) -> dict[str, np.ndarray]:
-        """Run the plan; returns every output by name, as float32. The sizes of the named
+            progress: Callable[[int, int, Launch], None] | None = None,
+            download: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the plan; returns every output by name, as float32 (with `download`, only
+        those named: the others stay on the device, `output_handle`). The sizes of the named
         dimensions are read off the inputs (`bind_sizes`). `progress(index, count, launch)`
         is called before each launch."""
         sizes = bind_sizes(self.plan, inputs)
@@ -324,7 +358,8 @@ class PlanRunner:
                   and not self._in_arena(buffer)):
                 self.device.upload(self._activations[buffer.name], _poison(buffer, sizes))
         self._launch_all(sizes, poison, progress)
-        return {name: self.buffer_value(buffer) for name, buffer in self.plan.outputs}
+        return {name: self.buffer_value(buffer) for name, buffer in self.plan.outputs
+                if download is None or name in download}
 
     def launch_all(self) -> None:
         """The plan's launches alone, on the buffers as the last `run` left them (no uploads,
@@ -405,6 +440,14 @@ class PlanRunner:
         In the arena an intermediate keeps its value only until a later launch reuses its
         memory, so reading one that dies before the last launch raises: construct the runner
         with `reuse_memory=False` to read intermediates."""
+        self._check_readable(name)
+        buffer = self._buffers[name]
+        assert self._sizes is not None
+        raw = self.device.download(self._handle(name), _STORAGE[buffer.dtype],
+                                   _shape(buffer, self._sizes))
+        return from_storage(buffer.dtype, raw)
+
+    def _check_readable(self, name: str) -> None:
         if self._sizes is None:
             raise RuntimeError("the plan has not run yet")
         buffer = self._buffers[name]
@@ -415,9 +458,6 @@ class PlanRunner:
                 f"buffer {name} ({buffer.node}) shares arena memory with later buffers, so its "
                 f"value is gone after the run; use PlanRunner(..., reuse_memory=False) to read "
                 f"intermediates")
-        raw = self.device.download(self._handle(name), _STORAGE[buffer.dtype],
-                                   _shape(buffer, self._sizes))
-        return from_storage(buffer.dtype, raw)
 
     def _free_activations(self) -> None:
         for graph in self._graphs.values():

@@ -267,3 +267,53 @@ __device__ __forceinline__ float netc_warp_max(float value)
         value = netc_max(value, __shfl_xor_sync(NETC_FULL_WARP, value, offset));
     return value;
 }
+
+// Training-mode dropout (netc.ops.philox, which holds the NumPy twin) --------------------------
+//
+// Philox4x32-10 (Salmon et al., SC'11; Random123's constants, as cuRAND and JAX): a counter-
+// based generator, so element `index` of a dropout layer's mask is a pure function of (seed,
+// step, stream, index) and no generator state lives on the device. 32x32->64 products in plain
+// 64-bit arithmetic (one mul.wide.u32 on a GPU), so the simulator computes the same bits.
+struct netc_philox_words {
+    unsigned int w[4];
+};
+
+__device__ __forceinline__ netc_philox_words netc_philox4x32_10(netc_philox_words counter,
+                                                               unsigned int key0,
+                                                               unsigned int key1)
+{
+#pragma unroll
+    for (int round = 0; round < 10; ++round) {
+        if (round) {
+            key0 += 0x9E3779B9u;
+            key1 += 0xBB67AE85u;
+        }
+        const unsigned long long product0 = 0xD2511F53ull * counter.w[0];
+        const unsigned long long product1 = 0xCD9E8D57ull * counter.w[2];
+        const netc_philox_words next = {{
+            static_cast<unsigned int>(product1 >> 32) ^ counter.w[1] ^ key0,
+            static_cast<unsigned int>(product1),
+            static_cast<unsigned int>(product0 >> 32) ^ counter.w[3] ^ key1,
+            static_cast<unsigned int>(product0)}};
+        counter = next;
+    }
+    return counter;
+}
+
+// x / (1 - p) where element `index` is kept, else 0: kept when the 24 high bits of word 0 of
+// Philox(counter (lo(index), hi(index), lo(step), stream), key (lo(seed), hi(seed))), as a
+// float in [0, 1), are at least p. p = 1 drops everything (never 0 * inf).
+__device__ __forceinline__ float netc_dropout(float x, long long seed, long long step,
+                                              long long index, float p, float stream)
+{
+    const unsigned long long element = static_cast<unsigned long long>(index);
+    const unsigned long long key = static_cast<unsigned long long>(seed);
+    const netc_philox_words counter = {{static_cast<unsigned int>(element),
+                                        static_cast<unsigned int>(element >> 32),
+                                        static_cast<unsigned int>(step),
+                                        static_cast<unsigned int>(stream)}};
+    const unsigned int word = netc_philox4x32_10(counter, static_cast<unsigned int>(key),
+                                                 static_cast<unsigned int>(key >> 32)).w[0];
+    const float uniform = static_cast<float>(word >> 8) * 5.9604644775390625e-8f;  // 2^-24
+    return uniform >= p ? x * (1.0f / (1.0f - p)) : 0.0f;
+}

@@ -25,8 +25,12 @@
 //           kernel_h * kernel_w / (stride_h * stride_w) * ceil(M / BM) times (once per window
 //           that covers it, per channel tile), each output element is written once.
 //
+//   Split-K: as gemm.cuh's: split s of a layer split over `splits` blocks a tile accumulates a
+//           run of whole k-tiles (the weight from its first k, the im2col taps from it too) and
+//           stores raw float partials in the output's layout; netc_split_k_reduce finishes.
+//
 // Launch: block THREADS; grid.x = ceil(N / BN) (N grows with the images), grid.y = ceil(M / BM),
-// grid.z = groups; shared memory as gemm.cuh.
+// grid.z = groups (split-K: groups * splits, the group fastest); shared memory as gemm.cuh.
 // ---------------------------------------------------------------------------------------------
 
 struct NetcConvGeometry {
@@ -61,6 +65,21 @@ struct NetcPixelCursor {
         within = offset - images_on * pixels;
     }
 };
+
+// Index k = (channel, kernel_y, kernel_x) of a group's C / groups * kernel_h * kernel_w taps
+// (channel-major, as the weight's [C / groups, kh, kw] rows), split into its three parts.
+struct NetcConvTap {
+    int channel, kernel_y, kernel_x;
+};
+
+__device__ __forceinline__ NetcConvTap netc_conv_tap(long long k, const NetcConvGeometry& g)
+{
+    const int window = g.kernel_h * g.kernel_w;
+    const int channel = static_cast<int>(k) / window;
+    const int within = static_cast<int>(k) - channel * window;
+    const int kernel_y = within / g.kernel_w;
+    return {channel, kernel_y, within - kernel_y * g.kernel_w};
+}
 
 // B(k, n) of one group: the input element under kernel tap k of output pixel n, or 0 in the
 // padding. A column is one output pixel: where its window's top left corner falls, found once
@@ -111,14 +130,10 @@ struct NetcIm2colSource {
 
     __device__ __forceinline__ Tap tap(long long k) const
     {
-        const NetcConvGeometry& g = geometry;
-        const int window = g.kernel_h * g.kernel_w;
-        const int channel = static_cast<int>(k) / window;
-        const int within = static_cast<int>(k) - channel * window;
-        const int kernel_y = within / g.kernel_w;
-        const int dy = kernel_y * g.dilation_h;
-        const int dx = (within - kernel_y * g.kernel_w) * g.dilation_w;
-        return {(channel * height + dy) * width + dx, dy, dx};
+        const NetcConvTap t = netc_conv_tap(k, geometry);
+        const int dy = t.kernel_y * geometry.dilation_h;
+        const int dx = t.kernel_x * geometry.dilation_w;
+        return {(t.channel * height + dy) * width + dx, dy, dx};
     }
 
     // To k + j, `by` being tap(j).
@@ -150,10 +165,11 @@ struct NetcIm2colSource {
 };
 
 // Stores output[image, channel, y, x] = epilogue(value + bias[channel], offset) for C(m, n) of
-// one group; `offset` is the element's offset in the whole output.
-template <typename T, bool HAS_BIAS, class Epilogue>
+// one group; `offset` is the element's offset in the whole output. C: the stored type, T's but
+// float for split-K's partials.
+template <typename T, bool HAS_BIAS, class Epilogue, typename C = T>
 struct NetcConvStore {
-    T* y;
+    C* y;
     const T* bias;  // the group's first bias
     long long out_channels;
     long long first_channel;  // the group's first output channel
@@ -174,7 +190,8 @@ struct NetcConvStore {
     }
 };
 
-// Where a block of a conv's grid works (see the launch above): its group (grid.z), that group's
+// Where a block of a conv's grid works (see the launch above): its group (grid.z, modulo the
+// groups: split-K's splits follow them), that group's
 // GEMM (M output channels, N pixels, K taps), the first row and column of its tile of C, where
 // the group's weights and input start, and the store of its results. Shared with the
 // tensor-core conv (conv2d_mma.cuh).
@@ -184,7 +201,7 @@ struct NetcConvBlock {
 
     __device__ __forceinline__ NetcConvBlock(const NetcConvGeometry& g, long long images, int bm,
                                              int bn)
-        : group(blockIdx.z), group_in(static_cast<int>(g.in_channels) / g.groups),
+        : group(static_cast<int>(blockIdx.z) % g.groups), group_in(static_cast<int>(g.in_channels) / g.groups),
           group_out(static_cast<int>(g.out_channels) / g.groups),
           pixels(g.out_height * g.out_width), m(group_out), n(images * pixels),
           k(static_cast<long long>(group_in) * g.kernel_h * g.kernel_w),
@@ -202,9 +219,9 @@ struct NetcConvBlock {
         return static_cast<long long>(group) * group_in * g.height * g.width;
     }
 
-    template <bool HAS_BIAS, typename T, class Epilogue>
-    __device__ __forceinline__ NetcConvStore<T, HAS_BIAS, Epilogue> store(
-        T* y, const T* bias, const NetcConvGeometry& g, const NetcPixelCursor& cursor,
+    template <bool HAS_BIAS, typename T, typename C, class Epilogue>
+    __device__ __forceinline__ NetcConvStore<T, HAS_BIAS, Epilogue, C> store(
+        C* y, const T* bias, const NetcConvGeometry& g, const NetcPixelCursor& cursor,
         const Epilogue& epilogue) const
     {
         return {y, HAS_BIAS ? bias + group * group_out : bias, g.out_channels,
@@ -212,21 +229,27 @@ struct NetcConvBlock {
     }
 };
 
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool HAS_BIAS, class Epilogue>
+// With `split`, the block accumulates only its split's k (netc_k_range) and `y` is that
+// split's partials (float, no bias, NetcRawValue).
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool HAS_BIAS, typename C,
+          class Epilogue>
 __device__ __forceinline__ void netc_conv2d(const T* __restrict__ x, const T* __restrict__ weight,
-                                            const T* __restrict__ bias, T* __restrict__ y,
+                                            const T* __restrict__ bias, C* __restrict__ y,
                                             long long images, const NetcConvGeometry& geometry,
-                                            const Epilogue& epilogue)
+                                            const Epilogue& epilogue,
+                                            const NetcSplitK& split = NetcSplitK{0, 1})
 {
     using Shape = NetcGemmShape<BM, BN, BK, TM, TN>;
     const NetcConvBlock block(geometry, images, BM, BN);
     const long long m = block.m, n = block.n, k = block.k, m0 = block.m0, n0 = block.n0;
+    const NetcKRange range = netc_k_range(k, BK, split);
     const NetcPixelCursor cursor(n0, block.pixels);
 
-    const T* group_weight = weight + block.weight_offset();
+    // The weight's rows from the range's first k on; the im2col taps start there too.
+    const T* group_weight = weight + block.weight_offset() + range.begin;
     const NetcIm2colSource<T> b_source(x + block.input_offset(geometry), geometry, cursor);
     NetcGemmStager<BN, BK, Shape::B_PITCH, Shape::THREADS, NetcIm2colSource<T>> b_stager(
-        b_source, n0, n);
+        b_source, n0, n, range.begin);
 
     NETC_DYNAMIC_SHARED(float, shared);
     float acc[TM][TN];
@@ -235,13 +258,14 @@ __device__ __forceinline__ void netc_conv2d(const T* __restrict__ x, const T* __
         if constexpr (BK % 4 == 0) {
             NetcGemmVectorStager<T, BM, BK, Shape::A_PITCH, Shape::THREADS, true> a_stager(
                 group_weight, k, m0, m);
-            netc_gemm_pipeline<BM, BN, BK, TM, TN>(a_stager, b_stager, k, shared, acc);
+            netc_gemm_pipeline<BM, BN, BK, TM, TN>(a_stager, b_stager, range.length, shared,
+                                                   acc);
         }
     } else {
         const NetcMatrixSource<T, true> a_source{group_weight, k};
         NetcGemmStager<BM, BK, Shape::A_PITCH, Shape::THREADS, NetcMatrixSource<T, true>>
             a_stager(a_source, m0, m);
-        netc_gemm_pipeline<BM, BN, BK, TM, TN>(a_stager, b_stager, k, shared, acc);
+        netc_gemm_pipeline<BM, BN, BK, TM, TN>(a_stager, b_stager, range.length, shared, acc);
     }
     const auto store = block.store<HAS_BIAS>(y, bias, geometry, cursor, epilogue);
     netc_gemm_epilogue<BM, BN, TM, TN>(acc, m0, n0, m, n, store);

@@ -44,6 +44,8 @@
 //           kernel's FFMAs. Depthwise convs have their own kernel and never come here.
 //   Fallback: where there are no tensor cores (sm_75, nvcc's host pass), netc_conv2d with a
 //           SIMT tile of the same block shape and thread count, as netc_gemm_mma does.
+//   Split-K: as conv2d.cuh's: the weight from the split's first k on, the gather's runs offset
+//           by it, float partials through the store.
 // ---------------------------------------------------------------------------------------------
 
 #if NETC_HAS_MMA
@@ -61,24 +63,26 @@ struct NetcIm2colRuns {
                                             // outside x: only offsets inside are read)
     int top[COLUMNS], left[COLUMNS];  // the input row and column under tap (0, 0)
     int first;                        // the run's first k in a k-tile
+    int k_begin;                      // the first k gathered (split-K; else 0)
     int height, width, kernel_w, dilation_h, dilation_w, window;
     int row_end, column_end;          // dx past a kernel row's last tap, dy past its last row
     int row_step, channel_step;       // offset from the last tap of a row (of a channel) on
-    int k_end;                        // K
+    int k_end;                        // past the last k gathered (K, or the split's end)
     unsigned values[COLUMNS][RUN / 2];  // the gathered run, two elements a register
 
     __device__ __forceinline__ NetcIm2colRuns(const unsigned short* group_x,
                                               const NetcConvGeometry& g,
                                               const NetcPixelCursor& cursor, long long n0,
-                                              long long n, long long k)
+                                              long long n, long long k_begin, long long k_end)
         : x(group_x), first(static_cast<int>(threadIdx.x) / BN * RUN),
+          k_begin(static_cast<int>(k_begin)),
           height(static_cast<int>(g.height)), width(static_cast<int>(g.width)),
           kernel_w(g.kernel_w), dilation_h(g.dilation_h), dilation_w(g.dilation_w),
           window(g.kernel_h * g.kernel_w), row_end(g.kernel_w * g.dilation_w),
           column_end(g.kernel_h * g.dilation_h),
           row_step(g.dilation_h * width - g.kernel_w * g.dilation_w),
           channel_step(height * width - g.kernel_h * g.dilation_h * width),
-          k_end(static_cast<int>(k))
+          k_end(static_cast<int>(k_end))
     {
 #pragma unroll
         for (int c = 0; c < COLUMNS; ++c) {
@@ -97,10 +101,11 @@ struct NetcIm2colRuns {
         }
     }
 
-    // Gathers this thread's run of the k-tile starting at k0 (zeros in the padding, past k).
+    // Gathers this thread's run of the k-tile starting at k0 (from k_begin; zeros in the
+    // padding, past k_end).
     __device__ __forceinline__ void load(long long k0)
     {
-        const int start = static_cast<int>(k0) + first;
+        const int start = k_begin + static_cast<int>(k0) + first;
         const int count = k_end - start;  // of the run's elements, the first `count` are in K
         const int channel = start / window;
         const int tap = start - channel * window;
@@ -150,11 +155,13 @@ struct NetcIm2colRuns {
     }
 };
 
-// acc as netc_mma_mainloop's, for A = `weight` (the group's [m][k]) and B gathered by `b`.
+// acc as netc_mma_mainloop's, for A = `weight` (the group's [m][k], rows of `k_pitch`, from
+// the first k summed on, `k` of them) and B gathered by `b`.
 // VECTOR: A is copied by cp.async, else staged element by element (one way a main loop).
 template <bool BF16, class Shape, bool VECTOR, class Gather>
 __device__ __forceinline__ void netc_conv2d_mma_mainloop(const unsigned short* weight,
-                                                         long long m0, long long m, long long k,
+                                                         long long m0, long long m,
+                                                         long long k_pitch, long long k,
                                                          Gather& b, unsigned short* shared,
                                                          float (&acc)[Shape::MI][Shape::NI][4])
 {
@@ -166,14 +173,15 @@ __device__ __forceinline__ void netc_conv2d_mma_mainloop(const unsigned short* w
     netc_mma_zero<Shape>(acc);
 
     const long long k_tiles = (k + BK - 1) / BK;
-    NetcMmaCopies<BM, BK, Shape::A_PITCH, Shape::THREADS, true> a_copies(weight, k, m0, m);
+    NetcMmaCopies<BM, BK, Shape::A_PITCH, Shape::THREADS, true> a_copies(weight, k_pitch, m0,
+                                                                         m);
     auto stage_a = [&](long long tile, int buffer) {
         unsigned short* a_tile = a_tiles + buffer * Shape::A_STAGE;
         if constexpr (VECTOR)
             a_copies.issue(a_tile, weight, tile * BK, k);
         else
-            netc_mma_stage<BM, BK, Shape::A_PITCH, Shape::THREADS>(a_tile, weight, k, m0, m,
-                                                                   tile * BK, k);
+            netc_mma_stage<BM, BK, Shape::A_PITCH, Shape::THREADS>(a_tile, weight, k_pitch, m0,
+                                                                   m, tile * BK, k);
     };
 
 #pragma unroll
@@ -207,44 +215,48 @@ __device__ __forceinline__ void netc_conv2d_mma_mainloop(const unsigned short* w
 }
 #endif  // NETC_HAS_MMA
 
-// netc_conv2d (conv2d.cuh) on tensor cores: same arguments, same grid (grid.x = ceil(N / BN),
-// grid.y = ceil(M / BM), grid.z = groups), WM * WN warps a block.
+// netc_conv2d (conv2d.cuh) on tensor cores: same arguments (split-K too), same grid
+// (grid.x = ceil(N / BN), grid.y = ceil(M / BM), grid.z = groups [* splits]), WM * WN warps a
+// block.
 template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES, bool HAS_BIAS,
-          class Epilogue>
+          typename C, class Epilogue>
 __device__ __forceinline__ void netc_conv2d_mma(const T* __restrict__ x,
                                                 const T* __restrict__ weight,
-                                                const T* __restrict__ bias, T* __restrict__ y,
+                                                const T* __restrict__ bias, C* __restrict__ y,
                                                 long long images,
                                                 const NetcConvGeometry& geometry,
-                                                const Epilogue& epilogue)
+                                                const Epilogue& epilogue,
+                                                const NetcSplitK& split = NetcSplitK{0, 1})
 {
     static_assert(sizeof(T) == 2, "the tensor-core conv takes 16-bit tensors");
     using Shape = NetcMmaShape<BM, BN, BK, WM, WN, STAGES, true>;  // B staged [BN][BK + 8]
 #if NETC_HAS_MMA
     const NetcConvBlock block(geometry, images, BM, BN);
     const long long m = block.m, n = block.n, k = block.k, m0 = block.m0, n0 = block.n0;
+    const NetcKRange range = netc_k_range(k, BK, split);
     const NetcPixelCursor cursor(n0, block.pixels);
 
     const unsigned short* a =
-        reinterpret_cast<const unsigned short*>(weight) + block.weight_offset();
+        reinterpret_cast<const unsigned short*>(weight) + block.weight_offset() + range.begin;
     NetcIm2colRuns<BN, BK, Shape::B_PITCH, Shape::THREADS> b(
         reinterpret_cast<const unsigned short*>(x) + block.input_offset(geometry),
-        geometry, cursor, n0, n, k);
+        geometry, cursor, n0, n, range.begin, range.begin + range.length);
 
     NETC_DYNAMIC_SHARED(unsigned short, shared);
     float acc[Shape::MI][Shape::NI][4];
     // cp.async moves 16 bytes: weight rows of whole chunks, 16-byte aligned.
     if (k % 8 == 0 && reinterpret_cast<unsigned long long>(a) % 16 == 0)
-        netc_conv2d_mma_mainloop<NetcIsBf16<T>::value, Shape, true>(a, m0, m, k, b, shared, acc);
+        netc_conv2d_mma_mainloop<NetcIsBf16<T>::value, Shape, true>(a, m0, m, k, range.length,
+                                                                    b, shared, acc);
     else
-        netc_conv2d_mma_mainloop<NetcIsBf16<T>::value, Shape, false>(a, m0, m, k, b, shared,
-                                                                     acc);
+        netc_conv2d_mma_mainloop<NetcIsBf16<T>::value, Shape, false>(a, m0, m, k, range.length,
+                                                                     b, shared, acc);
 
     const auto store = block.store<HAS_BIAS>(y, bias, geometry, cursor, epilogue);
     netc_mma_store<Shape>(acc, m0, n0, m, n, store);
 #else
     // The SIMT kernel with this block's shape: (BM / TM) * (BN / TN) = WM * WN * 32 threads.
     netc_conv2d<T, BM, BN, 8, Shape::WARP_M / 8, Shape::WARP_N / 4, HAS_BIAS>(
-        x, weight, bias, y, images, geometry, epilogue);
+        x, weight, bias, y, images, geometry, epilogue, split);
 #endif
 }

@@ -72,11 +72,8 @@ struct NetcTransposedSource {
     __device__ __forceinline__ float at(const Column& column, long long tap) const
     {
         const NetcConvGeometry& g = geometry;
-        const int window = g.kernel_h * g.kernel_w;
-        const int channel = static_cast<int>(tap) / window;
-        const int within = static_cast<int>(tap) - channel * window;
-        const int kernel_y = within / g.kernel_w;
-        const int kernel_x = within - kernel_y * g.kernel_w;
+        const NetcConvTap t = netc_conv_tap(tap, g);
+        const int channel = t.channel, kernel_y = t.kernel_y, kernel_x = t.kernel_x;
         // Unsigned: a negative span wraps past the input and fails the bounds check. The tap
         // reaches an input pixel only where the stride divides the span exactly.
         const unsigned span_y = static_cast<unsigned>(column.top - kernel_y * g.dilation_h);

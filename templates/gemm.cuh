@@ -33,6 +33,13 @@
 //           tile), each element of B ceil(M / BM) times, C is written once. From shared
 //           memory, each staged A element is read BN / TN times and each B element BM / TM
 //           times per k-step.
+//   Split-K: a GEMM whose tiles launch fewer blocks than the GPU has SMs may split K over
+//           grid.z (NetcSplitK, below; the tensor-core and conv kernels alike): each split's
+//           block accumulates a run of whole k-tiles and stores its raw float sums, no bias
+//           or epilogue, into its own float copy of the output (the partials, through the
+//           kernel's own store); netc_split_k_reduce then adds the splits in order 0, 1, ...
+//           (deterministic, no atomics) and applies the bias, the epilogue and the store.
+//           Partials cost 2 x splits x |C| floats of traffic.
 //
 // The main loop is generic over where A and B come from (a "source" of the element at (x, k),
 // where x is m for A and n for B): a plain strided matrix here, an im2col view of the input in
@@ -192,7 +199,9 @@ struct NetcGemmStager {
         return BK % K_LANES == 0 || s * K_LANES + k_lane < BK;
     }
 
-    __device__ __forceinline__ NetcGemmStager(const Source& source, long long x0, long long x_end)
+    // k_begin: the first k of the k-tiles it stages (split-K; 0 otherwise).
+    __device__ __forceinline__ NetcGemmStager(const Source& source, long long x0, long long x_end,
+                                              long long k_begin = 0)
         : source(source),
           x_lane(K_FAST ? threadIdx.x / FAST : threadIdx.x % FAST),
           k_lane(K_FAST ? threadIdx.x % FAST : threadIdx.x / FAST)
@@ -203,7 +212,7 @@ struct NetcGemmStager {
             inside[s] = x_slot(s) && x < x_end;
             columns[s] = source.column(inside[s] ? x : x0);
         }
-        first = Taps::tap(source, k_lane);
+        first = Taps::tap(source, k_begin + k_lane);
         lane_step = Taps::tap(source, K_LANES);
         tile_step = Taps::tap(source, BK);
     }
@@ -344,7 +353,7 @@ __device__ __forceinline__ void netc_shared_read(const float* p, float* out)
     }
 }
 
-// acc[i][j] = sum over k < `k` of A(m0 + Shape::row() + Shape::m_of(i), k) *
+// acc[i][j] = sum over the `k` k the stagers walk of A(m0 + Shape::row() + Shape::m_of(i), k) *
 // B(k, n0 + Shape::col() + Shape::n_of(j)), the operands staged by `a` and `b` (stagers, above);
 // `shared` holds Shape::SHARED_FLOATS floats. Every thread of the block must call it (it
 // synchronises the block).
@@ -441,10 +450,10 @@ __device__ __forceinline__ void netc_gemm_epilogue(const float (&acc)[TM][TN], l
 
 // Stores C[m, n] = epilogue(value + bias[n], offset) into a row-major [M, N] matrix; the
 // epilogue (a pointwise functor, identity when nothing is fused) sees the element's offset in
-// the contiguous output.
-template <typename T, bool HAS_BIAS, class Epilogue>
+// the contiguous output. C: the stored type, T's but float for split-K's partials.
+template <typename T, bool HAS_BIAS, class Epilogue, typename C = T>
 struct NetcRowMajorStore {
-    T* c;
+    C* c;
     const T* bias;
     long long n;
     long long first;  // offset of this matrix in the output
@@ -458,6 +467,59 @@ struct NetcRowMajorStore {
         netc_store(c + offset, epilogue(value, offset));
     }
 };
+
+// Split-K ------------------------------------------------------------------------------------
+
+// Split `index` of `count` (see the design note); a kernel launched without splits is split 0
+// of 1.
+struct NetcSplitK {
+    int index, count;
+};
+
+// The k a split accumulates: [begin, begin + length), runs of ceil(k-tiles / count) whole
+// k-tiles (so that 128-bit and cp.async staging stay aligned); the last runs may be short or
+// empty (length 0: the split stores zeros).
+struct NetcKRange {
+    long long begin, length;
+};
+
+__device__ __forceinline__ NetcKRange netc_k_range(long long k, int bk, const NetcSplitK& split)
+{
+    if (split.count == 1)  // a kernel launched without splits: nothing left once inlined
+        return {0, k};
+    const long long run = netc_ceil_div(netc_ceil_div(k, bk), split.count) * bk;
+    const long long begin = netc_min(split.index * run, k);
+    return {begin, netc_min(run, k - begin)};
+}
+
+// The epilogue of a split's partial sums: the raw value.
+struct NetcRawValue {
+    __device__ __forceinline__ float operator()(float value, long long) const { return value; }
+};
+
+// out[i] = epilogue(sum over s < splits of partials[s * outputs + i] + bias[i / bias_inner %
+// bias_count], i) for every element i of the output, one a thread: the bias and epilogue the
+// split kernel left out, as its store applies them (NetcRowMajorStore, NetcConvStore), with
+// the bias of output element i at (i / bias_inner) % bias_count (a GEMM's column: 1, N; a
+// conv's channel: out pixels, out channels). The splits are added in order: deterministic.
+template <typename T, bool HAS_BIAS, class Epilogue>
+__device__ __forceinline__ void netc_split_k_reduce(const float* __restrict__ partials,
+                                                    const T* __restrict__ bias,
+                                                    T* __restrict__ out, long long outputs,
+                                                    int splits, long long bias_inner,
+                                                    long long bias_count,
+                                                    const Epilogue& epilogue)
+{
+    const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= outputs)
+        return;
+    float value = partials[i];
+    for (int s = 1; s < splits; ++s)
+        value += partials[s * outputs + i];
+    if (HAS_BIAS)
+        value += netc_load(bias + i / bias_inner % bias_count);
+    netc_store(out + i, epilogue(value, i));
+}
 
 // Where a block of the batched GEMM's grid (below) works: its matrix of the batch
 // (outer * inner_count + inner) and the first row and column of its tile of C.
@@ -491,22 +553,30 @@ __device__ __forceinline__ NetcGemmBlock netc_gemm_block(long long m, int bm, in
 // each operand's matrix starts at outer * outer_stride + inner * inner_stride (a stride of 0
 // broadcasts), which covers NumPy's batch broadcasting after netc merges the batch dims.
 // C is contiguous [matrices, M, N]; `epilogue` is applied to every element before it is stored.
+// With `split`, the block accumulates only its split's k (netc_k_range) and `c` is that split's
+// partials (float, no bias, NetcRawValue).
 //
 // Launch: block THREADS; grid.x = ceil(M / BM) * matrices (the batch of matrices and the row
-// tiles share x, because either may depend on a named dimension), grid.y = ceil(N / BN).
+// tiles share x, because either may depend on a named dimension), grid.y = ceil(N / BN);
+// split-K: grid.z = splits.
 template <typename T, int BM, int BN, int BK, int TM, int TN, bool B_TRANSPOSED, bool HAS_BIAS,
-          class Epilogue>
+          typename C, class Epilogue>
 __device__ __forceinline__ void netc_gemm(const T* __restrict__ a, const T* __restrict__ b,
-                                          const T* __restrict__ bias, T* __restrict__ c,
+                                          const T* __restrict__ bias, C* __restrict__ c,
                                           long long m, long long n, long long k,
                                           long long inner_count, long long a_outer_stride,
                                           long long a_inner_stride, long long b_outer_stride,
-                                          long long b_inner_stride, const Epilogue& epilogue)
+                                          long long b_inner_stride, const Epilogue& epilogue,
+                                          const NetcSplitK& split = NetcSplitK{0, 1})
 {
     using Shape = NetcGemmShape<BM, BN, BK, TM, TN>;
     const NetcGemmBlock block = netc_gemm_block(m, BM, BN, inner_count);
-    const T* a_matrix = block.matrix_of(a, a_outer_stride, a_inner_stride);
-    const T* b_matrix = block.matrix_of(b, b_outer_stride, b_inner_stride);
+    const NetcKRange range = netc_k_range(k, BK, split);
+    // The operands from the range's first k on (A's rows, and B's, run along k when
+    // B_TRANSPOSED; else B's rows are k).
+    const T* a_matrix = block.matrix_of(a, a_outer_stride, a_inner_stride) + range.begin;
+    const T* b_matrix = block.matrix_of(b, b_outer_stride, b_inner_stride) +
+                        range.begin * (B_TRANSPOSED ? 1 : n);
     const long long b_pitch = B_TRANSPOSED ? k : n;
 
     NETC_DYNAMIC_SHARED(float, shared);
@@ -519,15 +589,16 @@ __device__ __forceinline__ void netc_gemm(const T* __restrict__ a, const T* __re
                 a_matrix, k, block.m0, m);
             NetcGemmVectorStager<T, BN, BK, Shape::B_PITCH, Shape::THREADS, B_TRANSPOSED>
                 b_stager(b_matrix, b_pitch, block.n0, n);
-            netc_gemm_pipeline<BM, BN, BK, TM, TN>(a_stager, b_stager, k, shared, acc);
+            netc_gemm_pipeline<BM, BN, BK, TM, TN>(a_stager, b_stager, range.length, shared,
+                                                   acc);
         }
     } else {
         const NetcMatrixSource<T, true> a_source{a_matrix, k};
         const NetcMatrixSource<T, B_TRANSPOSED> b_source{b_matrix, b_pitch};
-        netc_gemm_mainloop<BM, BN, BK, TM, TN>(a_source, b_source, block.m0, block.n0, m, n, k,
-                                               shared, acc);
+        netc_gemm_mainloop<BM, BN, BK, TM, TN>(a_source, b_source, block.m0, block.n0, m, n,
+                                               range.length, shared, acc);
     }
-    const NetcRowMajorStore<T, HAS_BIAS, Epilogue> store{c, bias, n, block.matrix * m * n,
-                                                         epilogue};
+    const NetcRowMajorStore<T, HAS_BIAS, Epilogue, C> store{c, bias, n, block.matrix * m * n,
+                                                            epilogue};
     netc_gemm_epilogue<BM, BN, TM, TN>(acc, block.m0, block.n0, m, n, store);
 }

@@ -27,6 +27,8 @@
 //           run time, so that each main loop holds one way of staging.
 //   Fallback: where there are no tensor cores (sm_75, and nvcc's host pass), the same launch
 //           runs netc_gemm with a SIMT tile of the same block shape and thread count.
+//   Split-K: as netc_gemm's (gemm.cuh): the operands from the split's first k on, whole
+//           k-tiles of BK (16-byte aligned for cp.async), float partials through the store.
 //   Shared with the tensor-core conv (conv2d_mma.cuh): the shape (NetcMmaShape), the A staging
 //           (NetcMmaCopies, netc_mma_stage), the fragment loop of one k-tile
 //           (netc_mma_tile_product) and the epilogue walk (netc_mma_store).
@@ -225,22 +227,24 @@ __device__ __forceinline__ void netc_mma_store(const float (&acc)[Shape::MI][Sha
 // n0 + warp_n * WARP_N + j * 8 + 2 * (lane % 4) + r % 2) of A . B for this lane's warp.
 // VECTOR: both operands are copied by cp.async (NetcMmaCopies), else staged element by element
 // (netc_mma_stage); the caller decides, so that the main loop holds one way of staging only.
+// `a` and `b` start at the first k summed, `k` of them (split-K: a split's run), in rows of
+// `k_pitch` elements (K) where k runs along them.
 template <bool BF16, int BM, int BN, int BK, int WM, int WN, int STAGES, bool B_TRANSPOSED,
           bool VECTOR>
 __device__ __forceinline__ void netc_mma_mainloop(
     const unsigned short* a, const unsigned short* b, long long m0, long long n0, long long m,
-    long long n, long long k, unsigned short* shared,
+    long long n, long long k_pitch, long long k, unsigned short* shared,
     float (&acc)[NetcMmaShape<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED>::MI]
                 [NetcMmaShape<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED>::NI][4])
 {
     using Shape = NetcMmaShape<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED>;
     unsigned short* a_tiles = shared;                             // [STAGES][BM][A_PITCH]
     unsigned short* b_tiles = shared + STAGES * Shape::A_STAGE;  // [STAGES][...][B_PITCH]
-    const long long b_pitch = B_TRANSPOSED ? k : n;
+    const long long b_pitch = B_TRANSPOSED ? k_pitch : n;
     netc_mma_zero<Shape>(acc);
 
     const long long k_tiles = (k + BK - 1) / BK;
-    NetcMmaCopies<BM, BK, Shape::A_PITCH, Shape::THREADS, true> a_copies(a, k, m0, m);
+    NetcMmaCopies<BM, BK, Shape::A_PITCH, Shape::THREADS, true> a_copies(a, k_pitch, m0, m);
     NetcMmaCopies<B_TRANSPOSED ? BN : BK, B_TRANSPOSED ? BK : BN, Shape::B_PITCH, Shape::THREADS,
                   B_TRANSPOSED>
         b_copies(b, b_pitch, n0, n);
@@ -253,7 +257,8 @@ __device__ __forceinline__ void netc_mma_mainloop(
             a_copies.issue(a_tile, a, k0, k);
             b_copies.issue(b_tile, b, k0, k);
         } else {
-            netc_mma_stage<BM, BK, Shape::A_PITCH, Shape::THREADS>(a_tile, a, k, m0, m, k0, k);
+            netc_mma_stage<BM, BK, Shape::A_PITCH, Shape::THREADS>(a_tile, a, k_pitch, m0, m,
+                                                                   k0, k);
             if (B_TRANSPOSED)
                 netc_mma_stage<BN, BK, Shape::B_PITCH, Shape::THREADS>(b_tile, b, b_pitch, n0, n,
                                                                        k0, k);
@@ -290,16 +295,18 @@ __device__ __forceinline__ void netc_mma_mainloop(
 template <typename T> struct NetcIsBf16 { static constexpr bool value = false; };
 template <> struct NetcIsBf16<netc_bf16> { static constexpr bool value = true; };
 
-// The batched GEMM of netc_gemm (gemm.cuh) on tensor cores: same arguments, same grid
-// (grid.x = ceil(M / BM) * matrices, grid.y = ceil(N / BN)), WM * WN warps a block.
+// The batched GEMM of netc_gemm (gemm.cuh) on tensor cores: same arguments (split-K too), same
+// grid (grid.x = ceil(M / BM) * matrices, grid.y = ceil(N / BN), grid.z = splits), WM * WN
+// warps a block.
 template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES, bool B_TRANSPOSED,
-          bool HAS_BIAS, class Epilogue>
+          bool HAS_BIAS, typename C, class Epilogue>
 __device__ __forceinline__ void netc_gemm_mma(const T* __restrict__ a, const T* __restrict__ b,
-                                              const T* __restrict__ bias, T* __restrict__ c,
+                                              const T* __restrict__ bias, C* __restrict__ c,
                                               long long m, long long n, long long k,
                                               long long inner_count, long long a_outer_stride,
                                               long long a_inner_stride, long long b_outer_stride,
-                                              long long b_inner_stride, const Epilogue& epilogue)
+                                              long long b_inner_stride, const Epilogue& epilogue,
+                                              const NetcSplitK& split = NetcSplitK{0, 1})
 {
     static_assert(sizeof(T) == 2, "the tensor-core GEMM takes 16-bit tensors");
     using Shape = NetcMmaShape<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED>;
@@ -307,31 +314,33 @@ __device__ __forceinline__ void netc_gemm_mma(const T* __restrict__ a, const T* 
     const NetcGemmBlock block = netc_gemm_block(m, BM, BN, inner_count);
     const long long m0 = block.m0;
     const long long n0 = block.n0;
+    const NetcKRange range = netc_k_range(k, BK, split);
 
     NETC_DYNAMIC_SHARED(unsigned short, shared);
     float acc[Shape::MI][Shape::NI][4];
     const unsigned short* a_matrix = reinterpret_cast<const unsigned short*>(
-        block.matrix_of(a, a_outer_stride, a_inner_stride));
+        block.matrix_of(a, a_outer_stride, a_inner_stride) + range.begin);
     const unsigned short* b_matrix = reinterpret_cast<const unsigned short*>(
-        block.matrix_of(b, b_outer_stride, b_inner_stride));
+        block.matrix_of(b, b_outer_stride, b_inner_stride) +
+        range.begin * (B_TRANSPOSED ? 1 : n));
     // cp.async moves 16 bytes: rows of whole chunks, matrices 16-byte aligned.
     const bool vector = k % 8 == 0 && (B_TRANSPOSED || n % 8 == 0) &&
                         reinterpret_cast<unsigned long long>(a_matrix) % 16 == 0 &&
                         reinterpret_cast<unsigned long long>(b_matrix) % 16 == 0;
     if (vector)
         netc_mma_mainloop<NetcIsBf16<T>::value, BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED, true>(
-            a_matrix, b_matrix, m0, n0, m, n, k, shared, acc);
+            a_matrix, b_matrix, m0, n0, m, n, k, range.length, shared, acc);
     else
         netc_mma_mainloop<NetcIsBf16<T>::value, BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED, false>(
-            a_matrix, b_matrix, m0, n0, m, n, k, shared, acc);
+            a_matrix, b_matrix, m0, n0, m, n, k, range.length, shared, acc);
 
-    const NetcRowMajorStore<T, HAS_BIAS, Epilogue> store{
+    const NetcRowMajorStore<T, HAS_BIAS, Epilogue, C> store{
         c, bias, n, block.matrix * m * n, epilogue};
     netc_mma_store<Shape>(acc, m0, n0, m, n, store);
 #else
     // The SIMT kernel with this block's shape: (BM / TM) * (BN / TN) = WM * WN * 32 threads.
     netc_gemm<T, BM, BN, 8, Shape::WARP_M / 8, Shape::WARP_N / 4, B_TRANSPOSED, HAS_BIAS>(
         a, b, bias, c, m, n, k, inner_count, a_outer_stride, a_inner_stride, b_outer_stride,
-        b_inner_stride, epilogue);
+        b_inner_stride, epilogue, split);
 #endif
 }

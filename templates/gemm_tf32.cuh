@@ -32,6 +32,7 @@
 //           times, C written once.
 //   Fallback: where there are no tensor cores (sm_75, and nvcc's host pass), the same launch
 //           runs netc_gemm (plain f32) with a SIMT tile of the same block shape and threads.
+//   Split-K: as gemm_mma.cuh's.
 // ---------------------------------------------------------------------------------------------
 
 // The tensor-core GEMM's shape (gemm_mma.cuh) with rows of floats padded by 4 (16 bytes) and
@@ -139,11 +140,13 @@ __device__ __forceinline__ void netc_tf32_stage(float* tile, const float* matrix
 // acc[i][j][r] = the element (m0 + warp_m * WARP_M + i * 16 + lane / 4 + 8 * (r / 2),
 // n0 + warp_n * WARP_N + j * 8 + 2 * (lane % 4) + r % 2) of A . B for this lane's warp, the
 // operands rounded to TF32. VECTOR: both operands are copied by cp.async, else staged element
-// by element; the caller decides, so that the main loop holds one way of staging only.
+// by element; the caller decides, so that the main loop holds one way of staging only. `a` and
+// `b` start at the first k summed, `k` of them, in rows of `k_pitch` where k runs along them
+// (netc_mma_mainloop).
 template <int BM, int BN, int BK, int WM, int WN, int STAGES, bool B_TRANSPOSED, bool VECTOR>
 __device__ __forceinline__ void netc_tf32_mainloop(
     const float* a, const float* b, long long m0, long long n0, long long m, long long n,
-    long long k, float* shared,
+    long long k_pitch, long long k, float* shared,
     float (&acc)[NetcTf32Shape<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED>::MI]
                 [NetcTf32Shape<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED>::NI][4])
 {
@@ -156,11 +159,11 @@ __device__ __forceinline__ void netc_tf32_mainloop(
     const int warp = threadIdx.x / 32;
     const int warp_m = warp / WN;
     const int warp_n = warp % WN;
-    const long long b_pitch = B_TRANSPOSED ? k : n;
+    const long long b_pitch = B_TRANSPOSED ? k_pitch : n;
     netc_mma_zero<Shape>(acc);
 
     const long long k_tiles = (k + BK - 1) / BK;
-    NetcTf32Copies<BM, BK, Shape::A_PITCH, Shape::THREADS, true> a_copies(a, k, m0, m);
+    NetcTf32Copies<BM, BK, Shape::A_PITCH, Shape::THREADS, true> a_copies(a, k_pitch, m0, m);
     NetcTf32Copies<B_TRANSPOSED ? BN : BK, B_TRANSPOSED ? BK : BN, Shape::B_PITCH,
                    Shape::THREADS, B_TRANSPOSED>
         b_copies(b, b_pitch, n0, n);
@@ -173,7 +176,8 @@ __device__ __forceinline__ void netc_tf32_mainloop(
             a_copies.issue(a_tile, a, k0, k);
             b_copies.issue(b_tile, b, k0, k);
         } else {
-            netc_tf32_stage<BM, BK, Shape::A_PITCH, Shape::THREADS>(a_tile, a, k, m0, m, k0, k);
+            netc_tf32_stage<BM, BK, Shape::A_PITCH, Shape::THREADS>(a_tile, a, k_pitch, m0, m,
+                                                                    k0, k);
             if (B_TRANSPOSED)
                 netc_tf32_stage<BN, BK, Shape::B_PITCH, Shape::THREADS>(b_tile, b, b_pitch, n0,
                                                                         n, k0, k);
@@ -249,18 +253,20 @@ __device__ __forceinline__ void netc_tf32_mainloop(
 }
 #endif  // NETC_HAS_MMA
 
-// The batched GEMM of netc_gemm (gemm.cuh) for f32 on TF32 tensor cores: same arguments, same
-// grid (grid.x = ceil(M / BM) * matrices, grid.y = ceil(N / BN)), WM * WN warps a block.
+// The batched GEMM of netc_gemm (gemm.cuh) for f32 on TF32 tensor cores: same arguments
+// (split-K too), same grid (grid.x = ceil(M / BM) * matrices, grid.y = ceil(N / BN), grid.z =
+// splits), WM * WN warps a block.
 template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES, bool B_TRANSPOSED,
-          bool HAS_BIAS, class Epilogue>
+          bool HAS_BIAS, typename C, class Epilogue>
 __device__ __forceinline__ void netc_gemm_tf32(const T* __restrict__ a, const T* __restrict__ b,
-                                               const T* __restrict__ bias, T* __restrict__ c,
+                                               const T* __restrict__ bias, C* __restrict__ c,
                                                long long m, long long n, long long k,
                                                long long inner_count, long long a_outer_stride,
                                                long long a_inner_stride,
                                                long long b_outer_stride,
                                                long long b_inner_stride,
-                                               const Epilogue& epilogue)
+                                               const Epilogue& epilogue,
+                                               const NetcSplitK& split = NetcSplitK{0, 1})
 {
     static_assert(sizeof(T) == 4, "the TF32 GEMM takes f32 tensors");
     using Shape = NetcTf32Shape<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED>;
@@ -268,29 +274,31 @@ __device__ __forceinline__ void netc_gemm_tf32(const T* __restrict__ a, const T*
     const NetcGemmBlock block = netc_gemm_block(m, BM, BN, inner_count);
     const long long m0 = block.m0;
     const long long n0 = block.n0;
+    const NetcKRange range = netc_k_range(k, BK, split);
 
     NETC_DYNAMIC_SHARED(float, shared);
     float acc[Shape::MI][Shape::NI][4];
-    const float* a_matrix = block.matrix_of(a, a_outer_stride, a_inner_stride);
-    const float* b_matrix = block.matrix_of(b, b_outer_stride, b_inner_stride);
+    const float* a_matrix = block.matrix_of(a, a_outer_stride, a_inner_stride) + range.begin;
+    const float* b_matrix = block.matrix_of(b, b_outer_stride, b_inner_stride) +
+                            range.begin * (B_TRANSPOSED ? 1 : n);
     // cp.async moves 16 bytes: rows of whole chunks, matrices 16-byte aligned.
     const bool vector = k % 4 == 0 && (B_TRANSPOSED || n % 4 == 0) &&
                         reinterpret_cast<unsigned long long>(a_matrix) % 16 == 0 &&
                         reinterpret_cast<unsigned long long>(b_matrix) % 16 == 0;
     if (vector)
         netc_tf32_mainloop<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED, true>(
-            a_matrix, b_matrix, m0, n0, m, n, k, shared, acc);
+            a_matrix, b_matrix, m0, n0, m, n, k, range.length, shared, acc);
     else
         netc_tf32_mainloop<BM, BN, BK, WM, WN, STAGES, B_TRANSPOSED, false>(
-            a_matrix, b_matrix, m0, n0, m, n, k, shared, acc);
+            a_matrix, b_matrix, m0, n0, m, n, k, range.length, shared, acc);
 
-    const NetcRowMajorStore<T, HAS_BIAS, Epilogue> store{
+    const NetcRowMajorStore<T, HAS_BIAS, Epilogue, C> store{
         c, bias, n, block.matrix * m * n, epilogue};
     netc_mma_store<Shape>(acc, m0, n0, m, n, store);
 #else
     // The SIMT kernel with this block's shape: (BM / TM) * (BN / TN) = WM * WN * 32 threads.
     netc_gemm<T, BM, BN, 8, Shape::WARP_M / 8, Shape::WARP_N / 4, B_TRANSPOSED, HAS_BIAS>(
         a, b, bias, c, m, n, k, inner_count, a_outer_stride, a_inner_stride, b_outer_stride,
-        b_inner_stride, epilogue);
+        b_inner_stride, epilogue, split);
 #endif
 }

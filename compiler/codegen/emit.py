@@ -90,8 +90,8 @@ class _Lowering:
                                    alias_of))
         return name
 
-    def scratch(self, owner: Node, shape: tuple[Dim, ...]) -> str:
-        return self.add_buffer(owner, "intermediate", shape)
+    def scratch(self, owner: Node, shape: tuple[Dim, ...], dtype: str | None = None) -> str:
+        return self.add_buffer(owner, "intermediate", shape, dtype=dtype)
 
     def tile(self, node: Node, default: TileT) -> TileT:
         chosen = self.tiles.get(node.id, default)

@@ -100,12 +100,18 @@ TENSOR_CORE_DTYPES = ("f16", "bf16")
 
 
 def gemm_kernel(dtype: str, tile: MatrixTile, *, b_transposed: bool, has_bias: bool,
-                epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+                epilogue: PointwiseCode = IDENTITY.code, split_k: bool = False) -> KernelSpec:
     """The GEMM family's kernel: SIMT for a GemmTile, tensor cores for an MmaTile (f16 and
     bf16 only; `templates/gemm_mma.cuh`; TF32 for f32 with a Tf32Tile, `templates/gemm_tf32.cuh`),
     the GEMV kernel for a GemvTile (few rows;
-    `templates/gemv.cuh`, the same arguments)."""
+    `templates/gemv.cuh`, the same arguments). `split_k`: the kernel of a split's float
+    partial sums (no bias, no epilogue: `split_k_reduce_kernel` applies them)."""
     tile.validate()
+    if split_k and (has_bias or epilogue != IDENTITY.code or isinstance(tile, GemvTile)):
+        raise CodegenError("a split-K GEMM kernel stores raw partials: no bias, no epilogue, "
+                           "no GEMV tile")
+    if not isinstance(tile, GemvTile):
+        tile = dataclasses.replace(tile, splits=1)  # a grid dimension: one kernel for any
     layout = "nt" if b_transposed else "nn"
     headers: tuple[str, ...] = ("elementwise.cuh", "gemm.cuh")
     if isinstance(tile, GemvTile):
@@ -127,10 +133,10 @@ def gemm_kernel(dtype: str, tile: MatrixTile, *, b_transposed: bool, has_bias: b
         headers += ("mma.cuh", "gemm_mma.cuh")
     return KernelSpec(
         f"netc_gemm_{dtype}_{tile.suffix}_{layout}{'_bias' if has_bias else ''}"
-        f"{_fused_suffix(None, epilogue)}",
+        f"{_fused_suffix(None, epilogue)}{'_splitk' if split_k else ''}",
         "gemm.jinja", headers, dtype, tile.threads,
         (("tile", tile), ("tf32", tf32), ("b_transposed", b_transposed), ("has_bias", has_bias),
-         ("epilogue", epilogue)))
+         ("epilogue", epilogue), ("split_k", split_k)))
 
 
 def conv_mma_misfit(tile: MmaTile) -> str | None:
@@ -149,10 +155,13 @@ def conv_mma_misfit(tile: MmaTile) -> str | None:
 
 
 def conv2d_kernel(dtype: str, tile: GemmTile | MmaTile, *, has_bias: bool,
-                  epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+                  epilogue: PointwiseCode = IDENTITY.code, split_k: bool = False) -> KernelSpec:
     """The conv2d implicit GEMM: SIMT for a GemmTile, tensor cores for an MmaTile (f16 and
-    bf16; `templates/conv2d_mma.cuh`)."""
+    bf16; `templates/conv2d_mma.cuh`). `split_k`: as `gemm_kernel`'s."""
     tile.validate()
+    if split_k and (has_bias or epilogue != IDENTITY.code):
+        raise CodegenError("a split-K conv2d kernel stores raw partials: no bias, no epilogue")
+    tile = dataclasses.replace(tile, splits=1)  # a grid dimension: one kernel for any
     headers: tuple[str, ...] = ("elementwise.cuh", "gemm.cuh", "conv2d.cuh")
     if isinstance(tile, MmaTile):
         problem = (conv_mma_misfit(tile) if dtype in TENSOR_CORE_DTYPES else
@@ -163,9 +172,23 @@ def conv2d_kernel(dtype: str, tile: GemmTile | MmaTile, *, has_bias: bool,
         headers += ("mma.cuh", "gemm_mma.cuh", "conv2d_mma.cuh")
     return KernelSpec(
         f"netc_conv2d_{dtype}_{tile.suffix}{'_bias' if has_bias else ''}"
-        f"{_fused_suffix(None, epilogue)}",
+        f"{_fused_suffix(None, epilogue)}{'_splitk' if split_k else ''}",
         "conv2d.jinja", headers, dtype, tile.threads,
-        (("tile", tile), ("has_bias", has_bias), ("epilogue", epilogue)))
+        (("tile", tile), ("has_bias", has_bias), ("epilogue", epilogue), ("split_k", split_k)))
+
+
+SPLIT_K_REDUCE_THREADS = 256
+
+
+def split_k_reduce_kernel(dtype: str, *, has_bias: bool,
+                          epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+    """Split-K's second kernel (`netc_split_k_reduce`, templates/gemm.cuh): the sum of the
+    splits' float partials, in order, plus the bias, through the epilogue, into the output."""
+    return KernelSpec(
+        f"netc_splitk_reduce_{dtype}{'_bias' if has_bias else ''}"
+        f"{_fused_suffix(None, epilogue)}",
+        "split_k_reduce.jinja", ("elementwise.cuh", "gemm.cuh"), dtype, SPLIT_K_REDUCE_THREADS,
+        (("has_bias", has_bias), ("epilogue", epilogue)))
 
 
 POOL_KINDS = {"maxpool2d": "NETC_POOL_MAX", "avgpool2d": "NETC_POOL_AVG",
@@ -184,12 +207,40 @@ def conv_transpose2d_kernel(dtype: str, tile: GemmTile, *, has_bias: bool,
         tile.threads, (("tile", tile), ("has_bias", has_bias), ("epilogue", epilogue)))
 
 
+def weight_grad_tile(rows: int, columns: int) -> GemmTile:
+    """conv2d_weight_grad's tile: 64 x 64 (the tiles `netc.ops.linear.weight_grad_splits`
+    counts), halved along an extent of at most 32, so a 6-filter layer does not waste 90% of
+    its block."""
+    return GemmTile(bm=32 if rows <= 32 else 64, bn=32 if columns <= 32 else 64, bk=8, tm=4,
+                    tn=4)
+
+
+def conv2d_weight_grad_kernel(dtype: str, tile: GemmTile,
+                              epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+    """conv2d's weight gradient as a split implicit GEMM (`templates/conv2d_wgrad.cuh`)."""
+    tile.validate()
+    return KernelSpec(
+        f"netc_conv2d_wgrad_{dtype}_{tile.suffix}{_fused_suffix(None, epilogue)}",
+        "conv2d_wgrad.jinja", ("elementwise.cuh", "gemm.cuh", "conv2d.cuh", "conv2d_wgrad.cuh"),
+        dtype, tile.threads, (("tile", tile), ("epilogue", epilogue)))
+
+
 def pool_kernel(op: str, dtype: str, tile: BlockTile, *,
                 epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
     tile.validate()
     return KernelSpec(f"netc_{op}_{dtype}_{tile.suffix}{_fused_suffix(None, epilogue)}",
                       "pool.jinja", ("elementwise.cuh", "pool.cuh"), dtype, tile.threads,
                       (("pool_kind", POOL_KINDS[op]), ("epilogue", epilogue)))
+
+
+def pool_grad_kernel(mode: str, dtype: str, tile: BlockTile, *,
+                     epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+    """maxpool2d's or avgpool2d's input gradient (`templates/pool_grad.cuh`)."""
+    tile.validate()
+    return KernelSpec(f"netc_{mode}pool2d_grad_{dtype}_{tile.suffix}"
+                      f"{_fused_suffix(None, epilogue)}", "pool_grad.jinja",
+                      ("elementwise.cuh", "pool.cuh", "pool_grad.cuh"), dtype, tile.threads,
+                      (("pool_kind", POOL_KINDS[f"{mode}pool2d"]), ("epilogue", epilogue)))
 
 
 PAD_MODES = {"constant": "NETC_PAD_CONSTANT", "reflect": "NETC_PAD_REFLECT",
@@ -341,8 +392,9 @@ class LoweringContext(Protocol):
         lowered)."""
         ...
 
-    def scratch(self, owner: Node, shape: tuple[Dim, ...]) -> str:
-        """A new intermediate buffer of `owner`'s dtype, for a value inside its lowering."""
+    def scratch(self, owner: Node, shape: tuple[Dim, ...], dtype: str | None = None) -> str:
+        """A new intermediate buffer of `dtype` (default: `owner`'s), for a value inside its
+        lowering."""
         ...
 
     def tile(self, node: Node, default: TileT) -> TileT:
@@ -495,14 +547,33 @@ def fill_constant(node: Node, out: str) -> KernelLaunch:
     return elementwise_launch(node, function, DEFAULT_BLOCK, out, node.type.shape)
 
 
+def _split_k_reduce(ctx: LoweringContext, node: Node, epilogue: Pointwise, partials: str,
+                    splits: int, bias: str | None, bias_inner: SizeLike,
+                    bias_count: SizeLike) -> KernelLaunch:
+    """Split-K's second launch: out = epilogue(sum of the `splits` partials + bias), element by
+    element; output element i's bias is bias[(i / bias_inner) % bias_count]."""
+    total = size_of(node.type.shape)
+    args = (_buffer(partials), *([_buffer(bias)] if bias else []), _buffer(ctx.buffer(node.id)),
+            *_ints(total, splits, bias_inner, bias_count), *epilogue.args)
+    spec = split_k_reduce_kernel(node.type.dtype, has_bias=bias is not None,
+                                 epilogue=epilogue.code)
+    return KernelLaunch(spec, (GridDim(total, spec.threads), ONE, ONE), spec.threads, 0, args)
+
+
+def _partials(ctx: LoweringContext, node: Node, splits: int) -> str:
+    """Split-K's float partial sums: the output's elements, once a split."""
+    return ctx.scratch(node, (splits, *node.type.shape), "f32")
+
+
 def _gemm_launch(ctx: LoweringContext, node: Node, epilogue: Pointwise, *, a: str, b: str,
                  bias: str | None, m: SizeLike, n: SizeLike, k: SizeLike, count: SizeLike,
                  inner_count: SizeLike, a_strides: tuple[SizeLike, SizeLike],
-                 b_strides: tuple[SizeLike, SizeLike], b_transposed: bool) -> KernelLaunch:
+                 b_strides: tuple[SizeLike, SizeLike], b_transposed: bool) -> list[KernelLaunch]:
     """C [count, M, N] = A [.., M, K] . B [.., K, N] (or B^T for a [N, K] B) (+ bias[n]).
 
     The matrices are counted outer * inner_count + inner; *_strides are each operand's
-    (outer, inner) strides in elements."""
+    (outer, inner) strides in elements. A tile with `splits` > 1 launches split-K: the GEMM
+    over grid z = splits into float partials, then `_split_k_reduce`."""
     default: MatrixTile = DEFAULT_MMA if node.type.dtype in TENSOR_CORE_DTYPES else DEFAULT_GEMM
     tile = ctx.tile(node, default)
     rows, columns, shared_bytes = (
@@ -511,24 +582,33 @@ def _gemm_launch(ctx: LoweringContext, node: Node, epilogue: Pointwise, *, a: st
     # The matrices and the row tiles share grid x (either may depend on a named dimension).
     grid_x = GridDim(m, rows, times=count)
     grid_y = _yz_grid(n, columns, node.id)
+    sizes = _ints(m, n, k, inner_count, *a_strides, *b_strides)
+    splits = getattr(tile, "splits", 1)  # a GemvTile splits K within its block
+    if splits > 1:
+        partials = _partials(ctx, node, splits)
+        spec = gemm_kernel(node.type.dtype, tile, b_transposed=b_transposed, has_bias=False,
+                           split_k=True)
+        main = KernelLaunch(spec, (grid_x, grid_y, _yz_grid(splits, 1, node.id)), tile.threads,
+                            shared_bytes, (_buffer(a), _buffer(b), _buffer(partials), *sizes,
+                                           *_ints(size_of(node.type.shape))))
+        return [main, _split_k_reduce(ctx, node, epilogue, partials, splits, bias, 1, n)]
     pointers = [_buffer(a), _buffer(b)] + ([_buffer(bias)] if bias else [])
-    args = (*pointers, _buffer(ctx.buffer(node.id)),
-            *_ints(m, n, k, inner_count, *a_strides, *b_strides), *epilogue.args)
+    args = (*pointers, _buffer(ctx.buffer(node.id)), *sizes, *epilogue.args)
     spec = gemm_kernel(node.type.dtype, tile, b_transposed=b_transposed,
                        has_bias=bias is not None, epilogue=epilogue.code)
-    return KernelLaunch(spec, (grid_x, grid_y, ONE), tile.threads, shared_bytes, args)
+    return [KernelLaunch(spec, (grid_x, grid_y, ONE), tile.threads, shared_bytes, args)]
 
 
 @lowers("dense", family="gemm", tile=MatrixTile)
 def _lower_dense(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
     x, weight, *bias = node.inputs
     view = gemm_view(ctx, node)
-    return [_gemm_launch(
+    return _gemm_launch(
         ctx, node, _no_prologue(node, fusion), a=ctx.buffer(x), b=ctx.buffer(weight),
         bias=ctx.buffer(bias[0]) if bias else None, m=size_of(view.m), n=size_of(view.n),
         k=size_of(view.k), count=size_of(view.count), inner_count=1, a_strides=(0, 0),
         b_strides=(0, 0),
-        b_transposed=True)]
+        b_transposed=True)
 
 
 @lowers("matmul", "matmul_nt", family="gemm", tile=MatrixTile)
@@ -568,11 +648,11 @@ def _lower_matmul(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
     inner_count = view.sizes[1] if view.rank == 2 else 1
     a_strides, b_strides = (
         (strides[0], strides[1] if view.rank == 2 else 0) for strides in view.strides)
-    launches.append(_gemm_launch(
+    launches += _gemm_launch(
         ctx, node, epilogue, a=operands[0][0], b=operands[1][0], bias=None,
         m=size_of(gemm.m), n=size_of(gemm.n), k=size_of(gemm.k),
         count=size_of(gemm.count), inner_count=inner_count, a_strides=a_strides,
-        b_strides=b_strides, b_transposed=node.op == "matmul_nt"))
+        b_strides=b_strides, b_transposed=node.op == "matmul_nt")
     return launches
 
 
@@ -591,16 +671,26 @@ def _lower_conv2d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
     window = Window.from_attrs("conv2d", node.attrs)
     groups = node.attrs["groups"]
     # One block a BM x BN tile of the GEMM: N (images x pixels) along x, M along y, a group
-    # (matrix) along z.
+    # (matrix) along z, times the splits of split-K (the group fastest).
     view = gemm_view(ctx, node)
+    splits = tile.splits
     grid = (GridDim(size_of(view.n), tile.bn), _yz_grid(size_of(view.m), tile.bm, node.id),
-            _yz_grid(size_of(view.count), 1, node.id))
+            _yz_grid(size_of((*view.count, splits)), 1, node.id))
+    geometry = _ints(images, channels, height, width, filters, out_height, out_width,
+                     *window.kernel, *window.stride, window.padding[0], window.padding[1],
+                     *window.dilation, groups)
+    if splits > 1:
+        partials = _partials(ctx, node, splits)
+        spec = conv2d_kernel(node.type.dtype, tile, has_bias=False, split_k=True)
+        main = KernelLaunch(spec, grid, tile.threads, tile.shared_bytes,
+                            (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(weight)),
+                             _buffer(partials), *geometry))
+        bias_buffer = ctx.buffer(bias[0]) if bias else None
+        return [main, _split_k_reduce(ctx, node, epilogue, partials, splits, bias_buffer,
+                                      size_of((out_height, out_width)), filters)]
     pointers = [_buffer(ctx.buffer(x)), _buffer(ctx.buffer(weight))]
     pointers += [_buffer(ctx.buffer(bias[0]))] if bias else []
-    args = (*pointers, _buffer(ctx.buffer(node.id)),
-            *_ints(images, channels, height, width, filters, out_height, out_width, *window.kernel,
-                   *window.stride, window.padding[0], window.padding[1], *window.dilation,
-                   groups), *epilogue.args)
+    args = (*pointers, _buffer(ctx.buffer(node.id)), *geometry, *epilogue.args)
     spec = conv2d_kernel(node.type.dtype, tile, has_bias=bool(bias), epilogue=epilogue.code)
     # An MmaTile's shared_bytes covers the conv: B takes two of the `stages` B buffers.
     return [KernelLaunch(spec, grid, tile.threads, tile.shared_bytes, args)]
@@ -611,6 +701,8 @@ def _lower_conv2d(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kern
 def _lower_conv_transpose2d(ctx: LoweringContext, node: Node,
                             fusion: Fusion) -> list[KernelLaunch]:
     # The arguments are conv2d's: the geometry, with PyTorch's padding as pad_top/pad_left.
+    if ctx.tile(node, DEFAULT_GEMM).splits > 1:
+        raise CodegenError(f"{node.id}: conv_transpose2d takes no split-K tile")
     (launch,) = _lower_conv2d(ctx, dataclasses.replace(
         node, attrs=node.attrs.replace(padding=(*node.attrs["padding"], *node.attrs["padding"]))),
         fusion)
@@ -619,6 +711,30 @@ def _lower_conv_transpose2d(ctx: LoweringContext, node: Node,
                                    has_bias=len(node.inputs) == 3,
                                    epilogue=dict(conv.context)["epilogue"])
     return [dataclasses.replace(launch, kernel=spec)]
+
+
+@lowers("conv2d_weight_grad", family="conv2d_weight_grad", tile=GemmTile)
+def _lower_conv2d_weight_grad(ctx: LoweringContext, node: Node,
+                              fusion: Fusion) -> list[KernelLaunch]:
+    epilogue = _no_prologue(node, fusion)
+    x, cotangent = node.inputs
+    images, channels, height, width = ctx.type_of(x).shape
+    _, filters, out_height, out_width = ctx.type_of(cotangent).shape
+    window = Window.from_attrs("conv2d", node.attrs)
+    groups, splits = node.attrs["groups"], node.attrs["splits"]
+    rows = int(filters) // groups
+    columns = int(channels) // groups * window.kernel[0] * window.kernel[1]
+    tile: GemmTile = ctx.tile(node, weight_grad_tile(rows, columns))
+    # One block a BM x BN tile of one group's dW and one split: N along x, M along y, the
+    # groups times the splits along z.
+    grid = (GridDim(columns, tile.bn), _yz_grid(rows, tile.bm, node.id),
+            _yz_grid(groups * splits, 1, node.id))
+    args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(cotangent)), _buffer(ctx.buffer(node.id)),
+            *_ints(images, channels, height, width, filters, out_height, out_width,
+                   *window.kernel, *window.stride, window.padding[0], window.padding[1],
+                   *window.dilation, groups, splits), *epilogue.args)
+    spec = conv2d_weight_grad_kernel(node.type.dtype, tile, epilogue.code)
+    return [KernelLaunch(spec, grid, tile.threads, tile.shared_bytes, args)]
 
 
 @lowers("conv1d", family="conv2d", tile=GemmTile | MmaTile)
@@ -717,6 +833,24 @@ def _lower_pool(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[Kernel
                    *window.stride, *window.padding,
                    node.attrs.get("count_include_pad", False)), *epilogue.args)
     spec = pool_kernel(node.op, node.type.dtype, tile, epilogue=epilogue.code)
+    return [KernelLaunch(spec, (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0,
+                         args)]
+
+
+@lowers("pool2d_grad", family="pool")
+def _lower_pool_grad(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[KernelLaunch]:
+    epilogue = _no_prologue(node, fusion)
+    x, cotangent = node.inputs
+    tile = ctx.tile(node, DEFAULT_BLOCK)
+    _, channels, height, width = node.type.shape
+    out_height, out_width = ctx.type_of(cotangent).shape[2:]
+    window = Window.from_attrs("pool", node.attrs)
+    total = size_of(node.type.shape)
+    args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(cotangent)), _buffer(ctx.buffer(node.id)),
+            *_ints(total, channels, height, width, out_height, out_width, *window.kernel,
+                   *window.stride, *window.padding, node.attrs["count_include_pad"]),
+            *epilogue.args)
+    spec = pool_grad_kernel(node.attrs["mode"], node.type.dtype, tile, epilogue=epilogue.code)
     return [KernelLaunch(spec, (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0,
                          args)]
 
@@ -1101,8 +1235,8 @@ class _BodyContext:
     def type_of(self, value: str) -> TensorType:
         return self.body_types[value] if value in self.body_types else self.outer.type_of(value)
 
-    def scratch(self, owner: Node, shape: tuple[Dim, ...]) -> str:
-        return self.outer.scratch(owner, shape)
+    def scratch(self, owner: Node, shape: tuple[Dim, ...], dtype: str | None = None) -> str:
+        return self.outer.scratch(owner, shape, dtype)
 
     def tile(self, node: Node, default: TileT) -> TileT:
         return self.outer.tile(node, default)
@@ -1126,8 +1260,8 @@ class _SeenAs:
     def type_of(self, value: str) -> TensorType:
         return self.types.get(value) or self.outer.type_of(value)
 
-    def scratch(self, owner: Node, shape: tuple[Dim, ...]) -> str:
-        return self.outer.scratch(owner, shape)
+    def scratch(self, owner: Node, shape: tuple[Dim, ...], dtype: str | None = None) -> str:
+        return self.outer.scratch(owner, shape, dtype)
 
     def tile(self, node: Node, default: TileT) -> TileT:
         return self.outer.tile(node, default)

@@ -21,6 +21,8 @@ MAX_REGISTERS_PER_THREAD = 255
 GEMM_OVERHEAD_REGISTERS = 40
 """Registers a GEMM thread needs besides its tiles: addresses, indices, loop counters."""
 FLOAT_BYTES = 4
+MAX_SPLITS = 16
+"""The most blocks split-K deals one tile's reduction out to (`GemmTile.splits`)."""
 
 
 class TileError(ValueError):
@@ -33,6 +35,9 @@ class GemmTile:
 
     A block computes a `bm` x `bn` tile of the output, walking the reduction in steps of `bk`;
     each of its (bm / tm) * (bn / tn) threads holds a `tm` x `tn` tile of accumulators.
+    `splits` > 1 is split-K: `splits` blocks share each tile, each summing a run of whole
+    k-tiles into float partials that a second kernel adds (templates/gemm.cuh). It is a grid
+    dimension, not part of the kernel (`suffix`).
     """
 
     bm: int = 64
@@ -40,6 +45,7 @@ class GemmTile:
     bk: int = 8
     tm: int = 4
     tn: int = 4
+    splits: int = 1
 
     @property
     def threads(self) -> int:
@@ -61,6 +67,7 @@ class GemmTile:
 
     def validate(self) -> GemmTile:
         _check_positive(self, ("bm", "bn", "bk", "tm", "tn"))
+        _check_splits(self)
         if self.bm % self.tm or self.bn % self.tn:
             raise TileError(f"{self}: tm must divide bm and tn must divide bn")
         _check_block(self, "shrink tm * tn")
@@ -83,7 +90,7 @@ class MmaTile:
 
     A block computes a `bm` x `bn` tile of the output with `wm` x `wn` warps, each warp a
     (bm / wm) x (bn / wn) sub-tile of 16x8 mma tiles, walking the reduction in steps of `bk`
-    through `stages` shared-memory buffers filled by cp.async.
+    through `stages` shared-memory buffers filled by cp.async; `splits` as `GemmTile`'s.
     """
 
     bm: int = 128
@@ -92,6 +99,7 @@ class MmaTile:
     wm: int = 2
     wn: int = 4
     stages: int = 2
+    splits: int = 1
 
     @property
     def threads(self) -> int:
@@ -119,6 +127,7 @@ class MmaTile:
 
     def validate(self) -> MmaTile:
         _check_positive(self, ("bm", "bn", "bk", "wm", "wn"))
+        _check_splits(self)
         if self.bm % (16 * self.wm) or self.bn % (16 * self.wn):
             raise TileError(f"{self}: a warp's tile (bm/wm x bn/wn) must be whole 16x16 steps")
         if self.bk % 16:
@@ -145,7 +154,7 @@ class Tf32Tile(MmaTile):
     @classmethod
     def of(cls, tile: MmaTile) -> Tf32Tile:
         return tile if isinstance(tile, Tf32Tile) else cls(
-            tile.bm, tile.bn, tile.bk, tile.wm, tile.wn, tile.stages)
+            tile.bm, tile.bn, tile.bk, tile.wm, tile.wn, tile.stages, tile.splits)
 
     @property
     def shared_bytes(self) -> int:
@@ -161,6 +170,7 @@ class Tf32Tile(MmaTile):
 
     def validate(self) -> Tf32Tile:
         _check_positive(self, ("bm", "bn", "bk", "wm", "wn"))
+        _check_splits(self)
         if self.bm % (16 * self.wm) or self.bn % (16 * self.wn):
             raise TileError(f"{self}: a warp's tile (bm/wm x bn/wn) must be whole 16x16 steps")
         if self.bk % TF32_MMA_SHAPE[2]:
@@ -328,6 +338,11 @@ def _check_positive(tile: Tile, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(tile, name) < 1:
             raise TileError(f"{tile}: {name} must be positive")
+
+
+def _check_splits(tile: GemmTile | MmaTile) -> None:
+    if not 1 <= tile.splits <= MAX_SPLITS:
+        raise TileError(f"{tile}: splits must be 1 to {MAX_SPLITS}")
 
 
 def _check_block(tile: GemmTile | MmaTile, fewer_registers: str) -> None:

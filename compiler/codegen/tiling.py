@@ -36,6 +36,16 @@ The heuristic (sizes taken at `batch`, default 1, for a size that grows with the
    is dropped, unless every candidate would; then those covering the most are kept.
 5. **Fill the GPU.** The first remaining candidate giving at least one block per SM (132 on
    H100, 108 on A100) is taken; when none does, the one giving the most blocks.
+6. **Split-K.** A tile that still launches fewer blocks than the GPU has SMs (ResNet-18's late
+   convs at batch 1: 32 blocks of 32 x 32 on 132 SMs) splits K over `splits` blocks a tile
+   (`split_k`; templates/gemm.cuh): each split sums a run of at least `MIN_SPLIT_K_TILES`
+   whole k-tiles into float partials, and a second kernel adds them in order and applies the
+   bias and the epilogue. Of no split and the counts up to `MAX_SPLITS` whose blocks fit one
+   wave at the tile's occupancy (registers estimated), it takes the one `netc explain`'s model
+   predicts fastest (`split_k_seconds`: roofline over grid fill, the partials' round trip and
+   the reduce kernel counted), the fewest splits of equals. Dense, matmul, conv2d and conv1d
+   take it (`SPLIT_K_OPS`), on every kernel but GEMV; the count is chosen at the planning
+   batch.
 
 GEMV: a `dense`, `matmul` or `matmul_nt` with M <= `GEMV_MAX_M` (8: batch-1 dense layers,
 decoding steps) takes a `GemvTile` (`templates/gemv.cuh`; any dtype, before the tensor-core and
@@ -72,8 +82,9 @@ memory, prefetching the next k-tile into registers during the math (templates/ge
 
 The choice is data, for measured tuning later: a tuning database (`NETC_TUNING_DB` or
 `--tuning-db FILE`, a JSON file of entries keyed by op, M, N, K and arch) overrides the
-heuristic for the shapes it lists, and `--tile LAYER=bm64,bn64,bk8,tm4,tn4` (or `all=...`)
-overrides both, for experiments. See `docs/kernels.md`.
+heuristic for the shapes it lists, and `--tile LAYER=bm64,bn64,bk8,tm4,tn4` (or `all=...`;
+`splits4` after any GEMM or conv tile asks for split-K) overrides both, for experiments. See
+`docs/kernels.md`.
 """
 
 from __future__ import annotations
@@ -81,20 +92,23 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from netc.codegen.kernels import (
     MAX_GRID_YZ,
+    SPLIT_K_REDUCE_THREADS,
     TENSOR_CORE_DTYPES,
     conv_mma_misfit,
     depthwise_tile,
     kernel_family,
 )
+from netc.codegen.occupancy import grid_fill, occupancy
 from netc.codegen.targets import ARCHS, DEFAULT_ARCH, GpuArch, planning_arch
 from netc.codegen.tiles import (
     DEFAULT_MMA,
     GEMV_MAX_ROWS,
+    MAX_SPLITS,
     GemmTile,
     GemvTile,
     MatrixTile,
@@ -133,6 +147,15 @@ GEMV_OPS = {"dense": True, "matmul": False, "matmul_nt": True}
 GEMV_ROWS = (1, GEMV_MAX_ROWS)
 GEMV_WARPS = (8, 4, 2)
 """The GEMV tiles' rows and warps, in the order the heuristic tries them."""
+OWN_TILE_OPS = ("conv2d_weight_grad",)
+"""GEMM-family ops outside the tile plan: conv2d's weight gradient takes its tile from its
+extents (`kernels.weight_grad_tile`) and is split in the IR (`ops.linear.weight_grad_splits`)
+when autodiff builds it, before the batch is known."""
+SPLIT_K_OPS = ("dense", "matmul", "matmul_nt", "conv2d", "conv1d")
+"""The ops whose lowering takes a split-K tile (`splits` > 1)."""
+MIN_SPLIT_K_TILES = 4
+"""The fewest k-tiles a split of split-K sums: shorter runs cost more in partials than they
+gain in blocks."""
 
 CANDIDATES: dict[str, MatrixTile] = {
     "large": GemmTile(128, 128, 8, 8, 8),
@@ -214,8 +237,9 @@ class GemmShape:
     under `--precision tf32` (`gemm_shape`)."""
 
     def blocks(self, tile: MatrixTile) -> int:
+        """The blocks the main kernel launches: the tiles of C, times split-K's splits."""
         rows, columns = self._block_tile(tile)
-        return -(-self.m // rows) * -(-self.n // columns) * self.count
+        return -(-self.m // rows) * -(-self.n // columns) * self.count * splits_of(tile)
 
     def coverage(self, tile: MatrixTile) -> float:
         """The fraction of the blocks' tiles that is real output (ragged edges waste the rest)."""
@@ -253,6 +277,8 @@ class GemmShape:
         `mma` family; GEMV tiles dense and matmul in any dtype)."""
         if isinstance(tile, GemvTile):
             return self.op in GEMV_OPS
+        if tile.splits > 1 and self.op not in SPLIT_K_OPS:
+            return False
         return isinstance(tile, GemmTile) or (self.family in ("mma", "tf32") and
                                               self.conv_misfit(tile) is None)
 
@@ -291,8 +317,8 @@ def gemm_shape(graph: Graph, node: Node, batch: int = 1,
         return None
     member, inputs = found
     view = REGISTRY[member.op].gemm_view
-    if view is None or depthwise_tile(member.op, member.attrs, inputs[0].shape,
-                                      member.type.shape) is not None:
+    if view is None or member.op in OWN_TILE_OPS or depthwise_tile(
+            member.op, member.attrs, inputs[0].shape, member.type.shape) is not None:
         return None
     gemm = view(member.attrs, [t.shape for t in inputs], member.type.shape)
     m, n, k, count = gemm.concrete(dict.fromkeys(graph.batch_dims(), batch))
@@ -324,9 +350,26 @@ def misfit(tile: MatrixTile, arch: GpuArch) -> str | None:
 
 
 def tile_text(tile: MatrixTile) -> str:
-    """`bm64,bn64,bk8,tm4,tn4` (or `bm128,bn128,bk32,wm2,wn4,stages2`): the form `--tile`
-    takes."""
-    return ",".join(f"{f.name}{getattr(tile, f.name)}" for f in fields(tile))
+    """`bm64,bn64,bk8,tm4,tn4` (or `bm128,bn128,bk32,wm2,wn4,stages2`, `...,splits4` with
+    split-K): the form `--tile` takes."""
+    return ",".join(f"{f.name}{getattr(tile, f.name)}" for f in fields(tile)
+                    if f.name != "splits" or getattr(tile, f.name) != 1)
+
+
+def splits_of(tile: MatrixTile) -> int:
+    """Split-K's splits of `tile` (1: none; a GEMV tile splits K within its block)."""
+    return 1 if isinstance(tile, GemvTile) else tile.splits
+
+
+def tile_chains(tile: object) -> int:
+    """Independent accumulation chains a warp of the tile's kernel issues (the grid-fill
+    model's `chains`): a SIMT GEMM thread's tm x tn accumulators, a tensor-core warp's mma
+    tiles; 1 for any other kernel."""
+    if isinstance(tile, GemmTile):
+        return tile.tm * tile.tn
+    if isinstance(tile, MmaTile):  # Tf32Tile too
+        return (tile.bm // tile.wm // 16) * (tile.bn // tile.wn // 8)
+    return 1
 
 
 def heuristic_tile(shape: GemmShape,
@@ -351,8 +394,58 @@ def heuristic_tile(shape: GemmShape,
             return CANDIDATES[name], (f"{shape.shape_class}: {name}, {blocks} blocks fill "
                                       f"{target.sms} SMs")
     name = max(kept, key=lambda n: shape.blocks(CANDIDATES[n]))
-    return CANDIDATES[name], (f"{shape.shape_class}: {name}, the most blocks, "
-                              f"{shape.blocks(CANDIDATES[name])} for {target.sms} SMs")
+    tile = CANDIDATES[name]
+    why = f"{shape.shape_class}: {name}, the most blocks, {shape.blocks(tile)}"
+    splits = split_k(shape, tile, target)
+    if splits > 1:
+        return replace(tile, splits=splits), (f"{why} x {splits} splits of K = "
+                                              f"{shape.blocks(tile) * splits} for "
+                                              f"{target.sms} SMs")
+    return tile, f"{why} for {target.sms} SMs"
+
+
+def split_k(shape: GemmShape, tile: GemmTile | MmaTile, target: GpuArch) -> int:
+    """The splits of K for `shape` on `tile` (1: none; see the module docstring, step 6)."""
+    blocks = shape.blocks(tile)
+    if shape.op not in SPLIT_K_OPS or blocks >= target.sms:
+        return 1
+    k_tiles = -(-shape.k // tile.bk)
+    occ = occupancy(target, tile.threads, tile.registers_estimate, tile.shared_bytes)
+    most = min(MAX_SPLITS, k_tiles // MIN_SPLIT_K_TILES,
+               target.sms * occ.blocks_per_sm // blocks)
+    # Counts whose runs of ceil(k_tiles / splits) k-tiles leave no split empty.
+    counts = {-(-k_tiles // -(-k_tiles // count)) for count in range(2, most + 1)}
+    return min({1} | counts, key=lambda count: (split_k_seconds(shape, tile, target, count),
+                                                 count))
+
+
+SPLIT_K_REDUCE_REGISTERS = 32
+"""Registers a thread of split-K's reduce kernel is taken to need (a short loop)."""
+
+
+def split_k_seconds(shape: GemmShape, tile: GemmTile | MmaTile, target: GpuArch,
+                    splits: int) -> float:
+    """The time `netc explain`'s model predicts for `shape` on `tile` split `splits` ways
+    (whatever the tile's own `splits`; registers estimated): the main kernel's roofline over
+    its grid fill, its bytes the operands, the output (1 split) or the float partials; plus,
+    split, the reduce kernel's (the partials and the output) over its own fill."""
+    tile = replace(tile, splits=splits)
+    peaks = target.peaks
+    size = 2 if shape.dtype in TENSOR_CORE_DTYPES else 4
+    outputs = shape.m * shape.n * shape.count
+    operands = (shape.m + shape.n) * shape.k * shape.count * size
+    written = 4 * splits * outputs if splits > 1 else size * outputs
+    occ = occupancy(target, tile.threads, tile.registers_estimate, tile.shared_bytes)
+    fill = grid_fill(target, shape.blocks(tile), occ, tile_chains(tile)).utilisation
+    main = peaks.roofline_seconds(2 * shape.m * shape.n * shape.k * shape.count,
+                                  operands + written, tensor_cores=shape.family == "mma",
+                                  tf32=shape.family == "tf32") / fill
+    if splits == 1:
+        return main
+    threads = SPLIT_K_REDUCE_THREADS
+    reduce_fill = grid_fill(target, -(-outputs // threads),
+                            occupancy(target, threads, SPLIT_K_REDUCE_REGISTERS, 0)).utilisation
+    return main + (written + size * outputs) / peaks.bytes_per_second / reduce_fill
 
 
 def gemv_tile(shape: GemmShape, target: GpuArch) -> tuple[GemvTile, str] | None:
@@ -452,10 +545,11 @@ def matrix_tile(values: Mapping[str, int]) -> MatrixTile:
 def parse_tile(text: str) -> MatrixTile:
     """`bm64,bn64,bk8,tm4,tn4` (SIMT: any of the five, in any order) or
     `bm128,bn128,bk32,wm2,wn4,stages2` (tensor cores) or `rows1,warps4` (GEMV) as a tile, the
-    fields not given taking the type's defaults. Validity against a GPU is checked when it is
+    fields not given taking the type's defaults; `splits4` with either of the first two asks
+    for split-K. Validity against a GPU is checked when it is
     applied."""
     values: dict[str, int] = {}
-    simt = [f.name for f in fields(GemmTile)]
+    simt = [f.name for f in fields(GemmTile) if f.name != "splits"]
     names = simt + [f.name for f in fields(MmaTile) if f.name not in simt]
     names += [f.name for f in fields(GemvTile)]
     for part in (p.strip() for p in text.split(",")):
@@ -597,7 +691,7 @@ class TileChoice:
         return {"node": self.node, "layer": self.layer, "op": self.shape.op, "m": self.shape.m,
                 "n": self.shape.n, "k": self.shape.k, "count": self.shape.count,
                 "tile": tile_text(self.tile), "stages": getattr(self.tile, "stages", 1),
-                "blocks": self.blocks,
+                "splits": splits_of(self.tile), "blocks": self.blocks,
                 "source": self.source, "why": self.why}
 
 
@@ -633,6 +727,8 @@ def plan_tiles(graph: Graph, arch: str = DEFAULT_ARCH,
             tile = Tf32Tile.of(tile)
         problem = misfit(tile, target) if shape.takes(tile) else (
             f"GEMV tiles take dense and matmul, not {shape.op}" if isinstance(tile, GemvTile)
+            else f"split-K takes {_listed(SPLIT_K_OPS)}, not {shape.op}" if tile.splits > 1
+            and shape.op not in SPLIT_K_OPS
             else shape.conv_misfit(tile)
             or f"tensor-core tiles take f16 and bf16 dense, matmul and conv2d (f32 dense and "
                  f"matmul with --precision tf32), not {shape.dtype} {shape.op}")

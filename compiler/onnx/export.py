@@ -563,6 +563,21 @@ exports("flatten")(_plain("Flatten", axis=1))
 exports("dropout")(_plain("Identity"))
 
 
+@exports("dropout_train")
+def _dropout_train(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # Made by `netc.training_mode` for a training step; ONNX models are for inference, where
+    # dropout is the identity (`dropout`), and ONNX's own Dropout draws another mask.
+    raise ExportError(f"`dropout_train` ({node.id}) is training-mode dropout; export the "
+                      "network before `training_mode`, where it is the identity")
+
+
+@exports("conv2d_weight_grad", "pool2d_grad")
+def _gradient_op(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+    # Made by autodiff for a training step's backward pass; ONNX models are for inference.
+    raise ExportError(f"`{node.op}` ({node.id}) is part of a backward pass; export the network "
+                      "itself, before `netc.autodiff.backward`")
+
+
 # Integer and boolean tensors (netc.ops.integers) ------------------------------------------
 
 

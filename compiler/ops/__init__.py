@@ -11,6 +11,7 @@ from netc.ops import (  # noqa: F401  (modules register their ops)
     linear,
     losses,
     normalization,
+    philox,
     pooling,
     reductions,
     shape,

@@ -52,14 +52,17 @@ def spread(builder: Composer, cotangent: str, shape: Sequence[Dim], axes: Sequen
 
 
 def count(builder: Composer, shape: Sequence[Dim], axes: Sequence[int], dtype: str) -> str:
-    """How many elements a reduction over `axes` of `shape` reads, as a tensor that
-    broadcasts against the input: a constant, or for a named dimension (known only at run
-    time) the sum of ones over the axes (keepdim)."""
+    """How many elements a reduction over `axes` of `shape` reads, as a scalar: a constant,
+    or with a named dimension (known only at run time) the known sizes' product times, for
+    each named one, the sum of a vector of ones that long (a tiny reduction, not one over a
+    tensor of the input's size)."""
     sizes = [shape[axis] for axis in axes]
-    if all(isinstance(size, int) for size in sizes):
-        return builder.constant(float(math.prod(int(size) for size in sizes)), dtype)
-    ones = builder.op("expand", builder.constant(1.0, dtype), dims=list(shape))
-    return builder.op("sum", ones, axis=list(axes), keepdim=True)
+    total = builder.constant(float(math.prod(int(s) for s in sizes if isinstance(s, int))),
+                             dtype)
+    for name in (size for size in sizes if isinstance(size, str)):
+        ones = builder.op("expand", builder.constant(1.0, dtype), dims=[name])
+        total = builder.op("mul", total, builder.op("sum", ones, axis=[0]))
+    return total
 
 
 def elementwise(derivative: Callable[[Composer, Attrs, str, str], str]) -> Vjp:

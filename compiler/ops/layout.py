@@ -233,7 +233,8 @@ register(OpDef(
     attrs=(AttrSpec("p", "float", default=0.5, minimum=0.0, help="ignored at inference"),),
     infer=_dropout_infer,
     reference=lambda attrs, x: x,
-    # The identity's: training-mode dropout (a mask from a seeded RNG) is not built yet.
+    # The identity's. A training step differentiates `dropout_train` instead, which
+    # `netc.training_mode` puts in its place (netc.ops.philox).
     vjp=identity,
     kind="view",
     role="view",

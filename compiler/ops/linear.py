@@ -184,9 +184,9 @@ def _conv2d_gemm(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> GemmVi
 
 def _conv2d_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
                 cotangent: str) -> Gradients:
-    """dx is the transposed convolution of g by the same weight; dW a GEMM of g by the
-    input's window columns per image, summed over the batch; db g summed over all but the
-    channels."""
+    """dx is the transposed convolution of g by the same weight; dW the implicit GEMM of g by
+    the input's window columns over every image and pixel (`conv2d_weight_grad`); db g summed
+    over all but the channels."""
     x, weight = inputs[:2]
     x_type = builder.type_of(x)
     window = Window.from_attrs("conv2d", attrs)
@@ -209,23 +209,16 @@ def _conv2d_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output
     else:  # asymmetric ("same" with an even kernel): crop the padding afterwards
         to_x = crop_padding(builder, builder.op("conv_transpose2d", cotangent, weight,
                                                 **shared), window, x_type)
-    # dW[f, c, i, j] = sum over n, y, x of g[n, f, y, x] · x_padded[n, c, y·s + i·d, x·s + j·d]:
-    # per image and group a GEMM of g [filters, pixels] by the window columns [pixels,
-    # channels · taps] (im2col), summed over the images.
-    filters, per_group = attrs["filters"], channels // groups
-    padded = builder.op("pad", x, pads=[left, right, top, bottom]) if any(window.padding) else x
-    taps = [builder.op("slice", padded, axes=[2, 3], starts=[i * dilation_h, j * dilation_w],
-                       ends=[i * dilation_h + (out_h - 1) * stride_h + 1,
-                             j * dilation_w + (out_w - 1) * stride_w + 1],
-                       steps=[stride_h, stride_w])
-            for i in range(kernel_h) for j in range(kernel_w)]
-    columns = builder.op("reshape", builder.op("stack", *taps, axis=2),
-                         dims=[groups, per_group * kernel_h * kernel_w, out_h * out_w])
-    rows = builder.op("reshape", cotangent, dims=[groups, filters // groups, out_h * out_w])
-    per_image = builder.op("matmul", rows, _swap_last(builder, columns))
-    to_weight = builder.op("sum", builder.op("reshape", per_image,
-                                             dims=[filters, per_group, kernel_h, kernel_w]),
-                           axis=0)
+    # dW is an implicit GEMM over the images and output pixels (`conv2d_weight_grad`), split
+    # into `splits` partial sums over them when its tiles alone would leave the GPU idle,
+    # summed here in a fixed order.
+    filters = attrs["filters"]
+    splits = weight_grad_splits(filters // groups, channels // groups * kernel_h * kernel_w,
+                                groups, out_h * out_w)
+    partials = builder.op("conv2d_weight_grad", x, cotangent, filters=filters,
+                          kernel=window.kernel, stride=window.stride, padding=window.padding,
+                          dilation=window.dilation, groups=groups, splits=splits)
+    to_weight = builder.op("sum", partials, axis=0)
     if not attrs["bias"]:
         return (to_x, to_weight)
     return (to_x, to_weight, builder.op("sum", cotangent, axis=[0, 2, 3]))
@@ -258,6 +251,98 @@ register(OpDef(
               params="`weight [filters, C/groups, kh, kw]`, `bias [filters]`: U(±1/√fan_in), "
                      "fan_in = C/groups·kh·kw",
               flops="2·out·C/groups·kh·kw (+out)"),
+))
+
+
+# conv2d_weight_grad (made by conv2d's VJP) ----------------------------------------------
+
+WEIGHT_GRAD_BLOCKS = 264
+"""How many blocks conv2d's weight gradient aims to launch: two waves of a 132-SM GPU, on the
+64 x 64 tiles it is computed in (`netc.codegen.kernels`)."""
+WEIGHT_GRAD_MAX_SPLITS = 16
+"""At most this many partial sums (their buffer is `splits` times the weight)."""
+WEIGHT_GRAD_SPLIT_PIXELS = 64
+"""Each split takes at least this many output pixels of one image (batch 1: no empty splits
+of a small feature map)."""
+
+
+def weight_grad_splits(rows: int, columns: int, groups: int, pixels: int) -> int:
+    """The number of partial sums conv2d's weight gradient is split into (split-K over the
+    images and output pixels): enough that `groups` GEMMs of `rows` x `columns` on 64 x 64
+    tiles, times the splits, make `WEIGHT_GRAD_BLOCKS` blocks; at most
+    `WEIGHT_GRAD_MAX_SPLITS`, and one per `WEIGHT_GRAD_SPLIT_PIXELS` pixels of an image."""
+    tiles = groups * -(-rows // 64) * -(-columns // 64)
+    wanted = -(-WEIGHT_GRAD_BLOCKS // tiles)
+    return max(1, min(wanted, WEIGHT_GRAD_MAX_SPLITS, pixels // WEIGHT_GRAD_SPLIT_PIXELS))
+
+
+def _weight_grad_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    x, cotangent = inputs
+    require_rank("conv2d_weight_grad", x, 4, 4, "NCHW input")
+    height, width = spatial_output("conv2d", attrs, [x])
+    expected = (x.shape[0], attrs["filters"], height, width)
+    if tuple(cotangent.shape) != expected or cotangent.dtype != x.dtype:
+        raise ShapeError(f"`conv2d_weight_grad` needs a cotangent {x.dtype}"
+                         f"{format_shape(expected)}, got {cotangent}")
+    kernel_h, kernel_w = int_pair(attrs["kernel"])
+    return TensorType(x.dtype, (attrs["splits"], attrs["filters"],
+                                int(x.shape[1]) // attrs["groups"], kernel_h, kernel_w))
+
+
+def _weight_grad_gemm(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> GemmView:
+    # Per group: filters x (channels · taps), reduced over (images · out pixels), which the
+    # splits share.
+    images, channels = inputs[0][0], int(inputs[0][1])
+    _, _, out_h, out_w = inputs[1]
+    groups, (kernel_h, kernel_w) = int(attrs["groups"]), int_pair(attrs["kernel"])
+    return GemmView(m=(int(attrs["filters"]) // groups,),
+                    n=(channels // groups * kernel_h * kernel_w,),
+                    k=(images, out_h, out_w), count=(groups,))
+
+
+def _weight_grad_reference(attrs: Attrs, x: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+    """Split s sums k = (image, out_y, out_x) in [s·chunk, (s + 1)·chunk), chunk =
+    ceil(K / splits), K = images · out_h · out_w: the kernel's partial sums."""
+    windows = Window.from_attrs("conv2d", attrs).windows(x, 0.0)  # [N, C, oh, ow, kh, kw]
+    groups, splits, filters = attrs["groups"], attrs["splits"], attrs["filters"]
+    batch, channels, out_h, out_w, kernel_h, kernel_w = windows.shape
+    per_group = channels // groups
+    # B [group, K, C/groups · kh · kw] and A [group, filters/groups, K], K = (n, y, x).
+    columns = (windows.reshape(batch, groups, per_group, out_h, out_w, kernel_h * kernel_w)
+               .transpose(1, 0, 3, 4, 2, 5).reshape(groups, -1, per_group * kernel_h * kernel_w))
+    rows = (cotangent.reshape(batch, groups, filters // groups, out_h * out_w)
+            .transpose(1, 2, 0, 3).reshape(groups, filters // groups, -1))
+    total = rows.shape[-1]
+    chunk = -(-total // splits)
+    parts = [rows[..., s * chunk:(s + 1) * chunk] @ columns[:, s * chunk:(s + 1) * chunk]
+             for s in range(splits)]
+    return np.stack(parts).reshape(splits, filters, per_group, kernel_h, kernel_w)
+
+
+register(OpDef(
+    name="conv2d_weight_grad",
+    attrs=(
+        AttrSpec("filters", "int", minimum=1),
+        AttrSpec("kernel", "int_pair", minimum=1),
+        AttrSpec("stride", "int_pair", default=1, minimum=1),
+        AttrSpec("padding", "padding", default=0, minimum=0),
+        AttrSpec("dilation", "int_pair", default=1, minimum=1),
+        AttrSpec("groups", "int", default=1, minimum=1),
+        AttrSpec("splits", "int", default=1, minimum=1),
+    ),
+    infer=_weight_grad_infer,
+    normalize=_conv2d_normalize,
+    reference=_weight_grad_reference,
+    min_inputs=2,
+    max_inputs=2,
+    flops=lambda attrs, inputs, output: 2 * math.prod(inputs[1]) * math.prod(output[2:]),
+    kind="conv",
+    role="conv",
+    gemm_view=_weight_grad_gemm,
+    internal=True,
+    summary="the gradient of conv2d's weight from its input x and the output's cotangent, as "
+            "`splits` partial sums over the images and output pixels (summed after it): "
+            "conv2d's VJP makes it",
 ))
 
 

@@ -61,6 +61,10 @@ def _batchnorm_params(attrs: Attrs, inputs: Sequence[TensorType]) -> tuple[Param
                       operand=False))
 
 
+# Training mode (batch statistics, running statistics updated) is not this op: a training step
+# rewrites it into ordinary ops (`netc.training_mode`), so it has no VJP of its own.
+
+
 def _batchnorm_reference(attrs: Attrs, x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
                          mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     per_channel = (-1,) + (1,) * (x.ndim - 2)

@@ -34,7 +34,7 @@ from netc.ops.registry import (
     register,
     require_rank,
 )
-from netc.ops.windows import Window, crop_padding, spatial_output
+from netc.ops.windows import Window, spatial_output
 
 POOL_ATTRS = (
     AttrSpec("kernel", "int_pair", minimum=1, help="window size: an int or [h, w]"),
@@ -103,80 +103,94 @@ def _window_flops(extra_per_output: int) -> Callable[
 # Gradients ----------------------------------------------------------------------------------
 #
 # Each output's cotangent goes back to the elements of its window: in equal shares for an
-# average, all of it to the first largest element (in row-major window order, as PyTorch's
-# CPU kernel) for a max. The shares are scattered into the padded input's coordinates by
-# transposed convolutions, then the padding is cropped (`crop_padding`).
+# average (divided as the forward divides), all of it for a max to the element PyTorch's
+# kernels record as the window's argmax (the first largest in row-major window order, a NaN
+# winning over any number and a later NaN over an earlier one). One internal op, `pool2d_grad`,
+# computes either as a gather: each input element sums what the windows covering it send it
+# (templates/pool_grad.cuh), so nothing is scattered and nothing padded or cropped.
 
 
-def _ones_kernel(builder: Composer, channels: int, kernel: tuple[int, int], dtype: str) -> str:
-    """A depthwise [C, 1, kh, kw] weight of ones (a transposed convolution by it adds each
-    input element to every position of its window)."""
-    return builder.op("expand", builder.constant(1.0, dtype), dims=[channels, 1, *kernel])
+def _pool_grad_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    x, cotangent = inputs
+    op = f"{attrs['mode']}pool2d"
+    expected = _pool_infer(op)(attrs, [x])
+    if cotangent != expected:
+        raise ShapeError(f"`pool2d_grad` needs the cotangent of the {op} output {expected}, "
+                         f"got {cotangent}")
+    return x
 
 
-def _scatter(builder: Composer, shares: str, window: Window, kernel: tuple[int, int]) -> str:
-    """Each element of `shares` [N, C, H', W'] added to its window of size `kernel` in the
-    padded input's coordinates (window i starts at row i·stride)."""
-    channels = int(builder.type_of(shares).shape[1])
-    dtype = builder.type_of(shares).dtype
-    return builder.op("conv_transpose2d", shares, _ones_kernel(builder, channels, kernel, dtype),
-                      filters=channels, kernel=kernel, stride=window.stride, groups=channels,
-                      bias=False)
+def _window_taps(window: Window, size: int, out_size: int, axis: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Along one axis, per output position and window tap: the input position, whether it is
+    a real element, and whether it is inside the padded input (what an average counts)."""
+    kernel, stride, before = window.kernel[axis], window.stride[axis], window.padding[axis]
+    after = window.padding[axis + 2]
+    positions = np.arange(out_size)[:, None] * stride - before + np.arange(kernel)[None, :]
+    return positions, (positions >= 0) & (positions < size), positions < size + after
 
 
-def _avgpool_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
-                 cotangent: str) -> Gradients:
-    x = inputs[0]
-    window = _pool_window("avgpool2d", attrs)
-    if window.ceil_mode:
-        raise ShapeError("the gradient of `avgpool2d` with ceil_mode is not built yet")
+def _pool_grad_reference(attrs: Attrs, x: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+    window = _pool_window(f"{attrs['mode']}pool2d", attrs)
+    (height, width), (out_h, out_w) = x.shape[2:], cotangent.shape[2:]
+    rows, real_rows, padded_rows = _window_taps(window, height, out_h, 0)
+    columns, real_columns, padded_columns = _window_taps(window, width, out_w, 1)
     kernel_h, kernel_w = window.kernel
-    share = builder.op("div", cotangent, builder.constant(float(kernel_h * kernel_w),
-                                                          builder.type_of(x).dtype))
-    if not attrs["count_include_pad"] and any(window.padding):
-        # Divided by the real elements of each window: kh·kw times the average of ones
-        # with the padding counted.
-        ones = builder.op("expand", builder.constant(1.0, builder.type_of(x).dtype),
-                          dims=[1, 1, *builder.type_of(x).shape[2:]])
-        share = builder.op("div", share, builder.op("avgpool2d", ones, kernel=window.kernel,
-                                                    stride=window.stride,
-                                                    padding=window.padding[:2]))
-    full = _scatter(builder, share, window, window.kernel)
-    return (crop_padding(builder, full, window, builder.type_of(x)),)
+    # [out_h, out_w, kh, kw]: which taps of each window are real elements.
+    real = real_rows[:, None, :, None] & real_columns[None, :, None, :]
+    if attrs["mode"] == "avg":
+        counted = (padded_rows[:, None, :, None] & padded_columns[None, :, None, :]
+                   if attrs["count_include_pad"] else real)
+        shares = (cotangent / counted.sum(axis=(2, 3)).astype(np.float32))[..., None, None]
+        weights = np.broadcast_to(shares * real, (*cotangent.shape, kernel_h, kernel_w))
+    else:
+        values = x[:, :, np.clip(rows, 0, height - 1)[:, None, :, None],
+                   np.clip(columns, 0, width - 1)[None, :, None, :]]
+        flat = np.where(real, values, -np.inf).reshape(*cotangent.shape, -1)
+        nan = np.isnan(flat) & real.reshape(out_h, out_w, -1)
+        last_nan = flat.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
+        # The first largest real element; all -inf: the first real one (PyTorch's start).
+        best = np.where(real.reshape(out_h, out_w, -1), flat, np.nan)
+        first_max = np.nanargmax(np.where(nan, -np.inf, best), axis=-1)
+        chosen = np.where(nan.any(axis=-1), last_nan, first_max)
+        taps = np.arange(kernel_h * kernel_w)
+        weights = (cotangent[..., None] * (taps == chosen[..., None])).reshape(
+            *cotangent.shape, kernel_h, kernel_w)
+    grad = np.zeros(x.shape, np.float32)
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            inside = real[:, :, i, j]
+            out_y, out_x = np.nonzero(inside)
+            where = (slice(None), slice(None), rows[out_y, i], columns[out_x, j])
+            np.add.at(grad, where, weights[:, :, out_y, out_x, i, j])  # type: ignore[arg-type]
+    return grad
 
 
-def _maxpool_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
-                 cotangent: str) -> Gradients:
-    x = inputs[0]
-    x_type = builder.type_of(x)
-    window = _pool_window("maxpool2d", attrs)
-    (kernel_h, kernel_w), (stride_h, stride_w) = window.kernel, window.stride
-    top, left, bottom, right = window.padding
-    out_h, out_w = (int(d) for d in builder.type_of(output).shape[2:])
-    reach_h, reach_w = (out_h - 1) * stride_h + kernel_h, (out_w - 1) * stride_w + kernel_w
-    height, width = int(x_type.shape[2]), int(x_type.shape[3])
-    padded = builder.op("pad", x, value=float("-inf"), pads=[
-        left, max(right, reach_w - width - left), top, max(bottom, reach_h - height - top)])
-    dtype = x_type.dtype
-    free = builder.op("expand", builder.constant(1.0, dtype),
-                      dims=list(builder.type_of(output).shape))
-    full = None
-    for row in range(kernel_h):
-        for column in range(kernel_w):
-            # The window element at (row, column) of every window.
-            tap = builder.op("slice", padded, axes=[2, 3], starts=[row, column],
-                             ends=[row + (out_h - 1) * stride_h + 1,
-                                   column + (out_w - 1) * stride_w + 1],
-                             steps=[stride_h, stride_w])
-            hit = builder.op("mul", builder.op("cast", builder.op("eq", tap, output),
-                                               dtype=dtype), free)
-            free = builder.op("sub", free, hit)
-            spaced = _scatter(builder, builder.op("mul", cotangent, hit), window, (1, 1))
-            placed = builder.op("pad", spaced, pads=[column, kernel_w - 1 - column,
-                                                     row, kernel_h - 1 - row])
-            full = placed if full is None else builder.op("add", full, placed)
-    assert full is not None
-    return (crop_padding(builder, full, window, x_type),)
+register(OpDef(
+    name="pool2d_grad",
+    attrs=(AttrSpec("mode", "str", choices=("max", "avg")), *AVGPOOL_ATTRS),
+    infer=_pool_grad_infer,
+    reference=_pool_grad_reference,
+    normalize=lambda attrs, inputs: _pool_window(f"{attrs['mode']}pool2d", attrs).to_attrs(attrs),
+    min_inputs=2,
+    max_inputs=2,
+    flops=lambda attrs, inputs, output: math.prod(inputs[1]) * math.prod(int_pair(
+        attrs["kernel"])),
+    kind="pool",
+    role="pool",
+    internal=True,
+    summary="the gradient of maxpool2d or avgpool2d with respect to its input x, from x and "
+            "the output's cotangent (the pools' VJPs make it)",
+))
+
+
+def _pool_vjp(mode: str) -> Callable[..., Gradients]:
+    def vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+            cotangent: str) -> Gradients:
+        given = {key: attrs[key] for key in ("kernel", "stride", "padding", "ceil_mode")}
+        return (builder.op("pool2d_grad", inputs[0], cotangent, mode=mode,
+                           count_include_pad=attrs.get("count_include_pad", True), **given),)
+    return vjp
 
 
 _POOL_SHAPES = "`[N, C, H, W]` → `[N, C, H', W']`"
@@ -186,10 +200,10 @@ _POOL_CONSTRAINTS = ("`stride` defaults to the kernel; `padding` at most kernel/
 
 for _name, _attrs, _reference, _extra, _summary, _flops, _vjp in (
     ("maxpool2d", POOL_ATTRS, _maxpool_reference, 0, "max over each window; padding never wins",
-     "out·kh·kw", _maxpool_vjp),
+     "out·kh·kw", _pool_vjp("max")),
     ("avgpool2d", AVGPOOL_ATTRS, _avgpool_reference, 1,
      "mean over each window; padding counted unless count_include_pad=false", "out·(kh·kw+1)",
-     _avgpool_vjp),
+     _pool_vjp("avg")),
 ):
     register(OpDef(
         name=_name,

@@ -62,7 +62,8 @@ def test_the_catalog_covers_every_family() -> None:
     families = {Path(spec.template).stem for spec in catalog().values()}
     assert families == {"gemm", "gemv", "conv2d", "pool", "rowwise", "concat", "elementwise",
                         "reduce", "gather", "pad", "interpolate", "embedding", "triangle",
-                        "conv_transpose2d", "depthwise_conv2d", "attention"}
+                        "conv_transpose2d", "depthwise_conv2d", "attention", "conv2d_wgrad",
+                        "pool_grad", "split_k_reduce"}
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])

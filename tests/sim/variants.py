@@ -23,7 +23,7 @@ from netc.codegen.tiles import (
     RowTile,
     Tf32Tile,
 )
-from netc.codegen.tiling import CANDIDATES, choose_tiles
+from netc.codegen.tiling import CANDIDATES, choose_tiles, parse_tile_overrides
 from netc.ir import ALL_DTYPES, FLOAT_DTYPES, INTEGER_DTYPES, Attrs, Node, Region, TensorType
 from netc.ops import REGISTRY
 from netc.ops.builder import GraphBuilder
@@ -87,6 +87,47 @@ network gemv {
 """
 
 
+SPLIT_K_GEMM_TILES = {
+    "f32": (GemmTile(32, 32, 8, 4, 4, splits=3), GemmTile(48, 24, 5, 3, 3, splits=16),
+            Tf32Tile(32, 32, 32, 1, 1, 3, splits=4)),
+    "bf16": (MmaTile(32, 32, 32, 1, 1, 4, splits=3), MmaTile(64, 64, 32, 2, 2, 3, splits=16)),
+}
+"""Split-K GEMM tiles by dtype (tests/sim/test_split_k.py): few and many splits (some empty
+on short K), an odd k-tile, TF32 and the tensor cores."""
+SPLIT_K_CONV_TILES = {"f32": SPLIT_K_GEMM_TILES["f32"][:2],
+                      "bf16": SPLIT_K_GEMM_TILES["bf16"][:1]}
+SPLIT_K_NETWORK = """
+# Split-K under fused epilogues: conv + bias |> relu, a residual, dense |> relu, matmul.
+network splitk {
+    input x: DTYPE[N, 5, 9, 11]
+    input v: DTYPE[N, 77]
+    input w: DTYPE[77, 33]
+    output conv = conv2d(x, 7, kernel=3, stride=2, padding=1) |> relu
+    output residual = relu(conv2d(x, 5, kernel=3, padding=1, bias=false) + x)
+    output dense = dense(v, 33) |> relu
+    output product = matmul(v, w) |> sigmoid
+}
+"""
+SPLIT_K_OVERRIDES = {"f32": "all=bm32,bn32,bk8,tm4,tn4,splits3",
+                     "bf16": "all=bm32,bn32,bk32,wm1,wn1,stages4,splits3"}
+"""The `--tile` SPLIT_K_NETWORK's layers take, by dtype."""
+
+
+def split_k_kernels() -> list[KernelSpec]:
+    specs = []
+    for dtype, tiles in SPLIT_K_GEMM_TILES.items():
+        specs += [kernels.gemm_kernel(dtype, tile, b_transposed=transposed, has_bias=False,
+                                      split_k=True)
+                  for tile in tiles for transposed in (True, False)]
+        specs += [kernels.conv2d_kernel(dtype, tile, has_bias=False, split_k=True)
+                  for tile in SPLIT_K_CONV_TILES[dtype]]
+        specs += [kernels.split_k_reduce_kernel(dtype, has_bias=bias) for bias in (True, False)]
+        graph = network(SPLIT_K_NETWORK, dtype, 2)
+        overrides = parse_tile_overrides([SPLIT_K_OVERRIDES[dtype]])
+        specs += lower(graph, choose_tiles(graph, overrides=overrides)).kernels.values()
+    return specs
+
+
 def standalone(op: str, operands: str = "") -> PointwiseCode:
     """The code of `op` alone, its tensor operands read ("t") or scalar constants ("s")."""
     opdef = REGISTRY[op]
@@ -114,8 +155,17 @@ def _pointwise_variants() -> list[tuple[PointwiseCode, range]]:
         variants += [(standalone(op, operands), range(1)) for operands in ("ts", "st", "ss")]
     copy = copy_code()
     variants += [(standalone("batchnorm"), range(1, 4)), (copy, any_rank),
-                 (pointwise.fill(0.0).code, range(1))]
+                 (pointwise.fill(0.0).code, range(1)), (dropout_code(), range(1, 2))]
     return variants
+
+
+def dropout_code() -> PointwiseCode:
+    """Training-mode dropout alone: x, and the i64 scalars seed and step (broadcast: rank 1)."""
+    inputs = [Node("x", "input", (), Attrs(), TensorType("f32", (2, 3))),
+              *(Node(name, "input", (), Attrs(), TensorType("i64", ())) for name in ("s", "t"))]
+    body = [Node("n", "dropout_train", Region.arguments(3), Attrs(p=0.5, stream=0),
+                 TensorType("f32", (2, 3)))]
+    return pointwise.build(body, inputs, lambda value: value, (2, 3)).code
 
 
 def copy_code() -> PointwiseCode:
@@ -142,6 +192,9 @@ def catalog() -> dict[str, KernelSpec]:
                       for transposed, bias in flags]
             specs += [kernels.conv2d_kernel(dtype, tile, has_bias=bias)
                       for bias in ((True,) if low else (True, False))]
+        # conv2d's weight gradient: each tile its lowering picks (tests/sim/test_conv_weight_grad.py).
+        specs += [kernels.conv2d_weight_grad_kernel(dtype, kernels.weight_grad_tile(rows, columns))
+                  for rows in (32, 64) for columns in (32, 64)]
         specs += [kernels.gemm_kernel(dtype, tile, b_transposed=transposed, has_bias=bias)
                   for tile in GEMV_TILES
                   for transposed, bias in ((True, True), (True, False), (False, False))]
@@ -161,6 +214,7 @@ def catalog() -> dict[str, KernelSpec]:
                       for reduced in ((1,) if op in kernels.INDEX_REDUCTIONS else (1, 2))]
         for block in BLOCK_TILES[:1] if low else BLOCK_TILES:
             specs += [kernels.pool_kernel(op, dtype, block) for op in kernels.POOL_KINDS]
+            specs += [kernels.pool_grad_kernel(mode, dtype, block) for mode in ("max", "avg")]
             specs.append(kernels.concat_kernel(dtype, block))
             specs += [kernels.pad_kernel(mode, rank, dtype, block) for mode in kernels.PAD_MODES
                       for rank in ((2,) if low else range(1, 5))]
@@ -184,6 +238,7 @@ def catalog() -> dict[str, KernelSpec]:
             specs += lower(graph, choose_tiles(graph)).kernels.values()
     specs += integer_kernels()
     specs += integer_arithmetic_kernels()
+    specs += split_k_kernels()
     specs += [kernels.attention_kernel(dtype, features, value_features, causal, mask)
               for dtype in ("f32", *LOW_PRECISION)
               for features, value_features in (ATTENTION_HEADS if dtype == "f32"

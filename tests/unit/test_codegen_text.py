@@ -17,7 +17,15 @@ from netc.codegen.emit import describe_node, generate, sanitize
 from netc.codegen.kernels import LOWERINGS
 from netc.codegen.layout import broadcast_strides, coalesce, contiguous_strides
 from netc.codegen.render import render, template_names
-from netc.codegen.tiles import BlockTile, DepthwiseTile, GemmTile, GemvTile, RowTile, TileError
+from netc.codegen.tiles import (
+    BlockTile,
+    DepthwiseTile,
+    GemmTile,
+    GemvTile,
+    MmaTile,
+    RowTile,
+    TileError,
+)
 from netc.diagnostics import CompileError, Span
 from netc.ir import Attrs, Graph, Node, Region, TensorType
 from netc.ops import REGISTRY
@@ -47,6 +55,13 @@ SAMPLE_SPECS = [
     kernels.pad_kernel("reflect", 3, "f32", BLOCK),
     kernels.interpolate_kernel("bilinear", True, "bf16", BLOCK),
     kernels.conv_transpose2d_kernel("f16", GemmTile(), has_bias=True, epilogue=RELU),
+    kernels.gemm_kernel("bf16", MmaTile(splits=4), b_transposed=False, has_bias=False,
+                        split_k=True),
+    kernels.conv2d_kernel("f32", GemmTile(splits=2), has_bias=False, split_k=True),
+    kernels.split_k_reduce_kernel("f16", has_bias=True, epilogue=RELU),
+    kernels.conv2d_weight_grad_kernel("bf16", GemmTile(32, 64, 8, 4, 4)),
+    kernels.pool_grad_kernel("max", "f32", BLOCK, epilogue=RELU),
+    kernels.pool_grad_kernel("avg", "f16", BLOCK),
     kernels.depthwise_conv2d_kernel("bf16", DepthwiseTile(), (3, 5), has_bias=True,
                                     epilogue=RELU),
     *(kernels.elementwise_kernel(dataclasses.replace(standalone(op), rank=rank), "f32", BLOCK)

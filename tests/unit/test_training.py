@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netc.diagnostics import CompileError
 from netc.frontend import load_training_string
 from netc.frontend.train import Schedule
 from netc.training import Trainer, batches, learning_rate
@@ -217,7 +216,6 @@ def test_train_reports_epochs_and_writes_weights_run_can_load(files: Path) -> No
 
 
 @pytest.mark.parametrize(("extra", "code", "fragment"), [
-    (["--precision", "bf16-mixed"], "E0460", "--precision bf16-mixed` is not built yet"),
     (["--data", "MISSING_KEY"], "E0461", "no array `label`"),
     (["-o", "w.pt"], "E0413", "must end in .safetensors or .npz"),
 ])
@@ -231,20 +229,3 @@ def test_train_refuses_in_words(files: Path, extra: list[str], code: str,
     done = _netc(*args)
     assert done.returncode == 1 and f"error[{code}]" in done.stderr, done.stderr
     assert fragment in done.stderr and "Traceback" not in done.stderr
-
-
-def test_training_mode_ops_are_refused_until_they_exist() -> None:
-    spec = load_training_string("""network b {
-    input x: f32[N, 3, 8, 8]
-    output y = conv2d(x, 4, kernel=3) |> batchnorm |> global_avgpool |> flatten
-}
-train b {
-    input t: f32[N, 4]
-    loss = mse_loss(y, t)
-    optimizer = sgd(lr=0.1)
-}
-""", "b.net")
-    with pytest.raises(CompileError) as caught:
-        Trainer(spec, init_weights(spec.graph, 0))
-    assert caught.value.diagnostics[0].code == "E0460"
-    assert "batchnorm in training mode" in caught.value.diagnostics[0].message

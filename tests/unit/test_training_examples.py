@@ -1,7 +1,8 @@
 """Every example with a train section (examples/train_*.net, digits_cnn.net): three steps of
 netc against the same three steps of PyTorch from the same weights and batches (the network
 written with torch.nn.functional, the optimizer and schedule torch's), on the reference
-backend; LeNet-5 also on cudasim. Tolerances: rtol 1e-4 / atol 2e-6 on the parameters
+backend; LeNet-5 also on cudasim. Buffers are compared too (the tiny ResNet's running
+statistics and `num_batches_tracked`); its dropout applies netc's Philox mask in PyTorch. Tolerances: rtol 1e-4 / atol 2e-6 on the parameters
 (float32 on both sides, different summation orders), atol 1e-5 for the transformer's AdamW,
 whose normalised updates magnify the difference of gradients near 0."""
 
@@ -13,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from netc.autodiff import trainable_params
 from netc.frontend import load_training
+from netc.ops.philox import kept
 from netc.training import Trainer, learning_rate
 from netc.weights import init_weights
 
@@ -23,7 +26,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 STEPS = 3
 
 
-def _lenet(torch, w, batch):
+def _lenet(torch, w, batch, step):
     f = torch.nn.functional
     x = f.max_pool2d(f.relu(f.conv2d(batch["image"], w["conv2d_0.weight"],
                                      w["conv2d_0.bias"], padding=2)), 2)
@@ -34,7 +37,7 @@ def _lenet(torch, w, batch):
     return f.cross_entropy(logits, batch["label"])
 
 
-def _digits(torch, w, batch):
+def _digits(torch, w, batch, step):
     f = torch.nn.functional
     x = f.max_pool2d(f.relu(f.conv2d(batch["image"], w["conv2d_0.weight"],
                                      w["conv2d_0.bias"], padding=1)), 2)
@@ -44,7 +47,7 @@ def _digits(torch, w, batch):
     return f.cross_entropy(logits, batch["label"])
 
 
-def _encoder(torch, w, batch):
+def _encoder(torch, w, batch, step):
     f = torch.nn.functional
 
     def norm(x, name):
@@ -68,6 +71,31 @@ def _encoder(torch, w, batch):
     return f.mse_loss(norm(x, "layernorm_2"), batch["target"])
 
 
+def _resnet_tiny(torch, w, batch, step):
+    f = torch.nn.functional
+
+    def norm(x, name):
+        w[f"{name}.num_batches_tracked"] += 1
+        return f.batch_norm(x, w[f"{name}.running_mean"], w[f"{name}.running_var"],
+                            w[f"{name}.weight"], w[f"{name}.bias"], training=True)
+
+    def conv(x, name, stride=1, padding=1):
+        return f.conv2d(x, w[f"{name}.weight"], stride=stride, padding=padding)
+
+    x = f.relu(norm(conv(batch["image"], "conv1"), "bn1"))
+    y = f.relu(norm(conv(x, "layer1.0.conv1"), "layer1.0.bn1"))
+    x = f.relu(norm(conv(y, "layer1.0.conv2"), "layer1.0.bn2") + x)
+    y = f.relu(norm(conv(x, "layer2.0.conv1", 2), "layer2.0.bn1"))
+    y = norm(conv(y, "layer2.0.conv2"), "layer2.0.bn2")
+    s = norm(conv(x, "layer2.0.downsample.0", 2, 0), "layer2.0.downsample.1")
+    x = f.relu(y + s).mean((2, 3))
+    # netc's dropout mask (Philox of the Trainer's seed 0, the step, the first dropout layer).
+    mask = torch.from_numpy(kept(0, step, 0, tuple(x.shape), 0.25).astype(np.float32))
+    x = x * (mask * (np.float32(1) / (np.float32(1) - np.float32(0.25))))
+    logits = f.linear(x, w["fc.weight"], w["fc.bias"])
+    return f.cross_entropy(logits, batch["label"])
+
+
 def _batch(spec, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     batch = {}
     for node in spec.graph.inputs:
@@ -78,7 +106,10 @@ def _batch(spec, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 
 def _torch_steps(torch, spec, weights, batches, forward: Callable) -> dict[str, np.ndarray]:
-    params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in weights.items()}
+    learned = set(trainable_params(spec.graph))
+    params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) if k in learned
+              else torch.from_numpy(np.array(v))  # buffers: running statistics, counters
+              for k, v in weights.items()}
     trained = [params[name] for name in spec.trainable]
     hyper = dict(spec.optimizer.hyper)
     kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -87,7 +118,7 @@ def _torch_steps(torch, spec, weights, batches, forward: Callable) -> dict[str, 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(hyper["lr"], spec.schedule, step, STEPS)
         optimizer.zero_grad()
-        loss = forward(torch, params, {k: torch.from_numpy(v) for k, v in batch.items()})
+        loss = forward(torch, params, {k: torch.from_numpy(v) for k, v in batch.items()}, step)
         loss.backward()
         if spec.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_([p for p in trained if p.grad is not None],
@@ -102,9 +133,16 @@ def _torch_steps(torch, spec, weights, batches, forward: Callable) -> dict[str, 
     # Adam moves every weight by about lr whatever its gradient's size, so the biases whose
     # gradients are near 0 differ by up to lr * 1e-2.
     ("train_transformer.net", _encoder, ("reference",), 1e-5),
+    ("train_resnet_tiny.net", _resnet_tiny, ("reference",), 2e-6),
 ])
 def test_example_steps_match_pytorch(example: str, forward: Callable,
                                      backends: tuple[str, ...], atol: float) -> None:
+    check_example_steps(example, forward, backends, atol)
+
+
+def check_example_steps(example: str, forward: Callable, backends: tuple[str, ...],
+                        atol: float) -> None:
+    """STEPS steps of `example` on each backend against the same steps in PyTorch."""
     torch = pytest.importorskip("torch")
     spec = load_training(EXAMPLES / example)
     weights = init_weights(spec.graph, seed=4)
