@@ -3,8 +3,10 @@ the same IR with ordinary ops, so autodiff, the passes, the reference and the CU
 take it as any graph. Two ops mean something else in training (PyTorch's `model.train()`):
 
 * `batchnorm` normalises by the batch's statistics over every axis but 1 (the mean and the
-  biased variance, as `F.batch_norm(training=True)`), then scales and shifts:
-  `mean`, `sub`, `mul`, `rsqrt`, ... (their VJPs give its gradient). It also computes the
+  biased variance, as `F.batch_norm(training=True)`, computed by `mean`, `sub`, `mul`,
+  `rsqrt`), then scales and shifts: `batchnorm_train(x, mean, inverse, weight, bias)`, whose
+  VJP is the closed form of the whole normalisation (netc.ops.normalization), so the
+  statistics' reductions are not differentiated. It also computes the
   updated running statistics, PyTorch's rule with the *unbiased* batch variance
   (n / (n - 1), n the elements per channel, a named batch dimension counted at run time):
 
@@ -100,9 +102,10 @@ def _batchnorm(builder: _Builder, node: Node) -> list[tuple[str, str]]:
     variance = builder.op("mean", builder.op("mul", centered, centered), axis=axes)
     inverse = builder.op("rsqrt", builder.op("add", variance,
                                              builder.constant(node.attrs["eps"], x_type.dtype)))
-    normalized = builder.op("mul", centered, per_channel(inverse))
-    scaled = builder.op("mul", normalized, per_channel(weight))
-    builder.add(node.id, "add", (scaled, per_channel(bias)))
+    # The normalisation as one op whose VJP is the closed form (the reductions above are not
+    # differentiated): netc.ops.normalization's batchnorm_train.
+    builder.add(node.id, "batchnorm_train", (x, *(per_channel(value) for value in (
+        mean, inverse, weight, bias))))
 
     momentum, dtype = float(node.attrs["momentum"]), x_type.dtype
     unbiased = builder.op("mul", variance, _bessel(builder, x_type, axes))

@@ -54,6 +54,7 @@ from netc.ir import Attrs, Dim, Graph, Node, Region, TensorType
 from netc.ops import REGISTRY, GemmView
 from netc.ops.attention import scale_of
 from netc.ops.convolution import as_conv2d, height_one
+from netc.ops.pooling import GRAD_MODES
 from netc.ops.registry import OpTable, RegistryView
 from netc.ops.spatial import pad_widths, source_ratio
 from netc.ops.windows import Window
@@ -235,12 +236,14 @@ def pool_kernel(op: str, dtype: str, tile: BlockTile, *,
 
 def pool_grad_kernel(mode: str, dtype: str, tile: BlockTile, *,
                      epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
-    """maxpool2d's or avgpool2d's input gradient (`templates/pool_grad.cuh`)."""
+    """The input gradient of the pool of `mode` (`GRAD_MODES`: maxpool2d, avgpool2d or
+    adaptive_avgpool2d; `templates/pool_grad.cuh`)."""
     tile.validate()
-    return KernelSpec(f"netc_{mode}pool2d_grad_{dtype}_{tile.suffix}"
+    op = GRAD_MODES[mode]
+    return KernelSpec(f"netc_{op}_grad_{dtype}_{tile.suffix}"
                       f"{_fused_suffix(None, epilogue)}", "pool_grad.jinja",
                       ("elementwise.cuh", "pool.cuh", "pool_grad.cuh"), dtype, tile.threads,
-                      (("pool_kind", POOL_KINDS[f"{mode}pool2d"]), ("epilogue", epilogue)))
+                      (("pool_kind", POOL_KINDS[op]), ("epilogue", epilogue)))
 
 
 PAD_MODES = {"constant": "NETC_PAD_CONSTANT", "reflect": "NETC_PAD_REFLECT",
@@ -263,6 +266,18 @@ def interpolate_kernel(mode: str, align_corners: bool, dtype: str,
     return KernelSpec(f"netc_interpolate_{mode}{corners}_{dtype}_{tile.suffix}",
                       "interpolate.jinja", ("interpolate.cuh",), dtype, tile.threads,
                       (("bilinear", mode == "bilinear"), ("align_corners", align_corners)))
+
+
+def interpolate_grad_kernel(mode: str, align_corners: bool, dtype: str, tile: BlockTile, *,
+                            epilogue: PointwiseCode = IDENTITY.code) -> KernelSpec:
+    """interpolate's input gradient (`templates/interpolate_grad.cuh`)."""
+    tile.validate()
+    corners = "_corners" if align_corners else ""
+    return KernelSpec(f"netc_interpolate_grad_{mode}{corners}_{dtype}_{tile.suffix}"
+                      f"{_fused_suffix(None, epilogue)}", "interpolate_grad.jinja",
+                      ("elementwise.cuh", "interpolate.cuh", "interpolate_grad.cuh"), dtype,
+                      tile.threads, (("bilinear", mode == "bilinear"),
+                                     ("align_corners", align_corners), ("epilogue", epilogue)))
 
 
 ROW_OPERATIONS = ("softmax", "log_softmax", "layernorm", "mean", "groupnorm", "instancenorm",
@@ -844,7 +859,9 @@ def _lower_pool_grad(ctx: LoweringContext, node: Node, fusion: Fusion) -> list[K
     tile = ctx.tile(node, DEFAULT_BLOCK)
     _, channels, height, width = node.type.shape
     out_height, out_width = ctx.type_of(cotangent).shape[2:]
-    window = Window.from_attrs("pool", node.attrs)
+    # An adaptive pool's windows come from the sizes alone; its window arguments are unused.
+    window = (Window((1, 1), (1, 1), (1, 1), (0, 0, 0, 0)) if node.attrs["mode"] == "adaptive"
+              else Window.from_attrs("pool", node.attrs))
     total = size_of(node.type.shape)
     args = (_buffer(ctx.buffer(x)), _buffer(ctx.buffer(cotangent)), _buffer(ctx.buffer(node.id)),
             *_ints(total, channels, height, width, out_height, out_width, *window.kernel,
@@ -897,6 +914,27 @@ def _lower_interpolate(ctx: LoweringContext, node: Node,
             *(Arg("float", value=float(ratio)) for ratio in ratios))
     spec = interpolate_kernel(node.attrs["mode"], node.attrs["align_corners"], node.type.dtype,
                               tile)
+    return [KernelLaunch(spec, (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0,
+                         args)]
+
+
+@lowers("interpolate_grad", family="interpolate_grad")
+def _lower_interpolate_grad(ctx: LoweringContext, node: Node,
+                            fusion: Fusion) -> list[KernelLaunch]:
+    epilogue = _no_prologue(node, fusion)
+    _, cotangent = node.inputs
+    height, width = (_known(d, "input's height and width") for d in node.type.shape[2:])
+    out_height, out_width = (_known(d, "output's height and width")
+                             for d in ctx.type_of(cotangent).shape[2:])
+    tile = ctx.tile(node, DEFAULT_BLOCK)
+    total = size_of(node.type.shape)
+    ratios = (source_ratio(node.attrs, height, out_height),
+              source_ratio(node.attrs, width, out_width))
+    args = (_buffer(ctx.buffer(cotangent)), _buffer(ctx.buffer(node.id)),
+            *_ints(total, height, width, out_height, out_width),
+            *(Arg("float", value=float(ratio)) for ratio in ratios), *epilogue.args)
+    spec = interpolate_grad_kernel(node.attrs["mode"], node.attrs["align_corners"],
+                                   node.type.dtype, tile, epilogue=epilogue.code)
     return [KernelLaunch(spec, (GridDim(total, tile.threads), ONE, ONE), tile.threads, 0,
                          args)]
 

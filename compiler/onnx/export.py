@@ -563,15 +563,17 @@ exports("flatten")(_plain("Flatten", axis=1))
 exports("dropout")(_plain("Identity"))
 
 
-@exports("dropout_train")
-def _dropout_train(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
+@exports("dropout_train", "batchnorm_train")
+def _training_mode_op(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     # Made by `netc.training_mode` for a training step; ONNX models are for inference, where
-    # dropout is the identity (`dropout`), and ONNX's own Dropout draws another mask.
-    raise ExportError(f"`dropout_train` ({node.id}) is training-mode dropout; export the "
-                      "network before `training_mode`, where it is the identity")
+    # dropout is the identity (`dropout`; ONNX's own Dropout draws another mask) and batchnorm
+    # reads its running statistics.
+    raise ExportError(f"`{node.op}` ({node.id}) is training mode's; export the network "
+                      "before `training_mode`, where batchnorm uses its running statistics and "
+                      "dropout is the identity")
 
 
-@exports("conv2d_weight_grad", "pool2d_grad")
+@exports("conv2d_weight_grad", "pool2d_grad", "interpolate_grad")
 def _gradient_op(emit: Emitter, node: Node, inputs: list[str], output: str) -> None:
     # Made by autodiff for a training step's backward pass; ONNX models are for inference.
     raise ExportError(f"`{node.op}` ({node.id}) is part of a backward pass; export the network "

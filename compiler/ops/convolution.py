@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from netc.ir import Attrs, Dim, TensorType, format_shape
-from netc.ops.gradients import Gradients
+from netc.ops.gradients import Gradients, zeros
+from netc.ops.linear import weight_grad_splits
 from netc.ops.registry import (
     REGISTRY,
     AttrSpec,
@@ -230,6 +231,41 @@ def _transpose_gemm(attrs: Attrs, inputs: Sequence[Shape], output: Shape) -> Gem
                     k=(int(inputs[0][1]) // groups * kernel_h * kernel_w,), count=(groups,))
 
 
+def _transpose_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                   cotangent: str) -> Gradients:
+    """A transposed convolution is the adjoint of conv2d by the same weight ([C, filters /
+    groups, kh, kw] is conv2d's [out, in / groups, kh, kw] layout from `filters` channels to
+    C), so dx is that conv2d of g, and dW conv2d's weight gradient with the roles swapped: g
+    the conv's input, x its output's cotangent; db is g summed. The conv pads g by `padding`
+    but at the bottom/right `padding - output_padding`, so that its output is x's size; where
+    that is negative, the rows of g past every window (output_padding's, which no element of
+    x reached) are cropped instead."""
+    x, weight = inputs[:2]
+    _, channels, height, width = builder.type_of(x).shape
+    (kernel_h, kernel_w), stride, padding, extra, dilation = (int_pair(attrs[name]) for name in (
+        "kernel", "stride", "padding", "output_padding", "dilation"))
+    groups, filters = attrs["groups"], attrs["filters"]
+    crop = [max(0, e - p) for e, p in zip(extra, padding)]
+    kept = [int(size) - c for size, c in zip(builder.type_of(cotangent).shape[2:], crop)]
+    bias_gradient = (builder.op("sum", cotangent, axis=[0, 2, 3]),) if attrs["bias"] else ()
+    if min(kept) < 1:  # the padding crops every element x reaches: y is output_padding only
+        return (zeros(builder, builder.type_of(x).shape, builder.type_of(x).dtype),
+                zeros(builder, builder.type_of(weight).shape, builder.type_of(weight).dtype),
+                *bias_gradient)
+    reached = cotangent
+    if any(crop):
+        reached = builder.op("slice", cotangent, axes=[2, 3], starts=[0, 0], ends=kept)
+    window = dict(kernel=(kernel_h, kernel_w), stride=stride, dilation=dilation, groups=groups,
+                  padding=(*padding, *(max(0, p - e) for p, e in zip(padding, extra))))
+    to_x = builder.op("conv2d", reached, weight, filters=int(channels), bias=False, **window)
+    splits = weight_grad_splits(int(channels) // groups, filters // groups * kernel_h * kernel_w,
+                                groups, int(height) * int(width))
+    to_weight = builder.op("sum", builder.op("conv2d_weight_grad", reached, x,
+                                             filters=int(channels), splits=splits, **window),
+                           axis=0)
+    return (to_x, to_weight, *bias_gradient)
+
+
 register(OpDef(
     name="conv_transpose2d",
     attrs=(
@@ -253,6 +289,7 @@ register(OpDef(
     kind="conv",
     role="conv",
     gemm_view=_transpose_gemm,
+    vjp=_transpose_vjp,
     summary="2-D transposed convolution over NCHW (nn.ConvTranspose2d), computed as an "
             "implicit GEMM that gathers",
     doc=OpDoc(shapes="`[N, C, H, W]` → `[N, filters, (H-1)·s - 2p + d·(k-1) + op + 1, ...]`",

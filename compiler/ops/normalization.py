@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from netc.ir import Attrs, TensorType, format_shape
-from netc.ops.gradients import Gradients
+from netc.ops.gradients import Gradients, count, unbroadcast
 from netc.ops.registry import (
     AttrSpec,
     Composer,
@@ -18,6 +18,7 @@ from netc.ops.registry import (
     OpDoc,
     ParamSpec,
     ShapeError,
+    broadcast_shapes,
     per_element_flops,
     register,
     require_rank,
@@ -94,6 +95,77 @@ register(OpDef(
               params="`weight` (1), `bias` (0), `running_mean` (0), `running_var` (1), all "
                      "`[C]`; buffer `num_batches_tracked` (i64 `[]`, 0), read by no kernel",
               flops="2·out", attrs="`momentum` ≤ 1 (used by training only)"),
+))
+
+
+# batchnorm_train (made by netc.training_mode) -----------------------------------------------
+#
+# Training-mode batchnorm's normalisation: (x - mean) · inverse · weight + bias, broadcasting,
+# where mean and inverse = rsqrt(var + eps) are the batch statistics of x over the axes along
+# which they are broadcast (size 1 or absent: all but the channels). `training_mode` computes
+# them with ordinary reductions (which also give the running statistics) and passes them in;
+# the VJP is the closed form of the whole normalisation, so no gradient needs to flow through
+# the reductions: with x̂ = (x - mean) · inverse, M the elements per channel,
+#   dbias = Σ g,  dweight = Σ g·x̂,  dx = weight · inverse · (g - dbias / M - x̂ · dweight / M)
+# (two reductions and one elementwise kernel, where differentiating the reductions gave about
+# twenty launches a layer).
+
+
+def _batchnorm_train_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    x, *statistics = inputs
+    for name, value in zip(("mean", "inverse", "weight", "bias"), statistics):
+        if broadcast_shapes("batchnorm_train", x, value) != x.shape or value.dtype != x.dtype:
+            raise ShapeError(f"`batchnorm_train` needs a {name} of {x.dtype} that broadcasts "
+                             f"to x {format_shape(x.shape)}, got {value}")
+    return x
+
+
+def _batch_axes(x: TensorType, statistic: TensorType) -> list[int]:
+    """The axes of x a statistic of this shape was reduced over (broadcast along)."""
+    lead = x.rank - statistic.rank
+    return [*range(lead), *(lead + axis for axis, size in enumerate(statistic.shape)
+                            if size == 1 and x.shape[lead + axis] != 1)]
+
+
+def _batchnorm_train_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
+                         cotangent: str) -> Gradients:
+    x, mean, inverse, weight, bias = inputs
+    x_type, stat_type = builder.type_of(x), builder.type_of(mean)
+    axes = _batch_axes(x_type, stat_type)
+    lead = x_type.rank - stat_type.rank
+
+    def per_channel_sum(value: str) -> str:
+        """Σ over the batch axes, in the statistics' shape."""
+        total = builder.op("sum", value, axis=axes, keepdim=True)
+        for _ in range(lead):
+            total = builder.op("squeeze", total, axis=0)
+        return total
+
+    normalized = builder.op("mul", builder.op("sub", x, mean), inverse)
+    to_bias = per_channel_sum(cotangent)
+    to_weight = per_channel_sum(builder.op("mul", cotangent, normalized))
+    elements = count(builder, x_type.shape, axes, x_type.dtype)
+    centred = builder.op("sub", builder.op("sub", cotangent, builder.op("div", to_bias, elements)),
+                         builder.op("mul", normalized, builder.op("div", to_weight, elements)))
+    to_x = builder.op("mul", builder.op("mul", weight, inverse), centred)
+    return (to_x, None, None, unbroadcast(builder, to_weight, builder.type_of(weight).shape),
+            unbroadcast(builder, to_bias, builder.type_of(bias).shape))
+
+
+register(OpDef(
+    name="batchnorm_train",
+    infer=_batchnorm_train_infer,
+    reference=lambda attrs, x, mean, inverse, weight, bias: (x - mean) * inverse * weight + bias,
+    min_inputs=5,
+    max_inputs=5,
+    flops=per_element_flops(4),
+    kind="normalization",
+    role="pointwise",
+    expression=CudaExpression("({0} - {1}) * {2} * {3} + {4}"),
+    vjp=_batchnorm_train_vjp,
+    internal=True,
+    summary="(x - mean) · inverse · weight + bias with the batch's statistics: training-mode "
+            "batchnorm's normalisation, whose VJP includes the statistics' dependence on x",
 ))
 
 
@@ -183,7 +255,8 @@ register(OpDef(
 # Both normalise each sample over groups of channels with the statistics of the group (the
 # biased variance, as PyTorch): groupnorm over `groups` groups of C / groups channels,
 # instancenorm over each channel alone (groupnorm with one channel a group), then scale and
-# shift per channel. One CUDA kernel computes both (`norm_rows` in templates/rowwise.cuh).
+# shift per channel. One CUDA kernel computes both (`norm_rows` in templates/rowwise.cuh);
+# their VJP is the closed form of both (`_grouped_vjp`).
 
 
 def _grouped_infer(op: str, x: TensorType, minimum_rank: int) -> TensorType:
@@ -204,6 +277,48 @@ def _normalized_groups(x: np.ndarray, groups: int, eps: float) -> np.ndarray:
 def _per_channel(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     shape = (-1,) + (1,) * (x.ndim - 2)
     return x * weight.reshape(shape) + bias.reshape(shape)
+
+
+def _grouped_vjp(builder: Composer, x: str, groups: int, eps: float, affine: Sequence[str],
+                 cotangent: str) -> Gradients:
+    """The gradients of `_normalized_groups` then `_per_channel` (when `affine` gives the
+    weight and bias) with respect to x, weight and bias, in closed form over each group
+    ([N, C, ...] viewed as [N, groups, C / groups · ...]; x̂ the normalised x, rstd the
+    group's 1 / sqrt(var + eps), g' = g·weight per channel, or g without `affine`):
+      dx = rstd · (g' - mean(g') - x̂ · mean(g'·x̂)),  dweight = Σ g·x̂,  dbias = Σ g,
+    the sums over every dimension but the channels. The group's statistics are computed
+    again from x (mean, biased variance, rsqrt), as the forward kernel keeps none."""
+    x_type = builder.type_of(x)
+    rank = x_type.rank
+
+    def grouped(value: str) -> str:
+        return builder.op("reshape", value, dims=[groups, -1])
+
+    def ungrouped(value: str) -> str:
+        return builder.op("reshape", value, dims=list(x_type.shape[1:]))
+
+    x_grouped = grouped(x)
+    centered = builder.op("sub", x_grouped, _row_mean(builder, x_grouped))
+    variance = _row_mean(builder, builder.op("mul", centered, centered))
+    rstd = builder.op("rsqrt", builder.op("add", variance, builder.constant(eps, x_type.dtype)))
+    normalized = builder.op("mul", centered, rstd)
+    scaled_g = cotangent
+    if affine:
+        # The weight [C] as [C, 1, ...], along the dims after the channels.
+        weight = (builder.op("reshape", affine[0], dims=[1] * (rank - 2)) if rank > 2
+                  else affine[0])
+        scaled_g = builder.op("mul", cotangent, weight)
+    scaled_g = grouped(scaled_g)
+    inner = builder.op("sub", builder.op("sub", scaled_g, _row_mean(builder, scaled_g)),
+                       builder.op("mul", normalized, _row_mean(
+                           builder, builder.op("mul", scaled_g, normalized))))
+    to_x = ungrouped(builder.op("mul", inner, rstd))
+    if not affine:
+        return (to_x,)
+    not_channels = [0, *range(2, rank)]
+    to_weight = builder.op("sum", builder.op("mul", cotangent, ungrouped(normalized)),
+                           axis=not_channels)
+    return (to_x, to_weight, builder.op("sum", cotangent, axis=not_channels))
 
 
 def _channel_params(attrs: Attrs, inputs: Sequence[TensorType]) -> tuple[ParamSpec, ...]:
@@ -232,6 +347,8 @@ register(OpDef(
     attrs=(AttrSpec("groups", "int", minimum=1, help="channel groups (they divide C)"), EPS),
     infer=_groupnorm_infer,
     reference=_groupnorm_reference,
+    vjp=lambda builder, attrs, inputs, output, g: _grouped_vjp(
+        builder, inputs[0], attrs["groups"], attrs["eps"], inputs[1:], g),
     param_names=lambda attrs: ("weight", "bias"),
     params=_channel_params,
     # mean, subtract, square, sum, normalise, scale and shift, as layernorm.
@@ -265,6 +382,9 @@ register(OpDef(
                          help="learn a per-channel weight and bias, as nn.InstanceNorm2d(affine=)")),
     infer=_instancenorm_infer,
     reference=_instancenorm_reference,
+    vjp=lambda builder, attrs, inputs, output, g: _grouped_vjp(
+        builder, inputs[0], int(builder.type_of(inputs[0]).shape[1]), attrs["eps"],
+        inputs[1:], g),
     param_names=lambda attrs: ("weight", "bias") if attrs["affine"] else (),
     params=lambda attrs, inputs: _channel_params(attrs, inputs) if attrs["affine"] else (),
     flops=per_element_flops(7),

@@ -106,14 +106,37 @@ def _window_flops(extra_per_output: int) -> Callable[
 # average (divided as the forward divides), all of it for a max to the element PyTorch's
 # kernels record as the window's argmax (the first largest in row-major window order, a NaN
 # winning over any number and a later NaN over an earlier one). One internal op, `pool2d_grad`,
-# computes either as a gather: each input element sums what the windows covering it send it
-# (templates/pool_grad.cuh), so nothing is scattered and nothing padded or cropped.
+# computes each as a gather: each input element sums what the windows covering it send it
+# (templates/pool_grad.cuh), so nothing is scattered and nothing padded or cropped. Its mode
+# "adaptive" is adaptive_avgpool2d's gradient: the windows come from x's and the cotangent's
+# sizes alone, so the window attributes are left unset.
+
+GRAD_MODES = {"max": "maxpool2d", "avg": "avgpool2d", "adaptive": "adaptive_avgpool2d"}
+"""pool2d_grad's modes, with the pool each differentiates."""
+
+
+def _grad_window(attrs: Attrs) -> Window:
+    """The window of a windowed mode of pool2d_grad (max, avg)."""
+    op = GRAD_MODES[attrs["mode"]]
+    if attrs["kernel"] is None:
+        raise ShapeError(f"`pool2d_grad` of `{op}` needs the pool's kernel")
+    return _pool_window(op, attrs)
 
 
 def _pool_grad_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
     x, cotangent = inputs
-    op = f"{attrs['mode']}pool2d"
-    expected = _pool_infer(op)(attrs, [x])
+    op = GRAD_MODES[attrs["mode"]]
+    if attrs["mode"] == "adaptive":
+        # Any output size of known height and width: the cotangent's.
+        require_rank("pool2d_grad", cotangent, 4, 4, "NCHW cotangent")
+        _adaptive_infer(Attrs(output_size=1), [x])
+        if isinstance(cotangent.shape[2], str) or isinstance(cotangent.shape[3], str):
+            raise ShapeError(f"`pool2d_grad` needs a cotangent of known height and width, got "
+                             f"{format_shape(cotangent.shape)}")
+        expected = TensorType(x.dtype, (*x.shape[:2], *cotangent.shape[2:]))
+    else:
+        _grad_window(attrs)
+        expected = _pool_infer(op)(attrs, [x])
     if cotangent != expected:
         raise ShapeError(f"`pool2d_grad` needs the cotangent of the {op} output {expected}, "
                          f"got {cotangent}")
@@ -130,8 +153,22 @@ def _window_taps(window: Window, size: int, out_size: int, axis: int
     return positions, (positions >= 0) & (positions < size), positions < size + after
 
 
+def _adaptive_grad(x: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+    """adaptive_avgpool2d's input gradient: each window's cotangent over its size, added to
+    each of its elements (windows may overlap)."""
+    (height, width), (out_h, out_w) = x.shape[2:], cotangent.shape[2:]
+    grad = np.zeros(x.shape, np.float32)
+    for i, (top, bottom) in enumerate(adaptive_ranges(height, out_h)):
+        for j, (left, right) in enumerate(adaptive_ranges(width, out_w)):
+            share = cotangent[:, :, i, j] / np.float32((bottom - top) * (right - left))
+            grad[:, :, top:bottom, left:right] += share[:, :, None, None]
+    return grad
+
+
 def _pool_grad_reference(attrs: Attrs, x: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-    window = _pool_window(f"{attrs['mode']}pool2d", attrs)
+    if attrs["mode"] == "adaptive":
+        return _adaptive_grad(x, cotangent)
+    window = _grad_window(attrs)
     (height, width), (out_h, out_w) = x.shape[2:], cotangent.shape[2:]
     rows, real_rows, padded_rows = _window_taps(window, height, out_h, 0)
     columns, real_columns, padded_columns = _window_taps(window, width, out_w, 1)
@@ -166,21 +203,31 @@ def _pool_grad_reference(attrs: Attrs, x: np.ndarray, cotangent: np.ndarray) -> 
     return grad
 
 
+def _pool_grad_flops(attrs: Attrs, inputs: Sequence[tuple[int, ...]],
+                     output: tuple[int, ...]) -> int:
+    if attrs["mode"] == "adaptive":  # a division and an addition per window element
+        return 2 * _adaptive_flops(attrs, inputs[:1], inputs[1])
+    return math.prod(inputs[1]) * math.prod(int_pair(attrs["kernel"]))
+
+
 register(OpDef(
     name="pool2d_grad",
-    attrs=(AttrSpec("mode", "str", choices=("max", "avg")), *AVGPOOL_ATTRS),
+    attrs=(AttrSpec("mode", "str", choices=tuple(GRAD_MODES)),
+           AttrSpec("kernel", "int_pair", default=None, minimum=1,
+                    help="the pool's window (max and avg; unset for adaptive)"),
+           *AVGPOOL_ATTRS[1:]),
     infer=_pool_grad_infer,
     reference=_pool_grad_reference,
-    normalize=lambda attrs, inputs: _pool_window(f"{attrs['mode']}pool2d", attrs).to_attrs(attrs),
+    normalize=lambda attrs, inputs: attrs if attrs["mode"] == "adaptive"
+    else _grad_window(attrs).to_attrs(attrs),
     min_inputs=2,
     max_inputs=2,
-    flops=lambda attrs, inputs, output: math.prod(inputs[1]) * math.prod(int_pair(
-        attrs["kernel"])),
+    flops=_pool_grad_flops,
     kind="pool",
     role="pool",
     internal=True,
-    summary="the gradient of maxpool2d or avgpool2d with respect to its input x, from x and "
-            "the output's cotangent (the pools' VJPs make it)",
+    summary="the gradient of maxpool2d, avgpool2d or adaptive_avgpool2d with respect to its "
+            "input x, from x and the output's cotangent (the pools' VJPs make it)",
 ))
 
 
@@ -271,6 +318,8 @@ register(OpDef(
     role="pool",
     summary="mean over PyTorch's adaptive windows: output i of n along an axis of size s "
             "averages positions floor(i·s/n) to ceil((i+1)·s/n)",
+    vjp=lambda builder, attrs, inputs, output, cotangent: (
+        builder.op("pool2d_grad", inputs[0], cotangent, mode="adaptive"),),
     doc=OpDoc(shapes="`[N, C, H, W]` → `[N, C, h, w]`", flops="out·(⌈H/h⌉·⌈W/w⌉+1)",
               attrs="`output_size` may exceed the input (windows then repeat elements)"),
 ))

@@ -154,16 +154,16 @@ def _expand_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output
 
 def _slice_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
                cotangent: str) -> Gradients:
-    """The cotangent padded with zeros back to the input's shape (steps of 1 only); a slice
-    ending at a dimension name T (`pos[:, :T]`) puts it in the first T places by a product
-    with a T-column identity, as T is known at run time only."""
+    """The cotangent padded with zeros back to the input's shape, spaced out first where the
+    step is not 1 (`_spread_steps`); a slice ending at a dimension name T (`pos[:, :T]`, step
+    1) puts it in the first T places by a product with a T-column identity, as T is known at
+    run time only."""
     x_type = builder.type_of(inputs[0])
     begin, stride, lengths = slice_plan(attrs, x_type)
-    if any(step != 1 for step in stride):
-        raise ShapeError("the gradient of a `slice` with a step other than 1 is not built yet")
     named = [axis for axis in attrs["axes"] if isinstance(lengths[axis], str)]
     if not named:
-        return (_pad_back(builder, cotangent, x_type, begin),)
+        spread = _spread_steps(builder, cotangent, stride)
+        return (_pad_back(builder, spread, x_type, begin),)
     if len(attrs["axes"]) > 1 or x_type.rank < 2:
         raise ShapeError("the gradient of a `slice` ending at a dimension name is built for "
                          "one sliced axis of a tensor of rank 2 or more only")
@@ -179,14 +179,46 @@ def _slice_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output:
     return (placed if axis == rank - 2 else builder.op("transpose", placed, perm=swap),)
 
 
+def _spread_steps(builder: Composer, value: str, stride: Sequence[int]) -> str:
+    """`value` with step-1 zeros after each element along every axis of step > 1 (length L
+    becomes L·step): a new axis after each such one, padded to `step` with zeros (one pad
+    for all), merged back by a reshape (a view). A leading axis of size 1 is added for the
+    reshape, which keeps axis 0, when axis 0 itself is strided."""
+    strided = [axis for axis, step in enumerate(stride) if step != 1]
+    if not strided:
+        return value
+    lead = 1 if strided[0] == 0 else 0
+    if lead:
+        value = builder.op("unsqueeze", value, axis=0)
+    for axis in reversed(strided):
+        value = builder.op("unsqueeze", value, axis=lead + axis + 1)
+    rank = builder.type_of(value).rank
+    # The new axis of strided[k] sits at lead + strided[k] + k + 1.
+    widths = {lead + axis + k + 1: stride[axis] - 1 for k, axis in enumerate(strided)}
+    pads: list[int] = []
+    for axis in reversed(range(min(widths), rank)):
+        pads.extend((0, widths.get(axis, 0)))
+    value = builder.op("pad", value, pads=pads)
+    shape = builder.type_of(value).shape
+    merged: list[Dim] = []
+    for axis, size in enumerate(shape):
+        if axis in widths:
+            merged[-1] = int(merged[-1]) * int(size)
+        else:
+            merged.append(size)
+    value = builder.op("reshape", value, dims=merged[1:])
+    return builder.op("squeeze", value, axis=0) if lead else value
+
+
 def _pad_back(builder: Composer, value: str, x: TensorType, begin: Sequence[int]) -> str:
     """`value`, a block of `x`'s shape starting at `begin`, padded with zeros to `x`."""
     shape = builder.type_of(value).shape
     pads: list[int] = []
     for axis in reversed(range(x.rank)):
         before = begin[axis]
-        after = 0 if shape[axis] == x.shape[axis] else int(x.shape[axis]) - before - int(
-            shape[axis])
+        # Negative where a spread-out strided block runs past the end (`_spread_steps`).
+        after = 0 if shape[axis] == x.shape[axis] and not before else int(
+            x.shape[axis]) - before - int(shape[axis])
         pads.extend((before, after))
     while pads[-2:] == [0, 0]:  # F.pad lists the last dimension first: trim the front ones
         pads = pads[:-2]

@@ -95,10 +95,60 @@ def _pad_reference(attrs: Attrs, x: np.ndarray) -> np.ndarray:
 
 def _pad_vjp(builder: Composer, attrs: Attrs, inputs: tuple[str, ...], output: str,
              cotangent: str) -> Gradients:
-    """Constant padding's gradient crops what it added (and pads back what it cropped)."""
-    if attrs["mode"] != "constant":
-        raise ShapeError(f"the gradient of `pad` in mode \"{attrs['mode']}\" is not built yet")
-    return (builder.op("pad", cotangent, pads=[-p for p in attrs["pads"]]),)
+    """Constant padding's gradient crops what it added (and pads back what it cropped).
+    Reflect and replicate pad each dimension independently, so their gradient folds the
+    strips back one padded dimension at a time (`_fold_strips`; the folds along different
+    axes commute)."""
+    if attrs["mode"] == "constant":
+        return (builder.op("pad", cotangent, pads=[-p for p in attrs["pads"]]),)
+    x_type = builder.type_of(inputs[0])
+    for axis, (before, after) in enumerate(pad_widths("pad", attrs, x_type)):
+        if before or after:
+            cotangent = _fold_strips(builder, cotangent, axis, int(x_type.shape[axis]),
+                                     before, after, attrs["mode"])
+    return (cotangent,)
+
+
+def _fold_strips(builder: Composer, g: str, axis: int, size: int, before: int, after: int,
+                 mode: str) -> str:
+    """The gradient of padding one dimension of `size` by (before, after) in `mode`: the
+    centre of `g`, plus each padded strip added onto the elements it copied. Replicate copies
+    the edge element: the before strip's sum lands on element 0, the after strip's on
+    element size-1. Reflect mirrors without the edge: strip row `before-1-k` lands on
+    element 1+k, and after-strip row k on element size-2-k; the reversed strip is a concat of
+    its rows (a pad is narrower than the dimension, and small). Each addend is padded with
+    zeros to the input's length."""
+    def rows(start: int, stop: int) -> str:
+        return builder.op("slice", g, axes=[axis], starts=[start], ends=[stop])
+
+    def placed(part: str, first: int) -> str:
+        """`part` (along `axis`) zero-padded to `size` elements, starting at `first`."""
+        length = int(builder.type_of(part).shape[axis])
+        if length == size:
+            return part
+        pads = [0, 0] * (builder.type_of(g).rank - 1 - axis)
+        return builder.op("pad", part, pads=[*pads, first, size - first - length])
+
+    def mirrored(start: int, count: int) -> str:
+        """Rows start+count-1, ..., start of `g`: a strip reversed."""
+        parts = [rows(row, row + 1) for row in reversed(range(start, start + count))]
+        return parts[0] if count == 1 else builder.op("concat", *parts, axis=axis)
+
+    def folded(start: int, count: int) -> str:
+        """The strip's rows summed (kept as one row)."""
+        strip = rows(start, start + count)
+        return strip if count == 1 else builder.op("sum", strip, axis=[axis], keepdim=True)
+
+    total = rows(before, before + size)
+    if before:
+        total = builder.op("add", total, placed(mirrored(0, before), 1) if mode == "reflect"
+                           else placed(folded(0, before), 0))
+    if after:
+        tail = before + size
+        total = builder.op("add", total,
+                           placed(mirrored(tail, after), size - 1 - after)
+                           if mode == "reflect" else placed(folded(tail, after), size - 1))
+    return total
 
 
 register(OpDef(
@@ -221,21 +271,25 @@ def _interpolate_flops(attrs: Attrs, inputs: Sequence[tuple[int, ...]],
     return 0 if attrs["mode"] == "nearest" else 8 * math.prod(output)
 
 
+INTERPOLATE_ATTRS = (
+    AttrSpec("size", "int_pair", default=None, minimum=1, positional=False,
+             help="the output's [h, w] (an int for both)"),
+    AttrSpec("scale_factor", "float", default=None, positional=False, minimum=0,
+             help="output size = floor(input size · scale_factor)"),
+    AttrSpec("mode", "str", default="nearest", choices=INTERPOLATE_MODES, positional=False),
+    AttrSpec("align_corners", "bool", default=False, positional=False,
+             help="bilinear only: map the corner pixels' centres onto each other"),
+)
+
 register(OpDef(
     name="interpolate",
-    attrs=(
-        AttrSpec("size", "int_pair", default=None, minimum=1, positional=False,
-                 help="the output's [h, w] (an int for both)"),
-        AttrSpec("scale_factor", "float", default=None, positional=False, minimum=0,
-                 help="output size = floor(input size · scale_factor)"),
-        AttrSpec("mode", "str", default="nearest", choices=INTERPOLATE_MODES,
-                 positional=False),
-        AttrSpec("align_corners", "bool", default=False, positional=False,
-                 help="bilinear only: map the corner pixels' centres onto each other"),
-    ),
+    attrs=INTERPOLATE_ATTRS,
     infer=_interpolate_infer,
     reference=_interpolate_reference,
     flops=_interpolate_flops,
+    vjp=lambda builder, attrs, inputs, output, cotangent: (builder.op(
+        "interpolate_grad", inputs[0], cotangent, **{spec.name: attrs[spec.name]
+                                                     for spec in INTERPOLATE_ATTRS}),),
     kind="layout",
     role="layout",
     summary="F.interpolate over the last two dims of NCHW: nearest (PyTorch's floor rule) or "
@@ -243,4 +297,61 @@ register(OpDef(
     doc=OpDoc(shapes="`[N, C, H, W]` → `[N, C, h, w]`", flops="0 (nearest), 8·out (bilinear)",
               attrs="exactly one of `size`, `scale_factor`; `align_corners` only with "
                     "bilinear"),
+))
+
+
+# Gradient ---------------------------------------------------------------------------------
+#
+# Each output's cotangent goes back to what it read: all of it to its source (nearest), its
+# weights' shares to its four neighbours (bilinear). The internal op `interpolate_grad`
+# computes it as a gather: each input element sums what the outputs reading it send it, in
+# PyTorch's order (templates/interpolate_grad.cuh). It takes x for its shape only.
+
+
+def _interpolate_grad_infer(attrs: Attrs, inputs: Sequence[TensorType]) -> TensorType:
+    x, cotangent = inputs
+    expected = _interpolate_infer(attrs, [x])
+    if cotangent != expected:
+        raise ShapeError(f"`interpolate_grad` needs the cotangent of the interpolate output "
+                         f"{expected}, got {cotangent}")
+    return x
+
+
+def _axis_terms(attrs: Attrs, size: int, out_size: int
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Along one axis, (input index, weight) of each output index, per neighbour."""
+    if attrs["mode"] == "nearest":
+        return [(nearest_sources(attrs, size, out_size), np.ones(out_size, np.float32))]
+    first, second, first_weight, second_weight = linear_sources(attrs, size, out_size)
+    return [(first, first_weight), (second, second_weight)]
+
+
+def _interpolate_grad_reference(attrs: Attrs, x: np.ndarray,
+                                cotangent: np.ndarray) -> np.ndarray:
+    (height, width), (out_h, out_w) = x.shape[2:], cotangent.shape[2:]
+    grad = np.zeros(x.shape, np.float32)
+    for rows, row_weights in _axis_terms(attrs, height, out_h):
+        for columns, column_weights in _axis_terms(attrs, width, out_w):
+            weights = row_weights[:, None] * column_weights[None, :]
+            where = (slice(None), slice(None), rows[:, None], columns[None, :])
+            np.add.at(grad, where, weights * cotangent)  # type: ignore[arg-type]
+    return grad
+
+
+register(OpDef(
+    name="interpolate_grad",
+    attrs=INTERPOLATE_ATTRS,
+    infer=_interpolate_grad_infer,
+    reference=_interpolate_grad_reference,
+    min_inputs=2,
+    max_inputs=2,
+    # Per output: an addition (nearest); four products of three factors and four additions.
+    flops=lambda attrs, inputs, output: math.prod(inputs[1]) * (
+        1 if attrs["mode"] == "nearest" else 12),
+    kind="layout",
+    # A gather over windows of outputs: the pools' role, so a backward epilogue fuses into it.
+    role="pool",
+    internal=True,
+    summary="the gradient of interpolate with respect to its input x, from x (its shape) and "
+            "the output's cotangent (interpolate's VJP makes it)",
 ))

@@ -63,7 +63,7 @@ def test_the_catalog_covers_every_family() -> None:
     assert families == {"gemm", "gemv", "conv2d", "pool", "rowwise", "concat", "elementwise",
                         "reduce", "gather", "pad", "interpolate", "embedding", "triangle",
                         "conv_transpose2d", "depthwise_conv2d", "attention", "conv2d_wgrad",
-                        "pool_grad", "split_k_reduce"}
+                        "pool_grad", "split_k_reduce", "interpolate_grad"}
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])

@@ -18,6 +18,7 @@ from netc.ops.windows import Window
 from netc.reference import run_reference
 from tests.sim.codegen_support import check_graph, seeds
 from tests.sim.graph_builder import GraphBuilder
+from tests.unit.test_autodiff import check_op
 
 
 def weight_grad_graph(channels: int, height: int, width: int, filters: int,
@@ -99,3 +100,64 @@ def test_splits_fill_the_gpu_and_stay_bounded() -> None:
     assert weight_grad_splits(64, 64 * 9, 1, 56 * 56) == WEIGHT_GRAD_MAX_SPLITS
     # A tiny feature map: no more splits than 64-pixel parts of an image.
     assert weight_grad_splits(8, 8, 1, 100) == 1
+
+
+@given(batch=st.sampled_from((1, 2)), groups=st.sampled_from((1, 2)),
+       height=st.sampled_from((1, 4, 5)), width=st.sampled_from((3, 6)),
+       kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 2)), dilation=st.integers(1, 2),
+       padding=st.integers(0, 1), bias=st.booleans(), seed=seeds())
+@example(batch=2, groups=2, height=5, width=6, kernel=(3, 2), stride=(2, 1), dilation=2,
+         padding=1, bias=True, seed=0)
+@example(batch=1, groups=1, height=1, width=3, kernel=(1, 1), stride=(3, 1), dilation=1,
+         padding=1, bias=True, seed=0)  # the padding crops all that x reaches: zero gradients
+def test_conv_transpose2d_gradients_match_pytorch(
+        batch: int, groups: int, height: int, width: int, kernel: tuple[int, int],
+        stride: tuple[int, int], dilation: int, padding: int, bias: bool, seed: int) -> None:
+    """conv_transpose2d's VJP (conv2d of g by the same weight; conv2d_weight_grad with the
+    roles swapped; output_padding rows cropped) against PyTorch autograd."""
+    output_padding = (max(stride[0], dilation) - 1, 0)
+    out_h = (height - 1) * stride[0] - 2 * padding + dilation * (kernel[0] - 1) + \
+        output_padding[0] + 1
+    out_w = (width - 1) * stride[1] - 2 * padding + dilation * (kernel[1] - 1) + 1
+    if min(out_h, out_w) < 1:
+        return
+    rng = np.random.default_rng(seed)
+    operands = {"x": rng.standard_normal((batch, 2 * groups, height, width)).astype(np.float32),
+                "up.weight": rng.standard_normal((2 * groups, 3, *kernel)).astype(np.float32)}
+    if bias:
+        operands["up.bias"] = rng.standard_normal(3 * groups).astype(np.float32)
+    attrs = dict(filters=3 * groups, kernel=kernel, stride=stride, padding=padding,
+                 output_padding=output_padding, groups=groups, dilation=dilation, bias=bias)
+    check_op(lambda b, v: b.op("conv_transpose2d", v["x"], name="up", **attrs),
+             lambda t: torch.nn.functional.conv_transpose2d(t["x"], t["up.weight"], t.get("up.bias"), stride,
+                                          padding, output_padding, groups, dilation),
+             operands)
+
+
+def test_conv_transpose2d_backward_runs_on_cudasim() -> None:
+    """conv_transpose2d's backward graph (asymmetric conv2d padding, the roles of the weight
+    gradient swapped) compiled at -O2 on the simulator equals the reference."""
+    from netc.autodiff import backward
+    from netc.codegen.emit import generate
+    from netc.driver import run_plan
+    from netc.passes.pipeline import run_pipeline
+    from tests.sim.codegen_support import simulator
+
+    builder = GraphBuilder("up")
+    x = builder.input("x", "f32", ("N", 4, 5, 6))
+    up = builder.op("conv_transpose2d", x, filters=6, kernel=3, stride=2, padding=(1, 0),
+                    output_padding=(1, 1), groups=2, name="up")
+    builder.output("loss", builder.op("sum", builder.op("mul", up, up), axis=[0, 1, 2, 3]))
+    graph = backward(builder.build(), "loss")
+    plan = generate(run_pipeline(graph, 2).graph)
+    assert any("conv2d_wgrad" in name for name in plan.kernels)
+    rng = np.random.default_rng(2)
+    weights = {"up.weight": rng.uniform(-0.5, 0.5, (4, 3, 3, 3)).astype(np.float32),
+               "up.bias": rng.uniform(-0.5, 0.5, 6).astype(np.float32)}
+    inputs = {"x": rng.standard_normal((3, 4, 5, 6)).astype(np.float32)}
+    actual = run_plan(plan, simulator(), weights, inputs, poison=True)
+    expected = run_reference(graph, weights, inputs)
+    for name in ("grad:up.weight", "grad:up.bias"):
+        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-4, atol=1e-4,
+                                   err_msg=name)

@@ -1,6 +1,7 @@
 """maxpool2d's and avgpool2d's input gradient (`pool2d_grad`, templates/pool_grad.cuh): the
 gather kernel on the simulator against the NumPy reference (outputs poisoned), and both
-against PyTorch's autograd where ties, NaN and infinity decide where a max's gradient goes."""
+against PyTorch's autograd where ties, NaN and infinity decide where a max's gradient goes.
+(A fused backward epilogue: tests/sim/test_resample_grad.py, with the other gathers.)"""
 
 from __future__ import annotations
 
@@ -92,27 +93,3 @@ def test_avg_gradient_matches_pytorch_in_ceil_mode(count_include_pad: bool) -> N
                             ceil_mode=True, count_include_pad=count_include_pad)
     actual = run_plan(generate(graph), simulator(), {}, {"x": x, "dy": dy}, poison=True)["dx"]
     np.testing.assert_allclose(actual, torch_x.grad.numpy(), rtol=1e-6, atol=1e-6)
-
-
-def test_backward_pointwise_ops_fuse_into_the_pool_gradient() -> None:
-    """relu's backward (where x > 0) after a max's gradient runs in the gather kernel's
-    epilogue: one launch for both, the numbers as the reference's."""
-    from netc.autodiff import backward
-    from netc.passes.pipeline import run_pipeline
-
-    builder = GraphBuilder("pool_relu")
-    x = builder.input("x", "f32", ("N", 2, 9, 7))
-    w = builder.param("w", "f32", (2, 1, 1))
-    pooled = builder.op("maxpool2d", builder.op("relu", builder.op("mul", x, w)), kernel=3,
-                        stride=2, padding=1)
-    builder.output("loss", builder.op("sum", builder.op("mul", pooled, pooled), axis=[0, 1, 2, 3]))
-    graph = backward(builder.build(), "loss")
-    plan = generate(run_pipeline(graph, 2).graph)
-    fused = [name for name in plan.kernels if "pool2d_grad" in name]
-    assert len(fused) == 1 and "_ep_" in fused[0], plan.kernels
-    rng = np.random.default_rng(5)
-    weights = {"w": rng.uniform(-1, 1, (2, 1, 1)).astype(np.float32)}
-    inputs = {"x": rng.standard_normal((3, 2, 9, 7)).astype(np.float32)}
-    actual = run_plan(plan, simulator(), weights, inputs, poison=True)
-    expected = run_reference(graph, weights, inputs)
-    np.testing.assert_allclose(actual["grad:w"], expected["grad:w"], rtol=1e-5, atol=1e-5)

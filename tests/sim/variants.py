@@ -27,6 +27,7 @@ from netc.codegen.tiling import CANDIDATES, choose_tiles, parse_tile_overrides
 from netc.ir import ALL_DTYPES, FLOAT_DTYPES, INTEGER_DTYPES, Attrs, Node, Region, TensorType
 from netc.ops import REGISTRY
 from netc.ops.builder import GraphBuilder
+from netc.ops.pooling import GRAD_MODES
 from tests.sim.networks import NETWORKS, network
 
 GEMM_TILES = (GemmTile(), GemmTile(32, 32, 8, 4, 4), GemmTile(48, 24, 5, 3, 3),
@@ -214,12 +215,14 @@ def catalog() -> dict[str, KernelSpec]:
                       for reduced in ((1,) if op in kernels.INDEX_REDUCTIONS else (1, 2))]
         for block in BLOCK_TILES[:1] if low else BLOCK_TILES:
             specs += [kernels.pool_kernel(op, dtype, block) for op in kernels.POOL_KINDS]
-            specs += [kernels.pool_grad_kernel(mode, dtype, block) for mode in ("max", "avg")]
+            specs += [kernels.pool_grad_kernel(mode, dtype, block) for mode in GRAD_MODES]
             specs.append(kernels.concat_kernel(dtype, block))
             specs += [kernels.pad_kernel(mode, rank, dtype, block) for mode in kernels.PAD_MODES
                       for rank in ((2,) if low else range(1, 5))]
-            specs += [kernels.interpolate_kernel(mode, corners, dtype, block) for mode, corners
-                      in (("nearest", False), ("bilinear", False), ("bilinear", True))]
+            specs += [factory(mode, corners, dtype, block)
+                      for factory in (kernels.interpolate_kernel, kernels.interpolate_grad_kernel)
+                      for mode, corners in (("nearest", False), ("bilinear", False),
+                                            ("bilinear", True))]
             specs += [kernels.gather_kernel(dataclasses.replace(copy_code(), rank=rank), dtype,
                                             block) for rank in range(MAX_ELEMENTWISE_RANK + 1)]
             specs += [kernels.elementwise_kernel(dataclasses.replace(code, rank=rank), dtype,

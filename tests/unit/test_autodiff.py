@@ -475,8 +475,16 @@ def test_every_op_with_a_vjp_is_checked_here() -> None:
                "flatten", "reshape", "transpose", "concat", "unsqueeze", "squeeze", "expand",
                "slice", "select", "pad", "cast", "where", "masked_fill", "cross_entropy",
                "nll_loss", "mse_loss", "conv1d", "embedding", "triu", "tril",
+               # Against PyTorch in tests/unit/test_norm_gradients.py.
+               "groupnorm", "instancenorm",
                # Against its mask, in tests/unit/test_training_mode.py (PyTorch draws others).
-               "dropout_train"}
+               "dropout_train",
+               # Against PyTorch in tests/sim/test_resample_grad.py.
+               "adaptive_avgpool2d", "interpolate",
+               # Against PyTorch in tests/sim/test_conv_weight_grad.py.
+               "conv_transpose2d",
+               # Against F.batch_norm(training=True) in tests/unit/test_training_mode.py.
+               "batchnorm_train"}
     with_vjp = {name for name, opdef in REGISTRY.items() if opdef.vjp is not None}
     assert with_vjp - checked == set()
 
@@ -495,7 +503,8 @@ def directional_difference(graph: Graph, weights: dict[str, np.ndarray],
     return (loss(1.0) - loss(-1.0)) / (2 * step)
 
 
-@pytest.mark.parametrize("op", ["tanh", "softmax", "layernorm", "conv2d", "maxpool2d"])
+@pytest.mark.parametrize("op", ["tanh", "softmax", "layernorm", "conv2d", "maxpool2d",
+                                "groupnorm", "instancenorm"])
 def test_gradients_match_central_differences(op: str) -> None:
     """The reference computes in float32, so the step is h = 1e-2: rounding the moved weights
     and the loss to float32 costs about 1e-6 / h = 1e-4 of the quotient, truncation
@@ -507,7 +516,9 @@ def test_gradients_match_central_differences(op: str) -> None:
          "layernorm": lambda: builder.op("layernorm", x, name="ln"),
          "conv2d": lambda: builder.op("conv2d", x, filters=4, kernel=3, stride=2, padding=1,
                                       name="conv"),
-         "maxpool2d": lambda: builder.op("maxpool2d", x, kernel=3, stride=2, padding=1)}[op]()
+         "maxpool2d": lambda: builder.op("maxpool2d", x, kernel=3, stride=2, padding=1),
+         "groupnorm": lambda: builder.op("groupnorm", x, groups=1, name="gn"),
+         "instancenorm": lambda: builder.op("instancenorm", x, affine=True, name="inorm")}[op]()
     shape = builder.type_of(y).shape
     c = builder.input("c", "f32", shape)
     builder.output("loss", builder.op("sum", builder.op("mul", y, c), axis=list(range(4))))
@@ -639,20 +650,15 @@ EXAMPLES = sorted(path for path in (Path(__file__).resolve().parents[2] / "examp
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
 def test_every_example_differentiates_in_training_mode(path: Path) -> None:
     """The mean of each example's first output, differentiated by every parameter in training
-    mode (`netc.training_mode`): a verified graph, or for unet_small an error at its
-    conv_transpose2d (no gradient yet). Inference batchnorm has no gradient: a training step
-    differentiates its training form."""
+    mode (`netc.training_mode`): a verified graph. Inference batchnorm has no gradient: a
+    training step differentiates its training form."""
     graph = load_file(path)
     ref = graph.outputs[0][1]
     kind = graph.value_type(ref)
     mean = Node("the_loss", "mean", (ref,), make_attrs("mean", {"axis": list(range(kind.rank))},
                                                        [kind]), TensorType(kind.dtype, ()))
     graph = Graph(graph.name, (*graph.nodes, mean), (*graph.outputs, ("the_loss", "the_loss")))
-    if any(node.op == "conv_transpose2d" for node in graph.nodes):  # unet_small
-        with pytest.raises(AutodiffError, match=r"`conv_transpose2d` .* has no gradient yet"):
-            backward(training_mode(graph), "the_loss")
-    else:
-        verify(backward(training_mode(graph), "the_loss"))
+    verify(backward(training_mode(graph), "the_loss"))
     if any(node.op == "batchnorm" for node in graph.nodes):
         with pytest.raises(AutodiffError, match=r"`batchnorm` .* has no gradient yet"):
             backward(graph, "the_loss")
@@ -709,12 +715,13 @@ def test_an_op_without_a_gradient_is_named_with_its_line() -> None:
 network norm {
     input image: f32[2, 4, 5, 5]
     x = conv2d(image, filters=4, kernel=3, name="conv")
-    x = groupnorm(x, 2, name="gn")
+    x = batchnorm(x, name="bn")
     output loss = mean(x, axis=[0, 1, 2, 3])
 }
 """
     graph = load_string(source, "norm.net")
-    with pytest.raises(AutodiffError, match=r"norm\.net:5:\d+: `groupnorm` \(gn, layer gn\) "
+    # Inference batchnorm: training differentiates its training form (`training_mode`).
+    with pytest.raises(AutodiffError, match=r"norm\.net:5:\d+: `batchnorm` \(bn, layer bn\) "
                                             r"has no gradient yet"):
         backward(graph, "loss")
     # Integers stop the gradient without asking for one: argmax feeds no float value here.

@@ -62,6 +62,9 @@ SAMPLE_SPECS = [
     kernels.conv2d_weight_grad_kernel("bf16", GemmTile(32, 64, 8, 4, 4)),
     kernels.pool_grad_kernel("max", "f32", BLOCK, epilogue=RELU),
     kernels.pool_grad_kernel("avg", "f16", BLOCK),
+    kernels.pool_grad_kernel("adaptive", "bf16", BLOCK, epilogue=RELU),
+    kernels.interpolate_grad_kernel("nearest", False, "f32", BLOCK, epilogue=RELU),
+    kernels.interpolate_grad_kernel("bilinear", True, "f16", BLOCK),
     kernels.depthwise_conv2d_kernel("bf16", DepthwiseTile(), (3, 5), has_bias=True,
                                     epilogue=RELU),
     *(kernels.elementwise_kernel(dataclasses.replace(standalone(op), rank=rank), "f32", BLOCK)
@@ -286,7 +289,8 @@ def test_every_op_has_a_kernel_or_is_a_view() -> None:
         # A decomposition is a lowering too (`stack`: unsqueeze and concat).
         assert opdef.kind == "view" or name in LOWERINGS or opdef.decompose is not None, name
     assert set(pointwise.POINTWISE_OPS) == {
-        name for name, opdef in REGISTRY.items() if opdef.kind == "elementwise"} | {"batchnorm"}
+        name for name, opdef in REGISTRY.items() if opdef.kind == "elementwise"} | {
+        "batchnorm", "batchnorm_train"}
 
 
 def test_constants_are_kernel_arguments() -> None:

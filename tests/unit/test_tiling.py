@@ -249,7 +249,7 @@ def test_overrides_by_layer_name_and_all() -> None:
 @pytest.mark.parametrize("layer, message", [
     ("nothere", "no layer `nothere`"),
     ("maxpool2d#0",
-     "is a maxpool2d; tiles apply to dense, matmul, conv1d, conv_transpose2d and conv2d"),
+     "is a maxpool2d; tiles apply to dense, matmul, conv2d, conv1d and conv_transpose2d"),
     ("relu#0", "is fused into the kernel of `conv1`"),
 ])
 def test_overrides_of_unknown_or_non_gemm_layers(layer: str, message: str) -> None:
