@@ -78,6 +78,15 @@ def test_every_code_is_documented() -> None:
     assert frontend_codes() <= documented, sorted(frontend_codes() - documented)
 
 
+def test_every_code_netc_raises_is_in_the_error_list() -> None:
+    """Front end, passes, code generator, CLI and training alike: every code in the source is
+    listed in docs/errors.md (a heading or a table row)."""
+    raised = {code for path in (ROOT / "compiler").rglob("*.py")
+              for code in re.findall(r"[\"'](E0\d{3})[\"']", path.read_text("utf-8"))}
+    listed = set(re.findall(r"E0\d{3}", (ROOT / "docs" / "errors.md").read_text("utf-8")))
+    assert raised and raised <= listed, sorted(raised - listed)
+
+
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_corpus_file_in_process(path: Path) -> None:
     expected = expectation(path)
