@@ -71,9 +71,9 @@ def _encoder(torch, w, batch, step):
     return f.mse_loss(norm(x, "layernorm_2"), batch["target"])
 
 
-def _residual(torch, w, x, blocks):
-    """torchvision's BasicBlocks (examples/resnet_blocks.net's `basic` and `down`) after the
-    stem, batchnorm in training mode (its running statistics and counter updated in `w`)."""
+def _layers(torch, w):
+    """conv (no bias) and training-mode batchnorm by layer name; batchnorm updates its running
+    statistics and counter in `w`."""
     f = torch.nn.functional
 
     def norm(x, name):
@@ -84,20 +84,28 @@ def _residual(torch, w, x, blocks):
     def conv(x, name, stride=1, padding=1):
         return f.conv2d(x, w[f"{name}.weight"], stride=stride, padding=padding)
 
+    return norm, conv
+
+
+def _residual(torch, w, x, blocks):
+    """torchvision's BasicBlocks (examples/resnet_blocks.net's `basic`, and `down` where the
+    flag is set)."""
+    f = torch.nn.functional
+    norm, conv = _layers(torch, w)
     for name, down in blocks:
         y = f.relu(norm(conv(x, f"{name}.conv1", 2 if down else 1), f"{name}.bn1"))
         y = norm(conv(y, f"{name}.conv2"), f"{name}.bn2")
         shortcut = (norm(conv(x, f"{name}.downsample.0", 2, 0), f"{name}.downsample.1")
                     if down else x)
         x = f.relu(y + shortcut)
-    return x, norm, conv
+    return x
 
 
 def _resnet_tiny(torch, w, batch, step):
     f = torch.nn.functional
-    _, norm, conv = _residual(torch, w, None, [])
+    norm, conv = _layers(torch, w)
     x = f.relu(norm(conv(batch["image"], "conv1"), "bn1"))
-    x, _, _ = _residual(torch, w, x, [("layer1.0", False), ("layer2.0", True)])
+    x = _residual(torch, w, x, [("layer1.0", False), ("layer2.0", True)])
     x = x.mean((2, 3))
     # netc's dropout mask (Philox of the Trainer's seed 0, the step, the first dropout layer).
     mask = torch.from_numpy(kept(0, step, 0, tuple(x.shape), 0.25).astype(np.float32))
@@ -108,10 +116,10 @@ def _resnet_tiny(torch, w, batch, step):
 
 def _resnet18(torch, w, batch, step):
     f = torch.nn.functional
-    _, norm, conv = _residual(torch, w, None, [])
+    norm, conv = _layers(torch, w)
     x = f.relu(norm(conv(batch["image"], "conv1", 2, 3), "bn1"))
     x = f.max_pool2d(x, 3, 2, 1)
-    x, _, _ = _residual(torch, w, x, [(f"layer{stage}.{block}", stage > 1 and block == 0)
+    x = _residual(torch, w, x, [(f"layer{stage}.{block}", stage > 1 and block == 0)
                                       for stage in (1, 2, 3, 4) for block in (0, 1)])
     logits = f.linear(x.mean((2, 3)), w["fc.weight"], w["fc.bias"])
     return f.cross_entropy(logits, batch["label"])
